@@ -1,0 +1,186 @@
+"""Plugin discovery: built-ins and entry points of group ``teeny``, each loaded on its own.
+
+A plugin that fails to import or to register is recorded with its error and skipped
+(``TEENY_STRICT_PLUGINS=1`` re-raises). ``TEENY_LOAD_PLUGINS=a,b`` loads only those external
+plugins; ``TEENY_DISABLE_PLUGINS=a,b`` skips plugins by name, built-ins included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import traceback
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from teeny_core import hookspecs
+from teeny_core.errors import TeenyError
+from teeny_core.types import (Analyzer, Calibrator, Component, Evaluator, HardwareProfiler, Quantizer,
+                              Runtime)
+
+ENTRY_POINT_GROUP = "teeny"
+
+BUILTIN_PLUGINS = (
+    "teeny_core.builtin.rtn",
+    "teeny_core.builtin.calibrators",
+    "teeny_core.builtin.transformers_runtime",
+    "teeny_core.builtin.fidelity",
+    "teeny_core.builtin.system_profiler",
+)
+
+# kind -> (hook name, interface every registered class must subclass)
+KINDS: dict[str, tuple[str, type[Component]]] = {
+    "quantizer": ("teeny_register_quantizers", Quantizer),
+    "calibrator": ("teeny_register_calibrators", Calibrator),
+    "evaluator": ("teeny_register_evaluators", Evaluator),
+    "profiler": ("teeny_register_profilers", HardwareProfiler),
+    "runtime": ("teeny_register_runtimes", Runtime),
+    "analyzer": ("teeny_register_analyzers", Analyzer),
+}
+
+
+@dataclasses.dataclass
+class PluginInfo:
+    """What ``teeny plugins`` shows for one plugin."""
+
+    name: str
+    version: str
+    builtin: bool
+    hooks: list[str] = dataclasses.field(default_factory=list)
+    components: list[str] = dataclasses.field(default_factory=list)
+    error: str | None = None
+
+
+@dataclasses.dataclass
+class Registered:
+    cls: type[Component]
+    plugin: str
+
+
+class Plugins:
+    """The loaded plugins and the components they registered, by kind and name."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager("teeny")
+        self.pm.add_hookspecs(hookspecs)
+        self.infos: dict[str, PluginInfo] = {}
+        self.components: dict[str, dict[str, Registered]] = {kind: {} for kind in KINDS}
+
+    # -- loading ---------------------------------------------------------------------------------
+    @classmethod
+    def load(cls) -> "Plugins":
+        plugins = cls()
+        disabled = _env_set("TEENY_DISABLE_PLUGINS")
+        only = _env_set("TEENY_LOAD_PLUGINS")
+        for module_name in BUILTIN_PLUGINS:
+            short = module_name.rsplit(".", 1)[1]
+            if short not in disabled:
+                plugins._add(short, lambda m=module_name: importlib.import_module(m), builtin=True)
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name in disabled or (only is not None and ep.name not in only):
+                continue
+            version = ep.dist.version if ep.dist else "?"
+            plugins._add(ep.name, ep.load, builtin=False, version=version)
+        plugins._register_all()
+        return plugins
+
+    def add_module(self, name: str, module: Any) -> None:
+        """Add a plugin object directly (tests, embedding); registers its components."""
+        self._add(name, lambda: module, builtin=False)
+        self._register_all()
+
+    def _add(self, name: str, loader, *, builtin: bool, version: str | None = None) -> None:
+        from teeny_core import __version__
+
+        info = PluginInfo(name=name, version=version or __version__, builtin=builtin)
+        self.infos[name] = info
+        try:
+            self.pm.register(loader(), name=name)
+        except Exception as exc:  # a broken plugin never takes the host down
+            if os.environ.get("TEENY_STRICT_PLUGINS") == "1":
+                raise
+            info.error = _one_line(exc)
+            info.traceback = traceback.format_exc()  # type: ignore[attr-defined]
+
+    def _register_all(self) -> None:
+        for kind, (hook_name, interface) in KINDS.items():
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                info = self.infos[impl.plugin_name]
+                if hook_name in info.hooks or info.error:
+                    continue
+                info.hooks.append(hook_name)
+                try:
+                    impl.function(self._registrar(kind, interface, impl.plugin_name))
+                except Exception as exc:
+                    if os.environ.get("TEENY_STRICT_PLUGINS") == "1":
+                        raise
+                    info.error = f"{hook_name} failed: {_one_line(exc)}"
+        for impl in self.pm.hook.teeny_register_commands.get_hookimpls():
+            info = self.infos[impl.plugin_name]
+            if "teeny_register_commands" not in info.hooks:
+                info.hooks.append("teeny_register_commands")
+
+    def _registrar(self, kind: str, interface: type[Component], plugin: str):
+        def register(component: type[Component]) -> None:
+            if not (isinstance(component, type) and issubclass(component, interface)):
+                raise TypeError(f"{component!r} is not a {interface.__name__} subclass")
+            name = getattr(component, "name", None)
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"{component.__name__} has no 'name'")
+            existing = self.components[kind].get(name)
+            if existing is not None and existing.plugin != plugin:
+                raise TeenyError(f"{kind} {name!r} is already registered by plugin {existing.plugin!r}")
+            self.components[kind][name] = Registered(component, plugin)
+            self.infos[plugin].components.append(f"{kind}:{name}")
+
+        return register
+
+    def add_commands(self, cli) -> None:
+        """Let plugins add CLI commands; a failing plugin is recorded, not fatal."""
+        for impl in self.pm.hook.teeny_register_commands.get_hookimpls():
+            try:
+                impl.function(cli)
+            except Exception as exc:
+                if os.environ.get("TEENY_STRICT_PLUGINS") == "1":
+                    raise
+                self.infos[impl.plugin_name].error = f"teeny_register_commands failed: {_one_line(exc)}"
+
+    # -- lookup ----------------------------------------------------------------------------------
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.components[kind])
+
+    def get(self, kind: str, name: str) -> type[Component]:
+        """The component class registered as ``name``; a one-line error lists the valid names."""
+        found = self.components[kind].get(name)
+        if found is None:
+            valid = ", ".join(self.names(kind)) or "none installed"
+            raise TeenyError(f"unknown {kind} {name!r}; installed {kind}s: {valid}")
+        return found.cls
+
+    def runtime_for(self, fmt: str, preferred: str | None = None) -> type[Runtime]:
+        """The runtime named ``preferred``, else the first (by name) that loads format ``fmt``."""
+        if preferred:
+            cls = self.get("runtime", preferred)
+            if fmt not in cls.formats:  # type: ignore[attr-defined]
+                raise TeenyError(f"runtime {preferred!r} cannot load format {fmt!r}; it loads {', '.join(cls.formats)}")  # type: ignore[attr-defined]
+            return cls  # type: ignore[return-value]
+        for name in self.names("runtime"):
+            cls = self.components["runtime"][name].cls
+            if fmt in cls.formats:  # type: ignore[attr-defined]
+                return cls  # type: ignore[return-value]
+        raise TeenyError(f"no installed runtime loads artifact format {fmt!r}")
+
+
+def _env_set(var: str) -> set[str] | None:
+    raw = os.environ.get(var)
+    if raw is None:
+        return set() if var == "TEENY_DISABLE_PLUGINS" else None
+    return {p.strip() for p in raw.split(",") if p.strip()}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")

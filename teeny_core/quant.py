@@ -1,0 +1,99 @@
+"""Uniform integer quantization math shared by every weight quantizer (RTN, GPTQ, AWQ).
+
+Convention (the GPTQ reference's): ``q = clamp(round(w / scale) + zero, 0, 2**bits - 1)`` and
+``w_hat = scale * (q - zero)``. Symmetric schemes fix ``zero = 2**(bits-1)``; asymmetric ones choose
+``zero = round(-min / scale)``. Scales and zeros have shape ``[out_features, n_groups]``, where the groups
+split the input dimension (granularity "group"), or are one per row ("channel") or one in all ("tensor").
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Granularity = Literal["tensor", "channel", "group"]
+Scheme = Literal["sym", "asym"]
+
+
+def qparams(w, bits: int, scheme: Scheme = "asym", *, clip: float = 1.0):
+    """Scale and zero for each row of ``w`` [rows, cols] over all of its columns (one group per row).
+
+    ``clip`` < 1 shrinks the range (used by clipping searches). Returns ``(scale, zero)`` each [rows, 1].
+    """
+    import torch
+
+    maxq = 2**bits - 1
+    w = w.float()
+    xmin = torch.minimum(w.min(dim=1, keepdim=True).values, torch.zeros(1, device=w.device)) * clip
+    xmax = torch.maximum(w.max(dim=1, keepdim=True).values, torch.zeros(1, device=w.device)) * clip
+    if scheme == "sym":
+        xmax = torch.maximum(xmin.abs(), xmax)
+        xmin = -xmax
+    dead = (xmin == 0) & (xmax == 0)
+    xmin = torch.where(dead, torch.full_like(xmin, -1.0), xmin)
+    xmax = torch.where(dead, torch.full_like(xmax, 1.0), xmax)
+    scale = (xmax - xmin) / maxq
+    if scheme == "sym":
+        zero = torch.full_like(scale, (maxq + 1) / 2)
+    else:
+        zero = torch.round(-xmin / scale)
+    return scale, zero
+
+
+def quantize(w, scale, zero, bits: int):
+    """Integer codes (as float tensor) for ``w`` with broadcastable ``scale`` and ``zero``."""
+    import torch
+
+    return torch.clamp(torch.round(w.float() / scale) + zero, 0, 2**bits - 1)
+
+
+def dequantize(q, scale, zero):
+    return scale * (q - zero)
+
+
+def group_size_for(cols: int, granularity: Granularity, group_size: int) -> int:
+    """Columns per group: all for tensor/channel, ``group_size`` for group (which must divide ``cols``)."""
+    from teeny_core.errors import TeenyError
+
+    if granularity != "group":
+        return cols
+    if group_size <= 0 or cols % group_size:
+        raise TeenyError(f"group_size={group_size} does not divide the input width {cols}; "
+                         f"use a divisor of {cols} or granularity='channel'")
+    return group_size
+
+
+def quantize_weight(w, bits: int, scheme: Scheme = "asym", granularity: Granularity = "group",
+                    group_size: int = 128):
+    """Round-to-nearest quantization of a 2-D weight.
+
+    Returns ``(q, scale, zero)``: integer codes [rows, cols] (int32), and float32 scale/zero
+    [rows, n_groups] (tensor granularity: [1, 1]). ``dequantize_weight`` inverts it exactly.
+    """
+    import torch
+
+    rows, cols = w.shape
+    w = w.float()
+    if granularity == "tensor":
+        scale, zero = qparams(w.reshape(1, -1), bits, scheme)
+        return quantize(w, scale, zero, bits).to(torch.int32), scale, zero
+    gs = group_size_for(cols, granularity, group_size)
+    grouped = w.reshape(rows * (cols // gs), gs)
+    scale, zero = qparams(grouped, bits, scheme)
+    q = quantize(grouped, scale, zero, bits).reshape(rows, cols).to(torch.int32)
+    return q, scale.reshape(rows, cols // gs), zero.reshape(rows, cols // gs)
+
+
+def dequantize_weight(q, scale, zero, g_idx=None):
+    """Float32 weight from codes [rows, cols] and per-group scale/zero [rows, n_groups].
+
+    ``g_idx`` [cols] maps each input column to its group (act-order); by default groups are contiguous.
+    """
+    import torch
+
+    rows, cols = q.shape
+    if g_idx is None:
+        n_groups = scale.shape[1]
+        g_idx = torch.arange(cols, device=q.device) // (cols // n_groups)
+    if scale.shape[0] == 1 and rows != 1:  # tensor granularity
+        scale, zero = scale.expand(rows, -1), zero.expand(rows, -1)
+    return dequantize(q.float(), scale[:, g_idx].float(), zero[:, g_idx].float())

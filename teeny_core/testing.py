@@ -1,0 +1,220 @@
+"""A pytest plugin for Teeny plugin authors: tiny real-architecture models and contract test classes.
+
+Installed with teeny-core (entry point ``pytest11``). Fixtures:
+
+- ``tiny_model(arch="llama"|"qwen2"|"gemma3")`` -> path of a saved HF model (random weights, 2 layers,
+  a byte-level BPE tokenizer trained in the test, no download). Built once per session per architecture.
+- ``tiny_tokenizer`` -> that tokenizer.
+
+Contracts: subclass :class:`QuantizerContract` (set ``method`` and ``options``), :class:`EvaluatorContract`,
+:class:`CalibratorContract` or :class:`RuntimeContract` in your plugin's tests to get the checks every
+component of that kind must pass.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+ARCHITECTURES = ("llama", "qwen2", "gemma3")
+_SPECIAL = "<|endoftext|>"
+_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def _corpus() -> list[str]:
+    """Deterministic training text for the tiny tokenizer: a few standard-library modules."""
+    import inspect
+    import json as json_mod
+    import textwrap
+
+    texts = [inspect.getsource(mod) for mod in (json_mod.decoder, json_mod.encoder, textwrap)]
+    texts.append("The quick brown fox jumps over the lazy dog. def add(a, b):\n    return a + b\n")
+    return texts
+
+
+def build_tokenizer(vocab_size: int = 512):
+    """A byte-level BPE tokenizer (GPT-2 style) trained on :func:`_corpus`; deterministic."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[_SPECIAL], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_corpus(), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=_SPECIAL, eos_token=_SPECIAL,
+                                   pad_token=_SPECIAL, unk_token=None)
+    fast.chat_template = _CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_model(arch: str, out_dir: Path, *, hidden: int = 128, layers: int = 2, seed: int = 0,
+                     tokenizer=None) -> Path:
+    """Save a randomly initialised ``arch`` causal LM with the tiny tokenizer into ``out_dir``."""
+    import torch
+    import transformers
+
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"arch {arch!r} is not one of {ARCHITECTURES}")
+    tokenizer = tokenizer or build_tokenizer()
+    common: dict[str, Any] = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                                  num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                  max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
+                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    if arch == "llama":
+        config = transformers.LlamaConfig(**common, tie_word_embeddings=False)
+        cls = transformers.LlamaForCausalLM
+    elif arch == "qwen2":
+        config = transformers.Qwen2Config(**common, tie_word_embeddings=True)
+        cls = transformers.Qwen2ForCausalLM
+    else:
+        config = transformers.Gemma3TextConfig(**common, head_dim=hidden // 4, sliding_window=64,
+                                               query_pre_attn_scalar=hidden // 4)
+        cls = transformers.Gemma3ForCausalLM
+    torch.manual_seed(seed)
+    model = cls(config).eval()
+    with torch.no_grad():  # break the symmetry of freshly initialised norms so folding bugs show
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+# --- fixtures -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tiny_tokenizer) -> Callable[..., Path]:
+    """Factory: ``tiny_model("qwen2")`` -> directory of a saved tiny model (cached per session)."""
+    built: dict[str, Path] = {}
+
+    def make(arch: str = "llama") -> Path:
+        if arch not in built:
+            built[arch] = build_tiny_model(arch, tmp_path_factory.mktemp(f"tiny-{arch}"), tokenizer=tiny_tokenizer)
+        return built[arch]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def teeny_plugins():
+    """All installed plugins, loaded once."""
+    from teeny_core.plugins import Plugins
+
+    return Plugins.load()
+
+
+# --- contracts ----------------------------------------------------------------------------------
+
+class QuantizerContract:
+    """Checks every quantizer must pass. Set ``method`` (registered name) and ``options`` (a mapping)."""
+
+    method: str = ""
+    options: dict[str, Any] = {}
+    arch: str = "llama"
+
+    def _run(self, teeny_plugins, tiny_model, tmp_path):
+        from teeny_core.types import ModelSource
+
+        cls = teeny_plugins.get("quantizer", self.method)
+        quantizer = cls()
+        opts = cls.Options.from_mapping(self.options, where=self.method)
+        source = ModelSource(str(tiny_model(self.arch)))
+        calibration = None
+        if cls.needs_calibration:
+            tok = source.load_tokenizer()
+            calibration = teeny_plugins.get("calibrator", "random-tokens")().samples(
+                tok, teeny_plugins.get("calibrator", "random-tokens").Options.from_mapping({"samples": 4, "seq_len": 32}), seed=0)
+        out = tmp_path / "artifact"
+        out.mkdir()
+        return quantizer, opts, quantizer.quantize(source, calibration, opts, out)
+
+    def test_artifact_is_saved_and_loadable(self, teeny_plugins, tiny_model, tmp_path):
+        from teeny_core.types import Artifact
+
+        _, _, artifact = self._run(teeny_plugins, tiny_model, tmp_path)
+        reopened = Artifact.open(artifact.path)
+        assert reopened.format == artifact.format
+        assert artifact.size_bytes() > 0
+        runtime_cls = teeny_plugins.runtime_for(artifact.format)
+        model = runtime_cls().load(reopened, runtime_cls.Options())
+        ids = model.tokenizer.encode("def add(a, b):\n    return a + b")[:16]
+        lp = model.logprobs([ids])
+        assert tuple(lp.shape[:2]) == (1, len(ids))
+        assert bool(lp.isfinite().all())
+        model.close()
+
+    def test_unknown_option_is_a_one_line_error(self, teeny_plugins):
+        from teeny_core.options import OptionsError
+
+        cls = teeny_plugins.get("quantizer", self.method)
+        with pytest.raises(OptionsError, match="unknown option 'no_such_option'"):
+            cls.Options.from_mapping({"no_such_option": 1}, where=self.method)
+
+
+class CalibratorContract:
+    """Checks every calibrator must pass. Set ``method`` and ``options``."""
+
+    method: str = ""
+    options: dict[str, Any] = {}
+
+    def _samples(self, teeny_plugins, tiny_tokenizer, seed):
+        cls = teeny_plugins.get("calibrator", self.method)
+        return cls().samples(tiny_tokenizer, cls.Options.from_mapping(self.options, where=self.method), seed=seed)
+
+    def test_deterministic_for_a_seed(self, teeny_plugins, tiny_tokenizer):
+        a = self._samples(teeny_plugins, tiny_tokenizer, 1)
+        b = self._samples(teeny_plugins, tiny_tokenizer, 1)
+        assert a.samples == b.samples and a.samples
+        assert len({len(s) for s in a.samples}) == 1
+        assert all(0 <= t < len(tiny_tokenizer) for s in a.samples for t in s)
+
+
+class RuntimeContract:
+    """Checks every runtime must pass. Provide an ``artifact`` fixture in the subclass."""
+
+    runtime: str = ""
+
+    def test_generate_respects_stop_and_length(self, teeny_plugins, artifact):
+        cls = teeny_plugins.get("runtime", self.runtime)
+        model = cls().load(artifact, cls.Options())
+        [gen] = model.generate(["def add(a, b):"], max_new_tokens=8)
+        assert gen.tokens <= 8 and gen.finish_reason in ("stop", "length")
+        model.close()
+
+
+class EvaluatorContract:
+    """Checks every evaluator must pass: resumable, one record per key. Set ``evaluator`` and ``options``;
+    provide a ``loaded_model`` fixture in the subclass."""
+
+    evaluator: str = ""
+    options: dict[str, Any] = {}
+
+    def test_records_are_unique_and_resumable(self, teeny_plugins, loaded_model, tmp_path):
+        from teeny_core.store import MemoryContext
+
+        cls = teeny_plugins.get("evaluator", self.evaluator)
+        ev, opts = cls(), cls.Options.from_mapping(self.options, where=self.evaluator)
+        ctx = MemoryContext(cache_dir=tmp_path)
+        ev.evaluate(loaded_model, opts, ctx)
+        keys = [r["key"] for r in ctx.records]
+        assert keys and len(keys) == len(set(keys))
+        ev.evaluate(loaded_model, opts, ctx)  # everything done: nothing new
+        assert [r["key"] for r in ctx.records] == keys
+        metrics = ev.summarize(ctx.records, opts)
+        assert metrics and all(isinstance(k, str) for k in metrics)
+        json.dumps(metrics)

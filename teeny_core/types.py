@@ -1,0 +1,258 @@
+"""The component interfaces plugins implement, and the small data types that flow between them.
+
+Nothing here imports torch: components import heavy libraries inside their methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+from teeny_core.options import NoOptions, Options
+
+ARTIFACT_MANIFEST = "teeny-artifact.json"
+
+
+class Component(ABC):
+    """Base of every component: a registered name, a one-line summary (the docstring) and an Options class."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[Options]] = NoOptions
+
+    @classmethod
+    def summary(cls) -> str:
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+
+@dataclasses.dataclass
+class ModelSource:
+    """Where a model comes from: a local HF directory, a hub id, or a GGUF file (optionally inside a directory).
+
+    ``load()`` returns a fresh float ``(model, tokenizer)`` through transformers every time it is called.
+    """
+
+    path: str
+    gguf_file: str | None = None
+    dtype: str = "auto"
+    device: str = "cpu"
+
+    def load(self, dtype: str | None = None, device: str | None = None):
+        from teeny_core.modeling import load_hf_model
+
+        return load_hf_model(self, dtype=dtype or self.dtype, device=device or self.device)
+
+    def load_tokenizer(self):
+        from teeny_core.modeling import load_tokenizer
+
+        return load_tokenizer(self)
+
+    def identity(self) -> str:
+        """A string that changes when the model's files change (used in cache keys)."""
+        from teeny_core.modeling import source_identity
+
+        return source_identity(self)
+
+
+@dataclasses.dataclass
+class Artifact:
+    """A quantized (or original) model on disk, in a named format that a runtime can load.
+
+    Formats: ``hf`` (safetensors), ``hf-gptq``, ``hf-awq``, ``gguf``. ``path`` is a directory
+    (``gguf``: the directory holding ``file``). ``meta`` records method, options, bits and calibration.
+    """
+
+    format: str
+    path: Path
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    file: str | None = None
+
+    @property
+    def location(self) -> Path:
+        """The file a runtime opens (gguf) or the directory (hf*)."""
+        return self.path / self.file if self.file else self.path
+
+    def save(self) -> None:
+        """Write the artifact manifest into its directory."""
+        data = {"format": self.format, "file": self.file, "meta": self.meta}
+        (self.path / ARTIFACT_MANIFEST).write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Artifact":
+        """Read an artifact directory written by :meth:`save`."""
+        path = Path(path)
+        data = json.loads((path / ARTIFACT_MANIFEST).read_text())
+        return cls(format=data["format"], path=path, meta=data.get("meta", {}), file=data.get("file"))
+
+    def size_bytes(self) -> int:
+        target = self.location
+        if target.is_file():
+            return target.stat().st_size
+        return sum(p.stat().st_size for p in target.rglob("*") if p.is_file() and p.name != ARTIFACT_MANIFEST)
+
+
+@dataclasses.dataclass
+class CalibrationSet:
+    """Token-id sequences for calibration, deterministic for (calibrator, options, tokenizer, seed)."""
+
+    name: str
+    samples: list[list[int]]
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(self.name.encode())
+        for s in self.samples:
+            h.update(json.dumps(s).encode())
+        return h.hexdigest()[:16]
+
+    def tensor(self):
+        """The samples as one ``LongTensor`` [n, seq_len] (all samples share one length)."""
+        import torch
+
+        return torch.tensor(self.samples, dtype=torch.long)
+
+
+@dataclasses.dataclass
+class Generation:
+    """One completion: its text, token count, why it stopped and timings in seconds."""
+
+    text: str
+    tokens: int
+    finish_reason: str  # "stop" (stop string or EOS) or "length"
+    seconds: float = 0.0
+    first_token_seconds: float | None = None
+
+
+class LoadedModel(ABC):
+    """A model loaded by a runtime, ready to generate and score."""
+
+    @property
+    @abstractmethod
+    def tokenizer(self) -> Any:
+        """An HF-style tokenizer (``encode``/``decode``/``apply_chat_template``)."""
+
+    @abstractmethod
+    def generate(self, prompts: list[str], *, max_new_tokens: int = 256, temperature: float = 0.0,
+                 top_p: float = 1.0, stop: list[str] | None = None, seed: int = 0) -> list[Generation]:
+        """Complete each prompt (greedy when temperature is 0); the text excludes the prompt and the stop string."""
+
+    @abstractmethod
+    def logprobs(self, token_ids: list[list[int]]):
+        """Log-softmax over the vocabulary for each position: a float32 torch tensor [batch, seq, vocab].
+
+        Position t holds the distribution of token t+1 given tokens 0..t. Sequences in one call share a length.
+        """
+
+    def close(self) -> None:
+        """Release memory; the default does nothing."""
+
+
+class Quantizer(Component):
+    """Turns a model source into an :class:`Artifact` in ``out_dir``."""
+
+    needs_calibration: ClassVar[bool] = False
+
+    @abstractmethod
+    def quantize(self, source: ModelSource, calibration: CalibrationSet | None, options: Options,
+                 out_dir: Path) -> Artifact:
+        """Quantize and write the artifact into ``out_dir`` (an empty directory); return it saved."""
+
+    def describe(self, options: Options) -> dict[str, Any]:
+        """Short facts for reports (e.g. ``{"bits": 4, "group_size": 128}``); default: the options."""
+        return options.to_dict()
+
+
+class Calibrator(Component):
+    """Produces calibration token windows for a tokenizer."""
+
+    @abstractmethod
+    def samples(self, tokenizer: Any, options: Options, seed: int) -> CalibrationSet:
+        """Return a deterministic calibration set for this seed."""
+
+
+class Runtime(Component):
+    """Loads artifacts of the formats it lists."""
+
+    formats: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def load(self, artifact: Artifact, options: Options) -> LoadedModel:
+        """Load the artifact for generation and scoring."""
+
+
+class EvalContext(ABC):
+    """What an evaluator gets from the pipeline: resumable record output, a cache and the reference model."""
+
+    seed: int
+    limit: int | None
+    cache_dir: Path
+
+    @abstractmethod
+    def done(self) -> set[str]:
+        """Keys (``record["key"]``) of records already written for this evaluator; skip them."""
+
+    @abstractmethod
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one finished record durably; it must carry a unique ``key``."""
+
+    @abstractmethod
+    def reference(self) -> LoadedModel | None:
+        """The baseline model, loaded on first call (None when evaluating the baseline itself)."""
+
+    @abstractmethod
+    def reference_id(self) -> str:
+        """A string identifying the baseline model (for cache keys)."""
+
+    @abstractmethod
+    def progress(self, total: int, description: str) -> "contextlib.AbstractContextManager[Any]":
+        """A progress bar; ``advance(n)`` on the returned object."""
+
+
+class Evaluator(Component):
+    """Measures a loaded model: writes one record per finished item, then summarizes all records."""
+
+    @abstractmethod
+    def evaluate(self, model: LoadedModel, options: Options, ctx: EvalContext) -> None:
+        """Evaluate items not in ``ctx.done()``, calling ``ctx.write(record)`` as each finishes."""
+
+    @abstractmethod
+    def summarize(self, records: list[dict[str, Any]], options: Options) -> dict[str, Any]:
+        """Metrics (name -> number) from all records of this evaluator."""
+
+
+class HardwareProfiler(Component):
+    """Measures resources around a stage ("load", "evaluate:<name>") and, optionally, a standard benchmark."""
+
+    @abstractmethod
+    @contextlib.contextmanager
+    def measure(self, stage: str, options: Options) -> Iterator[dict[str, Any]]:
+        """Yield a dict the profiler fills with measurements when the stage ends."""
+
+    def benchmark(self, model: LoadedModel, artifact: Artifact, options: Options) -> dict[str, Any]:
+        """Active measurements (e.g. time to first token, decode tokens/s); default none."""
+        return {}
+
+
+@dataclasses.dataclass
+class VariantResult:
+    """Everything stored for one variant, as analyzers and reports see it."""
+
+    name: str
+    method: str
+    describe: dict[str, Any]
+    records: dict[str, list[dict[str, Any]]]  # evaluator -> records
+    metrics: dict[str, dict[str, Any]]  # evaluator -> metrics
+    profile: dict[str, Any]
+    artifact_bytes: int | None = None
+
+
+class Analyzer(Component):
+    """Compares every variant with the baseline, item by item."""
+
+    @abstractmethod
+    def analyze(self, baseline: VariantResult, variants: list[VariantResult], options: Options) -> dict[str, Any]:
+        """Findings keyed by variant name (and anything experiment-wide)."""
