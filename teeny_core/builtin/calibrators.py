@@ -1,0 +1,145 @@
+"""Built-in calibrators: source code, text files, JSONL records and random tokens, cut into seeded token windows."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import sysconfig
+from pathlib import Path
+from typing import Any, Iterable
+
+from teeny_core import hookimpl
+from teeny_core.errors import TeenyError
+from teeny_core.options import Options, option
+from teeny_core.types import CalibrationSet, Calibrator
+
+
+@dataclasses.dataclass
+class WindowOptions(Options):
+    samples: int = option(128, "number of calibration windows", min=1)
+    seq_len: int = option(512, "tokens per window", min=2)
+
+
+@dataclasses.dataclass
+class CodeOptions(WindowOptions):
+    path: str = option("", "directory of source files (default: this Python's standard library)")
+    glob: str = option("**/*.py", "which files under `path` to read")
+
+
+@dataclasses.dataclass
+class TextFileOptions(WindowOptions):
+    path: list[str] = option([], "one or more text files")
+
+
+@dataclasses.dataclass
+class JsonlOptions(WindowOptions):
+    path: str = option("", "a JSONL file with one record per line")
+    field: str = option("text", "the record field holding the text")
+
+
+def windows(texts: Iterable[str], tokenizer: Any, options: WindowOptions, seed: int, name: str,
+            meta: dict[str, Any]) -> CalibrationSet:
+    """Tokenize texts (EOS between documents) until there is enough, then take seeded random windows."""
+    need = options.samples * options.seq_len * 2
+    ids: list[int] = []
+    eos = tokenizer.eos_token_id
+    for text in texts:
+        ids.extend(tokenizer.encode(text, add_special_tokens=False))
+        if eos is not None:
+            ids.append(eos)
+        if len(ids) >= need:
+            break
+    if len(ids) < options.seq_len:
+        raise TeenyError(f"calibrator {name}: only {len(ids)} tokens of text, fewer than seq_len={options.seq_len}")
+    rng = random.Random(seed)
+    starts = [rng.randrange(0, len(ids) - options.seq_len + 1) for _ in range(options.samples)]
+    return CalibrationSet(name=name, samples=[ids[s:s + options.seq_len] for s in starts],
+                          meta={**meta, **options.to_dict(), "seed": seed, "source_tokens": len(ids)})
+
+
+def _existing(path: str, what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise TeenyError(f"{what} {path!r} does not exist")
+    return p
+
+
+class CodeCalibrator(Calibrator):
+    """Source files (default: the Python standard library, minus its docs) in a seeded order."""
+
+    name = "code"
+    Options = CodeOptions
+
+    def samples(self, tokenizer: Any, options: Options, seed: int) -> CalibrationSet:
+        assert isinstance(options, CodeOptions)
+        root = _existing(options.path, "code directory") if options.path else Path(sysconfig.get_paths()["stdlib"])
+        files = sorted(p for p in root.glob(options.glob)
+                       if p.is_file() and "pydoc_data" not in p.parts and "site-packages" not in p.parts)
+        if not files:
+            raise TeenyError(f"calibrator code: no files match {options.glob!r} under {str(root)!r}")
+        random.Random(seed).shuffle(files)
+        texts = (p.read_text(errors="replace") for p in files)
+        return windows(texts, tokenizer, options, seed, self.name, {"root": str(root)})
+
+
+class TextFileCalibrator(Calibrator):
+    """Plain text files you supply."""
+
+    name = "text-file"
+    Options = TextFileOptions
+
+    def samples(self, tokenizer: Any, options: Options, seed: int) -> CalibrationSet:
+        assert isinstance(options, TextFileOptions)
+        if not options.path:
+            raise TeenyError("calibrator text-file: option path is required (one or more text files)")
+        texts = (_existing(p, "text file").read_text(errors="replace") for p in options.path)
+        return windows(texts, tokenizer, options, seed, self.name, {})
+
+
+class JsonlCalibrator(Calibrator):
+    """A field of each record of a JSONL file you supply."""
+
+    name = "jsonl"
+    Options = JsonlOptions
+
+    def samples(self, tokenizer: Any, options: Options, seed: int) -> CalibrationSet:
+        assert isinstance(options, JsonlOptions)
+        if not options.path:
+            raise TeenyError("calibrator jsonl: option path is required")
+        path = _existing(options.path, "JSONL file")
+
+        def texts():
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise TeenyError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+                if not isinstance(record, dict) or not isinstance(record.get(options.field), str):
+                    raise TeenyError(f"{path}:{n}: record has no text field {options.field!r}")
+                yield record[options.field]
+
+        return windows(texts(), tokenizer, options, seed, self.name, {})
+
+
+class RandomTokensCalibrator(Calibrator):
+    """Uniformly random non-special token ids (a data-free baseline)."""
+
+    name = "random-tokens"
+    Options = WindowOptions
+
+    def samples(self, tokenizer: Any, options: Options, seed: int) -> CalibrationSet:
+        assert isinstance(options, WindowOptions)
+        special = set(tokenizer.all_special_ids)
+        vocab = [i for i in range(len(tokenizer)) if i not in special]
+        rng = random.Random(seed)
+        samples = [[rng.choice(vocab) for _ in range(options.seq_len)] for _ in range(options.samples)]
+        return CalibrationSet(name=self.name, samples=samples, meta={**options.to_dict(), "seed": seed})
+
+
+@hookimpl
+def teeny_register_calibrators(register):
+    for cls in (CodeCalibrator, TextFileCalibrator, JsonlCalibrator, RandomTokensCalibrator):
+        register(cls)

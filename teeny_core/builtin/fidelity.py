@@ -1,0 +1,149 @@
+"""Built-in ``fidelity`` evaluator: perplexity on held-out text, and KL divergence and top-1 agreement
+against the baseline's next-token distributions (the measures llama.cpp's ``--kl-divergence`` reports).
+
+KL is computed over the reference's top ``kl_top_k`` tokens plus one bucket for the rest of the
+vocabulary: the KL of the coarsened distributions, a lower bound of the full KL that equals it when
+``kl_top_k`` covers the vocabulary. The reference's top-k is cached once per experiment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from pathlib import Path
+from typing import Any
+
+from teeny_core import hookimpl
+from teeny_core.errors import TeenyError
+from teeny_core.options import Options, option
+from teeny_core.types import EvalContext, Evaluator, LoadedModel
+
+
+@dataclasses.dataclass
+class FidelityOptions(Options):
+    path: str = option("", "held-out text file (default: the Python docs topics shipped with Python)")
+    chunks: int = option(16, "number of text windows scored", min=1)
+    chunk_len: int = option(256, "tokens per window", min=2)
+    kl_top_k: int = option(256, "reference tokens kept per position for KL (the rest is one bucket)", min=1)
+
+
+def default_text() -> str:
+    """Held-out English + code: pydoc's topic help (never used by the ``code`` calibrator)."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[k] for k in sorted(topics))
+
+
+def token_chunks(tokenizer: Any, options: FidelityOptions) -> list[list[int]]:
+    """Contiguous non-overlapping windows from the start of the text."""
+    if options.path:
+        p = Path(options.path).expanduser()
+        if not p.is_file():
+            raise TeenyError(f"fidelity: text file {options.path!r} does not exist")
+        text = p.read_text(errors="replace")
+    else:
+        text = default_text()
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    n = min(options.chunks, len(ids) // options.chunk_len)
+    if n == 0:
+        raise TeenyError(f"fidelity: the text has {len(ids)} tokens, fewer than chunk_len={options.chunk_len}")
+    return [ids[i * options.chunk_len:(i + 1) * options.chunk_len] for i in range(n)]
+
+
+def reference_stats(logprobs, ids: list[int], top_k: int) -> dict[str, Any]:
+    """What a variant is compared with: top-k indices and log-probs, argmax, and the reference NLL."""
+    import torch
+
+    k = min(top_k, logprobs.shape[-1])
+    top = torch.topk(logprobs, k, dim=-1)
+    targets = torch.tensor(ids[1:])
+    nll = -logprobs[:-1].gather(-1, targets[:, None]).squeeze(-1)
+    return {"idx": top.indices, "lp": top.values, "argmax": logprobs.argmax(-1), "nll": nll}
+
+
+def compare(ref: dict[str, Any], logprobs, ids: list[int]) -> dict[str, float]:
+    """Per-window NLL, mean/max KL(ref || variant) and top-1 agreement, in float64."""
+    import torch
+
+    lp = logprobs.double()
+    p_lp = ref["lp"].double()
+    q_lp = lp.gather(-1, ref["idx"])
+    p, q = p_lp.exp(), q_lp.exp()
+    p_tail = (1 - p.sum(-1)).clamp_min(0)
+    q_tail = (1 - q.sum(-1)).clamp_min(1e-300)
+    kl = (p * (p_lp - q_lp)).sum(-1)
+    kl = kl + torch.where(p_tail > 0, p_tail * (p_tail.clamp_min(1e-300).log() - q_tail.log()), torch.zeros_like(kl))
+    targets = torch.tensor(ids[1:])
+    nll = -lp[:-1].gather(-1, targets[:, None]).squeeze(-1)
+    return {"nll": float(nll.mean()), "ref_nll": float(ref["nll"].double().mean()), "kl": float(kl.mean()),
+            "kl_max": float(kl.max()), "top1": float((lp.argmax(-1) == ref["argmax"]).double().mean()),
+            "tokens": len(ids) - 1}
+
+
+class FidelityEvaluator(Evaluator):
+    """Perplexity, KL divergence and top-1 agreement against the baseline, per text window."""
+
+    name = "fidelity"
+    Options = FidelityOptions
+
+    def evaluate(self, model: LoadedModel, options: Options, ctx: EvalContext) -> None:
+        import torch
+
+        assert isinstance(options, FidelityOptions)
+        chunks = token_chunks(model.tokenizer, options)
+        if ctx.limit:
+            chunks = chunks[:ctx.limit]
+        done = ctx.done()
+        todo = [i for i in range(len(chunks)) if f"chunk-{i}" not in done]
+        if not todo:
+            return
+        key = hashlib.sha256(f"{ctx.reference_id()}|{options.to_dict()}|{chunks[0][:32]}".encode()).hexdigest()[:16]
+        cache = Path(ctx.cache_dir) / "fidelity-reference" / key
+        cache.mkdir(parents=True, exist_ok=True)
+        with ctx.progress(len(todo), "fidelity") as bar:
+            for i in todo:
+                ids = chunks[i]
+                lp = model.logprobs([ids])[0]
+                ref_file = cache / f"chunk-{i}.pt"
+                if ref_file.exists():
+                    ref = torch.load(ref_file)
+                else:
+                    reference = ctx.reference()
+                    ref_lp = lp if reference is None else reference.logprobs([ids])[0]
+                    ref = reference_stats(ref_lp, ids, options.kl_top_k)
+                    tmp = ref_file.with_suffix(".tmp")
+                    torch.save(ref, tmp)
+                    tmp.replace(ref_file)
+                ctx.write({"key": f"chunk-{i}", "chunk": i, **compare(ref, lp, ids)})
+                bar.advance(1)
+
+    def summarize(self, records: list[dict[str, Any]], options: Options) -> dict[str, Any]:
+        if not records:
+            return {}
+        n = len(records)
+        tokens = sum(r["tokens"] for r in records)
+        mean_nll = sum(r["nll"] * r["tokens"] for r in records) / tokens
+        mean_ref = sum(r["ref_nll"] * r["tokens"] for r in records) / tokens
+        out: dict[str, Any] = {"perplexity": math.exp(mean_nll), "reference_perplexity": math.exp(mean_ref),
+                               "ppl_ratio": math.exp(mean_nll - mean_ref), "tokens": tokens, "chunks": n}
+        for field in ("kl", "top1", "nll"):
+            values = [r[field] for r in records]
+            mean = sum(values) / n
+            out[f"{field}_mean" if field != "nll" else "nll_mean"] = mean
+            out[f"{field}_se"] = _se(values, mean)
+        out["perplexity_se"] = out["perplexity"] * out["nll_se"]  # delta method
+        out["kl_max"] = max(r["kl_max"] for r in records)
+        return out
+
+
+def _se(values: list[float], mean: float) -> float:
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+
+
+@hookimpl
+def teeny_register_evaluators(register):
+    register(FidelityEvaluator)

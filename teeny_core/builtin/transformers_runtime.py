@@ -1,0 +1,149 @@
+"""Built-in ``transformers`` runtime: loads hf artifacts, and hf-gptq / hf-awq by dequantizing on load."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import time
+from typing import Any, Literal
+
+from teeny_core import hookimpl
+from teeny_core.errors import TeenyError
+from teeny_core.options import Options, option
+from teeny_core.types import Artifact, Generation, LoadedModel, Runtime
+
+
+@dataclasses.dataclass
+class TransformersOptions(Options):
+    device: str = option("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = option(
+        "auto", "compute dtype (auto: float32 on CPU, the checkpoint's on CUDA)")
+    batch_size: int = option(8, "prompts or sequences per forward batch", min=1)
+
+
+def truncate_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    """Cut ``text`` at the earliest stop string; say whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class TransformersModel(LoadedModel):
+    """A transformers causal LM with batched generation and scoring."""
+
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int) -> None:
+        self.model, self._tokenizer, self.batch_size = model, tokenizer, batch_size
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.device = next(model.parameters()).device
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    def generate(self, prompts: list[str], *, max_new_tokens: int = 256, temperature: float = 0.0,
+                 top_p: float = 1.0, stop: list[str] | None = None, seed: int = 0) -> list[Generation]:
+        import torch
+
+        stop = list(stop or [])
+        tok = self._tokenizer
+        tok.padding_side = "left"
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths pad less
+        results: dict[int, Generation] = {}
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            batch = tok([prompts[i] for i in idx], return_tensors="pt", padding=True).to(self.device)
+            kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
+            if temperature > 0:
+                torch.manual_seed(seed + start)
+                kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+            else:
+                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            if stop:
+                kwargs.update(stop_strings=stop, tokenizer=tok)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                out = self.model.generate(**batch, **kwargs)
+            seconds = (time.perf_counter() - t0) / len(idx)
+            new = out[:, batch["input_ids"].shape[1]:]
+            for row, i in enumerate(idx):
+                ids = new[row].tolist()
+                eos_hit = False
+                if tok.eos_token_id in ids:
+                    ids, eos_hit = ids[:ids.index(tok.eos_token_id)], True
+                while ids and ids[-1] == tok.pad_token_id:
+                    ids.pop()
+                text, stopped = truncate_at_stop(tok.decode(ids, skip_special_tokens=True), stop)
+                finish = "stop" if (stopped or eos_hit) else "length"
+                results[i] = Generation(text=text, tokens=len(ids), finish_reason=finish, seconds=seconds)
+        return [results[i] for i in range(len(prompts))]
+
+    def logprobs(self, token_ids: list[list[int]]):
+        import torch
+
+        outs = []
+        with torch.no_grad():
+            for start in range(0, len(token_ids), self.batch_size):
+                ids = torch.tensor(token_ids[start:start + self.batch_size], device=self.device)
+                logits = self.model(input_ids=ids).logits
+                outs.append(torch.log_softmax(logits.float(), dim=-1).cpu())
+        return torch.cat(outs)
+
+    def close(self) -> None:
+        import gc
+
+        del self.model
+        gc.collect()
+
+
+def load_dequantized(artifact: Artifact, dtype):
+    """Build the model from an hf-gptq / hf-awq checkpoint with float weights from its packed tensors."""
+    import json
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    module = importlib.import_module(f"teeny_core.formats.{artifact.format.split('-', 1)[1]}")
+    config_dict = json.loads((artifact.path / "config.json").read_text())
+    config_dict.pop("quantization_config", None)
+    config = AutoConfig.for_model(**config_dict)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = module.dequantized_state_dict(artifact.path)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if set(missing) - tied or unexpected:
+        raise TeenyError(f"{artifact.path}: checkpoint does not match its config "
+                         f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    if tied:
+        model.tie_weights()
+    return model.to(dtype)
+
+
+class TransformersRuntime(Runtime):
+    """PyTorch + transformers on CPU or CUDA; GPTQ/AWQ checkpoints are dequantized on load (exact numerics)."""
+
+    name = "transformers"
+    Options = TransformersOptions
+    formats = ("hf", "hf-gptq", "hf-awq", "gguf")
+
+    def load(self, artifact: Artifact, options: Options) -> LoadedModel:
+        from transformers import AutoTokenizer
+
+        from teeny_core.modeling import load_hf_model, resolve_device, torch_dtype
+        from teeny_core.types import ModelSource
+
+        assert isinstance(options, TransformersOptions)
+        device = resolve_device(options.device)
+        dtype = options.dtype if options.dtype != "auto" else ("float32" if device == "cpu" else "auto")
+        if artifact.format in ("hf", "gguf"):
+            source = ModelSource(str(artifact.path), gguf_file=artifact.file if artifact.format == "gguf" else None)
+            model, tokenizer = load_hf_model(source, dtype=dtype, device=device)
+        else:
+            model = load_dequantized(artifact, torch_dtype(dtype if dtype != "auto" else "float16"))
+            model.to(device).eval()
+            tokenizer = AutoTokenizer.from_pretrained(artifact.path)
+        return TransformersModel(model, tokenizer, options.batch_size)
+
+
+@hookimpl
+def teeny_register_runtimes(register):
+    register(TransformersRuntime)
