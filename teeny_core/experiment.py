@@ -1,0 +1,172 @@
+"""Experiment specs: a TOML file (see docs/experiment-format.md) validated against the installed plugins."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from teeny_core.errors import TeenyError
+from teeny_core.modeling import DTYPES
+from teeny_core.plugins import Plugins
+
+BASELINE = "original"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+TOP_KEYS = {"name": "experiment name", "model": "model to quantize", "seed": "random seed",
+            "output_dir": "run store root", "device": "auto|cpu|cuda", "dtype": "source load dtype",
+            "limit": "items per evaluator (0 = all)", "calibration": "calibrator table",
+            "evaluators": "evaluator tables", "profilers": "profiler tables", "analyzers": "analyzer tables",
+            "runtimes": "runtime option tables", "variants": "array of variant tables"}
+VARIANT_KEYS = ("name", "method", "runtime")
+
+
+@dataclasses.dataclass
+class Variant:
+    name: str
+    method: str  # a quantizer name, or "none" for the baseline
+    options: dict[str, Any]
+    runtime: str | None = None
+
+
+@dataclasses.dataclass
+class Experiment:
+    """A validated experiment; component options are validated mappings (JSON-serialisable)."""
+
+    name: str
+    model: str
+    seed: int = 0
+    output_dir: str = "runs"
+    device: str = "auto"
+    dtype: str = "auto"
+    limit: int = 0
+    calibration: dict[str, Any] = dataclasses.field(default_factory=lambda: {"method": "code"})
+    evaluators: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {"fidelity": {}})
+    profilers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    analyzers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    runtimes: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    variants: list[Variant] = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    @property
+    def root(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def all_variants(self) -> list[Variant]:
+        """The baseline first, then the variants in file order."""
+        return [Variant(BASELINE, "none", {})] + self.variants
+
+
+def load_experiment(path: str | Path, plugins: Plugins, overrides: dict[str, Any] | None = None) -> Experiment:
+    """Read and validate an experiment TOML file; errors name the file, the key and what is valid."""
+    path = Path(path)
+    if not path.is_file():
+        raise TeenyError(f"experiment file {str(path)!r} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise TeenyError(f"{path}: not valid TOML: {exc}") from None
+    data.update(overrides or {})
+    return build_experiment(data, plugins, where=str(path))
+
+
+def build_experiment(data: dict[str, Any], plugins: Plugins, where: str = "experiment") -> Experiment:
+    """Validate a parsed experiment mapping."""
+    def err(msg: str) -> TeenyError:
+        return TeenyError(f"{where}: {msg}")
+
+    for key in data:
+        if key not in TOP_KEYS:
+            raise err(f"unknown key {key!r}; valid keys: {', '.join(TOP_KEYS)}")
+    for key in ("name", "model"):
+        if not isinstance(data.get(key), str) or not data[key]:
+            raise err(f"{key!r} is required (a string)")
+    if not NAME_RE.match(data["name"]):
+        raise err(f"name {data['name']!r} is not valid; use letters, digits, '.', '_' and '-'")
+    exp = Experiment(name=data["name"], model=data["model"])
+    for key, typ in (("seed", int), ("limit", int), ("output_dir", str), ("device", str), ("dtype", str)):
+        if key in data:
+            if not isinstance(data[key], typ) or isinstance(data[key], bool):
+                raise err(f"{key}={data[key]!r} is not valid; expected {typ.__name__}")
+            setattr(exp, key, data[key])
+    if exp.limit < 0:
+        raise err(f"limit={exp.limit} is not valid; expected 0 (all) or a positive number")
+    if exp.dtype not in DTYPES:
+        raise err(f"dtype={exp.dtype!r} is not valid; expected one of {', '.join(DTYPES)}")
+    if exp.device != "auto" and not re.match(r"^(cpu|cuda(:\d+)?)$", exp.device):
+        raise err(f"device={exp.device!r} is not valid; expected auto, cpu, cuda or cuda:N")
+
+    calibration = dict(_table(data, "calibration", err) or {"method": "code"})
+    method = calibration.pop("method", "code")
+    cal_cls = _component(plugins, "calibrator", method, err, "calibration.method")
+    exp.calibration = {"method": method, **_validated(cal_cls, calibration, f"{where}: calibration ({method})")}
+
+    for kind, attr in (("evaluator", "evaluators"), ("profiler", "profilers"), ("analyzer", "analyzers"),
+                       ("runtime", "runtimes")):
+        tables = _table(data, attr, err)
+        if tables is None:
+            if attr == "profilers":
+                tables = {n: {} for n in plugins.names("profiler")}
+            elif attr == "analyzers":
+                tables = {n: {} for n in plugins.names("analyzer")}
+            else:
+                tables = getattr(exp, attr)
+        checked = {}
+        for name, opts in tables.items():
+            if not isinstance(opts, dict):
+                raise err(f"{attr}.{name} must be a table of options")
+            cls = _component(plugins, kind, name, err, f"{attr}.{name}")
+            checked[name] = _validated(cls, opts, f"{where}: {attr}.{name}")
+        setattr(exp, attr, checked)
+    if not exp.evaluators:
+        raise err("no evaluators; add e.g. [evaluators.fidelity]")
+
+    raw_variants = data.get("variants", [])
+    if not isinstance(raw_variants, list) or not all(isinstance(v, dict) for v in raw_variants):
+        raise err("variants must be an array of tables ([[variants]])")
+    seen = {BASELINE}
+    for n, raw in enumerate(raw_variants, 1):
+        raw = dict(raw)
+        name, method = raw.pop("name", None), raw.pop("method", None)
+        runtime = raw.pop("runtime", None)
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise err(f"variant #{n}: name {name!r} is not valid; use letters, digits, '.', '_' and '-'")
+        if name in seen:
+            raise err(f"variant #{n}: name {name!r} is used twice (or is the reserved baseline name)")
+        seen.add(name)
+        if not isinstance(method, str):
+            raise err(f"variant {name!r}: 'method' is required; installed quantizers: {', '.join(plugins.names('quantizer'))}")
+        q_cls = _component(plugins, "quantizer", method, err, f"variant {name!r} method")
+        if runtime is not None:
+            _component(plugins, "runtime", runtime, err, f"variant {name!r} runtime")
+        options = _validated(q_cls, raw, f"{where}: variant {name!r} ({method})")
+        exp.variants.append(Variant(name, method, options, runtime))
+    return exp
+
+
+def _table(data: dict[str, Any], key: str, err) -> dict[str, Any] | None:
+    if key not in data:
+        return None
+    if not isinstance(data[key], dict):
+        raise err(f"{key} must be a table")
+    return data[key]
+
+
+def _component(plugins: Plugins, kind: str, name: Any, err, where: str):
+    found = plugins.components[kind].get(name) if isinstance(name, str) else None
+    if found is None:
+        valid = ", ".join(plugins.names(kind)) or "none installed"
+        raise err(f"{where}: unknown {kind} {name!r}; installed: {valid}")
+    return found.cls
+
+
+def _validated(cls, options: dict[str, Any], where: str) -> dict[str, Any]:
+    return cls.Options.from_mapping(options, where=where).to_dict()
