@@ -1,0 +1,225 @@
+"""The ``significance`` analyzer: every variant against the baseline, item by item, for every evaluator.
+
+Records are paired by their ``key`` (which includes the sample index). Records with a boolean ``passed`` get
+the pass/fail analysis, clustered by ``task_id`` when a problem has several samples; numeric record fields
+named in the ``fields`` option get the continuous analysis. All p-values of one experiment are Holm-adjusted
+together (or per metric across variants, see ``correction``), and verdicts use the adjusted p-values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from teeny_core.options import Options, option
+from teeny_core.types import Analyzer, VariantResult
+from teeny_stats import stats
+
+PASS_AT_K = (1, 5, 10, 100)
+EXPERIMENT_KEY = "_experiment"
+
+
+@dataclasses.dataclass
+class SignificanceOptions(Options):
+    alpha: float = option(0.05, "significance level (two-sided), after Holm correction", min=1e-6, max=0.5)
+    power: float = option(0.8, "power at which the minimum detectable effect is reported", min=0.5, max=0.999)
+    resamples: int = option(10_000, "paired bootstrap resamples", min=100)
+    seed: int = option(0, "bootstrap seed")
+    fields: list[str] = option(["nll", "seconds"], "numeric per-item record fields compared as continuous metrics")
+    higher_is_better: list[str] = option(["top1"], "continuous fields where larger values are better "
+                                         "(all others: smaller is better)")
+    correction: str = option("experiment", "Holm family: every comparison of the experiment, each "
+                             "evaluator metric across variants, or none",
+                             choices=("experiment", "metric", "none"))
+
+
+class SignificanceAnalyzer(Analyzer):
+    """Paired tests vs the baseline: McNemar + flips, pass@k bootstrap, Wilcoxon, Holm, MDE."""
+
+    name = "significance"
+    Options = SignificanceOptions
+
+    def analyze(self, baseline: VariantResult, variants: list[VariantResult], options: Options) -> dict[str, Any]:
+        assert isinstance(options, SignificanceOptions)
+        out: dict[str, Any] = {}
+        comparisons: list[tuple[str, dict[str, Any]]] = []  # (family, result)
+        for variant in variants:
+            per_evaluator: dict[str, Any] = {}
+            for evaluator in sorted(set(baseline.records) & set(variant.records)):
+                results = compare_records(baseline.records[evaluator], variant.records[evaluator], options)
+                if results:
+                    per_evaluator[evaluator] = results
+                    comparisons += [(f"{evaluator}/{metric}", r) for metric, r in results.items()]
+            out[variant.name] = per_evaluator
+        apply_holm(comparisons, options.correction)
+        for _, result in comparisons:
+            result["verdict"] = verdict(result, options.alpha)
+        out[EXPERIMENT_KEY] = {
+            "baseline": baseline.name, "alpha": options.alpha, "power": options.power,
+            "correction": f"holm ({options.correction})" if options.correction != "none" else "none",
+            "comparisons": sum(1 for _, r in comparisons if r.get("p_value") is not None),
+            "resamples": options.resamples, "seed": options.seed,
+        }
+        return out
+
+
+def compare_records(baseline: list[dict[str, Any]], variant: list[dict[str, Any]],
+                    options: SignificanceOptions) -> dict[str, dict[str, Any]]:
+    """All analyses of one evaluator's records: ``passed`` (pass/fail) and each continuous field present."""
+    base_by_key = {r["key"]: r for r in baseline if "key" in r}
+    var_by_key = {r["key"]: r for r in variant if "key" in r}
+    keys = [k for k in base_by_key if k in var_by_key]
+    unpaired = {"baseline_only": len(base_by_key) - len(keys), "variant_only": len(var_by_key) - len(keys)}
+    results: dict[str, dict[str, Any]] = {}
+    binary = [k for k in keys if isinstance(base_by_key[k].get("passed"), bool)
+              and isinstance(var_by_key[k].get("passed"), bool)]
+    if binary:
+        results["passed"] = {**pass_fail(
+            [base_by_key[k]["passed"] for k in binary], [var_by_key[k]["passed"] for k in binary],
+            [_problem(base_by_key[k]) for k in binary], options), "unpaired": unpaired}
+    for field in options.fields:
+        numeric = [k for k in keys if _is_number(base_by_key[k].get(field)) and _is_number(var_by_key[k].get(field))]
+        if numeric:
+            results[field] = {**continuous(
+                [float(base_by_key[k][field]) for k in numeric], [float(var_by_key[k][field]) for k in numeric],
+                [_problem(base_by_key[k]) for k in numeric], field, options), "unpaired": unpaired}
+    return results
+
+
+def pass_fail(baseline: list[bool], variant: list[bool], problems: list[Any],
+              options: SignificanceOptions) -> dict[str, Any]:
+    """Pass@1 of both sides with CIs, the paired difference (bootstrap CI over problems), test, flips, pass@k."""
+    confidence = 1 - options.alpha
+    right_to_wrong, wrong_to_right = stats.flip_counts(baseline, variant)
+    per_problem: dict[Any, list[int]] = {}  # problem -> [samples, baseline passes, variant passes]
+    for b, v, p in zip(baseline, variant, problems):
+        row = per_problem.setdefault(p, [0, 0, 0])
+        row[0] += 1
+        row[1] += int(b)
+        row[2] += int(v)
+    rows = list(per_problem.values())
+    n_items, n_problems = len(baseline), len(rows)
+    sizes = sorted({r[0] for r in rows})
+    base_p1 = [r[1] / r[0] for r in rows]
+    var_p1 = [r[2] / r[0] for r in rows]
+    boot = stats.paired_bootstrap(base_p1, var_p1, resamples=options.resamples, seed=options.seed,
+                                  confidence=confidence)
+    out: dict[str, Any] = {
+        "kind": "pass/fail", "metric": "pass@1", "higher_is_better": True,
+        "n_items": n_items, "n_problems": n_problems,
+        "samples_per_problem": sizes[0] if len(sizes) == 1 else [sizes[0], sizes[-1]],
+        "delta": boot.delta, "delta_ci": list(boot.delta_ci),
+        "flips": {"right_to_wrong": right_to_wrong, "wrong_to_right": wrong_to_right},
+    }
+    if sizes == [1]:
+        b_pass, v_pass = sum(baseline), sum(variant)
+        out["baseline"] = {"score": boot.baseline, "ci": list(stats.wilson_interval(b_pass, n_items, confidence)),
+                           "ci_method": "wilson"}
+        out["variant"] = {"score": boot.variant, "ci": list(stats.wilson_interval(v_pass, n_items, confidence)),
+                          "ci_method": "wilson"}
+        out["test"] = "mcnemar-exact"
+        out["p_value"] = stats.mcnemar_exact(right_to_wrong, wrong_to_right)
+        out["mde"] = stats.mcnemar_mde(n_items, (right_to_wrong + wrong_to_right) / n_items,
+                                       options.alpha, options.power)
+    else:
+        out["baseline"] = _clustered_score(baseline, problems, boot.baseline, options.alpha)
+        out["variant"] = _clustered_score(variant, problems, boot.variant, options.alpha)
+        diffs = [float(v) - float(b) for b, v in zip(baseline, variant)]
+        test = stats.clustered_mean_test(diffs, problems, options.alpha, options.power)
+        out["test"] = "paired t, SE clustered by problem"
+        out["delta_se"] = test.se
+        out["p_value"] = None if math.isnan(test.p_value) else test.p_value
+        floor = stats.mcnemar_min_discordant(options.alpha) / n_items
+        out["mde"] = test.mde if not math.isnan(test.mde) and test.se > 0 else floor
+        out["pass_at_k"] = _pass_at_k(rows, sizes[0], options)
+    return out
+
+
+def _clustered_score(outcomes: list[bool], problems: list[Any], score: float, alpha: float) -> dict[str, Any]:
+    from scipy import stats as sps
+
+    se = stats.clustered_se([float(x) for x in outcomes], problems)
+    groups = len(set(problems))
+    if math.isnan(se) or groups < 2:
+        return {"score": score, "ci": None, "se": None}
+    half = float(sps.t.ppf(1 - alpha / 2, groups - 1)) * se
+    return {"score": score, "ci": [max(0.0, score - half), min(1.0, score + half)], "se": se,
+            "ci_method": "t, SE clustered by problem"}
+
+
+def _pass_at_k(rows: list[list[int]], min_samples: int, options: SignificanceOptions) -> dict[str, Any]:
+    """Unbiased pass@k (k > 1 where every problem has at least k samples), paired bootstrap over problems."""
+    out: dict[str, Any] = {}
+    for k in PASS_AT_K[1:]:
+        if k > min_samples:
+            break
+        base = [stats.pass_at_k(n, c, k) for n, c, _ in rows]
+        var = [stats.pass_at_k(n, c, k) for n, _, c in rows]
+        boot = stats.paired_bootstrap(base, var, resamples=options.resamples, seed=options.seed,
+                                      confidence=1 - options.alpha)
+        out[f"pass@{k}"] = {"baseline": boot.baseline, "baseline_ci": list(boot.baseline_ci),
+                            "variant": boot.variant, "variant_ci": list(boot.variant_ci),
+                            "delta": boot.delta, "delta_ci": list(boot.delta_ci)}
+    return out
+
+
+def continuous(baseline: list[float], variant: list[float], problems: list[Any], field: str,
+               options: SignificanceOptions) -> dict[str, Any]:
+    """Means with bootstrap CIs (resampling problems), the paired difference, Wilcoxon signed-rank, MDE."""
+    sums: dict[Any, list[float]] = {}  # problem -> [count, baseline sum, variant sum]
+    for b, v, p in zip(baseline, variant, problems):
+        row = sums.setdefault(p, [0.0, 0.0, 0.0])
+        row[0] += 1
+        row[1] += b
+        row[2] += v
+    rows = list(sums.values())
+    boot = stats.paired_bootstrap([r[1] for r in rows], [r[2] for r in rows], [r[0] for r in rows],
+                                  resamples=options.resamples, seed=options.seed, confidence=1 - options.alpha)
+    test = stats.wilcoxon_signed_rank(baseline, variant)
+    diffs = [v - b for b, v in zip(baseline, variant)]
+    return {
+        "kind": "continuous", "metric": field, "higher_is_better": field in options.higher_is_better,
+        "n_items": len(baseline), "n_problems": len(rows),
+        "baseline": {"score": boot.baseline, "ci": list(boot.baseline_ci), "ci_method": "bootstrap"},
+        "variant": {"score": boot.variant, "ci": list(boot.variant_ci), "ci_method": "bootstrap"},
+        "delta": boot.delta, "delta_ci": list(boot.delta_ci),
+        "test": f"wilcoxon signed-rank ({test.method})", "statistic": test.statistic, "p_value": test.p_value,
+        "mde": stats.paired_mean_mde(diffs, options.alpha, options.power),
+    }
+
+
+def apply_holm(comparisons: list[tuple[str, dict[str, Any]]], correction: str) -> None:
+    """Set ``p_adjusted`` on every result: Holm over the experiment, per metric family, or unadjusted."""
+    if correction == "none":
+        for _, r in comparisons:
+            r["p_adjusted"] = r.get("p_value")
+        return
+    families: dict[str, list[dict[str, Any]]] = {}
+    for family, r in comparisons:
+        families.setdefault(family if correction == "metric" else "all", []).append(r)
+    for members in families.values():
+        for r, adjusted in zip(members, stats.holm([m.get("p_value") for m in members])):
+            r["p_adjusted"] = adjusted
+
+
+def verdict(result: dict[str, Any], alpha: float) -> str:
+    """"worse", "better", or "no significant difference (MDE ...)" from the adjusted p-value and the delta."""
+    p = result.get("p_adjusted")
+    delta = result.get("delta", 0.0)
+    if p is not None and p < alpha and delta != 0:
+        improved = (delta > 0) == bool(result.get("higher_is_better", True))
+        return "better" if improved else "worse"
+    mde = result.get("mde")
+    if mde is None or (isinstance(mde, float) and math.isnan(mde)):
+        return "no significant difference"
+    shown = f"{100 * mde:.1f} pp" if result.get("kind") == "pass/fail" else f"{mde:.3g}"
+    return f"no significant difference (MDE {shown})"
+
+
+def _problem(record: dict[str, Any]) -> Any:
+    return record.get("task_id", record.get("key"))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

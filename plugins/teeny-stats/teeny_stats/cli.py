@@ -1,0 +1,122 @@
+"""``teeny compare RUN_DIR_A RUN_DIR_B``: the significance analysis of two existing variant runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from teeny_core.errors import TeenyError
+from teeny_core.types import VariantResult
+
+
+def load_variant_dir(path: Path, name: str | None = None) -> VariantResult:
+    """Read a variant run directory (``runs/<experiment>/<variant>/``) without modifying it."""
+    path = Path(path)
+    samples = path / "samples.jsonl"
+    if not samples.is_file():
+        raise TeenyError(f"{path} has no samples.jsonl; expected a variant run directory runs/<experiment>/<variant>/")
+    records: dict[str, list[dict[str, Any]]] = {}
+    with open(samples, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.endswith(b"\n"):
+                break  # a torn last line of an interrupted run
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TeenyError(f"{samples}:{number} is not valid JSON ({exc.msg})") from None
+            records.setdefault(record.get("evaluator", "unknown"), []).append(record)
+    meta = _read(path / "variant.json")
+    return VariantResult(name=name or meta.get("name") or path.name, method=meta.get("method", "?"),
+                         describe=meta.get("describe", {}), records=records,
+                         metrics=_read(path / "metrics.json"), profile=_read(path / "profile.json"),
+                         artifact_bytes=meta.get("artifact_bytes"))
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise TeenyError(f"{path} is not valid JSON ({exc.msg})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _num(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}g}"
+
+
+def _ci(ci: list[float] | None) -> str:
+    return "" if not ci else f" [{_num(ci[0], 3)}, {_num(ci[1], 3)}]"
+
+
+def comparison_rows(findings: dict[str, Any], variant: str) -> list[list[str]]:
+    """Table rows (evaluator, metric, n, baseline, variant, delta, p, Holm p, flips, verdict) for one variant."""
+    rows = []
+    for evaluator, metrics in sorted(findings.get(variant, {}).items()):
+        for metric, r in metrics.items():
+            flips = r.get("flips")
+            rows.append([
+                evaluator, r.get("metric", metric), str(r.get("n_items", "")),
+                _num(r["baseline"]["score"]) + _ci(r["baseline"].get("ci")),
+                _num(r["variant"]["score"]) + _ci(r["variant"].get("ci")),
+                f"{r['delta']:+.4g}" + _ci(r.get("delta_ci")),
+                _num(r.get("p_value"), 3), _num(r.get("p_adjusted"), 3),
+                f"-{flips['right_to_wrong']} / +{flips['wrong_to_right']}" if flips else "",
+                r.get("verdict", ""),
+            ])
+    return rows
+
+
+HEADERS = ["evaluator", "metric", "n", "A (baseline)", "B (variant)", "delta B-A [CI]", "p", "p (Holm)",
+           "flips", "verdict"]
+
+
+@click.command("compare")
+@click.argument("run_a", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_b", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="significance analyzer option (alpha, power, resamples, seed, fields, higher_is_better, correction)")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="also write the findings to this JSON file")
+def compare(run_a: Path, run_b: Path, options: tuple[str, ...], json_out: Path | None) -> None:
+    """Compare two variant run directories item by item; RUN_A is the baseline."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from teeny_core.options import parse_cli_options
+    from teeny_stats.analyzer import EXPERIMENT_KEY, SignificanceAnalyzer
+
+    try:
+        parsed = SignificanceAnalyzer.Options.from_mapping(parse_cli_options(options), "significance")
+        a, b = load_variant_dir(run_a), load_variant_dir(run_b)
+        if a.name == b.name:
+            a.name, b.name = f"{run_a.parent.name}/{a.name}", f"{run_b.parent.name}/{b.name}"
+        shared = sorted(set(a.records) & set(b.records))
+        if not shared:
+            raise TeenyError(f"{run_a} and {run_b} share no evaluator (A has {', '.join(sorted(a.records)) or 'none'}, "
+                             f"B has {', '.join(sorted(b.records)) or 'none'})")
+        findings = SignificanceAnalyzer().analyze(a, [b], parsed)
+    except TeenyError as exc:
+        raise click.ClickException(str(exc)) from None
+    rows = comparison_rows(findings, b.name)
+    table = Table(title=f"{b.name} vs {a.name}")
+    for header in HEADERS:
+        table.add_column(header, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console = Console(width=200)
+    console.print(table)
+    if not rows:
+        console.print("no comparable records (no boolean 'passed' field and none of the fields "
+                      f"{', '.join(parsed.fields)})")
+    settings = findings[EXPERIMENT_KEY]
+    console.print(f"alpha {settings['alpha']}, {settings['correction']} over {settings['comparisons']} comparisons, "
+                  f"{settings['resamples']} bootstrap resamples (seed {settings['seed']})")
+    if json_out:
+        from teeny_core.store import write_json
+
+        write_json(json_out, findings)

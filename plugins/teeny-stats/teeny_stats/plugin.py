@@ -1,0 +1,17 @@
+"""Hook implementations of teeny-stats (light imports only: scipy and numpy load when a run uses them)."""
+
+from teeny_core import hookimpl
+
+
+@hookimpl
+def teeny_register_analyzers(register):
+    from teeny_stats.analyzer import SignificanceAnalyzer
+
+    register(SignificanceAnalyzer)
+
+
+@hookimpl
+def teeny_register_commands(cli):
+    from teeny_stats.cli import compare
+
+    cli.add_command(compare)
