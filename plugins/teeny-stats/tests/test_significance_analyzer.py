@@ -1,0 +1,179 @@
+"""The ``significance`` analyzer on synthetic variants: verdicts, flips, Holm across variants, clustering."""
+
+import random
+
+import pytest
+
+from teeny_core.options import OptionsError
+from teeny_core.plugins import Plugins
+from teeny_core.types import VariantResult
+from teeny_stats import stats
+from teeny_stats.analyzer import SignificanceAnalyzer, SignificanceOptions
+
+
+def bench_records(outcomes, samples=1, evaluator="humaneval"):
+    """Pass/fail records: outcomes[i] is the verdict of item i = (problem i // samples, sample i % samples)."""
+    return [{"key": f"HumanEval/{i // samples}#{i % samples}", "task_id": f"HumanEval/{i // samples}",
+             "sample": i % samples, "passed": bool(p), "evaluator": evaluator, "seconds": 1.0 + 0.01 * (i % 7)}
+            for i, p in enumerate(outcomes)]
+
+
+def variant(name, records, method="rtn"):
+    return VariantResult(name=name, method=method, describe={"bits": 4}, records=records, metrics={}, profile={})
+
+
+def baseline_outcomes(n=120, seed=0):
+    rng = random.Random(seed)
+    return [rng.random() < 0.6 for _ in range(n)]
+
+
+def flip(outcomes, right_to_wrong, wrong_to_right):
+    out = list(outcomes)
+    passed = [i for i, p in enumerate(out) if p]
+    failed = [i for i, p in enumerate(out) if not p]
+    for i in passed[:right_to_wrong]:
+        out[i] = False
+    for i in failed[:wrong_to_right]:
+        out[i] = True
+    return out
+
+
+def analyze(base, variants, **opts):
+    options = SignificanceOptions.from_mapping({"resamples": 2000, **opts})
+    return SignificanceAnalyzer().analyze(base, variants, options)
+
+
+def test_flipping_many_items_is_worse_and_identical_is_no_difference():
+    b = baseline_outcomes()
+    base = variant("original", {"humaneval": bench_records(b)}, method="none")
+    bad = variant("q2", {"humaneval": bench_records(flip(b, 20, 2))})
+    same = variant("q8", {"humaneval": bench_records(b)})
+    out = analyze(base, [bad, same], fields=[])
+    worse = out["q2"]["humaneval"]["passed"]
+    assert worse["flips"] == {"right_to_wrong": 20, "wrong_to_right": 2}
+    assert worse["test"] == "mcnemar-exact"
+    assert worse["p_value"] == pytest.approx(stats.mcnemar_exact(20, 2))
+    assert worse["p_adjusted"] < 0.05 and worse["verdict"] == "worse"
+    assert worse["delta"] == pytest.approx(-18 / 120)
+    assert worse["delta_ci"][0] < -18 / 120 < worse["delta_ci"][1] < 0
+    assert worse["baseline"]["ci"] == pytest.approx(list(stats.wilson_interval(sum(b), 120, 0.95)))
+    equal = out["q8"]["humaneval"]["passed"]
+    assert equal["p_value"] == 1.0 and equal["flips"] == {"right_to_wrong": 0, "wrong_to_right": 0}
+    assert equal["verdict"] == "no significant difference (MDE 5.0 pp)"  # 6 flips / 120 items
+    assert out["_experiment"]["comparisons"] == 2
+
+
+def test_more_wins_than_losses_is_better():
+    b = baseline_outcomes()
+    base = variant("original", {"humaneval": bench_records(b)})
+    good = variant("awq", {"humaneval": bench_records(flip(b, 1, 15))})
+    r = analyze(base, [good], fields=[])["awq"]["humaneval"]["passed"]
+    assert r["verdict"] == "better" and r["delta"] > 0
+
+
+def test_holm_is_applied_across_variants():
+    b = baseline_outcomes(200, seed=1)
+    base = variant("original", {"humaneval": bench_records(b)})
+    variants = [variant(f"v{i}", {"humaneval": bench_records(flip(b, rw, 0))}) for i, rw in enumerate((7, 9, 3))]
+    out = analyze(base, variants, fields=[])
+    raw = [stats.mcnemar_exact(rw, 0) for rw in (7, 9, 3)]
+    expected = stats.holm(raw)
+    got = [out[f"v{i}"]["humaneval"]["passed"]["p_adjusted"] for i in range(3)]
+    assert got == pytest.approx(expected)
+    # 7 flips: raw p = 2/128 = 0.0156 < 0.05 but Holm (x2) = 0.031 still < 0.05; 9 flips -> x3
+    assert got[0] == pytest.approx(2 * raw[0]) and got[1] == pytest.approx(3 * raw[1])
+    unadjusted = analyze(base, variants, fields=[], correction="none")
+    assert [unadjusted[f"v{i}"]["humaneval"]["passed"]["p_adjusted"] for i in range(3)] == pytest.approx(raw)
+
+
+def test_holm_can_turn_a_raw_significance_into_no_difference():
+    b = baseline_outcomes(200, seed=2)
+    base = variant("original", {"humaneval": bench_records(b)})
+    # 6 one-way flips: raw p = 0.03125; with two more comparisons in the family Holm gives 3 x 0.03125 > 0.05
+    variants = [variant("a", {"humaneval": bench_records(flip(b, 6, 0))}),
+                variant("b", {"humaneval": bench_records(b)}), variant("c", {"humaneval": bench_records(b)})]
+    out = analyze(base, variants, fields=[])
+    r = out["a"]["humaneval"]["passed"]
+    assert r["p_value"] < 0.05 < r["p_adjusted"]
+    assert r["verdict"].startswith("no significant difference (MDE")
+    alone = analyze(base, variants[:1], fields=[])["a"]["humaneval"]["passed"]
+    assert alone["verdict"] == "worse"
+
+
+def test_multiple_samples_per_problem_cluster_and_pass_at_k():
+    rng = random.Random(5)
+    problems, n = 30, 10
+    rates = [rng.random() for _ in range(problems)]
+    b = [rng.random() < rates[i // n] for i in range(problems * n)]
+    v = [x if rng.random() < 0.8 else (rng.random() < rates[i // n] - 0.3) for i, x in enumerate(b)]
+    base = variant("original", {"humaneval": bench_records(b, samples=n)})
+    var = variant("q3", {"humaneval": bench_records(v, samples=n)})
+    r = analyze(base, [var], fields=[])["q3"]["humaneval"]["passed"]
+    assert r["n_problems"] == problems and r["samples_per_problem"] == n and r["n_items"] == problems * n
+    assert r["test"] == "paired t, SE clustered by problem"
+    diffs = [float(y) - float(x) for x, y in zip(b, v)]
+    clusters = [i // n for i in range(problems * n)]
+    assert r["delta_se"] == pytest.approx(stats.clustered_se(diffs, clusters))
+    # clustering matters here: the naive i.i.d. SE is smaller than the clustered one
+    naive = stats.clustered_se(diffs, list(range(len(diffs))))
+    assert r["delta_se"] > naive
+    # pass@k by hand for k = 5, 10 from the per-problem counts
+    for k in (5, 10):
+        expected_b = sum(stats.pass_at_k(n, sum(b[p * n:(p + 1) * n]), k) for p in range(problems)) / problems
+        expected_v = sum(stats.pass_at_k(n, sum(v[p * n:(p + 1) * n]), k) for p in range(problems)) / problems
+        got = r["pass_at_k"][f"pass@{k}"]
+        assert got["baseline"] == pytest.approx(expected_b) and got["variant"] == pytest.approx(expected_v)
+        assert got["delta_ci"][0] <= got["delta"] <= got["delta_ci"][1]
+    assert "pass@100" not in r["pass_at_k"]
+    assert r["baseline"]["score"] == pytest.approx(sum(b) / len(b))
+
+
+def test_continuous_fields_and_direction():
+    rng = random.Random(3)
+    chunks = 40
+    base_recs = [{"key": f"chunk-{i}", "chunk": i, "nll": 2.0 + rng.random(), "top1": 1.0} for i in range(chunks)]
+    worse_recs = [{**r, "nll": r["nll"] + 0.05 + 0.01 * rng.random(), "top1": 0.9 + 0.01 * rng.random()}
+                  for r in base_recs]
+    base = variant("original", {"fidelity": base_recs})
+    var = variant("q4", {"fidelity": worse_recs})
+    out = analyze(base, [var], fields=["nll", "top1", "missing"])["q4"]["fidelity"]
+    assert set(out) == {"nll", "top1"}
+    nll = out["nll"]
+    assert nll["kind"] == "continuous" and nll["n_items"] == chunks
+    # every difference positive: exact Wilcoxon p = 2 / 2^40
+    assert nll["p_value"] == pytest.approx(2 / 2**40, rel=1e-6) and nll["test"].endswith("(exact)")
+    assert nll["verdict"] == "worse"  # higher NLL is worse
+    assert out["top1"]["verdict"] == "worse" and out["top1"]["higher_is_better"]  # lower agreement is worse
+    assert nll["delta_ci"][0] > 0.05
+    same = analyze(base, [variant("copy", {"fidelity": base_recs})], fields=["nll"])["copy"]["fidelity"]["nll"]
+    assert same["p_value"] == 1.0 and same["verdict"].startswith("no significant difference")
+
+
+def test_pairing_by_key_ignores_unpaired_and_non_boolean_records():
+    b = [True, False, True, True]
+    base = variant("original", {"humaneval": bench_records(b)})
+    var_records = bench_records([False, False, True, True, True])  # one extra item only the variant has
+    var_records[1]["passed"] = None  # e.g. a skipped language: not a pass/fail outcome
+    r = analyze(base, [variant("v", {"humaneval": var_records})], fields=[])["v"]["humaneval"]["passed"]
+    assert r["n_items"] == 3
+    assert r["unpaired"] == {"baseline_only": 0, "variant_only": 1}
+    assert r["flips"] == {"right_to_wrong": 1, "wrong_to_right": 0}
+
+
+def test_evaluator_missing_from_variant_is_skipped():
+    base = variant("original", {"humaneval": bench_records([True, False]), "fidelity": []})
+    out = analyze(base, [variant("v", {"fidelity": []})], fields=["nll"])
+    assert out["v"] == {}
+
+
+def test_bad_options_give_one_line_errors():
+    with pytest.raises(OptionsError, match="alpha"):
+        SignificanceOptions.from_mapping({"alpha": 2})
+    with pytest.raises(OptionsError, match="correction"):
+        SignificanceOptions.from_mapping({"correction": "bonferroni"})
+
+
+def test_registered_through_the_entry_point():
+    plugins = Plugins.load()
+    assert plugins.get("analyzer", "significance") is SignificanceAnalyzer
+    assert plugins.infos["stats"].error is None
