@@ -45,36 +45,6 @@ def _read(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _num(x: float | None, digits: int = 4) -> str:
-    return "-" if x is None else f"{x:.{digits}g}"
-
-
-def _ci(ci: list[float] | None) -> str:
-    return "" if not ci else f" [{_num(ci[0], 3)}, {_num(ci[1], 3)}]"
-
-
-def comparison_rows(findings: dict[str, Any], variant: str) -> list[list[str]]:
-    """Table rows (evaluator, metric, n, baseline, variant, delta, p, Holm p, flips, verdict) for one variant."""
-    rows = []
-    for evaluator, metrics in sorted(findings.get(variant, {}).items()):
-        for metric, r in metrics.items():
-            flips = r.get("flips")
-            rows.append([
-                evaluator, r.get("metric", metric), str(r.get("n_items", "")),
-                _num(r["baseline"]["score"]) + _ci(r["baseline"].get("ci")),
-                _num(r["variant"]["score"]) + _ci(r["variant"].get("ci")),
-                f"{r['delta']:+.4g}" + _ci(r.get("delta_ci")),
-                _num(r.get("p_value"), 3), _num(r.get("p_adjusted"), 3),
-                f"-{flips['right_to_wrong']} / +{flips['wrong_to_right']}" if flips else "",
-                r.get("verdict", ""),
-            ])
-    return rows
-
-
-HEADERS = ["evaluator", "metric", "n", "A (baseline)", "B (variant)", "delta B-A [CI]", "p", "p (Holm)",
-           "flips", "verdict"]
-
-
 @click.command("compare")
 @click.argument("run_a", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("run_b", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -88,6 +58,7 @@ def compare(run_a: Path, run_b: Path, options: tuple[str, ...], json_out: Path |
     from rich.table import Table
 
     from teeny_core.options import parse_cli_options
+    from teeny_core.report import ANALYSIS_HEADERS, analysis_rows
     from teeny_stats.analyzer import EXPERIMENT_KEY, SignificanceAnalyzer
 
     try:
@@ -102,9 +73,9 @@ def compare(run_a: Path, run_b: Path, options: tuple[str, ...], json_out: Path |
         findings = SignificanceAnalyzer().analyze(a, [b], parsed)
     except TeenyError as exc:
         raise click.ClickException(str(exc)) from None
-    rows = comparison_rows(findings, b.name)
-    table = Table(title=f"{b.name} vs {a.name}")
-    for header in HEADERS:
+    rows = analysis_rows(findings.get(b.name, {}))
+    table = Table(title=f"{b.name} (B) vs {a.name} (A, baseline)")
+    for header in ANALYSIS_HEADERS:
         table.add_column(header, overflow="fold")
     for row in rows:
         table.add_row(*row)

@@ -1,0 +1,73 @@
+"""``teeny compare RUN_A RUN_B`` on two synthetic variant run directories, through the real ``teeny`` CLI."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from teeny_stats import stats
+
+
+def write_run(directory, outcomes, nll, method="rtn"):
+    directory.mkdir(parents=True)
+    lines = [{"evaluator": "humaneval", "key": f"HumanEval/{i}#0", "task_id": f"HumanEval/{i}", "sample": 0,
+              "passed": p} for i, p in enumerate(outcomes)]
+    lines += [{"evaluator": "fidelity", "key": f"chunk-{i}", "chunk": i, "nll": x, "tokens": 255}
+              for i, x in enumerate(nll)]
+    (directory / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (directory / "variant.json").write_text(json.dumps({"name": directory.name, "method": method,
+                                                        "describe": {"bits": 4}}))
+    return directory
+
+
+@pytest.fixture
+def teeny_cli():
+    from teeny_core.cli import cli, plugins
+
+    plugins().add_commands(cli)
+    return cli
+
+
+def test_compare_prints_the_paired_table(tmp_path, teeny_cli):
+    base = [i % 3 != 0 for i in range(60)]
+    var = list(base)
+    flipped = [i for i, p in enumerate(base) if p][:12]
+    for i in flipped:
+        var[i] = False
+    a = write_run(tmp_path / "exp" / "original", base, [2.0 + 0.01 * i for i in range(20)], method="none")
+    b = write_run(tmp_path / "exp" / "q2", var, [2.5 + 0.01 * i for i in range(20)])
+    out_json = tmp_path / "findings.json"
+    result = CliRunner().invoke(teeny_cli, ["compare", str(a), str(b), "-o", "resamples=500",
+                                            "--json", str(out_json)])
+    assert result.exit_code == 0, result.output
+    assert "q2 (B) vs original (A, baseline)" in result.output
+    assert "-12 / +0" in result.output and "worse" in result.output
+    findings = json.loads(out_json.read_text())
+    passed = findings["q2"]["humaneval"]["passed"]
+    assert passed["p_value"] == pytest.approx(stats.mcnemar_exact(12, 0))
+    assert findings["q2"]["fidelity"]["nll"]["verdict"] == "worse"
+    assert findings["_experiment"]["comparisons"] == 2
+
+
+def test_compare_same_variant_name_in_two_experiments(tmp_path, teeny_cli):
+    a = write_run(tmp_path / "exp1" / "q4", [True, False] * 10, [1.0] * 5)
+    b = write_run(tmp_path / "exp2" / "q4", [True, False] * 10, [1.0] * 5)
+    result = CliRunner().invoke(teeny_cli, ["compare", str(a), str(b)])
+    assert result.exit_code == 0, result.output
+    assert "exp2/q4 (B) vs exp1/q4 (A, baseline)" in result.output
+    assert "no significant difference" in result.output
+
+
+def test_compare_errors_are_one_line(tmp_path, teeny_cli):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    good = write_run(tmp_path / "exp" / "v", [True], [1.0])
+    result = CliRunner().invoke(teeny_cli, ["compare", str(empty), str(good)])
+    assert result.exit_code != 0 and "has no samples.jsonl" in result.output
+    result = CliRunner().invoke(teeny_cli, ["compare", str(good), str(good), "-o", "alpha=3"])
+    assert result.exit_code != 0 and "alpha=3" in result.output
+    other = tmp_path / "other" / "w"
+    other.mkdir(parents=True)
+    (other / "samples.jsonl").write_text(json.dumps({"evaluator": "mmlu", "key": "a", "passed": True}) + "\n")
+    result = CliRunner().invoke(teeny_cli, ["compare", str(good), str(other)])
+    assert result.exit_code != 0 and "share no evaluator" in result.output
