@@ -51,15 +51,21 @@ def token_chunks(tokenizer: Any, options: FidelityOptions) -> list[list[int]]:
     return [ids[i * options.chunk_len:(i + 1) * options.chunk_len] for i in range(n)]
 
 
+def tail_mass(logprobs, idx):
+    """Probability outside the indices ``idx`` per position, summed directly (no 1 - sum cancellation)."""
+    return logprobs.double().exp().scatter(-1, idx, 0.0).sum(-1)
+
+
 def reference_stats(logprobs, ids: list[int], top_k: int) -> dict[str, Any]:
-    """What a variant is compared with: top-k indices and log-probs, argmax, and the reference NLL."""
+    """What a variant is compared with: top-k indices and log-probs, the rest's mass, argmax, and the NLL."""
     import torch
 
     k = min(top_k, logprobs.shape[-1])
     top = torch.topk(logprobs, k, dim=-1)
     targets = torch.tensor(ids[1:])
     nll = -logprobs[:-1].gather(-1, targets[:, None]).squeeze(-1)
-    return {"idx": top.indices, "lp": top.values, "argmax": logprobs.argmax(-1), "nll": nll}
+    return {"idx": top.indices, "lp": top.values, "tail": tail_mass(logprobs, top.indices),
+            "argmax": logprobs.argmax(-1), "nll": nll}
 
 
 def compare(ref: dict[str, Any], logprobs, ids: list[int]) -> dict[str, float]:
@@ -69,11 +75,10 @@ def compare(ref: dict[str, Any], logprobs, ids: list[int]) -> dict[str, float]:
     lp = logprobs.double()
     p_lp = ref["lp"].double()
     q_lp = lp.gather(-1, ref["idx"])
-    p, q = p_lp.exp(), q_lp.exp()
-    p_tail = (1 - p.sum(-1)).clamp_min(0)
-    q_tail = (1 - q.sum(-1)).clamp_min(1e-300)
-    kl = (p * (p_lp - q_lp)).sum(-1)
-    kl = kl + torch.where(p_tail > 0, p_tail * (p_tail.clamp_min(1e-300).log() - q_tail.log()), torch.zeros_like(kl))
+    kl = (p_lp.exp() * (p_lp - q_lp)).sum(-1)
+    p_tail, q_tail = ref["tail"], tail_mass(lp, ref["idx"])
+    tail = p_tail * (p_tail.clamp_min(1e-300).log() - q_tail.clamp_min(1e-300).log())
+    kl = kl + torch.where(p_tail > 0, tail, torch.zeros_like(kl))
     targets = torch.tensor(ids[1:])
     nll = -lp[:-1].gather(-1, targets[:, None]).squeeze(-1)
     return {"nll": float(nll.mean()), "ref_nll": float(ref["nll"].double().mean()), "kl": float(kl.mean()),
