@@ -1,0 +1,591 @@
+"""The experiment report (``report.md``, a self-contained ``report.html``, ``plots/*.png``) and ``recommend``.
+
+Both read the ``results`` dict the pipeline writes to ``runs/<experiment>/results.json``; every piece is
+optional (a variant without a profile, an experiment without the significance analyzer). matplotlib is
+imported only when plotting; without it the report is written without plots and says so.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from teeny_core.errors import TeenyError
+
+SIGNIFICANCE = "significance"
+# metrics-dict key -> (label, higher is better, the significance analysis metric that measures it)
+KNOWN_SCORES: dict[str, tuple[str, bool, str | None]] = {
+    "pass@1": ("pass@1", True, "passed"),
+    "accuracy": ("accuracy", True, "passed"),
+    "score": ("score", True, "passed"),
+    "perplexity": ("perplexity", False, "nll"),
+    "kl_mean": ("KL divergence", False, "kl"),
+    "top1_mean": ("top-1 agreement", True, "top1"),
+}
+VERDICT_TIER = {"better": 2, "no significant difference": 1, "worse": 0}
+
+
+# -- sizes ------------------------------------------------------------------------------------------------------
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
+          "g": 1024**3, "gb": 1000**3, "gib": 1024**3, "t": 1024**4, "tb": 1000**4, "tib": 1024**4}
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from ``"8GiB"``, ``"512MB"``, ``"1.5 GB"``, ``"4G"`` (K/M/G/T alone are binary) or a plain number."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _UNITS:
+        raise TeenyError(f"bad memory size {text!r}; expected a number with a unit like 8GiB, 512MB or 16G")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def format_bytes(n: float | None) -> str:
+    """``1536 -> "1.5 KiB"``; None or 0 -> ``"-"``."""
+    if not n:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(n)
+
+
+# -- reading results ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Primary:
+    """The benchmark score the report leads with and ``recommend`` ranks by."""
+
+    evaluator: str
+    key: str  # metrics key, e.g. "pass@1"
+    label: str
+    higher_is_better: bool
+    analysis_metric: str | None  # significance result measuring it, e.g. "passed"
+
+
+def _variants(results: dict[str, Any]) -> list[dict[str, Any]]:
+    return [v for v in results.get("variants") or [] if isinstance(v, dict) and "name" in v]
+
+
+def _significance(results: dict[str, Any]) -> dict[str, Any]:
+    found = (results.get("analysis") or {}).get(SIGNIFICANCE)
+    return found if isinstance(found, dict) else {}
+
+
+def primary_metric(results: dict[str, Any]) -> Primary | None:
+    """The first evaluator (in experiment order) with a known score; pass/fail benchmarks come first."""
+    candidates: list[tuple[int, int, Primary]] = []
+    evaluators: list[str] = []
+    for v in _variants(results):
+        evaluators += [e for e in (v.get("metrics") or {}) if e not in evaluators]
+    for order, ev in enumerate(evaluators):
+        metrics = next(((v.get("metrics") or {}).get(ev) for v in _variants(results)
+                        if (v.get("metrics") or {}).get(ev)), {})
+        for rank, (key, (label, higher, analysis_metric)) in enumerate(KNOWN_SCORES.items()):
+            if isinstance(metrics.get(key), (int, float)):
+                candidates.append((rank if analysis_metric == "passed" else 10 + order, order,
+                                   Primary(ev, key, f"{ev} {label}", higher, analysis_metric)))
+                break
+    if not candidates:
+        return None
+    return min(candidates, key=lambda c: (c[0], c[1]))[2]
+
+
+def comparison(results: dict[str, Any], variant: str, primary: Primary | None) -> dict[str, Any] | None:
+    """The significance result of ``variant`` vs the baseline on the primary score, if analyzed."""
+    if primary is None or primary.analysis_metric is None:
+        return None
+    found = ((_significance(results).get(variant) or {}).get(primary.evaluator) or {}).get(primary.analysis_metric)
+    return found if isinstance(found, dict) else None
+
+
+def score_of(results: dict[str, Any], variant: dict[str, Any], primary: Primary | None
+             ) -> tuple[float | None, list[float] | None]:
+    """(score, CI) of a variant on the primary metric: the analysis's paired numbers where they measure the
+    same quantity (pass@1), else the evaluator's metric with a normal CI from its ``<key>_se``."""
+    if primary is None:
+        return None, None
+    if primary.analysis_metric == "passed":
+        if variant["name"] == results.get("baseline"):
+            for other in _variants(results):
+                r = comparison(results, other["name"], primary)
+                if r:
+                    return r["baseline"]["score"], r["baseline"].get("ci")
+        else:
+            r = comparison(results, variant["name"], primary)
+            if r:
+                return r["variant"]["score"], r["variant"].get("ci")
+    metrics = (variant.get("metrics") or {}).get(primary.evaluator) or {}
+    value = metrics.get(primary.key)
+    if not isinstance(value, (int, float)):
+        return None, None
+    se = metrics.get(f"{primary.key}_se")
+    if isinstance(se, (int, float)) and math.isfinite(se):
+        return float(value), [value - 1.959964 * se, value + 1.959964 * se]
+    return float(value), None
+
+
+def memory_of(variant: dict[str, Any]) -> tuple[int | None, str]:
+    """(bytes, what was measured): peak GPU memory, else peak RSS while loading, else the process's peak RSS,
+    else the artifact size (the load stage is used because a run's later stages may hold a reference model)."""
+    profile = variant.get("profile") or {}
+    stages = [s for s in profile.values() if isinstance(s, dict)]
+    cuda = max((s.get("peak_cuda_bytes") or 0 for s in stages), default=0)
+    if cuda:
+        return int(cuda), "peak GPU memory"
+    load = (profile.get("load") or {}).get("peak_rss_bytes") if isinstance(profile.get("load"), dict) else None
+    if load:
+        return int(load), "peak RSS while loading"
+    if profile.get("peak_rss_bytes"):
+        return int(profile["peak_rss_bytes"]), "peak RSS"
+    size = variant.get("packed_bytes") or variant.get("artifact_bytes")
+    return (int(size), "artifact size (no memory profile)") if size else (None, "not measured")
+
+
+def _energy(variant: dict[str, Any]) -> float | None:
+    profile = variant.get("profile") or {}
+    if isinstance(profile.get("energy_joules"), (int, float)):
+        return float(profile["energy_joules"])
+    values = [s["energy_joules"] for s in profile.values()
+              if isinstance(s, dict) and isinstance(s.get("energy_joules"), (int, float))]
+    return float(sum(values)) if values else None
+
+
+def _bits(variant: dict[str, Any]) -> str:
+    describe = variant.get("describe") or {}
+    for key in ("bits", "wbits", "ftype", "type", "dtype"):
+        if describe.get(key) is not None:
+            return str(describe[key])
+    return "-"
+
+
+def _num(x: Any, digits: int = 4) -> str:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return "-" if x is None else str(x)
+    return f"{x:.{digits}g}"
+
+
+def _ci(ci: Any) -> str:
+    return f" [{_num(ci[0], 3)}, {_num(ci[1], 3)}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else ""
+
+
+def analysis_rows(findings: dict[str, Any]) -> list[list[str]]:
+    """Rows (evaluator, metric, n, baseline [CI], variant [CI], delta [CI], test, p, Holm p, flips, verdict)
+    from one variant's significance findings (``{evaluator: {metric: result}}``)."""
+    rows = []
+    for evaluator, metrics in sorted(findings.items()):
+        if not isinstance(metrics, dict):
+            continue
+        for metric, r in metrics.items():
+            flips = r.get("flips")
+            rows.append([
+                evaluator, str(r.get("metric", metric)), str(r.get("n_items", "")),
+                _num(r["baseline"]["score"]) + _ci(r["baseline"].get("ci")),
+                _num(r["variant"]["score"]) + _ci(r["variant"].get("ci")),
+                f"{r['delta']:+.4g}" + _ci(r.get("delta_ci")), str(r.get("test", "")),
+                _num(r.get("p_value"), 3), _num(r.get("p_adjusted"), 3),
+                f"-{flips['right_to_wrong']} / +{flips['wrong_to_right']}" if flips else "",
+                str(r.get("verdict", "")),
+            ])
+    return rows
+
+
+ANALYSIS_HEADERS = ["evaluator", "metric", "n", "baseline [CI]", "variant [CI]", "delta [CI]", "test", "p",
+                    "p (Holm)", "flips (-/+)", "verdict"]
+
+
+# -- recommend ------------------------------------------------------------------------------------------------
+def recommend(results: dict[str, Any], memory_bytes: int | str) -> tuple[dict[str, Any], str]:
+    """The best variant whose measured memory fits ``memory_bytes`` (an int or a size like "8GiB"), and why.
+
+    Among the variants that fit, the best tier by verdict against the original wins (significantly better,
+    then not significantly different, with the original itself in that tier, then significantly worse);
+    within a top tier of "better" or "not significantly different" the smallest memory wins, since a variant
+    statistically not worse than the best is preferred when smaller. When everything that fits is worse, or
+    without an analysis, the highest primary score wins, ties to the smaller memory.
+    """
+    budget = parse_size(memory_bytes)
+    variants = _variants(results)
+    if not variants:
+        raise TeenyError("the results hold no variants to recommend from")
+    primary = primary_metric(results)
+    sized = [(v, *memory_of(v)) for v in variants]
+    unmeasured = [v["name"] for v, mem, _ in sized if mem is None]
+    fitting = [(v, mem, how) for v, mem, how in sized if mem is not None and mem <= budget]
+    if not fitting:
+        measured = [(mem, v["name"]) for v, mem, _ in sized if mem is not None]
+        if not measured:
+            raise TeenyError("no variant has a measured memory or artifact size; run with a profiler")
+        mem, name = min(measured)
+        raise TeenyError(f"no variant fits {format_bytes(budget)}: the smallest, {name}, needs {format_bytes(mem)}")
+    baseline = results.get("baseline")
+
+    def tier(v: dict[str, Any]) -> int:
+        if v["name"] == baseline:
+            return VERDICT_TIER["no significant difference"]
+        r = comparison(results, v["name"], primary)
+        if r is None:
+            return -1
+        verdict = str(r.get("verdict", ""))
+        return next((t for prefix, t in VERDICT_TIER.items() if verdict.startswith(prefix)), -1)
+
+    def score(v: dict[str, Any]) -> float:
+        s, _ = score_of(results, v, primary)
+        if s is None:
+            return -math.inf
+        return s if primary is None or primary.higher_is_better else -s
+
+    analyzed = primary is not None and any(tier(v) >= 0 for v, _, _ in fitting if v["name"] != baseline)
+    top = max(tier(v) for v, _, _ in fitting) if analyzed else -1
+    if top >= VERDICT_TIER["no significant difference"]:
+        pool = [f for f in fitting if tier(f[0]) == top]
+        best, mem, how = min(pool, key=lambda f: (f[1], -score(f[0])))
+    else:  # no analysis, or everything that fits is significantly worse: the best score wins
+        pool = [f for f in fitting if tier(f[0]) == top] if analyzed else fitting
+        best, mem, how = max(pool, key=lambda f: (score(f[0]), -f[1]))
+    reason = _why(results, primary, best, mem, how, budget, analyzed, fitting, sized, unmeasured)
+    return best, reason
+
+
+def _why(results, primary, best, mem, how, budget, analyzed, fitting, sized, unmeasured) -> str:
+    parts = [f"{best['name']} ({best.get('method', '?')}, bits {_bits(best)}) fits {format_bytes(budget)} "
+             f"with {format_bytes(mem)} ({how})"]
+    s, ci = score_of(results, best, primary)
+    if primary is not None and s is not None:
+        parts.append(f"its {primary.label} is {_num(s)}{_ci(ci)}")
+    if analyzed:
+        if best["name"] == results.get("baseline"):
+            parts.append("no smaller variant that fits is statistically as good as it")
+        else:
+            r = comparison(results, best["name"], primary) or {}
+            verdict = str(r.get("verdict", ""))
+            p = f"Holm-adjusted p={_num(r.get('p_adjusted'), 3)}"
+            if verdict.startswith("no significant difference"):
+                parts.append(f"it is not significantly different from the original ({p}, {verdict}) and it is the "
+                             f"smallest such variant that fits")
+            elif verdict == "better":
+                parts.append(f"it is significantly better than the original ({p}) and the smallest such that fits")
+            else:
+                parts.append(f"every variant that fits is significantly worse than the original ({p}); this one "
+                             f"scores highest among them")
+    elif primary is not None:
+        parts.append("it has the highest score among the variants that fit (no significance analysis available)")
+    too_big = [f"{v['name']} ({format_bytes(m)})" for v, m, _ in sized if m is not None and m > budget]
+    if too_big:
+        parts.append("too large: " + ", ".join(too_big))
+    if unmeasured:
+        parts.append("not considered (no memory measured): " + ", ".join(unmeasured))
+    return "; ".join(parts) + "."
+
+
+# -- the report ---------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Block:
+    kind: str  # "h1", "h2", "p", "table", "img", "pre"
+    text: str = ""
+    headers: list[str] = dataclasses.field(default_factory=list)
+    rows: list[list[str]] = dataclasses.field(default_factory=list)
+    path: Path | None = None
+
+
+def results_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The main table: one row per variant with score, delta vs the original, flips, size, memory, speed, energy."""
+    primary = primary_metric(results)
+    label = primary.label if primary else "score"
+    delta_label = "delta vs original"
+    if primary is not None and primary.analysis_metric and primary.analysis_metric != "passed":
+        delta_label = f"delta mean {primary.analysis_metric} vs original"
+    headers = ["variant", "method", "bits", f"{label} [95% CI]", f"{delta_label} [CI] (p Holm)", "verdict",
+               "flips (-/+)", "artifact", "peak memory", "tokens/s", "energy"]
+    rows = []
+    for v in _variants(results):
+        s, ci = score_of(results, v, primary)
+        r = comparison(results, v["name"], primary)
+        if v["name"] == results.get("baseline"):
+            delta, verdict, flips = "(baseline)", "", ""
+        elif r:
+            delta = f"{r['delta']:+.4g}{_ci(r.get('delta_ci'))} (p={_num(r.get('p_adjusted'), 3)})"
+            verdict = str(r.get("verdict", ""))
+            f = r.get("flips")
+            flips = f"-{f['right_to_wrong']} / +{f['wrong_to_right']}" if f else ""
+        else:
+            delta, verdict, flips = "-", "not analyzed", ""
+        size = format_bytes(v.get("artifact_bytes"))
+        if v.get("packed_bytes") and v.get("packed_bytes") != v.get("artifact_bytes"):
+            size += f" (packed {format_bytes(v['packed_bytes'])})"
+        mem, how = memory_of(v)
+        bench = (v.get("profile") or {}).get("benchmark") or {}
+        energy = _energy(v)
+        rows.append([v["name"], str(v.get("method", "-")), _bits(v), (_num(s) + _ci(ci)) if s is not None else "-",
+                     delta, verdict, flips, size, format_bytes(mem) if mem and "artifact" not in how else "-",
+                     _num(bench.get("decode_tokens_per_s"), 3), f"{energy:.1f} J" if energy is not None else "-"])
+    return headers, rows
+
+
+def _category_counts(results: dict[str, Any], run_dir: Path) -> dict[str, dict[str, dict[str, int]]]:
+    """evaluator -> variant -> category -> count: evaluator metrics ``categories``, else the non-empty
+    ``category`` of the variant's records in ``run_dir/<variant>/samples.jsonl`` where that file exists."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for v in _variants(results):
+        found = False
+        for ev, metrics in (v.get("metrics") or {}).items():
+            cats = metrics.get("categories") if isinstance(metrics, dict) else None
+            if isinstance(cats, dict) and cats:
+                found = True
+                out.setdefault(ev, {})[v["name"]] = {str(k): int(n) for k, n in cats.items()
+                                                    if isinstance(n, (int, float))}
+        samples = run_dir / str(v["name"]) / "samples.jsonl"
+        if not found and samples.is_file():
+            counts: dict[str, dict[str, int]] = {}
+            for line in samples.read_text(errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a torn last line of an interrupted run
+                category = record.get("category") if isinstance(record, dict) else None
+                if category:
+                    per = counts.setdefault(str(record.get("evaluator", "?")), {})
+                    per[str(category)] = per.get(str(category), 0) + 1
+            for ev, per in counts.items():
+                out.setdefault(ev, {})[v["name"]] = per
+    return out
+
+
+def _pareto_front(points: list[tuple[float, float, str]], higher_is_better: bool) -> list[tuple[float, float, str]]:
+    """Points not dominated by another (less or equal memory and a better or equal score, one strictly)."""
+    sign = 1 if higher_is_better else -1
+    front = [p for p in points if not any(
+        q[0] <= p[0] and sign * q[1] >= sign * p[1] and (q[0] < p[0] or sign * q[1] > sign * p[1]) for q in points)]
+    return sorted(front)
+
+
+def _plots(run_dir: Path, results: dict[str, Any]) -> tuple[dict[str, Path], str | None]:
+    """Write plots/*.png; returns (name -> path, why plots are missing)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return {}, "Plots skipped: matplotlib is not installed (pip install matplotlib)."
+    plots_dir = run_dir / "plots"
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+    primary = primary_metric(results)
+    points, errors = [], []
+    for v in _variants(results):
+        s, ci = score_of(results, v, primary)
+        size = v.get("packed_bytes") or v.get("artifact_bytes") or memory_of(v)[0]
+        if s is not None and size:
+            points.append((float(size), s, v["name"]))
+            errors.append((s - ci[0], ci[1] - s) if ci else (0.0, 0.0))
+    if primary is not None and points:
+        scale, unit = (2**30, "GiB") if max(p[0] for p in points) >= 2**31 else (2**20, "MiB")
+        fig = Figure(figsize=(7, 4.5), dpi=110)
+        ax = fig.add_subplot()
+        ax.errorbar([p[0] / scale for p in points], [p[1] for p in points],
+                    yerr=[[e[0] for e in errors], [e[1] for e in errors]], fmt="o", color="#777", ecolor="#bbb",
+                    capsize=3, zorder=2, label="variant (95% CI)")
+        front = _pareto_front(points, primary.higher_is_better)
+        ax.plot([p[0] / scale for p in front], [p[1] for p in front], "-o", color="#d62728", zorder=3,
+                label="Pareto front")
+        for x, y, name in points:
+            ax.annotate(name, (x / scale, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.set_xlabel(f"model size ({unit}; packed size where known)")
+        ax.set_ylabel(primary.label + ("" if primary.higher_is_better else " (lower is better)"))
+        ax.set_title("accuracy vs size")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        out["pareto"] = plots_dir / "pareto.png"
+        fig.savefig(out["pareto"])
+    cats = _category_counts(results, run_dir)
+    for ev, per_variant in cats.items():
+        categories = sorted({c for counts in per_variant.values() for c in counts})
+        names = list(per_variant)
+        fig = Figure(figsize=(max(6, 1.2 * len(categories) + 2), 4.5), dpi=110)
+        ax = fig.add_subplot()
+        width = 0.8 / max(len(names), 1)
+        for i, name in enumerate(names):
+            xs = [j + i * width for j in range(len(categories))]
+            ax.bar(xs, [per_variant[name].get(c, 0) for c in categories], width, label=name)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(categories))], categories, rotation=30, ha="right")
+        ax.set_ylabel("count")
+        ax.set_title(f"{ev}: errors by category")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        key = "errors-" + re.sub(r"[^A-Za-z0-9_.-]", "_", ev)
+        out[key] = plots_dir / f"{key}.png"
+        fig.savefig(out[key])
+    return out, None
+
+
+def _blocks(run_dir: Path, results: dict[str, Any]) -> tuple[list[_Block], dict[str, Path]]:
+    blocks = [_Block("h1", f"Teeny report: {results.get('experiment', run_dir.name)}")]
+    baseline = results.get("baseline", "original")
+    intro = f"Every variant is compared item by item with the baseline **{baseline}**."
+    sig = _significance(results)
+    settings = sig.get("_experiment") or {}
+    if settings:
+        intro += (f" Significance: alpha {settings.get('alpha')}, {settings.get('correction')} over "
+                  f"{settings.get('comparisons')} comparisons; bootstrap {settings.get('resamples')} resamples "
+                  f"(seed {settings.get('seed')}); MDE at {int(100 * settings.get('power', 0.8))}% power.")
+    else:
+        intro += " No significance analysis in these results (install teeny-stats and add the `significance` analyzer)."
+    if results.get("config_hash"):
+        intro += f" Config hash `{results['config_hash']}`."
+    blocks.append(_Block("p", intro))
+    headers, rows = results_table(results)
+    blocks += [_Block("h2", "Results"), _Block("table", headers=headers, rows=rows)]
+    memory_note = {memory_of(v)[1] for v in _variants(results)
+                   if memory_of(v)[0] and "artifact" not in memory_of(v)[1]}
+    if memory_note:
+        blocks.append(_Block("p", "Peak memory is the " + " / ".join(sorted(memory_note)) + "."))
+    plots, missing = _plots(run_dir, results)
+    blocks.append(_Block("h2", "Plots"))
+    if missing:
+        blocks.append(_Block("p", missing))
+    for name, path in plots.items():
+        blocks.append(_Block("img", name, path=path))
+    details = [(v["name"], sig.get(v["name"])) for v in _variants(results) if isinstance(sig.get(v["name"]), dict)]
+    if details:
+        blocks.append(_Block("h2", "Paired comparisons with the baseline"))
+        for name, findings in details:
+            blocks += [_Block("h3", name), _Block("table", headers=ANALYSIS_HEADERS, rows=analysis_rows(findings))]
+    metric_rows, metric_headers = _metric_table(results)
+    if metric_rows:
+        blocks += [_Block("h2", "Evaluator metrics"), _Block("table", headers=metric_headers, rows=metric_rows)]
+    cats = _category_counts(results, run_dir)
+    if cats:
+        blocks.append(_Block("h2", "Errors by category"))
+        for ev, per_variant in cats.items():
+            categories = sorted({c for counts in per_variant.values() for c in counts})
+            blocks += [_Block("h3", ev), _Block("table", headers=["variant"] + categories, rows=[
+                [name] + [str(counts.get(c, 0)) for c in categories] for name, counts in per_variant.items()])]
+    manifest = results.get("manifest") or {}
+    blocks.append(_Block("h2", "Manifest"))
+    if manifest:
+        facts = [[k, _num(manifest[k]) if not isinstance(manifest[k], str) else manifest[k]]
+                 for k in ("experiment", "config_hash", "seed", "started_at", "updated_at") if k in manifest]
+        if facts:
+            blocks.append(_Block("table", headers=["", ""], rows=facts))
+        for section in ("versions", "hardware"):
+            if isinstance(manifest.get(section), dict):
+                blocks += [_Block("h3", section), _Block("table", headers=["", ""], rows=[
+                    [k, json.dumps(val) if isinstance(val, (list, dict)) else str(val)]
+                    for k, val in manifest[section].items()])]
+        blocks.append(_Block("pre", json.dumps(manifest, indent=2, sort_keys=True, default=str)))
+    else:
+        blocks.append(_Block("p", "No manifest in these results."))
+    return blocks, plots
+
+
+def _metric_table(results: dict[str, Any]) -> tuple[list[list[str]], list[str]]:
+    columns: list[tuple[str, str]] = []
+    for v in _variants(results):
+        for ev, metrics in (v.get("metrics") or {}).items():
+            for key, val in (metrics or {}).items():
+                if isinstance(val, (int, float)) and not isinstance(val, bool) and (ev, key) not in columns:
+                    columns.append((ev, key))
+    rows = [[v["name"]] + [_num(((v.get("metrics") or {}).get(ev) or {}).get(key)) for ev, key in columns]
+            for v in _variants(results)]
+    return (rows if columns else []), ["variant"] + [f"{ev}: {key}" for ev, key in columns]
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _to_markdown(blocks: list[_Block], run_dir: Path) -> str:
+    out = []
+    for b in blocks:
+        if b.kind in ("h1", "h2", "h3"):
+            out.append("#" * int(b.kind[1]) + " " + b.text)
+        elif b.kind == "p":
+            out.append(b.text)
+        elif b.kind == "table":
+            out.append("| " + " | ".join(_md_cell(h) for h in b.headers) + " |")
+            out.append("|" + "---|" * len(b.headers))
+            out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.rows]
+        elif b.kind == "img" and b.path is not None:
+            out.append(f"![{b.text}]({b.path.relative_to(run_dir).as_posix()})")
+        elif b.kind == "pre":
+            out.append("<details><summary>full manifest</summary>\n\n```json\n" + b.text + "\n```\n</details>")
+        out.append("")
+    return "\n".join(out)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:1200px;padding:0 1rem;
+color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:.6rem 0 1.2rem;font-size:.88rem}
+th,td{border:1px solid #ccc;padding:.25rem .55rem;text-align:left;vertical-align:top}
+th{background:#f3f3f3}
+tr:nth-child(even) td{background:#fafafa}
+td.worse{color:#b00020;font-weight:600} td.better{color:#1b7f2a;font-weight:600}
+img{max-width:100%;border:1px solid #ddd;margin:.5rem 0}
+pre{background:#f6f6f6;padding:.8rem;overflow:auto;font-size:.8rem}
+code{background:#f0f0f0;padding:0 .2rem}
+"""
+
+
+def _inline(text: str) -> str:
+    """Escape, then render **bold** and `code` (the only markdown the report's paragraphs use)."""
+    escaped = html.escape(text)
+    escaped = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", escaped)
+
+
+def _to_html(blocks: list[_Block], title: str) -> str:
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"]
+    for b in blocks:
+        if b.kind in ("h1", "h2", "h3"):
+            out.append(f"<{b.kind}>{html.escape(b.text)}</{b.kind}>")
+        elif b.kind == "p":
+            out.append(f"<p>{_inline(b.text)}</p>")
+        elif b.kind == "table":
+            out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in b.headers)
+                       + "</tr></thead><tbody>")
+            for row in b.rows:
+                cells = []
+                for c in row:
+                    cls = ' class="worse"' if c == "worse" else ' class="better"' if c == "better" else ""
+                    cells.append(f"<td{cls}>{html.escape(c)}</td>")
+                out.append("<tr>" + "".join(cells) + "</tr>")
+            out.append("</tbody></table>")
+        elif b.kind == "img" and b.path is not None:
+            data = base64.b64encode(b.path.read_bytes()).decode("ascii")
+            out.append(f'<figure><img alt="{html.escape(b.text)}" src="data:image/png;base64,{data}"></figure>')
+        elif b.kind == "pre":
+            out.append(f"<details><summary>full manifest</summary><pre>{html.escape(b.text)}</pre></details>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Atomic: a temp file beside ``path``, then rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_report(run_dir: Path, results: dict[str, Any]) -> dict[str, Path]:
+    """Write ``report.md``, ``report.html`` (self-contained) and ``plots/*.png`` into ``run_dir``.
+
+    Returns ``{"md": path, "html": path, <plot name>: path, ...}``.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    blocks, plots = _blocks(run_dir, results)
+    title = f"Teeny report: {results.get('experiment', run_dir.name)}"
+    paths = {"md": run_dir / "report.md", "html": run_dir / "report.html"}
+    _write_text(paths["md"], _to_markdown(blocks, run_dir))
+    _write_text(paths["html"], _to_html(blocks, title))
+    return {**paths, **plots}
