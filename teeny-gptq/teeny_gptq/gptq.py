@@ -1,0 +1,236 @@
+"""The GPTQ algorithm (Frantar et al., 2022) for one linear layer, in plain torch (CPU or CUDA, same code).
+
+Given a weight ``W [out, in]`` and the Hessian ``H = 2/n X^T X`` of its calibration inputs, columns are
+quantized one at a time and each column's rounding error is spread over the not-yet-quantized columns with
+the upper Cholesky factor of ``H^-1``, in lazy blocks of ``block_size`` columns.
+
+Grid: ``q = clamp(round(w / scale) + zero, 0, 2**bits - 1)``, ``w_hat = scale * (q - zero)``. Scales are rounded
+to float16 *before* any code is chosen, so the float32 ``w_hat`` used for error compensation is exactly what a
+GPTQ checkpoint dequantizes to. Zero points are kept in ``1 .. 2**bits - 1`` so checkpoint format v1 (which
+stores ``zero - 1``) can hold them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+
+log = logging.getLogger("teeny_gptq")
+
+FP16_MIN_SUBNORMAL = 2.0**-24
+FP16_MAX = 65504.0
+MAX_DAMP = 10.0  # relative to the mean diagonal; beyond this the Hessian is unusable and RTN is used
+
+
+@dataclasses.dataclass
+class MSESearch:
+    """Clipping search: try ranges shrunk by ``1 - i/grid`` for ``i < max_shrink*grid``, keep the lowest
+    ``sum |w - w_hat|^norm`` per row."""
+
+    grid: int = 100
+    max_shrink: float = 0.8
+    norm: float = 2.4
+
+
+@dataclasses.dataclass
+class GPTQResult:
+    """Integer codes ``q [out, in]`` (int32), float32 ``scale``/``zero`` ``[out, groups]`` (scale exactly
+    representable in float16), ``g_idx [in]`` (int32), the dequantized weight ``w_hat`` (compute dtype), the
+    relative damping finally used, how many times it was escalated, and the GPTQ loss
+    ``sum((w - w_hat)^2 / diag(H^-1)) / 2``."""
+
+    q: object
+    scale: object
+    zero: object
+    g_idx: object
+    w_hat: object
+    damp: float
+    escalations: int
+    loss: float
+
+
+class HessianAccumulator:
+    """Running ``H = 2/n sum x x^T`` over every token row ``x`` seen at a linear's input."""
+
+    def __init__(self, columns: int, device=None, dtype=None) -> None:
+        import torch
+
+        self.H = torch.zeros((columns, columns), device=device, dtype=dtype or torch.float32)
+        self.rows = 0
+
+    def add(self, x) -> None:
+        x = x.reshape(-1, self.H.shape[0]).to(self.H.dtype)
+        m = x.shape[0]
+        if m == 0:
+            return
+        self.H *= self.rows / (self.rows + m)
+        self.rows += m
+        x = x * math.sqrt(2.0 / self.rows)
+        self.H += x.t() @ x
+
+
+def round_scale(scale):
+    """Scale as the checkpoint stores it: float16, kept positive and finite, returned in the input dtype."""
+    return scale.clamp(FP16_MIN_SUBNORMAL, FP16_MAX).half().to(scale.dtype)
+
+
+def group_params(w, bits: int, sym: bool, mse: MSESearch | None = None):
+    """Scale and zero (each ``[rows]``) for quantizing the columns of ``w [rows, k]`` as one group."""
+    import torch
+
+    from teeny_core.quant import qparams
+
+    maxq = 2**bits - 1
+    scheme = "sym" if sym else "asym"
+
+    def params(clip: float):
+        scale, zero = qparams(w, bits, scheme, clip=clip)
+        scale, zero = round_scale(scale.to(w.dtype)).flatten(), zero.to(w.dtype).flatten()
+        low = zero < 1  # v1 checkpoints cannot store zero 0: use zero 1 and widen the scale to cover the max
+        if bool(low.any()):
+            top = (w.max(dim=1).values * clip).clamp(min=0) / (maxq - 1)
+            scale = torch.where(low, round_scale(torch.maximum(top, scale)), scale)
+            zero = torch.where(low, torch.ones_like(zero), zero)
+        return scale, zero
+
+    scale, zero = params(1.0)
+    if mse is None:
+        return scale, zero
+    best = torch.full_like(scale, float("inf"))
+    for i in range(int(mse.max_shrink * mse.grid)):
+        s, z = params(1 - i / mse.grid)
+        err = (dequant(quant(w, s[:, None], z[:, None], maxq), s[:, None], z[:, None]) - w).abs().pow(mse.norm).sum(1)
+        better = err < best
+        best = torch.where(better, err, best)
+        scale, zero = torch.where(better, s, scale), torch.where(better, z, zero)
+    return scale, zero
+
+
+def quant(w, scale, zero, maxq: int):
+    """Codes (in ``w``'s dtype) on the grid ``scale * (q - zero)``."""
+    import torch
+
+    return torch.clamp(torch.round(w / scale) + zero, 0, maxq)
+
+
+def dequant(q, scale, zero):
+    return scale * (q - zero)
+
+
+def inverse_cholesky(H, damp_percent: float, damp_increment: float, name: str = ""):
+    """Upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1``, raising ``damp`` by ``damp_increment``
+    until the factorization succeeds. Returns ``(U, damp, escalations)``; a Hessian that never factorizes
+    (non-finite values) gives the identity, which makes GPTQ plain round-to-nearest, with a warning."""
+    import torch
+
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    mean_diag = torch.diag(H).mean()
+    step = damp_increment if damp_increment > 0 else 0.0025
+    damp, escalations = damp_percent, 0
+    if bool(torch.isfinite(H).all()):
+        while damp <= MAX_DAMP:
+            L, info = torch.linalg.cholesky_ex(H + damp * mean_diag * eye)
+            if int(info) == 0:
+                U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+                if int(info) == 0 and bool(torch.isfinite(U).all()):
+                    if escalations:
+                        log.warning("%s: Hessian not positive definite at damp_percent=%g; succeeded at %g "
+                                    "after %d increase(s)", name or "linear", damp_percent, damp, escalations)
+                    return U, damp, escalations
+            damp += step
+            escalations += 1
+    log.warning("%s: Hessian unusable (non-finite or not positive definite up to damp %g); quantizing with "
+                "round-to-nearest", name or "linear", MAX_DAMP)
+    return eye, float("nan"), escalations
+
+
+@contextlib.contextmanager
+def few_threads(device):
+    """Run small CPU tensor ops on one thread (intra-op threading costs more than it gives at this size)."""
+    import torch
+
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def gptq_quantize(W, H, *, bits: int, group_size: int = 128, sym: bool = True, act_order: bool = False,
+                  static_groups: bool = False, block_size: int = 128, damp_percent: float = 0.01,
+                  damp_increment: float = 0.0025, mse: MSESearch | None = None, name: str = "") -> GPTQResult:
+    """Quantize ``W [out, in]`` with GPTQ given the Hessian ``H [in, in]`` of its inputs.
+
+    Computes in ``W``'s dtype when it is float64, else float32. ``group_size`` <= 0 means one group per row.
+    With ``act_order`` columns are visited by decreasing ``diag(H)``; ``static_groups`` fixes every group's
+    scale and zero from the original weights first (so ``g_idx`` stays contiguous), otherwise a group's
+    parameters are found when its first column (in visiting order) comes up, from the updated weights.
+    """
+    import torch
+
+    dtype = torch.float64 if W.dtype == torch.float64 else torch.float32
+    W = W.detach().to(dtype).clone()
+    H = H.detach().to(dtype).clone()
+    rows, cols = W.shape
+    maxq = 2**bits - 1
+    gs = group_size if 0 < group_size < cols else cols
+    n_groups = math.ceil(cols / gs)
+    dynamic = gs < cols and not static_groups  # group parameters found while sweeping
+
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+
+    scale = torch.zeros((rows, n_groups), dtype=dtype, device=W.device)
+    zero = torch.zeros_like(scale)
+    if not dynamic:
+        for g in range(n_groups):
+            scale[:, g], zero[:, g] = group_params(W[:, g * gs:(g + 1) * gs], bits, sym, mse)
+
+    positions = torch.arange(cols, device=W.device)
+    perm = torch.argsort(torch.diag(H), descending=True, stable=True) if act_order else positions
+    if act_order:
+        W, H = W[:, perm], H[perm][:, perm]
+    U, damp, escalations = inverse_cholesky(H, damp_percent, damp_increment, name)
+    del H
+
+    codes = torch.zeros_like(W)
+    W_hat = torch.zeros_like(W)
+    col_group = positions // gs if dynamic else perm // gs  # the group of each visited position
+    group_of = col_group.tolist()
+    loss = torch.zeros((), dtype=torch.float64, device=W.device)
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        W1 = W[:, i1:i2].clone()
+        Err1 = torch.zeros_like(W1)
+        U1 = U[i1:i2, i1:i2]
+        with few_threads(W.device):  # per-column vector ops: threading only adds overhead
+            for i in range(i2 - i1):
+                col = i1 + i
+                g = group_of[col]
+                if dynamic and col % gs == 0:  # from the group's current weights: updated block columns, then later
+                    current = torch.cat([W1[:, i:i + gs], W[:, i2:col + gs]], dim=1)
+                    scale[:, g], zero[:, g] = group_params(current, bits, sym, mse)
+                w, d = W1[:, i], U1[i, i]
+                q = quant(w, scale[:, g], zero[:, g], maxq)
+                w_q = dequant(q, scale[:, g], zero[:, g])
+                codes[:, col], W_hat[:, col] = q, w_q
+                err = (w - w_q) / d
+                loss += (err.double() ** 2).sum() / 2
+                W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
+                Err1[:, i] = err
+        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+
+    g_idx = torch.empty(cols, dtype=torch.int32, device=W.device)
+    g_idx[perm] = col_group.to(torch.int32)
+    if act_order:
+        inverse = torch.argsort(perm)
+        codes, W_hat = codes[:, inverse], W_hat[:, inverse]
+    return GPTQResult(q=codes.to(torch.int32), scale=scale, zero=zero, g_idx=g_idx, w_hat=W_hat,
+                      damp=damp, escalations=escalations, loss=float(loss))

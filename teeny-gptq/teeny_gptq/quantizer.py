@@ -1,0 +1,215 @@
+"""The ``gptq`` quantizer: native torch GPTQ (or GPTQModel where installed), written as an hf-gptq checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import resource
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from teeny_core.errors import TeenyError
+from teeny_core.options import Options, option
+from teeny_core.types import Artifact, CalibrationSet, ModelSource, Quantizer
+
+CHECKPOINT_FORMAT = "gptq"
+
+
+@dataclasses.dataclass
+class GPTQOptions(Options):
+    bits: int = option(4, "bits per weight", choices=(2, 3, 4, 8))
+    group_size: int = option(128, "input columns sharing a scale and zero; -1 or 0 = one per output channel",
+                             min=-1)
+    sym: bool = option(True, "symmetric grid (zero fixed at the middle) instead of a per-group zero point")
+    desc_act: bool = option(False, "act-order: quantize columns by decreasing Hessian diagonal")
+    static_groups: bool = option(False, "with desc_act: fix every group's scale/zero before the sweep "
+                                        "(keeps g_idx contiguous, faster kernels)")
+    true_sequential: bool = option(True, "inside a block quantize q/k/v, then o, then gate/up, then down, "
+                                         "each with inputs from the already quantized part")
+    damp_percent: float = option(0.01, "Hessian damping as a fraction of its mean diagonal", min=0.0, max=1.0)
+    damp_auto_increment: float = option(0.0025, "damping added per retry when Cholesky fails", min=0.0, max=1.0)
+    block_size: int = option(128, "columns per lazy-update block", min=1)
+    mse: bool = option(False, "search a clipping ratio per group that minimizes the weight error")
+    mse_grid: int = option(100, "clipping candidates 1 - i/grid", min=1)
+    mse_max_shrink: float = option(0.8, "largest fraction the range may shrink by", min=0.0, max=1.0)
+    mse_norm: float = option(2.4, "exponent of the clipping search's error", min=1.0)
+    skip: list[str] = option(["lm_head"], "glob patterns of linear layers kept in full precision "
+                                          "(only linears inside decoder blocks are quantized)")
+    batch_size: int = option(8, "calibration sequences per forward pass", min=1)
+    device: str = option("auto", "where blocks are quantized: auto (cuda when available), cpu, cuda, cuda:N")
+    backend: Literal["native", "gptqmodel"] = option("native", "native torch GPTQ, or the gptqmodel package")
+
+
+def settings_from(options: GPTQOptions):
+    from teeny_gptq.gptq import MSESearch
+    from teeny_gptq.sequential import GPTQSettings
+
+    mse = MSESearch(options.mse_grid, options.mse_max_shrink, options.mse_norm) if options.mse else None
+    return GPTQSettings(bits=options.bits, group_size=options.group_size if options.group_size > 0 else -1,
+                        sym=options.sym, act_order=options.desc_act, static_groups=options.static_groups,
+                        true_sequential=options.true_sequential, block_size=options.block_size,
+                        damp_percent=options.damp_percent, damp_increment=options.damp_auto_increment,
+                        mse=mse, skip=tuple(options.skip), batch_size=options.batch_size)
+
+
+def quantization_config(options: GPTQOptions, skipped_inside: list[str]) -> dict[str, Any]:
+    """The ``quantization_config`` transformers, GPTQModel and vLLM read."""
+    from teeny_gptq import __version__
+
+    cfg: dict[str, Any] = {
+        "quant_method": "gptq",
+        "bits": options.bits,
+        "group_size": options.group_size if options.group_size > 0 else -1,
+        "desc_act": options.desc_act,
+        "sym": options.sym,
+        "static_groups": options.static_groups,
+        "true_sequential": options.true_sequential,
+        "damp_percent": options.damp_percent,
+        "damp_auto_increment": options.damp_auto_increment,
+        "checkpoint_format": CHECKPOINT_FORMAT,
+        "pack_dtype": "int32",
+        "lm_head": False,
+        "meta": {"quantizer": [f"teeny-gptq:{__version__}"], "mse": options.mse},
+    }
+    if skipped_inside:  # GPTQModel / vLLM "dynamic" rules: a leading "-:" excludes matching modules
+        cfg["dynamic"] = {f"-:^{name.replace('.', chr(92) + '.')}$": {} for name in skipped_inside}
+    return cfg
+
+
+def check_shapes(linears: dict[str, Any], options: GPTQOptions) -> None:
+    """Fail before any work when a linear cannot be grouped or packed at these settings."""
+    bits, gs = options.bits, options.group_size
+    word = 32 if bits == 3 else 32 // bits
+    for name, m in linears.items():
+        if gs > 0 and m.in_features % gs:
+            raise TeenyError(f"gptq: {name} has {m.in_features} input features, not a multiple of group_size={gs}; "
+                             f"choose another group_size or add {name!r} to skip")
+        for what, n in (("input", m.in_features), ("output", m.out_features)):
+            if n % word:
+                raise TeenyError(f"gptq: {name} has {n} {what} features; {bits}-bit packing needs a multiple of "
+                                 f"{word}; add {name!r} to skip")
+
+
+def source_dtype(source: ModelSource) -> str:
+    """The dtype the source stores its weights in (float32 for GGUF, whose weights load dequantized)."""
+    cfg = Path(source.path) / "config.json"
+    if source.gguf_file or not cfg.exists():
+        return "float32"
+    data = json.loads(cfg.read_text())
+    found = data.get("dtype") or data.get("torch_dtype")
+    return found if found in ("float32", "float16", "bfloat16") else "float32"
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class GPTQQuantizer(Quantizer):
+    """GPTQ: second-order error-compensated rounding, layer by layer; writes a standard GPTQ checkpoint."""
+
+    name = "gptq"
+    Options = GPTQOptions
+    needs_calibration = True
+
+    def quantize(self, source: ModelSource, calibration: CalibrationSet | None, options: Options,
+                 out_dir: Path) -> Artifact:
+        assert isinstance(options, GPTQOptions)
+        if not calibration or not calibration.samples:
+            raise TeenyError("gptq needs calibration data; give the variant a calibrator (e.g. calibrator = \"code\")")
+        if options.static_groups and not options.desc_act:
+            raise TeenyError("gptq: static_groups=true only applies with desc_act=true")
+        if options.backend == "gptqmodel":
+            from teeny_gptq.gptqmodel_backend import quantize_with_gptqmodel
+
+            return quantize_with_gptqmodel(source, calibration, options, Path(out_dir))
+        return self._native(source, calibration, options, Path(out_dir))
+
+    def _native(self, source: ModelSource, calibration: CalibrationSet, options: GPTQOptions,
+                out_dir: Path) -> Artifact:
+        import torch
+
+        from teeny_core.formats.gptq import pack_linear
+        from teeny_core.modeling import decoder_layers, linear_layers, resolve_device
+        from teeny_gptq.sequential import quantize_decoder, skipped
+
+        start = time.perf_counter()
+        device = resolve_device(options.device)
+        store_dtype = source_dtype(source)
+        compute_dtype = "float32" if device == "cpu" else store_dtype
+        model, tokenizer = source.load(dtype=compute_dtype, device="cpu")
+        model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        inside = {n: m for n, m in linear_layers(model).items()
+                  if any(n.startswith(f"{p}.") for p in _layer_names(model, decoder_layers(model)))}
+        targets = {n: m for n, m in inside.items() if not skipped(n, options.skip)}
+        if not targets:
+            raise TeenyError(f"gptq: skip={options.skip} leaves no linear layer to quantize")
+        check_shapes(targets, options)
+
+        packed: dict[str, dict[str, Any]] = {}
+        stats: dict[str, dict[str, Any]] = {}
+
+        def keep(name: str, outcome) -> None:
+            r = outcome.result
+            packed[name] = pack_linear(r.q, r.scale, r.zero, r.g_idx, options.bits, CHECKPOINT_FORMAT)
+            stats[name] = {"loss": r.loss, "damp": r.damp, "escalations": r.escalations,
+                           "seconds": round(outcome.seconds, 3)}
+
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        with torch.no_grad():
+            quantize_decoder(model, calibration.tensor(), settings_from(options), device=device, on_linear=keep)
+        quantize_seconds = time.perf_counter() - start
+        skipped_inside = sorted(set(inside) - set(targets))
+        files = write_checkpoint_for(model, tokenizer, packed, out_dir, options, skipped_inside, store_dtype)
+
+        n_params = sum(p.numel() for p in model.parameters())
+        quant_params = sum(m.weight.numel() for m in targets.values())
+        escalated = {n: s["damp"] for n, s in stats.items() if s["escalations"]}
+        meta: dict[str, Any] = {
+            "method": "gptq", "backend": "native", **options.to_dict(), "device": device,
+            "checkpoint_format": CHECKPOINT_FORMAT, "stored_dtype": store_dtype, "files": files,
+            "quantized_layers": sorted(packed), "skipped_layers": skipped_inside,
+            "calibration": {"name": calibration.name, "fingerprint": calibration.fingerprint(),
+                            "samples": len(calibration.samples), "seq_len": len(calibration.samples[0])},
+            "quantized_params": quant_params, "total_params": n_params,
+            "bits_per_weight": _bits_per_weight(packed, n_params, quant_params, store_dtype),
+            "layer_stats": stats, "damp_escalated": escalated,
+            "quantize_seconds": round(quantize_seconds, 2), "seconds": round(time.perf_counter() - start, 2),
+            "model_bytes": model_bytes, "peak_rss_bytes": peak_rss_bytes(),
+        }
+        if device.startswith("cuda"):
+            meta["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
+        artifact = Artifact(format="hf-gptq", path=out_dir, meta=meta)
+        artifact.save()
+        return artifact
+
+    def describe(self, options: Options) -> dict[str, Any]:
+        assert isinstance(options, GPTQOptions)
+        facts: dict[str, Any] = {"bits": options.bits,
+                                 "group_size": options.group_size if options.group_size > 0 else "channel",
+                                 "sym": options.sym, "desc_act": options.desc_act}
+        if options.backend != "native":
+            facts["backend"] = options.backend
+        return facts
+
+
+def write_checkpoint_for(model, tokenizer, packed, out_dir: Path, options: GPTQOptions,
+                         skipped_inside: list[str], store_dtype: str) -> list[str]:
+    from teeny_gptq.checkpoint import write_checkpoint
+
+    return write_checkpoint(model, tokenizer, packed, out_dir, quantization_config(options, skipped_inside),
+                            store_dtype)
+
+
+def _layer_names(model, layers) -> list[str]:
+    ids = {id(layer) for layer in layers}
+    return [name for name, m in model.named_modules() if id(m) in ids]
+
+
+def _bits_per_weight(packed: dict[str, dict[str, Any]], n_params: int, quant_params: int, store_dtype: str) -> float:
+    """Average stored bits per parameter: packed tensors as stored, everything else at the stored dtype."""
+    packed_bits = sum(t.numel() * t.element_size() * 8 for d in packed.values() for t in d.values())
+    other_bits = (n_params - quant_params) * {"float32": 32, "float16": 16, "bfloat16": 16}[store_dtype]
+    return round((packed_bits + other_bits) / n_params, 3)
