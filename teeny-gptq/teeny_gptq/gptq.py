@@ -121,18 +121,20 @@ def dequant(q, scale, zero):
 
 def inverse_cholesky(H, damp_percent: float, damp_increment: float, name: str = ""):
     """Upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1``, raising ``damp`` by ``damp_increment``
-    until the factorization succeeds. Returns ``(U, damp, escalations)``; a Hessian that never factorizes
+    until the factorization succeeds with no vanishing pivot. Returns ``(U, damp, escalations)``; a Hessian that never factorizes
     (non-finite values) gives the identity, which makes GPTQ plain round-to-nearest, with a warning."""
     import torch
 
     eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
     mean_diag = torch.diag(H).mean()
+    # a pivot this small means the factorization only "succeeded" through rounding: treat it as singular
+    tiny_pivot = H.shape[0] * torch.finfo(H.dtype).eps * mean_diag
     step = damp_increment if damp_increment > 0 else 0.0025
     damp, escalations = damp_percent, 0
     if bool(torch.isfinite(H).all()):
         while damp <= MAX_DAMP:
             L, info = torch.linalg.cholesky_ex(H + damp * mean_diag * eye)
-            if int(info) == 0:
+            if int(info) == 0 and bool(torch.diag(L).square().min() > tiny_pivot):
                 U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
                 if int(info) == 0 and bool(torch.isfinite(U).all()):
                     if escalations:
@@ -214,8 +216,10 @@ def gptq_quantize(W, H, *, bits: int, group_size: int = 128, sym: bool = True, a
             for i in range(i2 - i1):
                 col = i1 + i
                 g = group_of[col]
-                if dynamic and col % gs == 0:  # from the group's current weights: updated block columns, then later
-                    current = torch.cat([W1[:, i:i + gs], W[:, i2:col + gs]], dim=1)
+                if dynamic and col % gs == 0:  # from the group's weights as updated so far (columns past this
+                    # block have not had this block's lazy update yet: apply it to them here)
+                    later = W[:, i2:col + gs] - Err1[:, :i] @ U[i1:i1 + i, i2:col + gs]
+                    current = torch.cat([W1[:, i:i + gs], later], dim=1)
                     scale[:, g], zero[:, g] = group_params(current, bits, sym, mse)
                 w, d = W1[:, i], U1[i, i]
                 q = quant(w, scale[:, g], zero[:, g], maxq)
