@@ -1,0 +1,132 @@
+"""The ``gguf`` quantizer: HF -> GGUF (float intermediate) -> llama.cpp quantization, with a teeny importance matrix."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from teeny_core.errors import TeenyError
+from teeny_core.options import Options, option
+from teeny_core.types import Artifact, CalibrationSet, ModelSource, Quantizer
+from teeny_gguf.llama_quant import FILE_TYPES, FLOAT_TYPES, REQUIRES_IMATRIX, TENSOR_TYPES
+
+# types for which imatrix="auto" computes an importance matrix: every i-quant and the 2-3 bit k-quants
+IMATRIX_AUTO_TYPES = tuple(t for t in FILE_TYPES if t.startswith(("IQ", "Q2_K", "Q3_K", "TQ")))
+
+
+@dataclasses.dataclass
+class GGUFOptions(Options):
+    type: str = option("Q4_K_M", "llama.cpp file type (llama-quantize's names)", choices=FILE_TYPES)
+    imatrix: Literal["auto", "on", "off"] = option(
+        "auto", "importance matrix from the calibration set (auto: on for IQ*, Q2_K*, Q3_K*, TQ* types)")
+    imatrix_file: str | None = option(None, "a llama.cpp imatrix file (.gguf or legacy .dat) to use instead")
+    output_tensor_type: str = option("auto", "ggml type of output.weight (auto: llama.cpp's choice)",
+                                     choices=("auto",) + TENSOR_TYPES)
+    token_embedding_type: str = option("auto", "ggml type of token_embd.weight (auto: llama.cpp's choice)",
+                                       choices=("auto",) + TENSOR_TYPES)
+    leave_output_tensor: bool = option(False, "keep output.weight unquantized")
+    pure: bool = option(False, "use the type for every tensor (no k-quant mixtures)")
+    intermediate: Literal["F32", "F16", "BF16"] = option("F16", "float type of the converted file llama.cpp quantizes")
+    nthread: int = option(0, "quantization threads (0: all cores)", min=0)
+
+
+class GGUFQuantizer(Quantizer):
+    """llama.cpp GGUF quantization (k-quants, i-quants, legacy) with an importance matrix from teeny calibrators."""
+
+    name = "gguf"
+    Options = GGUFOptions
+    needs_calibration = True  # used only when the importance matrix is on (see resolve_imatrix)
+
+    def describe(self, options: Options) -> dict[str, Any]:
+        assert isinstance(options, GGUFOptions)
+        facts: dict[str, Any] = {"type": options.type}
+        if options.type not in FLOAT_TYPES:
+            facts["imatrix"] = "file" if options.imatrix_file else options.imatrix
+        return facts
+
+    def quantize(self, source: ModelSource, calibration: CalibrationSet | None, options: Options,
+                 out_dir: Path) -> Artifact:
+        from teeny_gguf.convert import convert_to_gguf
+        from teeny_gguf.imatrix import read_imatrix, write_imatrix
+        from teeny_gguf.llama_quant import quantize_file
+        from teeny_gguf.reader import gguf_stats
+
+        assert isinstance(options, GGUFOptions)
+        out_dir = Path(out_dir)
+        file = f"model-{options.type}.gguf"
+        meta: dict[str, Any] = {"method": "gguf", "options": options.to_dict(), "source": source.path,
+                                "source_gguf_file": source.gguf_file}
+        mode = resolve_imatrix(options, calibration)
+        if options.type in FLOAT_TYPES:
+            convert_to_gguf(source, out_dir / file, options.type)
+            meta["imatrix"] = None
+        else:
+            with tempfile.TemporaryDirectory(dir=out_dir, prefix=".convert-") as tmp:
+                intermediate = convert_to_gguf(source, Path(tmp) / f"model-{options.intermediate}.gguf",
+                                               options.intermediate)
+                imatrix, extra = None, {}
+                if mode == "file":
+                    imatrix = read_imatrix(options.imatrix_file)  # type: ignore[arg-type]
+                    extra["quantize.imatrix.file"] = Path(options.imatrix_file).name  # type: ignore[arg-type]
+                elif mode == "computed":
+                    assert calibration is not None
+                    imatrix = imatrix_for(source, calibration)
+                    write_imatrix(imatrix, out_dir / "imatrix.gguf")
+                    extra["quantize.imatrix.file"] = "imatrix.gguf"
+                if imatrix is not None:
+                    if imatrix.datasets:
+                        extra["quantize.imatrix.dataset"] = imatrix.datasets[0]
+                    extra["quantize.imatrix.entries_count"] = len(imatrix)
+                    if imatrix.chunk_count:
+                        extra["quantize.imatrix.chunks_count"] = int(imatrix.chunk_count)
+                quantize_file(intermediate, out_dir / file, options.type, nthread=options.nthread,
+                              output_tensor_type=options.output_tensor_type,
+                              token_embedding_type=options.token_embedding_type,
+                              imatrix_means=imatrix.means() if imatrix is not None else None, pure=options.pure,
+                              leave_output_tensor=options.leave_output_tensor, metadata=extra)
+                meta["imatrix"] = None if imatrix is None else {
+                    "from": mode, "entries": len(imatrix), "chunks": imatrix.chunk_count,
+                    "chunk_size": imatrix.chunk_size, "datasets": imatrix.datasets,
+                    "calibration": calibration.fingerprint() if mode == "computed" and calibration else None}
+        save_tokenizer_beside(source, out_dir)
+        meta.update(gguf_stats(out_dir / file))
+        meta["bits"] = meta["bits_per_weight"]
+        artifact = Artifact(format="gguf", path=out_dir, file=file, meta=meta)
+        artifact.save()
+        return artifact
+
+
+def resolve_imatrix(options: GGUFOptions, calibration: CalibrationSet | None) -> str:
+    """``"file"``, ``"computed"`` or ``"none"``; a one-line error when the options contradict each other."""
+    if options.type in FLOAT_TYPES:
+        return "none"
+    if options.imatrix_file:
+        if options.imatrix == "off":
+            raise TeenyError("gguf: imatrix=off contradicts imatrix_file; drop one of them")
+        return "file"
+    wanted = options.imatrix == "on" or (options.imatrix == "auto" and options.type in IMATRIX_AUTO_TYPES)
+    if wanted and calibration is None:
+        if options.imatrix == "on" or options.type in REQUIRES_IMATRIX:
+            raise TeenyError(f"gguf: type {options.type} with imatrix={options.imatrix} needs a calibration set "
+                             "(choose a calibrator) or -o imatrix_file=PATH")
+        return "none"
+    return "computed" if wanted else "none"
+
+
+def imatrix_for(source: ModelSource, calibration: CalibrationSet):
+    """Compute the importance matrix of ``source`` (loaded in float32 through transformers) on ``calibration``."""
+    from teeny_gguf.convert import linear_gguf_names
+    from teeny_gguf.imatrix import compute_imatrix
+
+    model, _ = source.load(dtype="float32")
+    try:
+        return compute_imatrix(model, calibration, linear_gguf_names(model), dataset=calibration.name)
+    finally:
+        del model
+
+
+def save_tokenizer_beside(source: ModelSource, out_dir: Path) -> None:
+    """Save the HF tokenizer into the artifact directory so the runtime tokenizes exactly like transformers."""
+    source.load_tokenizer().save_pretrained(out_dir)

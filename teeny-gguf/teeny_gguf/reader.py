@@ -1,0 +1,62 @@
+"""Reading GGUF files: size facts (bits per weight, tensor types) and dequantizing back to an HF model."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+from typing import Any
+
+from teeny_core.errors import TeenyError
+
+
+def gguf_stats(path: str | Path) -> dict[str, Any]:
+    """Parameters, tensor bytes, bits per weight (tensor data only, as llama.cpp reports it) and tensor type counts."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    n_params = sum(int(t.n_elements) for t in reader.tensors)
+    n_bytes = sum(int(t.n_bytes) for t in reader.tensors)
+    types = collections.Counter(t.tensor_type.name for t in reader.tensors)
+    return {
+        "parameters": n_params,
+        "tensor_bytes": n_bytes,
+        "file_bytes": Path(path).stat().st_size,
+        "bits_per_weight": round(8.0 * n_bytes / n_params, 4) if n_params else 0.0,
+        "tensor_types": dict(sorted(types.items())),
+    }
+
+
+def gguf_metadata(path: str | Path, prefix: str = "") -> dict[str, Any]:
+    """Scalar and string metadata of a GGUF file whose keys start with ``prefix`` (arrays are summarised)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    out: dict[str, Any] = {}
+    for key, field in reader.fields.items():
+        if not key.startswith(prefix) or key.startswith("GGUF."):
+            continue
+        if field.types and field.types[0] == gguf.GGUFValueType.ARRAY:
+            out[key] = f"<array of {len(field.data)}>"
+        else:
+            out[key] = field.contents()
+    return out
+
+
+def gguf_to_hf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "float16") -> Path:
+    """Dequantize a GGUF file into an HF model directory (safetensors + tokenizer) through transformers'
+    GGUF loader, so it can serve as a float baseline for the transformers runtime or be re-converted."""
+    from teeny_core.modeling import save_hf_model
+    from teeny_core.types import ModelSource
+
+    gguf_path = Path(gguf_path)
+    if not gguf_path.is_file():
+        raise TeenyError(f"GGUF file {str(gguf_path)!r} not found")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    source = ModelSource(str(gguf_path.parent), gguf_file=gguf_path.name)
+    try:
+        model, tokenizer = source.load(dtype=dtype)
+    except (ValueError, KeyError) as exc:
+        raise TeenyError(f"transformers cannot dequantize {gguf_path.name}: {str(exc).splitlines()[0]}") from None
+    save_hf_model(model, tokenizer, out_dir)
+    return out_dir
