@@ -160,12 +160,26 @@ def _energy(variant: dict[str, Any]) -> float | None:
     return float(sum(values)) if values else None
 
 
-def _bits(variant: dict[str, Any]) -> str:
+BITS_KEYS = ("bits", "wbits", "ftype", "type", "dtype")
+
+
+def _bits_key(variant: dict[str, Any]) -> str | None:
     describe = variant.get("describe") or {}
-    for key in ("bits", "wbits", "ftype", "type", "dtype"):
-        if describe.get(key) is not None:
-            return str(describe[key])
-    return "-"
+    return next((key for key in BITS_KEYS if describe.get(key) is not None), None)
+
+
+def _bits(variant: dict[str, Any]) -> str:
+    key = _bits_key(variant)
+    return str(variant["describe"][key]) if key else "-"
+
+
+def _method(variant: dict[str, Any]) -> str:
+    """The method with its other settings, e.g. ``rtn (asym, g128)``."""
+    describe = variant.get("describe") or {}
+    shown = _bits_key(variant)
+    extra = [str(v) for k, v in describe.items() if k != shown and v is not None and not isinstance(v, (dict, list))]
+    method = str(variant.get("method", "-"))
+    return f"{method} ({', '.join(extra)})" if extra else method
 
 
 def _num(x: Any, digits: int = 4) -> str:
@@ -325,7 +339,7 @@ def results_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         mem, how = memory_of(v)
         bench = (v.get("profile") or {}).get("benchmark") or {}
         energy = _energy(v)
-        rows.append([v["name"], str(v.get("method", "-")), _bits(v), (_num(s) + _ci(ci)) if s is not None else "-",
+        rows.append([v["name"], _method(v), _bits(v), (_num(s) + _ci(ci)) if s is not None else "-",
                      delta, verdict, flips, size, format_bytes(mem) if mem and "artifact" not in how else "-",
                      _num(bench.get("decode_tokens_per_s"), 3), f"{energy:.1f} J" if energy is not None else "-"])
     return headers, rows
