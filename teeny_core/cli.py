@@ -228,6 +228,36 @@ def run(experiment: str | None, limit: int | None, fresh: bool) -> None:
     click.echo(f"results: {exp.root / 'results.json'}" + (f"\nreport: {report}" if report.exists() else ""))
 
 
+def _results(run_dir: str) -> dict[str, Any]:
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise TeenyError(f"{run_dir!r} has no results.json; expected a run directory like runs/<experiment>")
+    return json.loads(path.read_text())
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+def report(run_dir: str) -> None:
+    """Regenerate report.md, report.html and plots/ of RUN_DIR from its stored results."""
+    from teeny_core.report import write_report
+
+    results = _results(run_dir)
+    print_results(results)
+    for name, path in write_report(Path(run_dir), results).items():
+        click.echo(f"{name}: {path}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--memory", required=True, help="Memory budget, e.g. 8GiB or 512MB.")
+def recommend(run_dir: str, memory: str) -> None:
+    """Name the best variant of RUN_DIR that fits a memory budget, and say why."""
+    from teeny_core.report import recommend as pick
+
+    variant, why = pick(_results(run_dir), memory)
+    click.echo(f"{variant['name']}: {why}")
+
+
 def _progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

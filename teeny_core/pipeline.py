@@ -48,6 +48,9 @@ class Pipeline:
             self.run_variant(variant)
         results = self.collect(manifest)
         write_json(self.root / "results.json", results)
+        from teeny_core.report import write_report
+
+        write_report(self.root, results)
         return results
 
     @property
@@ -190,7 +193,7 @@ class Pipeline:
 
     def describe(self, variant: Variant) -> dict[str, Any]:
         if variant.method == "none":
-            return {"bits": "original"}
+            return {}
         q_cls = self.plugins.get("quantizer", variant.method)
         return q_cls().describe(q_cls.Options.from_mapping(variant.options))
 
