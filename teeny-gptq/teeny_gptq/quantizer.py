@@ -23,8 +23,8 @@ class GPTQOptions(Options):
                              min=-1)
     sym: bool = option(True, "symmetric grid (zero fixed at the middle) instead of a per-group zero point")
     desc_act: bool = option(False, "act-order: quantize columns by decreasing Hessian diagonal")
-    static_groups: bool = option(False, "with desc_act: fix every group's scale/zero before the sweep "
-                                        "(keeps g_idx contiguous, faster kernels)")
+    static_groups: bool = option(False, "fix every group's scale/zero from the original weights before the sweep "
+                                        "(with desc_act: keeps g_idx contiguous, faster kernels)")
     true_sequential: bool = option(True, "inside a block quantize q/k/v, then o, then gate/up, then down, "
                                          "each with inputs from the already quantized part")
     damp_percent: float = option(0.01, "Hessian damping as a fraction of its mean diagonal", min=0.0, max=1.0)
@@ -118,71 +118,11 @@ class GPTQQuantizer(Quantizer):
         assert isinstance(options, GPTQOptions)
         if not calibration or not calibration.samples:
             raise TeenyError("gptq needs calibration data; give the variant a calibrator (e.g. calibrator = \"code\")")
-        if options.static_groups and not options.desc_act:
-            raise TeenyError("gptq: static_groups=true only applies with desc_act=true")
         if options.backend == "gptqmodel":
             from teeny_gptq.gptqmodel_backend import quantize_with_gptqmodel
 
             return quantize_with_gptqmodel(source, calibration, options, Path(out_dir))
-        return self._native(source, calibration, options, Path(out_dir))
-
-    def _native(self, source: ModelSource, calibration: CalibrationSet, options: GPTQOptions,
-                out_dir: Path) -> Artifact:
-        import torch
-
-        from teeny_core.formats.gptq import pack_linear
-        from teeny_core.modeling import decoder_layers, linear_layers, resolve_device
-        from teeny_gptq.sequential import quantize_decoder, skipped
-
-        start = time.perf_counter()
-        device = resolve_device(options.device)
-        store_dtype = source_dtype(source)
-        compute_dtype = "float32" if device == "cpu" else store_dtype
-        model, tokenizer = source.load(dtype=compute_dtype, device="cpu")
-        model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        inside = {n: m for n, m in linear_layers(model).items()
-                  if any(n.startswith(f"{p}.") for p in _layer_names(model, decoder_layers(model)))}
-        targets = {n: m for n, m in inside.items() if not skipped(n, options.skip)}
-        if not targets:
-            raise TeenyError(f"gptq: skip={options.skip} leaves no linear layer to quantize")
-        check_shapes(targets, options)
-
-        packed: dict[str, dict[str, Any]] = {}
-        stats: dict[str, dict[str, Any]] = {}
-
-        def keep(name: str, outcome) -> None:
-            r = outcome.result
-            packed[name] = pack_linear(r.q, r.scale, r.zero, r.g_idx, options.bits, CHECKPOINT_FORMAT)
-            stats[name] = {"loss": r.loss, "damp": r.damp, "escalations": r.escalations,
-                           "seconds": round(outcome.seconds, 3)}
-
-        if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-        with torch.no_grad():
-            quantize_decoder(model, calibration.tensor(), settings_from(options), device=device, on_linear=keep)
-        quantize_seconds = time.perf_counter() - start
-        skipped_inside = sorted(set(inside) - set(targets))
-        files = write_checkpoint_for(model, tokenizer, packed, out_dir, options, skipped_inside, store_dtype)
-
-        n_params = sum(p.numel() for p in model.parameters())
-        quant_params = sum(m.weight.numel() for m in targets.values())
-        escalated = {n: s["damp"] for n, s in stats.items() if s["escalations"]}
-        meta: dict[str, Any] = {
-            "method": "gptq", "backend": "native", **options.to_dict(), "device": device,
-            "checkpoint_format": CHECKPOINT_FORMAT, "stored_dtype": store_dtype, "files": files,
-            "quantized_layers": sorted(packed), "skipped_layers": skipped_inside,
-            "calibration": {"name": calibration.name, "fingerprint": calibration.fingerprint(),
-                            "samples": len(calibration.samples), "seq_len": len(calibration.samples[0])},
-            "quantized_params": quant_params, "total_params": n_params,
-            "bits_per_weight": _bits_per_weight(packed, n_params, quant_params, store_dtype),
-            "layer_stats": stats, "damp_escalated": escalated,
-            "quantize_seconds": round(quantize_seconds, 2), "seconds": round(time.perf_counter() - start, 2),
-            "model_bytes": model_bytes, "peak_rss_bytes": peak_rss_bytes(),
-        }
-        if device.startswith("cuda"):
-            meta["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
-        artifact = Artifact(format="hf-gptq", path=out_dir, meta=meta)
-        artifact.save()
+        artifact, _ = quantize_native(source, calibration, options, Path(out_dir))
         return artifact
 
     def describe(self, options: Options) -> dict[str, Any]:
@@ -195,12 +135,67 @@ class GPTQQuantizer(Quantizer):
         return facts
 
 
-def write_checkpoint_for(model, tokenizer, packed, out_dir: Path, options: GPTQOptions,
-                         skipped_inside: list[str], store_dtype: str) -> list[str]:
-    from teeny_gptq.checkpoint import write_checkpoint
+def quantize_native(source: ModelSource, calibration: CalibrationSet, options: GPTQOptions, out_dir: Path):
+    """Native GPTQ into an hf-gptq artifact; returns ``(artifact, model)``, the model holding the quantizer's
+    own dequantized weights (float32 when quantized on the CPU)."""
+    import torch
 
-    return write_checkpoint(model, tokenizer, packed, out_dir, quantization_config(options, skipped_inside),
-                            store_dtype)
+    from teeny_core.formats.gptq import pack_linear
+    from teeny_core.modeling import decoder_layers, linear_layers, resolve_device
+    from teeny_gptq.checkpoint import write_checkpoint
+    from teeny_gptq.sequential import quantize_decoder, skipped
+
+    start = time.perf_counter()
+    device = resolve_device(options.device)
+    store_dtype = source_dtype(source)
+    compute_dtype = "float32" if device == "cpu" else store_dtype
+    model, tokenizer = source.load(dtype=compute_dtype, device="cpu")
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    inside = {n: m for n, m in linear_layers(model).items()
+              if any(n.startswith(f"{p}.") for p in _layer_names(model, decoder_layers(model)))}
+    targets = {n: m for n, m in inside.items() if not skipped(n, options.skip)}
+    if not targets:
+        raise TeenyError(f"gptq: skip={options.skip} leaves no linear layer to quantize")
+    check_shapes(targets, options)
+
+    packed: dict[str, dict[str, Any]] = {}
+    stats: dict[str, dict[str, Any]] = {}
+
+    def keep(name: str, outcome) -> None:
+        r = outcome.result
+        packed[name] = pack_linear(r.q, r.scale, r.zero, r.g_idx, options.bits, CHECKPOINT_FORMAT)
+        stats[name] = {"loss": r.loss, "damp": r.damp, "escalations": r.escalations,
+                       "seconds": round(outcome.seconds, 3)}
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad():
+        quantize_decoder(model, calibration.tensor(), settings_from(options), device=device, on_linear=keep)
+    quantize_seconds = time.perf_counter() - start
+    skipped_inside = sorted(set(inside) - set(targets))
+    files = write_checkpoint(model, tokenizer, packed, out_dir, quantization_config(options, skipped_inside),
+                             store_dtype)
+
+    n_params = sum(p.numel() for p in model.parameters())
+    quant_params = sum(m.weight.numel() for m in targets.values())
+    escalated = {n: s["damp"] for n, s in stats.items() if s["escalations"]}
+    meta: dict[str, Any] = {
+        "method": "gptq", "backend": "native", **options.to_dict(), "device": device,
+        "checkpoint_format": CHECKPOINT_FORMAT, "stored_dtype": store_dtype, "files": files,
+        "quantized_layers": sorted(packed), "skipped_layers": skipped_inside,
+        "calibration": {"name": calibration.name, "fingerprint": calibration.fingerprint(),
+                        "samples": len(calibration.samples), "seq_len": len(calibration.samples[0])},
+        "quantized_params": quant_params, "total_params": n_params,
+        "bits_per_weight": _bits_per_weight(packed, n_params, quant_params, store_dtype),
+        "layer_stats": stats, "damp_escalated": escalated,
+        "quantize_seconds": round(quantize_seconds, 2), "seconds": round(time.perf_counter() - start, 2),
+        "model_bytes": model_bytes, "peak_rss_bytes": peak_rss_bytes(),
+    }
+    if device.startswith("cuda"):
+        meta["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
+    artifact = Artifact(format="hf-gptq", path=out_dir, meta=meta)
+    artifact.save()
+    return artifact, model
 
 
 def _layer_names(model, layers) -> list[str]:

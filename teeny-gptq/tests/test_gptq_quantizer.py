@@ -1,0 +1,174 @@
+"""The gptq quantizer on tiny real-architecture models: quality against RTN, exact checkpoints, errors."""
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from teeny_core.errors import TeenyError
+from teeny_core.options import OptionsError
+from teeny_core.quant import dequantize_weight, quantize_weight
+from teeny_core.testing import QuantizerContract
+from teeny_core.types import Artifact, CalibrationSet, ModelSource
+
+
+def calibration_for(teeny_plugins, tokenizer, samples=16, seq_len=64, seed=0) -> CalibrationSet:
+    cls = teeny_plugins.get("calibrator", "code")
+    return cls().samples(tokenizer, cls.Options.from_mapping({"samples": samples, "seq_len": seq_len}), seed=seed)
+
+
+def quantize(teeny_plugins, method, source, calibration, options, out):
+    cls = teeny_plugins.get("quantizer", method)
+    out.mkdir()
+    return cls().quantize(source, calibration if cls.needs_calibration else None,
+                          cls.Options.from_mapping(options, where=method), out)
+
+
+def float64_kl(reference_logprobs, logprobs) -> float:
+    """Mean over positions of KL(reference || quantized) of the next-token distributions, in float64."""
+    p, q = reference_logprobs.double(), logprobs.double()
+    return float((p.exp() * (p - q)).sum(-1).mean())
+
+
+def test_gptq_has_lower_output_error_than_rtn_on_calibration_activations(teeny_plugins, tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    from teeny_gptq.gptq import HessianAccumulator, gptq_quantize
+
+    path = tiny_model("llama")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    cal = calibration_for(teeny_plugins, ModelSource(str(path)).load_tokenizer())
+    layer = model.model.layers[0]
+    linears = {"q_proj": layer.self_attn.q_proj, "o_proj": layer.self_attn.o_proj, "up_proj": layer.mlp.up_proj,
+               "down_proj": layer.mlp.down_proj}
+    inputs = {name: [] for name in linears}
+    handles = [m.register_forward_pre_hook(lambda mod, inp, name=name: inputs[name].append(inp[0].reshape(
+        -1, mod.in_features))) for name, m in linears.items()]
+    with torch.no_grad():
+        model(cal.tensor())
+    for h in handles:
+        h.remove()
+    for name, linear in linears.items():
+        X = torch.cat(inputs[name])
+        acc = HessianAccumulator(linear.in_features)
+        acc.add(X)
+        W = linear.weight.detach()
+        gptq = gptq_quantize(W, acc.H, bits=4, group_size=32, sym=False).w_hat
+        rtn = dequantize_weight(*quantize_weight(W, 4, "asym", "group", 32))
+        err_gptq = torch.linalg.norm(X.double() @ (W - gptq).T.double())
+        err_rtn = torch.linalg.norm(X.double() @ (W - rtn).T.double())
+        assert err_gptq < 0.95 * err_rtn, name
+
+
+def test_gptq_has_lower_kl_divergence_than_rtn(teeny_plugins, tiny_model, tmp_path):
+    path = tiny_model("llama")
+    source = ModelSource(str(path))
+    tokenizer = source.load_tokenizer()
+    cal = calibration_for(teeny_plugins, tokenizer)
+    held_out = calibration_for(teeny_plugins, tokenizer, samples=6, seed=99).samples
+    runtime = teeny_plugins.get("runtime", "transformers")
+
+    def logprobs(artifact):
+        loaded = runtime().load(Artifact.open(artifact.path), runtime.Options.from_mapping({"device": "cpu"}))
+        try:
+            return loaded.logprobs(held_out)
+        finally:
+            loaded.close()
+
+    base = logprobs(quantize(teeny_plugins, "rtn", source, None, {"bits": 16, "dtype": "float32"}, tmp_path / "f"))
+    gptq_art = quantize(teeny_plugins, "gptq", source, cal, {"bits": 4, "group_size": 32, "sym": False},
+                        tmp_path / "gptq")
+    rtn_art = quantize(teeny_plugins, "rtn", source, None, {"bits": 4, "group_size": 32, "scheme": "asym"},
+                       tmp_path / "rtn")
+    kl_gptq, kl_rtn = float64_kl(base, logprobs(gptq_art)), float64_kl(base, logprobs(rtn_art))
+    assert 0 < kl_gptq < 0.9 * kl_rtn
+    assert gptq_art.format == "hf-gptq" and gptq_art.meta["peak_rss_bytes"] > 0
+    assert len(gptq_art.meta["quantized_layers"]) == 14 and not gptq_art.meta["damp_escalated"]
+
+
+def test_checkpoint_dequantizes_bit_exactly_to_the_quantizers_weights(teeny_plugins, tiny_model, tmp_path):
+    from teeny_core.formats.gptq import dequantized_state_dict
+    from teeny_gptq.quantizer import GPTQOptions, quantize_native
+
+    path = tiny_model("qwen2")  # tied embeddings, biases on q/k/v
+    source = ModelSource(str(path))
+    cal = calibration_for(teeny_plugins, source.load_tokenizer(), samples=8)
+    opts = GPTQOptions.from_mapping({"bits": 3, "group_size": 32, "sym": False, "desc_act": True,
+                                     "skip": ["lm_head", "model.layers.1.mlp.down_proj"]})
+    (tmp_path / "a").mkdir()
+    artifact, model = quantize_native(source, cal, opts, tmp_path / "a")
+    state = dequantized_state_dict(artifact.path)
+    own = model.state_dict()
+    quantized = artifact.meta["quantized_layers"]
+    assert len(quantized) == 13 and "model.layers.1.mlp.down_proj" not in quantized
+    for name in quantized:
+        assert torch.equal(state[f"{name}.weight"], own[f"{name}.weight"]), name
+        assert not torch.equal(state[f"{name}.weight"], torch.zeros_like(own[f"{name}.weight"]))
+    for key, value in state.items():  # everything else is stored as it was
+        assert torch.equal(value.float(), own[key].float()), key
+    assert "lm_head.weight" not in state  # tied to the embeddings, saved once
+    cfg = json.loads((artifact.path / "config.json").read_text())["quantization_config"]
+    assert cfg["quant_method"] == "gptq" and cfg["checkpoint_format"] == "gptq" and cfg["bits"] == 3
+    assert cfg["desc_act"] is True and cfg["group_size"] == 32 and cfg["sym"] is False
+    assert cfg["dynamic"] == {r"-:^model\.layers\.1\.mlp\.down_proj$": {}}
+    # act-order without static groups: g_idx is a real permutation of groups
+    from safetensors.torch import load_file
+    g_idx = load_file(str(artifact.path / "model.safetensors"))["model.layers.0.self_attn.q_proj.g_idx"]
+    assert not torch.equal(g_idx, torch.sort(g_idx).values) and torch.bincount(g_idx).tolist() == [32] * 4
+
+    runtime = teeny_plugins.get("runtime", "transformers")
+    loaded = runtime().load(Artifact.open(artifact.path), runtime.Options.from_mapping({"device": "cpu"}))
+    ids = cal.samples[:2]
+    with torch.no_grad():
+        expected = torch.log_softmax(model(torch.tensor(ids)).logits.float(), -1)
+    assert torch.allclose(loaded.logprobs(ids), expected, atol=1e-5)
+    loaded.close()
+
+
+def test_true_sequential_groups_follow_the_block(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    from teeny_core.modeling import decoder_layers, linear_layers
+    from teeny_gptq.sequential import capture_layer_inputs, sequential_groups
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model("gemma3"), dtype=torch.float32).eval()
+    layers = decoder_layers(model)
+    hidden, args = capture_layer_inputs(model, layers, [torch.arange(1, 17)[None]], "cpu")
+    assert len(hidden) == 1 and tuple(hidden[0].shape) == (1, 16, 128)
+    groups = sequential_groups(layers[0], linear_layers(layers[0]), hidden[0], args[0][0])
+    assert groups == [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
+                      ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
+    assert all("forward" not in vars(layer) for layer in layers)  # the capture left the layers as they were
+
+
+def test_bad_inputs_are_one_line_errors(teeny_plugins, tiny_model, tmp_path):
+    from teeny_gptq.quantizer import GPTQOptions, GPTQQuantizer
+
+    source = ModelSource(str(tiny_model("llama")))
+    with pytest.raises(OptionsError, match=r"option bits=5 is not valid; expected 2\|3\|4\|8"):
+        GPTQOptions.from_mapping({"bits": 5}, where="gptq")
+    with pytest.raises(TeenyError, match="gptq needs calibration data"):
+        GPTQQuantizer().quantize(source, None, GPTQOptions(), tmp_path)
+    cal = CalibrationSet("ids", [[1, 2, 3, 4]])
+    with pytest.raises(TeenyError, match="model.layers.0.self_attn.q_proj has 128 input features, not a multiple "
+                                         "of group_size=48"):
+        GPTQQuantizer().quantize(source, cal, GPTQOptions.from_mapping({"group_size": 48}), tmp_path)
+    with pytest.raises(TeenyError, match="leaves no linear layer"):
+        GPTQQuantizer().quantize(source, cal, GPTQOptions.from_mapping({"skip": ["*"]}), tmp_path)
+
+
+def test_gptqmodel_backend_absent_is_a_clear_error(tiny_model, tmp_path):
+    if importlib.util.find_spec("gptqmodel") is not None:
+        pytest.skip("gptqmodel is installed here; the error path cannot be exercised")
+    from teeny_gptq.quantizer import GPTQOptions, GPTQQuantizer
+
+    with pytest.raises(TeenyError, match="backend=gptqmodel needs the gptqmodel package"):
+        GPTQQuantizer().quantize(ModelSource(str(tiny_model("llama"))), CalibrationSet("ids", [[1, 2]]),
+                                 GPTQOptions.from_mapping({"backend": "gptqmodel"}), tmp_path)
+
+
+class TestGPTQContract(QuantizerContract):
+    method = "gptq"
+    options = {"bits": 4, "group_size": 32, "desc_act": True, "static_groups": True}
+    arch = "gemma3"
