@@ -45,7 +45,7 @@ class AwqQuantizer(Quantizer):
         from teeny_awq.algorithm import AwqSettings, quantize_model
         from teeny_awq.export import packed_bytes, quantization_config, write_hf_awq
         from teeny_core.builtin.rtn import _source_dtype
-        from teeny_core.modeling import num_threads, resolve_device, save_hf_model, torch_dtype
+        from teeny_core.modeling import resolve_device, save_hf_model, torch_dtype
 
         assert isinstance(options, AwqOptions)
         if options.format == "hf-awq" and options.bits != 4:
@@ -56,8 +56,6 @@ class AwqQuantizer(Quantizer):
         if len({len(s) for s in calibration.samples}) != 1:
             raise TeenyError("awq: calibration samples must all have the same length")
         device = resolve_device(options.device)
-        if device == "cpu":
-            torch.set_num_threads(num_threads())
         settings = AwqSettings(bits=options.bits, group_size=options.group_size, zero_point=options.zero_point,
                                grid=options.grid, duo_scaling=options.duo_scaling, max_shrink=options.max_shrink,
                                clip=options.clip, skip=tuple(options.skip), batch_size=options.batch_size)
