@@ -54,6 +54,8 @@ class SignificanceAnalyzer(Analyzer):
             out[variant.name] = per_evaluator
         apply_holm(comparisons, options.correction)
         for _, result in comparisons:
+            if isinstance(result.get("mde"), float) and not math.isfinite(result["mde"]):
+                result["mde"] = None  # nothing detectable (too few items) or not computable; JSON has no inf
             result["verdict"] = verdict(result, options.alpha)
         out[EXPERIMENT_KEY] = {
             "baseline": baseline.name, "alpha": options.alpha, "power": options.power,
@@ -130,8 +132,9 @@ def pass_fail(baseline: list[bool], variant: list[bool], problems: list[Any],
         out["test"] = "paired t, SE clustered by problem"
         out["delta_se"] = test.se
         out["p_value"] = None if math.isnan(test.p_value) else test.p_value
-        floor = stats.mcnemar_min_discordant(options.alpha) / n_items
-        out["mde"] = test.mde if not math.isnan(test.mde) and test.se > 0 else floor
+        # no variation in the differences at all: fall back to the exact test's MDE with no discordance
+        out["mde"] = test.mde if not math.isnan(test.mde) and test.se > 0 else \
+            stats.mcnemar_mde(n_items, 0.0, options.alpha, options.power)
         out["pass_at_k"] = _pass_at_k(rows, sizes[0], options)
     return out
 
@@ -211,8 +214,8 @@ def verdict(result: dict[str, Any], alpha: float) -> str:
         improved = (delta > 0) == bool(result.get("higher_is_better", True))
         return "better" if improved else "worse"
     mde = result.get("mde")
-    if mde is None or (isinstance(mde, float) and math.isnan(mde)):
-        return "no significant difference"
+    if mde is None:
+        return f"no significant difference (too few items, n={result.get('n_items')}, to detect any)"
     shown = f"{100 * mde:.1f} pp" if result.get("kind") == "pass/fail" else f"{mde:.3g}"
     return f"no significant difference (MDE {shown})"
 

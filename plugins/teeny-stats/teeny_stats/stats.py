@@ -48,29 +48,63 @@ def mcnemar_exact(right_to_wrong: int, wrong_to_right: int) -> float:
     return min(1.0, 2 * tail / 2**n)
 
 
-def mcnemar_min_discordant(alpha: float) -> int:
-    """The fewest discordant pairs with which the exact two-sided McNemar test can reach ``p <= alpha``."""
-    return max(1, math.ceil(math.log2(2 / alpha) - 1e-12))
+def mcnemar_mde_normal(n: int, discordant: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Connor's (1987) normal-approximation MDE for McNemar's test, in closed form.
+
+    Connor's sample size ``n = (z_a sqrt(psi) + z_b sqrt(psi - d^2))^2 / d^2`` (``psi`` the discordant
+    proportion, ``z_a = z(1 - alpha/2)``, ``z_b = z(power)``) solved for ``d``:
+    ``d = sqrt(psi) (z_a sqrt(n) + z_b sqrt(n + z_b^2 - z_a^2)) / (n + z_b^2)``. It ignores the exact test's
+    discreteness (slightly optimistic) and gives 0 when ``psi`` is 0; :func:`mcnemar_mde` has neither flaw.
+    """
+    if n <= 0:
+        return float("nan")
+    za, zb = _z(1 - alpha / 2), _z(power)
+    root = max(n + zb * zb - za * za, 0.0)
+    return math.sqrt(discordant) * (za * math.sqrt(n) + zb * math.sqrt(root)) / (n + zb * zb)
+
+
+def mcnemar_power(n: int, discordant: float, delta: float, alpha: float = 0.05) -> float:
+    """Exact power of the two-sided exact McNemar test (reject when p < alpha) with ``n`` paired items.
+
+    Model: the discordant count ``D ~ Binomial(n, psi)`` with ``psi = max(discordant, |delta|)`` (a difference
+    ``delta = p10 - p01`` needs at least that much discordance), and right->wrong flips
+    ``b | D ~ Binomial(D, (psi + delta) / (2 psi))``. Summed exactly over D and the rejection region.
+    """
+    import numpy as np
+    from scipy import stats as sps
+
+    psi = max(discordant, abs(delta))
+    if n <= 0 or psi <= 0:
+        return 0.0
+    d = np.arange(n + 1)
+    # largest k with 2 * P(Bin(D, 1/2) <= k) < alpha; the test rejects iff min(b, D - b) <= k
+    k = sps.binom.ppf(alpha / 2, d, 0.5) - 1
+    q = min(1.0, (psi + abs(delta)) / (2 * psi))
+    reject = sps.binom.cdf(k, d, q) + sps.binom.sf(d - k - 1, d, q)
+    return float(np.sum(sps.binom.pmf(d, n, psi) * np.where(k >= 0, reject, 0.0)))
 
 
 def mcnemar_mde(n: int, discordant: float, alpha: float = 0.05, power: float = 0.8) -> float:
-    """Smallest difference in pass rate (|p10 - p01|) detectable with ``n`` paired items.
+    """Smallest difference in pass rate ``|p10 - p01|`` the exact McNemar test detects with ``power``.
 
-    Connor's (1987) sample size for McNemar's test, ``n = (z_a sqrt(psi) + z_b sqrt(psi - d^2))^2 / d^2``
-    with ``psi`` the discordant proportion, solved for ``d`` in closed form:
-    ``d = sqrt(psi) (z_a sqrt(n) + z_b sqrt(n + z_b^2 - z_a^2)) / (n + z_b^2)``
-    (``z_a = z(1 - alpha/2)``, ``z_b = z(power)``). The exact test cannot reject with fewer than
-    :func:`mcnemar_min_discordant` flips, so the result is at least that many flips over ``n``; with no
-    observed discordance the formula alone would claim an MDE of 0, which this floor prevents.
+    Bisection on :func:`mcnemar_power` (monotone in the difference) given ``n`` items and the observed
+    discordant proportion; with no observed discordance this is the difference whose flips alone the test
+    would catch. ``inf`` when no difference is detectable with so few items.
     """
     if n <= 0:
         return float("nan")
     if not 0.0 <= discordant <= 1.0:
         raise TeenyError(f"mcnemar_mde: discordant proportion must be in [0, 1], got {discordant}")
-    za, zb = _z(1 - alpha / 2), _z(power)
-    root = max(n + zb * zb - za * za, 0.0)
-    formula = math.sqrt(discordant) * (za * math.sqrt(n) + zb * math.sqrt(root)) / (n + zb * zb)
-    return min(1.0, max(formula, mcnemar_min_discordant(alpha) / n))
+    if mcnemar_power(n, discordant, 1.0, alpha) < power:
+        return float("inf")
+    lo, hi = 0.0, 1.0
+    while hi - lo > 1e-6:
+        mid = (lo + hi) / 2
+        if mcnemar_power(n, discordant, mid, alpha) >= power:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -59,7 +59,10 @@ def test_flipping_many_items_is_worse_and_identical_is_no_difference():
     assert worse["baseline"]["ci"] == pytest.approx(list(stats.wilson_interval(sum(b), 120, 0.95)))
     equal = out["q8"]["humaneval"]["passed"]
     assert equal["p_value"] == 1.0 and equal["flips"] == {"right_to_wrong": 0, "wrong_to_right": 0}
-    assert equal["verdict"] == "no significant difference (MDE 5.0 pp)"  # 6 flips / 120 items
+    # nothing flipped: the MDE is the difference whose one-way flips the exact test catches 80% of the time
+    assert equal["mde"] == pytest.approx(stats.mcnemar_mde(120, 0.0))
+    assert equal["verdict"] == f"no significant difference (MDE {100 * equal['mde']:.1f} pp)"
+    assert 0.05 < equal["mde"] < 0.08  # at least 6 of 120 items must flip one way for p < 0.05
     assert out["_experiment"]["comparisons"] == 2
 
 
@@ -158,6 +161,14 @@ def test_pairing_by_key_ignores_unpaired_and_non_boolean_records():
     assert r["n_items"] == 3
     assert r["unpaired"] == {"baseline_only": 0, "variant_only": 1}
     assert r["flips"] == {"right_to_wrong": 1, "wrong_to_right": 0}
+
+
+def test_too_few_items_to_detect_anything():
+    base = variant("original", {"humaneval": bench_records([True, False, True])})
+    r = analyze(base, [variant("v", {"humaneval": bench_records([False, False, True])})], fields=[])
+    result = r["v"]["humaneval"]["passed"]
+    assert result["mde"] is None
+    assert result["verdict"] == "no significant difference (too few items, n=3, to detect any)"
 
 
 def test_evaluator_missing_from_variant_is_skipped():

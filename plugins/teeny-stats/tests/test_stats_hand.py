@@ -1,5 +1,6 @@
 """Every statistic against a hand computation that does not use scipy or statsmodels."""
 
+import functools
 import itertools
 import math
 from fractions import Fraction
@@ -27,8 +28,7 @@ def test_mcnemar_known_values():
     assert stats.mcnemar_exact(8, 2) == 112 / 1024  # 2 * (1 + 10 + 45) / 2^10
     assert stats.mcnemar_exact(0, 0) == 1.0
     assert stats.mcnemar_exact(0, 6) == 2 / 64
-    assert stats.mcnemar_min_discordant(0.05) == 6  # 5 flips one way give p = 0.0625, 6 give 0.03125
-    assert stats.mcnemar_exact(0, 5) > 0.05 > stats.mcnemar_exact(0, 6)
+    assert stats.mcnemar_exact(0, 5) == 0.0625 and stats.mcnemar_exact(0, 6) == 0.03125
     with pytest.raises(TeenyError, match="flip counts"):
         stats.mcnemar_exact(-1, 2)
 
@@ -113,27 +113,44 @@ def test_paired_mean_mde_by_hand():
     assert stats.paired_mean_mde(diffs) == pytest.approx((3.182446 + 0.978472) * math.sqrt(5 / 3) / 2, rel=1e-5)
 
 
-def test_mcnemar_mde_solves_connor_and_has_the_promised_power():
+def test_connor_closed_form_solves_the_sample_size_formula():
     za, zb = 1.959963984540054, 0.8416212335729143
     for n, psi in [(164, 0.1), (500, 0.3), (80, 0.5)]:
-        d = stats.mcnemar_mde(n, psi)
-        # Connor's sample-size formula evaluated at the MDE gives back n
+        d = stats.mcnemar_mde_normal(n, psi)
         assert (za * math.sqrt(psi) + zb * math.sqrt(psi - d * d)) ** 2 / (d * d) == pytest.approx(n, rel=1e-9)
-    # exact power of the exact test at the MDE, by summing over the discordant count and its split
-    n, psi = 300, 0.2
-    d = stats.mcnemar_mde(n, psi)
-    p10, p01 = (psi + d) / 2, (psi - d) / 2
+
+
+@functools.lru_cache(maxsize=None)
+def rejected_splits(disc, alpha=0.05):
+    """The right->wrong counts b for which the exact test rejects a table with ``disc`` discordant pairs."""
+    return tuple(b for b in range(disc + 1) if stats.mcnemar_exact(b, disc - b) < alpha)
+
+
+def exact_power_by_hand(n, psi, delta, alpha=0.05):
+    """Power of the exact test: sum over the discordant count and its split, with exact rejection per table."""
+    psi = max(psi, delta)
+    q = (psi + delta) / (2 * psi)
     power = 0.0
     for disc in range(n + 1):
         p_disc = math.comb(n, disc) * psi**disc * (1 - psi) ** (n - disc)
-        if p_disc < 1e-14:
-            continue
-        q = p10 / psi
-        power += p_disc * sum(math.comb(disc, b) * q**b * (1 - q) ** (disc - b)
-                              for b in range(disc + 1) if stats.mcnemar_exact(b, disc - b) < 0.05)
-    assert 0.75 < power < 0.85
-    # no discordance observed: the MDE is the smallest flip count the exact test can reject with
-    assert stats.mcnemar_mde(164, 0.0) == pytest.approx(6 / 164)
+        power += p_disc * sum(math.comb(disc, b) * q**b * (1 - q) ** (disc - b) for b in rejected_splits(disc, alpha))
+    return power
+
+
+@pytest.mark.parametrize("n,psi,delta", [(60, 0.2, 0.1), (100, 0.1, 0.05), (40, 0.0, 0.15), (30, 0.3, 0.3)])
+def test_mcnemar_power_matches_the_exact_sum(n, psi, delta):
+    assert stats.mcnemar_power(n, psi, delta) == pytest.approx(exact_power_by_hand(n, psi, delta), abs=1e-9)
+
+
+def test_mcnemar_mde_has_the_promised_power():
+    for n, psi in [(164, 0.12), (120, 0.0), (300, 0.2)]:
+        d = stats.mcnemar_mde(n, psi)
+        assert exact_power_by_hand(n, psi, d) >= 0.8 > exact_power_by_hand(n, psi, d - 1e-4)
+    # close to Connor's approximation when discordance is plentiful, never 0 when none was observed
+    assert stats.mcnemar_mde(300, 0.2) == pytest.approx(stats.mcnemar_mde_normal(300, 0.2), rel=0.05)
+    assert stats.mcnemar_mde_normal(164, 0.0) == 0.0 < 6 / 164 < stats.mcnemar_mde(164, 0.0)
+    # with 5 items even 5 flips the same way give p = 0.0625: nothing is detectable
+    assert stats.mcnemar_mde(5, 0.5) == math.inf
 
 
 def test_wilcoxon_exact_by_enumeration():
