@@ -60,6 +60,21 @@ def format_bytes(n: float | None) -> str:
     return str(n)
 
 
+def load_results(run_dir: Path) -> dict[str, Any]:
+    """``run_dir/results.json`` as written by ``teeny run``; a one-line error when it is missing or broken."""
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise TeenyError(f"{run_dir} has no results.json; expected an experiment run directory runs/<experiment>/ "
+                         "from a finished `teeny run`")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise TeenyError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("variants"), list):
+        raise TeenyError(f"{path} is not a Teeny results file (no 'variants' list)")
+    return data
+
+
 # -- reading results ----------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Primary:
@@ -130,7 +145,11 @@ def score_of(results: dict[str, Any], variant: dict[str, Any], primary: Primary 
         return None, None
     se = metrics.get(f"{primary.key}_se")
     if isinstance(se, (int, float)) and math.isfinite(se):
-        return float(value), [value - 1.959964 * se, value + 1.959964 * se]
+        from statistics import NormalDist
+
+        alpha = (_significance(results).get("_experiment") or {}).get("alpha", 0.05)
+        z = NormalDist().inv_cdf(1 - alpha / 2)
+        return float(value), [value - z * se, value + z * se]
     return float(value), None
 
 
@@ -318,7 +337,8 @@ def results_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     delta_label = "delta vs original"
     if primary is not None and primary.analysis_metric and primary.analysis_metric != "passed":
         delta_label = f"delta mean {primary.analysis_metric} vs original"
-    headers = ["variant", "method", "bits", f"{label} [95% CI]", f"{delta_label} [CI] (p Holm)", "verdict",
+    alpha = (_significance(results).get("_experiment") or {}).get("alpha", 0.05)
+    headers = ["variant", "method", "bits", f"{label} [{100 * (1 - alpha):g}% CI]", f"{delta_label} [CI] (p Holm)", "verdict",
                "flips (-/+)", "artifact", "peak memory", "tokens/s", "energy"]
     rows = []
     for v in _variants(results):

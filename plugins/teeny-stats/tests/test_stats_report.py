@@ -87,6 +87,7 @@ def is_png(path) -> bool:
 
 
 def test_report_md_html_and_plots(tmp_path):
+    pytest.importorskip("matplotlib", reason="plots need matplotlib (optional)")
     results = build_results()
     paths = write_report(tmp_path, results)
     md = paths["md"].read_text()
@@ -178,6 +179,7 @@ def test_recommend_without_analysis_ranks_by_score_then_memory():
 
 
 def test_error_categories_from_records_when_metrics_lack_them(tmp_path):
+    pytest.importorskip("matplotlib", reason="plots need matplotlib (optional)")
     import json
 
     results = build_results()
@@ -192,3 +194,21 @@ def test_error_categories_from_records_when_metrics_lack_them(tmp_path):
     md = paths["md"].read_text()
     assert "| variant | syntax error | timeout |\n|---|---|---|\n| q2 | 1 | 2 |" in md
     assert is_png(paths["errors-humaneval"])
+
+
+def test_load_results_errors(tmp_path):
+    import json
+
+    from teeny_core.report import load_results
+
+    with pytest.raises(TeenyError, match="has no results.json"):
+        load_results(tmp_path)
+    (tmp_path / "results.json").write_text("{not json")
+    with pytest.raises(TeenyError, match="is not valid JSON"):
+        load_results(tmp_path)
+    (tmp_path / "results.json").write_text(json.dumps({"experiment": "x"}))
+    with pytest.raises(TeenyError, match="no 'variants' list"):
+        load_results(tmp_path)
+    results = build_results()
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert load_results(tmp_path) == results
