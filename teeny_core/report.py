@@ -229,6 +229,12 @@ def analysis_rows(findings: dict[str, Any]) -> list[list[str]]:
                 f"-{flips['right_to_wrong']} / +{flips['wrong_to_right']}" if flips else "",
                 str(r.get("verdict", "")),
             ])
+            for k, pk in (r.get("pass_at_k") or {}).items():
+                rows.append([evaluator, k, str(r.get("n_problems", "")),
+                             _num(pk["baseline"]) + _ci(pk.get("baseline_ci")),
+                             _num(pk["variant"]) + _ci(pk.get("variant_ci")),
+                             f"{pk['delta']:+.4g}" + _ci(pk.get("delta_ci")), "paired bootstrap over problems",
+                             "-", "-", "", ""])
     return rows
 
 

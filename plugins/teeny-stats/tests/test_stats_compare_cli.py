@@ -71,3 +71,21 @@ def test_compare_errors_are_one_line(tmp_path, teeny_cli):
     (other / "samples.jsonl").write_text(json.dumps({"evaluator": "mmlu", "key": "a", "passed": True}) + "\n")
     result = CliRunner().invoke(teeny_cli, ["compare", str(good), str(other)])
     assert result.exit_code != 0 and "share no evaluator" in result.output
+
+
+def test_compare_shows_pass_at_k_with_several_samples(tmp_path, teeny_cli):
+    def write(directory, outcomes):
+        directory.mkdir(parents=True)
+        lines = [{"evaluator": "humaneval", "key": f"HumanEval/{i // 10}#{i % 10}", "task_id": f"HumanEval/{i // 10}",
+                  "sample": i % 10, "passed": p} for i, p in enumerate(outcomes)]
+        (directory / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        return directory
+
+    base = [(i * 7) % 10 < 6 for i in range(200)]
+    var = [p and i % 4 != 0 for i, p in enumerate(base)]
+    a, b = write(tmp_path / "e" / "original", base), write(tmp_path / "e" / "q3", var)
+    result = CliRunner().invoke(teeny_cli, ["compare", str(a), str(b), "-o", "resamples=300", "-o", "fields=[]"])
+    assert result.exit_code == 0, result.output
+    assert "paired t, SE" in result.output
+    for k in ("pass@5", "pass@10"):
+        assert k in result.output
