@@ -1,0 +1,253 @@
+"""The sandbox's launcher: runs as ``python -I -S _sandbox_launcher.py CONFIG_JSON``; standard library only.
+
+It is started by :func:`teeny_bench.sandbox.run_sandboxed` in a new session and does, in order:
+
+1. read the program's files from the staging directory into memory;
+2. ``unshare`` new mount, PID, network, IPC and UTS namespaces (each where the kernel allows);
+3. in the mount namespace: a private size-limited tmpfs over ``/tmp``, ``/var/tmp`` and ``/dev/shm`` (and over
+   the real home directory when not root), a fresh size-limited tmpfs as the working directory holding the
+   files, and read-only re-binds of the interpreter/toolchain directories that those masks (or a
+   non-traversable ancestor such as a 0700 ``/root``) would hide from the unprivileged program;
+4. fork an init process (PID 1 of the new PID namespace, with its own ``/proc``), which forks the program:
+   resource limits, ``no_new_privs``, an unprivileged uid/gid (when started as root), ``chdir``, ``execve``;
+5. init reaps until the program exits and reports its status, rusage and the isolation achieved as JSON on the
+   status fd. When init exits the kernel kills everything left in the PID namespace.
+
+Without namespaces it degrades to limits + uid drop in the staging directory, and says so in the report.
+"""
+
+import ctypes
+import json
+import os
+import resource
+import stat
+import sys
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+PR_SET_NO_NEW_PRIVS = 38
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(ret, what):
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _unshare(flags):
+    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+
+
+def _mount(source, target, fstype, flags, data=None):
+    enc = (lambda s: s.encode() if s is not None else None)
+    _check(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)),
+           f"mount {target}")
+
+
+def _read_tree(root):
+    """``[(relative path, bytes, mode)]`` for every regular file under ``root``."""
+    out = []
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                out.append((os.path.relpath(path, root), f.read(), os.stat(path).st_mode & 0o777))
+    return out
+
+
+def _enter_namespaces(cfg):
+    """Unshare what the kernel allows; return the set of namespaces entered."""
+    wanted = [("mount", CLONE_NEWNS), ("pid", CLONE_NEWPID), ("ipc", CLONE_NEWIPC), ("uts", CLONE_NEWUTS)]
+    if not cfg["network"]:
+        wanted.append(("net", CLONE_NEWNET))
+    entered = set()
+    if os.geteuid() != 0:
+        # Unprivileged: a user namespace (mapping our own uid) makes the other namespaces possible.
+        uid, gid = os.getuid(), os.getgid()
+        try:
+            _unshare(CLONE_NEWUSER)
+        except OSError:
+            return entered
+        with open("/proc/self/setgroups", "w") as f:
+            f.write("deny")
+        with open("/proc/self/uid_map", "w") as f:
+            f.write(f"{uid} {uid} 1")
+        with open("/proc/self/gid_map", "w") as f:
+            f.write(f"{gid} {gid} 1")
+        entered.add("user")
+    for name, flag in wanted:
+        try:
+            _unshare(flag)
+            entered.add(name)
+        except OSError:
+            pass
+    return entered
+
+
+def _hidden_ancestor(path, uid):
+    """The topmost ancestor of ``path`` the sandbox uid cannot traverse (None if all can be traversed)."""
+    if uid is None:
+        return None
+    parts = path.strip("/").split("/")
+    current = ""
+    for part in parts[:-1] if parts else []:
+        current += "/" + part
+        try:
+            st = os.stat(current)
+        except OSError:
+            return None
+        if not st.st_mode & stat.S_IXOTH:
+            return current
+    return None
+
+
+def _under(path, root):
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _setup_mounts(cfg, files, uid, gid):
+    """Private /tmp etc., the working directory as a fresh tmpfs, and read-only re-binds of needed paths."""
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    masks = [m for m in cfg["masks"] if os.path.isdir(m)]
+    needed = sorted({os.path.realpath(p) for p in cfg["needed"] if os.path.exists(p)}, key=len)
+    needed = [p for i, p in enumerate(needed) if not any(_under(p, q) for q in needed[:i])]
+    for path in needed:
+        hidden = _hidden_ancestor(path, uid)
+        if hidden and not any(_under(hidden, m) for m in masks):
+            masks.append(hidden)
+    masks = sorted(set(masks), key=len)
+    masks = [m for i, m in enumerate(masks) if not any(_under(m, q) for q in masks[:i])]
+    rebinds = [(p, os.open(p, os.O_PATH)) for p in needed if any(_under(p, m) for m in masks)]
+    small = max(cfg["file_bytes"], 1 << 20)
+    for mask in masks:
+        mode = "1777" if stat.S_IMODE(os.stat(mask).st_mode) & stat.S_ISVTX else "0755"
+        _mount("tmpfs", mask, "tmpfs", MS_NOSUID | MS_NODEV, f"size={small},mode={mode}")
+    for path, fd in rebinds:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+        _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
+        os.close(fd)
+    work = cfg["workdir"]
+    os.makedirs(work, mode=0o755, exist_ok=True)
+    _mount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV, f"size={cfg['disk_bytes']},mode=0700")
+    _write_files(work, files, uid, gid)
+
+
+def _write_files(work, files, uid, gid):
+    os.makedirs(os.path.join(work, ".tmp"), exist_ok=True)
+    for rel, data, mode in files:
+        path = os.path.join(work, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chmod(path, mode)
+    if uid is not None:
+        for dirpath, dirs, names in os.walk(work):
+            os.chown(dirpath, uid, gid)
+            for name in names:
+                os.chown(os.path.join(dirpath, name), uid, gid)
+
+
+def _exec_program(cfg, uid, gid):
+    """In the program's process: limits, privileges, then execve (never returns)."""
+    try:
+        limits = [
+            (resource.RLIMIT_CPU, (cfg["cpu"], cfg["cpu"] + 1)),
+            (resource.RLIMIT_AS, (cfg["memory_bytes"], cfg["memory_bytes"])),
+            (resource.RLIMIT_FSIZE, (cfg["file_bytes"], cfg["file_bytes"])),
+            (resource.RLIMIT_NPROC, (cfg["processes"], cfg["processes"])),
+            (resource.RLIMIT_CORE, (0, 0)),
+            (resource.RLIMIT_NOFILE, (256, 256)),
+        ]
+        for which, value in limits:
+            resource.setrlimit(which, value)
+        _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        if uid is not None:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+        os.chdir(cfg["workdir"])
+        os.umask(0o077)
+        env = cfg["env"]
+        program = cfg["argv"][0]
+        if "/" not in program:
+            for d in env.get("PATH", "").split(":"):
+                candidate = os.path.join(d, program)
+                if d and os.access(candidate, os.X_OK):
+                    program = candidate
+                    break
+        os.execve(program, cfg["argv"], env)
+    except BaseException as exc:  # noqa: BLE001 - report any setup failure as the program's error
+        try:
+            os.write(2, f"teeny sandbox: cannot run {cfg['argv'][0]!r}: {exc}\n".encode())
+        finally:
+            os._exit(127)
+
+
+def _init(cfg, entered, uid, gid, status_fd):
+    """PID 1 of the sandbox: mount /proc, run the program, reap, report; the kernel then kills the rest."""
+    if "pid" in entered and "mount" in entered:
+        try:
+            _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        except OSError:
+            pass
+    child = os.fork()
+    if child == 0:
+        _exec_program(cfg, uid, gid)
+    report = {"isolation": sorted(entered), "uid": uid}
+    while True:
+        try:
+            pid, status, usage = os.wait4(-1, 0)
+        except ChildProcessError:
+            break
+        if pid == child:
+            report.update(exitcode=os.waitstatus_to_exitcode(status),
+                          cpu_seconds=usage.ru_utime + usage.ru_stime, maxrss_kb=usage.ru_maxrss)
+            break
+    os.write(status_fd, json.dumps(report).encode())
+
+
+def main():
+    cfg = json.loads(sys.argv[1])
+    status_fd = cfg["status_fd"]
+    os.set_inheritable(status_fd, False)
+    try:
+        uid, gid = cfg["uid"], cfg["gid"]
+        files = _read_tree(cfg["workdir"])
+        entered = _enter_namespaces(cfg)
+        if "mount" in entered:
+            _setup_mounts(cfg, files, uid, gid)
+        else:
+            _write_files(cfg["workdir"], [], uid, gid)
+    except BaseException as exc:  # noqa: BLE001
+        os.write(status_fd, json.dumps({"setup_error": f"{type(exc).__name__}: {exc}"}).encode())
+        os._exit(125)
+    if "pid" in entered:
+        init = os.fork()
+        if init == 0:
+            try:
+                _init(cfg, entered, uid, gid, status_fd)
+            finally:
+                os._exit(0)
+        os.waitpid(init, 0)
+        os._exit(0)
+    _init(cfg, entered, uid, gid, status_fd)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Error categories: every graded sample gets exactly one, so reports can count why a variant fails.
+
+Shared by all teeny-bench evaluators. ``classify_python`` maps a sandboxed Python test run to a category.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+PASSED = "passed"
+SYNTAX_ERROR = "syntax_error"  # the program does not parse / compile
+NAME_ERROR = "name_error"  # NameError, ImportError, ModuleNotFoundError (an undefined or missing name)
+RUNTIME_ERROR = "runtime_error"  # any other exception; the detail names its type
+WRONG_ANSWER = "wrong_answer"  # AssertionError / wrong output
+TIMEOUT = "timeout"  # CPU or wall time limit
+MEMORY = "memory"  # address-space limit (MemoryError and the like)
+EMPTY_GENERATION = EMPTY = "empty_generation"  # the model produced no code
+TRUNCATED_GENERATION = TRUNCATED = "truncated_generation"  # hit max_new_tokens and failed
+
+CATEGORIES = (PASSED, SYNTAX_ERROR, NAME_ERROR, RUNTIME_ERROR, WRONG_ANSWER, TIMEOUT, MEMORY, EMPTY_GENERATION,
+              TRUNCATED_GENERATION)
+
+SYNTAX_EXCEPTIONS = frozenset({"SyntaxError", "IndentationError", "TabError"})
+NAME_EXCEPTIONS = frozenset({"NameError", "ImportError", "ModuleNotFoundError", "UnboundLocalError"})
+# The last line of a Python traceback: "ValueError: message", "AssertionError", "json.decoder.JSONDecodeError: ..."
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*?(?:Error|Exception|Exit|Interrupt|Warning|Iteration))(?::|$)", re.M)
+
+
+def exception_type(stderr: str) -> str | None:
+    """The type of the last exception in a Python traceback, without its module (``"ValueError"``)."""
+    found = _EXCEPTION_LINE.findall(stderr or "")
+    return found[-1].rsplit(".", 1)[-1] if found else None
+
+
+def classify_python(result: Any) -> tuple[str, str]:
+    """``(category, detail)`` for a sandboxed Python run (a :class:`teeny_bench.sandbox.Result`)."""
+    if result.status == "ok":
+        return PASSED, ""
+    if result.status == "timeout":
+        return TIMEOUT, result.reason
+    if result.status == "memory":
+        return MEMORY, result.reason
+    tail = _tail(result.stderr or result.stdout) or result.reason
+    if result.status == "killed":
+        return RUNTIME_ERROR, f"{result.reason}: {tail}" if tail != result.reason else tail
+    kind = exception_type(result.stderr)
+    if kind is None:
+        return RUNTIME_ERROR, tail
+    if kind == "AssertionError":
+        return WRONG_ANSWER, tail
+    if kind in SYNTAX_EXCEPTIONS:
+        return SYNTAX_ERROR, tail
+    if kind in NAME_EXCEPTIONS:
+        return NAME_ERROR, tail
+    if kind == "MemoryError":
+        return MEMORY, tail
+    if kind == "RecursionError":
+        return RUNTIME_ERROR, tail
+    return RUNTIME_ERROR, tail
+
+
+def refine_for_generation(category: str, completion: str, finish_reason: str | None) -> str:
+    """Blame the generation when it was empty, or when it hit the token limit and then failed."""
+    if category == PASSED:
+        return PASSED
+    if not completion.strip():
+        return EMPTY_GENERATION
+    if finish_reason == "length":
+        return TRUNCATED_GENERATION
+    return category
+
+
+def _tail(text: str, length: int = 500) -> str:
+    text = (text or "").strip()
+    return text if len(text) <= length else "..." + text[-length:]

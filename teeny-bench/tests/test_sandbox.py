@@ -1,0 +1,203 @@
+"""The sandbox: hostile programs end as failed results, the harness keeps going and the machine is untouched.
+
+Every attack aims at files and ports this test created itself (never at real user data), so a broken sandbox
+would fail the test without damaging the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+
+import psutil
+import pytest
+
+from teeny_bench.sandbox import Limits, Result, SandboxError, capabilities, run_many, run_sandboxed
+
+PY = [sys.executable, "-I", "-c"]
+
+
+def py(code: str, **kwargs) -> Result:
+    return run_sandboxed(PY + [code], **kwargs)
+
+
+def _uid_processes(uid: int) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == uid]
+
+
+def test_runs_program_with_files_stdin_and_a_private_home():
+    r = py("import os, sys\n"
+           "print(open('data/in.txt').read(), sys.stdin.read())\n"
+           "print(os.environ['HOME'] == os.getcwd(), os.environ['TMPDIR'].startswith(os.getcwd()))\n"
+           "print(sorted(os.listdir('.')))",
+           files={"data/in.txt": "hello"}, stdin="from stdin")
+    assert r.status == "ok" and r.returncode == 0, r
+    lines = r.stdout.splitlines()
+    assert lines[0] == "hello from stdin"
+    assert lines[1] == "True True"
+    assert "data" in lines[2]
+    assert r.stderr == "" and r.seconds > 0
+
+
+def test_stdin_is_closed_when_not_given():
+    r = py("import sys; print(repr(sys.stdin.read()))")
+    assert r.status == "ok" and r.stdout.strip() == "''"
+
+
+def test_environment_is_minimal(monkeypatch):
+    monkeypatch.setenv("TEENY_SECRET_TOKEN", "do-not-leak")
+    r = py("import os; print(sorted(os.environ))", env={"EXTRA": "1"})
+    assert "TEENY_SECRET_TOKEN" not in r.stdout
+    assert "'EXTRA'" in r.stdout and "'HOME'" in r.stdout
+
+
+def test_nonzero_exit_is_an_error_with_its_stderr():
+    r = py("raise ValueError('boom')")
+    assert r.status == "error" and r.returncode == 1
+    assert "ValueError: boom" in r.stderr
+
+
+def test_file_names_must_stay_inside_the_sandbox():
+    with pytest.raises(SandboxError, match="relative path"):
+        run_sandboxed(["true"], files={"../escape.txt": "x"})
+    with pytest.raises(SandboxError, match="relative path"):
+        run_sandboxed(["true"], files={"/etc/escape.txt": "x"})
+
+
+def test_missing_program_is_an_error_not_a_crash():
+    r = run_sandboxed(["no-such-program-teeny"])
+    assert r.status == "error" and r.returncode == 127
+    assert "cannot run" in r.stderr
+
+
+def test_infinite_loop_hits_the_cpu_limit():
+    r = py("while True:\n    pass", limits=Limits(cpu_seconds=1, wall_seconds=30))
+    assert r.status == "timeout", r
+    assert "CPU time" in r.reason
+
+
+def test_sleeping_program_hits_the_wall_limit_and_its_whole_tree_dies(tmp_path):
+    marker = tmp_path / "survivor.txt"
+    # a grandchild in its own session that would write a file after the sandbox is gone
+    code = ("import subprocess, sys, time\n"
+            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(3); print(1)'], start_new_session=True)\n"
+            "time.sleep(60)")
+    start = time.monotonic()
+    r = py(code, limits=Limits(wall_seconds=1.5))
+    assert r.status == "timeout" and r.returncode is None
+    assert "wall time" in r.reason
+    assert time.monotonic() - start < 15
+    time.sleep(0.5)
+    if r.isolation and "uid" in r.isolation:
+        # every process of the sandbox ran under an unprivileged uid of its own; none may be left
+        leftovers = [p for p in psutil.process_iter(["uids", "cmdline"])
+                     if p.info["uids"] and p.info["uids"].real >= 2_000_000_000]
+        assert not [p for p in leftovers if "time.sleep(3)" in " ".join(p.info["cmdline"] or [])]
+    assert not marker.exists()
+
+
+def test_background_process_cannot_outlive_a_finished_program():
+    code = ("import subprocess, sys\n"
+            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'], start_new_session=True)\n"
+            "print('done')")
+    start = time.monotonic()
+    r = py(code, limits=Limits(wall_seconds=20))
+    assert r.status == "ok" and r.stdout.strip() == "done"
+    assert time.monotonic() - start < 10  # the lingering child does not hold the pipes open
+    time.sleep(0.3)
+    assert not [p for p in psutil.process_iter(["cmdline"]) if "time.sleep(30)" in " ".join(p.info["cmdline"] or [])]
+
+
+def test_fork_bomb_is_contained():
+    code = "import os\nwhile True:\n    os.fork()"
+    before = len(psutil.pids())
+    r = py(code, limits=Limits(processes=32, wall_seconds=5, cpu_seconds=2))
+    assert r.status != "ok"
+    time.sleep(0.5)
+    assert len(psutil.pids()) < before + 20  # nothing of the bomb is left running
+    assert not [p for p in psutil.process_iter(["cmdline"]) if "os.fork()" in " ".join(p.info["cmdline"] or [])]
+    assert py("print('still works')").stdout.strip() == "still works"
+
+
+def test_huge_allocation_is_a_memory_failure():
+    r = py("x = bytearray(100 * 2**30)\nprint(len(x))")
+    assert r.status == "memory", r
+    assert "MemoryError" in r.stderr
+
+
+def test_rm_rf_home_only_empties_the_sandbox(tmp_path):
+    canary = tmp_path / "home" / "precious.txt"
+    canary.parent.mkdir()
+    canary.write_text("keep me")
+    # the sandbox sets its own HOME; the attack runs `rm -rf ~` and then aims at the canary's directory too
+    code = (f"import os\nos.system('rm -rf ~ 2>/dev/null')\nos.system('rm -rf {canary.parent} 2>/dev/null')\n"
+            "print(os.path.exists(os.path.expanduser('~')))")
+    r = py(code, env={"HOME": str(canary.parent)})
+    assert r.status == "ok"
+    assert canary.read_text() == "keep me"
+
+
+def test_writing_outside_its_directory_fails(tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("original")
+    outside.chmod(0o666)  # even a world-writable file elsewhere must stay intact
+    os.chmod(tmp_path, 0o755)
+    code = (f"open({str(outside)!r}, 'w').write('overwritten')\n")
+    r = py(code)
+    assert r.status == "error"
+    assert outside.read_text() == "original"
+    # a file dropped into the shared /tmp is private to the sandbox
+    r = py("open('/tmp/teeny-sandbox-escape.txt', 'w').write('x')")
+    assert not os.path.exists("/tmp/teeny-sandbox-escape.txt")
+
+
+def test_socket_to_the_outside_fails_when_isolated():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    try:
+        code = (f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=3)\n"
+                "s.sendall(b'leak')\nprint('connected')")
+        r = py(code)
+        if not r.network_isolated:
+            pytest.skip("no network namespace on this machine (reported as network_isolated=False)")
+        assert r.status == "error" and "connected" not in r.stdout
+        assert "OSError" in r.stderr or "unreachable" in r.stderr.lower()
+        with pytest.raises(socket.timeout):
+            server.accept()
+        # Limits(network=True) keeps the host network and says so
+        shared = py(code, limits=Limits(network=True))
+        assert shared.status == "ok" and not shared.network_isolated
+    finally:
+        server.close()
+
+
+def test_huge_stdout_is_capped_and_the_program_killed():
+    r = py("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)", limits=Limits(output_bytes=1 << 20))
+    assert r.status == "killed" and r.truncated
+    assert len(r.stdout) == 1 << 20
+    assert "output limit" in r.reason
+
+
+def test_file_size_limit():
+    r = py("open('big.bin', 'wb').write(b'0' * (8 << 20))", limits=Limits(file_bytes=1 << 20))
+    assert r.status != "ok"
+
+
+def test_run_many_keeps_order_and_isolates_failures():
+    jobs = [(PY + [f"print({i})"], {}) for i in range(6)]
+    jobs.insert(3, (PY + ["while True: pass"], {"limits": Limits(cpu_seconds=1, wall_seconds=10)}))
+    results = run_many(jobs, workers=2)
+    assert [r.status for r in results] == ["ok"] * 3 + ["timeout"] + ["ok"] * 3
+    assert [r.stdout.strip() for r in results if r.status == "ok"] == [str(i) for i in range(6)]
+
+
+def test_capabilities_are_reported():
+    caps = capabilities()
+    assert isinstance(caps, tuple)
+    if os.geteuid() == 0 and "mount" in caps:
+        assert "uid" in caps and "pid" in caps
