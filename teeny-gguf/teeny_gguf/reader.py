@@ -58,5 +58,24 @@ def gguf_to_hf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "float16
         model, tokenizer = source.load(dtype=dtype)
     except (ValueError, KeyError) as exc:
         raise TeenyError(f"transformers cannot dequantize {gguf_path.name}: {str(exc).splitlines()[0]}") from None
-    save_hf_model(model, tokenizer, out_dir)
+    save_hf_model(_plain_copy(model), tokenizer, out_dir)
     return out_dir
+
+
+def _plain_copy(model):
+    """The same weights in a model transformers does not mark as GGUF-quantized (those refuse to save)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    if getattr(config, "model_type", "") in ("gemma3", "gemma3_text"):
+        # GGUF has no query_pre_attn_scalar; llama.cpp scales queries by 1/sqrt(head_dim) (27B: hidden/heads)
+        config.query_pre_attn_scalar = (config.hidden_size // config.num_attention_heads
+                                        if config.num_hidden_layers == 62 else config.head_dim)
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype)
+    plain.load_state_dict(model.state_dict(), assign=True, strict=False)
+    plain.tie_weights()
+    return plain.eval()
