@@ -75,6 +75,11 @@ def load_hf_model(source: "ModelSource", dtype: str = "auto", device: str = "cpu
     else:
         kwargs["dtype"] = "auto"
     model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+    if source.gguf_file:  # the weights are plain floats now: drop transformers' "quantized with gguf" marks
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     model.to(resolve_device(device)).eval()
     return model, load_tokenizer(source)
 
