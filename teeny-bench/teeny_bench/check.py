@@ -1,21 +1,92 @@
-"""``teeny bench check BENCH``: grade a benchmark's reference solutions on this machine (proves the harness)."""
+"""``teeny bench check BENCH``: grade a benchmark's reference solutions on this machine, so a user can prove the
+harness (sandbox, toolchains) before a long run. Exits non-zero when anything that should pass does not.
+
+Each benchmark adds a function to :data:`CHECKS`: ``fn(args: CheckArgs) -> bool`` that prints its own report
+with ``click.echo`` and returns whether the check passed.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable
+
 import click
 
-# bench name -> function(options: dict) -> (passed, total, failures); filled in as benchmarks land.
-CHECKS: dict = {}
+
+@dataclasses.dataclass
+class CheckArgs:
+    """The options of ``teeny bench check`` (each benchmark uses what applies to it)."""
+
+    path: str | None = None
+    limit: int | None = None
+    timeout: float | None = None
+    workers: int | None = None
+    verbose: bool = False
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # -o key=value
+
+
+def _check_humaneval(args: CheckArgs, plus: bool) -> bool:
+    from teeny_bench.humaneval import check_canonical
+
+    start = time.monotonic()
+    cache = Path(args.extra.get("cache_dir", Path.home() / ".cache" / "teeny")) if plus else None
+    problems, outcomes = check_canonical(args.path, plus=plus, limit=args.limit, timeout=args.timeout,
+                                         workers=args.workers, cache_dir=cache)
+    passed = sum(o["passed"] for o in outcomes)
+    for problem, outcome in zip(problems, outcomes):
+        if not outcome["passed"] or args.verbose:
+            detail = outcome["detail"].strip().splitlines()[-1] if outcome["detail"].strip() else ""
+            click.echo(f"  {problem.task_id}: {outcome['category']} {detail[:200]}")
+    name = "humaneval-plus" if plus else "humaneval"
+    click.echo(f"{name}: canonical solutions passed {passed}/{len(outcomes)} "
+               f"({time.monotonic() - start:.1f} s)")
+    return passed == len(outcomes)
+
+
+def check_humaneval(args: CheckArgs) -> bool:
+    """The 164 HumanEval canonical solutions (or those of ``--path``) must pass their tests."""
+    return _check_humaneval(args, plus=False)
+
+
+def check_humaneval_plus(args: CheckArgs) -> bool:
+    """The HumanEval+ canonical solutions must pass the base and plus tests (``--path`` to the file)."""
+    return _check_humaneval(args, plus=True)
+
+
+# bench name -> check function. Owners of other benchmarks add theirs here (humaneval-mul, livecodebench).
+CHECKS: dict[str, Callable[[CheckArgs], bool]] = {
+    "humaneval": check_humaneval,
+    "humaneval-plus": check_humaneval_plus,
+}
 
 
 @click.group("bench")
 def bench() -> None:
-    """Code benchmarks (teeny-bench): check the harness and toolchains before a long run."""
+    """Code benchmarks (teeny-bench): prove the harness and toolchains before a long run."""
 
 
 @bench.command("check")
 @click.argument("name")
-def check(name: str) -> None:
-    """Grade the reference solutions of benchmark NAME and print passed/total."""
+@click.option("--path", default=None, help="problem file (humaneval-plus: HumanEvalPlus.jsonl.gz)")
+@click.option("--limit", type=int, default=None, help="only the first N problems")
+@click.option("--timeout", type=float, default=None, help="CPU seconds per program")
+@click.option("--workers", type=int, default=None, help="parallel sandboxes (default: one per core)")
+@click.option("--verbose", "-v", is_flag=True, help="list every problem, not only failures")
+@click.option("-o", "options", multiple=True, help="benchmark-specific key=value options")
+def check(name: str, path: str | None, limit: int | None, timeout: float | None, workers: int | None,
+          verbose: bool, options: tuple[str, ...]) -> None:
+    """Grade the reference solutions of benchmark NAME on this machine and print passed/total."""
+    from teeny_core.errors import TeenyError
+    from teeny_core.options import parse_cli_options
+
     if name not in CHECKS:
-        raise click.ClickException(f"unknown benchmark {name!r}; expected one of {', '.join(sorted(CHECKS)) or 'none'}")
+        raise click.ClickException(f"unknown benchmark {name!r}; expected one of {', '.join(sorted(CHECKS))}")
+    try:
+        ok = CHECKS[name](CheckArgs(path=path, limit=limit, timeout=timeout, workers=workers, verbose=verbose,
+                                    extra=parse_cli_options(options)))
+    except TeenyError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not ok:
+        raise SystemExit(1)

@@ -5,8 +5,11 @@ from teeny_core import hookimpl
 
 @hookimpl
 def teeny_register_evaluators(register):
-    # One registration per evaluator module; owners of humaneval-mul and livecodebench add theirs below.
-    pass
+    from teeny_bench.humaneval import HumanEval, HumanEvalPlus
+
+    register(HumanEval)
+    register(HumanEvalPlus)
+    # humaneval-mul and livecodebench: their module owners register them here, one import + register each.
 
 
 @hookimpl

@@ -1,0 +1,103 @@
+"""Turning a model's text into a Python program: prompts, stop strings, chat-mode code extraction.
+
+Completion mode (base models): the prompt is the function signature and docstring; the model writes the body,
+cut at the first stop string (a new top-level statement). Chat mode (instruct models): the prompt asks, through
+the tokenizer's chat template, for the complete function in a fenced code block; the first block (preferring
+one that defines the entry point) is extracted, and top-level demo code (``print(...)``, ``if __name__ ==
+"__main__":``, asserts) is dropped so only definitions reach the tests.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from typing import Any
+
+from teeny_core.errors import TeenyError
+
+STOP_STRINGS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
+CHAT_INSTRUCTION = ("Complete the following Python function. Reply with the complete function, including its "
+                    "signature and any imports it needs, in a single ```python code block.")
+_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:\n```|\Z)", re.S)
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def resolve_style(style: str, tokenizer: Any, where: str) -> str:
+    """``"auto"`` -> ``"chat"`` when the tokenizer has a chat template, else ``"completion"``."""
+    if style == "auto":
+        return "chat" if has_chat_template(tokenizer) else "completion"
+    if style == "chat" and not has_chat_template(tokenizer):
+        raise TeenyError(f"{where}: prompt_style=chat but the model's tokenizer has no chat template; "
+                         "use prompt_style=completion")
+    return style
+
+
+def chat_prompt(tokenizer: Any, problem_prompt: str) -> str:
+    """The problem wrapped in the model's chat template, ready for generation."""
+    message = f"{CHAT_INSTRUCTION}\n\n```python\n{problem_prompt.rstrip()}\n```"
+    return tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def truncate_at_stop(text: str, stops: tuple[str, ...] | list[str] = STOP_STRINGS) -> str:
+    """``text`` up to (not including) the earliest stop string."""
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+def extract_code(text: str, entry_point: str | None = None) -> str:
+    """The code in a chat answer: the first fenced block defining ``entry_point`` (else the first Python or
+    untagged block; an unclosed final block counts), or the whole text when there is no fence."""
+    blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(text)]
+    if not blocks:
+        return text.strip("\n")
+    if entry_point:
+        for _, body in blocks:
+            if re.search(rf"^\s*(?:async\s+)?def\s+{re.escape(entry_point)}\s*\(", body, re.M):
+                return body
+    for lang, body in blocks:
+        if lang in ("python", "py", "python3", ""):
+            return body
+    return blocks[0][1]
+
+
+def keep_definitions(code: str) -> str:
+    """Drop top-level statements that are not imports, definitions or assignments (demo prints, asserts,
+    ``if __name__ == "__main__":`` blocks). Code that does not parse is returned unchanged."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return code
+    keep = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign,
+            ast.AnnAssign)
+    lines = code.splitlines()
+    out = []
+    for node in tree.body:
+        if isinstance(node, keep):
+            start = min([d.lineno for d in getattr(node, "decorator_list", [])] + [node.lineno])
+            out.append("\n".join(lines[start - 1:node.end_lineno]))
+    return "\n\n".join(out) + "\n" if out else ""
+
+
+def defines(code: str, name: str) -> bool:
+    return re.search(rf"^(?:async\s+)?def\s+{re.escape(name)}\s*\(", code, re.M) is not None
+
+
+def chat_completion(text: str, entry_point: str) -> str:
+    """The code to test from a chat answer: the extracted block without demo code."""
+    code = extract_code(text, entry_point)
+    return keep_definitions(code) if defines(code, entry_point) else code
+
+
+def solution_program(prompt: str, completion: str, entry_point: str) -> str:
+    """The solution source: the prompt followed by the completion (a body), or, when the completion defines
+    the entry point itself (chat mode), the prompt (for its imports and helpers) then the full function."""
+    if defines(completion, entry_point):
+        return f"{prompt.rstrip()}\n\n\n{completion.strip(chr(10))}\n"
+    body = completion.strip("\n")
+    if body and not body.startswith((" ", "\t")):  # a body answered without indentation
+        completion = "\n".join("    " + line if line.strip() else line for line in body.splitlines()) + "\n"
+    return prompt + completion

