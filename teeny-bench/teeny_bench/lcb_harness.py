@@ -1,0 +1,231 @@
+"""Grades one LiveCodeBench solution against its tests; runs INSIDE the sandbox, standard library only.
+
+Usage (in the sandbox's working directory): ``python -I lcb_harness.py`` with ``solution.py`` and
+``problem.json`` (``{"mode": "stdin"|"functional", "func_name", "tests": [{"input", "output"}],
+"timeout", "all_tests"}``) beside it. Prints one JSON line: the verdict and per-test counts.
+
+The solution is compiled once (a syntax error is a compile error), then each test runs in a forked child
+(its own process group, CPU limit, wall timeout, stdin from the test input, stdout to a file), so tests
+cannot share state and a hung test is killed without losing the others' results. Semantics follow
+LiveCodeBench's ``testing_util``: the same wildcard imports are in scope; stdin programs must print the
+expected lines (compared after stripping, line by line, then token by token as exact decimals); functional
+programs are called as ``Solution().<func_name>(*args)`` with one JSON argument per input line, and the
+result (tuples as lists) must equal the JSON output; ``SystemExit`` ends a program normally.
+"""
+
+import builtins
+import io
+import json
+import os
+import resource
+import select
+import signal
+import sys
+import time
+from decimal import Decimal, InvalidOperation
+
+# The names LiveCodeBench puts in scope before a solution (its import_string), as one header.
+HEADER_MODULES = ("string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random",
+                  "statistics", "itertools", "functools", "operator", "io", "sys", "json")
+HEADER = "".join(f"from {m} import *\n" for m in HEADER_MODULES + ("builtins", "typing"))
+HEADER += "".join(f"import {m}\n" for m in HEADER_MODULES) + "sys.setrecursionlimit(50000)\n"
+HEADER_LINES = HEADER.count("\n")
+
+
+def truncate(value, length=300):
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= length else text[:length // 2] + "...(truncated)..." + text[-length // 2:]
+
+
+def stripped_lines(text):
+    return [line.strip() for line in text.strip().split("\n")]
+
+
+def as_decimals(line):
+    try:
+        return [Decimal(token) for token in line.split()]
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def stdout_matches(output, expected):
+    """LiveCodeBench's stdin comparison: same number of stripped lines, each equal as text or as decimals."""
+    got, want = stripped_lines(output), stripped_lines(expected)
+    if len(got) != len(want):
+        return False, f"{len(got)} output lines, expected {len(want)}"
+    for i, (g, w) in enumerate(zip(got, want)):
+        if g == w:
+            continue
+        gd, wd = as_decimals(g), as_decimals(w)
+        if gd is None or wd is None or gd != wd:
+            return False, f"line {i + 1}: {truncate(g, 120)!r} != {truncate(w, 120)!r}"
+    return True, ""
+
+
+def child(code, mode, func_name, test, cpu_seconds, status_fd, out_path, err_path, in_path):
+    """Runs in the forked child: one test, reporting one JSON line on status_fd, then _exit."""
+    os.setpgid(0, 0)
+    cpu = max(1, int(cpu_seconds + 1))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    for fd, path, flags in ((0, in_path, os.O_RDONLY), (1, out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+                            (2, err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
+        opened = os.open(path, flags, 0o600)
+        os.dup2(opened, fd)
+        os.close(opened)
+    sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding="utf-8")
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)), encoding="utf-8")
+    sys.stderr = io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False)), encoding="utf-8",
+                                  write_through=True)
+    report = {"ok": True}
+    try:
+        if mode == "stdin":
+            try:
+                exec(code, {"__name__": "__main__", "__builtins__": builtins})
+            except SystemExit:
+                pass
+        else:
+            namespace = {"__name__": "solution", "__builtins__": builtins}
+            exec(code, namespace)
+            if "Solution" in namespace:
+                method = getattr(namespace["Solution"](), func_name)
+            else:
+                method = namespace[func_name]
+            args = [json.loads(line) for line in test["input"].split("\n")]
+            expected = json.loads(test["output"])
+            try:
+                prediction = method(*args)
+            except SystemExit:
+                prediction = None
+            if isinstance(prediction, tuple):
+                prediction = list(prediction)
+            report = {"ok": bool(prediction == expected), "output": truncate(prediction)}
+    except BaseException as exc:  # the solution's own error: report its type
+        report = {"ok": False, "error": type(exc).__name__, "message": truncate(str(exc), 500)}
+    try:
+        sys.stdout.flush()
+    except BaseException:
+        pass
+    os.write(status_fd, (json.dumps(report) + "\n").encode())
+    os._exit(0)
+
+
+def wait_with_timeout(pid, seconds):
+    """(status, timed_out): waits for the child, killing its process group after ``seconds`` of wall time."""
+    deadline = time.monotonic() + seconds
+    pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return status, False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+                    try:
+                        target()
+                    except OSError:
+                        pass
+                return os.waitpid(pid, 0)[1], True
+            if pidfd is not None:
+                select.select([pidfd], [], [], min(left, 1.0))
+            else:
+                time.sleep(min(left, 0.002))
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def run_test(code, problem, test, index):
+    """One test's outcome: {"ok", "error"?, "detail"?, "seconds"}."""
+    in_path, out_path, err_path = f"in-{index}.txt", f"out-{index}.txt", f"err-{index}.txt"
+    with open(in_path, "w", encoding="utf-8") as f:
+        f.write(test["input"])
+    read_fd, write_fd = os.pipe()
+    start = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        try:
+            child(code, problem["mode"], problem.get("func_name"), test, problem["timeout"], write_fd,
+                  out_path, err_path, in_path)
+        finally:
+            os._exit(70)
+    os.close(write_fd)
+    status, timed_out = wait_with_timeout(pid, problem["timeout"])
+    seconds = time.monotonic() - start
+    with os.fdopen(read_fd, "rb") as f:
+        raw = f.read(1 << 20).decode(errors="replace").strip()
+    try:
+        report = json.loads(raw.splitlines()[-1]) if raw else None
+    except ValueError:
+        report = None
+    for path in (in_path,):
+        os.unlink(path)
+    if timed_out or (os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGXCPU, signal.SIGKILL)
+                     and report is None):
+        return {"ok": False, "error": "Timeout", "detail": f"no result after {problem['timeout']:g} s",
+                "seconds": seconds}
+    if report is None:
+        how = (f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+               else f"exited with code {os.WEXITSTATUS(status)} without a result")
+        stderr = _tail(err_path)
+        error = "MemoryError" if "MemoryError" in stderr or "Cannot allocate memory" in stderr else "Crash"
+        return {"ok": False, "error": error, "detail": f"{how}; stderr: {stderr}", "seconds": seconds}
+    if report.get("error"):
+        return {"ok": False, "error": report["error"], "detail": f"{report['error']}: {report.get('message', '')}",
+                "seconds": seconds}
+    if problem["mode"] == "functional":
+        detail = "" if report["ok"] else f"returned {report.get('output')}, expected {truncate(test['output'])}"
+        return {"ok": report["ok"], "detail": detail, "seconds": seconds}
+    with open(out_path, "r", encoding="utf-8", errors="replace") as f:
+        output = f.read(64 << 20)
+    ok, why = stdout_matches(output, test["output"])
+    return {"ok": ok, "detail": why, "seconds": seconds}
+
+
+def _tail(path, length=500):
+    try:
+        with open(path, "r", errors="replace") as f:
+            return truncate(f.read()[-4000:], length)
+    except OSError:
+        return ""
+
+
+def main():
+    with open("problem.json") as f:
+        problem = json.load(f)
+    with open("solution.py") as f:
+        source = f.read()
+    os.unlink("problem.json")  # the expected outputs are not left on disk for the solution to read
+    tests = problem["tests"]
+    result = {"verdict": "passed", "tests_total": len(tests), "tests_run": 0, "tests_passed": 0}
+    try:
+        code = compile(HEADER + source, "solution.py", "exec")
+    except (SyntaxError, ValueError) as exc:
+        line = getattr(exc, "lineno", None)
+        where = f" (line {line - HEADER_LINES})" if line and line > HEADER_LINES else ""
+        result.update(verdict="compile_error", error=type(exc).__name__, detail=f"{type(exc).__name__}: {exc.msg if hasattr(exc, 'msg') else exc}{where}")
+        print(json.dumps(result))
+        return
+    exec(HEADER, {"__name__": "teeny_preload"})  # load the header's modules once, before forking
+    for index, test in enumerate(tests):
+        outcome = run_test(code, problem, test, index)
+        result["tests_run"] += 1
+        if outcome["ok"]:
+            result["tests_passed"] += 1
+            continue
+        if result["verdict"] == "passed":
+            error = outcome.get("error")
+            result["verdict"] = ("timeout" if error == "Timeout" else "wrong_answer" if not error
+                                 else "runtime_error")
+            result["error"] = error
+            result["failed_test"] = index
+            result["detail"] = (f"test {index + 1}/{len(tests)}: {outcome.get('detail', '')}; "
+                                f"input {truncate(test['input'], 200)!r}")
+        if not problem.get("all_tests") or outcome.get("error") == "Timeout":
+            break
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,514 @@
+"""The ``livecodebench`` evaluator: LiveCodeBench code generation, graded as LiveCodeBench grades it.
+
+Data: the real ``livecodebench/code_generation_lite`` records (``test.jsonl`` .. ``test6.jsonl``, one per
+release increment; read as JSON lines, the dataset's loading script is never run), from a local file or
+directory, or from the Hugging Face hub cache with ``release=release_v1..v6``; or the public-tests-only
+file (a JSON list of ``{problem, starter_code, tests}``). Private tests are base64 of zlib of a pickle of a
+JSON string: they are unpickled with an unpickler that refuses every global, so a payload can only ever
+yield plain strings, numbers and containers (anything else is a one-line error).
+
+Prompts are LiveCodeBench's code-generation prompts: its generic chat prompt (system + user message, code
+in a fenced block) for instruct models, and a one-shot ``### Question`` / ``### Answer`` prompt for base
+models. The first fenced block of the answer is the program. Each program runs in the sandbox through
+:mod:`teeny_bench.lcb_harness` (one forked process per test, per-test timeout).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import pickle
+import re
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Iterable
+
+from teeny_core.errors import TeenyError
+from teeny_core.options import Options, option
+from teeny_core.types import EvalContext, Evaluator, LoadedModel
+
+HUB_REPO = "livecodebench/code_generation_lite"
+RELEASE_FILES = ["test.jsonl", "test2.jsonl", "test3.jsonl", "test4.jsonl", "test5.jsonl", "test6.jsonl"]
+MAX_DECODED_BYTES = 1 << 30
+
+SYSTEM_MESSAGE = ("You are an expert Python programmer. You will be given a question (problem specification) "
+                  "and will generate a correct Python program that matches the specification and passes all "
+                  "tests. You will NOT return anything except for the program.")
+FORMAT_WITH_STARTER = ("You will use the following starter code to write the solution to the problem and "
+                       "enclose your code within delimiters.")
+FORMAT_WITHOUT_STARTER = ("Read the inputs from stdin solve the problem and write the answer to stdout (do not "
+                          "directly test on the sample inputs). Enclose your code within delimiters as follows.")
+# One-shot examples for base models (ours; LiveCodeBench's base prompt has the same shape).
+BASE_EXAMPLE_STDIN = {
+    "question": "You are given two integers A and B on one line, separated by a space. Print A + B.",
+    "starter": "",
+    "answer": "```python\na, b = map(int, input().split())\nprint(a + b)\n```",
+}
+BASE_EXAMPLE_FUNCTIONAL = {
+    "question": "You are given an integer array nums. Return the largest element of nums.",
+    "starter": "class Solution:\n    def largest(self, nums: List[int]) -> int:\n        ",
+    "answer": "```python\nclass Solution:\n    def largest(self, nums: List[int]) -> int:\n        return max(nums)\n```",
+}
+BASE_STOP = ["### Question"]
+
+
+@dataclasses.dataclass
+class LcbOptions(Options):
+    path: str = option("", "a code_generation_lite jsonl file, a directory of test*.jsonl files, or the "
+                           "public-tests-only livecodebench.json")
+    release: str = option("", "release_v1..release_v6 (cumulative), v1..v6 (one increment) or release_latest; "
+                              "picks files in `path`, or downloads them from the hub cache when path is empty")
+    start_date: str = option("", "keep problems with contest_date on or after this day (YYYY-MM-DD)")
+    end_date: str = option("", "keep problems with contest_date on or before this day (YYYY-MM-DD)")
+    difficulty: list[str] = option([], "keep only these difficulties (easy, medium, hard)")
+    platform: list[str] = option([], "keep only these platforms (atcoder, codeforces, leetcode)")
+    limit: int | None = option(None, "evaluate at most this many problems (after filtering)", min=1)
+    n: int = option(1, "samples per problem (pass@1 and, with n >= 5, pass@5)", min=1)
+    temperature: float = option(0.0, "sampling temperature (0 = greedy; use e.g. 0.2 with n > 1)", min=0.0)
+    max_new_tokens: int = option(2048, "generation budget per sample", min=1)
+    prompt_style: str = option("chat", "chat: instruct models (chat template); base: one-shot completion prompt",
+                               choices=("chat", "base"))
+    timeout: float = option(6.0, "wall seconds per test (LiveCodeBench uses 6)", min=0.1)
+    all_tests: bool = option(False, "run every test instead of stopping at the first failure")
+    memory_gb: float = option(4.0, "address-space limit of a solution, GiB", min=0.25)
+    batch_size: int = option(8, "prompts generated per batch", min=1)
+
+
+@dataclasses.dataclass
+class LcbProblem:
+    """One LiveCodeBench problem with all its tests (public first, then private)."""
+
+    question_id: str
+    title: str
+    content: str
+    platform: str
+    contest_id: str
+    contest_date: str | None  # ISO date (YYYY-MM-DD) or None when the source has no dates
+    difficulty: str
+    starter_code: str
+    func_name: str | None
+    tests: list[dict[str, str]]
+
+    @property
+    def mode(self) -> str:
+        """``functional`` (call a method, LeetCode style) or ``stdin``."""
+        if self.tests and self.tests[0].get("testtype") == "functional":
+            return "functional"
+        return "functional" if self.func_name and self.starter_code else "stdin"
+
+
+class _NoGlobalsUnpickler(pickle.Unpickler):
+    """Builds only pickle's primitive types; any class or function reference is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def decode_private_tests(payload: str) -> list[dict[str, str]]:
+    """LiveCodeBench's private tests: JSON, or base64(zlib(pickle(JSON string))), decoded without running code."""
+    text = payload.strip()
+    if not text:
+        return []
+    if text[0] in "[{":
+        return _tests_from_json(json.loads(text))
+    try:
+        compressed = base64.b64decode(text, validate=False)
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(compressed, MAX_DECODED_BYTES)
+        if inflater.unconsumed_tail:
+            raise TeenyError(f"livecodebench: private tests decompress to more than {MAX_DECODED_BYTES} bytes")
+    except (ValueError, zlib.error) as exc:
+        raise TeenyError(f"livecodebench: private_test_cases is neither JSON nor base64+zlib data ({exc})") from None
+    try:
+        value = _NoGlobalsUnpickler(io.BytesIO(raw)).load()
+    except pickle.UnpicklingError as exc:
+        raise TeenyError(f"livecodebench: refusing an unsafe private_test_cases pickle: {exc}") from None
+    except Exception as exc:
+        raise TeenyError(f"livecodebench: private_test_cases is not a valid pickle ({exc})") from None
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str):
+        value = json.loads(value)
+    return _tests_from_json(value)
+
+
+def _tests_from_json(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not all(isinstance(t, dict) and "input" in t and "output" in t
+                                              for t in value):
+        raise TeenyError("livecodebench: test cases must be a list of {input, output, testtype} objects")
+    return [{"input": str(t["input"]), "output": str(t["output"]), "testtype": str(t.get("testtype", "stdin"))}
+            for t in value]
+
+
+def _func_name_from_starter(starter: str) -> str | None:
+    match = re.search(r"^\s*def\s+(\w+)\s*\(\s*self\b", starter, re.M) or re.search(r"def\s+(\w+)\s*\(", starter)
+    return match.group(1) if match else None
+
+
+def problem_from_record(record: dict[str, Any]) -> LcbProblem:
+    """A code_generation_lite record (its JSON-string fields decoded) as an :class:`LcbProblem`."""
+    try:
+        public = _tests_from_json(json.loads(record.get("public_test_cases") or "[]"))
+        private = decode_private_tests(record.get("private_test_cases") or "")
+        metadata = json.loads(record.get("metadata") or "{}")
+        date = record.get("contest_date")
+        return LcbProblem(
+            question_id=str(record["question_id"]), title=str(record.get("question_title", "")),
+            content=str(record["question_content"]), platform=str(record.get("platform", "")),
+            contest_id=str(record.get("contest_id", "")), contest_date=str(date)[:10] if date else None,
+            difficulty=str(record.get("difficulty", "")), starter_code=str(record.get("starter_code") or ""),
+            func_name=metadata.get("func_name"), tests=public + private)
+    except KeyError as exc:
+        raise TeenyError(f"livecodebench: record lacks field {exc.args[0]!r}") from None
+    except json.JSONDecodeError as exc:
+        raise TeenyError(f"livecodebench: record {record.get('question_id')!r} has a malformed JSON field "
+                         f"({exc})") from None
+
+
+def problem_from_public(record: dict[str, Any]) -> LcbProblem:
+    """A record of the public-tests-only file ({problem, starter_code, tests}); its id hashes the text."""
+    content, starter = str(record["problem"]), str(record.get("starter_code") or "")
+    tests = _tests_from_json(record["tests"])
+    functional = bool(tests) and tests[0]["testtype"] == "functional"
+    return LcbProblem(
+        question_id="public-" + hashlib.sha256(content.encode()).hexdigest()[:12], title="", content=content,
+        platform="leetcode" if functional else "", contest_id="", contest_date=None, difficulty="",
+        starter_code=starter, func_name=_func_name_from_starter(starter) if functional else None, tests=tests)
+
+
+def release_files(release: str) -> list[str]:
+    """File names of a release: ``release_vN`` is cumulative, ``vN`` one increment."""
+    if release == "release_latest":
+        return list(RELEASE_FILES)
+    match = re.fullmatch(r"(release_)?v([1-9])", release)
+    if not match or int(match.group(2)) > len(RELEASE_FILES):
+        raise TeenyError(f"livecodebench: unknown release {release!r}; expected release_v1..release_v"
+                         f"{len(RELEASE_FILES)}, v1..v{len(RELEASE_FILES)} or release_latest")
+    n = int(match.group(2))
+    return RELEASE_FILES[:n] if match.group(1) else [RELEASE_FILES[n - 1]]
+
+
+def _hub_files(names: list[str]) -> list[Path]:
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise TeenyError("livecodebench: release= without path needs huggingface_hub (pip install "
+                         "huggingface_hub), or pass path= to local jsonl files") from None
+    out = []
+    for name in names:
+        try:
+            out.append(Path(hf_hub_download(HUB_REPO, name, repo_type="dataset")))
+        except Exception as exc:
+            raise TeenyError(f"livecodebench: cannot get {name} of {HUB_REPO} from the hub or its cache "
+                             f"({exc.__class__.__name__}); download it where a network exists, or pass path=") from None
+    return out
+
+
+def _read_file(path: Path) -> list[LcbProblem]:
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        data = json.loads(text)
+        if data and isinstance(data[0], dict) and "problem" in data[0]:
+            return [problem_from_public(r) for r in data]
+        return [problem_from_record(r) for r in data]
+    problems = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TeenyError(f"livecodebench: {path}:{number} is not valid JSON ({exc.msg})") from None
+        problems.append(problem_from_public(record) if "problem" in record else problem_from_record(record))
+    return problems
+
+
+def load_problems(path: str = "", release: str = "") -> list[LcbProblem]:
+    """Problems from a file, a directory (``test*.jsonl``, or the release's files in it) or the hub cache."""
+    if not path and not release:
+        raise TeenyError("livecodebench: set path= (a code_generation_lite jsonl file or directory, or the "
+                         "public livecodebench.json) or release= (release_v1..release_v6, from the hub)")
+    if path:
+        root = Path(path).expanduser()
+        if root.is_dir():
+            names = release_files(release) if release else sorted(
+                (p.name for p in root.glob("test*.jsonl")), key=lambda n: (len(n), n))
+            files = [root / n for n in names]
+            missing = [str(f) for f in files if not f.is_file()]
+            if missing or not files:
+                raise TeenyError(f"livecodebench: {root} lacks {', '.join(missing) or 'test*.jsonl files'}")
+        elif root.is_file():
+            files = [root]
+        else:
+            raise TeenyError(f"livecodebench: path {path!r} does not exist")
+    else:
+        files = _hub_files(release_files(release))
+    problems: list[LcbProblem] = []
+    seen: set[str] = set()
+    for file in files:
+        for problem in _read_file(file):
+            if problem.question_id not in seen:
+                seen.add(problem.question_id)
+                problems.append(problem)
+    return problems
+
+
+def _day(value: str, name: str) -> str:
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise TeenyError(f"livecodebench: option {name}={value!r} is not a date; expected YYYY-MM-DD")
+    return value
+
+
+def filter_problems(problems: list[LcbProblem], *, start_date: str = "", end_date: str = "",
+                    difficulty: Iterable[str] = (), platform: Iterable[str] = ()) -> list[LcbProblem]:
+    """The contamination window (inclusive, on contest_date) and difficulty/platform filters."""
+    start = _day(start_date, "start_date") if start_date else ""
+    end = _day(end_date, "end_date") if end_date else ""
+    if (start or end) and any(p.contest_date is None for p in problems):
+        raise TeenyError("livecodebench: start_date/end_date need contest_date, which these records lack "
+                         "(the public-tests-only file has no dates)")
+    levels = {d.lower() for d in difficulty}
+    bad = levels - {"easy", "medium", "hard"}
+    if bad:
+        raise TeenyError(f"livecodebench: unknown difficulty {sorted(bad)[0]!r}; expected easy, medium or hard")
+    platforms = {p.lower() for p in platform}
+    out = []
+    for p in problems:
+        if start and p.contest_date < start:  # type: ignore[operator]
+            continue
+        if end and p.contest_date > end:  # type: ignore[operator]
+            continue
+        if levels and p.difficulty.lower() not in levels:
+            continue
+        if platforms and p.platform.lower() not in platforms:
+            continue
+        out.append(p)
+    return out
+
+
+def chat_user_message(problem: LcbProblem) -> str:
+    """LiveCodeBench's generic question template (the user turn of its chat prompt)."""
+    text = f"### Question:\n{problem.content}\n\n"
+    if problem.starter_code:
+        text += f"### Format: {FORMAT_WITH_STARTER}\n```python\n{problem.starter_code}\n```\n\n"
+    else:
+        text += f"### Format: {FORMAT_WITHOUT_STARTER}\n```python\n# YOUR CODE HERE\n```\n\n"
+    return text + "### Answer: (use the provided format with backticks)\n\n"
+
+
+def base_prompt(problem: LcbProblem) -> str:
+    """A one-shot completion prompt for base models; the answer is expected in a fenced block."""
+    example = BASE_EXAMPLE_FUNCTIONAL if problem.starter_code else BASE_EXAMPLE_STDIN
+
+    def block(question: str, starter: str, answer: str) -> str:
+        text = f"### Question\n{question}\n\n"
+        if problem.starter_code:
+            text += f"### Starter Code\n{starter}\n\n"
+        text += "### Answer\n\n" + answer
+        return text + ("\n\n" if answer else "")
+
+    return block(example["question"], example["starter"], example["answer"]) + block(
+        problem.content, problem.starter_code, "")
+
+
+def render_chat(tokenizer: Any, system: str, user: str) -> str:
+    """The chat template applied to (system, user); templates without a system role get it in the user turn."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise TeenyError("livecodebench: the model's tokenizer has no chat template; use prompt_style=base")
+    try:
+        return tokenizer.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": user}],
+                                             tokenize=False, add_generation_prompt=True)
+    except Exception:
+        return tokenizer.apply_chat_template([{"role": "user", "content": f"{system}\n\n{user}"}],
+                                             tokenize=False, add_generation_prompt=True)
+
+
+def build_prompt(problem: LcbProblem, style: str, tokenizer: Any) -> str:
+    if style == "base":
+        return base_prompt(problem)
+    return render_chat(tokenizer, SYSTEM_MESSAGE, chat_user_message(problem))
+
+
+def extract_code(text: str) -> str:
+    """The first fenced block (LiveCodeBench: the lines between the first two lines holding a fence)."""
+    lines = text.split("\n")
+    fences = [i for i, line in enumerate(lines) if "```" in line]
+    if len(fences) < 2:
+        return ""
+    return "\n".join(lines[fences[0] + 1:fences[1]])
+
+
+def grading_job(problem: LcbProblem, code: str, options: LcbOptions) -> tuple[list[str], dict[str, Any]]:
+    """A sandbox job that runs the harness on ``code`` against all of the problem's tests."""
+    from teeny_bench.sandbox import Limits
+
+    harness = (Path(__file__).with_name("lcb_harness.py")).read_text()
+    spec = {"mode": problem.mode, "func_name": problem.func_name, "timeout": options.timeout,
+            "all_tests": options.all_tests, "tests": [{"input": t["input"], "output": t["output"]}
+                                                      for t in problem.tests]}
+    tests_budget = (options.timeout + 0.5) * max(1, len(problem.tests)) + 10
+    limits = Limits(cpu_seconds=tests_budget, wall_seconds=tests_budget,
+                    memory_bytes=int(options.memory_gb * (1 << 30)), processes=64)
+    files = {"lcb_harness.py": harness, "solution.py": code, "problem.json": json.dumps(spec)}
+    return [sys.executable, "-I", "lcb_harness.py"], {"files": files, "limits": limits}
+
+
+def verdict_from_result(result: Any) -> dict[str, Any]:
+    """The harness's JSON verdict from a sandbox result (or what the sandbox saw when it did not finish)."""
+    for line in reversed((result.stdout or "").strip().splitlines()):
+        try:
+            out = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(out, dict) and "verdict" in out:
+            return out
+    status = getattr(result, "status", "error")
+    verdict = {"timeout": "timeout", "memory": "memory"}.get(status, "runtime_error")
+    return {"verdict": verdict, "error": status, "tests_run": 0, "tests_passed": 0,
+            "detail": f"the grading run ended with status {status!r}: {(result.stderr or '')[-300:]}"}
+
+
+def categorize(verdict: dict[str, Any], code: str, finish_reason: str | None) -> str:
+    """One error category per graded sample (see :mod:`teeny_bench.errors`)."""
+    from teeny_bench import errors
+
+    if not code.strip():
+        return errors.TRUNCATED if finish_reason == "length" else errors.EMPTY
+    v = verdict["verdict"]
+    if v == "passed":
+        return errors.PASSED
+    if v == "compile_error":
+        return errors.SYNTAX_ERROR
+    if v == "wrong_answer":
+        return errors.WRONG_ANSWER
+    if v == "timeout":
+        return errors.TIMEOUT
+    if v == "memory" or verdict.get("error") == "MemoryError":
+        return errors.MEMORY
+    if verdict.get("error") in ("NameError", "ImportError", "ModuleNotFoundError", "UnboundLocalError"):
+        return errors.NAME_ERROR
+    return errors.RUNTIME_ERROR
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased pass@k estimator (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def grade_programs(problems: list[LcbProblem], codes: list[str], options: LcbOptions) -> list[dict[str, Any]]:
+    """Grade ``codes[i]`` against ``problems[i]`` in parallel sandboxes; the harness verdicts."""
+    from teeny_bench.sandbox import run_many
+
+    jobs = [grading_job(p, c, options) for p, c in zip(problems, codes)]
+    results = run_many(jobs) if jobs else []
+    out = []
+    for result in results:
+        verdict = verdict_from_result(result)
+        verdict["seconds"] = getattr(result, "seconds", None)
+        out.append(verdict)
+    return out
+
+
+class LiveCodeBenchEvaluator(Evaluator):
+    """LiveCodeBench code generation (stdin and LeetCode-style problems), pass@1 and pass@5, sandboxed."""
+
+    name = "livecodebench"
+    Options = LcbOptions
+
+    def problems(self, options: LcbOptions, limit: int | None = None) -> list[LcbProblem]:
+        problems = filter_problems(load_problems(options.path, options.release), start_date=options.start_date,
+                                   end_date=options.end_date, difficulty=options.difficulty,
+                                   platform=options.platform)
+        caps = [c for c in (limit, options.limit) if c]
+        return problems[:min(caps)] if caps else problems
+
+    def evaluate(self, model: LoadedModel, options: Options, ctx: EvalContext) -> None:
+        assert isinstance(options, LcbOptions)
+        problems = self.problems(options, ctx.limit)
+        done = ctx.done()
+        todo = [(p, s) for s in range(options.n) for p in problems if f"{p.question_id}/{s}" not in done]
+        if not todo:
+            return
+        stop = BASE_STOP if options.prompt_style == "base" else None
+        with ctx.progress(len(todo), "livecodebench") as bar:
+            for start in range(0, len(todo), options.batch_size):
+                batch = todo[start:start + options.batch_size]
+                by_sample: dict[int, list[int]] = {}
+                for i, (_, s) in enumerate(batch):
+                    by_sample.setdefault(s, []).append(i)
+                prompts = [build_prompt(p, options.prompt_style, model.tokenizer) for p, _ in batch]
+                generations: list[Any] = [None] * len(batch)
+                for s, idx in by_sample.items():
+                    outs = model.generate([prompts[i] for i in idx], max_new_tokens=options.max_new_tokens,
+                                          temperature=options.temperature, stop=stop, seed=ctx.seed + s)
+                    for i, g in zip(idx, outs):
+                        generations[i] = g
+                codes = [extract_code(g.text) for g in generations]
+                started = time.monotonic()
+                graded = [i for i, c in enumerate(codes) if c.strip()]
+                verdicts: dict[int, dict[str, Any]] = dict(zip(graded, grade_programs(
+                    [batch[i][0] for i in graded], [codes[i] for i in graded], options)))
+                for i, ((problem, s), gen) in enumerate(zip(batch, generations)):
+                    verdict = verdicts.get(i, {"verdict": "empty", "tests_run": 0, "tests_passed": 0,
+                                               "detail": "no fenced code block in the answer"})
+                    category = categorize(verdict, codes[i], gen.finish_reason)
+                    ctx.write({
+                        "key": f"{problem.question_id}/{s}", "task_id": problem.question_id,
+                        "question_id": problem.question_id, "title": problem.title, "platform": problem.platform,
+                        "contest_date": problem.contest_date, "difficulty": problem.difficulty,
+                        "mode": problem.mode, "sample": s, "prompt": prompts[i], "completion": gen.text,
+                        "code": codes[i], "passed": verdict["verdict"] == "passed",
+                        "verdict": verdict["verdict"], "category": category, "detail": verdict.get("detail", ""),
+                        "tests_total": len(problem.tests), "tests_run": verdict.get("tests_run", 0),
+                        "tests_passed": verdict.get("tests_passed", 0),
+                        "seconds": verdict.get("seconds") or (time.monotonic() - started),
+                        "tokens": gen.tokens, "finish_reason": gen.finish_reason})
+                    bar.advance(1)
+
+    def summarize(self, records: list[dict[str, Any]], options: Options) -> dict[str, Any]:
+        if not records:
+            return {}
+        by_problem: dict[str, list[bool]] = {}
+        difficulty: dict[str, str] = {}
+        categories: dict[str, int] = {}
+        for r in records:
+            by_problem.setdefault(r["question_id"], []).append(bool(r["passed"]))
+            difficulty[r["question_id"]] = r.get("difficulty") or ""
+            categories[r["category"]] = categories.get(r["category"], 0) + 1
+        n_min = min(len(v) for v in by_problem.values())
+        out: dict[str, Any] = {"problems": len(by_problem), "samples": len(records)}
+        for k in (1, 5):
+            if n_min >= k:
+                out[f"pass@{k}"] = sum(pass_at_k(len(v), sum(v), k) for v in by_problem.values()) / len(by_problem)
+        for level in ("easy", "medium", "hard"):
+            ids = [q for q, d in difficulty.items() if d == level]
+            if ids:
+                out[f"pass@1/{level}"] = sum(pass_at_k(len(by_problem[q]), sum(by_problem[q]), 1)
+                                             for q in ids) / len(ids)
+        for category, count in sorted(categories.items()):
+            out[f"errors/{category}"] = count
+        return out
+
+
+def oracle_program(problem: LcbProblem, correct: bool = True) -> str:
+    """A program that answers the problem's own tests from a lookup table (or, if not ``correct``, answers
+    each one wrongly): known-correct and known-wrong programs for proving the grading path end to end."""
+    if problem.mode == "functional":
+        table = {json.dumps([json.loads(line) for line in t["input"].split("\n")]): json.loads(t["output"])
+                 for t in problem.tests}
+        answer = "ANSWERS[json.dumps(list(args))]" if correct else "[ANSWERS[json.dumps(list(args))], 'wrong']"
+        return (f"import json\nANSWERS = json.loads({json.dumps(json.dumps(table))})\n"
+                f"class Solution:\n    def {problem.func_name}(self, *args):\n        return {answer}\n")
+    table = {t["input"]: t["output"] for t in problem.tests}
+    suffix = "" if correct else " + '\\nwrong'"
+    return (f"import json, sys\nANSWERS = json.loads({json.dumps(json.dumps(table))})\n"
+            f"sys.stdout.write(ANSWERS[sys.stdin.read()]{suffix})\n")
