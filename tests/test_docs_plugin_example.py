@@ -159,3 +159,35 @@ def test_teeny_run_stored_the_pruned_weights(run, tiny_model):
     assert meta["format"] == "hf" and meta["meta"] == {"method": "prune", "sparsity": 0.5}
     w = load_file(root / "prune-50" / "artifact" / "model.safetensors")["model.layers.0.mlp.up_proj.weight"]
     assert float((w == 0).double().mean()) == 0.5
+
+
+def test_formats_doc_names_every_file_and_field_the_run_wrote(run):
+    """docs/formats.md stays true: each file the run store wrote, and each field of its JSON files, is named."""
+    _, root, results = run
+    doc = (ROOT / "docs" / "formats.md").read_text()
+    variants = {v["name"] for v in results["variants"]}
+    names = set()
+    for path in root.rglob("*"):
+        parts = path.relative_to(root).parts
+        if parts[0] == "_cache" and len(parts) > 2 or parts[0] == "plots" and len(parts) > 1:
+            continue  # content-hash and plot names
+        if len(parts) > 2 and parts[1] == "artifact" and parts[2] != "teeny-artifact.json":
+            continue  # the checkpoint's own files belong to its format
+        names.update(p for p in parts if p not in variants)
+    undocumented = sorted(n for n in names if n not in doc)
+    assert not undocumented, f"docs/formats.md does not mention {undocumented}"
+
+    variant_dir = root / "prune-50"
+    fields = set(results) | set(results["variants"][1]) | set(results["manifest"])
+    fields |= set(results["manifest"]["hardware"])
+    fields |= set(json.loads((variant_dir / "variant.json").read_text()))
+    fields |= set(json.loads((variant_dir / "done.json").read_text()))
+    fields |= set(json.loads((variant_dir / "metrics.json").read_text())["fidelity"])
+    for line in (variant_dir / "samples.jsonl").read_text().splitlines():
+        fields |= set(json.loads(line))
+    profile = json.loads((variant_dir / "profile.json").read_text())
+    for stage in ("quantize", "load", "evaluate:fidelity"):
+        fields |= set(profile[stage])
+    fields |= set(profile["benchmark"]) | {"benchmark", "peak_rss_bytes"}
+    undocumented = sorted(f for f in fields if f"`{f}`" not in doc and f'"{f}"' not in doc)
+    assert not undocumented, f"docs/formats.md does not name the fields {undocumented}"
