@@ -371,18 +371,30 @@ def results_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
+NOT_ERRORS = ("passed",)
+
+
+def _is_error_category(category: str) -> bool:
+    return category not in NOT_ERRORS and not category.startswith("skipped")
+
+
 def _category_counts(results: dict[str, Any], run_dir: Path) -> dict[str, dict[str, dict[str, int]]]:
-    """evaluator -> variant -> category -> count: evaluator metrics ``categories``, else the non-empty
-    ``category`` of the variant's records in ``run_dir/<variant>/samples.jsonl`` where that file exists."""
+    """evaluator -> variant -> error category -> count, from evaluator metrics (a ``categories`` dict or
+    ``errors/<category>`` keys), else from the failed records' ``category`` in ``run_dir/<variant>/samples.jsonl``.
+    Passes and skipped items are not errors."""
     out: dict[str, dict[str, dict[str, int]]] = {}
     for v in _variants(results):
         found = False
         for ev, metrics in (v.get("metrics") or {}).items():
-            cats = metrics.get("categories") if isinstance(metrics, dict) else None
-            if isinstance(cats, dict) and cats:
+            if not isinstance(metrics, dict):
+                continue
+            cats = dict(metrics["categories"]) if isinstance(metrics.get("categories"), dict) else {}
+            cats.update({k.split("/", 1)[1]: n for k, n in metrics.items() if k.startswith("errors/")})
+            cats = {str(k): int(n) for k, n in cats.items()
+                    if isinstance(n, (int, float)) and not isinstance(n, bool) and _is_error_category(str(k))}
+            if cats:
                 found = True
-                out.setdefault(ev, {})[v["name"]] = {str(k): int(n) for k, n in cats.items()
-                                                    if isinstance(n, (int, float))}
+                out.setdefault(ev, {})[v["name"]] = cats
         samples = run_dir / str(v["name"]) / "samples.jsonl"
         if not found and samples.is_file():
             counts: dict[str, dict[str, int]] = {}
@@ -391,10 +403,10 @@ def _category_counts(results: dict[str, Any], run_dir: Path) -> dict[str, dict[s
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a torn last line of an interrupted run
-                category = record.get("category") if isinstance(record, dict) else None
-                if category:
+                category = str(record.get("category") or "") if isinstance(record, dict) else ""
+                if category and record.get("passed") is not True and _is_error_category(category):
                     per = counts.setdefault(str(record.get("evaluator", "?")), {})
-                    per[str(category)] = per.get(str(category), 0) + 1
+                    per[category] = per.get(category, 0) + 1
             for ev, per in counts.items():
                 out.setdefault(ev, {})[v["name"]] = per
     return out

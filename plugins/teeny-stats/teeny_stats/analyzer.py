@@ -1,7 +1,9 @@
 """The ``significance`` analyzer: every variant against the baseline, item by item, for every evaluator.
 
-Records are paired by their ``key`` (which includes the sample index). Records with a boolean ``passed`` get
-the pass/fail analysis, clustered by ``task_id`` when a problem has several samples; numeric record fields
+Records are paired by their ``key`` (which includes the sample index); items either side skipped (a
+``category`` starting with "skipped", e.g. a missing toolchain) are left out. Records with a boolean ``passed``
+get the pass/fail analysis, clustered by problem (``task_id``, per ``language`` where present) when a problem
+has several samples; numeric record fields
 named in the ``fields`` option get the continuous analysis. All p-values of one experiment are Holm-adjusted
 together (or per metric across variants, see ``correction``), and verdicts use the adjusted p-values.
 """
@@ -71,8 +73,10 @@ def compare_records(baseline: list[dict[str, Any]], variant: list[dict[str, Any]
     """All analyses of one evaluator's records: ``passed`` (pass/fail) and each continuous field present."""
     base_by_key = {r["key"]: r for r in baseline if "key" in r}
     var_by_key = {r["key"]: r for r in variant if "key" in r}
-    keys = [k for k in base_by_key if k in var_by_key]
-    unpaired = {"baseline_only": len(base_by_key) - len(keys), "variant_only": len(var_by_key) - len(keys)}
+    paired = [k for k in base_by_key if k in var_by_key]
+    keys = [k for k in paired if not (_skipped(base_by_key[k]) or _skipped(var_by_key[k]))]
+    unpaired = {"baseline_only": len(base_by_key) - len(paired), "variant_only": len(var_by_key) - len(paired),
+                "skipped": len(paired) - len(keys)}
     results: dict[str, dict[str, Any]] = {}
     binary = [k for k in keys if isinstance(base_by_key[k].get("passed"), bool)
               and isinstance(var_by_key[k].get("passed"), bool)]
@@ -221,7 +225,14 @@ def verdict(result: dict[str, Any], alpha: float) -> str:
 
 
 def _problem(record: dict[str, Any]) -> Any:
-    return record.get("task_id", record.get("key"))
+    """What samples are clustered by: the task (per language where records carry one), else the item itself."""
+    task = record.get("task_id", record.get("key"))
+    return f"{record['language']}/{task}" if record.get("language") else task
+
+
+def _skipped(record: dict[str, Any]) -> bool:
+    """Items that were not graded (e.g. teeny-bench's ``skipped_toolchain``): not outcomes of the model."""
+    return str(record.get("category") or "").startswith("skipped") or record.get("skipped") is True
 
 
 def _is_number(value: Any) -> bool:

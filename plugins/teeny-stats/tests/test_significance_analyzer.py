@@ -159,7 +159,7 @@ def test_pairing_by_key_ignores_unpaired_and_non_boolean_records():
     var_records[1]["passed"] = None  # e.g. a skipped language: not a pass/fail outcome
     r = analyze(base, [variant("v", {"humaneval": var_records})], fields=[])["v"]["humaneval"]["passed"]
     assert r["n_items"] == 3
-    assert r["unpaired"] == {"baseline_only": 0, "variant_only": 1}
+    assert r["unpaired"] == {"baseline_only": 0, "variant_only": 1, "skipped": 0}
     assert r["flips"] == {"right_to_wrong": 1, "wrong_to_right": 0}
 
 
@@ -169,6 +169,31 @@ def test_too_few_items_to_detect_anything():
     result = r["v"]["humaneval"]["passed"]
     assert result["mde"] is None
     assert result["verdict"] == "no significant difference (too few items, n=3, to detect any)"
+
+
+def test_skipped_items_are_left_out_and_languages_are_separate_problems():
+    """teeny-bench's humaneval-mul: the same task_id in two languages, a language whose toolchain is missing."""
+    def mul_records(outcomes_by_language):
+        out = []
+        for lang, outcomes in outcomes_by_language.items():
+            for i, p in enumerate(outcomes):
+                task, sample = f"HumanEval_{i // 2}", i % 2
+                record = {"key": f"{lang}/{task}/{sample}", "task_id": task, "language": lang, "sample": sample,
+                          "passed": bool(p), "category": "passed" if p else "wrong_answer"}
+                if p is None:
+                    record.update(passed=False, category="skipped_toolchain")
+                out.append(record)
+        return out
+
+    base = variant("original", {"humaneval-mul": mul_records({"python": [1, 1, 0, 1], "java": [1, 0, 1, 1],
+                                                              "php": [None] * 4})})
+    var = variant("q4", {"humaneval-mul": mul_records({"python": [1, 0, 0, 1], "java": [1, 0, 1, 0],
+                                                       "php": [None] * 4})})
+    r = analyze(base, [var], fields=[])["q4"]["humaneval-mul"]["passed"]
+    assert r["n_items"] == 8 and r["unpaired"]["skipped"] == 4
+    assert r["n_problems"] == 4 and r["samples_per_problem"] == 2  # python/HumanEval_0 != java/HumanEval_0
+    assert r["flips"] == {"right_to_wrong": 2, "wrong_to_right": 0}
+    assert r["baseline"]["score"] == pytest.approx(6 / 8) and r["variant"]["score"] == pytest.approx(4 / 8)
 
 
 def test_evaluator_missing_from_variant_is_skipped():

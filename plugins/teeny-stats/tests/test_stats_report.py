@@ -188,7 +188,8 @@ def test_error_categories_from_records_when_metrics_lack_them(tmp_path):
     (tmp_path / "q2").mkdir()
     lines = [{"evaluator": "humaneval", "key": f"k{i}", "passed": False, "category": c}
              for i, c in enumerate(["timeout", "timeout", "syntax error"])]
-    lines.append({"evaluator": "humaneval", "key": "ok", "passed": True, "category": None})
+    lines.append({"evaluator": "humaneval", "key": "ok", "passed": True, "category": "passed"})
+    lines.append({"evaluator": "humaneval", "key": "php", "passed": False, "category": "skipped_toolchain"})
     (tmp_path / "q2" / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"torn')
     paths = write_report(tmp_path, results)
     md = paths["md"].read_text()
@@ -212,3 +213,16 @@ def test_load_results_errors(tmp_path):
     results = build_results()
     (tmp_path / "results.json").write_text(json.dumps(results))
     assert load_results(tmp_path) == results
+
+
+def test_error_categories_from_teeny_bench_metric_keys(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # tables only
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    results = build_results()
+    for v in results["variants"]:
+        cats = v["metrics"]["humaneval"].pop("categories")
+        v["metrics"]["humaneval"].update({f"errors/{k}": n for k, n in cats.items()})
+        v["metrics"]["humaneval"]["errors/passed"] = 100
+    md = write_report(tmp_path, results)["md"].read_text()
+    section = md.split("## Errors by category")[1].split("\n## ")[0]
+    assert "| variant | assertion | syntax |" in section and "passed" not in section
