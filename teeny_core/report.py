@@ -421,12 +421,14 @@ def _pareto_front(points: list[tuple[float, float, str]], higher_is_better: bool
 
 
 def _plots(run_dir: Path, results: dict[str, Any]) -> tuple[dict[str, Path], str | None]:
-    """Write plots/*.png; returns (name -> path, why plots are missing)."""
+    """Write plots/*.png; returns (name -> path, why plots are missing). Plots of an earlier report go first."""
+    plots_dir = run_dir / "plots"
+    for stale in [*plots_dir.glob("pareto.png"), *plots_dir.glob("errors-*.png")]:
+        stale.unlink()
     try:
         from matplotlib.figure import Figure
     except ImportError:
         return {}, "Plots skipped: matplotlib is not installed (pip install matplotlib)."
-    plots_dir = run_dir / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
     primary = primary_metric(results)

@@ -111,6 +111,8 @@ def test_report_md_html_and_plots(tmp_path):
 
 
 def test_report_without_matplotlib_says_so(tmp_path, monkeypatch):
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "pareto.png").write_bytes(b"a plot of an earlier run")
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     paths = write_report(tmp_path, build_results())
