@@ -228,3 +228,23 @@ def test_error_categories_from_teeny_bench_metric_keys(tmp_path, monkeypatch):
     md = write_report(tmp_path, results)["md"].read_text()
     section = md.split("## Errors by category")[1].split("\n## ")[0]
     assert "| variant | assertion | syntax |" in section and "passed" not in section
+
+
+def test_teeny_report_and_recommend_commands(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from teeny_core.cli import cli
+
+    (tmp_path / "results.json").write_text(json.dumps(build_results()))
+    out = CliRunner().invoke(cli, ["report", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "report.html").is_file()
+    out = CliRunner().invoke(cli, ["recommend", str(tmp_path), "--memory", "64GiB"])
+    assert out.exit_code == 0, out.output
+    assert out.output.startswith("q4: ") and "not significantly different" in out.output
+    out = CliRunner().invoke(cli, ["recommend", str(tmp_path), "--memory", "1GiB"])
+    assert out.exit_code == 2 and "no variant fits 1.0 GiB" in out.output
+    out = CliRunner().invoke(cli, ["recommend", str(tmp_path), "--memory", "lots"])
+    assert out.exit_code == 2 and "bad memory size 'lots'" in out.output
