@@ -39,9 +39,9 @@ def classify_python(result: Any) -> tuple[str, str]:
         return PASSED, ""
     if result.status == "timeout":
         return TIMEOUT, result.reason
-    if result.status == "memory":
-        return MEMORY, result.reason
     tail = _tail(result.stderr or result.stdout) or result.reason
+    if result.status == "memory":
+        return MEMORY, f"{result.reason}: {tail}" if tail != result.reason else tail
     if result.status == "killed":
         return RUNTIME_ERROR, f"{result.reason}: {tail}" if tail != result.reason else tail
     kind = exception_type(result.stderr)
