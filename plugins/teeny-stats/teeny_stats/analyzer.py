@@ -56,8 +56,7 @@ class SignificanceAnalyzer(Analyzer):
             out[variant.name] = per_evaluator
         apply_holm(comparisons, options.correction)
         for _, result in comparisons:
-            if isinstance(result.get("mde"), float) and not math.isfinite(result["mde"]):
-                result["mde"] = None  # nothing detectable (too few items) or not computable; JSON has no inf
+            result.update(_finite(result))  # NaN/inf (e.g. an MDE when nothing is detectable) become None
             result["verdict"] = verdict(result, options.alpha)
         out[EXPERIMENT_KEY] = {
             "baseline": baseline.name, "alpha": options.alpha, "power": options.power,
@@ -222,6 +221,17 @@ def verdict(result: dict[str, Any], alpha: float) -> str:
         return f"no significant difference (too few items, n={result.get('n_items')}, to detect any)"
     shown = f"{100 * mde:.1f} pp" if result.get("kind") == "pass/fail" else f"{mde:.3g}"
     return f"no significant difference (MDE {shown})"
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (strict JSON has no NaN or Infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _problem(record: dict[str, Any]) -> Any:

@@ -1,5 +1,6 @@
 """The ``significance`` analyzer on synthetic variants: verdicts, flips, Holm across variants, clustering."""
 
+import json
 import random
 
 import pytest
@@ -40,7 +41,10 @@ def flip(outcomes, right_to_wrong, wrong_to_right):
 
 def analyze(base, variants, **opts):
     options = SignificanceOptions.from_mapping({"resamples": 2000, **opts})
-    return SignificanceAnalyzer().analyze(base, variants, options)
+    out = SignificanceAnalyzer().analyze(base, variants, options)
+    # what results.json stores: strict JSON, plain Python numbers only (no numpy scalars, NaN or inf)
+    assert json.loads(json.dumps(out, allow_nan=False)) == out
+    return out
 
 
 def test_flipping_many_items_is_worse_and_identical_is_no_difference():
@@ -194,6 +198,14 @@ def test_skipped_items_are_left_out_and_languages_are_separate_problems():
     assert r["n_problems"] == 4 and r["samples_per_problem"] == 2  # python/HumanEval_0 != java/HumanEval_0
     assert r["flips"] == {"right_to_wrong": 2, "wrong_to_right": 0}
     assert r["baseline"]["score"] == pytest.approx(6 / 8) and r["variant"]["score"] == pytest.approx(4 / 8)
+
+
+def test_one_problem_with_many_samples_has_no_clustered_test():
+    base = variant("original", {"humaneval": bench_records([True, False, True, True], samples=4)})
+    r = analyze(base, [variant("v", {"humaneval": bench_records([False, False, True, True], samples=4)})],
+                fields=["seconds"])["v"]["humaneval"]
+    assert r["passed"]["p_value"] is None and r["passed"]["delta_se"] is None
+    assert r["passed"]["verdict"].startswith("no significant difference")
 
 
 def test_evaluator_missing_from_variant_is_skipped():
