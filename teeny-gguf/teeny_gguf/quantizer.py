@@ -64,8 +64,8 @@ class GGUFQuantizer(Quantizer):
             meta["imatrix"] = None
         else:
             with tempfile.TemporaryDirectory(dir=out_dir, prefix=".convert-") as tmp:
-                intermediate = convert_to_gguf(source, Path(tmp) / f"model-{options.intermediate}.gguf",
-                                               options.intermediate)
+                intermediate = float_gguf(source) or convert_to_gguf(
+                    source, Path(tmp) / f"model-{options.intermediate}.gguf", options.intermediate)
                 imatrix, extra = None, {}
                 if mode == "file":
                     imatrix = read_imatrix(options.imatrix_file)  # type: ignore[arg-type]
@@ -90,12 +90,23 @@ class GGUFQuantizer(Quantizer):
                     "from": mode, "entries": len(imatrix), "chunks": imatrix.chunk_count,
                     "chunk_size": imatrix.chunk_size, "datasets": imatrix.datasets,
                     "calibration": calibration.fingerprint() if mode == "computed" and calibration else None}
-        save_tokenizer_beside(source, out_dir)
+        if not source.gguf_file:  # a GGUF source's own tokenizer (in the file) is the reference one
+            save_tokenizer_beside(source, out_dir)
         meta.update(gguf_stats(out_dir / file))
         meta["bits"] = meta["bits_per_weight"]
         artifact = Artifact(format="gguf", path=out_dir, file=file, meta=meta)
         artifact.save()
         return artifact
+
+
+def float_gguf(source: ModelSource) -> Path | None:
+    """The source's GGUF file when it is unquantized (F32/F16/BF16 tensors only): llama.cpp quantizes it as is."""
+    from teeny_gguf.reader import gguf_stats
+
+    if not source.gguf_file:
+        return None
+    path = Path(source.path) / source.gguf_file
+    return path if set(gguf_stats(path)["tensor_types"]) <= set(FLOAT_TYPES) else None
 
 
 def resolve_imatrix(options: GGUFOptions, calibration: CalibrationSet | None) -> str:
@@ -120,9 +131,12 @@ def imatrix_for(source: ModelSource, calibration: CalibrationSet):
     from teeny_gguf.convert import linear_gguf_names
     from teeny_gguf.imatrix import compute_imatrix
 
-    model, _ = source.load(dtype="float32")
+    model, tokenizer = source.load(dtype="float32")
+    bos = tokenizer.bos_token_id
+    adds_bos = bos is not None and tokenizer.encode("a")[:1] == [bos]
     try:
-        return compute_imatrix(model, calibration, linear_gguf_names(model), dataset=calibration.name)
+        return compute_imatrix(model, calibration, linear_gguf_names(model), dataset=calibration.name,
+                               bos_token_id=bos if adds_bos else None)
     finally:
         del model
 

