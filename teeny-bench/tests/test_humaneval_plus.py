@@ -1,0 +1,162 @@
+"""HumanEval+: graded as EvalPlus grades (expected outputs from the canonical solution, exact match or allclose
+with atol, find_zero's root check, per-input time limits), on a tiny file in the HumanEvalPlus format."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+
+import pytest
+
+from teeny_core.errors import TeenyError
+from teeny_core.store import MemoryContext
+from teeny_core.types import Generation, LoadedModel
+from teeny_bench import errors
+from teeny_bench.humaneval import HumanEvalPlus, PlusGrader, file_id, load_plus_problems
+
+ADD = {
+    "task_id": "Plus/0", "entry_point": "add", "atol": 0,
+    "prompt": 'def add(a: int, b: int) -> int:\n    """Return a + b."""\n',
+    "canonical_solution": "    return a + b\n",
+    "base_input": [[1, 2], [3, 4]], "plus_input": [[10**20, 1], [-5, 5], [0, 0]],
+}
+MEAN = {
+    "task_id": "Plus/1", "entry_point": "mean", "atol": 0,
+    "prompt": 'from typing import List\n\n\ndef mean(xs: List[float]) -> float:\n    """Arithmetic mean."""\n',
+    "canonical_solution": "    return sum(xs) / len(xs)\n",
+    "base_input": [[[1.0, 2.0, 4.0]]], "plus_input": [[[0.1] * 10], [[1e-3, 2e-3]]],
+}
+FIND_ZERO = {
+    "task_id": "Plus/2", "entry_point": "find_zero", "atol": 1e-6,
+    "prompt": ('import math\n\n\ndef poly(xs: list, x: float):\n    return sum(c * math.pow(x, i) for i, c in '
+               'enumerate(xs))\n\n\ndef find_zero(xs: list):\n    """A zero of the polynomial with coefficients xs."""\n'),
+    "canonical_solution": ("    lo, hi = 0.0, 10.0\n    for _ in range(200):\n        mid = (lo + hi) / 2\n"
+                           "        if poly(xs, lo) * poly(xs, mid) <= 0:\n            hi = mid\n"
+                           "        else:\n            lo = mid\n    return lo\n"),
+    "base_input": [[[-1, 0, 1]]], "plus_input": [[[-4, 0, 1]], [[-9, 0, 1]]],
+}
+
+
+@pytest.fixture
+def plus_file(tmp_path):
+    path = tmp_path / "HumanEvalPlus.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        for record in (ADD, MEAN, FIND_ZERO):
+            f.write(json.dumps({**record, "test": "", "contract": ""}) + "\n")
+    return path
+
+
+@pytest.fixture
+def grader(plus_file, tmp_path):
+    problems = load_plus_problems(plus_file)
+    return problems, PlusGrader(problems, file_id(plus_file), tmp_path / "cache", min_time_limit=0.5)
+
+
+def test_canonical_solutions_pass(grader):
+    problems, g = grader
+    outcomes = g.grade([(p, p.canonical_solution) for p in problems])
+    assert [o["passed"] for o in outcomes] == [True, True, True], outcomes
+    assert all(o["passed_base"] and o["failed_input"] is None for o in outcomes)
+
+
+def test_plus_inputs_catch_what_base_inputs_miss(grader):
+    problems, g = grader
+    add = problems[0]
+    [o] = g.grade([(add, "    return a + b if abs(a) < 1000 else 0\n")])
+    assert not o["passed"] and o["passed_base"]
+    assert o["failed_input"] == 2 and o["category"] == errors.WRONG_ANSWER
+    assert "plus input #2" in o["detail"]
+    [o] = g.grade([(add, "    return a - b\n")])
+    assert not o["passed"] and not o["passed_base"] and o["failed_input"] == 0
+
+
+def test_floats_compare_with_tolerance_and_type(grader):
+    problems, g = grader
+    mean = problems[1]
+    rounding = "    total = 0.0\n    for x in reversed(xs):\n        total += x\n    return total / len(xs)\n"
+    off = "    return sum(xs) / len(xs) + 1e-3\n"
+    as_string = "    return str(sum(xs) / len(xs))\n"
+    outcomes = g.grade([(mean, rounding), (mean, off), (mean, as_string)])
+    assert [o["passed"] for o in outcomes] == [True, False, False], outcomes
+    assert outcomes[1]["category"] == errors.WRONG_ANSWER
+
+
+def test_find_zero_accepts_any_root(grader):
+    problems, g = grader
+    other_root = "    return -find_positive(xs)\n\n\ndef find_positive(xs):\n    return math.sqrt(-xs[0])\n"
+    [o] = g.grade([(problems[2], other_root)])  # the canonical finds +r; -r is a root too
+    assert o["passed"], o
+    [o] = g.grade([(problems[2], "    return 0.5\n")])
+    assert not o["passed"] and o["category"] == errors.WRONG_ANSWER
+
+
+def test_per_input_time_limit_and_errors(grader):
+    problems, g = grader
+    add = problems[0]
+    slow = "    if a > 100:\n        while True:\n            pass\n    return a + b\n"
+    outcomes = g.grade([(add, slow), (add, "    return undefined(a)\n"), (add, "    return (\n"),
+                        (add, "    import sys\n    sys.exit(0)\n")])
+    assert outcomes[0]["category"] == errors.TIMEOUT and outcomes[0]["passed_base"]
+    assert outcomes[1]["category"] == errors.NAME_ERROR
+    assert outcomes[2]["category"] == errors.SYNTAX_ERROR
+    assert not outcomes[3]["passed"]  # leaving early is not passing
+
+
+def test_expected_outputs_are_cached(grader, tmp_path):
+    problems, g = grader
+    g.grade([(problems[0], problems[0].canonical_solution)])
+    cached = list((tmp_path / "cache" / "humaneval-plus").rglob("*.json"))
+    assert len(cached) == 1 and "expected" in json.loads(cached[0].read_text())
+
+
+def test_missing_file_says_where_to_download(tmp_path):
+    with pytest.raises(TeenyError, match="humanevalplus_release/releases"):
+        load_plus_problems(tmp_path / "HumanEvalPlus.jsonl.gz")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"task_id": "x", "prompt": "", "entry_point": "f", "canonical_solution": ""}) + "\n")
+    with pytest.raises(TeenyError, match="lacks base_input, plus_input"):
+        load_plus_problems(bad)
+
+
+class _Model(LoadedModel):
+    def __init__(self, answers):
+        self.answers = answers
+
+    @property
+    def tokenizer(self):
+        return type("Tok", (), {"chat_template": None})()
+
+    def generate(self, prompts, **kwargs):
+        return [Generation(text=self.answers[p], tokens=5, finish_reason="stop") for p in prompts]
+
+    def logprobs(self, token_ids):
+        raise NotImplementedError
+
+
+def test_evaluator_end_to_end(plus_file, tmp_path):
+    answers = {ADD["prompt"]: "    return a + b if abs(a) < 1000 else 0\n", MEAN["prompt"]: MEAN["canonical_solution"],
+               FIND_ZERO["prompt"]: "    return 0.0\n"}
+    ev = HumanEvalPlus()
+    opts = HumanEvalPlus.Options.from_mapping({"path": str(plus_file)}, where="humaneval-plus")
+    ctx = MemoryContext(cache_dir=tmp_path)
+    ev.evaluate(_Model(answers), opts, ctx)
+    by_task = {r["task_id"]: r for r in ctx.records}
+    assert by_task["Plus/0"]["passed_base"] and not by_task["Plus/0"]["passed"]
+    assert by_task["Plus/1"]["passed"]
+    assert not by_task["Plus/2"]["passed_base"]
+    metrics = ev.summarize(ctx.records, opts)
+    assert metrics["pass@1"] == pytest.approx(1 / 3)
+    assert metrics["passed_base_rate"] == pytest.approx(2 / 3)
+
+
+def test_teeny_bench_check_humaneval_plus_cli(plus_file, tmp_path):
+    run = subprocess.run([sys.executable, "-m", "teeny_core.cli", "bench", "check", "humaneval-plus",
+                          "--path", str(plus_file), "-o", f"cache_dir={tmp_path}"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "passed 3/3" in run.stdout
+    missing = subprocess.run([sys.executable, "-m", "teeny_core.cli", "bench", "check", "humaneval-plus",
+                              "--path", str(tmp_path / "nope.jsonl.gz")], capture_output=True, text=True, timeout=300)
+    assert missing.returncode != 0 and "humanevalplus_release" in missing.stderr
