@@ -108,13 +108,19 @@ def _write_byte_level_bpe(writer, tokenizer, spec: dict[str, Any], vocab_size: i
 
 
 def _write_sentencepiece(writer, tokenizer, sp_model: Path, vocab_size: int) -> None:
+    write_sentencepiece_vocab(writer, sp_model, vocab_size, {
+        idx: (tok.content, bool(tok.special)) for idx, tok in tokenizer.added_tokens_decoder.items()})
+
+
+def write_sentencepiece_vocab(writer, sp_model: Path, vocab_size: int, added: dict[int, tuple[str, bool]]) -> None:
+    """SentencePiece ``tokenizer.model`` -> llama.cpp's ``llama`` (SPM) vocabulary with scores and token types.
+
+    ``added`` maps id -> (text, special) for tokens the HF tokenizer adds on top of the SentencePiece model.
+    """
     import gguf
     import sentencepiece
-    from sentencepiece import sentencepiece_model_pb2
 
     sp = sentencepiece.SentencePieceProcessor(model_file=str(sp_model))
-    proto = sentencepiece_model_pb2.ModelProto()
-    proto.ParseFromString(sp_model.read_bytes())
     n = max(vocab_size, sp.vocab_size())
     tokens = [f"[PAD{i}]" for i in range(n)]
     scores = [-1000.0] * n
@@ -131,16 +137,18 @@ def _write_sentencepiece(writer, tokenizer, sp_model: Path, vocab_size: int) -> 
         elif sp.is_byte(i):
             kind = gguf.TokenType.BYTE
         types[i] = int(kind)
-    for idx, tok in tokenizer.added_tokens_decoder.items():
+    for idx, (text, special) in added.items():
         if idx < n:
-            tokens[idx] = tok.content
-            types[idx] = int(gguf.TokenType.CONTROL if tok.special else gguf.TokenType.USER_DEFINED)
+            tokens[idx] = text
+            types[idx] = int(gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED)
     writer.add_tokenizer_model("llama")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
     writer.add_token_types(types)
-    writer.add_add_space_prefix(bool(proto.normalizer_spec.add_dummy_prefix))
+    # the model's normalizer adds a dummy "▁" prefix iff a lone word encodes with one
+    pieces = sp.encode("a", out_type=str)
+    writer.add_add_space_prefix(bool(pieces) and pieces[0].startswith("\u2581"))
 
 
 def _write_special(writer, tokenizer) -> None:

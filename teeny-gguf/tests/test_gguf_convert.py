@@ -156,3 +156,39 @@ def test_unsupported_model_and_type_are_one_line_errors(tmp_path, gguf_tiny_hf):
     gpt2.save_pretrained(tmp_path / "gpt2")
     with pytest.raises(TeenyError, match="cannot convert model type 'gpt2' to GGUF; supported: gemma3, .*llama"):
         convert_to_gguf(ModelSource(str(tmp_path / "gpt2")), tmp_path / "y.gguf")
+
+
+@pytest.mark.parametrize("dummy_prefix", [True, False])
+def test_sentencepiece_vocab_tokenizes_like_sentencepiece(dummy_prefix, tmp_path):
+    """A SentencePiece BPE model (byte fallback, identity normalisation, as Llama/Gemma ship) written as
+    llama.cpp's ``llama`` vocabulary gives the same token ids as sentencepiece itself."""
+    import gguf
+    import llama_cpp
+
+    spm = pytest.importorskip("sentencepiece")
+    from teeny_core.testing import _corpus
+    from teeny_gguf.vocab import write_sentencepiece_vocab
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(_corpus()))
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "sp"), vocab_size=400,
+                                   model_type="bpe", byte_fallback=True, character_coverage=1.0,
+                                   add_dummy_prefix=dummy_prefix, normalization_rule_name="identity",
+                                   remove_extra_whitespaces=False, minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "sp.model"))
+    writer = gguf.GGUFWriter(tmp_path / "vocab.gguf", "llama")
+    for add, value in ((writer.add_context_length, 64), (writer.add_embedding_length, 64), (writer.add_block_count, 1),
+                       (writer.add_feed_forward_length, 128), (writer.add_head_count, 2), (writer.add_head_count_kv, 2),
+                       (writer.add_layer_norm_rms_eps, 1e-5), (writer.add_vocab_size, sp.vocab_size()),
+                       (writer.add_bos_token_id, sp.bos_id()), (writer.add_eos_token_id, sp.eos_id()),
+                       (writer.add_unk_token_id, sp.unk_id()), (writer.add_add_bos_token, False)):
+        add(value)
+    write_sentencepiece_vocab(writer, tmp_path / "sp.model", sp.vocab_size(), {})
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    llm = llama_cpp.Llama(str(tmp_path / "vocab.gguf"), vocab_only=True, verbose=False)
+    for text in (TEXT, "  two  spaces\tand a tab", "ünïcödé 🦙 (byte fallback) 12345", "Hello world"):
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == sp.encode(text)
+    llm.close()
