@@ -211,6 +211,32 @@ def _ci(ci: Any) -> str:
     return f" [{_num(ci[0], 3)}, {_num(ci[1], 3)}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else ""
 
 
+def _rate(x: float | None, ci: Any = None) -> str:
+    """A pass rate as a percentage with its CI: ``67.7% [60.2, 74.4]``."""
+    if x is None:
+        return "-"
+    ok = isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci
+    return f"{100 * x:.1f}%" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ok else "")
+
+
+def _points(x: float, ci: Any = None) -> str:
+    """A difference of pass rates in percentage points with its CI: ``-6.7 pp [-11.0, -3.0]``."""
+    ok = isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci
+    return f"{100 * x:+.1f} pp" + (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ok else "")
+
+
+def _score_cell(r: dict[str, Any], side: str) -> str:
+    if r.get("kind") == "pass/fail":
+        return _rate(r[side]["score"], r[side].get("ci"))
+    return _num(r[side]["score"]) + _ci(r[side].get("ci"))
+
+
+def _delta_cell(r: dict[str, Any]) -> str:
+    if r.get("kind") == "pass/fail":
+        return _points(r["delta"], r.get("delta_ci"))
+    return f"{r['delta']:+.4g}" + _ci(r.get("delta_ci"))
+
+
 def analysis_rows(findings: dict[str, Any]) -> list[list[str]]:
     """Rows (evaluator, metric, n, baseline [CI], variant [CI], delta [CI], test, p, Holm p, flips, verdict)
     from one variant's significance findings (``{evaluator: {metric: result}}``)."""
@@ -222,18 +248,15 @@ def analysis_rows(findings: dict[str, Any]) -> list[list[str]]:
             flips = r.get("flips")
             rows.append([
                 evaluator, str(r.get("metric", metric)), str(r.get("n_items", "")),
-                _num(r["baseline"]["score"]) + _ci(r["baseline"].get("ci")),
-                _num(r["variant"]["score"]) + _ci(r["variant"].get("ci")),
-                f"{r['delta']:+.4g}" + _ci(r.get("delta_ci")), str(r.get("test", "")),
+                _score_cell(r, "baseline"), _score_cell(r, "variant"), _delta_cell(r), str(r.get("test", "")),
                 _num(r.get("p_value"), 3), _num(r.get("p_adjusted"), 3),
                 f"-{flips['right_to_wrong']} / +{flips['wrong_to_right']}" if flips else "",
                 str(r.get("verdict", "")),
             ])
             for k, pk in (r.get("pass_at_k") or {}).items():
                 rows.append([evaluator, k, str(r.get("n_problems", "")),
-                             _num(pk["baseline"]) + _ci(pk.get("baseline_ci")),
-                             _num(pk["variant"]) + _ci(pk.get("variant_ci")),
-                             f"{pk['delta']:+.4g}" + _ci(pk.get("delta_ci")), "paired bootstrap over problems",
+                             _rate(pk["baseline"], pk.get("baseline_ci")), _rate(pk["variant"], pk.get("variant_ci")),
+                             _points(pk["delta"], pk.get("delta_ci")), "paired bootstrap over problems",
                              "-", "-", "", ""])
     return rows
 
@@ -300,7 +323,8 @@ def _why(results, primary, best, mem, how, budget, analyzed, fitting, sized, unm
              f"with {format_bytes(mem)} ({how})"]
     s, ci = score_of(results, best, primary)
     if primary is not None and s is not None:
-        parts.append(f"its {primary.label} is {_num(s)}{_ci(ci)}")
+        shown = _rate(s, ci) if primary.analysis_metric == "passed" and 0 <= s <= 1 else _num(s) + _ci(ci)
+        parts.append(f"its {primary.label} is {shown}")
     if analyzed:
         if best["name"] == results.get("baseline"):
             parts.append("no smaller variant that fits is statistically as good as it")
@@ -353,7 +377,7 @@ def results_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         if v["name"] == results.get("baseline"):
             delta, verdict, flips = "(baseline)", "", ""
         elif r:
-            delta = f"{r['delta']:+.4g}{_ci(r.get('delta_ci'))} (p={_num(r.get('p_adjusted'), 3)})"
+            delta = f"{_delta_cell(r)} (p={_num(r.get('p_adjusted'), 3)})"
             verdict = str(r.get("verdict", ""))
             f = r.get("flips")
             flips = f"-{f['right_to_wrong']} / +{f['wrong_to_right']}" if f else ""
@@ -365,7 +389,13 @@ def results_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         mem, how = memory_of(v)
         bench = (v.get("profile") or {}).get("benchmark") or {}
         energy = _energy(v)
-        rows.append([v["name"], _method(v), _bits(v), (_num(s) + _ci(ci)) if s is not None else "-",
+        if s is None:
+            score = "-"
+        elif primary is not None and primary.analysis_metric == "passed" and 0 <= s <= 1:
+            score = _rate(s, ci)
+        else:
+            score = _num(s) + _ci(ci)
+        rows.append([v["name"], _method(v), _bits(v), score,
                      delta, verdict, flips, size, format_bytes(mem) if mem and "artifact" not in how else "-",
                      _num(bench.get("decode_tokens_per_s"), 3), f"{energy:.1f} J" if energy is not None else "-"])
     return headers, rows
