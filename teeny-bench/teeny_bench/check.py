@@ -55,10 +55,26 @@ def check_humaneval_plus(args: CheckArgs) -> bool:
     return _check_humaneval(args, plus=True)
 
 
-# bench name -> check function. Owners of other benchmarks add theirs here (humaneval-mul, livecodebench).
+def check_humaneval_mul(args: CheckArgs) -> bool:
+    """Each HumanEval-Mul language's toolchain, proven by tests that must fail cleanly (``--path`` a directory)."""
+    from teeny_bench.multipl_e import check_command
+
+    return check_command(args)
+
+
+def check_livecodebench(args: CheckArgs) -> bool:
+    """LiveCodeBench records load and decode, and known-correct/wrong programs grade right (``--path``)."""
+    from teeny_bench.livecodebench import check_command
+
+    return check_command(args)
+
+
+# bench name -> check function. Owners of other benchmarks add theirs here.
 CHECKS: dict[str, Callable[[CheckArgs], bool]] = {
     "humaneval": check_humaneval,
     "humaneval-plus": check_humaneval_plus,
+    "humaneval-mul": check_humaneval_mul,
+    "livecodebench": check_livecodebench,
 }
 
 

@@ -20,7 +20,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import math
 import pickle
 import re
 import sys
@@ -32,6 +31,8 @@ from typing import Any, Iterable
 from teeny_core.errors import TeenyError
 from teeny_core.options import Options, option
 from teeny_core.types import EvalContext, Evaluator, LoadedModel
+
+from teeny_bench import errors, generation
 
 HUB_REPO = "livecodebench/code_generation_lite"
 RELEASE_FILES = ["test.jsonl", "test2.jsonl", "test3.jsonl", "test4.jsonl", "test5.jsonl", "test6.jsonl"]
@@ -69,15 +70,19 @@ class LcbOptions(Options):
     difficulty: list[str] = option([], "keep only these difficulties (easy, medium, hard)")
     platform: list[str] = option([], "keep only these platforms (atcoder, codeforces, leetcode)")
     limit: int | None = option(None, "evaluate at most this many problems (after filtering)", min=1)
-    n: int = option(1, "samples per problem (pass@1 and, with n >= 5, pass@5)", min=1)
-    temperature: float = option(0.0, "sampling temperature (0 = greedy; use e.g. 0.2 with n > 1)", min=0.0)
+    n: int = option(1, "samples per problem (pass@1 and, with n >= 5, pass@5)", min=1, max=1000)
+    temperature: float = option(0.0, "sampling temperature; 0 is greedy (then n must be 1; LiveCodeBench "
+                                     "samples n=10 at 0.2)", min=0.0, max=5.0)
+    top_p: float = option(0.95, "nucleus sampling p (when temperature > 0)", min=0.0, max=1.0)
     max_new_tokens: int = option(2048, "generation budget per sample", min=1)
-    prompt_style: str = option("chat", "chat: instruct models (chat template); base: one-shot completion prompt",
-                               choices=("chat", "base"))
+    prompt_style: str = option("auto", "chat: LiveCodeBench's chat prompt (instruct models); completion: its "
+                                       "one-shot prompt for base models; auto: chat when the tokenizer has a "
+                                       "chat template", choices=("auto", "chat", "completion"))
     timeout: float = option(6.0, "wall seconds per test (LiveCodeBench uses 6)", min=0.1)
     all_tests: bool = option(False, "run every test instead of stopping at the first failure")
     memory_gb: float = option(4.0, "address-space limit of a solution, GiB", min=0.25)
     batch_size: int = option(8, "prompts generated per batch", min=1)
+    workers: int = option(0, "parallel sandboxes (0: one per CPU core)", min=0)
 
 
 @dataclasses.dataclass
@@ -331,7 +336,8 @@ def render_chat(tokenizer: Any, system: str, user: str) -> str:
 
 
 def build_prompt(problem: LcbProblem, style: str, tokenizer: Any) -> str:
-    if style == "base":
+    """The prompt for ``style`` ``completion`` (one-shot, base models) or ``chat``."""
+    if style == "completion":
         return base_prompt(problem)
     return render_chat(tokenizer, SYSTEM_MESSAGE, chat_user_message(problem))
 
@@ -357,7 +363,8 @@ def grading_job(problem: LcbProblem, code: str, options: LcbOptions) -> tuple[li
     limits = Limits(cpu_seconds=tests_budget, wall_seconds=tests_budget,
                     memory_bytes=int(options.memory_gb * (1 << 30)), processes=64)
     files = {"lcb_harness.py": harness, "solution.py": code, "problem.json": json.dumps(spec)}
-    return [sys.executable, "-I", "lcb_harness.py"], {"files": files, "limits": limits}
+    env = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return [sys.executable, "-I", "lcb_harness.py"], {"files": files, "limits": limits, "env": env}
 
 
 def verdict_from_result(result: Any) -> dict[str, Any]:
@@ -376,44 +383,35 @@ def verdict_from_result(result: Any) -> dict[str, Any]:
 
 
 def categorize(verdict: dict[str, Any], code: str, finish_reason: str | None) -> str:
-    """One error category per graded sample (see :mod:`teeny_bench.errors`)."""
-    from teeny_bench import errors
-
-    if not code.strip():
-        return errors.TRUNCATED if finish_reason == "length" else errors.EMPTY
+    """One error category (:mod:`teeny_bench.errors`) per graded sample."""
     v = verdict["verdict"]
     if v == "passed":
-        return errors.PASSED
-    if v == "compile_error":
-        return errors.SYNTAX_ERROR
-    if v == "wrong_answer":
-        return errors.WRONG_ANSWER
-    if v == "timeout":
-        return errors.TIMEOUT
-    if v == "memory" or verdict.get("error") == "MemoryError":
-        return errors.MEMORY
-    if verdict.get("error") in ("NameError", "ImportError", "ModuleNotFoundError", "UnboundLocalError"):
-        return errors.NAME_ERROR
-    return errors.RUNTIME_ERROR
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """The unbiased pass@k estimator (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+        category = errors.PASSED
+    elif v == "compile_error":
+        category = errors.SYNTAX_ERROR
+    elif v == "wrong_answer":
+        category = errors.WRONG_ANSWER
+    elif v == "timeout":
+        category = errors.TIMEOUT
+    elif v == "memory" or verdict.get("error") == "MemoryError":
+        category = errors.MEMORY
+    elif verdict.get("error") in errors.NAME_EXCEPTIONS:
+        category = errors.NAME_ERROR
+    else:
+        category = errors.RUNTIME_ERROR
+    return errors.refine_for_generation(category, code, finish_reason)
 
 
 def grade_programs(problems: list[LcbProblem], codes: list[str], options: LcbOptions) -> list[dict[str, Any]]:
-    """Grade ``codes[i]`` against ``problems[i]`` in parallel sandboxes; the harness verdicts."""
+    """Grade ``codes[i]`` against ``problems[i]`` in parallel sandboxes: the harness verdicts (+ seconds)."""
     from teeny_bench.sandbox import run_many
 
     jobs = [grading_job(p, c, options) for p, c in zip(problems, codes)]
-    results = run_many(jobs) if jobs else []
+    results = run_many(jobs, workers=options.workers or None) if jobs else []
     out = []
     for result in results:
         verdict = verdict_from_result(result)
-        verdict["seconds"] = getattr(result, "seconds", None)
+        verdict["seconds"] = result.seconds
         out.append(verdict)
     return out
 
@@ -433,70 +431,67 @@ class LiveCodeBenchEvaluator(Evaluator):
 
     def evaluate(self, model: LoadedModel, options: Options, ctx: EvalContext) -> None:
         assert isinstance(options, LcbOptions)
+        if options.n > 1 and options.temperature == 0:
+            raise TeenyError(f"{self.name}: n={options.n} samples need temperature > 0 (greedy samples are "
+                             "identical); set temperature, e.g. 0.2, or n=1")
         problems = self.problems(options, ctx.limit)
         done = ctx.done()
         todo = [(p, s) for s in range(options.n) for p in problems if f"{p.question_id}/{s}" not in done]
         if not todo:
             return
-        stop = BASE_STOP if options.prompt_style == "base" else None
-        with ctx.progress(len(todo), "livecodebench") as bar:
+        style = generation.resolve_style(options.prompt_style, model.tokenizer, self.name)
+        stop = BASE_STOP if style == "completion" else None
+        with ctx.progress(len(todo), self.name) as bar:
             for start in range(0, len(todo), options.batch_size):
                 batch = todo[start:start + options.batch_size]
+                prompts = [build_prompt(p, style, model.tokenizer) for p, _ in batch]
+                generations: list[Any] = [None] * len(batch)
                 by_sample: dict[int, list[int]] = {}
                 for i, (_, s) in enumerate(batch):
                     by_sample.setdefault(s, []).append(i)
-                prompts = [build_prompt(p, options.prompt_style, model.tokenizer) for p, _ in batch]
-                generations: list[Any] = [None] * len(batch)
                 for s, idx in by_sample.items():
                     outs = model.generate([prompts[i] for i in idx], max_new_tokens=options.max_new_tokens,
-                                          temperature=options.temperature, stop=stop, seed=ctx.seed + s)
+                                          temperature=options.temperature, top_p=options.top_p, stop=stop,
+                                          seed=ctx.seed * 100_003 + s)
                     for i, g in zip(idx, outs):
                         generations[i] = g
                 codes = [extract_code(g.text) for g in generations]
-                started = time.monotonic()
                 graded = [i for i, c in enumerate(codes) if c.strip()]
-                verdicts: dict[int, dict[str, Any]] = dict(zip(graded, grade_programs(
-                    [batch[i][0] for i in graded], [codes[i] for i in graded], options)))
+                verdicts = dict(zip(graded, grade_programs([batch[i][0] for i in graded], [codes[i] for i in graded],
+                                                           options)))
                 for i, ((problem, s), gen) in enumerate(zip(batch, generations)):
-                    verdict = verdicts.get(i, {"verdict": "empty", "tests_run": 0, "tests_passed": 0,
+                    verdict = verdicts.get(i, {"verdict": "empty", "tests_run": 0, "tests_passed": 0, "seconds": 0.0,
                                                "detail": "no fenced code block in the answer"})
-                    category = categorize(verdict, codes[i], gen.finish_reason)
                     ctx.write({
                         "key": f"{problem.question_id}/{s}", "task_id": problem.question_id,
-                        "question_id": problem.question_id, "title": problem.title, "platform": problem.platform,
-                        "contest_date": problem.contest_date, "difficulty": problem.difficulty,
-                        "mode": problem.mode, "sample": s, "prompt": prompts[i], "completion": gen.text,
-                        "code": codes[i], "passed": verdict["verdict"] == "passed",
-                        "verdict": verdict["verdict"], "category": category, "detail": verdict.get("detail", ""),
-                        "tests_total": len(problem.tests), "tests_run": verdict.get("tests_run", 0),
-                        "tests_passed": verdict.get("tests_passed", 0),
-                        "seconds": verdict.get("seconds") or (time.monotonic() - started),
-                        "tokens": gen.tokens, "finish_reason": gen.finish_reason})
+                        "title": problem.title, "platform": problem.platform, "contest_date": problem.contest_date,
+                        "difficulty": problem.difficulty, "mode": problem.mode, "sample": s, "prompt": prompts[i],
+                        "completion": codes[i], "raw": gen.text, "passed": verdict["verdict"] == "passed",
+                        "verdict": verdict["verdict"], "category": categorize(verdict, codes[i], gen.finish_reason),
+                        "detail": verdict.get("detail", ""), "tests_total": len(problem.tests),
+                        "tests_run": verdict.get("tests_run", 0), "tests_passed": verdict.get("tests_passed", 0),
+                        "seconds": verdict.get("seconds"), "gen_tokens": gen.tokens,
+                        "gen_seconds": round(gen.seconds, 4), "finish_reason": gen.finish_reason})
                     bar.advance(1)
 
     def summarize(self, records: list[dict[str, Any]], options: Options) -> dict[str, Any]:
-        if not records:
-            return {}
-        by_problem: dict[str, list[bool]] = {}
-        difficulty: dict[str, str] = {}
-        categories: dict[str, int] = {}
+        """pass@1 and pass@5 (unbiased, where n allows), per-difficulty pass@1, error categories."""
+        from teeny_bench.humaneval import pass_at_k, summarize_records
+
+        metrics = {k: v for k, v in summarize_records(records).items() if not k.startswith("pass@10")}
+        by_problem: dict[str, list[dict[str, Any]]] = {}
         for r in records:
-            by_problem.setdefault(r["question_id"], []).append(bool(r["passed"]))
-            difficulty[r["question_id"]] = r.get("difficulty") or ""
-            categories[r["category"]] = categories.get(r["category"], 0) + 1
-        n_min = min(len(v) for v in by_problem.values())
-        out: dict[str, Any] = {"problems": len(by_problem), "samples": len(records)}
-        for k in (1, 5):
-            if n_min >= k:
-                out[f"pass@{k}"] = sum(pass_at_k(len(v), sum(v), k) for v in by_problem.values()) / len(by_problem)
+            by_problem.setdefault(r["task_id"], []).append(r)
+        if by_problem and min(len(rs) for rs in by_problem.values()) >= 5:
+            metrics["pass@5"] = sum(pass_at_k(len(rs), sum(bool(r["passed"]) for r in rs), 5)
+                                    for rs in by_problem.values()) / len(by_problem)
         for level in ("easy", "medium", "hard"):
-            ids = [q for q, d in difficulty.items() if d == level]
-            if ids:
-                out[f"pass@1/{level}"] = sum(pass_at_k(len(by_problem[q]), sum(by_problem[q]), 1)
-                                             for q in ids) / len(ids)
-        for category, count in sorted(categories.items()):
-            out[f"errors/{category}"] = count
-        return out
+            groups = [rs for rs in by_problem.values() if rs[0].get("difficulty") == level]
+            if groups:
+                metrics[f"pass@1/{level}"] = sum(pass_at_k(len(rs), sum(bool(r["passed"]) for r in rs), 1)
+                                                 for rs in groups) / len(groups)
+                metrics[f"problems/{level}"] = len(groups)
+        return metrics
 
 
 def oracle_program(problem: LcbProblem, correct: bool = True) -> str:
@@ -512,3 +507,41 @@ def oracle_program(problem: LcbProblem, correct: bool = True) -> str:
     suffix = "" if correct else " + '\\nwrong'"
     return (f"import json, sys\nANSWERS = json.loads({json.dumps(json.dumps(table))})\n"
             f"sys.stdout.write(ANSWERS[sys.stdin.read()]{suffix})\n")
+
+
+def check_command(args: Any) -> bool:
+    """``teeny bench check livecodebench --path FILE_OR_DIR [-o release=release_v6] [--limit N]``.
+
+    Loads and decodes every record (private tests included) and prints what is there; then, for the first N
+    problems (default 20), grades a known-correct program (it answers each test from a lookup table of the
+    problem's own tests) and a known-wrong one through the real harness and sandbox: every correct one must
+    pass and every wrong one must be a wrong answer. This proves decoding, stdin feeding, functional calls,
+    output comparison and the sandbox on this machine; it says nothing about any model."""
+    import click
+
+    release = str(args.extra.get("release", ""))
+    started = time.monotonic()
+    problems = load_problems(args.path or "", release)
+    modes = {m: sum(1 for p in problems if p.mode == m) for m in ("stdin", "functional")}
+    tests = sum(len(p.tests) for p in problems)
+    dates = sorted(p.contest_date for p in problems if p.contest_date)
+    levels = {}
+    for p in problems:
+        levels[p.difficulty or "unknown"] = levels.get(p.difficulty or "unknown", 0) + 1
+    click.echo(f"  loaded {len(problems)} problems ({modes['stdin']} stdin, {modes['functional']} functional), "
+               f"{tests} tests, in {time.monotonic() - started:.1f} s")
+    click.echo(f"  contest dates: {dates[0]} .. {dates[-1]}" if dates else "  contest dates: none in these records")
+    click.echo("  difficulty: " + ", ".join(f"{k} {v}" for k, v in sorted(levels.items())))
+    sample = [p for p in problems if p.tests][:args.limit or 20]
+    options = LcbOptions(timeout=args.timeout or 6.0, workers=args.workers or 0)
+    right = grade_programs(sample, [oracle_program(p, True) for p in sample], options)
+    wrong = grade_programs(sample, [oracle_program(p, False) for p in sample], options)
+    passed = sum(v["verdict"] == "passed" for v in right)
+    clean = sum(v["verdict"] == "wrong_answer" for v in wrong)
+    for p, r, w in zip(sample, right, wrong):
+        if r["verdict"] != "passed" or w["verdict"] != "wrong_answer" or args.verbose:
+            click.echo(f"  {p.question_id} ({p.mode}): correct program {r['verdict']}, wrong program {w['verdict']}"
+                       f" {(r.get('detail') or w.get('detail') or '')[:200]}")
+    click.echo(f"livecodebench: correct programs passed {passed}/{len(sample)}, wrong programs failed with a wrong "
+               f"answer {clean}/{len(sample)} ({time.monotonic() - started:.1f} s)")
+    return passed == clean == len(sample) and bool(sample)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
 import time
 from pathlib import Path
@@ -26,7 +25,8 @@ from typing import Any
 from teeny_core.errors import TeenyError
 from teeny_core.options import Options, option
 from teeny_core.types import EvalContext, Evaluator, LoadedModel
-from teeny_bench import toolchains
+
+from teeny_bench import errors, generation, toolchains
 from teeny_bench.toolchains import LANGUAGES, Toolchain
 
 FILE_NAMES = {"python": ["humaneval-python.jsonl", "humaneval-py.jsonl", "humaneval-py-reworded.jsonl"],
@@ -52,14 +52,16 @@ class MulOptions(Options):
                            "such file")
     languages: list[str] = option(list(LANGUAGES), "languages to evaluate: python, java, cpp, cs, js, ts, php, sh")
     limit: int | None = option(None, "evaluate at most this many problems per language", min=1)
-    n: int = option(1, "samples per problem (pass@k for k in 1, 10, 100 where n allows)", min=1)
-    temperature: float = option(0.0, "sampling temperature (0 = greedy)", min=0.0)
+    n: int = option(1, "samples per problem (pass@k for k in 1, 10, 100 where n allows)", min=1, max=1000)
+    temperature: float = option(0.0, "sampling temperature; 0 is greedy (then n must be 1)", min=0.0, max=5.0)
+    top_p: float = option(0.95, "nucleus sampling p (when temperature > 0)", min=0.0, max=1.0)
     max_new_tokens: int = option(512, "generation budget per sample", min=1)
-    prompt_style: str = option("completion", "completion: continue the prompt (base models); chat: ask for the "
-                                             "whole function in a code block (instruct models)",
-                               choices=("completion", "chat"))
+    prompt_style: str = option("auto", "completion: continue the prompt (base models); chat: ask for the whole "
+                                       "function in a code block (instruct models); auto: chat when the tokenizer "
+                                       "has a chat template", choices=("auto", "completion", "chat"))
     timeout: float = option(10.0, "seconds a program may run (compiling gets the toolchain's own budget)", min=0.1)
     batch_size: int = option(8, "prompts generated per batch", min=1)
+    workers: int = option(0, "parallel sandboxes (0: one per CPU core)", min=0)
 
 
 @dataclasses.dataclass
@@ -209,18 +211,16 @@ def _tail(text: str, length: int = 600) -> str:
     return text if len(text) <= length else text[:half] + " ... " + text[-half:]
 
 
-_PY_ERROR = re.compile(r"^(\w+(?:\.\w+)*(?:Error|Exception|Exit|Interrupt|Warning))\b", re.M)
-
-
 def classify(toolchain: Toolchain, result: Any) -> tuple[bool, str, str]:
     """``(passed, category, detail)`` for one program's sandbox result."""
-    from teeny_bench import errors
-
     stderr, stdout = result.stderr or "", result.stdout or ""
+    if toolchain.language == "python":
+        category, detail = errors.classify_python(result)
+        return category == errors.PASSED, category, detail
     if result.status == "timeout":
-        return False, errors.TIMEOUT, f"timed out after {result.seconds:.1f} s"
+        return False, errors.TIMEOUT, result.reason or f"timed out after {result.seconds:.1f} s"
     if result.status == "memory":
-        return False, errors.MEMORY, "memory limit exceeded"
+        return False, errors.MEMORY, result.reason or "memory limit exceeded"
     if toolchain.compile_failed(stderr):
         return False, errors.SYNTAX_ERROR, _tail(stderr)
     asserted = any(marker in stderr for marker in toolchain.assertion_markers)
@@ -230,18 +230,6 @@ def classify(toolchain: Toolchain, result: Any) -> tuple[bool, str, str]:
     lang = toolchain.language
     if asserted:
         return False, errors.WRONG_ANSWER, detail
-    if lang == "python":
-        names = _PY_ERROR.findall(stderr)
-        kind = names[-1] if names else ""
-        if kind == "AssertionError":
-            return False, errors.WRONG_ANSWER, detail
-        if kind in ("SyntaxError", "IndentationError", "TabError"):
-            return False, errors.SYNTAX_ERROR, detail
-        if kind in ("NameError", "ImportError", "ModuleNotFoundError", "UnboundLocalError"):
-            return False, errors.NAME_ERROR, detail
-        if kind == "MemoryError":
-            return False, errors.MEMORY, detail
-        return False, errors.RUNTIME_ERROR, f"{kind}: {detail}" if kind else detail
     if lang == "java":
         if "java.lang.AssertionError" in stderr:
             return False, errors.WRONG_ANSWER, detail
@@ -284,27 +272,37 @@ def classify(toolchain: Toolchain, result: Any) -> tuple[bool, str, str]:
     return False, errors.WRONG_ANSWER, detail
 
 
-def sandbox_job(toolchain: Toolchain, program: str, timeout: float) -> tuple[list[str], dict[str, Any]]:
-    """The sandbox job that builds and runs one program, with the toolchain's limits."""
-    from teeny_bench.sandbox import Limits
+def run_programs(items: list[tuple[MulProblem, str]], timeout: float = 10.0, *, path: str | None = None,
+                 workers: int | None = None) -> list[dict[str, Any]]:
+    """Grade ``(problem, completion)`` pairs in parallel sandboxes: passed, category, detail, seconds.
 
-    argv, files = toolchain.job(program)
-    budget = timeout + (toolchain.compile_seconds if toolchain.compile is not None or
-                        toolchain.language == "java" else 0.0)
-    limits = Limits(cpu_seconds=budget, wall_seconds=budget + 5, memory_bytes=toolchain.memory_bytes,
-                    processes=toolchain.processes)
-    return argv, {"files": files, "limits": limits, "env": toolchain.sandbox_env()}
-
-
-def run_programs(items: list[tuple[MulProblem, str]], timeout: float = 10.0,
-                 path: str | None = None) -> list[dict[str, Any]]:
-    """Grade ``(problem, completion)`` pairs in parallel sandboxes: passed, category, detail, seconds."""
-    from teeny_bench.sandbox import run_many
+    TypeScript programs are first type-checked and compiled in batches; the rest build and run per program."""
+    from teeny_bench.sandbox import Result, run_many
 
     chains = {lang: toolchains.prepared(toolchains.detect(lang, path)) for lang in {p.language for p, _ in items}}
-    runnable = [i for i, (p, _) in enumerate(items) if chains[p.language].available]
-    jobs = [sandbox_job(chains[items[i][0].language], assemble(*items[i]), timeout) for i in runnable]
-    results = dict(zip(runnable, run_many(jobs) if jobs else []))
+    programs = [assemble(p, c) for p, c in items]
+    ts_items = [i for i, (p, _) in enumerate(items) if p.language == "ts" and chains["ts"].available]
+    precompiled: dict[int, tuple[bool, str]] = {}
+    if ts_items:
+        compiled = toolchains.typescript_compile(chains["ts"], [programs[i] for i in ts_items], workers)
+        precompiled = dict(zip(ts_items, compiled)) if compiled is not None else {}
+    jobs, where, results = [], [], {}
+    for i, (problem, _) in enumerate(items):
+        chain = chains[problem.language]
+        if not chain.available:
+            continue
+        if i in precompiled:
+            ok, text = precompiled[i]
+            if not ok:
+                results[i] = Result(status="error", returncode=1, stdout="", seconds=0.0, network_isolated=True,
+                                    stderr=f"{toolchains.COMPILE_ERROR_MARKER}\n{text}", reason="compile error")
+                continue
+            node_chain = dataclasses.replace(chain, compile=None, source="test.js")
+            jobs.append(node_chain.sandbox_job(text, timeout))
+        else:
+            jobs.append(chain.sandbox_job(programs[i], timeout))
+        where.append(i)
+    results.update(zip(where, run_many(jobs, workers=workers) if jobs else []))
     out = []
     for i, (problem, _) in enumerate(items):
         chain = chains[problem.language]
@@ -317,13 +315,6 @@ def run_programs(items: list[tuple[MulProblem, str]], timeout: float = 10.0,
     return out
 
 
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """The unbiased pass@k estimator (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
-
-
 class HumanEvalMulEvaluator(Evaluator):
     """HumanEval in Python, Java, C++, C#, JavaScript, TypeScript, PHP and Bash (MultiPL-E), real toolchains."""
 
@@ -332,6 +323,9 @@ class HumanEvalMulEvaluator(Evaluator):
 
     def evaluate(self, model: LoadedModel, options: Options, ctx: EvalContext) -> None:
         assert isinstance(options, MulOptions)
+        if options.n > 1 and options.temperature == 0:
+            raise TeenyError(f"{self.name}: n={options.n} samples need temperature > 0 (greedy samples are "
+                             "identical); set temperature, e.g. 0.8, or n=1")
         limits = [c for c in (ctx.limit, options.limit) if c]
         by_lang = load_problems(options.path, options.languages, min(limits) if limits else None)
         done = ctx.done()
@@ -340,100 +334,93 @@ class HumanEvalMulEvaluator(Evaluator):
         if not todo:
             return
         chains = {lang: toolchains.detect(lang) for lang in by_lang}
-        with ctx.progress(len(todo), "humaneval-mul") as bar:
-            skipped = [(p, s) for p, s in todo if not chains[p.language].available]
-            for problem, s in skipped:  # nothing to generate: the language cannot be graded here
-                chain = chains[problem.language]
+        with ctx.progress(len(todo), self.name) as bar:
+            for problem, s in [(p, s) for p, s in todo if not chains[p.language].available]:
+                chain = chains[problem.language]  # nothing to generate: this machine cannot grade the language
                 self._write(ctx, problem, s, "", "", None, {
                     "passed": False, "category": SKIPPED, "seconds": 0.0,
                     "detail": f"{chain.name} toolchain not installed (missing: {', '.join(chain.missing)})"})
                 bar.advance(1)
             runnable = [(p, s) for p, s in todo if chains[p.language].available]
+            if not runnable:
+                return
+            style = generation.resolve_style(options.prompt_style, model.tokenizer, self.name)
             for start in range(0, len(runnable), options.batch_size):
                 batch = runnable[start:start + options.batch_size]
-                prompts = [self._prompt(p, options, model) for p, _ in batch]
+                prompts = [self._prompt(p, style, model) for p, _ in batch]
                 generations: list[Any] = [None] * len(batch)
-                by_sample: dict[tuple[int, tuple[str, ...]], list[int]] = {}
+                groups: dict[tuple[int, tuple[str, ...]], list[int]] = {}  # one generate() per seed and stop set
                 for i, (p, s) in enumerate(batch):
-                    stop = tuple(p.stop_tokens) if options.prompt_style == "completion" else ()
-                    by_sample.setdefault((s, stop), []).append(i)
-                for (s, stop), idx in by_sample.items():
+                    groups.setdefault((s, tuple(p.stop_tokens) if style == "completion" else ()), []).append(i)
+                for (s, stop), idx in groups.items():
                     outs = model.generate([prompts[i] for i in idx], max_new_tokens=options.max_new_tokens,
-                                          temperature=options.temperature, stop=list(stop) or None,
-                                          seed=ctx.seed + s)
+                                          temperature=options.temperature, top_p=options.top_p,
+                                          stop=list(stop) or None, seed=ctx.seed * 100_003 + s)
                     for i, g in zip(idx, outs):
                         generations[i] = g
-                completions = [truncate_at_stop(g.text, p.stop_tokens) if options.prompt_style == "completion"
+                completions = [truncate_at_stop(g.text, p.stop_tokens) if style == "completion"
                                else completion_from_chat(p, g.text) for (p, _), g in zip(batch, generations)]
-                graded = run_programs([(p, c) for (p, _), c in zip(batch, completions)], options.timeout)
+                graded = run_programs([(p, c) for (p, _), c in zip(batch, completions)], options.timeout,
+                                      workers=options.workers or None)
                 for (problem, s), prompt, gen, completion, outcome in zip(batch, prompts, generations,
                                                                           completions, graded):
-                    outcome = self._empty_or_truncated(completion, gen, outcome)
                     self._write(ctx, problem, s, prompt, completion, gen, outcome)
                     bar.advance(1)
 
     @staticmethod
-    def _prompt(problem: MulProblem, options: MulOptions, model: LoadedModel) -> str:
-        if options.prompt_style == "completion":
+    def _prompt(problem: MulProblem, style: str, model: LoadedModel) -> str:
+        if style == "completion":
             return problem.prompt
-        tokenizer = model.tokenizer
-        if getattr(tokenizer, "chat_template", None) is None:
-            raise TeenyError("humaneval-mul: the model's tokenizer has no chat template; use "
-                             "prompt_style=completion")
-        return tokenizer.apply_chat_template([{"role": "user", "content": chat_message(problem)}],
-                                             tokenize=False, add_generation_prompt=True)
-
-    @staticmethod
-    def _empty_or_truncated(completion: str, gen: Any, outcome: dict[str, Any]) -> dict[str, Any]:
-        from teeny_bench import errors
-
-        if outcome["passed"]:
-            return outcome
-        if not completion.strip():
-            return {**outcome, "category": errors.EMPTY}
-        if gen is not None and gen.finish_reason == "length" and outcome["category"] in (
-                errors.SYNTAX_ERROR, errors.NAME_ERROR):
-            return {**outcome, "category": errors.TRUNCATED}
-        return outcome
+        return model.tokenizer.apply_chat_template([{"role": "user", "content": chat_message(problem)}],
+                                                   tokenize=False, add_generation_prompt=True)
 
     @staticmethod
     def _write(ctx: EvalContext, problem: MulProblem, sample: int, prompt: str, completion: str, gen: Any,
                outcome: dict[str, Any]) -> None:
-        ctx.write({"key": f"{problem.key_id}/{sample}", "task_id": problem.task_id, "language": problem.language,
-                   "problem": problem.problem, "sample": sample, "prompt": prompt, "completion": completion,
-                   "passed": outcome["passed"], "category": outcome["category"], "detail": outcome["detail"],
-                   "seconds": outcome["seconds"], "tokens": gen.tokens if gen else 0,
-                   "finish_reason": gen.finish_reason if gen else None})
+        category = outcome["category"]
+        if gen is not None:
+            category = errors.refine_for_generation(category, completion, gen.finish_reason)
+        record = {"key": f"{problem.key_id}/{sample}", "task_id": problem.task_id, "language": problem.language,
+                  "problem": problem.problem, "sample": sample, "prompt": prompt, "completion": completion,
+                  "passed": outcome["passed"], "category": category, "detail": outcome["detail"],
+                  "seconds": outcome["seconds"]}
+        if gen is not None:
+            record.update(gen_tokens=gen.tokens, gen_seconds=round(gen.seconds, 4), finish_reason=gen.finish_reason)
+            if gen.text != completion:
+                record["raw"] = gen.text
+        ctx.write(record)
 
     def summarize(self, records: list[dict[str, Any]], options: Options) -> dict[str, Any]:
+        """Per language: pass@k, problems, error counts (``<metric>/<language>``); overall: the mean pass@k over
+        the graded languages (as DeepSeek-Coder reports HumanEval-Mul) and the summed error counts. Languages
+        whose toolchain was missing are listed in ``languages_skipped`` and count nowhere."""
+        from teeny_bench.humaneval import summarize_records
+
         if not records:
             return {}
         out: dict[str, Any] = {}
-        graded = [r for r in records if r["category"] != SKIPPED]
         skipped = sorted({r["language"] for r in records if r["category"] == SKIPPED})
+        graded = [r for r in records if r["category"] != SKIPPED]
+        by_lang: dict[str, list[dict[str, Any]]] = {}
+        for r in graded:
+            by_lang.setdefault(r["language"], []).append(r)
+        per_lang = {lang: summarize_records(rs) for lang, rs in sorted(by_lang.items())}
+        for lang, metrics in per_lang.items():
+            for name, value in metrics.items():
+                if name.startswith("pass@") or name in ("problems", "samples", "passed"):
+                    out[f"{name}/{lang}"] = value
+        for k in (1, 10, 100):
+            values = [m[f"pass@{k}"] for m in per_lang.values() if f"pass@{k}" in m]
+            if values and len(values) == len(per_lang):
+                out[f"pass@{k}"] = sum(values) / len(values)
+        out["languages"] = len(per_lang)
         if skipped:
-            out["languages_skipped"] = ", ".join(skipped)
-        by_lang: dict[str, dict[str, list[bool]]] = {}
-        for r in graded:
-            by_lang.setdefault(r["language"], {}).setdefault(r["task_id"], []).append(bool(r["passed"]))
-        per_lang_k: dict[int, list[float]] = {}
-        for lang in sorted(by_lang):
-            tasks = by_lang[lang]
-            n_min = min(len(v) for v in tasks.values())
-            for k in (1, 10, 100):
-                if n_min >= k:
-                    value = sum(pass_at_k(len(v), sum(v), k) for v in tasks.values()) / len(tasks)
-                    out[f"pass@{k}/{lang}"] = value
-                    per_lang_k.setdefault(k, []).append(value)
-            out[f"problems/{lang}"] = len(tasks)
-        for k, values in per_lang_k.items():
-            if len(values) == len(by_lang):
-                out[f"pass@{k}"] = sum(values) / len(values)  # the mean over languages, as DeepSeek-Coder reports
-        categories: dict[str, int] = {}
-        for r in graded:
-            categories[r["category"]] = categories.get(r["category"], 0) + 1
-        for category, count in sorted(categories.items()):
-            out[f"errors/{category}"] = count
+            out["languages_skipped"] = len(skipped)
+            out["skipped"] = ", ".join(skipped)
+        for metrics in per_lang.values():
+            for name, value in metrics.items():
+                if name.startswith("errors/"):
+                    out[name] = out.get(name, 0) + value
         out["samples"] = len(graded)
         return out
 
@@ -453,14 +440,12 @@ CHECK_BODIES = {
 
 
 def check_toolchains(path: str, languages: list[str] | None = None, limit: int | None = None,
-                     timeout: float = 20.0) -> list[dict[str, Any]]:
+                     timeout: float = 20.0, workers: int | None = None) -> list[dict[str, Any]]:
     """For each language: run every problem's tests against a body that cannot pass; a language is proven
     when every program fails with a clean wrong answer (not a compile, harness or timeout error).
 
     Returns one row per language: language, toolchain versions (or what is missing), problems, the
     category counts, ``ok`` (True / False / None when skipped) and the first unexpected outcome."""
-    from teeny_bench import errors
-
     by_lang = load_problems(path, languages or list(LANGUAGES), limit)
     rows = []
     for lang, problems in by_lang.items():
@@ -470,7 +455,7 @@ def check_toolchains(path: str, languages: list[str] | None = None, limit: int |
             rows.append({**row, "ok": None, "missing": chain.missing, "counts": {}})
             continue
         started = time.monotonic()
-        outcomes = run_programs([(p, CHECK_BODIES[lang]) for p in problems], timeout)
+        outcomes = run_programs([(p, CHECK_BODIES[lang]) for p in problems], timeout, workers=workers)
         counts: dict[str, int] = {}
         for o in outcomes:
             counts[o["category"]] = counts.get(o["category"], 0) + 1
@@ -480,3 +465,37 @@ def check_toolchains(path: str, languages: list[str] | None = None, limit: int |
                      "first_problem": (f"{bad[0][0].task_id}: {bad[0][1]['category']}: {bad[0][1]['detail'][:300]}"
                                        if bad else "")})
     return rows
+
+
+def check_command(args: Any) -> bool:
+    """``teeny bench check humaneval-mul --path DIR [-o languages=java,cpp] [--limit N]``: prove each language's
+    toolchain (see :func:`check_toolchains`) and print one line per language. Fails when a language that is
+    installed does not fail cleanly on every problem, or when no language could be checked at all."""
+    import click
+
+    languages = args.extra.get("languages")
+    if isinstance(languages, str):
+        languages = [lang for lang in (x.strip() for x in languages.split(",")) if lang]
+    rows = check_toolchains(args.path or "", languages, args.limit, args.timeout or 20.0, args.workers)
+    for row in rows:
+        label = f"{row['language']} ({row['name']})"
+        if row["ok"] is None:
+            click.echo(f"  {label}: skipped, toolchain not installed (missing: {', '.join(row['missing'])})")
+            continue
+        clean = row["counts"].get(errors.WRONG_ANSWER, 0)
+        others = ", ".join(f"{k} {v}" for k, v in sorted(row["counts"].items()) if k != errors.WRONG_ANSWER)
+        verdict = "ok" if row["ok"] else "NOT CLEAN"
+        click.echo(f"  {label}: {verdict}: {clean}/{row['problems']} programs failed cleanly with a wrong answer"
+                   f"{'; ' + others if others else ''} ({row['seconds']:.1f} s)")
+        if args.verbose or not row["ok"]:
+            for tool, version in row["versions"].items():
+                click.echo(f"      {tool}: {version}")
+        if row["first_problem"]:
+            click.echo(f"      first: {row['first_problem'].splitlines()[0][:300]}")
+    proven = [r["language"] for r in rows if r["ok"]]
+    failed = [r["language"] for r in rows if r["ok"] is False]
+    skipped = [r["language"] for r in rows if r["ok"] is None]
+    click.echo(f"humaneval-mul: toolchains proven {len(proven)}/{len(rows)}"
+               + (f"; not clean: {', '.join(failed)}" if failed else "")
+               + (f"; skipped (not installed): {', '.join(skipped)}" if skipped else ""))
+    return not failed and bool(proven)

@@ -9,7 +9,11 @@ def teeny_register_evaluators(register):
 
     register(HumanEval)
     register(HumanEvalPlus)
-    # humaneval-mul and livecodebench: their module owners register them here, one import + register each.
+    from teeny_bench.livecodebench import LiveCodeBenchEvaluator
+    from teeny_bench.multipl_e import HumanEvalMulEvaluator
+
+    register(HumanEvalMulEvaluator)
+    register(LiveCodeBenchEvaluator)
 
 
 @hookimpl

@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import glob
 import hashlib
+import json
 import os
 import shlex
 import shutil
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from teeny_core.errors import TeenyError
 
@@ -51,6 +53,8 @@ JAVA_FLAGS = ("-Xmx512m", "-Xss8m", "-XX:CompressedClassSpaceSize=64m", "-XX:Res
               "-XX:MaxMetaspaceSize=256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
               "-XX:CICompilerCount=1", "-Xshare:auto", "-Dfile.encoding=UTF-8")
 CPP_FLAGS = ("-std=c++17",)
+# Numeric libraries a Python solution may import start one thread, so RLIMIT_NPROC and RLIMIT_AS hold.
+ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TSC_FLAGS = ("--target", "es2022", "--lib", "es2022,dom", "--skipLibCheck", "--pretty", "false")
 
 
@@ -80,6 +84,7 @@ class Toolchain:
     compile_error_markers: tuple[str, ...] = (COMPILE_ERROR_MARKER,)
     assertion_markers: tuple[str, ...] = ()  # stderr text meaning a test assertion failed, even on exit 0
     env: dict[str, str] = dataclasses.field(default_factory=dict)
+    readable: tuple[str, ...] = ()  # extra directories the program must be able to read (toolchain caches)
 
     @property
     def name(self) -> str:
@@ -113,15 +118,29 @@ class Toolchain:
         return ["/bin/sh", "teeny-build.sh"], files
 
     def sandbox_env(self) -> dict[str, str]:
-        """A small environment: PATH holding the toolchain's binaries (tsc needs node), UTF-8, HOME=cwd."""
+        """A small environment: PATH holding the toolchain's binaries (tsc needs node), UTF-8.
+
+        The sandbox makes every PATH directory readable inside it (re-binding what a 0700 home would hide),
+        so the toolchain's cache directories go at the end of PATH too (they hold no executables)."""
         dirs: list[str] = []
         for path in self.binaries.values():
             if path and os.path.dirname(path) not in dirs:
                 dirs.append(os.path.dirname(path))
-        for d in ("/usr/local/bin", "/usr/bin", "/bin"):
+        for d in ("/usr/local/bin", "/usr/bin", "/bin", *self.readable):
             if d not in dirs:
                 dirs.append(d)
-        return {"PATH": ":".join(dirs), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": ".", **self.env}
+        return {"PATH": ":".join(dirs), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", **self.env}
+
+    def sandbox_job(self, program: str, timeout: float) -> tuple[list[str], dict[str, Any]]:
+        """``(argv, run_sandboxed keyword arguments)`` that build and run ``program`` with this toolchain's limits;
+        ``timeout`` is the program's own budget (compiling gets ``compile_seconds`` more)."""
+        from teeny_bench.sandbox import Limits
+
+        argv, files = self.job(program)
+        budget = timeout + (self.compile_seconds if self.compile is not None or self.language == "java" else 0.0)
+        limits = Limits(cpu_seconds=budget, wall_seconds=budget + 5, memory_bytes=self.memory_bytes,
+                        processes=self.processes)
+        return argv, {"files": files, "limits": limits, "env": self.sandbox_env()}
 
     def compile_failed(self, stderr: str) -> bool:
         return any(marker in stderr for marker in self.compile_error_markers)
@@ -167,7 +186,8 @@ def _detect(language: str, path: str) -> Toolchain:
 
     if language == "python":
         python = sys.executable if sys.executable and os.path.exists(sys.executable) else which("python3")
-        return Toolchain("python", "test.py", [python or "python3", "test.py"], binaries={"python": python})
+        return Toolchain("python", "test.py", [python or "python3", "-I", "test.py"], binaries={"python": python},
+                         env=dict(ONE_THREAD))
     if language == "cpp":
         gpp = which("g++")
         return Toolchain("cpp", "test.cpp", ["./test"],
@@ -251,7 +271,8 @@ def _cpp_pch(chain: Toolchain) -> Toolchain:
     if cache is None:
         return chain
     include = ["-include", str(cache / "teeny-stdcxx.h")]
-    return dataclasses.replace(chain, compile=[chain.compile[0], *include, *chain.compile[1:]])
+    return dataclasses.replace(chain, compile=[chain.compile[0], *include, *chain.compile[1:]],
+                               readable=(*chain.readable, str(cache)))
 
 
 def _java_cds(chain: Toolchain) -> Toolchain:
@@ -274,7 +295,7 @@ def _java_cds(chain: Toolchain) -> Toolchain:
     if cache is None:
         return chain
     run = [chain.run[0], f"-XX:SharedArchiveFile={cache / 'javac.jsa'}", *chain.run[1:]]
-    return dataclasses.replace(chain, run=run)
+    return dataclasses.replace(chain, run=run, readable=(*chain.readable, str(cache)))
 
 
 def prepared(chain: Toolchain) -> Toolchain:
@@ -289,6 +310,46 @@ def prepared(chain: Toolchain) -> Toolchain:
 
 
 _PREPARED: dict[tuple, Toolchain] = {}
+
+
+def typescript_compile(chain: Toolchain, programs: list[str], workers: int | None = None
+                       ) -> list[tuple[bool, str]] | None:
+    """Type-check and compile TypeScript programs in batches inside the sandbox (:mod:`._tsc_batch`: one
+    node process per batch instead of one ``tsc`` per file), each exactly as ``tsc <flags> test.ts`` would:
+    ``[(ok, javascript or diagnostics)]``, or None when the batch compiler cannot be used (then compile per file).
+    """
+    from teeny_bench.sandbox import Limits, run_many
+
+    tsc, node = chain.binaries.get("tsc"), chain.binaries.get("node")
+    if not programs or not tsc or not node:
+        return None
+    library = Path(os.path.realpath(tsc)).parent.parent / "lib" / "typescript.js"
+    if not library.is_file():
+        return None
+    flags = dict(zip(TSC_FLAGS[0:6:2], TSC_FLAGS[1:6:2]))
+    options = json.dumps({"target": flags["--target"], "lib": flags["--lib"].split(","), "skipLibCheck": True})
+    from teeny_bench._tsc_batch import SOURCE as driver
+
+    cores = workers or os.cpu_count() or 1
+    size = min(64, max(8, -(-len(programs) // cores)))
+    chunks = [list(range(i, min(i + size, len(programs)))) for i in range(0, len(programs), size)]
+    jobs = []
+    for chunk in chunks:
+        files = {"tsc_batch.js": driver, **{f"p{i}.ts": programs[i] for i in chunk}}
+        seconds = 30.0 + 3.0 * len(chunk)
+        jobs.append(([node, "tsc_batch.js", str(library), options, *(f"p{i}.ts" for i in chunk)],
+                     {"files": files, "env": chain.sandbox_env(),
+                      "limits": Limits(cpu_seconds=seconds, wall_seconds=seconds + 10, memory_bytes=chain.memory_bytes,
+                                       processes=chain.processes)}))
+    out: list[tuple[bool, str] | None] = [None] * len(programs)
+    for chunk, result in zip(chunks, run_many(jobs, workers=workers)):
+        try:
+            compiled = json.loads(result.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return None
+        for i, entry in zip(chunk, compiled):
+            out[i] = (True, entry["js"]) if entry["ok"] else (False, entry["diagnostics"])
+    return out if all(o is not None for o in out) else None  # type: ignore[return-value]
 
 
 def detect_all(languages: list[str] | tuple[str, ...] = LANGUAGES, path: str | None = None) -> dict[str, Toolchain]:
