@@ -1,11 +1,11 @@
 """The ``significance`` analyzer: every variant against the baseline, item by item, for every evaluator.
 
-Records are paired by their ``key`` (which includes the sample index); items either side skipped (a
-``category`` starting with "skipped", e.g. a missing toolchain) are left out. Records with a boolean ``passed``
-get the pass/fail analysis, clustered by problem (``task_id``, per ``language`` where present) when a problem
-has several samples; numeric record fields
-named in the ``fields`` option get the continuous analysis. All p-values of one experiment are Holm-adjusted
-together (or per metric across variants, see ``correction``), and verdicts use the adjusted p-values.
+Records are paired by their ``key`` (which includes the sample index); items skipped on either side (a
+``category`` starting with "skipped", e.g. a missing toolchain) are left out. Records with a boolean
+``passed`` get the pass/fail analysis, clustered by problem (``task_id``, per ``language`` where present)
+when a problem has several samples; numeric record fields named in the ``fields`` option get the continuous
+analysis. All p-values of one experiment are Holm-adjusted together (or per metric across variants, see
+``correction``), and verdicts use the adjusted p-values.
 """
 
 from __future__ import annotations
