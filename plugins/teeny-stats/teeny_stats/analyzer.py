@@ -184,6 +184,8 @@ def continuous(baseline: list[float], variant: list[float], problems: list[Any],
                                   resamples=options.resamples, seed=options.seed, confidence=1 - options.alpha)
     test = stats.wilcoxon_signed_rank(baseline, variant)
     diffs = [v - b for b, v in zip(baseline, variant)]
+    # the signed-rank test's smallest two-sided p-value is 2 / 2^n: below that no difference is detectable
+    detectable = 2.0 / 2 ** len(diffs) < options.alpha
     return {
         "kind": "continuous", "metric": field, "higher_is_better": field in options.higher_is_better,
         "n_items": len(baseline), "n_problems": len(rows),
@@ -191,7 +193,7 @@ def continuous(baseline: list[float], variant: list[float], problems: list[Any],
         "variant": {"score": boot.variant, "ci": list(boot.variant_ci), "ci_method": "bootstrap"},
         "delta": boot.delta, "delta_ci": list(boot.delta_ci),
         "test": f"wilcoxon signed-rank ({test.method})", "statistic": test.statistic, "p_value": test.p_value,
-        "mde": stats.paired_mean_mde(diffs, options.alpha, options.power),
+        "mde": stats.paired_mean_mde(diffs, options.alpha, options.power) if detectable else None,
     }
 
 

@@ -156,6 +156,18 @@ def test_continuous_fields_and_direction():
     assert same["p_value"] == 1.0 and same["verdict"].startswith("no significant difference")
 
 
+def test_five_items_cannot_show_a_continuous_difference():
+    base = variant("original", {"fidelity": [{"key": f"chunk-{i}", "nll": 2.0 + i} for i in range(5)]})
+    worse = variant("q2", {"fidelity": [{"key": f"chunk-{i}", "nll": 3.0 + i} for i in range(5)]})
+    r = analyze(base, [worse], fields=["nll"])["q2"]["fidelity"]["nll"]
+    assert r["p_value"] == 2 / 32  # all five differences positive: the smallest p the test can give
+    assert r["mde"] is None and r["verdict"] == "no significant difference (too few items, n=5, to detect any)"
+    six = variant("original", {"fidelity": [{"key": f"chunk-{i}", "nll": 2.0 + i} for i in range(6)]})
+    r6 = analyze(six, [variant("q2", {"fidelity": [{"key": f"chunk-{i}", "nll": 3.0 + i} for i in range(6)]})],
+                 fields=["nll"])["q2"]["fidelity"]["nll"]
+    assert r6["p_value"] == 2 / 64 and r6["verdict"] == "worse"
+
+
 def test_pairing_by_key_ignores_unpaired_and_non_boolean_records():
     b = [True, False, True, True]
     base = variant("original", {"humaneval": bench_records(b)})
