@@ -133,3 +133,18 @@ def test_option_errors_quoted_in_the_doc_are_the_real_messages():
         with pytest.raises(OptionsError) as err:
             RTNOptions.from_mapping(values, where="rtn")
         assert f"`{err.value}`" in text
+
+
+def test_plugins_json_keys_and_kinds_are_documented():
+    """The `teeny plugins --json` keys are PluginInfo's fields (the CLI leaves out the traceback)."""
+    import dataclasses
+
+    from teeny_core.plugins import PluginInfo
+
+    text = doc_text()
+    json_paragraph = text.split("`teeny plugins --json`", 1)[1].split("\n\n", 1)[0]
+    for field in dataclasses.fields(PluginInfo):
+        assert f"`{field.name}`" in json_paragraph, f"--json key {field.name!r} is not documented"
+    kinds_line = next(line for line in text.splitlines() if line.startswith("Kinds are "))
+    for kind in KINDS:
+        assert f"`{kind}`" in kinds_line
