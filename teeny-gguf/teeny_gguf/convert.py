@@ -10,15 +10,12 @@ Tensors are streamed one at a time, so converting needs about one tensor of extr
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from teeny_core.errors import TeenyError
 from teeny_core.types import ModelSource
-
-log = logging.getLogger(__name__)
 
 OUT_TYPES = ("F32", "F16", "BF16")
 

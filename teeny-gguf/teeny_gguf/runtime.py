@@ -151,6 +151,15 @@ class GGUFTokenizer:
     def eos_token(self) -> str:
         return self._piece(self.eos_token_id)
 
+    @property
+    def all_special_ids(self) -> list[int]:
+        """Ids of control tokens (BOS, EOS, chat markers...)."""
+        import llama_cpp
+
+        vocab = self.llm._model.vocab
+        return [i for i in range(self.llm.n_vocab())
+                if llama_cpp.llama_vocab_get_attr(vocab, i) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL]
+
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_special_tokens and self.add_bos, special=True)
 

@@ -116,6 +116,7 @@ def test_gguf_tokenizer_adapter_matches_hf(quantized, tiny_tokenizer):
     assert type(tok).__name__ == "GGUFTokenizer"
     assert tok.encode(TEXT) == tiny_tokenizer.encode(TEXT)
     assert tok.decode(tok.encode(TEXT)) == TEXT
+    assert tok.all_special_ids == tiny_tokenizer.all_special_ids and tok.eos_token_id == tiny_tokenizer.eos_token_id
     messages = [{"role": "user", "content": "hi"}]
     assert tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == \
         tiny_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
