@@ -141,6 +141,7 @@ def _short(value, length=200):
 def main():
     with open("meta.json") as f:
         meta = json.load(f)
+    sys.path.extend(meta.get("site_dirs", []))  # started with -S: installed packages (numpy) by path only
     with open("inputs.json") as f:
         inputs = json.load(f)
     {"reference": reference, "candidate": candidate}[sys.argv[1]](meta, inputs)

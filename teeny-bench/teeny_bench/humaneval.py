@@ -40,6 +40,24 @@ PLUS_MARKER = "@@teeny-plus@@ "
 SANDBOX_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+def python_argv(script: str, *args: str) -> list[str]:
+    """``python -I -S script``: isolated, and without ``site`` (whose .pth hooks can cost more than the test
+    itself); :func:`site_dirs` are put on ``sys.path`` by the program's first line instead."""
+    return [sys.executable, "-I", "-S", script, *args]
+
+
+def site_dirs() -> list[str]:
+    """This interpreter's site-packages directories, so tested code can import what is installed (numpy...)."""
+    import site
+
+    return [d for d in site.getsitepackages() if Path(d).is_dir()]
+
+
+def site_prelude() -> str:
+    """The first line of every tested program: site-packages on ``sys.path`` without binding any name."""
+    return f"__import__('sys').path.extend({site_dirs()!r})\n"
+
+
 @dataclasses.dataclass
 class Problem:
     """One HumanEval(+) problem."""
@@ -117,7 +135,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 def humaneval_program(problem: Problem, completion: str) -> str:
     """The test program of one sample, as HumanEval defines it."""
     solution = generation.solution_program(problem.prompt, completion, problem.entry_point)
-    return f"{solution}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
+    return f"{site_prelude()}{solution}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
 
 
 def _sandbox_limits(timeout: float, memory_bytes: int):
@@ -132,7 +150,7 @@ def grade_humaneval(items: list[tuple[Problem, str]], *, timeout: float = 10.0, 
     from teeny_bench.sandbox import run_many
 
     limits = _sandbox_limits(timeout, memory_bytes)
-    jobs = [([sys.executable, "-I", "program.py"],
+    jobs = [(python_argv("program.py"),
              {"files": {"program.py": humaneval_program(p, c)}, "limits": limits, "env": SANDBOX_ENV})
             for p, c in items]
     return [_outcome(r) for r in run_many(jobs, workers)]
@@ -177,8 +195,9 @@ class PlusGrader:
                 todo.append(self.problems[task_id])
         limits = Limits(cpu_seconds=max(self.timeout, 60), wall_seconds=3 * max(self.timeout, 60) + 10,
                         memory_bytes=self.memory_bytes)
-        jobs = [([sys.executable, "-I", "harness.py", "reference"],
-                 {"files": self._files(p, p.prompt + p.canonical_solution, {"entry_point": p.entry_point}),
+        jobs = [(python_argv("harness.py", "reference"),
+                 {"files": self._files(p, p.prompt + p.canonical_solution,
+                                       {"entry_point": p.entry_point, "site_dirs": site_dirs()}),
                   "limits": limits, "env": SANDBOX_ENV}) for p in todo]
         for problem, result in zip(todo, run_many(jobs, self.workers)):
             data = _marker_data(result.stdout)
@@ -209,12 +228,12 @@ class PlusGrader:
             time_limits = [max(self.min_time_limit, self.factor * t) for t in ref["times"]]
             cpu = min(self.timeout, sum(time_limits) + 2.0)
             meta = {"entry_point": problem.entry_point, "atol": problem.atol, "time_limits": time_limits,
-                    "n_base": len(problem.base_input or [])}
+                    "n_base": len(problem.base_input or []), "site_dirs": site_dirs()}
             files = self._files(problem, generation.solution_program(problem.prompt, completion,
                                                                      problem.entry_point), meta)
             files["expected.pkl"] = base64.b64decode(ref["expected"])
             limits = Limits(cpu_seconds=cpu, wall_seconds=3 * cpu + 10, memory_bytes=self.memory_bytes)
-            jobs.append(([sys.executable, "-I", "harness.py", "candidate"],
+            jobs.append((python_argv("harness.py", "candidate"),
                          {"files": files, "limits": limits, "env": SANDBOX_ENV}))
         outcomes = []
         for (problem, _), result in zip(items, run_many(jobs, self.workers)):

@@ -117,8 +117,19 @@ def test_failure_categories(he_problems, body, category, exception):
 def test_program_is_prompt_completion_test_and_check(he_problems):
     p = he_problems[2]
     program = humaneval_program(p, p.canonical_solution)
-    assert program.startswith(p.prompt + p.canonical_solution)
+    prelude, rest = program.split("\n", 1)
+    assert prelude.startswith("__import__('sys').path.extend(")  # site-packages without binding a name
+    assert rest.startswith(p.prompt + p.canonical_solution)
     assert p.test in program and program.rstrip().endswith(f"check({p.entry_point})")
+
+
+def test_installed_packages_import_but_no_names_leak(he_problems):
+    uses_numpy = "    import numpy as np\n    a = np.sort(np.array(numbers))\n" \
+                 "    return bool((np.diff(a) < threshold).any())\n"
+    leaks_sys = "    return sys.maxsize < 0\n"
+    ok, leaked = grade_humaneval([(he_problems[0], uses_numpy), (he_problems[0], leaks_sys)])
+    assert ok["passed"], ok
+    assert leaked["category"] == errors.NAME_ERROR
 
 
 def test_pass_at_k_matches_the_combinatorial_definition():
