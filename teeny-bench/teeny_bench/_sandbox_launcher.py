@@ -139,12 +139,32 @@ def _setup_mounts(cfg, files, uid, gid):
     for path, fd in rebinds:
         os.makedirs(path, mode=0o755, exist_ok=True)
         _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-        _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
+        try:  # read-only; in a user namespace the original mount's locked flags must be kept
+            _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | _locked_flags(path))
+        except OSError:
+            pass  # stays writable only where the kernel refuses (then file permissions still apply)
         os.close(fd)
     work = cfg["workdir"]
     os.makedirs(work, mode=0o755, exist_ok=True)
     _mount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV, f"size={cfg['disk_bytes']},mode=0700")
     _write_files(work, files, uid, gid)
+
+
+def _locked_flags(path):
+    """The nodev/noexec flags of the mount holding ``path`` (statvfs's ST_* bits equal the MS_* ones)."""
+    return os.statvfs(path).f_flag & (MS_NODEV | MS_NOEXEC)
+
+
+def _own_processes():
+    """How many processes our real uid runs now (RLIMIT_NPROC counts them all, not only the sandbox's)."""
+    uid, count = os.getuid(), 0
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                count += os.stat(f"/proc/{name}").st_uid == uid
+            except OSError:
+                pass
+    return count
 
 
 def _write_files(work, files, uid, gid):
@@ -228,10 +248,14 @@ def main():
     try:
         uid, gid = cfg["uid"], cfg["gid"]
         files = _read_tree(cfg["workdir"])
+        if uid is None:  # no uid of its own: the limit counts every process of ours
+            cfg["processes"] += _own_processes()
         entered = _enter_namespaces(cfg)
         if "mount" in entered:
             _setup_mounts(cfg, files, uid, gid)
         else:
+            if uid is not None and any(_hidden_ancestor(os.path.realpath(p), uid) for p in cfg["needed"]):
+                uid = gid = None  # without a mount namespace the unprivileged uid could not reach the interpreter
             _write_files(cfg["workdir"], [], uid, gid)
     except BaseException as exc:  # noqa: BLE001
         os.write(status_fd, json.dumps({"setup_error": f"{type(exc).__name__}: {exc}"}).encode())

@@ -40,9 +40,22 @@ def _check_humaneval(args: CheckArgs, plus: bool) -> bool:
             detail = outcome["detail"].strip().splitlines()[-1] if outcome["detail"].strip() else ""
             click.echo(f"  {problem.task_id}: {outcome['category']} {detail[:200]}")
     name = "humaneval-plus" if plus else "humaneval"
+    click.echo(f"sandbox isolation: {isolation_summary()}")
     click.echo(f"{name}: canonical solutions passed {passed}/{len(outcomes)} "
                f"({time.monotonic() - start:.1f} s)")
     return passed == len(outcomes)
+
+
+def isolation_summary() -> str:
+    """One line on what the sandbox achieves on this machine (what is missing is said, not hidden)."""
+    from teeny_bench.sandbox import capabilities
+
+    caps = set(capabilities())
+    wanted = {"net": "network namespace", "pid": "PID namespace", "mount": "private filesystem",
+              "uid": "unprivileged uid"}
+    have = [text for key, text in wanted.items() if key in caps]
+    missing = [text for key, text in wanted.items() if key not in caps]
+    return ", ".join(have) + (f"; NOT available: {', '.join(missing)}" if missing else "")
 
 
 def check_humaneval(args: CheckArgs) -> bool:

@@ -147,8 +147,9 @@ def _sandbox_limits(timeout: float, memory_bytes: int):
 def grade_humaneval(items: list[tuple[Problem, str]], *, timeout: float = 10.0, memory_bytes: int = 2 << 30,
                     workers: int | None = None) -> list[dict[str, Any]]:
     """Grade ``(problem, completion)`` pairs in parallel sandboxes: passed, category, detail, exception, seconds."""
-    from teeny_bench.sandbox import run_many
+    from teeny_bench.sandbox import capabilities, run_many
 
+    capabilities()  # a sandbox that cannot run Python is an error, not 164 failed samples
     limits = _sandbox_limits(timeout, memory_bytes)
     jobs = [(python_argv("program.py"),
              {"files": {"program.py": humaneval_program(p, c)}, "limits": limits, "env": SANDBOX_ENV})
@@ -219,8 +220,9 @@ class PlusGrader:
 
     def grade(self, items: list[tuple[Problem, str]]) -> list[dict[str, Any]]:
         """Grade ``(problem, completion)`` pairs: passed (base + plus), passed_base, category, detail, seconds."""
-        from teeny_bench.sandbox import Limits, run_many
+        from teeny_bench.sandbox import Limits, capabilities, run_many
 
+        capabilities()
         self.references(p.task_id for p, _ in items)
         jobs = []
         for problem, completion in items:

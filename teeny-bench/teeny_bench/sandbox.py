@@ -310,5 +310,14 @@ def run_many(jobs: list[tuple[list[str], dict]], workers: int | None = None) -> 
 
 @functools.lru_cache(maxsize=1)
 def capabilities() -> tuple[str, ...]:
-    """The isolation this machine gives a sandbox (probed once), e.g. ``("ipc", "mount", "net", "pid", "uid", "uts")``."""
-    return run_sandboxed([sys.executable, "-I", "-S", "-c", "pass"]).isolation
+    """The isolation this machine gives a sandbox, e.g. ``("ipc", "mount", "net", "pid", "uid", "uts")``.
+
+    Probed once per process by running Python in a sandbox; a sandbox that cannot run Python at all raises
+    :class:`SandboxError` here, so a broken harness is never mistaken for failing samples.
+    """
+    probe = run_sandboxed([sys.executable, "-I", "-S", "-c", "print('teeny-sandbox-ok')"],
+                          limits=Limits(cpu_seconds=30, wall_seconds=120))
+    if probe.status != "ok" or probe.stdout.strip() != "teeny-sandbox-ok":
+        raise SandboxError(f"the sandbox cannot run Python on this machine ({probe.status}, {probe.reason}): "
+                           f"{probe.stderr.strip()[-300:]}")
+    return probe.isolation
