@@ -18,6 +18,7 @@ import pytest
 from teeny_core.errors import TeenyError
 from teeny_core.options import OptionsError
 from teeny_core.store import MemoryContext
+from teeny_core.testing import EvaluatorContract
 from teeny_core.types import Generation, LoadedModel
 from teeny_bench import errors
 from teeny_bench.lcb_harness import stdout_matches
@@ -274,3 +275,43 @@ def test_oracle_programs_are_right_and_wrong(public_problems):
     wrong = grade_programs(problems, [oracle_program(p, correct=False) for p in problems], LcbOptions())
     assert [v["verdict"] for v in right] == ["passed"] * 4
     assert [v["verdict"] for v in wrong] == ["wrong_answer"] * 4
+
+
+def test_release_downloads_the_release_files_from_the_hub_cache(monkeypatch, tmp_path):
+    seen = []
+
+    def fake_download(repo_id, filename, repo_type):
+        seen.append((repo_id, filename, repo_type))
+        path = tmp_path / filename
+        path.write_text("")
+        return str(path)
+
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", fake_download)
+    assert load_problems(release="release_v3") == []
+    assert seen == [("livecodebench/code_generation_lite", f, "dataset")
+                    for f in ("test.jsonl", "test2.jsonl", "test3.jsonl")]
+    with pytest.raises(TeenyError, match="set path="):
+        load_problems()
+
+
+class AnswerPrint(LoadedModel):
+    @property
+    def tokenizer(self):
+        return SimpleNamespace(chat_template="x", apply_chat_template=lambda m, tokenize, add_generation_prompt:
+                               m[-1]["content"])
+
+    def generate(self, prompts, **kwargs):
+        return [Generation(text="```python\nprint(1)\n```", tokens=5, finish_reason="stop") for _ in prompts]
+
+    def logprobs(self, token_ids):
+        raise NotImplementedError
+
+
+@needs_public
+class TestLiveCodeBenchContract(EvaluatorContract):
+    evaluator = "livecodebench"
+    options = {"path": str(PUBLIC), "limit": 2}
+
+    @pytest.fixture
+    def loaded_model(self):
+        return AnswerPrint()

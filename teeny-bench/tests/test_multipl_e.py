@@ -11,6 +11,7 @@ import pytest
 
 from teeny_core.errors import TeenyError
 from teeny_core.store import MemoryContext
+from teeny_core.testing import EvaluatorContract
 from teeny_core.types import Generation, LoadedModel
 from teeny_bench import errors, toolchains
 from teeny_bench.multipl_e import (CHECK_BODIES, SKIPPED, HumanEvalMulEvaluator, MulOptions, assemble,
@@ -245,3 +246,24 @@ def test_humaneval_format_python_gets_its_check_call():
 
 def test_check_bodies_cover_every_language():
     assert set(CHECK_BODIES) == set(toolchains.LANGUAGES)
+
+
+class ReturnNone(LoadedModel):
+    @property
+    def tokenizer(self):
+        return CannedTokenizer()
+
+    def generate(self, prompts, **kwargs):
+        return [Generation(text="    return None\n", tokens=3, finish_reason="stop") for _ in prompts]
+
+    def logprobs(self, token_ids):
+        raise NotImplementedError
+
+
+class TestHumanEvalMulContract(EvaluatorContract):
+    evaluator = "humaneval-mul"
+    options = {"path": str(DATA), "languages": ["python", "sh"], "limit": 2}
+
+    @pytest.fixture
+    def loaded_model(self):
+        return ReturnNone()
