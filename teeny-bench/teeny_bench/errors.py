@@ -71,6 +71,10 @@ def refine_for_generation(category: str, completion: str, finish_reason: str | N
     return category
 
 
+_SANDBOX_DIR = re.compile(r"/[^\s\"']*?teeny-sandbox-[^/\s]+/work/")
+
+
 def _tail(text: str, length: int = 500) -> str:
-    text = (text or "").strip()
+    """The end of ``text``, without the sandbox's temporary directory (so details compare across runs)."""
+    text = _SANDBOX_DIR.sub("", (text or "").strip())
     return text if len(text) <= length else "..." + text[-length:]
