@@ -66,7 +66,10 @@ def child(code, mode, func_name, test, cpu_seconds, status_fd, out_path, err_pat
     """Runs in the forked child: one test, reporting one JSON line on status_fd, then _exit."""
     os.setpgid(0, 0)
     cpu = max(1, int(cpu_seconds + 1))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    if hard != resource.RLIM_INFINITY:
+        cpu = min(cpu, max(1, hard - 1))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1 if hard == resource.RLIM_INFINITY else min(cpu + 1, hard)))
     for fd, path, flags in ((0, in_path, os.O_RDONLY), (1, out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
                             (2, err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
         opened = os.open(path, flags, 0o600)
@@ -156,11 +159,20 @@ def run_test(code, problem, test, index):
     with os.fdopen(read_fd, "rb") as f:
         raw = f.read(1 << 20).decode(errors="replace").strip()
     try:
+        return _outcome(problem, test, raw, status, timed_out, out_path, err_path, seconds)
+    finally:
+        for path in (in_path, out_path, err_path):  # gone once read: many tests never fill the sandbox's disk
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+def _outcome(problem, test, raw, status, timed_out, out_path, err_path, seconds):
+    try:
         report = json.loads(raw.splitlines()[-1]) if raw else None
     except ValueError:
         report = None
-    for path in (in_path,):
-        os.unlink(path)
     if timed_out or (os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGXCPU, signal.SIGKILL)
                      and report is None):
         return {"ok": False, "error": "Timeout", "detail": f"no result after {problem['timeout']:g} s",

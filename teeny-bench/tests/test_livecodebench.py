@@ -141,7 +141,10 @@ def test_stdin_and_functional_grading(public_problems):
          "passed", errors.PASSED),
         (cards, "t = int(input())\nfor _ in range(t):\n    input()\n    print('YES')\n", "wrong_answer",
          errors.WRONG_ANSWER),
+        (cards, "t = int(input())\nfor _ in range(t):\n    s = input().strip()\n"  # LCB's wildcard imports
+                "    print('YES' if sum(starmap(ne, zip(s, 'abc'))) in (0, 2) else 'NO')\n", "passed", errors.PASSED),
         (cards, "print(undefined_name)\n", "runtime_error", errors.NAME_ERROR),
+        (cards, "x = bytearray(10 ** 11)\n", "runtime_error", errors.MEMORY),
         (cards, "def f(:\n    pass\n", "compile_error", errors.SYNTAX_ERROR),
         (cards, "while True:\n    pass\n", "timeout", errors.TIMEOUT),
         (cards, "print(open('problem.json').read())\n", "runtime_error", errors.RUNTIME_ERROR),
@@ -159,8 +162,8 @@ def test_stdin_and_functional_grading(public_problems):
         assert categorize(got, code, "stop") == category, (code, got)
         assert got["tests_total"] == len(problem.tests)
     assert verdicts[0]["tests_passed"] == verdicts[0]["tests_run"] == len(cards.tests)
-    assert verdicts[3]["error"] == "NameError" and "undefined_name" in verdicts[3]["detail"]
-    assert verdicts[6]["error"] == "FileNotFoundError"  # the expected outputs are not left on disk
+    assert verdicts[4]["error"] == "NameError" and "undefined_name" in verdicts[4]["detail"]
+    assert verdicts[8]["error"] == "FileNotFoundError"  # the expected outputs are not left on disk
     # Stops at the first failure unless all_tests is set (per-test counts then cover every test).
     echo = LcbProblem("echo", "", "Print the number you read.", "atcoder", "", None, "", "", None,
                       [{"input": f"{i}\n", "output": f"{i}\n", "testtype": "stdin"} for i in (1, 2, 3)])
