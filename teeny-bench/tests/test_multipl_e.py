@@ -267,3 +267,10 @@ class TestHumanEvalMulContract(EvaluatorContract):
     @pytest.fixture
     def loaded_model(self):
         return ReturnNone()
+
+
+def test_python_canonical_solutions_pass():
+    """The Python file is HumanEval's own format: its canonical solutions must pass (all 164 do; 8 here)."""
+    rows = [json.loads(line) for line in (DATA / "humaneval-python.jsonl").read_text().splitlines()[:8]]
+    outcomes = run_programs([(problem_from_record(r), r["canonical_solution"]) for r in rows], timeout=20)
+    assert all(o["passed"] for o in outcomes), [o["detail"] for o in outcomes if not o["passed"]]
