@@ -50,7 +50,7 @@ def parse_size(text: str | int) -> int:
 
 def format_bytes(n: float | None) -> str:
     """``1536 -> "1.5 KiB"``; None or 0 -> ``"-"``."""
-    if not n:
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or not n or not math.isfinite(n):
         return "-"
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -87,13 +87,27 @@ class Primary:
     analysis_metric: str | None  # significance result measuring it, e.g. "passed"
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    """``value`` if it is a dict, else an empty one (results from older or partial runs)."""
+    return value if isinstance(value, dict) else {}
+
+
 def _variants(results: dict[str, Any]) -> list[dict[str, Any]]:
-    return [v for v in results.get("variants") or [] if isinstance(v, dict) and "name" in v]
+    variants = results.get("variants")
+    return [v for v in variants if isinstance(v, dict) and isinstance(v.get("name"), str)] \
+        if isinstance(variants, list) else []
 
 
 def _significance(results: dict[str, Any]) -> dict[str, Any]:
-    found = (results.get("analysis") or {}).get(SIGNIFICANCE)
+    found = _dict(results.get("analysis")).get(SIGNIFICANCE)
     return found if isinstance(found, dict) else {}
+
+
+def _alpha(results: dict[str, Any]) -> float:
+    """The significance level of the analysis (0.05 when absent)."""
+    settings = _significance(results).get("_experiment")
+    alpha = settings.get("alpha") if isinstance(settings, dict) else None
+    return float(alpha) if isinstance(alpha, (int, float)) and 0 < alpha < 1 else 0.05
 
 
 def primary_metric(results: dict[str, Any]) -> Primary | None:
@@ -101,10 +115,10 @@ def primary_metric(results: dict[str, Any]) -> Primary | None:
     candidates: list[tuple[int, int, Primary]] = []
     evaluators: list[str] = []
     for v in _variants(results):
-        evaluators += [e for e in (v.get("metrics") or {}) if e not in evaluators]
+        evaluators += [e for e in _dict(v.get("metrics")) if e not in evaluators]
     for order, ev in enumerate(evaluators):
-        metrics = next(((v.get("metrics") or {}).get(ev) for v in _variants(results)
-                        if (v.get("metrics") or {}).get(ev)), {})
+        metrics = next((_dict(v.get("metrics")).get(ev) for v in _variants(results)
+                        if isinstance(_dict(v.get("metrics")).get(ev), dict)), {})
         for rank, (key, (label, higher, analysis_metric)) in enumerate(KNOWN_SCORES.items()):
             if isinstance(metrics.get(key), (int, float)):
                 candidates.append((rank if analysis_metric == "passed" else 10 + order, order,
@@ -119,7 +133,7 @@ def comparison(results: dict[str, Any], variant: str, primary: Primary | None) -
     """The significance result of ``variant`` vs the baseline on the primary score, if analyzed."""
     if primary is None or primary.analysis_metric is None:
         return None
-    found = ((_significance(results).get(variant) or {}).get(primary.evaluator) or {}).get(primary.analysis_metric)
+    found = _dict(_dict(_significance(results).get(variant)).get(primary.evaluator)).get(primary.analysis_metric)
     return found if isinstance(found, dict) else None
 
 
@@ -133,13 +147,13 @@ def score_of(results: dict[str, Any], variant: dict[str, Any], primary: Primary 
         if variant["name"] == results.get("baseline"):
             for other in _variants(results):
                 r = comparison(results, other["name"], primary)
-                if r:
-                    return r["baseline"]["score"], r["baseline"].get("ci")
+                if r and _side(r, "baseline")[0] is not None:
+                    return _side(r, "baseline")
         else:
             r = comparison(results, variant["name"], primary)
-            if r:
-                return r["variant"]["score"], r["variant"].get("ci")
-    metrics = (variant.get("metrics") or {}).get(primary.evaluator) or {}
+            if r and _side(r, "variant")[0] is not None:
+                return _side(r, "variant")
+    metrics = _dict(_dict(variant.get("metrics")).get(primary.evaluator))
     value = metrics.get(primary.key)
     if not isinstance(value, (int, float)):
         return None, None
@@ -147,31 +161,39 @@ def score_of(results: dict[str, Any], variant: dict[str, Any], primary: Primary 
     if isinstance(se, (int, float)) and math.isfinite(se):
         from statistics import NormalDist
 
-        alpha = (_significance(results).get("_experiment") or {}).get("alpha", 0.05)
+        alpha = _alpha(results)
         z = NormalDist().inv_cdf(1 - alpha / 2)
         return float(value), [value - z * se, value + z * se]
     return float(value), None
 
 
+def _bytes(value: Any) -> int | None:
+    """A positive byte count, or None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        return None
+    return int(value)
+
+
 def memory_of(variant: dict[str, Any]) -> tuple[int | None, str]:
     """(bytes, what was measured): peak GPU memory, else peak RSS while loading, else the process's peak RSS,
     else the artifact size (the load stage is used because a run's later stages may hold a reference model)."""
-    profile = variant.get("profile") or {}
+    profile = _dict(variant.get("profile"))
     stages = [s for s in profile.values() if isinstance(s, dict)]
-    cuda = max((s.get("peak_cuda_bytes") or 0 for s in stages), default=0)
+    cuda = max((_bytes(s.get("peak_cuda_bytes")) or 0 for s in stages), default=0)
     if cuda:
-        return int(cuda), "peak GPU memory"
-    load = (profile.get("load") or {}).get("peak_rss_bytes") if isinstance(profile.get("load"), dict) else None
+        return cuda, "peak GPU memory"
+    load = _bytes(_dict(profile.get("load")).get("peak_rss_bytes"))
     if load:
-        return int(load), "peak RSS while loading"
-    if profile.get("peak_rss_bytes"):
-        return int(profile["peak_rss_bytes"]), "peak RSS"
-    size = variant.get("packed_bytes") or variant.get("artifact_bytes")
-    return (int(size), "artifact size (no memory profile)") if size else (None, "not measured")
+        return load, "peak RSS while loading"
+    peak = _bytes(profile.get("peak_rss_bytes"))
+    if peak:
+        return peak, "peak RSS"
+    size = _bytes(variant.get("packed_bytes")) or _bytes(variant.get("artifact_bytes"))
+    return (size, "artifact size (no memory profile)") if size else (None, "not measured")
 
 
 def _energy(variant: dict[str, Any]) -> float | None:
-    profile = variant.get("profile") or {}
+    profile = _dict(variant.get("profile"))
     if isinstance(profile.get("energy_joules"), (int, float)):
         return float(profile["energy_joules"])
     values = [s["energy_joules"] for s in profile.values()
@@ -183,7 +205,7 @@ BITS_KEYS = ("bits", "wbits", "ftype", "type", "dtype")
 
 
 def _bits_key(variant: dict[str, Any]) -> str | None:
-    describe = variant.get("describe") or {}
+    describe = _dict(variant.get("describe"))
     return next((key for key in BITS_KEYS if describe.get(key) is not None), None)
 
 
@@ -194,7 +216,7 @@ def _bits(variant: dict[str, Any]) -> str:
 
 def _method(variant: dict[str, Any]) -> str:
     """The method with its other settings, e.g. ``rtn (asym, g128)``."""
-    describe = variant.get("describe") or {}
+    describe = _dict(variant.get("describe"))
     shown = _bits_key(variant)
     extra = [str(v) for k, v in describe.items() if k != shown and v is not None and not isinstance(v, (dict, list))]
     method = str(variant.get("method", "-"))
@@ -225,16 +247,43 @@ def _points(x: float, ci: Any = None) -> str:
     return f"{100 * x:+.1f} pp" + (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ok else "")
 
 
+def _interval(ci: Any) -> list[float] | None:
+    """``[low, high]`` if ``ci`` is a pair of finite numbers, else None."""
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in ci):
+        return [float(ci[0]), float(ci[1])]
+    return None
+
+
+def _side(r: dict[str, Any], side: str) -> tuple[float | None, list[float] | None]:
+    """(score, CI) of the "baseline" or "variant" side of one significance result, if present."""
+    found = _dict(r.get(side))
+    score = found.get("score")
+    ok = isinstance(score, (int, float)) and not isinstance(score, bool)
+    return (float(score) if ok else None), _interval(found.get("ci"))
+
+
 def _score_cell(r: dict[str, Any], side: str) -> str:
+    score, ci = _side(r, side)
     if r.get("kind") == "pass/fail":
-        return _rate(r[side]["score"], r[side].get("ci"))
-    return _num(r[side]["score"]) + _ci(r[side].get("ci"))
+        return _rate(score, ci)
+    return _num(score) + _ci(ci)
 
 
 def _delta_cell(r: dict[str, Any]) -> str:
+    delta = r.get("delta")
+    if not isinstance(delta, (int, float)):
+        return "-"
     if r.get("kind") == "pass/fail":
-        return _points(r["delta"], r.get("delta_ci"))
-    return f"{r['delta']:+.4g}" + _ci(r.get("delta_ci"))
+        return _points(delta, r.get("delta_ci"))
+    return f"{delta:+.4g}" + _ci(r.get("delta_ci"))
+
+
+def _flips_cell(r: dict[str, Any]) -> str:
+    flips = r.get("flips")
+    if not isinstance(flips, dict):
+        return ""
+    return f"-{flips.get('right_to_wrong', '?')} / +{flips.get('wrong_to_right', '?')}"
 
 
 def analysis_rows(findings: dict[str, Any]) -> list[list[str]]:
@@ -245,19 +294,23 @@ def analysis_rows(findings: dict[str, Any]) -> list[list[str]]:
         if not isinstance(metrics, dict):
             continue
         for metric, r in metrics.items():
-            flips = r.get("flips")
+            if not isinstance(r, dict):
+                continue
             rows.append([
                 evaluator, str(r.get("metric", metric)), str(r.get("n_items", "")),
                 _score_cell(r, "baseline"), _score_cell(r, "variant"), _delta_cell(r), str(r.get("test", "")),
-                _num(r.get("p_value"), 3), _num(r.get("p_adjusted"), 3),
-                f"-{flips['right_to_wrong']} / +{flips['wrong_to_right']}" if flips else "",
-                str(r.get("verdict", "")),
+                _num(r.get("p_value"), 3), _num(r.get("p_adjusted"), 3), _flips_cell(r), str(r.get("verdict", "")),
             ])
-            for k, pk in (r.get("pass_at_k") or {}).items():
+            pass_at_k = r.get("pass_at_k") if isinstance(r.get("pass_at_k"), dict) else {}
+            for k, pk in pass_at_k.items():
+                if not isinstance(pk, dict):
+                    continue
+                delta = pk.get("delta")
                 rows.append([evaluator, k, str(r.get("n_problems", "")),
-                             _rate(pk["baseline"], pk.get("baseline_ci")), _rate(pk["variant"], pk.get("variant_ci")),
-                             _points(pk["delta"], pk.get("delta_ci")), "paired bootstrap over problems",
-                             "-", "-", "", ""])
+                             _rate(pk.get("baseline"), pk.get("baseline_ci")),
+                             _rate(pk.get("variant"), pk.get("variant_ci")),
+                             _points(delta, pk.get("delta_ci")) if isinstance(delta, (int, float)) else "-",
+                             "paired bootstrap over problems", "-", "-", "", ""])
     return rows
 
 
@@ -367,7 +420,7 @@ def results_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     delta_label = "delta vs original"
     if primary is not None and primary.analysis_metric and primary.analysis_metric != "passed":
         delta_label = f"delta mean {primary.analysis_metric} vs original"
-    alpha = (_significance(results).get("_experiment") or {}).get("alpha", 0.05)
+    alpha = _alpha(results)
     headers = ["variant", "method", "bits", f"{label} [{100 * (1 - alpha):g}% CI]", f"{delta_label} [CI] (p Holm)", "verdict",
                "flips (-/+)", "artifact", "peak memory", "tokens/s", "energy"]
     rows = []
@@ -379,15 +432,15 @@ def results_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         elif r:
             delta = f"{_delta_cell(r)} (p={_num(r.get('p_adjusted'), 3)})"
             verdict = str(r.get("verdict", ""))
-            f = r.get("flips")
-            flips = f"-{f['right_to_wrong']} / +{f['wrong_to_right']}" if f else ""
+            flips = _flips_cell(r)
         else:
             delta, verdict, flips = "-", "not analyzed", ""
         size = format_bytes(v.get("artifact_bytes"))
-        if v.get("packed_bytes") and v.get("packed_bytes") != v.get("artifact_bytes"):
-            size += f" (packed {format_bytes(v['packed_bytes'])})"
+        packed = _bytes(v.get("packed_bytes"))
+        if packed and packed != v.get("artifact_bytes"):
+            size += f" (packed {format_bytes(packed)})"
         mem, how = memory_of(v)
-        bench = (v.get("profile") or {}).get("benchmark") or {}
+        bench = _dict(_dict(v.get("profile")).get("benchmark"))
         energy = _energy(v)
         if s is None:
             score = "-"
@@ -415,7 +468,7 @@ def _category_counts(results: dict[str, Any], run_dir: Path) -> dict[str, dict[s
     out: dict[str, dict[str, dict[str, int]]] = {}
     for v in _variants(results):
         found = False
-        for ev, metrics in (v.get("metrics") or {}).items():
+        for ev, metrics in _dict(v.get("metrics")).items():
             if not isinstance(metrics, dict):
                 continue
             cats = dict(metrics["categories"]) if isinstance(metrics.get("categories"), dict) else {}
@@ -465,17 +518,17 @@ def _plots(run_dir: Path, results: dict[str, Any]) -> tuple[dict[str, Path], str
     points, errors = [], []
     for v in _variants(results):
         s, ci = score_of(results, v, primary)
-        size = v.get("packed_bytes") or v.get("artifact_bytes") or memory_of(v)[0]
+        size = _bytes(v.get("packed_bytes")) or _bytes(v.get("artifact_bytes")) or memory_of(v)[0]
         if s is not None and size:
             points.append((float(size), s, v["name"]))
-            errors.append((s - ci[0], ci[1] - s) if ci else (0.0, 0.0))
+            errors.append((max(0.0, s - ci[0]), max(0.0, ci[1] - s)) if ci else (0.0, 0.0))
     if primary is not None and points:
         scale, unit = (2**30, "GiB") if max(p[0] for p in points) >= 2**31 else (2**20, "MiB")
         fig = Figure(figsize=(7, 4.5), dpi=110)
         ax = fig.add_subplot()
         ax.errorbar([p[0] / scale for p in points], [p[1] for p in points],
                     yerr=[[e[0] for e in errors], [e[1] for e in errors]], fmt="o", color="#777", ecolor="#bbb",
-                    capsize=3, zorder=2, label="variant (95% CI)")
+                    capsize=3, zorder=2, label=f"variant ({100 * (1 - _alpha(results)):g}% CI)")
         front = _pareto_front(points, primary.higher_is_better)
         ax.plot([p[0] / scale for p in front], [p[1] for p in front], "-o", color="#d62728", zorder=3,
                 label="Pareto front")
@@ -515,11 +568,13 @@ def _blocks(run_dir: Path, results: dict[str, Any]) -> tuple[list[_Block], dict[
     baseline = results.get("baseline", "original")
     intro = f"Every variant is compared item by item with the baseline **{baseline}**."
     sig = _significance(results)
-    settings = sig.get("_experiment") or {}
+    settings = sig.get("_experiment") if isinstance(sig.get("_experiment"), dict) else {}
     if settings:
+        power = settings.get("power")
         intro += (f" Significance: alpha {settings.get('alpha')}, {settings.get('correction')} over "
                   f"{settings.get('comparisons')} comparisons; bootstrap {settings.get('resamples')} resamples "
-                  f"(seed {settings.get('seed')}); MDE at {int(100 * settings.get('power', 0.8))}% power.")
+                  f"(seed {settings.get('seed')}); MDE at {_num(100 * power, 3) if isinstance(power, (int, float)) else '?'}% "
+                  "power.")
     else:
         intro += " No significance analysis in these results (install teeny-stats and add the `significance` analyzer)."
     if results.get("config_hash"):
@@ -552,7 +607,7 @@ def _blocks(run_dir: Path, results: dict[str, Any]) -> tuple[list[_Block], dict[
             categories = sorted({c for counts in per_variant.values() for c in counts})
             blocks += [_Block("h3", ev), _Block("table", headers=["variant"] + categories, rows=[
                 [name] + [str(counts.get(c, 0)) for c in categories] for name, counts in per_variant.items()])]
-    manifest = results.get("manifest") or {}
+    manifest = _dict(results.get("manifest"))
     blocks.append(_Block("h2", "Manifest"))
     if manifest:
         facts = [[k, _num(manifest[k]) if not isinstance(manifest[k], str) else manifest[k]]
@@ -573,17 +628,22 @@ def _blocks(run_dir: Path, results: dict[str, Any]) -> tuple[list[_Block], dict[
 def _metric_table(results: dict[str, Any]) -> tuple[list[list[str]], list[str]]:
     columns: list[tuple[str, str]] = []
     for v in _variants(results):
-        for ev, metrics in (v.get("metrics") or {}).items():
-            for key, val in (metrics or {}).items():
+        for ev, metrics in _dict(v.get("metrics")).items():
+            for key, val in _dict(metrics).items():
                 if isinstance(val, (int, float)) and not isinstance(val, bool) and (ev, key) not in columns:
                     columns.append((ev, key))
-    rows = [[v["name"]] + [_num(((v.get("metrics") or {}).get(ev) or {}).get(key)) for ev, key in columns]
+    rows = [[v["name"]] + [_num(_dict(_dict(v.get("metrics")).get(ev)).get(key)) for ev, key in columns]
             for v in _variants(results)]
     return (rows if columns else []), ["variant"] + [f"{ev}: {key}" for ev, key in columns]
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+def _text(value: Any) -> str:
+    """A table cell's text: None as "-", anything else as its string."""
+    return "-" if value is None else str(value)
+
+
+def _md_cell(value: Any) -> str:
+    return _text(value).replace("|", "\\|").replace("\n", " ")
 
 
 def _to_markdown(blocks: list[_Block], run_dir: Path) -> str:
@@ -635,13 +695,13 @@ def _to_html(blocks: list[_Block], title: str) -> str:
         elif b.kind == "p":
             out.append(f"<p>{_inline(b.text)}</p>")
         elif b.kind == "table":
-            out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in b.headers)
+            out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(_text(h))}</th>" for h in b.headers)
                        + "</tr></thead><tbody>")
             for row in b.rows:
                 cells = []
                 for c in row:
                     cls = ' class="worse"' if c == "worse" else ' class="better"' if c == "better" else ""
-                    cells.append(f"<td{cls}>{html.escape(c)}</td>")
+                    cells.append(f"<td{cls}>{html.escape(_text(c))}</td>")
                 out.append("<tr>" + "".join(cells) + "</tr>")
             out.append("</tbody></table>")
         elif b.kind == "img" and b.path is not None:

@@ -249,3 +249,40 @@ def test_teeny_report_and_recommend_commands(tmp_path):
     assert out.exit_code == 2 and "no variant fits 1.0 GiB" in out.output
     out = CliRunner().invoke(cli, ["recommend", str(tmp_path), "--memory", "lots"])
     assert out.exit_code == 2 and "bad memory size 'lots'" in out.output
+
+
+def _key_paths(obj, prefix=()):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield prefix + (k,)
+            yield from _key_paths(v, prefix + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj[:2]):
+            yield from _key_paths(v, prefix + (i,))
+
+
+@pytest.mark.parametrize("damage", ["delete", "null", "text"])
+def test_report_and_recommend_survive_any_missing_piece(tmp_path, monkeypatch, damage):
+    """Delete each key of a full results dict in turn (or make its value null, or a string): the report is
+    still written, recommend answers or raises a TeenyError, never anything else."""
+    import copy
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # tables only: fast
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    full = build_results()
+    paths = [p for p in _key_paths(full) if "records" not in p]
+    assert len(paths) > 100
+    for path in paths:
+        results = copy.deepcopy(full)
+        parent = results
+        for key in path[:-1]:
+            parent = parent[key]
+        if damage == "delete":
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = None if damage == "null" else "garbage"
+        write_report(tmp_path / "r", results)
+        try:
+            recommend(results, "64GiB")
+        except TeenyError:
+            pass
