@@ -154,7 +154,7 @@ def open_artifact(model: str):
 def eval_cmd(model: str, benches: tuple[str, ...], opts: tuple[str, ...], reference: str | None,
              runtime: str | None, limit: int, seed: int, out: str | None) -> None:
     """Evaluate MODEL_OR_ARTIFACT with one or more evaluators; resumable, records kept in --out."""
-    from teeny_core.store import SampleLog, StoreContext, write_json
+    from teeny_core.store import SampleLog, StoreContext, options_signature, write_json
 
     _quiet_libraries()
     parsed = parse_cli_options(opts)
@@ -186,7 +186,9 @@ def eval_cmd(model: str, benches: tuple[str, ...], opts: tuple[str, ...], refere
     metrics = {}
     with _progress() as progress:
         for bench, cls in evaluators.items():
+            config = options_signature(bench, options[bench].to_dict())
             ctx = StoreContext(samples, bench, seed=seed, limit=limit or None, cache_dir=out_dir / "_cache",
+                               config=config,
                                reference_loader=load_reference if ref_artifact else None,
                                reference_id=str(ref_artifact.location) if ref_artifact else str(artifact.location),
                                progress_factory=_bar_factory(progress))
@@ -194,7 +196,7 @@ def eval_cmd(model: str, benches: tuple[str, ...], opts: tuple[str, ...], refere
                 cls().evaluate(loaded, options[bench], ctx)
             finally:
                 ctx.close()
-            metrics[bench] = cls().summarize(samples.for_evaluator(bench), options[bench])
+            metrics[bench] = cls().summarize(samples.for_evaluator(bench, config), options[bench])
     loaded.close()
     write_json(out_dir / "metrics.json", metrics)
     for bench, values in metrics.items():

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 from teeny_core.errors import TeenyError
 from teeny_core.experiment import BASELINE, Experiment, Variant
 from teeny_core.plugins import Plugins
-from teeny_core.store import SampleLog, StoreContext, read_json, staging_dir, write_json
+from teeny_core.store import SampleLog, StoreContext, options_signature, read_json, staging_dir, write_json
 from teeny_core.types import Artifact, CalibrationSet, ModelSource, VariantResult
 
 log = logging.getLogger("teeny")
@@ -112,8 +112,9 @@ class Pipeline:
             for name, opts in self.exp.evaluators.items():
                 ev_cls = self.plugins.get("evaluator", name)
                 ev, ev_opts = ev_cls(), ev_cls.Options.from_mapping(opts)
+                config = self.evaluator_config(name)
                 ctx = StoreContext(samples, name, seed=self.exp.seed, limit=self.exp.limit or None,
-                                   cache_dir=self.cache_dir,
+                                   cache_dir=self.cache_dir, config=config,
                                    reference_loader=None if variant.name == BASELINE else self._load_reference,
                                    reference_id=self.baseline_id(), progress_factory=self._progress_bar)
                 try:
@@ -121,7 +122,7 @@ class Pipeline:
                         ev.evaluate(model, ev_opts, ctx)
                 finally:
                     ctx.close()
-                metrics[name] = ev.summarize(samples.for_evaluator(name), ev_opts)
+                metrics[name] = ev.summarize(samples.for_evaluator(name, config), ev_opts)
             for name, opts in self.exp.profilers.items():
                 prof_cls = self.plugins.get("profiler", name)
                 profile.setdefault("benchmark", {}).update(
@@ -137,6 +138,10 @@ class Pipeline:
     def _complete(self, vdir: Path) -> bool:
         """Metrics were written for exactly the current evaluators, limit and profilers."""
         return read_json(vdir / "done.json", {}).get("signature") == self.evaluation_signature()
+
+    def evaluator_config(self, name: str) -> str:
+        cls = self.plugins.get("evaluator", name)
+        return options_signature(name, cls.Options.from_mapping(self.exp.evaluators[name]).to_dict())
 
     def evaluation_signature(self) -> str:
         parts = [self.exp.evaluators, self.exp.profilers, self.exp.limit, self.exp.seed]
@@ -233,9 +238,7 @@ class Pipeline:
     def variant_result(self, variant: Variant) -> VariantResult:
         vdir = self.root / variant.name
         samples = SampleLog(vdir / "samples.jsonl")
-        records: dict[str, list[dict[str, Any]]] = {}
-        for r in samples.records:
-            records.setdefault(r["evaluator"], []).append(r)
+        records = {name: samples.for_evaluator(name, self.evaluator_config(name)) for name in self.exp.evaluators}
         artifact = self.baseline_artifact() if variant.name == BASELINE else Artifact.open(vdir / "artifact")
         return VariantResult(name=variant.name, method=variant.method, describe=self.describe(variant),
                              records=records, metrics=read_json(vdir / "metrics.json", {}),

@@ -68,6 +68,7 @@ class Plugins:
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
         self.components: dict[str, dict[str, Registered]] = {kind: {} for kind in KINDS}
+        self._registered: set[str] = set()
 
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
@@ -95,9 +96,13 @@ class Plugins:
     def _add(self, name: str, loader, *, builtin: bool, version: str | None = None) -> None:
         from teeny_core import __version__
 
-        info = PluginInfo(name=name, version=version or __version__, builtin=builtin)
-        self.infos[name] = info
+        key = name if name not in self.infos else f"{name}~{len(self.infos)}"
+        info = PluginInfo(name=key, version=version or __version__, builtin=builtin)
+        self.infos[key] = info
         try:
+            if key != name:
+                taken = "a built-in plugin" if self.infos[name].builtin else "another plugin"
+                raise TeenyError(f"plugin name {name!r} is already taken by {taken}; rename the entry point")
             self.pm.register(loader(), name=name)
         except Exception as exc:  # a broken plugin never takes the host down
             if os.environ.get("TEENY_STRICT_PLUGINS") == "1":
@@ -106,24 +111,32 @@ class Plugins:
             info.traceback = traceback.format_exc()  # type: ignore[attr-defined]
 
     def _register_all(self) -> None:
-        for kind, (hook_name, interface) in KINDS.items():
-            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
-                info = self.infos[impl.plugin_name]
-                if hook_name in info.hooks or info.error:
-                    continue
-                info.hooks.append(hook_name)
-                try:
-                    impl.function(self._registrar(kind, interface, impl.plugin_name))
-                except Exception as exc:
-                    if os.environ.get("TEENY_STRICT_PLUGINS") == "1":
-                        raise
-                    info.error = f"{hook_name} failed: {_one_line(exc)}"
-        for impl in self.pm.hook.teeny_register_commands.get_hookimpls():
-            info = self.infos[impl.plugin_name]
-            if "teeny_register_commands" not in info.hooks:
+        """Call each new plugin's register hooks; a plugin whose hook raises registers nothing at all."""
+        for plugin_name, _ in self.pm.list_name_plugin():
+            info = self.infos[plugin_name]
+            if plugin_name in self._registered or info.error:
+                continue
+            self._registered.add(plugin_name)
+            pending: list[tuple[str, str, type[Component]]] = []
+            try:
+                for kind, (hook_name, interface) in KINDS.items():
+                    for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                        if impl.plugin_name == plugin_name:
+                            info.hooks.append(hook_name)
+                            impl.function(self._registrar(kind, interface, plugin_name, pending))
+            except Exception as exc:
+                if os.environ.get("TEENY_STRICT_PLUGINS") == "1":
+                    raise
+                info.error = f"{info.hooks[-1]} failed: {_one_line(exc)}"
+                continue
+            for kind, name, cls in pending:
+                self.components[kind][name] = Registered(cls, plugin_name)
+                info.components.append(f"{kind}:{name}")
+            if any(i.plugin_name == plugin_name for i in self.pm.hook.teeny_register_commands.get_hookimpls()):
                 info.hooks.append("teeny_register_commands")
 
-    def _registrar(self, kind: str, interface: type[Component], plugin: str):
+    def _registrar(self, kind: str, interface: type[Component], plugin: str,
+                   pending: list[tuple[str, str, type[Component]]]):
         def register(component: type[Component]) -> None:
             if not (isinstance(component, type) and issubclass(component, interface)):
                 raise TypeError(f"{component!r} is not a {interface.__name__} subclass")
@@ -133,8 +146,9 @@ class Plugins:
             existing = self.components[kind].get(name)
             if existing is not None and existing.plugin != plugin:
                 raise TeenyError(f"{kind} {name!r} is already registered by plugin {existing.plugin!r}")
-            self.components[kind][name] = Registered(component, plugin)
-            self.infos[plugin].components.append(f"{kind}:{name}")
+            if any(k == kind and n == name for k, n, _ in pending):
+                raise TeenyError(f"{kind} {name!r} is registered twice")
+            pending.append((kind, name, component))
 
         return register
 
@@ -182,5 +196,5 @@ def _env_set(var: str) -> set[str] | None:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
+    return f"{type(exc).__name__}: {text}".rstrip(": ")

@@ -9,6 +9,7 @@ on the next open, so a resumed run redoes only the item that was in flight.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ def write_json(path: Path, data: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes files private; results are meant to be shared
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=True, default=str)
@@ -39,6 +41,12 @@ def write_json(path: Path, data: Any) -> None:
 def read_json(path: Path, default: Any = None) -> Any:
     path = Path(path)
     return json.loads(path.read_text()) if path.exists() else default
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 class SampleLog:
@@ -75,20 +83,26 @@ class SampleLog:
             os.fsync(f.fileno())
         self.records.append(record)
 
-    def for_evaluator(self, name: str) -> list[dict[str, Any]]:
-        return [r for r in self.records if r.get("evaluator") == name]
+    def for_evaluator(self, name: str, config: str | None = None) -> list[dict[str, Any]]:
+        """Records of one evaluator; with ``config``, only those written under those options."""
+        return [r for r in self.records if r.get("evaluator") == name and (config is None or r.get("config") == config)]
+
+
+def options_signature(evaluator: str, options: dict[str, Any]) -> str:
+    """A short hash of an evaluator's options: records written under other options are not reused."""
+    return hashlib.sha256(json.dumps([evaluator, options], sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 class StoreContext(EvalContext):
     """The :class:`EvalContext` the pipeline hands an evaluator: records go to the variant's sample log."""
 
     def __init__(self, log: SampleLog, evaluator: str, *, seed: int, limit: int | None, cache_dir: Path,
-                 reference_loader=None, reference_id: str = "", progress_factory=None) -> None:
-        self.log, self.evaluator = log, evaluator
+                 config: str = "", reference_loader=None, reference_id: str = "", progress_factory=None) -> None:
+        self.log, self.evaluator, self.config = log, evaluator, config
         self.seed, self.limit, self.cache_dir = seed, limit, Path(cache_dir)
         self._reference_loader, self._reference, self._reference_id = reference_loader, None, reference_id
         self._progress_factory = progress_factory
-        self._done = {r["key"] for r in log.for_evaluator(evaluator)}
+        self._done = {r["key"] for r in log.for_evaluator(evaluator, config)}
 
     def done(self) -> set[str]:
         return set(self._done)
@@ -98,7 +112,7 @@ class StoreContext(EvalContext):
             raise ValueError(f"evaluator {self.evaluator!r} wrote a record without 'key'")
         if record["key"] in self._done:
             return
-        self.log.append({**record, "evaluator": self.evaluator})
+        self.log.append({**record, "evaluator": self.evaluator, "config": self.config})
         self._done.add(record["key"])
 
     def reference(self) -> LoadedModel | None:
@@ -168,6 +182,7 @@ def staging_dir(final: Path) -> Iterator[Path]:
     for stale in final.parent.glob(f".staging-{final.name}-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".staging-{final.name}-"))
+    tmp.chmod(0o777 & ~_umask())
     try:
         yield tmp
         if final.exists():

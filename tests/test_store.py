@@ -49,3 +49,31 @@ def test_staging_dir_only_publishes_on_success(tmp_path):
         (tmp / "done.bin").write_bytes(b"y")
     assert [p.name for p in tmp_path.iterdir()] == ["artifact"]
     assert (final / "done.bin").read_bytes() == b"y"
+
+
+def test_files_and_artifact_dirs_follow_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "r.json", {})
+        with staging_dir(tmp_path / "artifact"):
+            pass
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "artifact").stat().st_mode & 0o777 == 0o755
+
+
+def test_records_written_under_other_options_are_not_reused(tmp_path):
+    from teeny_core.store import options_signature
+
+    log = SampleLog(tmp_path / "s.jsonl")
+    old, new = options_signature("fidelity", {"chunk_len": 64}), options_signature("fidelity", {"chunk_len": 32})
+    assert old != new
+    StoreContext(log, "fidelity", seed=0, limit=None, cache_dir=tmp_path, config=old).write({"key": "chunk-0"})
+    ctx = StoreContext(SampleLog(tmp_path / "s.jsonl"), "fidelity", seed=0, limit=None, cache_dir=tmp_path, config=new)
+    assert ctx.done() == set()
+    ctx.write({"key": "chunk-0"})
+    reread = SampleLog(tmp_path / "s.jsonl")
+    assert len(reread.records) == 2 and len(reread.for_evaluator("fidelity", new)) == 1

@@ -276,8 +276,6 @@ def test_broken_plugins_leave_the_rest_usable_in_process(site, load):
     assert "tp-fast" not in plugins.names("quantizer")
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: components registered before a register hook raised stay "
-                                       "registered although the plugin is reported broken")
 def test_a_plugin_whose_hook_fails_registers_nothing(tmp_path, load):
     install(tmp_path, "teeny-tp-half", "tp-half", "teeny_tp_half", HALF_REGISTERED)
     plugins = load(tmp_path, TEENY_LOAD_PLUGINS="tp-half")
@@ -285,10 +283,10 @@ def test_a_plugin_whose_hook_fails_registers_nothing(tmp_path, load):
     assert "tp-half" not in plugins.names("quantizer")
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: an entry point named like a built-in replaces the built-in's "
-                                       "record and silently unregisters the built-in's components")
 def test_an_entry_point_named_like_a_builtin_does_not_remove_the_builtin(tmp_path, load):
     install(tmp_path, "teeny-tp-clash", "rtn", "teeny_tp_clash", UNRELATED)
     plugins = load(tmp_path, TEENY_LOAD_PLUGINS="rtn")
     assert "rtn" in plugins.names("quantizer")
     assert plugins.infos["rtn"].builtin and plugins.infos["rtn"].error is None
+    [clash] = [i for i in plugins.infos.values() if i.name.startswith("rtn~")]
+    assert "plugin name 'rtn' is already taken by a built-in plugin" in clash.error
