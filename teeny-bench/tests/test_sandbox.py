@@ -7,9 +7,12 @@ would fail the test without damaging the machine.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -153,6 +156,27 @@ def test_writing_outside_its_directory_fails(tmp_path):
     assert not os.path.exists("/tmp/teeny-sandbox-escape.txt")
 
 
+def test_world_writable_directory_elsewhere_stays_intact():
+    """Outside /tmp, in a directory anyone may write to: only a read-only filesystem view protects it."""
+    if "readonly" not in capabilities():
+        pytest.skip("this kernel cannot make the sandbox's view of the filesystem read-only (mount_setattr)")
+    target = Path(tempfile.mkdtemp(prefix=".sandbox-canary-", dir=Path(__file__).parent))
+    try:
+        target.chmod(0o777)
+        canary = target / "canary.txt"
+        canary.write_text("original")
+        canary.chmod(0o666)
+        code = (f"import os\nopen({str(canary)!r}, 'w').write('overwritten')\n")
+        assert py(code).status == "error"
+        code = (f"import os\ntry:\n    os.remove({str(canary)!r})\nexcept OSError:\n    pass\n"
+                f"open({str(target / 'new.txt')!r}, 'w').write('x')\n")
+        r = py(code)
+        assert r.status == "error" and "Read-only file system" in r.stderr
+        assert canary.read_text() == "original" and sorted(p.name for p in target.iterdir()) == ["canary.txt"]
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+
+
 def test_socket_to_the_outside_fails_when_isolated():
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -200,4 +224,4 @@ def test_capabilities_are_reported():
     caps = capabilities()
     assert isinstance(caps, tuple)
     if os.geteuid() == 0 and "mount" in caps:
-        assert "uid" in caps and "pid" in caps
+        assert {"uid", "pid", "net"} <= set(caps)
