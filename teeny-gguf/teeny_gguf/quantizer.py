@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
@@ -81,11 +82,12 @@ class GGUFQuantizer(Quantizer):
                     extra["quantize.imatrix.entries_count"] = len(imatrix)
                     if imatrix.chunk_count:
                         extra["quantize.imatrix.chunks_count"] = int(imatrix.chunk_count)
-                quantize_file(intermediate, out_dir / file, options.type, nthread=options.nthread,
-                              output_tensor_type=options.output_tensor_type,
-                              token_embedding_type=options.token_embedding_type,
-                              imatrix_means=imatrix.means() if imatrix is not None else None, pure=options.pure,
-                              leave_output_tensor=options.leave_output_tensor, metadata=extra)
+                log_lines = quantize_file(
+                    intermediate, out_dir / file, options.type, nthread=options.nthread,
+                    output_tensor_type=options.output_tensor_type, token_embedding_type=options.token_embedding_type,
+                    imatrix_means=imatrix.means() if imatrix is not None else None, pure=options.pure,
+                    leave_output_tensor=options.leave_output_tensor, metadata=extra)
+                meta["fallback_tensors"] = fallback_count(log_lines)
                 meta["imatrix"] = None if imatrix is None else {
                     "from": mode, "entries": len(imatrix), "chunks": imatrix.chunk_count,
                     "chunk_size": imatrix.chunk_size, "datasets": imatrix.datasets,
@@ -97,6 +99,12 @@ class GGUFQuantizer(Quantizer):
         artifact = Artifact(format="gguf", path=out_dir, file=file, meta=meta)
         artifact.save()
         return artifact
+
+
+def fallback_count(log_lines: list[str]) -> int:
+    """Tensors llama.cpp stored in a fallback type (rows not a multiple of the type's block, e.g. 256 for k-quants)."""
+    match = re.search(r"(\d+) of \d+ tensor\(s\) required fallback quantization", "".join(log_lines))
+    return int(match.group(1)) if match else 0
 
 
 def float_gguf(source: ModelSource) -> Path | None:

@@ -19,6 +19,13 @@ class TestGGUFQuantizerContract(QuantizerContract):
     options = {"type": "Q4_K_M"}
 
 
+def test_k_quant_rows_not_multiple_of_256_fall_back(tiny_model, tmp_path):
+    """Hidden size 128: llama.cpp stores those k-quant tensors in a legacy type and we record how many."""
+    art = _quantize(tiny_model("llama"), tmp_path / "q", None, type="Q4_K_M")
+    assert art.meta["fallback_tensors"] > 0
+    assert "Q5_0" in art.meta["tensor_types"]
+
+
 def _quantize(source_dir, out_dir, calibration=None, **options):
     from teeny_core.types import ModelSource
     from teeny_gguf.quantizer import GGUFQuantizer
