@@ -4,8 +4,9 @@ Each program runs in its own session and process group, started by a small launc
 (``_sandbox_launcher.py``) that, where the kernel allows, puts it into new mount, PID, network, IPC and UTS
 namespaces. Inside:
 
-- the working directory is a fresh size-limited tmpfs holding only the given files; ``HOME`` and ``TMPDIR``
-  point into it; ``/tmp``, ``/var/tmp`` and ``/dev/shm`` are private size-limited tmpfs mounts;
+- every host filesystem is read-only (``mount_setattr``, Linux 5.12+); the working directory is a fresh
+  size-limited tmpfs holding only the given files, with ``HOME`` and ``TMPDIR`` pointing into it; ``/tmp``,
+  ``/var/tmp`` and ``/dev/shm`` are private size-limited tmpfs mounts;
 - the network namespace has no interfaces up (not even loopback), so every connection fails;
 - the program gets CPU-time, address-space, file-size, open-file and process-count limits (``setrlimit``),
   ``no_new_privs``, and, when we are root, a per-sandbox unprivileged uid (so ``RLIMIT_NPROC``, which root
@@ -89,7 +90,7 @@ class Result:
     cpu_seconds: float | None = None
     max_rss_bytes: int | None = None
     truncated: bool = False  # output was cut at Limits.output_bytes
-    isolation: tuple[str, ...] = ()  # namespaces entered ("mount", "pid", "net", ...) and "uid" when dropped
+    isolation: tuple[str, ...] = ()  # namespaces entered ("mount", "pid", "net", ...), "readonly", "uid"
 
 
 _uid_counter = itertools.count()
