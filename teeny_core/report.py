@@ -495,6 +495,19 @@ def _category_counts(results: dict[str, Any], run_dir: Path) -> dict[str, dict[s
     return out
 
 
+def _lost_by_category(results: dict[str, Any]) -> dict[str, dict[str, dict[str, int]]]:
+    """evaluator -> variant -> category -> right->wrong flips, from the significance analysis."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for v in _variants(results):
+        for ev, metrics in _dict(_significance(results).get(v["name"])).items():
+            by_cat = _dict(_dict(_dict(metrics).get("passed")).get("flips_by_category")).get("right_to_wrong")
+            counts = {str(c): int(n) for c, n in _dict(by_cat).items()
+                      if isinstance(n, (int, float)) and not isinstance(n, bool)}
+            if counts:
+                out.setdefault(str(ev), {})[v["name"]] = counts
+    return out
+
+
 def _pareto_front(points: list[tuple[float, float, str]], higher_is_better: bool) -> list[tuple[float, float, str]]:
     """Points not dominated by another (less or equal memory and a better or equal score, one strictly)."""
     sign = 1 if higher_is_better else -1
@@ -604,6 +617,15 @@ def _blocks(run_dir: Path, results: dict[str, Any]) -> tuple[list[_Block], dict[
     if cats:
         blocks.append(_Block("h2", "Errors by category"))
         for ev, per_variant in cats.items():
+            categories = sorted({c for counts in per_variant.values() for c in counts})
+            blocks += [_Block("h3", ev), _Block("table", headers=["variant"] + categories, rows=[
+                [name] + [str(counts.get(c, 0)) for c in categories] for name, counts in per_variant.items()])]
+    lost = _lost_by_category(results)
+    if lost:
+        blocks += [_Block("h2", "How the items a variant lost now fail"),
+                   _Block("p", "Items the original passed and the variant failed (right->wrong flips), by the "
+                               "variant's error category.")]
+        for ev, per_variant in lost.items():
             categories = sorted({c for counts in per_variant.values() for c in counts})
             blocks += [_Block("h3", ev), _Block("table", headers=["variant"] + categories, rows=[
                 [name] + [str(counts.get(c, 0)) for c in categories] for name, counts in per_variant.items()])]

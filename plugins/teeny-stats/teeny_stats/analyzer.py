@@ -83,6 +83,9 @@ def compare_records(baseline: list[dict[str, Any]], variant: list[dict[str, Any]
         results["passed"] = {**pass_fail(
             [base_by_key[k]["passed"] for k in binary], [var_by_key[k]["passed"] for k in binary],
             [_problem(base_by_key[k]) for k in binary], options), "unpaired": unpaired}
+        by_category = flips_by_category([base_by_key[k] for k in binary], [var_by_key[k] for k in binary])
+        if by_category:
+            results["passed"]["flips_by_category"] = by_category
     for field in options.fields:
         numeric = [k for k in keys if _is_number(base_by_key[k].get(field)) and _is_number(var_by_key[k].get(field))]
         if numeric:
@@ -90,6 +93,20 @@ def compare_records(baseline: list[dict[str, Any]], variant: list[dict[str, Any]
                 [float(base_by_key[k][field]) for k in numeric], [float(var_by_key[k][field]) for k in numeric],
                 [_problem(base_by_key[k]) for k in numeric], field, options), "unpaired": unpaired}
     return results
+
+
+def flips_by_category(baseline: list[dict[str, Any]], variant: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """How flipped items fail, from the records' ``category``: right->wrong items by the variant's error
+    category, wrong->right items by the error category the baseline had. Empty when records carry none."""
+    out: dict[str, dict[str, int]] = {"right_to_wrong": {}, "wrong_to_right": {}}
+    for b, v in zip(baseline, variant):
+        if b["passed"] == v["passed"]:
+            continue
+        direction, failed = ("right_to_wrong", v) if b["passed"] else ("wrong_to_right", b)
+        category = str(failed.get("category") or "")
+        if category:
+            out[direction][category] = out[direction].get(category, 0) + 1
+    return out if any(out.values()) else {}
 
 
 def pass_fail(baseline: list[bool], variant: list[bool], problems: list[Any],

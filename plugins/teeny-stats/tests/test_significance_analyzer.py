@@ -220,6 +220,23 @@ def test_one_problem_with_many_samples_has_no_clustered_test():
     assert r["passed"]["verdict"].startswith("no significant difference")
 
 
+def test_flips_by_category():
+    base_recs = bench_records([True, True, True, False, False, True])
+    var_recs = bench_records([False, False, True, True, False, False])
+    for r, cat in zip(var_recs, ["timeout", "syntax_error", "passed", "passed", "wrong_answer", "syntax_error"]):
+        r["category"] = cat
+    for r, cat in zip(base_recs, ["passed", "passed", "passed", "name_error", "wrong_answer", "passed"]):
+        r["category"] = cat
+    r = analyze(variant("original", {"humaneval": base_recs}), [variant("v", {"humaneval": var_recs})],
+                fields=[])["v"]["humaneval"]["passed"]
+    assert r["flips"] == {"right_to_wrong": 3, "wrong_to_right": 1}
+    assert r["flips_by_category"] == {"right_to_wrong": {"timeout": 1, "syntax_error": 2},
+                                      "wrong_to_right": {"name_error": 1}}
+    plain = analyze(variant("original", {"humaneval": bench_records([True])}),
+                    [variant("v", {"humaneval": bench_records([False])})], fields=[])["v"]["humaneval"]["passed"]
+    assert "flips_by_category" not in plain
+
+
 def test_evaluator_missing_from_variant_is_skipped():
     base = variant("original", {"humaneval": bench_records([True, False]), "fidelity": []})
     out = analyze(base, [variant("v", {"fidelity": []})], fields=["nll"])

@@ -18,7 +18,8 @@ GiB = 2**30
 
 def records(outcomes):
     return [{"key": f"HumanEval/{i}#0", "task_id": f"HumanEval/{i}", "sample": 0, "passed": p,
-             "category": None if p else "assertion"} for i, p in enumerate(outcomes)]
+             "category": "passed" if p else ("syntax_error" if i % 5 == 0 else "wrong_answer")}
+            for i, p in enumerate(outcomes)]
 
 
 def flipped(outcomes, right_to_wrong, wrong_to_right):
@@ -99,6 +100,10 @@ def test_report_md_html_and_plots(tmp_path):
                      r"14\.0 GiB \| 15\.0 GiB \| 8 \| 500\.0 J \|", md)
     assert "humaneval pass@1 [95% CI]" in md
     assert "## Errors by category" in md and "| q2 | " in md
+    lost = md.split("## How the items a variant lost now fail")[1].split("\n## ")[0]
+    q2 = results["analysis"]["significance"]["q2"]["humaneval"]["passed"]["flips_by_category"]["right_to_wrong"]
+    assert sum(q2.values()) == 40
+    assert f"| q2 | {q2.get('syntax_error', 0)} | {q2.get('wrong_answer', 0)} |" in lost
     assert "Test CPU" in md and "torch | 2.13.0" in md and "abc123" in md
     assert "![pareto](plots/pareto.png)" in md
     for name in ("pareto", "errors-humaneval"):
