@@ -87,8 +87,9 @@ def _humaneval_number(task_id: str) -> int | None:
 
 def problem_from_record(record: dict[str, Any], language: str | None = None) -> MulProblem:
     """A MultiPL-E or HumanEval-format record as a :class:`MulProblem`."""
+    prefix = str(record.get("task_id", "")).split("/")[0]
     lang = toolchains.canonical_language(record.get("language") or language or
-                                         str(record.get("task_id", "")).split("/")[0])
+                                         ("python" if prefix == "HumanEval" else prefix))
     task_id = str(record.get("name") or record.get("task_id") or "")
     if "prompt" not in record or not task_id:
         raise TeenyError(f"humaneval-mul: a {lang} record lacks 'prompt' or 'name'/'task_id'")
@@ -194,8 +195,10 @@ def completion_from_chat(problem: MulProblem, answer: str) -> str:
         start = next((i for i, l in enumerate(block) if re.search(rf"\b{re.escape(name.group(1))}\s*\(", l)
                       and not l.lstrip().startswith(("//", "#", "*"))), None)
     body = "\n".join(block[start + 1:] if start is not None else block)
-    if problem.language == "python" and start is not None:
-        body = _skip_docstring(body)
+    if problem.language == "python":
+        body = _skip_docstring(body) if start is not None else body
+        end = re.search(r"^\S", body, re.M)  # the function ends at the next top-level statement
+        body = (body[:end.start()] if end else body).rstrip() + "\n"
     return truncate_at_stop("\n" + body, problem.stop_tokens)[1:] if body else ""
 
 
