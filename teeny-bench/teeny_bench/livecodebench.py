@@ -87,7 +87,8 @@ class LcbOptions(Options):
 
 @dataclasses.dataclass
 class LcbProblem:
-    """One LiveCodeBench problem with all its tests (public first, then private)."""
+    """One LiveCodeBench problem. Its private tests are decoded on first use of :attr:`tests`, so filtering a
+    release by date or difficulty never inflates the tests of problems it drops."""
 
     question_id: str
     title: str
@@ -98,12 +99,22 @@ class LcbProblem:
     difficulty: str
     starter_code: str
     func_name: str | None
-    tests: list[dict[str, str]]
+    public_tests: list[dict[str, str]]
+    private_payload: str = dataclasses.field(default="", repr=False)
+    _private: list[dict[str, str]] | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def tests(self) -> list[dict[str, str]]:
+        """All tests, public first, then the private ones (as LiveCodeBench grades them)."""
+        if self._private is None:
+            self._private = decode_private_tests(self.private_payload)
+        return self.public_tests + self._private
 
     @property
     def mode(self) -> str:
         """``functional`` (call a method, LeetCode style) or ``stdin``."""
-        if self.tests and self.tests[0].get("testtype") == "functional":
+        tests = self.public_tests or self.tests
+        if tests and tests[0].get("testtype") == "functional":
             return "functional"
         return "functional" if self.func_name and self.starter_code else "stdin"
 
@@ -157,10 +168,10 @@ def _func_name_from_starter(starter: str) -> str | None:
 
 
 def problem_from_record(record: dict[str, Any]) -> LcbProblem:
-    """A code_generation_lite record (its JSON-string fields decoded) as an :class:`LcbProblem`."""
+    """A code_generation_lite record (its JSON-string fields decoded; private tests when first used) as an
+    :class:`LcbProblem`."""
     try:
         public = _tests_from_json(json.loads(record.get("public_test_cases") or "[]"))
-        private = decode_private_tests(record.get("private_test_cases") or "")
         metadata = json.loads(record.get("metadata") or "{}")
         date = record.get("contest_date")
         return LcbProblem(
@@ -168,7 +179,8 @@ def problem_from_record(record: dict[str, Any]) -> LcbProblem:
             content=str(record["question_content"]), platform=str(record.get("platform", "")),
             contest_id=str(record.get("contest_id", "")), contest_date=str(date)[:10] if date else None,
             difficulty=str(record.get("difficulty", "")), starter_code=str(record.get("starter_code") or ""),
-            func_name=metadata.get("func_name"), tests=public + private)
+            func_name=metadata.get("func_name"), public_tests=public,
+            private_payload=str(record.get("private_test_cases") or ""))
     except KeyError as exc:
         raise TeenyError(f"livecodebench: record lacks field {exc.args[0]!r}") from None
     except json.JSONDecodeError as exc:
@@ -184,7 +196,8 @@ def problem_from_public(record: dict[str, Any]) -> LcbProblem:
     return LcbProblem(
         question_id="public-" + hashlib.sha256(content.encode()).hexdigest()[:12], title="", content=content,
         platform="leetcode" if functional else "", contest_id="", contest_date=None, difficulty="",
-        starter_code=starter, func_name=_func_name_from_starter(starter) if functional else None, tests=tests)
+        starter_code=starter, func_name=_func_name_from_starter(starter) if functional else None,
+        public_tests=tests)
 
 
 def release_files(release: str) -> list[str]:

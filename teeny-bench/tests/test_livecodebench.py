@@ -118,6 +118,14 @@ def test_real_record_format_jsonl_and_date_window(public_problems, tmp_path):
         load_problems(str(tmp_path), release="release_v9")
     with pytest.raises(TeenyError, match="start_date='2023/09/01' is not a date"):
         filter_problems(problems, start_date="2023/09/01")
+    # Private tests are decoded when a problem is used: a bad payload outside the window costs nothing.
+    corrupt = real_record(seniors, "1999", "2022-01-01", "easy", [])
+    corrupt["private_test_cases"] = "not base64 at all!"
+    (tmp_path / "old.jsonl").write_text(json.dumps(corrupt) + "\n" + json.dumps(records[1]) + "\n")
+    loaded = load_problems(str(tmp_path / "old.jsonl"))
+    assert [p.question_id for p in filter_problems(loaded, start_date="2023-01-01")] == ["2800"]
+    with pytest.raises(TeenyError, match="neither JSON nor base64"):
+        loaded[0].tests
     with pytest.raises(TeenyError, match="public-tests-only file has no dates"):
         filter_problems(load_problems(str(PUBLIC)), end_date="2024-01-01")
     # The private test is really graded: a solution that only knows the public answers fails on it.
