@@ -25,6 +25,7 @@ import re
 import sys
 import time
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -454,38 +455,53 @@ class LiveCodeBenchEvaluator(Evaluator):
             return
         style = generation.resolve_style(options.prompt_style, model.tokenizer, self.name)
         stop = BASE_STOP if style == "completion" else None
-        with ctx.progress(len(todo), self.name) as bar:
+        with ctx.progress(len(todo), self.name) as bar, ThreadPoolExecutor(max_workers=1) as grading:
+            pending: tuple[Future, list[tuple]] | None = None  # grade one batch while generating the next
             for start in range(0, len(todo), options.batch_size):
-                batch = todo[start:start + options.batch_size]
-                prompts = [build_prompt(p, style, model.tokenizer) for p, _ in batch]
-                generations: list[Any] = [None] * len(batch)
-                by_sample: dict[int, list[int]] = {}
-                for i, (_, s) in enumerate(batch):
-                    by_sample.setdefault(s, []).append(i)
-                for s, idx in by_sample.items():
-                    outs = model.generate([prompts[i] for i in idx], max_new_tokens=options.max_new_tokens,
-                                          temperature=options.temperature, top_p=options.top_p, stop=stop,
-                                          seed=ctx.seed * 100_003 + s)
-                    for i, g in zip(idx, outs):
-                        generations[i] = g
-                codes = [extract_code(g.text) for g in generations]
-                graded = [i for i, c in enumerate(codes) if c.strip()]
-                verdicts = dict(zip(graded, grade_programs([batch[i][0] for i in graded], [codes[i] for i in graded],
-                                                           options)))
-                for i, ((problem, s), gen) in enumerate(zip(batch, generations)):
-                    verdict = verdicts.get(i, {"verdict": "empty", "tests_run": 0, "tests_passed": 0, "seconds": 0.0,
-                                               "detail": "no fenced code block in the answer"})
-                    ctx.write({
-                        "key": f"{problem.question_id}/{s}", "task_id": problem.question_id,
-                        "title": problem.title, "platform": problem.platform, "contest_date": problem.contest_date,
-                        "difficulty": problem.difficulty, "mode": problem.mode, "sample": s, "prompt": prompts[i],
-                        "completion": codes[i], "raw": gen.text, "passed": verdict["verdict"] == "passed",
-                        "verdict": verdict["verdict"], "category": categorize(verdict, codes[i], gen.finish_reason),
-                        "detail": verdict.get("detail", ""), "tests_total": len(problem.tests),
-                        "tests_run": verdict.get("tests_run", 0), "tests_passed": verdict.get("tests_passed", 0),
-                        "seconds": verdict.get("seconds"), "gen_tokens": gen.tokens,
-                        "gen_seconds": round(gen.seconds, 4), "finish_reason": gen.finish_reason})
-                    bar.advance(1)
+                rows = self._generate(model, todo[start:start + options.batch_size], style, stop, options, ctx.seed)
+                graded = [row for row in rows if row[4].strip()]
+                future = grading.submit(grade_programs, [row[0] for row in graded], [row[4] for row in graded],
+                                        options)
+                if pending is not None:
+                    bar.advance(self._write_graded(ctx, *pending))
+                pending = (future, rows)
+            if pending is not None:
+                bar.advance(self._write_graded(ctx, *pending))
+
+    @staticmethod
+    def _generate(model: LoadedModel, batch: list[tuple[LcbProblem, int]], style: str, stop: list[str] | None,
+                  options: LcbOptions, seed: int) -> list[tuple]:
+        """``(problem, sample, prompt, generation, code)`` for each item of the batch."""
+        prompts = [build_prompt(p, style, model.tokenizer) for p, _ in batch]
+        generations: list[Any] = [None] * len(batch)
+        by_sample: dict[int, list[int]] = {}
+        for i, (_, s) in enumerate(batch):
+            by_sample.setdefault(s, []).append(i)
+        for s, idx in by_sample.items():
+            outs = model.generate([prompts[i] for i in idx], max_new_tokens=options.max_new_tokens,
+                                  temperature=options.temperature, top_p=options.top_p, stop=stop,
+                                  seed=seed * 100_003 + s)
+            for i, g in zip(idx, outs):
+                generations[i] = g
+        return [(p, s, prompt, g, extract_code(g.text)) for (p, s), prompt, g in zip(batch, prompts, generations)]
+
+    @staticmethod
+    def _write_graded(ctx: EvalContext, future: Future, rows: list[tuple]) -> int:
+        verdicts = iter(future.result())
+        for problem, s, prompt, gen, code in rows:
+            verdict = next(verdicts) if code.strip() else {
+                "verdict": "empty", "tests_run": 0, "tests_passed": 0, "seconds": 0.0,
+                "detail": "no fenced code block in the answer"}
+            ctx.write({
+                "key": f"{problem.question_id}/{s}", "task_id": problem.question_id, "title": problem.title,
+                "platform": problem.platform, "contest_date": problem.contest_date, "difficulty": problem.difficulty,
+                "mode": problem.mode, "sample": s, "prompt": prompt, "completion": code, "raw": gen.text,
+                "passed": verdict["verdict"] == "passed", "verdict": verdict["verdict"],
+                "category": categorize(verdict, code, gen.finish_reason), "detail": verdict.get("detail", ""),
+                "tests_total": len(problem.tests), "tests_run": verdict.get("tests_run", 0),
+                "tests_passed": verdict.get("tests_passed", 0), "seconds": verdict.get("seconds"),
+                "gen_tokens": gen.tokens, "gen_seconds": round(gen.seconds, 4), "finish_reason": gen.finish_reason})
+        return len(rows)
 
     def summarize(self, records: list[dict[str, Any]], options: Options) -> dict[str, Any]:
         """pass@1 and pass@5 (unbiased, where n allows), per-difficulty pass@1, error categories."""

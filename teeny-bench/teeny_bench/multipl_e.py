@@ -19,6 +19,7 @@ import dataclasses
 import json
 import re
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -348,27 +349,41 @@ class HumanEvalMulEvaluator(Evaluator):
             if not runnable:
                 return
             style = generation.resolve_style(options.prompt_style, model.tokenizer, self.name)
-            for start in range(0, len(runnable), options.batch_size):
-                batch = runnable[start:start + options.batch_size]
-                prompts = [self._prompt(p, style, model) for p, _ in batch]
-                generations: list[Any] = [None] * len(batch)
-                groups: dict[tuple[int, tuple[str, ...]], list[int]] = {}  # one generate() per seed and stop set
-                for i, (p, s) in enumerate(batch):
-                    groups.setdefault((s, tuple(p.stop_tokens) if style == "completion" else ()), []).append(i)
-                for (s, stop), idx in groups.items():
-                    outs = model.generate([prompts[i] for i in idx], max_new_tokens=options.max_new_tokens,
-                                          temperature=options.temperature, top_p=options.top_p,
-                                          stop=list(stop) or None, seed=ctx.seed * 100_003 + s)
-                    for i, g in zip(idx, outs):
-                        generations[i] = g
-                completions = [truncate_at_stop(g.text, p.stop_tokens) if style == "completion"
-                               else completion_from_chat(p, g.text) for (p, _), g in zip(batch, generations)]
-                graded = run_programs([(p, c) for (p, _), c in zip(batch, completions)], options.timeout,
-                                      workers=options.workers or None)
-                for (problem, s), prompt, gen, completion, outcome in zip(batch, prompts, generations,
-                                                                          completions, graded):
-                    self._write(ctx, problem, s, prompt, completion, gen, outcome)
-                    bar.advance(1)
+            with ThreadPoolExecutor(max_workers=1) as grading:  # grade one batch while generating the next
+                pending: tuple[Future, list[tuple]] | None = None
+                for start in range(0, len(runnable), options.batch_size):
+                    batch = runnable[start:start + options.batch_size]
+                    rows = self._generate(model, batch, style, options, ctx.seed)
+                    future = grading.submit(run_programs, [(row[0], row[4]) for row in rows], options.timeout,
+                                            workers=options.workers or None)
+                    if pending is not None:
+                        bar.advance(self._write_graded(ctx, *pending))
+                    pending = (future, rows)
+                if pending is not None:
+                    bar.advance(self._write_graded(ctx, *pending))
+
+    def _generate(self, model: LoadedModel, batch: list[tuple[MulProblem, int]], style: str, options: MulOptions,
+                  seed: int) -> list[tuple]:
+        """``(problem, sample, prompt, generation, completion)`` for each item of the batch."""
+        prompts = [self._prompt(p, style, model) for p, _ in batch]
+        generations: list[Any] = [None] * len(batch)
+        groups: dict[tuple[int, tuple[str, ...]], list[int]] = {}  # one generate() per seed and stop set
+        for i, (p, s) in enumerate(batch):
+            groups.setdefault((s, tuple(p.stop_tokens) if style == "completion" else ()), []).append(i)
+        for (s, stop), idx in groups.items():
+            outs = model.generate([prompts[i] for i in idx], max_new_tokens=options.max_new_tokens,
+                                  temperature=options.temperature, top_p=options.top_p, stop=list(stop) or None,
+                                  seed=seed * 100_003 + s)
+            for i, g in zip(idx, outs):
+                generations[i] = g
+        completions = [truncate_at_stop(g.text, p.stop_tokens) if style == "completion"
+                       else completion_from_chat(p, g.text) for (p, _), g in zip(batch, generations)]
+        return [(p, s, prompt, g, c) for (p, s), prompt, g, c in zip(batch, prompts, generations, completions)]
+
+    def _write_graded(self, ctx: EvalContext, future: Future, rows: list[tuple]) -> int:
+        for (problem, sample, prompt, gen, completion), outcome in zip(rows, future.result()):
+            self._write(ctx, problem, sample, prompt, completion, gen, outcome)
+        return len(rows)
 
     @staticmethod
     def _prompt(problem: MulProblem, style: str, model: LoadedModel) -> str:

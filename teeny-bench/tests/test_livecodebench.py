@@ -251,7 +251,8 @@ def test_evaluator_end_to_end_with_pass_at_5(public_problems, tmp_path):
     evaluator = LiveCodeBenchEvaluator()
     with pytest.raises(OptionsError):
         LcbOptions.from_mapping({"prompt_style": "fancy"}, where="livecodebench")
-    options = LcbOptions.from_mapping({"path": str(data), "n": 5, "temperature": 0.8, "start_date": "2023-01-01"})
+    options = LcbOptions.from_mapping({"path": str(data), "n": 5, "temperature": 0.8, "start_date": "2023-01-01",
+                                    "batch_size": 3})
     ctx = MemoryContext(tmp_path, seed=0)
     evaluator.evaluate(model, options, ctx)
     assert len(ctx.records) == 10 and len({r["key"] for r in ctx.records}) == 10

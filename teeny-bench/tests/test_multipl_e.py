@@ -170,7 +170,7 @@ def test_evaluator_records_resume_and_summary(tmp_path):
         keep = [r for r in rows if problem_from_record(r).problem in numbers]
         (subset / f"humaneval-{lang}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
     evaluator = HumanEvalMulEvaluator()
-    options = MulOptions.from_mapping({"path": str(subset), "languages": "python,javascript"})
+    options = MulOptions.from_mapping({"path": str(subset), "languages": "python,javascript", "batch_size": 3})
     ctx = MemoryContext(tmp_path)
     model = CannedModel(answers)
     evaluator.evaluate(model, options, ctx)
