@@ -350,8 +350,3 @@ def typescript_compile(chain: Toolchain, programs: list[str], workers: int | Non
         for i, entry in zip(chunk, compiled):
             out[i] = (True, entry["js"]) if entry["ok"] else (False, entry["diagnostics"])
     return out if all(o is not None for o in out) else None  # type: ignore[return-value]
-
-
-def detect_all(languages: list[str] | tuple[str, ...] = LANGUAGES, path: str | None = None) -> dict[str, Toolchain]:
-    """``{language: Toolchain}`` for each language, in order."""
-    return {canonical_language(lang): detect(lang, path) for lang in languages}
