@@ -230,20 +230,13 @@ def run(experiment: str | None, limit: int | None, fresh: bool) -> None:
     click.echo(f"results: {exp.root / 'results.json'}" + (f"\nreport: {report}" if report.exists() else ""))
 
 
-def _results(run_dir: str) -> dict[str, Any]:
-    path = Path(run_dir) / "results.json"
-    if not path.is_file():
-        raise TeenyError(f"{run_dir!r} has no results.json; expected a run directory like runs/<experiment>")
-    return json.loads(path.read_text())
-
-
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 def report(run_dir: str) -> None:
     """Regenerate report.md, report.html and plots/ of RUN_DIR from its stored results."""
-    from teeny_core.report import write_report
+    from teeny_core.report import load_results, write_report
 
-    results = _results(run_dir)
+    results = load_results(Path(run_dir))
     print_results(results)
     for name, path in write_report(Path(run_dir), results).items():
         click.echo(f"{name}: {path}")
@@ -254,9 +247,9 @@ def report(run_dir: str) -> None:
 @click.option("--memory", required=True, help="Memory budget, e.g. 8GiB or 512MB.")
 def recommend(run_dir: str, memory: str) -> None:
     """Name the best variant of RUN_DIR that fits a memory budget, and say why."""
-    from teeny_core.report import recommend as pick
+    from teeny_core.report import load_results, recommend as pick
 
-    variant, why = pick(_results(run_dir), memory)
+    variant, why = pick(load_results(Path(run_dir)), memory)
     click.echo(f"{variant['name']}: {why}")
 
 

@@ -23,7 +23,7 @@ def demo_model() -> str:
 
 def demo_experiment(plugins: Plugins) -> dict[str, Any]:
     """The demo as an experiment mapping (validated by the caller like any experiment file)."""
-    evaluators: dict[str, dict[str, Any]] = {"fidelity": {"chunks": 8, "chunk_len": 256}}
+    evaluators: dict[str, dict[str, Any]] = {"fidelity": {"chunks": 16, "chunk_len": 256}}
     if "humaneval" in plugins.names("evaluator"):
         evaluators["humaneval"] = {}
     variants = [{"name": f"{method}-default", "method": method} for method in plugins.names("quantizer")]

@@ -124,6 +124,8 @@ def build_experiment(data: dict[str, Any], plugins: Plugins, where: str = "exper
             if not isinstance(opts, dict):
                 raise err(f"{attr}.{name} must be a table of options")
             cls = _component(plugins, kind, name, err, f"{attr}.{name}")
+            if "seed" in {f.name for f in cls.Options.fields()}:
+                opts = {"seed": exp.seed, **opts}  # the experiment's seed drives bootstraps etc. unless set
             checked[name] = _validated(cls, opts, f"{where}: {attr}.{name}")
         setattr(exp, attr, checked)
     if not exp.evaluators:

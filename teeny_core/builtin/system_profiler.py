@@ -135,6 +135,7 @@ class SystemProfiler(HardwareProfiler):
         e0 = energy.read()
         t0 = time.perf_counter()
         with _PeakRSS(options.interval) as rss:
+            result["rss_before_bytes"] = rss.peak
             yield result
         result["seconds"] = time.perf_counter() - t0
         result["peak_rss_bytes"] = rss.peak
