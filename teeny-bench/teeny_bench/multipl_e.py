@@ -209,8 +209,9 @@ def _skip_docstring(body: str) -> str:
 
 
 def _tail(text: str, length: int = 600) -> str:
-    """The start and the end of a long message (compilers put the cause first, runtimes the exception last)."""
-    text = text.strip()
+    """The start and the end of a long message (compilers put the cause first, runtimes the exception last),
+    without the sandbox's temporary directory (so details compare across runs)."""
+    text = errors._SANDBOX_DIR.sub("", text.strip())
     half = length // 2
     return text if len(text) <= length else text[:half] + " ... " + text[-half:]
 
