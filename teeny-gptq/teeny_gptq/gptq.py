@@ -121,8 +121,8 @@ def dequant(q, scale, zero):
 
 def inverse_cholesky(H, damp_percent: float, damp_increment: float, name: str = ""):
     """Upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1``, raising ``damp`` by ``damp_increment``
-    until the factorization succeeds with no vanishing pivot. Returns ``(U, damp, escalations)``; a Hessian that never factorizes
-    (non-finite values) gives the identity, which makes GPTQ plain round-to-nearest, with a warning."""
+    until the factorization succeeds with no vanishing pivot. Returns ``(U, damp, escalations)``; a Hessian that
+    never factorizes (non-finite values) gives the identity, which makes GPTQ plain round-to-nearest, with a warning."""
     import torch
 
     eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
@@ -221,14 +221,14 @@ def gptq_quantize(W, H, *, bits: int, group_size: int = 128, sym: bool = True, a
                     later = W[:, i2:col + gs] - Err1[:, :i] @ U[i1:i1 + i, i2:col + gs]
                     current = torch.cat([W1[:, i:i + gs], later], dim=1)
                     scale[:, g], zero[:, g] = group_params(current, bits, sym, mse)
-                w, d = W1[:, i], U1[i, i]
+                w = W1[:, i]
                 q = quant(w, scale[:, g], zero[:, g], maxq)
                 w_q = dequant(q, scale[:, g], zero[:, g])
                 codes[:, col], W_hat[:, col] = q, w_q
-                err = (w - w_q) / d
-                loss += (err.double() ** 2).sum() / 2
-                W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
+                err = (w - w_q) / U1[i, i]
+                W1[:, i:].addr_(err, U1[i, i:], alpha=-1)
                 Err1[:, i] = err
+        loss += Err1.double().square().sum() / 2
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]
 
     g_idx = torch.empty(cols, dtype=torch.int32, device=W.device)

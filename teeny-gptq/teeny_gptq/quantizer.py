@@ -150,6 +150,7 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
     store_dtype = source_dtype(source)
     compute_dtype = "float32" if device == "cpu" else store_dtype
     model, tokenizer = source.load(dtype=compute_dtype, device="cpu")
+    peak_after_load = peak_rss_bytes()
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     inside = {n: m for n, m in linear_layers(model).items()
               if any(n.startswith(f"{p}.") for p in _layer_names(model, decoder_layers(model)))}
@@ -189,7 +190,7 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
         "bits_per_weight": _bits_per_weight(packed, n_params, quant_params, store_dtype),
         "layer_stats": stats, "damp_escalated": escalated,
         "quantize_seconds": round(quantize_seconds, 2), "seconds": round(time.perf_counter() - start, 2),
-        "model_bytes": model_bytes, "peak_rss_bytes": peak_rss_bytes(),
+        "model_bytes": model_bytes, "peak_rss_after_load_bytes": peak_after_load, "peak_rss_bytes": peak_rss_bytes(),
     }
     if device.startswith("cuda"):
         meta["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
