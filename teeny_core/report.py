@@ -175,18 +175,16 @@ def _bytes(value: Any) -> int | None:
 
 
 def memory_of(variant: dict[str, Any]) -> tuple[int | None, str]:
-    """(bytes, what was measured): peak GPU memory, else the RSS that loading added (peak minus the RSS before,
-    so earlier variants of the same process do not count), else peak RSS while loading, else the process's
-    peak RSS, else the artifact size (the load stage is used because later stages may hold a reference model)."""
+    """(bytes, what was measured): peak GPU memory, else peak RSS while loading, else the process's peak RSS,
+    else the artifact size (the load stage is used because a run's later stages may hold a reference model).
+    Absolute RSS compares fairly across variants: the first load also pays for importing torch, and later
+    ones still hold those imports."""
     profile = _dict(variant.get("profile"))
     stages = [s for s in profile.values() if isinstance(s, dict)]
     cuda = max((_bytes(s.get("peak_cuda_bytes")) or 0 for s in stages), default=0)
     if cuda:
         return cuda, "peak GPU memory"
     load = _bytes(_dict(profile.get("load")).get("peak_rss_bytes"))
-    before = _bytes(_dict(profile.get("load")).get("rss_before_bytes"))
-    if load and before and load > before:
-        return load - before, "RSS added by loading"
     if load:
         return load, "peak RSS while loading"
     peak = _bytes(profile.get("peak_rss_bytes"))
