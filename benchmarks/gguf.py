@@ -123,10 +123,9 @@ def main() -> None:
         ref[w] = log_softmax64(ref_model.logits(window)).astype(np.float32)
     rows = [{"variant": "F16 (baseline)", "artifact": baseline, **score(ref_model, windows, ref),
              "tok_s": decode_speed(ref_model, args.decode_tokens)}]
-    ref_model.close()
-
     calibration = CodeCalibrator().samples(
         tok, CodeCalibrator.Options.from_mapping({"samples": args.calib_samples, "seq_len": args.calib_len}), seed=0)
+    ref_model.close()
     imatrix_path = work / "imatrix.gguf"
     if not imatrix_path.exists():
         t0 = time.perf_counter()

@@ -118,6 +118,8 @@ class LlamaCppModel(LoadedModel):
         return torch.stack(rows)
 
     def close(self) -> None:
+        if isinstance(self._tokenizer, GGUFTokenizer):
+            self._tokenizer.detach()
         self.llm.close()
 
 
@@ -125,7 +127,7 @@ class GGUFTokenizer:
     """An HF-style tokenizer over llama.cpp's own (for GGUF files without HF tokenizer files beside them)."""
 
     def __init__(self, llm) -> None:
-        self.llm = llm
+        self._llm = llm
         meta = llm.metadata
         self.chat_template: str | None = meta.get("tokenizer.chat_template")
         self.add_bos = meta.get("tokenizer.ggml.add_bos_token", "false") == "true"
@@ -134,6 +136,16 @@ class GGUFTokenizer:
         self.pad_token_id = _maybe_int(meta.get("tokenizer.ggml.padding_token_id"))
         if self.pad_token_id is None:
             self.pad_token_id = self.eos_token_id
+
+    @property
+    def llm(self):
+        if self._llm is None:
+            raise TeenyError("the llama.cpp model behind this tokenizer was closed")
+        return self._llm
+
+    def detach(self) -> None:
+        """Forget the model (it is being closed): later use raises instead of touching freed memory."""
+        self._llm = None
 
     def __len__(self) -> int:
         return self.llm.n_vocab()

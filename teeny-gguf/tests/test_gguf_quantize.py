@@ -128,6 +128,10 @@ def test_gguf_tokenizer_adapter_matches_hf(quantized, tiny_tokenizer):
     assert tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == \
         tiny_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     model.close()
+    from teeny_core.errors import TeenyError
+
+    with pytest.raises(TeenyError, match="model behind this tokenizer was closed"):
+        tok.encode("x")  # not a crash on freed memory
 
 
 def test_bad_type_is_a_one_line_error():
