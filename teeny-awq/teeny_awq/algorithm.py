@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import logging
+import time
 from typing import Any, Callable
 
 from teeny_core.errors import TeenyError
@@ -74,6 +75,21 @@ def is_skipped(name: str, patterns) -> bool:
 
 # --- quantization on the checkpoint's grid ---------------------------------------------------------
 
+def _grid(w, bits: int, group_size: int, zero_point: bool, clip):
+    """Grouped view [out*groups, group_size] of ``w`` and its fp16-exact scale and integer zero [out*groups, 1]."""
+    import torch
+
+    from teeny_core.quant import qparams
+
+    rows, cols = w.shape
+    grouped = w.float().reshape(rows * (cols // group_size), group_size)
+    if clip is not None and not isinstance(clip, float):
+        clip = clip.reshape(-1, 1)
+    scale, zero = qparams(grouped, bits, "asym" if zero_point else "sym", clip=1.0 if clip is None else clip)
+    scale = scale.clamp_min(2.0**-24).to(torch.float16).float()  # what an fp16 `scales` tensor stores
+    return grouped, scale, zero.clamp(0, 2**bits - 1)
+
+
 def quantize_grouped(w, bits: int, group_size: int, zero_point: bool, clip=None) -> QuantizedWeight:
     """Quantize ``w`` [out, in] per group of ``group_size`` input columns with fp16-exact scales.
 
@@ -82,23 +98,20 @@ def quantize_grouped(w, bits: int, group_size: int, zero_point: bool, clip=None)
     """
     import torch
 
-    from teeny_core.quant import qparams, quantize
+    from teeny_core.quant import quantize
 
     rows, cols = w.shape
-    groups = cols // group_size
-    grouped = w.float().reshape(rows * groups, group_size)
-    if clip is not None and not isinstance(clip, float):
-        clip = clip.reshape(rows * groups, 1)
-    scale, zero = qparams(grouped, bits, "asym" if zero_point else "sym", clip=1.0 if clip is None else clip)
-    scale = scale.clamp_min(2.0**-24).to(torch.float16).float()  # what an fp16 `scales` tensor stores
-    zero = zero.clamp(0, 2**bits - 1)
+    grouped, scale, zero = _grid(w, bits, group_size, zero_point, clip)
     q = quantize(grouped, scale, zero, bits).to(torch.int32).reshape(rows, cols)
-    return QuantizedWeight(q, scale.reshape(rows, groups), zero.reshape(rows, groups))
+    return QuantizedWeight(q, scale.reshape(rows, -1), zero.reshape(rows, -1))
 
 
 def fake_quantize(w, bits: int, group_size: int, zero_point: bool, clip=None):
-    """``w`` rounded onto its quantization grid (float32), as :func:`quantize_grouped` stores it."""
-    return quantize_grouped(w, bits, group_size, zero_point, clip).weight()
+    """``w`` rounded onto its quantization grid (float32): equal to ``quantize_grouped(...).weight()``."""
+    from teeny_core.quant import dequantize, quantize
+
+    grouped, scale, zero = _grid(w, bits, group_size, zero_point, clip)
+    return dequantize(quantize(grouped, scale, zero, bits), scale, zero).reshape(w.shape)
 
 
 # --- architecture: which linears share an input, and what produces it ------------------------------
@@ -358,11 +371,13 @@ def quantize_model(model, input_ids, settings: AwqSettings, device: str = "cpu",
     results: dict[str, QuantizedWeight] = {}
     hidden, layer_kwargs = capture_layer_inputs(model, layers, input_ids, settings.batch_size, device)
     for index, layer in enumerate(layers):
+        started = time.perf_counter()
         layer.to(device)
         kwargs = layer_kwargs[index]
         prefix = names[id(layer)]
         hidden = _process_layer(layer, prefix, structures[index], hidden, kwargs, settings, results, quantize)
         layer.to("cpu")
+        log.info("awq: layer %d/%d in %.1f s", index + 1, len(layers), time.perf_counter() - started)
         if progress:
             progress(index + 1, len(layers))
     if quantize:

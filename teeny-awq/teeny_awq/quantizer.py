@@ -60,6 +60,9 @@ class AwqQuantizer(Quantizer):
                                grid=options.grid, duo_scaling=options.duo_scaling, max_shrink=options.max_shrink,
                                clip=options.clip, skip=tuple(options.skip), batch_size=options.batch_size)
         model, tokenizer = source.load(dtype="float32", device="cpu")
+        if source.gguf_file:  # dequantized GGUF weights are plain floats now; let transformers save them
+            model.hf_quantizer = None
+            model.config.__dict__.pop("quantization_config", None)
         weights = quantize_model(model, calibration.tensor(), settings, device,
                                  progress=lambda i, n: log.info("awq: layer %d/%d done", i, n))
         store_dtype = _source_dtype(source)

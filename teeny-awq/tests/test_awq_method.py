@@ -131,3 +131,12 @@ def test_skipped_layers_stay_float(tiny_model, awq_windows):
     assert weights and not any(n.endswith("down_proj") for n in weights)
     down = model.model.layers[0].mlp.down_proj.weight
     assert len(torch.unique(down[0, :128])) > 16  # not on a 4-bit grid
+
+
+def test_fake_quantize_equals_the_stored_grid():
+    from teeny_awq.algorithm import fake_quantize, quantize_grouped
+
+    w = torch.randn(16, 96, generator=torch.Generator().manual_seed(3))
+    clip = torch.rand(16, 3, generator=torch.Generator().manual_seed(4)) * 0.5 + 0.5
+    for bits, zero_point, c in ((4, True, None), (3, False, 0.8), (5, True, clip)):
+        assert torch.equal(fake_quantize(w, bits, 32, zero_point, c), quantize_grouped(w, bits, 32, zero_point, c).weight())
