@@ -37,9 +37,11 @@ def write_tokenizer(writer, source: ModelSource, vocab_size: int) -> None:
         _write_byte_level_bpe(writer, tokenizer, spec, vocab_size)
     elif sp_model.is_file():
         _write_sentencepiece(writer, tokenizer, sp_model, vocab_size)
+    elif spec is not None and spec.get("model", {}).get("type") == "BPE" and spec["model"].get("byte_fallback"):
+        _write_sentencepiece_style_bpe(writer, tokenizer, spec, vocab_size)
     else:
-        raise TeenyError(f"{source.path}: tokenizer is neither byte-level BPE (tokenizer.json) nor SentencePiece "
-                         "(tokenizer.model); cannot write it to GGUF")
+        raise TeenyError(f"{source.path}: tokenizer is neither byte-level BPE nor SentencePiece-style BPE "
+                         "(tokenizer.json) nor SentencePiece (tokenizer.model); cannot write it to GGUF")
     _write_special(writer, tokenizer)
     template = getattr(tokenizer, "chat_template", None)
     if isinstance(template, str) and template:
@@ -50,7 +52,8 @@ def _components(spec: dict[str, Any] | None) -> list[dict[str, Any]]:
     if not spec:
         return []
     if spec.get("type") == "Sequence":
-        return [c for part in spec.get("pretokenizers", spec.get("decoders", [])) for c in _components(part)]
+        parts = spec.get("pretokenizers") or spec.get("normalizers") or spec.get("decoders") or []
+        return [c for part in parts for c in _components(part)]
     return [spec]
 
 
@@ -149,6 +152,46 @@ def write_sentencepiece_vocab(writer, sp_model: Path, vocab_size: int, added: di
     # the model's normalizer adds a dummy "▁" prefix iff a lone word encodes with one
     pieces = sp.encode("a", out_type=str)
     writer.add_add_space_prefix(bool(pieces) and pieces[0].startswith("\u2581"))
+
+
+def _write_sentencepiece_style_bpe(writer, tokenizer, spec: dict[str, Any], vocab_size: int) -> None:
+    """A SentencePiece model exported to tokenizer.json (BPE with byte fallback and "▁" for spaces, as
+    transformers writes for Llama/Gemma, also from GGUF files) -> llama.cpp's ``llama`` vocabulary.
+
+    llama.cpp merges the highest-scoring adjacent pair; SentencePiece BPE models number pieces in merge
+    order, so ``-id`` scores keep that order (Gemma's own GGUF scores are exactly ``-(id - offset)``).
+    """
+    import gguf
+
+    table = _token_table(tokenizer, vocab_size)
+    added = tokenizer.added_tokens_decoder
+    unk = spec["model"].get("unk_token")
+    tokens, scores, types = [], [], []
+    for idx, token in enumerate(table):
+        if token is None:
+            tokens.append(f"[PAD{idx}]")
+            kind = gguf.TokenType.UNUSED
+        else:
+            tokens.append(token)
+            if idx in added:
+                kind = gguf.TokenType.CONTROL if added[idx].special else gguf.TokenType.USER_DEFINED
+            elif token == unk:
+                kind = gguf.TokenType.UNKNOWN
+            elif len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+                kind = gguf.TokenType.BYTE
+            else:
+                kind = gguf.TokenType.NORMAL
+        types.append(int(kind))
+        scores.append(-float(idx) if kind == gguf.TokenType.NORMAL else -1000.0)
+    parts = _components(spec.get("pre_tokenizer")) + _components(spec.get("normalizer"))
+    prefix = any((p.get("type") == "Metaspace" and p.get("prepend_scheme", "always") in ("always", "first"))
+                 or (p.get("type") == "Prepend" and p.get("prepend") == "\u2581") for p in parts)
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_add_space_prefix(prefix)
 
 
 def _write_special(writer, tokenizer) -> None:
