@@ -64,33 +64,30 @@ def plugins_cmd(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([{k: v for k, v in vars(i).items() if k != "traceback"} for i in infos], indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table("plugin", "version", "hooks", "components", "status")
     for i in infos:
         status = f"[red]broken: {i.error}[/red]" if i.error else ("built-in" if i.builtin else "ok")
         table.add_row(i.name, i.version, "\n".join(i.hooks), "\n".join(i.components), status)
-    Console().print(table)
+    console().print(table)
 
 
 @cli.command(name="list")
 @click.argument("kind", required=False, type=click.Choice(list(KINDS)))
 def list_cmd(kind: str | None) -> None:
     """Quantizers, calibrators, evaluators, profilers, runtimes and analyzers, with their options."""
-    from rich.console import Console
-
-    console = Console()
+    out = console()
     for k in [kind] if kind else list(KINDS):
-        console.print(f"[bold]{k}s[/bold]")
+        out.print(f"[bold]{k}s[/bold]")
         names = plugins().names(k)
         if not names:
-            console.print("  (none installed)")
+            out.print("  (none installed)")
         for name in names:
             cls = plugins().get(k, name)
-            console.print(f"  [cyan]{name}[/cyan]  {cls.summary()}")
+            out.print(f"  [cyan]{name}[/cyan]  {cls.summary()}")
             for opt, typ, default, help_ in cls.Options.describe():
-                console.print(f"      {opt} ({typ}, default {default!r}): {help_}", highlight=False)
+                out.print(f"      {opt} ({typ}, default {default!r}): {help_}", highlight=False)
 
 
 @cli.command()
@@ -265,6 +262,16 @@ def _bar_factory(progress):
     return lambda total, description: _Bar(progress, progress.add_task(description, total=total))
 
 
+def console():
+    """A rich console; output that is not a terminal gets 160 columns so tables stay readable in logs."""
+    from rich.console import Console
+
+    out = Console()
+    if not out.is_terminal:
+        out.width = 160
+    return out
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -291,7 +298,6 @@ def headline(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def print_results(results: dict[str, Any]) -> None:
     """The results table: one row per variant, headline metrics per evaluator, size, memory, speed."""
-    from rich.console import Console
     from rich.table import Table
 
     variants = results["variants"]
@@ -312,10 +318,7 @@ def print_results(results: dict[str, Any]) -> None:
         table.add_row(v["name"], v["method"], setting, *cells, _size(v.get("artifact_bytes")),
                       _size(v.get("packed_bytes")), _size(v["profile"].get("peak_rss_bytes")),
                       _fmt(bench.get("decode_tokens_per_s") or "-"))
-    console = Console()
-    if not console.is_terminal:
-        console.width = 160
-    console.print(table)
+    console().print(table)
 
 
 def main() -> None:

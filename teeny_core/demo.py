@@ -25,7 +25,7 @@ def demo_experiment(plugins: Plugins) -> dict[str, Any]:
     """The demo as an experiment mapping (validated by the caller like any experiment file)."""
     evaluators: dict[str, dict[str, Any]] = {"fidelity": {"chunks": 16, "chunk_len": 256}}
     if "humaneval" in plugins.names("evaluator"):
-        evaluators["humaneval"] = {}
+        evaluators["humaneval"] = {"max_new_tokens": 192}
     variants = [{"name": f"{method}-default", "method": method} for method in plugins.names("quantizer")]
     return {"name": "demo-gemma3-270m", "model": demo_model(), "seed": 0, "device": "auto", "limit": DEMO_LIMIT,
             "calibration": {"method": "code", "samples": 32, "seq_len": 256},
