@@ -274,3 +274,15 @@ def test_python_canonical_solutions_pass():
     rows = [json.loads(line) for line in (DATA / "humaneval-python.jsonl").read_text().splitlines()[:8]]
     outcomes = run_programs([(problem_from_record(r), r["canonical_solution"]) for r in rows], timeout=20)
     assert all(o["passed"] for o in outcomes), [o["detail"] for o in outcomes if not o["passed"]]
+
+
+def test_typescript_per_file_tsc_when_the_batch_compiler_is_unavailable(monkeypatch):
+    require_toolchain("ts")
+    problems = problems_by_number("ts")
+    items = [(problems[53], SOLUTIONS["ts"][53]), (problems[53], SOLUTIONS["ts"]["broken"])]
+    batch = run_programs(items, timeout=20)
+    monkeypatch.setattr(toolchains, "typescript_compile", lambda *args, **kwargs: None)
+    per_file = run_programs(items, timeout=20)
+    for outcomes in (batch, per_file):
+        assert [o["category"] for o in outcomes] == [errors.PASSED, errors.SYNTAX_ERROR], outcomes
+        assert "TS2322" in outcomes[1]["detail"]  # tsc's own diagnostic either way
