@@ -13,6 +13,7 @@ matrix comes from the ``code`` calibrator (Python standard library windows) thro
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import platform
 import sys
@@ -117,12 +118,23 @@ def main() -> None:
     windows = [[tok.bos_token_id] + ids[i * (args.window_len - 1):(i + 1) * (args.window_len - 1)]
                for i in range(args.windows)]
     vocab = ref_model.llm.n_vocab()
-    ref = np.lib.format.open_memmap(work / "reference-logprobs.npy", mode="w+", dtype=np.float32,
-                                    shape=(len(windows), args.window_len, vocab))
-    for w, window in enumerate(windows):
-        ref[w] = log_softmax64(ref_model.logits(window)).astype(np.float32)
-    rows = [{"variant": "F16 (baseline)", "artifact": baseline, **score(ref_model, windows, ref),
-             "tok_s": decode_speed(ref_model, args.decode_tokens)}]
+    results_path = work / "results.json"
+    setup = {"windows": windows, "calib": [args.calib_samples, args.calib_len], "threads": args.threads}
+    saved = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results: dict[str, dict] = saved.get("rows", {}) if saved.get("setup") == setup else {}
+    ref_path = work / "reference-logprobs.npy"
+    if "F16 (baseline)" in results and ref_path.exists():
+        ref = np.load(ref_path, mmap_mode="r")
+    else:
+        ref = np.lib.format.open_memmap(ref_path, mode="w+", dtype=np.float32, shape=(len(windows), args.window_len, vocab))
+        nll = 0.0
+        for w, window in enumerate(windows):
+            ref[w] = log_softmax64(ref_model.logits(window)).astype(np.float32)
+            nll -= float(ref[w][np.arange(len(window) - 1), window[1:]].astype(np.float64).sum())
+        ref.flush()
+        results["F16 (baseline)"] = {"ppl": math.exp(nll / sum(len(w) - 1 for w in windows)),
+                                     "tok_s": decode_speed(ref_model, args.decode_tokens)}
+        results_path.write_text(json.dumps({"setup": setup, "rows": results}))
     calibration = CodeCalibrator().samples(
         tok, CodeCalibrator.Options.from_mapping({"samples": args.calib_samples, "seq_len": args.calib_len}), seed=0)
     ref_model.close()
@@ -138,13 +150,18 @@ def main() -> None:
     variants += [(f"{t}+imatrix", {"type": t, "imatrix_file": str(imatrix_path)}) for t in args.types.split(",")]
     variants.sort(key=lambda v: (list(TYPES).index(v[1]["type"]) if v[1]["type"] in TYPES else 99, v[0]))
     package = Artifact(format="gguf", path=package_gguf.parent, file=package_gguf.name)
+    artifacts = {"F16 (baseline)": baseline}
     for name, options in variants + [("package Q4_K_M", None)]:
         artifact = package if options is None else quantize(name.replace("+", "-"), f16_source, options)
+        artifacts[name] = artifact
+        if name in results:
+            continue
         model = LlamaCppRuntime().load(artifact, runtime_opts)
-        rows.append({"variant": name, "artifact": artifact, **score(model, windows, ref),
-                     "tok_s": decode_speed(model, args.decode_tokens)})
+        results[name] = {**score(model, windows, ref), "tok_s": decode_speed(model, args.decode_tokens)}
         model.close()
-        print(f"  scored {name}: KL {rows[-1]['kl']:.4f}", flush=True)
+        results_path.write_text(json.dumps({"setup": setup, "rows": results}))
+        print(f"  scored {name}: KL {results[name]['kl']:.5f}", flush=True)
+    rows = [{"variant": name, "artifact": artifacts[name], **results[name]} for name in artifacts]
 
     from teeny_gguf.reader import gguf_stats
 

@@ -85,10 +85,11 @@ def compute_imatrix(model, calibration, gguf_names: dict[str, str], *, batch_siz
     if bos_token_id is not None:
         ids[:, 0] = bos_token_id
     device = next(model.parameters()).device
+    body = model.get_decoder() if hasattr(model, "get_decoder") else model  # the LM head's logits are not needed
     try:
         with torch.no_grad():
             for start in range(0, ids.shape[0], batch_size):
-                model(input_ids=ids[start:start + batch_size].to(device))
+                body(input_ids=ids[start:start + batch_size].to(device))
     finally:
         for h in handles:
             h.remove()
