@@ -294,6 +294,20 @@ def test_teeny_bench_check_humaneval_cli():
     assert bad.returncode != 0 and "unknown benchmark 'no-such-bench'" in bad.stderr
 
 
+def test_bench_check_fails_when_a_reference_solution_fails(tmp_path):
+    import json
+
+    good = {"task_id": "Mine/0", "prompt": "def inc(x):\n", "entry_point": "inc", "canonical_solution": "    return x + 1\n",
+            "test": "def check(f):\n    assert f(1) == 2\n"}
+    bad = {**good, "task_id": "Mine/1", "canonical_solution": "    return x + 2\n"}
+    path = tmp_path / "mine.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (good, bad)) + "\n")
+    run = subprocess.run([sys.executable, "-m", "teeny_core.cli", "bench", "check", "humaneval", "--path", str(path)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1
+    assert "passed 1/2" in run.stdout and "Mine/1: wrong_answer" in run.stdout
+
+
 @pytest.fixture
 def loaded_model():
     return CannedModel(load_problems(), _canonical_or_wrong)
