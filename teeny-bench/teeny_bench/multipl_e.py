@@ -158,9 +158,14 @@ def load_problems(path: str, languages: list[str], limit: int | None = None) -> 
 
 
 def assemble(problem: MulProblem, completion: str) -> str:
-    """The program MultiPL-E runs: prompt + completion + tests (Python: standard imports first)."""
-    program = problem.prompt + completion + "\n" + problem.tests
-    return PYTHON_HEADER + program if problem.language == "python" else program
+    """The program MultiPL-E runs: prompt + completion + tests. Python: standard imports first, and a completion
+    that is a whole function (a chat answer) follows the prompt instead of continuing it, as in ``humaneval``."""
+    if problem.language != "python":
+        return problem.prompt + completion + "\n" + problem.tests
+    entry_point = _entry_point(problem)
+    solution = (generation.solution_program(problem.prompt, completion, entry_point) if entry_point
+                else problem.prompt + completion)
+    return PYTHON_HEADER + solution + "\n" + problem.tests
 
 
 def truncate_at_stop(text: str, stop_tokens: list[str]) -> str:
@@ -184,28 +189,28 @@ def _signature(problem: MulProblem) -> str:
     return lines[-1].strip() if lines else ""
 
 
+def _entry_point(problem: MulProblem) -> str | None:
+    name = re.search(r"(\w+)\s*\(", _signature(problem))
+    return name.group(1) if name else None
+
+
 def completion_from_chat(problem: MulProblem, answer: str) -> str:
-    """The body a chat answer gives: the first fenced block after the prompt's signature line, cut at a stop token."""
+    """What a chat answer contributes. Python: the whole function and its helpers, without demo code (as
+    ``humaneval`` extracts it). Other languages, whose tests close the function or class themselves: the body
+    after the prompt's signature line in the first fenced block, cut at a stop token."""
+    entry_point = _entry_point(problem)
+    if problem.language == "python" and entry_point:
+        return generation.chat_completion(answer, entry_point)
     lines = answer.split("\n")
     fences = [i for i, l in enumerate(lines) if l.strip().startswith("```")]
     block = lines[fences[0] + 1:fences[1]] if len(fences) >= 2 else lines
     signature = _signature(problem)
-    name = re.search(r"(\w+)\s*\(", signature)
     start = next((i for i, l in enumerate(block) if l.strip() == signature), None)
-    if start is None and name:
-        start = next((i for i, l in enumerate(block) if re.search(rf"\b{re.escape(name.group(1))}\s*\(", l)
+    if start is None and entry_point:
+        start = next((i for i, l in enumerate(block) if re.search(rf"\b{re.escape(entry_point)}\s*\(", l)
                       and not l.lstrip().startswith(("//", "#", "*"))), None)
     body = "\n".join(block[start + 1:] if start is not None else block)
-    if problem.language == "python":
-        body = _skip_docstring(body) if start is not None else body
-        end = re.search(r"^\S", body, re.M)  # the function ends at the next top-level statement
-        body = (body[:end.start()] if end else body).rstrip() + "\n"
     return truncate_at_stop("\n" + body, problem.stop_tokens)[1:] if body else ""
-
-
-def _skip_docstring(body: str) -> str:
-    match = re.match(r'\s*(?:"""|\'\'\')[\s\S]*?(?:"""|\'\'\')[ \t]*\n', body)
-    return body[match.end():] if match else body
 
 
 def _tail(text: str, length: int = 600) -> str:
