@@ -9,8 +9,9 @@ The solution is compiled once (a syntax error is a compile error), then each tes
 cannot share state and a hung test is killed without losing the others' results. Semantics follow
 LiveCodeBench's ``testing_util``: the same wildcard imports are in scope; stdin programs must print the
 expected lines (compared after stripping, line by line, then token by token as exact decimals); functional
-programs are called as ``Solution().<func_name>(*args)`` with one JSON argument per input line, and the
-result (tuples as lists) must equal the JSON output; ``SystemExit`` ends a program normally.
+programs are called as ``Solution().<func_name>(*args)`` with one JSON argument per (non-blank) input line,
+and the result (tuples as lists) must equal the JSON output; ``SystemExit`` ends a program normally. Unlike
+LiveCodeBench, each test gets a fresh ``Solution()`` (state cannot leak from one test into the next).
 """
 
 import builtins
@@ -93,7 +94,7 @@ def child(code, mode, func_name, test, cpu_seconds, status_fd, out_path, err_pat
                 method = getattr(namespace["Solution"](), func_name)
             else:
                 method = namespace[func_name]
-            args = [json.loads(line) for line in test["input"].split("\n")]
+            args = [json.loads(line) for line in test["input"].split("\n") if line.strip()]
             expected = json.loads(test["output"])
             try:
                 prediction = method(*args)

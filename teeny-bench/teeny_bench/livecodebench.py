@@ -527,7 +527,8 @@ def oracle_program(problem: LcbProblem, correct: bool = True) -> str:
     """A program that answers the problem's own tests from a lookup table (or, if not ``correct``, answers
     each one wrongly): known-correct and known-wrong programs for proving the grading path end to end."""
     if problem.mode == "functional":
-        table = {json.dumps([json.loads(line) for line in t["input"].split("\n")]): json.loads(t["output"])
+        table = {json.dumps([json.loads(line) for line in t["input"].split("\n") if line.strip()]):
+                 json.loads(t["output"])
                  for t in problem.tests}
         answer = "ANSWERS[json.dumps(list(args))]" if correct else "[ANSWERS[json.dumps(list(args))], 'wrong']"
         return (f"import json\nANSWERS = json.loads({json.dumps(json.dumps(table))})\n"
