@@ -63,6 +63,8 @@ class AwqQuantizer(Quantizer):
         if source.gguf_file:  # dequantized GGUF weights are plain floats now; let transformers save them
             model.hf_quantizer = None
             model.config.__dict__.pop("quantization_config", None)
+        if options.format == "hf-awq":
+            _check_packable(model, settings)
         weights = quantize_model(model, calibration.tensor(), settings, device,
                                  progress=lambda i, n: log.info("awq: layer %d/%d done", i, n))
         store_dtype = _source_dtype(source)
@@ -91,3 +93,14 @@ class AwqQuantizer(Quantizer):
         assert isinstance(options, AwqOptions)
         return {"bits": options.bits, "granularity": f"g{options.group_size}",
                 "scheme": "asym" if options.zero_point else "sym", "clip": options.clip}
+
+
+def _check_packable(model, settings) -> None:
+    """hf-awq packs eight output channels per int32: refuse, before any work, a layer that cannot be packed."""
+    from teeny_awq.algorithm import is_skipped
+    from teeny_core.modeling import linear_layers
+
+    for name, linear in linear_layers(model).items():
+        if not is_skipped(name, settings.skip) and linear.out_features % 8:
+            raise TeenyError(f"awq: {name} has {linear.out_features} output features, not a multiple of 8, so it "
+                             "cannot be packed as hf-awq; add it to skip or use format=hf")

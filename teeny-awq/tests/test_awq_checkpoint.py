@@ -118,3 +118,17 @@ class TestAwqContract(QuantizerContract):
     method = "awq"
     options = {"group_size": 32, "grid": 4, "device": "cpu"}
     arch = "gemma3"
+
+
+def test_unpackable_width_is_refused_before_any_work(teeny_plugins, tiny_tokenizer, awq_calibration, tmp_path):
+    import transformers
+
+    config = transformers.LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=100,
+                                      num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "odd")
+    tiny_tokenizer.save_pretrained(tmp_path / "odd")
+    with pytest.raises(TeenyError, match="gate_proj has 100 output features, not a multiple of 8"):
+        quantize(teeny_plugins, tmp_path / "odd", awq_calibration, tmp_path / "out", group_size=4)
+    artifact = quantize(teeny_plugins, tmp_path / "odd", awq_calibration, tmp_path / "hf", group_size=4,
+                        format="hf", grid=2)  # any width works dequantized
+    assert artifact.format == "hf"
