@@ -118,7 +118,8 @@ def _read_jsonl(path: Path, language: str | None) -> list[MulProblem]:
 
 
 def language_files(path: str, languages: list[str]) -> dict[str, Path]:
-    """``{language: file}`` for the requested languages found at ``path`` (a directory or one file)."""
+    """``{language: file}`` for the requested languages found at ``path`` (a directory or one file). With the
+    default (all eight languages) a directory may hold only some; languages named explicitly must be there."""
     if not path:
         raise TeenyError("humaneval-mul: set path= to a directory of humaneval-<lang>.jsonl files (e.g. "
                          "DeepSeek-Coder's Evaluation/HumanEval/data) or to one such file")
@@ -128,9 +129,10 @@ def language_files(path: str, languages: list[str]) -> dict[str, Path]:
         first = next((json.loads(l) for l in root.read_text(encoding="utf-8").splitlines() if l.strip()), None)
         if first is None:
             raise TeenyError(f"humaneval-mul: {root} is empty")
-        lang = toolchains.canonical_language(first.get("language") or _language_from_name(root.name)
-                                             or str(first.get("task_id", "")).split("/")[0])
-        return {lang: root} if lang in wanted else {}
+        lang = problem_from_record(first, _language_from_name(root.name)).language
+        if lang not in wanted:
+            raise TeenyError(f"humaneval-mul: {root} holds {lang} problems, not {', '.join(wanted)}")
+        return {lang: root}
     if not root.is_dir():
         raise TeenyError(f"humaneval-mul: path {path!r} does not exist")
     found = {}
@@ -140,6 +142,9 @@ def language_files(path: str, languages: list[str]) -> dict[str, Path]:
             found[lang] = file
     if not found:
         raise TeenyError(f"humaneval-mul: {root} has none of {', '.join(FILE_NAMES[w][0] for w in wanted)}")
+    missing = [lang for lang in wanted if lang not in found]
+    if missing and sorted(wanted) != sorted(LANGUAGES):
+        raise TeenyError(f"humaneval-mul: {root} lacks {', '.join(FILE_NAMES[m][0] for m in missing)}")
     return found
 
 

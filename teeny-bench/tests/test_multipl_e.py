@@ -235,6 +235,11 @@ def test_loading_errors_are_one_line(tmp_path):
     one = tmp_path / "humaneval-ts.jsonl"
     one.write_text((DATA / "humaneval-ts.jsonl").read_text().splitlines()[0] + "\n")
     assert [p.language for p in load_problems(str(one), ["ts", "js"])["ts"]] == ["ts"]
+    with pytest.raises(TeenyError, match="holds ts problems, not java"):
+        load_problems(str(one), ["java"])
+    assert list(load_problems(str(tmp_path), list(toolchains.LANGUAGES))) == ["ts"]  # all: those present
+    with pytest.raises(TeenyError, match="lacks humaneval-js.jsonl"):
+        load_problems(str(tmp_path), ["ts", "js"])
 
 
 def test_humaneval_format_python_gets_its_check_call():
