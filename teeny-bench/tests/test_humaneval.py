@@ -289,6 +289,7 @@ def test_teeny_bench_check_humaneval_cli():
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "passed 4/4" in run.stdout
+    assert "sandbox isolation:" in run.stdout  # what the sandbox achieves here is always said
     bad = subprocess.run([sys.executable, "-m", "teeny_core.cli", "bench", "check", "no-such-bench"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "unknown benchmark 'no-such-bench'" in bad.stderr
