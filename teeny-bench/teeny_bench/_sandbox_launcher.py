@@ -4,10 +4,11 @@ It is started by :func:`teeny_bench.sandbox.run_sandboxed` in a new session and 
 
 1. read the program's files from the staging directory into memory;
 2. ``unshare`` new mount, PID, network, IPC and UTS namespaces (each where the kernel allows);
-3. in the mount namespace: a private size-limited tmpfs over ``/tmp``, ``/var/tmp`` and ``/dev/shm`` (and over
-   the real home directory when not root), a fresh size-limited tmpfs as the working directory holding the
-   files, and read-only re-binds of the interpreter/toolchain directories that those masks (or a
-   non-traversable ancestor such as a 0700 ``/root``) would hide from the unprivileged program;
+3. in the mount namespace: every host mount read-only; private size-limited tmpfs mounts over ``/tmp``,
+   ``/var/tmp``, ``/dev/shm`` and ``/run`` (and over the real home directory when not root); a fresh
+   size-limited tmpfs as the working directory holding the files; read-only re-binds of the
+   interpreter/toolchain directories that those masks (or a non-traversable ancestor such as a 0700
+   ``/root``) would hide from the unprivileged program;
 4. fork an init process (PID 1 of the new PID namespace, with its own ``/proc``), which forks the program:
    resource limits, ``no_new_privs``, an unprivileged uid/gid (when started as root), ``chdir``, ``execve``;
 5. init reaps until the program exits and reports its status, rusage and the isolation achieved as JSON on the
@@ -140,7 +141,7 @@ def _under(path, root):
 def _setup_mounts(cfg, files, uid, gid):
     """Private /tmp etc., the working directory as a fresh tmpfs, and read-only re-binds of needed paths."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    masks = [m for m in cfg["masks"] if os.path.isdir(m)]
+    masks = [os.path.realpath(m) for m in cfg["masks"] if os.path.isdir(m)]  # /dev/shm may link into /run
     needed = sorted({os.path.realpath(p) for p in cfg["needed"] if os.path.exists(p)}, key=len)
     needed = [p for i, p in enumerate(needed) if not any(_under(p, q) for q in needed[:i])]
     for path in needed:

@@ -6,7 +6,8 @@ namespaces. Inside:
 
 - every host filesystem is read-only (``mount_setattr``, Linux 5.12+); the working directory is a fresh
   size-limited tmpfs holding only the given files, with ``HOME`` and ``TMPDIR`` pointing into it; ``/tmp``,
-  ``/var/tmp`` and ``/dev/shm`` are private size-limited tmpfs mounts;
+  ``/var/tmp`` and ``/dev/shm`` are private size-limited tmpfs mounts and ``/run`` is empty (no daemon's
+  unix socket is reachable without a network);
 - the network namespace has no interfaces up (not even loopback), so every connection fails;
 - the program gets CPU-time, address-space, file-size, open-file and process-count limits (``setrlimit``),
   ``no_new_privs``, and, when we are root, a per-sandbox unprivileged uid (so ``RLIMIT_NPROC``, which root
@@ -117,7 +118,9 @@ def _needed_paths(argv: list[str], env: dict[str, str]) -> list[str]:
 
 
 def _masks() -> list[str]:
-    masks = ["/tmp", "/var/tmp", "/dev/shm"]
+    """Directories replaced by empty private tmpfs mounts: scratch space, and /run (whose unix sockets, such
+    as a container daemon's, are reachable without a network)."""
+    masks = ["/tmp", "/var/tmp", "/dev/shm", "/run"]
     if os.geteuid() != 0:
         home = os.path.realpath(os.path.expanduser("~"))
         if home not in ("/", "") and os.path.isdir(home):

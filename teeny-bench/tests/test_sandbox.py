@@ -195,6 +195,21 @@ def test_socket_to_the_outside_fails_when_isolated():
         server.close()
 
 
+def test_unix_sockets_of_host_daemons_are_out_of_reach(tmp_path):
+    """A daemon's socket under /run (like a container engine's) must not be reachable without a network."""
+    if "mount" not in capabilities():
+        pytest.skip("no mount namespace on this machine")
+    r = py("import os\nprint(os.listdir('/run'))")
+    assert r.status == "ok" and r.stdout.strip() == "[]"
+
+
+def test_only_its_own_processes_are_visible():
+    r = py("import os\nprint(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))")
+    if "pid" not in r.isolation:
+        pytest.skip("no PID namespace on this machine")
+    assert r.stdout.strip() == "[1, 2]"  # the sandbox's init and the program itself
+
+
 def test_huge_stdout_is_capped_and_the_program_killed():
     r = py("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)", limits=Limits(output_bytes=1 << 20))
     assert r.status == "killed" and r.truncated
