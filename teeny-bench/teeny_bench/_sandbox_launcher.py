@@ -152,10 +152,12 @@ def _setup_mounts(cfg, files, uid, gid):
     masks = [m for i, m in enumerate(masks) if not any(_under(m, q) for q in masks[:i])]
     rebinds = [(p, os.open(p, os.O_PATH)) for p in needed if any(_under(p, m) for m in masks)]
     read_only = _read_only_everywhere()  # the host's filesystems; the tmpfs mounts below stay writable
-    small = max(cfg["file_bytes"], 1 << 20)
+    scratch = {os.path.realpath(p) for p in ("/tmp", "/dev/shm")}
     for mask in masks:
         mode = "1777" if stat.S_IMODE(os.stat(mask).st_mode) & stat.S_ISVTX else "0755"
-        _mount("tmpfs", mask, "tmpfs", MS_NOSUID | MS_NODEV, f"size={small},mode={mode}")
+        # tmpfs pages are memory, outside RLIMIT_AS: scratch space gets file_bytes, other masks 1 MiB
+        size = max(cfg["file_bytes"], 1 << 20) if mask in scratch else 1 << 20
+        _mount("tmpfs", mask, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode={mode}")
     for path, fd in rebinds:
         os.makedirs(path, mode=0o755, exist_ok=True)
         _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
