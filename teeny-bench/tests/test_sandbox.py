@@ -6,9 +6,11 @@ would fail the test without damaging the machine.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -228,6 +230,50 @@ def test_run_many_keeps_order_and_isolates_failures():
     results = run_many(jobs, workers=2)
     assert [r.status for r in results] == ["ok"] * 3 + ["timeout"] + ["ok"] * 3
     assert [r.stdout.strip() for r in results if r.status == "ok"] == [str(i) for i in range(6)]
+
+
+NON_ROOT_SCRIPT = """
+import json, sys
+from teeny_bench.sandbox import Limits, run_sandboxed
+canary = sys.argv[1]
+code = ("import os, socket\\n"
+        "try:\\n    socket.create_connection(('127.0.0.1', 9), timeout=2)\\nexcept OSError as e:\\n    print('net', e.errno)\\n"
+        f"try:\\n    open({canary!r}, 'w').write('x')\\nexcept OSError as e:\\n    print('write', e.errno)\\n"
+        "print('uid', os.getuid())\\n")
+r = run_sandboxed([sys.executable, "-I", "-c", code])
+bomb = run_sandboxed([sys.executable, "-I", "-c", "import os\\nwhile True:\\n    os.fork()"],
+                     limits=Limits(processes=16, wall_seconds=5, cpu_seconds=2))
+print(json.dumps({"status": r.status, "stdout": r.stdout, "stderr": r.stderr[-300:], "isolation": r.isolation,
+                  "bomb": bomb.status}))
+"""
+
+
+def test_without_root_user_namespaces_give_the_same_isolation():
+    """A laptop user is not root: simulated here by running the harness in a user namespace as uid 1000."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) to simulate an unprivileged user")
+    probe = subprocess.run(["unshare", "--user", "--map-user=1000", "--map-group=1000", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("user namespaces are not available here")
+    target = Path(tempfile.mkdtemp(prefix=".sandbox-canary-", dir=Path(__file__).parent))
+    try:
+        target.chmod(0o777)
+        canary = target / "canary.txt"
+        canary.write_text("original")
+        canary.chmod(0o666)
+        run = subprocess.run(["unshare", "--user", "--map-user=1000", "--map-group=1000", sys.executable, "-c",
+                              NON_ROOT_SCRIPT, str(canary)], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        out = json.loads(run.stdout.strip().splitlines()[-1])
+        assert out["status"] == "ok", out
+        assert {"user", "net", "pid", "mount", "readonly"} <= set(out["isolation"])
+        assert "net 101" in out["stdout"]  # ENETUNREACH
+        assert "write 30" in out["stdout"]  # EROFS
+        assert "uid 1000" in out["stdout"]
+        assert out["bomb"] != "ok"
+        assert canary.read_text() == "original"
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
 
 
 def test_capabilities_are_reported():
