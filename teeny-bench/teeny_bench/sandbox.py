@@ -196,13 +196,16 @@ def run_sandboxed(argv: list[str], *, files: dict[str, str | bytes] | None = Non
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL the launcher's process group and every descendant we can still see."""
+    """SIGKILL the launcher's process group and, while the launcher is alive (its pid still ours), every
+    descendant of it we can see (those that left the group with setsid; a PID namespace catches them all)."""
     import psutil
 
-    try:
-        descendants = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.Error:
-        descendants = []
+    descendants = []
+    if proc.returncode is None:
+        try:
+            descendants = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            pass
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -262,7 +265,10 @@ def _supervise(proc: subprocess.Popen, status_r: int, limits: Limits) -> Result:
         raw = os.read(status_r, 1 << 16)
     except BlockingIOError:
         raw = b""
-    report = json.loads(raw) if raw else {}
+    try:
+        report = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        report = {}
     if "setup_error" in report:
         raise SandboxError(f"sandbox setup failed: {report['setup_error']}")
     stdout = buffers[out_fd].decode("utf-8", "replace")
