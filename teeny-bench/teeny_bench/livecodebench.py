@@ -393,7 +393,8 @@ def verdict_from_result(result: Any) -> dict[str, Any]:
     status = getattr(result, "status", "error")
     verdict = {"timeout": "timeout", "memory": "memory"}.get(status, "runtime_error")
     return {"verdict": verdict, "error": status, "tests_run": 0, "tests_passed": 0,
-            "detail": f"the grading run ended with status {status!r}: {(result.stderr or '')[-300:]}"}
+            "detail": f"the grading run ended with status {status!r} ({getattr(result, 'reason', '')}): "
+                      f"{(result.stderr or '')[-300:]}"}
 
 
 def categorize(verdict: dict[str, Any], code: str, finish_reason: str | None) -> str:
