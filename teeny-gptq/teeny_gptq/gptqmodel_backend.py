@@ -6,6 +6,8 @@ environment). ``GPTQMODEL_CPU_WORKERS`` defaults to this machine's thread count.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import time
 from pathlib import Path
@@ -13,6 +15,8 @@ from typing import Any
 
 from teeny_core.errors import TeenyError
 from teeny_core.types import Artifact, CalibrationSet, ModelSource
+
+log = logging.getLogger("teeny_gptq")
 
 
 def import_gptqmodel():
@@ -36,11 +40,17 @@ def quantize_with_gptqmodel(source: ModelSource, calibration: CalibrationSet, op
     if source.gguf_file:
         raise TeenyError("backend=gptqmodel cannot read GGUF models; give it an HF model directory")
     start = time.perf_counter()
-    config = gptqmodel.QuantizeConfig(
-        bits=options.bits, group_size=options.group_size if options.group_size > 0 else -1, sym=options.sym,
-        desc_act=options.desc_act, static_groups=options.static_groups, true_sequential=options.true_sequential,
-        damp_percent=options.damp_percent, damp_auto_increment=options.damp_auto_increment,
-        mse=options.mse_norm if options.mse else 0.0)
+    wanted = dict(bits=options.bits, group_size=options.group_size if options.group_size > 0 else -1,
+                  sym=options.sym, desc_act=options.desc_act, static_groups=options.static_groups,
+                  true_sequential=options.true_sequential, damp_percent=options.damp_percent,
+                  damp_auto_increment=options.damp_auto_increment, mse=options.mse_norm if options.mse else 0.0)
+    if dataclasses.is_dataclass(gptqmodel.QuantizeConfig):  # GPTQModel versions differ in what they accept
+        accepted = {f.name for f in dataclasses.fields(gptqmodel.QuantizeConfig)}
+        dropped = sorted(set(wanted) - accepted)
+        if dropped:
+            log.warning("this gptqmodel version has no option(s) %s; they are not applied", ", ".join(dropped))
+        wanted = {k: v for k, v in wanted.items() if k in accepted}
+    config = gptqmodel.QuantizeConfig(**wanted)
     device = None if options.device == "auto" else options.device
     model = gptqmodel.GPTQModel.load(source.path, config, device=device)
     data = [{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in calibration.samples]
