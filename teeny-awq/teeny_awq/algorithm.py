@@ -352,8 +352,8 @@ def check_widths(model, layers, settings: AwqSettings) -> None:
                              f"{name}; use a group size that divides every quantized layer's width")
 
 
-def quantize_model(model, input_ids, settings: AwqSettings, device: str = "cpu", *, quantize: bool = True,
-                   progress: Callable[[int, int], None] | None = None) -> dict[str, QuantizedWeight]:
+def quantize_model(model, input_ids, settings: AwqSettings, device: str = "cpu", *,
+                   quantize: bool = True) -> dict[str, QuantizedWeight]:
     """Apply AWQ to ``model`` (float32, on CPU) in place and return the quantized weight of every linear.
 
     With ``quantize=False`` only the scales are searched and folded (the float function must not change):
@@ -378,8 +378,6 @@ def quantize_model(model, input_ids, settings: AwqSettings, device: str = "cpu",
         hidden = _process_layer(layer, prefix, structures[index], hidden, kwargs, settings, results, quantize)
         layer.to("cpu")
         log.info("awq: layer %d/%d in %.1f s", index + 1, len(layers), time.perf_counter() - started)
-        if progress:
-            progress(index + 1, len(layers))
     if quantize:
         results.update(_round_outside_layers(model, layers, settings))
     del hidden

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 from pathlib import Path
 from typing import Any, Literal
 
 from teeny_core.errors import TeenyError
 from teeny_core.options import Options, option
 from teeny_core.types import Artifact, CalibrationSet, ModelSource, Quantizer
-
-log = logging.getLogger("teeny.awq")
 
 
 @dataclasses.dataclass
@@ -65,8 +62,7 @@ class AwqQuantizer(Quantizer):
             model.config.__dict__.pop("quantization_config", None)
         if options.format == "hf-awq":
             _check_packable(model, settings)
-        weights = quantize_model(model, calibration.tensor(), settings, device,
-                                 progress=lambda i, n: log.info("awq: layer %d/%d done", i, n))
+        weights = quantize_model(model, calibration.tensor(), settings, device)
         store_dtype = _source_dtype(source)
         quantized = sorted(weights)
         not_converted = sorted(n for n, m in model.named_modules()
