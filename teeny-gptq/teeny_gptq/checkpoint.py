@@ -12,8 +12,6 @@ SHARD_BYTES = 4 * 2**30
 def checkpoint_tensors(model, packed: dict[str, dict[str, Any]], store_dtype) -> dict[str, Any]:
     """The tensors to save: each packed linear's qweight/qzeros/scales/g_idx in place of its weight, every
     other tensor cast to ``store_dtype`` (floating ones only); tied tensors are saved once."""
-    import torch
-
     out: dict[str, Any] = {}
     seen: set[tuple] = set()
     for key, tensor in model.state_dict().items():
