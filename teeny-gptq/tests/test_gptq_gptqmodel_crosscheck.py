@@ -15,9 +15,12 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("gptqmodel") is None,
                                 reason="gptqmodel is not installed (optional extra teeny-gptq[gptqmodel])")
 
 
-@pytest.mark.parametrize("sym,desc_act", [(True, False), (False, True)])
+# GPTQModel refuses asymmetric v1 checkpoints that it did not write itself (its guard against AutoGPTQ's old
+# zero-point bug), so the cross-check covers symmetric grids, with and without act-order.
+@pytest.mark.parametrize("sym,desc_act", [(True, False), (True, True)])
 def test_gptqmodel_loads_our_checkpoint_with_matching_logits(teeny_plugins, tiny_model, tmp_path, sym, desc_act):
     from gptqmodel import BACKEND, GPTQModel
+    from transformers import AutoModelForCausalLM
 
     path = tiny_model("llama")
     source = ModelSource(str(path))
@@ -38,9 +41,15 @@ def test_gptqmodel_loads_our_checkpoint_with_matching_logits(teeny_plugins, tiny
 
     theirs = GPTQModel.load(str(artifact.path), device="cpu", backend=BACKEND.TORCH)
     with torch.no_grad():
-        logits = theirs.model(input_ids=torch.tensor(ids)).logits
-    got = torch.log_softmax(logits.double(), dim=-1)
-    # GPTQModel computes in float16/bfloat16 on the CPU: same distributions up to that precision
-    assert (got.argmax(-1) == expected.argmax(-1)).double().mean() > 0.97
-    kl = (expected.exp() * (expected - got)).sum(-1).mean()
-    assert kl < 1e-3
+        got = torch.log_softmax(theirs.model(input_ids=torch.tensor(ids)).logits.double(), dim=-1)
+        original = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        reference = torch.log_softmax(original(input_ids=torch.tensor(ids)).logits.double(), dim=-1)
+
+    def kl(p, q):
+        return float((p.exp() * (p - q)).sum(-1).mean())
+
+    # GPTQModel's CPU kernel computes in bfloat16: its distributions may differ from ours only by that
+    # rounding, far less than quantization moved them away from the original
+    quantization_kl = kl(reference, expected)
+    assert quantization_kl > 0
+    assert kl(expected, got) < 0.1 * quantization_kl
