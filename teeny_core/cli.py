@@ -263,12 +263,12 @@ def _bar_factory(progress):
 
 
 def console():
-    """A rich console; output that is not a terminal gets 160 columns so tables stay readable in logs."""
+    """A rich console; output that is not a terminal gets 200 columns so tables stay readable in logs."""
     from rich.console import Console
 
     out = Console()
     if not out.is_terminal:
-        out.width = 160
+        out.width = 200
     return out
 
 
