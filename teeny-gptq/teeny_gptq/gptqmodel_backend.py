@@ -6,8 +6,6 @@ environment). ``GPTQMODEL_CPU_WORKERS`` defaults to this machine's thread count.
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import os
 import time
 from pathlib import Path
@@ -15,8 +13,6 @@ from typing import Any
 
 from teeny_core.errors import TeenyError
 from teeny_core.types import Artifact, CalibrationSet, ModelSource
-
-log = logging.getLogger("teeny_gptq")
 
 
 def import_gptqmodel():
@@ -44,13 +40,10 @@ def quantize_with_gptqmodel(source: ModelSource, calibration: CalibrationSet, op
                   sym=options.sym, desc_act=options.desc_act, static_groups=options.static_groups,
                   true_sequential=options.true_sequential, damp_percent=options.damp_percent,
                   damp_auto_increment=options.damp_auto_increment, mse=options.mse_norm if options.mse else 0.0)
-    if dataclasses.is_dataclass(gptqmodel.QuantizeConfig):  # GPTQModel versions differ in what they accept
-        accepted = {f.name for f in dataclasses.fields(gptqmodel.QuantizeConfig)}
-        dropped = sorted(set(wanted) - accepted)
-        if dropped:
-            log.warning("this gptqmodel version has no option(s) %s; they are not applied", ", ".join(dropped))
-        wanted = {k: v for k, v in wanted.items() if k in accepted}
-    config = gptqmodel.QuantizeConfig(**wanted)
+    try:
+        config = gptqmodel.QuantizeConfig(**wanted)
+    except TypeError as exc:
+        raise TeenyError(f"backend=gptqmodel: this gptqmodel version rejects the GPTQ options ({exc})") from None
     device = None if options.device == "auto" else options.device
     model = gptqmodel.GPTQModel.load(source.path, config, device=device)
     data = [{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in calibration.samples]
