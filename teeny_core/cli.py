@@ -312,7 +312,7 @@ def print_results(results: dict[str, Any]) -> None:
             ["size", "packed", "peak RSS", "tok/s"]:
         table.add_column(header)
     for v in variants:
-        setting = " ".join(str(val) for val in v["describe"].values())
+        setting = " ".join(f"{k}={val}" if isinstance(val, bool) else str(val) for k, val in v["describe"].items())
         bench = v["profile"].get("benchmark", {})
         cells = [_fmt(dict(headline(v["metrics"].get(ev, {}))).get(label, "-")) for ev, label in columns]
         table.add_row(v["name"], v["method"], setting, *cells, _size(v.get("artifact_bytes")),
