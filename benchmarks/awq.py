@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gemma import CACHE, original_model_dir
+from gemma import CACHE, original_model_dir, score
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "awq.md"
@@ -78,27 +78,6 @@ def run_child(spec: dict) -> dict:
     if proc.returncode:  # the child's stderr (with its traceback) went straight to ours
         raise RuntimeError(f"{spec['method']} {spec['options']} failed with exit status {proc.returncode}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def score(artifact_path: Path, fmt: str, chunks, refs) -> dict:
-    """Perplexity, mean KL (with its standard error over windows) and top-1 agreement against the original."""
-    from teeny_core.builtin.fidelity import compare
-    from teeny_core.plugins import Plugins
-    from teeny_core.types import Artifact
-
-    runtime = Plugins.load().get("runtime", "transformers")
-    loaded = runtime().load(Artifact(format=fmt, path=artifact_path),
-                            runtime.Options.from_mapping({"device": "cpu", "dtype": "float32"}))
-    try:
-        rows = [compare(ref, loaded.logprobs([ids])[0], ids) for ids, ref in zip(chunks, refs)]
-    finally:
-        loaded.close()
-    tokens = sum(r["tokens"] for r in rows)
-    nll = sum(r["nll"] * r["tokens"] for r in rows) / tokens
-    kls = [r["kl"] for r in rows]
-    kl = sum(kls) / len(kls)
-    se = math.sqrt(sum((k - kl) ** 2 for k in kls) / (len(kls) - 1) / len(kls)) if len(kls) > 1 else float("nan")
-    return {"ppl": math.exp(nll), "kl": kl, "kl_se": se, "top1": sum(r["top1"] for r in rows) / len(rows)}
 
 
 def main() -> None:
