@@ -12,7 +12,6 @@ import importlib
 import os
 import traceback
 from importlib import metadata
-from typing import Any
 
 import pluggy
 
@@ -87,11 +86,6 @@ class Plugins:
             plugins._add(ep.name, ep.load, builtin=False, version=version)
         plugins._register_all()
         return plugins
-
-    def add_module(self, name: str, module: Any) -> None:
-        """Add a plugin object directly (tests, embedding); registers its components."""
-        self._add(name, lambda: module, builtin=False)
-        self._register_all()
 
     def _add(self, name: str, loader, *, builtin: bool, version: str | None = None) -> None:
         from teeny_core import __version__
