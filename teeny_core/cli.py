@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from teeny_core.errors import TeenyError
+from teeny_core.modeling import quiet_libraries
 from teeny_core.options import parse_cli_options
 from teeny_core.plugins import KINDS, Plugins
 
@@ -43,17 +44,6 @@ def plugins() -> Plugins:
 
 
 _PLUGINS: Plugins | None = None
-
-
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
-    except ImportError:
-        pass
 
 
 @cli.command(name="plugins")
@@ -106,7 +96,7 @@ def quantize(model: str, method: str, opts: tuple[str, ...], out: str, calibrato
     from teeny_core.modeling import resolve_source
     from teeny_core.store import staging_dir
 
-    _quiet_libraries()
+    quiet_libraries()
     q_cls = plugins().get("quantizer", method)
     options = q_cls.Options.from_mapping(parse_cli_options(opts), where=method)
     target = Path(out)
@@ -153,7 +143,7 @@ def eval_cmd(model: str, benches: tuple[str, ...], opts: tuple[str, ...], refere
     """Evaluate MODEL_OR_ARTIFACT with one or more evaluators; resumable, records kept in --out."""
     from teeny_core.store import SampleLog, StoreContext, options_signature, write_json
 
-    _quiet_libraries()
+    quiet_libraries()
     parsed = parse_cli_options(opts)
     per_bench: dict[str, dict[str, Any]] = {b: {} for b in benches}
     for key, value in parsed.items():
@@ -205,12 +195,12 @@ def eval_cmd(model: str, benches: tuple[str, ...], opts: tuple[str, ...], refere
 @click.argument("experiment", required=False, type=click.Path(dir_okay=False))
 @click.option("--limit", type=int, help="Items per evaluator (overrides the file; 0 = all).")
 @click.option("--fresh", is_flag=True, help="Delete this experiment's stored results first.")
-def run(experiment: str | None, limit: int | None, fresh: bool) -> None:
+@click.option("--executor", help="Where variants run (see `teeny list executor`; default: the file's, else local).")
+def run(experiment: str | None, limit: int | None, fresh: bool, executor: str | None) -> None:
     """Run EXPERIMENT (a TOML file; without one, the built-in demo) for every variant; resumable."""
     from teeny_core.experiment import build_experiment, load_experiment
     from teeny_core.pipeline import Pipeline, remove_run
 
-    _quiet_libraries()
     overrides = {"limit": limit} if limit is not None else {}
     if experiment:
         exp = load_experiment(experiment, plugins(), overrides)
@@ -218,6 +208,9 @@ def run(experiment: str | None, limit: int | None, fresh: bool) -> None:
         from teeny_core.demo import demo_experiment
 
         exp = build_experiment({**demo_experiment(plugins()), **overrides}, plugins(), where="demo experiment")
+    if executor:
+        plugins().get("executor", executor)  # a one-line error listing the installed executors
+        exp.executor = executor
     if fresh:
         remove_run(exp.root)
     with _progress() as progress:

@@ -20,7 +20,7 @@ TOP_KEYS = {"name": "experiment name", "model": "model to quantize", "seed": "ra
             "output_dir": "run store root", "device": "auto|cpu|cuda", "dtype": "source load dtype",
             "limit": "items per evaluator (0 = all)", "calibration": "calibrator table",
             "evaluators": "evaluator tables", "profilers": "profiler tables", "analyzers": "analyzer tables",
-            "runtimes": "runtime option tables", "variants": "array of variant tables"}
+            "runtimes": "runtime option tables", "executor": "executor table", "variants": "array of variant tables"}
 VARIANT_KEYS = ("name", "method", "runtime")
 
 
@@ -49,12 +49,16 @@ class Experiment:
     analyzers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     runtimes: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     variants: list[Variant] = dataclasses.field(default_factory=list)
+    executor: str = "local"  # where variants run; never changes a result
+    executor_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # name -> options
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def config_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        """A hash of everything that can change a result (so not the executor)."""
+        data = {k: v for k, v in self.to_dict().items() if k not in ("executor", "executor_options")}
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @property
     def root(self) -> Path:
@@ -63,6 +67,11 @@ class Experiment:
     def all_variants(self) -> list[Variant]:
         """The baseline first, then the variants in file order."""
         return [Variant(BASELINE, "none", {})] + self.variants
+
+
+def experiment_from_dict(data: dict[str, Any]) -> Experiment:
+    """Rebuild an :class:`Experiment` from :meth:`Experiment.to_dict` (already validated: no checks)."""
+    return Experiment(**{**data, "variants": [Variant(**v) for v in data.get("variants", [])]})
 
 
 def load_experiment(path: str | Path, plugins: Plugins, overrides: dict[str, Any] | None = None) -> Experiment:
@@ -130,6 +139,7 @@ def build_experiment(data: dict[str, Any], plugins: Plugins, where: str = "exper
         setattr(exp, attr, checked)
     if not exp.evaluators:
         raise err("no evaluators; add e.g. [evaluators.fidelity]")
+    exp.executor, exp.executor_options = _executor(data, plugins, err, where)
 
     raw_variants = data.get("variants", [])
     if not isinstance(raw_variants, list) or not all(isinstance(v, dict) for v in raw_variants):
@@ -152,6 +162,22 @@ def build_experiment(data: dict[str, Any], plugins: Plugins, where: str = "exper
         options = _validated(q_cls, raw, f"{where}: variant {name!r} ({method})")
         exp.variants.append(Variant(name, method, options, runtime))
     return exp
+
+
+def _executor(data: dict[str, Any], plugins: Plugins, err, where: str) -> tuple[str, dict[str, dict[str, Any]]]:
+    """``[executor] name = "..."`` picks the executor (default ``local``); ``[executor.<name>]`` tables hold
+    options, each validated against that executor."""
+    table = dict(_table(data, "executor", err) or {})
+    name = table.pop("name", "local")
+    _component(plugins, "executor", name, err, "executor.name")
+    options = {}
+    for key, opts in table.items():
+        if not isinstance(opts, dict):
+            raise err(f"executor.{key} is not valid; expected name = \"<executor>\" or an [executor.<executor>] "
+                      f"table of options (installed executors: {', '.join(plugins.names('executor'))})")
+        cls = _component(plugins, "executor", key, err, f"executor.{key}")
+        options[key] = _validated(cls, opts, f"{where}: executor.{key}")
+    return name, options
 
 
 def _table(data: dict[str, Any], key: str, err) -> dict[str, Any] | None:

@@ -41,5 +41,10 @@ def teeny_register_analyzers(register):
 
 
 @hookspec
+def teeny_register_executors(register):
+    """Register :class:`~teeny_core.executor.Executor` classes (e.g. ``local``, ``ray``)."""
+
+
+@hookspec
 def teeny_register_commands(cli):
     """Add click commands or groups to the ``teeny`` CLI with ``cli.add_command(...)``."""

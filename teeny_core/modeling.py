@@ -38,6 +38,19 @@ def resolve_source(model: str, dtype: str = "auto", device: str = "cpu") -> "Mod
     raise TeenyError(f"model {model!r} not found; expected an HF model directory, a .gguf file or a hub id like org/name")
 
 
+def quiet_libraries() -> None:
+    """No progress bars or advisory warnings from transformers (imported only if it already is)."""
+    import sys
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    transformers = sys.modules.get("transformers")
+    if transformers is not None:
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+
+
 def torch_dtype(name: str):
     import torch
 

@@ -1,8 +1,10 @@
 """The experiment pipeline: calibrate, quantize, load, evaluate and profile each variant, then analyze.
 
-Every stage is resumable: artifacts appear atomically and are reused when their cache key matches,
-finished evaluation records are never redone, and a ``kill -9`` at any moment loses at most the item
-in flight.
+:meth:`Pipeline.run` (the parent) hands the variants to an executor (baseline first, since variants compare
+against its outputs) and then alone writes ``results.json`` and the report; :meth:`Pipeline.run_variant`
+is what a worker runs for one variant. Every stage is resumable: artifacts appear atomically and are reused
+when their cache key matches, finished evaluation records are never redone, and a ``kill -9`` at any moment
+loses at most the item in flight.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -19,7 +23,7 @@ from typing import Any, Callable, Iterator
 from teeny_core.experiment import BASELINE, Experiment, Variant
 from teeny_core.plugins import Plugins
 from teeny_core.store import SampleLog, StoreContext, options_signature, read_json, staging_dir, write_json
-from teeny_core.types import Artifact, CalibrationSet, ModelSource, VariantResult
+from teeny_core.types import ARTIFACT_MANIFEST, Artifact, CalibrationSet, ModelSource, VariantResult
 
 log = logging.getLogger("teeny")
 
@@ -28,24 +32,35 @@ class Pipeline:
     """Runs one experiment against the installed plugins."""
 
     def __init__(self, experiment: Experiment, plugins: Plugins, progress=None,
-                 say: Callable[[str], None] = print) -> None:
+                 say: Callable[[str], None] = print, root: Path | None = None,
+                 emit: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.exp, self.plugins, self.say = experiment, plugins, say
-        self.progress = progress  # a rich Progress, or None
-        self.root = experiment.root
+        self.progress = progress  # a rich Progress (the parent's display), or None
+        self.emit = emit  # a worker's event channel to the parent, or None
+        self.root = Path(root) if root is not None else experiment.root
         self.cache_dir = self.root / "_cache"
         self._source: ModelSource | None = None
         self._baseline: Artifact | None = None
 
-    # -- public ------------------------------------------------------------------------------------
+    # -- the parent --------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Run every variant through the experiment's executor, then write results.json and the report."""
+        from teeny_core.executor import VariantTask
         from teeny_core.manifest import build_manifest
 
         self.root.mkdir(parents=True, exist_ok=True)
         manifest = build_manifest(self.exp, self.plugins, previous=read_json(self.root / "manifest.json"))
         write_json(self.root / "manifest.json", manifest)
-        for variant in self.exp.all_variants():
-            self.run_variant(variant)
-        results = self.collect(manifest)
+        ex_cls = self.plugins.get("executor", self.exp.executor)
+        ex_opts = ex_cls.Options.from_mapping(self.exp.executor_options.get(self.exp.executor, {}))
+        run_dir, data = str(self.root.resolve()), self.exp.to_dict()
+        tasks = [VariantTask(run_dir, data, v.name, prepare=v.name == BASELINE) for v in self.exp.all_variants()]
+        display = _Display(self.progress, self.say, [t.variant for t in tasks])
+        outcomes = ex_cls().run(tasks[:1], ex_opts, display.event)  # type: ignore[attr-defined]
+        outcomes += ex_cls().run(tasks[1:], ex_opts, display.event)  # type: ignore[attr-defined]
+        for outcome in outcomes:
+            display.finished(outcome)
+        results = self.collect(manifest, {o.variant: o for o in outcomes})
         write_json(self.root / "results.json", results)
         from teeny_core.report import write_report
 
@@ -81,53 +96,90 @@ class Pipeline:
         self._baseline = Artifact.open(target)
         return self._baseline
 
-    # -- one variant -------------------------------------------------------------------------------
-    def run_variant(self, variant: Variant) -> None:
-        vdir = self.root / variant.name
+    # -- a worker ----------------------------------------------------------------------------------
+    def variant(self, name: str) -> Variant:
+        return next(v for v in self.exp.all_variants() if v.name == name)
+
+    def prepare_shared(self) -> None:
+        """Build what variants share before they run (in parallel): the baseline artifact and, if any variant
+        needs one, the calibration set."""
+        self.baseline_artifact()
+        if any(self.plugins.get("quantizer", v.method).needs_calibration for v in self.exp.variants):
+            self.calibration()
+
+    def variant_dir(self, name: str) -> Path:
+        """The variant's store entry, set aside (kept as ``<name>.stale-<time>``) if its settings changed."""
+        variant = self.variant(name)
+        vdir = self.root / name
         key = self.variant_key(variant)
         info = read_json(vdir / "variant.json")
         if info is not None and info.get("key") != key:
-            stale = vdir.with_name(f"{variant.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
-            self.say(f"variant {variant.name}: its settings changed since the last run; old results kept in {stale}")
+            stale = vdir.with_name(f"{name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+            self.say(f"variant {name}: its settings changed since the last run; old results kept in {stale}")
             vdir.rename(stale)
         vdir.mkdir(parents=True, exist_ok=True)
-        describe = self.describe(variant)
-        write_json(vdir / "variant.json", {"key": key, "name": variant.name, "method": variant.method,
+        write_json(vdir / "variant.json", {"key": key, "name": name, "method": variant.method,
                                            "options": variant.options, "runtime": variant.runtime,
-                                           "describe": describe})
+                                           "describe": self.describe(variant)})
+        return vdir
+
+    def needs_quantization(self, name: str) -> bool:
+        vdir = self.root / name
+        return name != BASELINE and not self._complete(vdir) and not (vdir / "artifact" / ARTIFACT_MANIFEST).exists()
+
+    def quantize(self, name: str) -> Artifact:
+        """Make (or reuse) the variant's artifact."""
+        vdir = self.variant_dir(name)
+        return self.artifact_for(self.variant(name), vdir, read_json(vdir / "profile.json", {}))
+
+    def run_variant(self, name: str) -> None:
+        """Load, evaluate and profile one variant (quantizing first if needed) into its store entry."""
+        from teeny_core.executor import mark_memory, peak_memory
+        from teeny_core.modeling import resolve_device
+
+        variant = self.variant(name)
+        vdir = self.variant_dir(name)
         profile: dict[str, Any] = read_json(vdir / "profile.json", {})
         artifact = self.artifact_for(variant, vdir, profile)
         samples = SampleLog(vdir / "samples.jsonl")
         if self._complete(vdir):
             self.say(f"{variant.name}: already complete")
             return
-        runtime_cls = self.plugins.runtime_for(artifact.format, variant.runtime)
+        device = self.exp.device if self.exp.device != "auto" else resolve_device("auto")
+        runtime_cls = self.plugins.runtime_for(artifact.format, variant.runtime, device)
         runtime_opts = runtime_cls.Options.from_mapping(self._runtime_options(runtime_cls.name))
         self.say(f"{variant.name}: loading with {runtime_cls.name}")
+        self._event("load", 0, 1)
+        runtime_cls.import_libraries()
+        worker: dict[str, Any] = {"pid": os.getpid(), "baseline_rss_bytes": mark_memory()}
         with self.measure("load", profile):
             model = runtime_cls().load(artifact, runtime_opts)
+        profile["load"]["weight_bytes"] = model.weight_bytes()
+        profile["runtime"] = runtime_cls.name
         try:
             metrics: dict[str, Any] = {}
-            for name, opts in self.exp.evaluators.items():
-                ev_cls = self.plugins.get("evaluator", name)
+            for name_, opts in self.exp.evaluators.items():
+                ev_cls = self.plugins.get("evaluator", name_)
                 ev, ev_opts = ev_cls(), ev_cls.Options.from_mapping(opts)
-                config = self.evaluator_config(name)
-                ctx = StoreContext(samples, name, seed=self.exp.seed, limit=self.exp.limit or None,
+                config = self.evaluator_config(name_)
+                ctx = StoreContext(samples, name_, seed=self.exp.seed, limit=self.exp.limit or None,
                                    cache_dir=self.cache_dir, config=config,
                                    reference_loader=None if variant.name == BASELINE else self._load_reference,
                                    reference_id=self.baseline_id(), progress_factory=self._progress_bar)
                 try:
-                    with self.measure(f"evaluate:{name}", profile):
+                    with self.measure(f"evaluate:{name_}", profile):
                         ev.evaluate(model, ev_opts, ctx)
                 finally:
                     ctx.close()
-                metrics[name] = ev.summarize(samples.for_evaluator(name, config), ev_opts)
-            for name, opts in self.exp.profilers.items():
-                prof_cls = self.plugins.get("profiler", name)
+                metrics[name_] = ev.summarize(samples.for_evaluator(name_, config), ev_opts)
+            for prof, opts in self.exp.profilers.items():
+                prof_cls = self.plugins.get("profiler", prof)
+                self._event(f"benchmark:{prof}", 0, 1)
                 profile.setdefault("benchmark", {}).update(
                     prof_cls().benchmark(model, artifact, prof_cls.Options.from_mapping(opts)))
         finally:
             model.close()
+        profile["worker"] = {**worker, **peak_memory()}
         profile["peak_rss_bytes"] = max((s.get("peak_rss_bytes", 0) for s in profile.values()
                                          if isinstance(s, dict)), default=None)
         write_json(vdir / "profile.json", profile)
@@ -169,12 +221,19 @@ class Pipeline:
         base = self.baseline_artifact()
         return ModelSource(str(base.path), dtype=self.exp.dtype, device=self.exp.device)
 
-    def calibration(self) -> CalibrationSet:
+    def calibration_path(self) -> Path:
+        """Where the calibration set is cached, by a key of the baseline, the calibrator, its options and the seed."""
         cfg = dict(self.exp.calibration)
         method = cfg.pop("method")
         key = hashlib.sha256(json.dumps([self.baseline_id(), method, cfg, self.exp.seed], sort_keys=True)
                              .encode()).hexdigest()[:16]
-        path = self.cache_dir / "calibration" / f"{key}.json"
+        return self.cache_dir / "calibration" / f"{key}.json"
+
+    def calibration(self) -> CalibrationSet:
+        """The experiment's calibration set, made once and shared by every variant through the cache."""
+        cfg = dict(self.exp.calibration)
+        method = cfg.pop("method")
+        path = self.calibration_path()
         cached = read_json(path)
         if cached is not None:
             return CalibrationSet(**cached)
@@ -209,8 +268,10 @@ class Pipeline:
         return opts
 
     def _load_reference(self):
+        from teeny_core.modeling import resolve_device
+
         base = self.baseline_artifact()
-        cls = self.plugins.runtime_for(base.format)
+        cls = self.plugins.runtime_for(base.format, device=resolve_device(self.exp.device))
         return cls().load(base, cls.Options.from_mapping(self._runtime_options(cls.name)))
 
     # -- measurement and progress ------------------------------------------------------------------
@@ -228,10 +289,24 @@ class Pipeline:
         profile[stage] = merged
 
     def _progress_bar(self, total: int, description: str):
+        """An evaluator's progress: events to the parent from a worker, else this process's display."""
+        if self.emit is not None:
+            return _EventBar(self.emit, description, total)
         if self.progress is None:
             return _Bar(None, None)
         task = self.progress.add_task(description, total=total)
         return _Bar(self.progress, task)
+
+    def _event(self, stage: str, done: int, total: int | None) -> None:
+        if self.emit is not None:
+            self.emit({"stage": stage, "done": done, "total": total})
+
+    def needs_preparation(self) -> bool:
+        """Whether :meth:`prepare_shared` has work to do (a GGUF source to dequantize, a calibration set)."""
+        if self.source.gguf_file and not (self.root / "_baseline" / self.source.identity() / ARTIFACT_MANIFEST).exists():
+            return True
+        return any(self.plugins.get("quantizer", v.method).needs_calibration for v in self.exp.variants) \
+            and not self.calibration_path().exists()
 
     # -- results -----------------------------------------------------------------------------------
     def variant_result(self, variant: Variant) -> VariantResult:
@@ -243,22 +318,32 @@ class Pipeline:
                              records=records, metrics=read_json(vdir / "metrics.json", {}),
                              profile=read_json(vdir / "profile.json", {}), artifact_bytes=artifact.size_bytes())
 
-    def collect(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        results = [self.variant_result(v) for v in self.exp.all_variants()]
+    def collect(self, manifest: dict[str, Any], outcomes: dict[str, Any]) -> dict[str, Any]:
+        """results.json from the store entries; variants that failed are listed with their error, unanalyzed."""
+        failed = {name: o for name, o in outcomes.items() if not o.ok}
+        done = [self.variant_result(v) for v in self.exp.all_variants() if v.name not in failed]
         analysis: dict[str, Any] = {}
-        for name, opts in self.exp.analyzers.items():
-            cls = self.plugins.get("analyzer", name)
-            analysis[name] = cls().analyze(results[0], results[1:], cls.Options.from_mapping(opts))
+        if done and done[0].name == BASELINE:
+            for name, opts in self.exp.analyzers.items():
+                cls = self.plugins.get("analyzer", name)
+                analysis[name] = cls().analyze(done[0], done[1:], cls.Options.from_mapping(opts))
         write_json(self.root / "analysis.json", analysis)
-        return {
-            "experiment": self.exp.name, "config_hash": self.exp.config_hash(), "baseline": BASELINE,
-            "variants": [{"name": r.name, "method": r.method, "describe": r.describe,
-                          "artifact_bytes": r.artifact_bytes, "metrics": r.metrics, "profile": r.profile,
-                          "packed_bytes": _artifact_meta(self.root, r.name).get("packed_bytes")}
-                         for r in results],
-            "analysis": analysis, "manifest": manifest,
-        }
-
+        by_name = {r.name: r for r in done}
+        entries = []
+        for v in self.exp.all_variants():
+            r = by_name.get(v.name)
+            if r is None:
+                o = failed[v.name]
+                entries.append({"name": v.name, "method": v.method, "describe": self.describe(v), "status": "failed",
+                                "error": o.error, "failed_stage": o.stage, "metrics": {},
+                                "profile": read_json(self.root / v.name / "profile.json", {})})
+                continue
+            entries.append({"name": r.name, "method": r.method, "describe": r.describe, "status": "ok",
+                            "artifact_bytes": r.artifact_bytes, "metrics": r.metrics, "profile": r.profile,
+                            "packed_bytes": _artifact_meta(self.root, r.name).get("packed_bytes")})
+        declared = {name: self.plugins.get("evaluator", name).declaration() for name in self.exp.evaluators}
+        return {"experiment": self.exp.name, "config_hash": self.exp.config_hash(), "baseline": BASELINE,
+                "evaluators": declared, "variants": entries, "analysis": analysis, "manifest": manifest}
 
 def _artifact_meta(root: Path, variant: str) -> dict[str, Any]:
     data = read_json(root / variant / "artifact" / "teeny-artifact.json", {})
@@ -279,6 +364,51 @@ class _Bar:
     def advance(self, n: int = 1) -> None:
         if self.progress is not None:
             self.progress.advance(self.task, n)
+
+
+class _EventBar:
+    """A progress bar whose updates go to the parent as events (a worker's view of :class:`_Bar`)."""
+
+    def __init__(self, emit: Callable[[dict[str, Any]], None], stage: str, total: int) -> None:
+        self.emit, self.stage, self.total, self.done = emit, stage, total, 0
+
+    def __enter__(self) -> "_EventBar":
+        self.emit({"stage": self.stage, "done": 0, "total": self.total})
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        self.emit({"stage": self.stage, "done": self.done, "total": self.total})
+
+
+class _Display:
+    """The parent's view: one progress line per variant (stage, items done/total) fed by worker events."""
+
+    def __init__(self, progress, say: Callable[[str], None], variants: list[str]) -> None:
+        self.progress, self.say = progress, say
+        self.lock = threading.Lock()
+        self.tasks = {v: progress.add_task(f"{v}: waiting", total=None) for v in variants} if progress else {}
+
+    def event(self, event: dict[str, Any]) -> None:
+        variant = event.get("variant", "?")
+        with self.lock:
+            if "message" in event:
+                self.say(str(event["message"]))
+            elif variant in self.tasks:
+                self.progress.update(self.tasks[variant], description=f"{variant}: {event.get('stage')}",
+                                     completed=event.get("done") or 0, total=event.get("total"))
+
+    def finished(self, outcome) -> None:
+        with self.lock:
+            if outcome.variant in self.tasks:
+                state = "done" if outcome.ok else "FAILED"
+                self.progress.update(self.tasks[outcome.variant], description=f"{outcome.variant}: {state}")
+            if not outcome.ok:
+                where = f" during {outcome.stage}" if outcome.stage else ""
+                self.say(f"{outcome.variant}: failed{where}: {outcome.error}")
 
 
 def remove_run(root: Path) -> None:

@@ -17,6 +17,7 @@ import pluggy
 
 from teeny_core import hookspecs
 from teeny_core.errors import TeenyError
+from teeny_core.executor import Executor
 from teeny_core.types import (Analyzer, Calibrator, Component, Evaluator, HardwareProfiler, Quantizer,
                               Runtime)
 
@@ -28,6 +29,7 @@ BUILTIN_PLUGINS = (
     "teeny_core.builtin.transformers_runtime",
     "teeny_core.builtin.fidelity",
     "teeny_core.builtin.system_profiler",
+    "teeny_core.builtin.local_executor",
 )
 
 # kind -> (hook name, interface every registered class must subclass)
@@ -38,6 +40,7 @@ KINDS: dict[str, tuple[str, type[Component]]] = {
     "profiler": ("teeny_register_profilers", HardwareProfiler),
     "runtime": ("teeny_register_runtimes", Runtime),
     "analyzer": ("teeny_register_analyzers", Analyzer),
+    "executor": ("teeny_register_executors", Executor),
 }
 
 
@@ -168,19 +171,23 @@ class Plugins:
             raise TeenyError(f"unknown {kind} {name!r}; installed {kind}s: {valid}")
         return found.cls
 
-    def runtime_for(self, fmt: str, preferred: str | None = None) -> type[Runtime]:
-        """The runtime named ``preferred``, else the first (by name) that loads format ``fmt``."""
+    def runtime_for(self, fmt: str, preferred: str | None = None, device: str = "cpu") -> type[Runtime]:
+        """The runtime named ``preferred``; else the installed runtime with the highest
+        :meth:`~teeny_core.types.Runtime.priority` for format ``fmt`` on ``device`` (ties: by name)."""
         if preferred:
             cls = self.get("runtime", preferred)
             if fmt not in cls.formats:  # type: ignore[attr-defined]
                 raise TeenyError(f"runtime {preferred!r} cannot load format {fmt!r}; it loads {', '.join(cls.formats)}")  # type: ignore[attr-defined]
             return cls  # type: ignore[return-value]
+        ranked = []
         for name in self.names("runtime"):
             cls = self.components["runtime"][name].cls
-            if fmt in cls.formats:  # type: ignore[attr-defined]
-                return cls  # type: ignore[return-value]
-        raise TeenyError(f"no installed runtime loads artifact format {fmt!r}")
-
+            priority = cls.priority(fmt, device)  # type: ignore[attr-defined]
+            if priority is not None:
+                ranked.append((-priority, name, cls))
+        if not ranked:
+            raise TeenyError(f"no installed runtime loads artifact format {fmt!r}")
+        return min(ranked, key=lambda r: r[:2])[2]  # type: ignore[return-value]
 
 def _env_set(var: str) -> set[str] | None:
     raw = os.environ.get(var)

@@ -150,6 +150,11 @@ class LoadedModel(ABC):
     def close(self) -> None:
         """Release memory; the default does nothing."""
 
+    def weight_bytes(self) -> int | None:
+        """Bytes of parameters and buffers as this runtime holds them (packed bytes for packed kernels);
+        None when the runtime cannot tell."""
+        return None
+
 
 class Quantizer(Component):
     """Turns a model source into an :class:`Artifact` in ``out_dir``."""
@@ -178,10 +183,26 @@ class Runtime(Component):
     """Loads artifacts of the formats it lists."""
 
     formats: ClassVar[tuple[str, ...]] = ()
+    # (format, device) -> priority, higher first; "*" matches any device. A format in ``formats`` that is not
+    # listed here gets priority 0: the runtime loads it, but not natively (e.g. it dequantizes on load).
+    native: ClassVar[dict[tuple[str, str], int]] = {}
+
+    @classmethod
+    def priority(cls, fmt: str, device: str) -> int | None:
+        """How well this runtime executes ``fmt`` on ``device`` ("cpu", "cuda"): higher is faster, 0 loads it
+        without executing it natively, None cannot load it."""
+        if fmt not in cls.formats:
+            return None
+        return cls.native.get((fmt, device.split(":")[0]), cls.native.get((fmt, "*"), 0))
 
     @abstractmethod
     def load(self, artifact: Artifact, options: Options) -> LoadedModel:
         """Load the artifact for generation and scoring."""
+
+    @classmethod
+    def import_libraries(cls) -> None:
+        """Import the heavy libraries ``load`` uses, so the worker's baseline memory (taken right before ``load``)
+        includes them and the load's own figures are the model's; the default imports nothing."""
 
 
 class EvalContext(ABC):
@@ -212,8 +233,29 @@ class EvalContext(ABC):
         """A progress bar; ``advance(n)`` on the returned object."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """What an evaluator's metric means: its label, which direction is better, and the per-item record field
+    that analyzers compare for it (e.g. ``passed`` for pass@1, ``nll`` for perplexity), if any."""
+
+    label: str
+    higher_is_better: bool
+    item_field: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 class Evaluator(Component):
     """Measures a loaded model: writes one record per finished item, then summarizes all records."""
+
+    metrics: ClassVar[dict[str, Metric]] = {}  # metric name (a key of summarize()'s dict) -> its meaning
+    headline: ClassVar[str | None] = None  # the metric the report leads with and `teeny recommend` ranks by
+
+    @classmethod
+    def declaration(cls) -> dict[str, Any]:
+        """The metric declarations as JSON data (stored in results.json, so reports need no plugins)."""
+        return {"headline": cls.headline, "metrics": {k: m.to_dict() for k, m in cls.metrics.items()}}
 
     @abstractmethod
     def evaluate(self, model: LoadedModel, options: Options, ctx: EvalContext) -> None:

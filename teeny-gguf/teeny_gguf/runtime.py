@@ -35,7 +35,7 @@ class LlamaCppModel(LoadedModel):
             model_path=str(path), n_ctx=n_ctx, n_batch=options.n_batch, n_ubatch=options.n_batch,
             n_threads=options.n_threads or num_threads(), n_gpu_layers=options.n_gpu_layers,
             logits_all=False, verbose=False)
-        self.n_ctx = n_ctx
+        self.n_ctx, self.path = n_ctx, path
         if tokenizer_dir is not None:
             from transformers import AutoTokenizer
 
@@ -116,6 +116,12 @@ class LlamaCppModel(LoadedModel):
 
         rows = [torch.log_softmax(torch.from_numpy(self.logits(ids)).double(), dim=-1).float() for ids in token_ids]
         return torch.stack(rows)
+
+    def weight_bytes(self) -> int:
+        """The GGUF's tensor data, which llama.cpp maps and computes on as stored (quantized blocks)."""
+        from gguf import GGUFReader
+
+        return sum(int(t.n_bytes) for t in GGUFReader(self.path).tensors)
 
     def close(self) -> None:
         if isinstance(self._tokenizer, GGUFTokenizer):
@@ -216,6 +222,12 @@ class LlamaCppRuntime(Runtime):
     name = "llama.cpp"
     Options = LlamaCppOptions
     formats = ("gguf",)
+    native = {("gguf", "*"): 20}  # its own quantized kernels, on CPU and (GPU builds) CUDA
+
+    @classmethod
+    def import_libraries(cls) -> None:
+        import llama_cpp  # noqa: F401
+        import torch  # noqa: F401  (logprobs returns torch tensors)
 
     def load(self, artifact: Artifact, options: Options) -> LoadedModel:
         assert isinstance(options, LlamaCppOptions)

@@ -88,6 +88,14 @@ class TransformersModel(LoadedModel):
                 outs.append(torch.log_softmax(logits.float(), dim=-1).cpu())
         return torch.cat(outs)
 
+    def weight_bytes(self) -> int:
+        """Parameters and buffers as held (dequantized checkpoints count as the float tensors they became);
+        tied tensors count once."""
+        seen: dict[tuple[int, str], int] = {}
+        for t in [*self.model.parameters(), *self.model.buffers()]:
+            seen[(t.untyped_storage().data_ptr(), str(t.device))] = t.untyped_storage().nbytes()
+        return sum(seen.values())
+
     def close(self) -> None:
         import gc
 
@@ -124,6 +132,12 @@ class TransformersRuntime(Runtime):
     name = "transformers"
     Options = TransformersOptions
     formats = ("hf", "hf-gptq", "hf-awq", "gguf")
+    native = {("hf", "*"): 10}  # hf-gptq, hf-awq and gguf are dequantized to float on load
+
+    @classmethod
+    def import_libraries(cls) -> None:
+        import torch  # noqa: F401
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
     def load(self, artifact: Artifact, options: Options) -> LoadedModel:
         from transformers import AutoTokenizer
