@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,6 @@ from teeny_core.errors import TeenyError
 from teeny_core.modeling import quiet_libraries
 from teeny_core.options import parse_cli_options
 from teeny_core.plugins import KINDS, Plugins
-
-HEADLINE = {"pass@1": "pass@1", "pass@10": "pass@10", "perplexity": "ppl", "kl_mean": "KL", "top1_mean": "top-1"}
 
 
 class TeenyGroup(click.Group):
@@ -226,7 +223,7 @@ def report(run_dir: str) -> None:
     """Regenerate report.md, report.html and plots/ of RUN_DIR from its stored results."""
     from teeny_core.report import load_results, write_report
 
-    results = load_results(Path(run_dir))
+    results = with_declarations(load_results(Path(run_dir)))
     print_results(results)
     for name, path in write_report(Path(run_dir), results).items():
         click.echo(f"{name}: {path}")
@@ -237,9 +234,10 @@ def report(run_dir: str) -> None:
 @click.option("--memory", required=True, help="Memory budget, e.g. 8GiB or 512MB.")
 def recommend(run_dir: str, memory: str) -> None:
     """Name the best variant of RUN_DIR that fits a memory budget, and say why."""
-    from teeny_core.report import load_results, recommend as pick
+    from teeny_core.recommend import recommend as pick
+    from teeny_core.report import load_results
 
-    variant, why = pick(load_results(Path(run_dir)), memory)
+    variant, why = pick(with_declarations(load_results(Path(run_dir))), memory)
     click.echo(f"{variant['name']}: {why}")
 
 
@@ -281,36 +279,59 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
-def headline(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
-    """The metrics worth a column: known headline names, else the first three numbers."""
-    found = [(HEADLINE[k], metrics[k]) for k in HEADLINE if k in metrics]
+def with_declarations(results: dict[str, Any]) -> dict[str, Any]:
+    """Results of a run from before evaluators' metric declarations were stored get the installed evaluators'."""
+    if isinstance(results.get("evaluators"), dict):
+        return results
+    names = {ev for v in results.get("variants", []) if isinstance(v, dict)
+             for ev in (v.get("metrics") or {}) if ev in plugins().components["evaluator"]}
+    return {**results, "evaluators": {ev: plugins().get("evaluator", ev).declaration() for ev in sorted(names)}}
+
+
+def headline(metrics: dict[str, Any], declared: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The metrics worth a column: the evaluator's declared ones (headline first), else the first three numbers."""
+    names = list(declared.get("metrics", {}))
+    if declared.get("headline") in names:
+        names.remove(declared["headline"])
+        names.insert(0, declared["headline"])
+    found = [(declared["metrics"][k].get("label", k), metrics[k]) for k in names
+             if isinstance(metrics.get(k), (int, float))][:3]
     if not found:
         found = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)][:3]
     return found
 
 
 def print_results(results: dict[str, Any]) -> None:
-    """The results table: one row per variant, headline metrics per evaluator, size, memory, speed."""
+    """The results table: one row per variant, headline metrics per evaluator, size, memory, speed, runtime."""
     from rich.table import Table
 
+    from teeny_core.report import memory_of, runtime_of, weight_bytes
+
     variants = results["variants"]
+    declared = results.get("evaluators") or {}
     columns: list[tuple[str, str]] = []
     for v in variants:
         for ev, metrics in v["metrics"].items():
-            for label, _ in headline(metrics):
+            for label, _ in headline(metrics, declared.get(ev, {})):
                 if (ev, label) not in columns:
                     columns.append((ev, label))
     table = Table(title=f"experiment {results['experiment']}")
     for header in ["variant", "method", "setting"] + [f"{ev}\n{label}" for ev, label in columns] + \
-            ["size", "packed", "peak RSS", "tok/s"]:
+            ["size", "packed", "weights", "peak memory", "tok/s", "runtime"]:
         table.add_column(header)
     for v in variants:
         setting = " ".join(f"{k}={val}" if isinstance(val, bool) else str(val) for k, val in v["describe"].items())
+        if v.get("status") == "failed":
+            table.add_row(v["name"], v["method"], setting, *["-"] * len(columns),
+                          f"[red]FAILED during {v.get('failed_stage') or '?'}: {v.get('error')}[/red]")
+            continue
         bench = v["profile"].get("benchmark", {})
-        cells = [_fmt(dict(headline(v["metrics"].get(ev, {}))).get(label, "-")) for ev, label in columns]
+        cells = [_fmt(dict(headline(v["metrics"].get(ev, {}), declared.get(ev, {}))).get(label, "-"))
+                 for ev, label in columns]
+        mem, how = memory_of(v)
         table.add_row(v["name"], v["method"], setting, *cells, _size(v.get("artifact_bytes")),
-                      _size(v.get("packed_bytes")), _size(v["profile"].get("peak_rss_bytes")),
-                      _fmt(bench.get("decode_tokens_per_s") or "-"))
+                      _size(v.get("packed_bytes")), _size(weight_bytes(v)), _size(mem if "artifact" not in how else None),
+                      _fmt(bench.get("decode_tokens_per_s") or "-"), runtime_of(v))
     console().print(table)
 
 

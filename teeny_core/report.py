@@ -1,8 +1,11 @@
-"""The experiment report (``report.md``, a self-contained ``report.html``, ``plots/*.png``) and ``recommend``.
+"""The experiment report (``report.md``, a self-contained ``report.html``, ``plots/*.png``) and the readings of
+``results.json`` it shares with ``teeny recommend`` (:mod:`teeny_core.recommend`).
 
 Both read the ``results`` dict the pipeline writes to ``runs/<experiment>/results.json``; every piece is
-optional (a variant without a profile, an experiment without the significance analyzer). matplotlib is
-imported only when plotting; without it the report is written without plots and says so.
+optional (a variant without a profile, an experiment without the significance analyzer). What each metric
+means (its label, which direction is better, the per-item field analyzers compare) comes from the
+evaluators' declarations stored in ``results["evaluators"]``. matplotlib is imported only when plotting;
+without it the report is written without plots and says so.
 """
 
 from __future__ import annotations
@@ -20,34 +23,10 @@ from typing import Any
 from teeny_core.errors import TeenyError
 
 SIGNIFICANCE = "significance"
-# metrics-dict key -> (label, higher is better, the significance analysis metric that measures it)
-KNOWN_SCORES: dict[str, tuple[str, bool, str | None]] = {
-    "pass@1": ("pass@1", True, "passed"),
-    "accuracy": ("accuracy", True, "passed"),
-    "score": ("score", True, "passed"),
-    "perplexity": ("perplexity", False, "nll"),
-    "kl_mean": ("KL divergence", False, "kl"),
-    "top1_mean": ("top-1 agreement", True, "top1"),
-}
-VERDICT_TIER = {"better": 2, "no significant difference": 1, "worse": 0}
+PASS_FAIL = "passed"  # the per-item field of pass/fail benchmarks; their headline leads the report
 
 
 # -- sizes ------------------------------------------------------------------------------------------------------
-_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
-          "g": 1024**3, "gb": 1000**3, "gib": 1024**3, "t": 1024**4, "tb": 1000**4, "tib": 1024**4}
-
-
-def parse_size(text: str | int) -> int:
-    """Bytes from ``"8GiB"``, ``"512MB"``, ``"1.5 GB"``, ``"4G"`` (K/M/G/T alone are binary) or a plain number."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-    unit = m.group(2).lower() if m else ""
-    if not m or unit not in _UNITS:
-        raise TeenyError(f"bad memory size {text!r}; expected a number with a unit like 8GiB, 512MB or 16G")
-    return int(float(m.group(1)) * _UNITS[unit])
-
-
 def format_bytes(n: float | None) -> str:
     """``1536 -> "1.5 KiB"``; None or 0 -> ``"-"``."""
     if isinstance(n, bool) or not isinstance(n, (int, float)) or not n or not math.isfinite(n):
@@ -110,23 +89,37 @@ def _alpha(results: dict[str, Any]) -> float:
     return float(alpha) if isinstance(alpha, (int, float)) and 0 < alpha < 1 else 0.05
 
 
+def declarations(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """evaluator -> {"headline": name or None, "metrics": {name: {"label", "higher_is_better", "item_field"}}},
+    as the evaluators declared them (results of runs from before declarations have none)."""
+    out = {}
+    for ev, decl in _dict(results.get("evaluators")).items():
+        metrics = {k: m for k, m in _dict(_dict(decl).get("metrics")).items()
+                   if isinstance(m, dict) and isinstance(m.get("higher_is_better"), bool)}
+        headline = _dict(decl).get("headline")
+        out[str(ev)] = {"headline": headline if headline in metrics else None, "metrics": metrics}
+    return out
+
+
 def primary_metric(results: dict[str, Any]) -> Primary | None:
-    """The first evaluator (in experiment order) with a known score; pass/fail benchmarks come first."""
+    """The headline metric of the first evaluator (in experiment order) that has one with a value; a pass/fail
+    benchmark's headline (compared per item on ``passed``) comes before the others."""
+    declared = declarations(results)
     candidates: list[tuple[int, int, Primary]] = []
     evaluators: list[str] = []
     for v in _variants(results):
         evaluators += [e for e in _dict(v.get("metrics")) if e not in evaluators]
     for order, ev in enumerate(evaluators):
-        metrics = next((_dict(v.get("metrics")).get(ev) for v in _variants(results)
-                        if isinstance(_dict(v.get("metrics")).get(ev), dict)), {})
-        for rank, (key, (label, higher, analysis_metric)) in enumerate(KNOWN_SCORES.items()):
-            if isinstance(metrics.get(key), (int, float)):
-                candidates.append((rank if analysis_metric == "passed" else 10 + order, order,
-                                   Primary(ev, key, f"{ev} {label}", higher, analysis_metric)))
-                break
-    if not candidates:
-        return None
-    return min(candidates, key=lambda c: (c[0], c[1]))[2]
+        key = _dict(declared.get(ev)).get("headline")
+        if key is None:
+            continue
+        if not any(isinstance(_dict(_dict(v.get("metrics")).get(ev)).get(key), (int, float)) for v in _variants(results)):
+            continue
+        m = declared[ev]["metrics"][key]
+        field = m.get("item_field") if isinstance(m.get("item_field"), str) else None
+        candidates.append((0 if field == PASS_FAIL else 1, order,
+                           Primary(ev, key, f"{ev} {m.get('label') or key}", m["higher_is_better"], field)))
+    return min(candidates, key=lambda c: c[:2])[2] if candidates else None
 
 
 def comparison(results: dict[str, Any], variant: str, primary: Primary | None) -> dict[str, Any] | None:
@@ -143,7 +136,7 @@ def score_of(results: dict[str, Any], variant: dict[str, Any], primary: Primary 
     same quantity (pass@1), else the evaluator's metric with a normal CI from its ``<key>_se``."""
     if primary is None:
         return None, None
-    if primary.analysis_metric == "passed":
+    if primary.analysis_metric == PASS_FAIL:
         if variant["name"] == results.get("baseline"):
             for other in _variants(results):
                 r = comparison(results, other["name"], primary)
@@ -175,15 +168,20 @@ def _bytes(value: Any) -> int | None:
 
 
 def memory_of(variant: dict[str, Any]) -> tuple[int | None, str]:
-    """(bytes, what was measured): peak GPU memory, else peak RSS while loading, else the process's peak RSS,
-    else the artifact size (the load stage is used because a run's later stages may hold a reference model).
-    Absolute RSS compares fairly across variants: the first load also pays for importing torch, and later
-    ones still hold those imports."""
+    """(bytes, what was measured): the variant's worker process (it ran alone, from the load to the end of
+    evaluation: peak GPU memory, else peak RSS), else the older per-stage figures (peak GPU memory, peak RSS
+    while loading, the process's peak RSS), else the artifact size. RSS includes the runtime's libraries (the
+    worker's ``baseline_rss_bytes``), as it does when the model is served."""
     profile = _dict(variant.get("profile"))
+    worker = _dict(profile.get("worker"))
+    if _bytes(worker.get("peak_gpu_bytes")):
+        return _bytes(worker.get("peak_gpu_bytes")), "worker peak GPU memory"
     stages = [s for s in profile.values() if isinstance(s, dict)]
     cuda = max((_bytes(s.get("peak_cuda_bytes")) or 0 for s in stages), default=0)
     if cuda:
         return cuda, "peak GPU memory"
+    if _bytes(worker.get("peak_rss_bytes")):
+        return _bytes(worker.get("peak_rss_bytes")), "worker peak RSS"
     load = _bytes(_dict(profile.get("load")).get("peak_rss_bytes"))
     if load:
         return load, "peak RSS while loading"
@@ -192,6 +190,21 @@ def memory_of(variant: dict[str, Any]) -> tuple[int | None, str]:
         return peak, "peak RSS"
     size = _bytes(variant.get("packed_bytes")) or _bytes(variant.get("artifact_bytes"))
     return (size, "artifact size (no memory profile)") if size else (None, "not measured")
+
+
+def weight_bytes(variant: dict[str, Any]) -> int | None:
+    """Bytes of weights as the runtime held them (packed bytes for packed runtimes), if it could tell."""
+    return _bytes(_dict(_dict(variant.get("profile")).get("load")).get("weight_bytes"))
+
+
+def runtime_of(variant: dict[str, Any]) -> str:
+    """The runtime that loaded the variant and produced its memory and speed figures."""
+    name = _dict(variant.get("profile")).get("runtime")
+    return name if isinstance(name, str) else "-"
+
+
+def failed(variant: dict[str, Any]) -> bool:
+    return variant.get("status") == "failed"
 
 
 def _energy(variant: dict[str, Any]) -> float | None:
@@ -320,91 +333,6 @@ ANALYSIS_HEADERS = ["evaluator", "metric", "n", "baseline [CI]", "variant [CI]",
                     "p (Holm)", "flips (-/+)", "verdict"]
 
 
-# -- recommend ------------------------------------------------------------------------------------------------
-def recommend(results: dict[str, Any], memory_bytes: int | str) -> tuple[dict[str, Any], str]:
-    """The best variant whose measured memory fits ``memory_bytes`` (an int or a size like "8GiB"), and why.
-
-    Among the variants that fit, the best tier by verdict against the original wins (significantly better,
-    then not significantly different, with the original itself in that tier, then significantly worse);
-    within a top tier of "better" or "not significantly different" the smallest memory wins, since a variant
-    statistically not worse than the best is preferred when smaller. When everything that fits is worse, or
-    without an analysis, the highest primary score wins, ties to the smaller memory.
-    """
-    budget = parse_size(memory_bytes)
-    variants = _variants(results)
-    if not variants:
-        raise TeenyError("the results hold no variants to recommend from")
-    primary = primary_metric(results)
-    sized = [(v, *memory_of(v)) for v in variants]
-    unmeasured = [v["name"] for v, mem, _ in sized if mem is None]
-    fitting = [(v, mem, how) for v, mem, how in sized if mem is not None and mem <= budget]
-    if not fitting:
-        measured = [(mem, v["name"]) for v, mem, _ in sized if mem is not None]
-        if not measured:
-            raise TeenyError("no variant has a measured memory or artifact size; run with a profiler")
-        mem, name = min(measured)
-        raise TeenyError(f"no variant fits {format_bytes(budget)}: the smallest, {name}, needs {format_bytes(mem)}")
-    baseline = results.get("baseline")
-
-    def tier(v: dict[str, Any]) -> int:
-        if v["name"] == baseline:
-            return VERDICT_TIER["no significant difference"]
-        r = comparison(results, v["name"], primary)
-        if r is None:
-            return -1
-        verdict = str(r.get("verdict", ""))
-        return next((t for prefix, t in VERDICT_TIER.items() if verdict.startswith(prefix)), -1)
-
-    def score(v: dict[str, Any]) -> float:
-        s, _ = score_of(results, v, primary)
-        if s is None:
-            return -math.inf
-        return s if primary is None or primary.higher_is_better else -s
-
-    analyzed = primary is not None and any(tier(v) >= 0 for v, _, _ in fitting if v["name"] != baseline)
-    top = max(tier(v) for v, _, _ in fitting) if analyzed else -1
-    if top >= VERDICT_TIER["no significant difference"]:
-        pool = [f for f in fitting if tier(f[0]) == top]
-        best, mem, how = min(pool, key=lambda f: (f[1], -score(f[0])))
-    else:  # no analysis, or everything that fits is significantly worse: the best score wins
-        pool = [f for f in fitting if tier(f[0]) == top] if analyzed else fitting
-        best, mem, how = max(pool, key=lambda f: (score(f[0]), -f[1]))
-    reason = _why(results, primary, best, mem, how, budget, analyzed, fitting, sized, unmeasured)
-    return best, reason
-
-
-def _why(results, primary, best, mem, how, budget, analyzed, fitting, sized, unmeasured) -> str:
-    parts = [f"{best['name']} ({best.get('method', '?')}, bits {_bits(best)}) fits {format_bytes(budget)} "
-             f"with {format_bytes(mem)} ({how})"]
-    s, ci = score_of(results, best, primary)
-    if primary is not None and s is not None:
-        shown = _rate(s, ci) if primary.analysis_metric == "passed" and 0 <= s <= 1 else _num(s) + _ci(ci)
-        parts.append(f"its {primary.label} is {shown}")
-    if analyzed:
-        if best["name"] == results.get("baseline"):
-            parts.append("no smaller variant that fits is statistically as good as it")
-        else:
-            r = comparison(results, best["name"], primary) or {}
-            verdict = str(r.get("verdict", ""))
-            p = f"Holm-adjusted p={_num(r.get('p_adjusted'), 3)}"
-            if verdict.startswith("no significant difference"):
-                parts.append(f"it is not significantly different from the original ({p}, {verdict}) and it is the "
-                             f"smallest such variant that fits")
-            elif verdict == "better":
-                parts.append(f"it is significantly better than the original ({p}) and the smallest such that fits")
-            else:
-                parts.append(f"every variant that fits is significantly worse than the original ({p}); this one "
-                             f"scores highest among them")
-    elif primary is not None:
-        parts.append("it has the highest score among the variants that fit (no significance analysis available)")
-    too_big = [f"{v['name']} ({format_bytes(m)})" for v, m, _ in sized if m is not None and m > budget]
-    if too_big:
-        parts.append("too large: " + ", ".join(too_big))
-    if unmeasured:
-        parts.append("not considered (no memory measured): " + ", ".join(unmeasured))
-    return "; ".join(parts) + "."
-
-
 # -- the report ---------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class _Block:
@@ -420,15 +348,19 @@ def results_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     primary = primary_metric(results)
     label = primary.label if primary else "score"
     delta_label = "delta vs original"
-    if primary is not None and primary.analysis_metric and primary.analysis_metric != "passed":
+    if primary is not None and primary.analysis_metric and primary.analysis_metric != PASS_FAIL:
         delta_label = f"delta mean {primary.analysis_metric} vs original"
     alpha = _alpha(results)
     headers = ["variant", "method", "bits", f"{label} [{100 * (1 - alpha):g}% CI]", f"{delta_label} [CI] (p Holm)", "verdict",
-               "flips (-/+)", "artifact", "peak memory", "tokens/s", "energy"]
+               "flips (-/+)", "artifact", "peak memory", "tokens/s", "energy", "weights in memory", "runtime"]
     rows = []
     for v in _variants(results):
         s, ci = score_of(results, v, primary)
         r = comparison(results, v["name"], primary)
+        if failed(v):
+            rows.append([v["name"], _method(v), _bits(v), "-", "-", "FAILED", "", "-", "-", "-", "-", "-",
+                         runtime_of(v)])
+            continue
         if v["name"] == results.get("baseline"):
             delta, verdict, flips = "(baseline)", "", ""
         elif r:
@@ -446,13 +378,14 @@ def results_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         energy = _energy(v)
         if s is None:
             score = "-"
-        elif primary is not None and primary.analysis_metric == "passed" and 0 <= s <= 1:
+        elif primary is not None and primary.analysis_metric == PASS_FAIL and 0 <= s <= 1:
             score = _rate(s, ci)
         else:
             score = _num(s) + _ci(ci)
         rows.append([v["name"], _method(v), _bits(v), score,
                      delta, verdict, flips, size, format_bytes(mem) if mem and "artifact" not in how else "-",
-                     _num(bench.get("decode_tokens_per_s"), 3), f"{energy:.1f} J" if energy is not None else "-"])
+                     _num(bench.get("decode_tokens_per_s"), 3), f"{energy:.1f} J" if energy is not None else "-",
+                     format_bytes(weight_bytes(v)), runtime_of(v)])
     return headers, rows
 
 
@@ -600,7 +533,15 @@ def _blocks(run_dir: Path, results: dict[str, Any]) -> tuple[list[_Block], dict[
     memory_note = {memory_of(v)[1] for v in _variants(results)
                    if memory_of(v)[0] and "artifact" not in memory_of(v)[1]}
     if memory_note:
-        blocks.append(_Block("p", "Peak memory is the " + " / ".join(sorted(memory_note)) + "."))
+        blocks.append(_Block("p", "Peak memory is the " + " / ".join(sorted(memory_note)) + "; peak memory, "
+                             "tokens/s and weights in memory are those of the runtime named in each row, each "
+                             "variant measured in a worker process of its own."))
+    failures = [v for v in _variants(results) if failed(v)]
+    if failures:
+        blocks += [_Block("h2", "Failed variants"),
+                   _Block("p", "These variants did not finish; `teeny run` again resumes them."),
+                   _Block("table", headers=["variant", "stage", "error"], rows=[
+                       [v["name"], str(v.get("failed_stage") or "-"), str(v.get("error") or "-")] for v in failures])]
     plots, missing = _plots(run_dir, results)
     blocks.append(_Block("h2", "Plots"))
     if missing:

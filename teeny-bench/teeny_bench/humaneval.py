@@ -28,7 +28,7 @@ from typing import Any, Iterable
 
 from teeny_core.errors import TeenyError
 from teeny_core.options import Options, option
-from teeny_core.types import EvalContext, Evaluator, Generation, LoadedModel
+from teeny_core.types import EvalContext, Evaluator, Generation, LoadedModel, Metric
 
 from teeny_bench import errors, generation
 
@@ -305,6 +305,10 @@ class HumanEval(Evaluator):
 
     name = "humaneval"
     Options = HumanEvalOptions
+    metrics = {"pass@1": Metric("pass@1", higher_is_better=True, item_field="passed"),
+               "pass@10": Metric("pass@10", higher_is_better=True),
+               "pass@100": Metric("pass@100", higher_is_better=True)}
+    headline = "pass@1"
     extra_rates: tuple[str, ...] = ()
 
     def problems(self, options: HumanEvalOptions) -> list[Problem]:

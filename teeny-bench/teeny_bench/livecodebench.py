@@ -31,7 +31,7 @@ from typing import Any, Iterable
 
 from teeny_core.errors import TeenyError
 from teeny_core.options import Options, option
-from teeny_core.types import EvalContext, Evaluator, LoadedModel
+from teeny_core.types import EvalContext, Evaluator, LoadedModel, Metric
 
 from teeny_bench import errors, generation
 
@@ -436,6 +436,9 @@ class LiveCodeBenchEvaluator(Evaluator):
 
     name = "livecodebench"
     Options = LcbOptions
+    metrics = {"pass@1": Metric("pass@1", higher_is_better=True, item_field="passed"),
+               "pass@5": Metric("pass@5", higher_is_better=True)}
+    headline = "pass@1"
 
     def problems(self, options: LcbOptions, limit: int | None = None) -> list[LcbProblem]:
         problems = filter_problems(load_problems(options.path, options.release), start_date=options.start_date,

@@ -25,7 +25,7 @@ from typing import Any
 
 from teeny_core.errors import TeenyError
 from teeny_core.options import Options, option
-from teeny_core.types import EvalContext, Evaluator, LoadedModel
+from teeny_core.types import EvalContext, Evaluator, LoadedModel, Metric
 
 from teeny_bench import errors, generation, toolchains
 from teeny_bench.toolchains import LANGUAGES, Toolchain
@@ -335,6 +335,9 @@ class HumanEvalMulEvaluator(Evaluator):
 
     name = "humaneval-mul"
     Options = MulOptions
+    metrics = {"pass@1": Metric("pass@1 (mean over languages)", higher_is_better=True, item_field="passed"),
+               "pass@10": Metric("pass@10 (mean over languages)", higher_is_better=True)}
+    headline = "pass@1"
 
     def evaluate(self, model: LoadedModel, options: Options, ctx: EvalContext) -> None:
         assert isinstance(options, MulOptions)

@@ -17,7 +17,7 @@ from typing import Any
 from teeny_core import hookimpl
 from teeny_core.errors import TeenyError
 from teeny_core.options import Options, option
-from teeny_core.types import EvalContext, Evaluator, LoadedModel
+from teeny_core.types import EvalContext, Evaluator, LoadedModel, Metric
 
 
 @dataclasses.dataclass
@@ -91,6 +91,12 @@ class FidelityEvaluator(Evaluator):
 
     name = "fidelity"
     Options = FidelityOptions
+    metrics = {"perplexity": Metric("perplexity", higher_is_better=False, item_field="nll"),
+               "kl_mean": Metric("KL divergence", higher_is_better=False, item_field="kl"),
+               "top1_mean": Metric("top-1 agreement", higher_is_better=True, item_field="top1"),
+               "ppl_ratio": Metric("perplexity ratio", higher_is_better=False),
+               "kl_max": Metric("max KL", higher_is_better=False)}
+    headline = "perplexity"
 
     def evaluate(self, model: LoadedModel, options: Options, ctx: EvalContext) -> None:
         import torch
