@@ -215,6 +215,11 @@ def run(experiment: str | None, limit: int | None, fresh: bool, executor: str | 
     print_results(results)
     report = exp.root / "report.md"
     click.echo(f"results: {exp.root / 'results.json'}" + (f"\nreport: {report}" if report.exists() else ""))
+    failed = [v["name"] for v in results["variants"] if v.get("status") == "failed"]
+    if failed:
+        click.echo(f"{len(failed)} variant(s) failed: {', '.join(failed)}; run the same command again to resume "
+                   "them", err=True)
+        raise SystemExit(1)
 
 
 @cli.command()

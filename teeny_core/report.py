@@ -97,7 +97,8 @@ def declarations(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         metrics = {k: m for k, m in _dict(_dict(decl).get("metrics")).items()
                    if isinstance(m, dict) and isinstance(m.get("higher_is_better"), bool)}
         headline = _dict(decl).get("headline")
-        out[str(ev)] = {"headline": headline if headline in metrics else None, "metrics": metrics}
+        out[str(ev)] = {"headline": headline if isinstance(headline, str) and headline in metrics else None,
+                        "metrics": metrics}
     return out
 
 
@@ -352,13 +353,14 @@ def results_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         delta_label = f"delta mean {primary.analysis_metric} vs original"
     alpha = _alpha(results)
     headers = ["variant", "method", "bits", f"{label} [{100 * (1 - alpha):g}% CI]", f"{delta_label} [CI] (p Holm)", "verdict",
-               "flips (-/+)", "artifact", "peak memory", "tokens/s", "energy", "weights in memory", "runtime"]
+               "flips (-/+)", "artifact", "peak memory", "tokens/s", "energy", "weights in memory", "TTFT",
+               "throughput (batch)", "runtime"]
     rows = []
     for v in _variants(results):
         s, ci = score_of(results, v, primary)
         r = comparison(results, v["name"], primary)
         if failed(v):
-            rows.append([v["name"], _method(v), _bits(v), "-", "-", "FAILED", "", "-", "-", "-", "-", "-",
+            rows.append([v["name"], _method(v), _bits(v), "-", "-", "FAILED", "", "-", "-", "-", "-", "-", "-", "-",
                          runtime_of(v)])
             continue
         if v["name"] == results.get("baseline"):
@@ -385,8 +387,18 @@ def results_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         rows.append([v["name"], _method(v), _bits(v), score,
                      delta, verdict, flips, size, format_bytes(mem) if mem and "artifact" not in how else "-",
                      _num(bench.get("decode_tokens_per_s"), 3), f"{energy:.1f} J" if energy is not None else "-",
-                     format_bytes(weight_bytes(v)), runtime_of(v)])
+                     format_bytes(weight_bytes(v)), _seconds(bench.get("ttft_s")), _throughput(bench), runtime_of(v)])
     return headers, rows
+
+
+def _seconds(x: Any) -> str:
+    return f"{x:.3g} s" if isinstance(x, (int, float)) and not isinstance(x, bool) else "-"
+
+
+def _throughput(bench: dict[str, Any]) -> str:
+    """Generated tokens/s of a batch of prompts, with the batch size: ``41.2 (8)``."""
+    tps = bench.get("throughput_tokens_per_s")
+    return f"{_num(tps, 3)} ({bench.get('throughput_batch')})" if isinstance(tps, (int, float)) else "-"
 
 
 NOT_ERRORS = ("passed",)
@@ -533,9 +545,9 @@ def _blocks(run_dir: Path, results: dict[str, Any]) -> tuple[list[_Block], dict[
     memory_note = {memory_of(v)[1] for v in _variants(results)
                    if memory_of(v)[0] and "artifact" not in memory_of(v)[1]}
     if memory_note:
-        blocks.append(_Block("p", "Peak memory is the " + " / ".join(sorted(memory_note)) + "; peak memory, "
-                             "tokens/s and weights in memory are those of the runtime named in each row, each "
-                             "variant measured in a worker process of its own."))
+        blocks.append(_Block("p", "Peak memory is the " + " / ".join(sorted(memory_note)) + ". Memory, "
+                             "weights in memory, tokens/s (decode at batch 1), TTFT and throughput are those of the "
+                             "runtime named in each row, each variant measured in a worker process of its own."))
     failures = [v for v in _variants(results) if failed(v)]
     if failures:
         blocks += [_Block("h2", "Failed variants"),

@@ -9,7 +9,8 @@ from click.testing import CliRunner
 @pytest.mark.slow
 def test_run_analyzes_fidelity_records_and_reports(tiny_model, tmp_path):
     from teeny_core.cli import cli
-    from teeny_core.report import recommend, write_report
+    from teeny_core.recommend import recommend
+    from teeny_core.report import write_report
 
     lines = ['name = "sig"', f'model = "{tiny_model("llama")}"', f'output_dir = "{tmp_path}"', 'device = "cpu"',
              "[evaluators.fidelity]", "chunks = 8", "chunk_len = 32",

@@ -9,7 +9,8 @@ import zlib
 import pytest
 
 from teeny_core.errors import TeenyError
-from teeny_core.report import parse_size, primary_metric, recommend, write_report
+from teeny_core.recommend import parse_size, recommend
+from teeny_core.report import primary_metric, write_report
 from teeny_core.types import VariantResult
 from teeny_stats.analyzer import SignificanceAnalyzer, SignificanceOptions
 
@@ -66,7 +67,16 @@ def build_results(with_analysis=True, with_profile=True):
                 "versions": {"python": "3.11.9", "torch": "2.13.0", "teeny-core": "0.1.0"},
                 "hardware": {"cpu": "Test CPU", "cores": 2, "ram_bytes": 24 * GiB, "gpus": []}}
     return {"experiment": "demo", "config_hash": "abc123", "baseline": "original", "variants": entries,
-            "analysis": analysis, "manifest": manifest}
+            "analysis": analysis, "manifest": manifest, "evaluators": DECLARED}
+
+
+# what the evaluators declare about their metrics, as results.json stores it
+DECLARED = {
+    "humaneval": {"headline": "pass@1", "metrics": {
+        "pass@1": {"label": "pass@1", "higher_is_better": True, "item_field": "passed"}}},
+    "fidelity": {"headline": "perplexity", "metrics": {
+        "perplexity": {"label": "perplexity", "higher_is_better": False, "item_field": "nll"}}},
+}
 
 
 def is_png(path) -> bool:
@@ -142,9 +152,11 @@ def test_report_tolerates_missing_pieces(tmp_path):
 def test_primary_metric_prefers_the_pass_fail_benchmark():
     primary = primary_metric(build_results())
     assert (primary.evaluator, primary.key, primary.analysis_metric) == ("humaneval", "pass@1", "passed")
-    fidelity_only = {"variants": [{"name": "a", "metrics": {"fidelity": {"perplexity": 9.0}}}]}
+    fidelity_only = {"variants": [{"name": "a", "metrics": {"fidelity": {"perplexity": 9.0}}}],
+                     "evaluators": {"fidelity": DECLARED["fidelity"]}}
     p = primary_metric(fidelity_only)
     assert p.key == "perplexity" and not p.higher_is_better
+    assert primary_metric({**fidelity_only, "evaluators": {}}) is None  # nothing declared: no score is guessed
 
 
 def test_parse_size():
