@@ -8,28 +8,13 @@ served it); variants that failed are never recommended.
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 from teeny_core.errors import TeenyError
 from teeny_core.report import (PASS_FAIL, _bits, _ci, _num, _rate, _variants, comparison, failed, format_bytes,
-                               memory_of, primary_metric, runtime_of, score_of)
+                               memory_of, parse_size, primary_metric, runtime_of, score_of)
 
 VERDICT_TIER = {"better": 2, "no significant difference": 1, "worse": 0}
-
-_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
-          "g": 1024**3, "gb": 1000**3, "gib": 1024**3, "t": 1024**4, "tb": 1000**4, "tib": 1024**4}
-
-
-def parse_size(text: str | int) -> int:
-    """Bytes from ``"8GiB"``, ``"512MB"``, ``"1.5 GB"``, ``"4G"`` (K/M/G/T alone are binary) or a plain number."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-    unit = m.group(2).lower() if m else ""
-    if not m or unit not in _UNITS:
-        raise TeenyError(f"bad memory size {text!r}; expected a number with a unit like 8GiB, 512MB or 16G")
-    return int(float(m.group(1)) * _UNITS[unit])
 
 
 def recommend(results: dict[str, Any], memory_bytes: int | str) -> tuple[dict[str, Any], str]:

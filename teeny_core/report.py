@@ -27,6 +27,21 @@ PASS_FAIL = "passed"  # the per-item field of pass/fail benchmarks; their headli
 
 
 # -- sizes ------------------------------------------------------------------------------------------------------
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
+          "g": 1024**3, "gb": 1000**3, "gib": 1024**3, "t": 1024**4, "tb": 1000**4, "tib": 1024**4}
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from ``"8GiB"``, ``"512MB"``, ``"1.5 GB"``, ``"4G"`` (K/M/G/T alone are binary) or a plain number."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _UNITS:
+        raise TeenyError(f"bad memory size {text!r}; expected a number with a unit like 8GiB, 512MB or 16G")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
 def format_bytes(n: float | None) -> str:
     """``1536 -> "1.5 KiB"``; None or 0 -> ``"-"``."""
     if isinstance(n, bool) or not isinstance(n, (int, float)) or not n or not math.isfinite(n):

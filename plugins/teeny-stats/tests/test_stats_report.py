@@ -9,8 +9,8 @@ import zlib
 import pytest
 
 from teeny_core.errors import TeenyError
-from teeny_core.recommend import parse_size, recommend
-from teeny_core.report import primary_metric, write_report
+from teeny_core.recommend import recommend
+from teeny_core.report import parse_size, primary_metric, write_report
 from teeny_core.types import VariantResult
 from teeny_stats.analyzer import SignificanceAnalyzer, SignificanceOptions
 
