@@ -105,6 +105,25 @@ def test_generation_greedy_sampled_and_stop_strings(quantized):
     model.close()
 
 
+def test_weight_bytes_are_the_quantized_tensors(quantized):
+    """What llama.cpp holds is each tensor in its stored type: elements / block size * block bytes, counted from
+    the GGUF's tensor shapes and types (gguf's block table), and Q4_K_M holds far less than F16."""
+    from gguf import GGML_QUANT_SIZES, GGUFReader
+
+    held = {}
+    for name in ("F16", "Q4_K_M"):
+        reader = GGUFReader(quantized[name].location)
+        expected = 0
+        for t in reader.tensors:
+            block, block_bytes = GGML_QUANT_SIZES[t.tensor_type]
+            expected += int(np.prod([int(d) for d in t.shape])) // block * block_bytes
+        model = _load(quantized[name])
+        held[name] = model.weight_bytes()
+        model.close()
+        assert held[name] == expected, name
+    assert held["Q4_K_M"] < 0.5 * held["F16"]
+
+
 def test_logprobs_shape_and_normalisation(quantized, tiny_tokenizer):
     import torch
 
