@@ -158,12 +158,14 @@ def eval_cmd(model: str, benches: tuple[str, ...], opts: tuple[str, ...], refere
     digest = hashlib.sha256(json.dumps([str(artifact.location), str(ref_artifact and ref_artifact.location),
                                         {b: o.to_dict() for b, o in options.items()}, limit, seed]).encode())
     out_dir = Path(out) if out else Path("runs") / "eval" / digest.hexdigest()[:12]
-    rt_cls = plugins().runtime_for(artifact.format, runtime)
+    from teeny_core.modeling import resolve_device
+
+    rt_cls = plugins().runtime_for(artifact.format, runtime, resolve_device("auto"))
     loaded = rt_cls().load(artifact, rt_cls.Options())
 
     def load_reference():
         assert ref_artifact is not None
-        cls = plugins().runtime_for(ref_artifact.format)
+        cls = plugins().runtime_for(ref_artifact.format, device=resolve_device("auto"))
         return cls().load(ref_artifact, cls.Options())
 
     samples = SampleLog(out_dir / "samples.jsonl")

@@ -85,6 +85,7 @@ def run_variant_task(task: VariantTask, emit: Emit | None = None) -> Outcome:
             if not outcome["ok"]:
                 return Outcome(**outcome)
         pipeline.run_variant(task.variant)
+        tracked({"stage": "done", "done": 1, "total": 1})
         return Outcome(task.variant, True)
     except Exception as exc:  # the variant failed; the run goes on
         return Outcome(task.variant, False, _one_line(exc), stage[0])

@@ -45,7 +45,7 @@ class Pipeline:
     # -- the parent --------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Run every variant through the experiment's executor, then write results.json and the report."""
-        from teeny_core.executor import VariantTask
+        from teeny_core.executor import Outcome, VariantTask
         from teeny_core.manifest import build_manifest
 
         self.root.mkdir(parents=True, exist_ok=True)
@@ -55,11 +55,19 @@ class Pipeline:
         ex_opts = ex_cls.Options.from_mapping(self.exp.executor_options.get(self.exp.executor, {}))
         run_dir, data = str(self.root.resolve()), self.exp.to_dict()
         tasks = [VariantTask(run_dir, data, v.name, prepare=v.name == BASELINE) for v in self.exp.all_variants()]
-        display = _Display(self.progress, self.say, [t.variant for t in tasks])
-        outcomes = ex_cls().run(tasks[:1], ex_opts, display.event)  # type: ignore[attr-defined]
-        outcomes += ex_cls().run(tasks[1:], ex_opts, display.event)  # type: ignore[attr-defined]
-        for outcome in outcomes:
-            display.finished(outcome)
+        done = {t.variant for t in tasks if self.is_complete(t.variant)
+                and not (t.prepare and self.needs_preparation())}
+        for t in tasks:
+            if t.variant in done:
+                self.say(f"{t.variant}: already complete")
+        display = _Display(self.progress, self.say, [t.variant for t in tasks if t.variant not in done])
+        todo = [t for t in tasks if t.variant not in done]
+        outcomes = [Outcome(name, True) for name in done]
+        for batch in ([t for t in todo if t.prepare], [t for t in todo if not t.prepare]):  # the baseline first
+            found = ex_cls().run(batch, ex_opts, display.event)  # type: ignore[attr-defined]
+            for outcome in found:
+                display.finished(outcome)
+            outcomes += found
         results = self.collect(manifest, {o.variant: o for o in outcomes})
         write_json(self.root / "results.json", results)
         from teeny_core.report import write_report
@@ -185,6 +193,12 @@ class Pipeline:
         write_json(vdir / "profile.json", profile)
         write_json(vdir / "metrics.json", metrics)
         write_json(vdir / "done.json", {"signature": self.evaluation_signature()})
+
+    def is_complete(self, name: str) -> bool:
+        """The variant's store entry holds results for its current settings, evaluators, limit and profilers."""
+        info = read_json(self.root / name / "variant.json")
+        return info is not None and info.get("key") == self.variant_key(self.variant(name)) \
+            and self._complete(self.root / name)
 
     def _complete(self, vdir: Path) -> bool:
         """Metrics were written for exactly the current evaluators, limit and profilers."""
@@ -404,8 +418,8 @@ class _Display:
     def finished(self, outcome) -> None:
         with self.lock:
             if outcome.variant in self.tasks:
-                state = "done" if outcome.ok else "FAILED"
-                self.progress.update(self.tasks[outcome.variant], description=f"{outcome.variant}: {state}")
+                if not outcome.ok:
+                    self.progress.update(self.tasks[outcome.variant], description=f"{outcome.variant}: FAILED")
             if not outcome.ok:
                 where = f" during {outcome.stage}" if outcome.stage else ""
                 self.say(f"{outcome.variant}: failed{where}: {outcome.error}")
