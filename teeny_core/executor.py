@@ -88,7 +88,22 @@ def run_variant_task(task: VariantTask, emit: Emit | None = None) -> Outcome:
         tracked({"stage": "done", "done": 1, "total": 1})
         return Outcome(task.variant, True)
     except Exception as exc:  # the variant failed; the run goes on
+        _keep_traceback(task)
         return Outcome(task.variant, False, _one_line(exc), stage[0])
+
+
+def _keep_traceback(task: VariantTask) -> None:
+    """Append the current exception's traceback to the variant's ``error.log`` (the outcome holds one line)."""
+    import time
+    import traceback
+    from pathlib import Path
+
+    with contextlib.suppress(OSError):
+        path = Path(task.run_dir) / task.variant / "error.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} pid {os.getpid()}\n")
+            f.write(traceback.format_exc())
 
 
 def _pipeline(task: VariantTask, plugins, emit: Emit):
@@ -117,6 +132,7 @@ def _build_main(task: VariantTask, conn) -> None:
             pipeline.quantize(task.variant)
         send({"outcome": dataclasses.asdict(Outcome(task.variant, True))})
     except Exception as exc:
+        _keep_traceback(task)
         stage = "prepare" if task.prepare else "quantize"
         send({"outcome": dataclasses.asdict(Outcome(task.variant, False, _one_line(exc), stage))})
 

@@ -566,7 +566,8 @@ def _blocks(run_dir: Path, results: dict[str, Any]) -> tuple[list[_Block], dict[
     failures = [v for v in _variants(results) if failed(v)]
     if failures:
         blocks += [_Block("h2", "Failed variants"),
-                   _Block("p", "These variants did not finish; `teeny run` again resumes them."),
+                   _Block("p", "These variants did not finish; `teeny run` again resumes them. An exception's "
+                               "traceback is in `<variant>/error.log`."),
                    _Block("table", headers=["variant", "stage", "error"], rows=[
                        [v["name"], str(v.get("failed_stage") or "-"), str(v.get("error") or "-")] for v in failures])]
     plots, missing = _plots(run_dir, results)

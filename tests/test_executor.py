@@ -227,3 +227,24 @@ def test_unknown_executor_on_the_command_line_is_a_one_line_error(tmp_path, tiny
     assert out.output.startswith("Error: unknown executor 'slurm'; installed executors: inline, local")
     assert out.output.count("\n") == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_variant_that_raises_is_a_one_line_failure_with_its_traceback_kept(tmp_path, tiny_model):
+    from teeny_core.executor import VariantTask, run_variant_task
+    from teeny_core.experiment import load_experiment
+    from teeny_core.plugins import Plugins
+
+    exp = load_experiment(experiment(tmp_path, tiny_model("llama"), "raises", '''
+        [[variants]]
+        name = "g48"
+        method = "rtn"
+        bits = 4
+        group_size = 48
+        '''), Plugins.load())
+    events = []
+    outcome = run_variant_task(VariantTask(str(exp.root.resolve()), exp.to_dict(), "g48"), events.append)
+    assert not outcome.ok and outcome.stage == "quantize"
+    assert "group_size=48 does not divide" in outcome.error and "\n" not in outcome.error
+    log = (exp.root / "g48" / "error.log").read_text()
+    assert "Traceback (most recent call last)" in log and "group_size=48 does not divide" in log
+    assert not (exp.root / "g48" / "artifact").exists()
