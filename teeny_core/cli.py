@@ -195,7 +195,9 @@ def eval_cmd(model: str, benches: tuple[str, ...], opts: tuple[str, ...], refere
 @click.option("--limit", type=int, help="Items per evaluator (overrides the file; 0 = all).")
 @click.option("--fresh", is_flag=True, help="Delete this experiment's stored results first.")
 @click.option("--executor", help="Where variants run (see `teeny list executor`; default: the file's, else local).")
-def run(experiment: str | None, limit: int | None, fresh: bool, executor: str | None) -> None:
+@click.option("--address", help="The cluster the executor submits to, for executors that take one (ray: auto or "
+                                "ray://host:port).")
+def run(experiment: str | None, limit: int | None, fresh: bool, executor: str | None, address: str | None) -> None:
     """Run EXPERIMENT (a TOML file; without one, the built-in demo) for every variant; resumable."""
     from teeny_core.experiment import build_experiment, load_experiment
     from teeny_core.pipeline import Pipeline, remove_run
@@ -210,6 +212,13 @@ def run(experiment: str | None, limit: int | None, fresh: bool, executor: str | 
     if executor:
         plugins().get("executor", executor)  # a one-line error listing the installed executors
         exp.executor = executor
+    if address is not None:
+        ex_cls = plugins().get("executor", exp.executor)
+        if "address" not in {f.name for f in ex_cls.Options.fields()}:
+            raise TeenyError(f"--address {address!r}: the {exp.executor!r} executor takes no cluster address")
+        opts = {**exp.executor_options.get(exp.executor, {}), "address": address}
+        ex_cls.Options.from_mapping(opts, where=f"executor {exp.executor}")
+        exp.executor_options[exp.executor] = opts
     if fresh:
         remove_run(exp.root)
     with _progress() as progress:

@@ -412,7 +412,8 @@ class _Display:
             if "message" in event:
                 self.say(str(event["message"]))
             elif variant in self.tasks:
-                self.progress.update(self.tasks[variant], description=f"{variant}: {event.get('stage')}",
+                node = f" on {event['node']}" if event.get("node") else ""
+                self.progress.update(self.tasks[variant], description=f"{variant}: {event.get('stage')}{node}",
                                      completed=event.get("done") or 0, total=event.get("total"))
 
     def finished(self, outcome) -> None:

@@ -1,0 +1,1 @@
+"""teeny-ray: the ``ray`` executor, one Ray task per variant."""
