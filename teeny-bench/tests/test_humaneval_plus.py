@@ -108,7 +108,7 @@ def test_expected_outputs_are_cached(grader, tmp_path):
     problems, g = grader
     g.grade([(problems[0], problems[0].canonical_solution)])
     cached = list((tmp_path / "cache" / "humaneval-plus").rglob("*.json"))
-    assert len(cached) == 1 and "expected" in json.loads(cached[0].read_text())
+    assert len(cached) == 1 and "outputs" in json.loads(cached[0].read_text())
 
 
 def test_missing_file_says_where_to_download(tmp_path):

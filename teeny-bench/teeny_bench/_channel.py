@@ -1,0 +1,279 @@
+"""The verdict channel between a trusted harness inside the sandbox and the grading parent; standard library only.
+
+It is copied next to each Python harness (``_he_harness.py``, ``_plus_harness.py``, ``lcb_harness.py``) and
+imported by the parent too. The protocol (see :func:`teeny_bench.sandbox.run_sandboxed`'s ``channel``):
+
+- the parent puts a fresh random nonce on fd 3 (:func:`new_nonce`); the harness reads it and closes fd 3
+  before any solution code runs (:class:`Guard`);
+- after the last test the harness writes one line, ``<nonce> <JSON>``, to fd 4; the parent accepts only a line
+  carrying its nonce (:func:`read_report`). A program that exits early, forges a marker on stdout or writes to
+  fd 4 without the nonce produces no report, whatever its exit status;
+- values leave the sandbox as a type-tagged tree of builtin types (:func:`encode`), never as pickles or live
+  objects, so the parent compares trusted values (an object whose ``__eq__`` is always true arrives as
+  ``["?", "its type"]``). A value whose encoding exceeds :data:`DIGEST_ABOVE` bytes and holds no float is sent
+  as the SHA-256 of its canonical encoding (:func:`measure`), computed in bounded slices, so a 200 MB answer
+  never travels; floats are always sent whole so that ``allclose`` can compare them by value.
+"""
+
+import builtins
+import hashlib
+import json
+import os
+import secrets
+import sys
+import types
+
+DIGEST_ABOVE = 1 << 20
+MAX_DEPTH = 200
+SLICE = 1 << 20
+# Methods through which an object can make a wrong answer compare equal (or truthy) to anything.
+COMPARISON_METHODS = ("__eq__", "__ne__", "__bool__", "__len__", "__lt__", "__le__", "__gt__", "__ge__")
+
+
+def new_nonce():
+    """A fresh unguessable nonce for one sandboxed run."""
+    return secrets.token_hex(16)
+
+
+def read_report(channel, nonce):
+    """The JSON report carried by the last line of ``channel`` (bytes) that starts with ``nonce``, else None."""
+    tag = nonce.encode() + b" "
+    at = channel.rfind(b"\n" + tag)
+    if at < 0:
+        return None
+    end = channel.find(b"\n", at + 1)
+    line = channel[at + 1 + len(tag):end if end >= 0 else len(channel)]
+    try:
+        report = json.loads(line)
+    except ValueError:
+        return None
+    return report if isinstance(report, dict) else None
+
+
+class Guard:
+    """The harness's side: takes the nonce from fd 3 before the solution exists, reports once on fd 4.
+
+    A report is written only by the process that started the harness: ``os.fork`` children die at once (no
+    fork-and-guess search over answers), and changed builtins are named in the report.
+    """
+
+    def __init__(self):
+        chunks = []
+        while True:
+            chunk = os.read(3, 4096)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(3)
+        self._nonce = b"".join(chunks)
+        self._pid = os.getpid()
+        self._builtins = dict(vars(builtins))
+        os.register_at_fork(after_in_child=_forked)
+
+    def tampering(self):
+        """Names of builtins the solution replaced or removed (a monkeypatched ``print``, ``len`` ...)."""
+        now = vars(builtins)
+        return sorted(name for name, value in self._builtins.items() if now.get(name, _MISSING) is not value)
+
+    def report(self, data):
+        """Write the final report (once, from the harness's own process)."""
+        if os.getpid() != self._pid:
+            os._exit(70)
+        data = dict(data, builtins_replaced=self.tampering())
+        line = b"\n" + self._nonce + b" " + json.dumps(data).encode() + b"\n"
+        view = memoryview(line)
+        while view:
+            view = view[os.write(4, view):]
+
+
+_MISSING = object()
+
+
+def _forked():
+    os.write(2, b"teeny harness: the solution forked; the child process is stopped\n")
+    os._exit(70)
+
+
+def suspicious(value, budget=10000):
+    """A description of the first object in ``value`` (searched through lists, tuples, sets and dicts) whose
+    type defines a comparison or truth method in Python, or ``""``."""
+    stack = [value]
+    while stack and budget > 0:
+        budget -= 1
+        item = stack.pop()
+        kind = type(item)
+        for name in COMPARISON_METHODS:
+            if isinstance(getattr(kind, name, None), types.FunctionType):
+                return f"a {kind.__qualname__} object, whose {name} is Python code"
+        if kind in (list, tuple, set, frozenset):
+            stack.extend(item)
+        elif kind is dict:
+            stack.extend(item.keys())
+            stack.extend(item.values())
+    return ""
+
+
+# -- values ---------------------------------------------------------------------------------------------------
+
+def _numpy_scalar(value):
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.generic) and type(value).__module__ == "numpy":
+        try:
+            return True, value.item()
+        except Exception:
+            return False, None
+    return False, None
+
+
+def tree(value, depth=0):
+    """``value`` as a JSON-able type-tagged tree of builtin types; anything else becomes ``["?", type name]``."""
+    kind = type(value)
+    if depth > MAX_DEPTH:
+        return ["?", "nested too deeply"]
+    if value is None:
+        return ["N"]
+    if kind is bool:
+        return ["B", value]
+    if kind is int:
+        return ["I", str(value)]
+    if kind is float:
+        return ["F", repr(value)]
+    if kind is complex:
+        return ["C", repr(value.real), repr(value.imag)]
+    if kind is str:
+        return ["S", value]
+    if kind is bytes:
+        return ["Y", value.hex()]
+    if kind in (list, tuple):
+        return ["L" if kind is list else "T", [tree(v, depth + 1) for v in value]]
+    if kind in (set, frozenset):
+        items = sorted((tree(v, depth + 1) for v in value), key=json.dumps)
+        return ["E" if kind is set else "Z", items]
+    if kind is dict:
+        return ["D", [[tree(k, depth + 1), tree(v, depth + 1)] for k, v in value.items()]]
+    converted, plain = _numpy_scalar(value)
+    if converted:
+        return tree(plain, depth)
+    return ["?", kind.__qualname__]
+
+
+def from_tree(node):
+    """The Python value of a :func:`tree` (``["?", ...]`` becomes an :class:`Opaque`, equal to nothing)."""
+    tag = node[0]
+    if tag == "N":
+        return None
+    if tag == "B":
+        return bool(node[1])
+    if tag == "I":
+        return int(node[1])
+    if tag == "F":
+        return float(node[1])
+    if tag == "C":
+        return complex(float(node[1]), float(node[2]))
+    if tag == "S":
+        return str(node[1])
+    if tag == "Y":
+        return bytes.fromhex(node[1])
+    if tag in ("L", "T"):
+        items = [from_tree(v) for v in node[1]]
+        return items if tag == "L" else tuple(items)
+    if tag in ("E", "Z"):
+        items = [from_tree(v) for v in node[1]]
+        return set(items) if tag == "E" else frozenset(items)
+    if tag == "D":
+        return {from_tree(k): from_tree(v) for k, v in node[1]}
+    return Opaque(str(node[1]))
+
+
+class Opaque:
+    """An answer of a type the channel does not carry: equal to nothing, so it fails every test."""
+
+    __slots__ = ("type_name",)
+
+    def __init__(self, type_name):
+        self.type_name = type_name
+
+    def __eq__(self, other):
+        return False
+
+    def __hash__(self):
+        return hash(self.type_name)
+
+    def __repr__(self):
+        return f"<a {self.type_name} object>"
+
+
+def _feed(value, sink, depth=0):
+    """Feed the canonical byte encoding of ``value`` to ``sink``; returns True when it holds a float."""
+    kind = type(value)
+    if depth > MAX_DEPTH:
+        sink(b"?deep;")
+        return False
+    if kind is str:
+        sink(b"S%d:" % len(value))
+        for start in range(0, len(value), SLICE):
+            sink(value[start:start + SLICE].encode("utf-8", "surrogatepass"))
+        return False
+    if kind is bytes:
+        sink(b"Y%d:" % len(value))
+        sink(value)
+        return False
+    if kind in (list, tuple):
+        sink(b"%s%d:" % (b"L" if kind is list else b"T", len(value)))
+        has_float = False
+        for item in value:
+            has_float = _feed(item, sink, depth + 1) or has_float
+        return has_float
+    if kind in (set, frozenset, dict):
+        parts, has_float = [], False
+        for item in (value.items() if kind is dict else value):
+            chunks = []
+            has_float = _feed(item, chunks.append, depth + 1) or has_float
+            parts.append(b"".join(chunks))
+        sink(b"%s%d:" % ({set: b"E", frozenset: b"Z", dict: b"D"}[kind], len(parts)))
+        for part in sorted(parts):
+            sink(part)
+        return has_float
+    if kind in (float, complex):
+        sink(b"F" + repr(value).encode() + b";")
+        return True
+    if value is None or kind in (bool, int):
+        sink(b"%s%s;" % ({type(None): b"N", bool: b"B", int: b"I"}[kind], str(value).encode()))
+        return False
+    converted, plain = _numpy_scalar(value)
+    if converted:
+        return _feed(plain, sink, depth)
+    sink(b"?" + kind.__qualname__.encode() + b";")
+    return False
+
+
+def measure(value):
+    """``(size, sha256 hex, holds a float)`` of ``value``'s canonical encoding, computed without building it."""
+    digest = hashlib.sha256()
+    size = 0
+
+    def sink(chunk):
+        nonlocal size
+        size += len(chunk)
+        digest.update(chunk)
+
+    has_float = _feed(value, sink)
+    return size, digest.hexdigest(), has_float
+
+
+def encode(value, digest_above=DIGEST_ABOVE):
+    """What leaves the sandbox for one answer: ``{"v": tree}``, or ``{"sha256", "size"}`` for a large one."""
+    try:
+        size, digest, has_float = measure(value)
+        if size > digest_above and not has_float:
+            return {"sha256": digest, "size": size}
+        return {"v": tree(value)}
+    except RecursionError:
+        return {"v": ["?", "nested too deeply"]}
+
+
+def same_digest(a, b):
+    """True when both encodings are digests of the same value; None when either is a full value."""
+    if "v" in a or "v" in b:
+        return None
+    return a.get("sha256") == b.get("sha256") and a.get("size") == b.get("size")

@@ -1,0 +1,49 @@
+"""HumanEval test harness; runs INSIDE the sandbox as ``python -I -S _he_harness.py``, standard library only.
+
+Beside it: ``program.py`` (the solution followed by the problem's test code) and ``meta.json``
+(``{"entry_point": name or null}``). It takes the nonce (:class:`_channel.Guard`), runs
+``program.py`` as ``__main__``, then, given an entry point, calls ``check(<entry point>)`` itself with a
+wrapper that inspects every answer. Only when all of that returned does it write its report on fd 4, so an
+early ``sys.exit(0)``, ``os._exit(0)`` or an exiting ``sys.excepthook`` leaves no report. The report names
+answers whose type compares in Python code (``"suspicious"``) and replaced builtins; an exception from the
+tests propagates as usual (traceback on stderr, exit status 1).
+"""
+
+import functools
+import json
+import os
+import sys
+
+sys.path.insert(0, os.getcwd())  # -I leaves the script's directory off sys.path: _channel.py is beside it
+import _channel  # noqa: E402
+del sys.path[0]
+
+
+def main():
+    guard = _channel.Guard()
+    with open("meta.json") as f:
+        meta = json.load(f)
+    with open("program.py") as f:
+        source = f.read()
+    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+    exec(compile(source, "program.py", "exec"), namespace)
+    found = []
+    entry_point = meta.get("entry_point")
+    if entry_point:
+        candidate = namespace[entry_point]
+
+        @functools.wraps(candidate)
+        def watched(*args, **kwargs):
+            answer = candidate(*args, **kwargs)
+            if not found:
+                why = _channel.suspicious(answer)
+                if why:
+                    found.append(why)
+            return answer
+
+        namespace["check"](watched)
+    guard.report({"done": True, "suspicious": found[0] if found else ""})
+
+
+if __name__ == "__main__":
+    main()
