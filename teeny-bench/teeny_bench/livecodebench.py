@@ -366,35 +366,79 @@ def extract_code(text: str) -> str:
 
 
 def grading_job(problem: LcbProblem, code: str, options: LcbOptions) -> tuple[list[str], dict[str, Any]]:
-    """A sandbox job that runs the harness on ``code`` against all of the problem's tests."""
+    """A sandbox job that runs the harness on ``code`` with the problem's test inputs (never the outputs)."""
+    from teeny_bench.humaneval import harness_files
     from teeny_bench.sandbox import Limits
 
-    harness = (Path(__file__).with_name("lcb_harness.py")).read_text()
     spec = {"mode": problem.mode, "func_name": problem.func_name, "timeout": options.timeout,
-            "all_tests": options.all_tests, "tests": [{"input": t["input"], "output": t["output"]}
-                                                      for t in problem.tests]}
+            "all_tests": options.all_tests, "inputs": [t["input"] for t in problem.tests]}
     tests_budget = (options.timeout + 0.5) * max(1, len(problem.tests)) + 10
     limits = Limits(cpu_seconds=tests_budget, wall_seconds=tests_budget,
                     memory_bytes=int(options.memory_gb * (1 << 30)), processes=64)
-    files = {"lcb_harness.py": harness, "solution.py": code, "problem.json": json.dumps(spec)}
+    files = harness_files("lcb_harness.py", **{"solution.py": code, "problem.json": json.dumps(spec)})
     env = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return [sys.executable, "-I", "lcb_harness.py"], {"files": files, "limits": limits, "env": env}
+    return [sys.executable, "-I", "harness.py"], {"files": files, "limits": limits, "env": env}
 
 
-def verdict_from_result(result: Any) -> dict[str, Any]:
-    """The harness's JSON verdict from a sandbox result (or what the sandbox saw when it did not finish)."""
-    for line in reversed((result.stdout or "").strip().splitlines()):
-        try:
-            out = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(out, dict) and "verdict" in out:
-            return out
-    status = getattr(result, "status", "error")
-    verdict = {"timeout": "timeout", "memory": "memory"}.get(status, "runtime_error")
-    return {"verdict": verdict, "error": status, "tests_run": 0, "tests_passed": 0,
-            "detail": f"the grading run ended with status {status!r} ({getattr(result, 'reason', '')}): "
-                      f"{(result.stderr or '')[-300:]}"}
+def verdict_from_report(problem: LcbProblem, result: Any, report: dict[str, Any] | None,
+                        all_tests: bool = False) -> dict[str, Any]:
+    """The verdict of one graded program: the harness's reported answers compared here with the expected outputs
+    (or what the sandbox saw when the harness did not report)."""
+    from teeny_bench import _channel, lcb_harness as harness
+
+    tests = problem.tests
+    if report is None:
+        category, detail = errors.classify_harness(result, None)
+        verdict = {"timeout": "timeout", "memory": "memory", errors.EARLY_EXIT: errors.EARLY_EXIT}.get(
+            category if category == errors.EARLY_EXIT else result.status, "runtime_error")
+        return {"verdict": verdict, "error": result.status, "tests_total": len(tests), "tests_run": 0,
+                "tests_passed": 0, "detail": f"the grading run ended with status {result.status!r} "
+                                             f"({result.reason}) without the harness's report: {detail[-300:]}"}
+    if "compile_error" in report:
+        return {"verdict": "compile_error", "tests_total": len(tests), "tests_run": 0, "tests_passed": 0,
+                **report["compile_error"]}
+    verdict = {"verdict": "passed", "tests_total": len(tests), "tests_run": 0, "tests_passed": 0}
+    for index, (test, outcome) in enumerate(zip(tests, report["results"])):
+        verdict["tests_run"] += 1
+        error, why = outcome.get("error"), outcome.get("detail", "")
+        if error is None:
+            if "returned" in outcome:
+                ok = harness.returned_matches(outcome["returned"], test["output"], _channel.from_tree,
+                                              _channel.measure)
+                why = "" if ok else (f"returned {_answer_text(outcome['returned'])}, expected "
+                                     f"{harness.truncate(test['output'])}")
+            elif "printed_sha256" in outcome:
+                ok = outcome["printed_sha256"] == harness.lines_digest(test["output"])
+                why = "" if ok else "printed over 1 MiB that differs from the expected output (compared by digest)"
+            else:
+                ok, why = harness.stdout_matches(outcome.get("printed", ""), test["output"])
+            if ok:
+                verdict["tests_passed"] += 1
+                continue
+        if verdict["verdict"] == "passed":
+            verdict["verdict"] = ("timeout" if error == "Timeout" else "wrong_answer" if not error
+                                  else "runtime_error")
+            verdict["error"] = error
+            verdict["failed_test"] = index
+            verdict["detail"] = (f"test {index + 1}/{len(tests)}: {why}; "
+                                 f"input {harness.truncate(test['input'], 200)!r}")
+        if not all_tests:
+            break
+    if verdict["verdict"] == "passed" and verdict["tests_run"] < len(tests):
+        verdict.update(verdict="runtime_error", error="incomplete",
+                       detail=f"the harness reported {verdict['tests_run']} of {len(tests)} tests")
+    if verdict["verdict"] == "passed" and report.get("builtins_replaced"):
+        verdict.update(verdict="wrong_answer", error="builtins",
+                       detail=f"the solution replaced builtins: {', '.join(report['builtins_replaced'][:10])}")
+    return verdict
+
+
+def _answer_text(encoded: dict[str, Any]) -> str:
+    from teeny_bench import _channel, lcb_harness
+
+    if "v" in encoded:
+        return lcb_harness.truncate(_channel.from_tree(encoded["v"]))
+    return f"<{encoded['size']} bytes, sha256 {encoded['sha256'][:12]}>"
 
 
 def categorize(verdict: dict[str, Any], code: str, finish_reason: str | None) -> str:
@@ -408,6 +452,8 @@ def categorize(verdict: dict[str, Any], code: str, finish_reason: str | None) ->
         category = errors.WRONG_ANSWER
     elif v == "timeout":
         category = errors.TIMEOUT
+    elif v == errors.EARLY_EXIT:
+        category = errors.EARLY_EXIT
     elif v == "memory" or verdict.get("error") == "MemoryError":
         category = errors.MEMORY
     elif verdict.get("error") in errors.NAME_EXCEPTIONS:
@@ -419,13 +465,12 @@ def categorize(verdict: dict[str, Any], code: str, finish_reason: str | None) ->
 
 def grade_programs(problems: list[LcbProblem], codes: list[str], options: LcbOptions) -> list[dict[str, Any]]:
     """Grade ``codes[i]`` against ``problems[i]`` in parallel sandboxes: the harness verdicts (+ seconds)."""
-    from teeny_bench.sandbox import run_many
+    from teeny_bench.humaneval import run_harnessed
 
     jobs = [grading_job(p, c, options) for p, c in zip(problems, codes)]
-    results = run_many(jobs, workers=options.workers or None) if jobs else []
     out = []
-    for result in results:
-        verdict = verdict_from_result(result)
+    for problem, (result, report) in zip(problems, run_harnessed(jobs, options.workers or None)):
+        verdict = verdict_from_report(problem, result, report, options.all_tests)
         verdict["seconds"] = result.seconds
         out.append(verdict)
     return out
