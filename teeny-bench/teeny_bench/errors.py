@@ -67,13 +67,14 @@ def classify_harness(result: Any, report: dict[str, Any] | None) -> tuple[str, s
     """``(category, detail)`` for a Python run under a trusted harness (``_channel``): passed only with the
     harness's nonce-tagged report, no rejected answer and untouched builtins; no report and no exception is
     an ``early_exit``, whatever the exit status."""
-    if result.status in ("timeout", "memory", "killed") or report is None:
-        category, detail = classify_python(result)
-        if report is None and result.status in ("ok", "error") and \
-                exception_type(result.stderr) in (None, "SystemExit"):
+    if result.status in ("timeout", "memory", "killed"):
+        return classify_python(result)
+    if report is None:
+        kind = exception_type(result.stderr)
+        if kind in (None, "SystemExit"):
             return EARLY_EXIT, (f"the program ended (exit status {result.returncode}) before the harness finished "
                                 f"the tests: {_tail(result.stderr) or 'no output'}")
-        return category, detail
+        return category_of_exception(kind), _tail(result.stderr)
     if report.get("suspicious"):
         return WRONG_ANSWER, f"answer rejected: {report['suspicious']}"
     if report.get("builtins_replaced"):
