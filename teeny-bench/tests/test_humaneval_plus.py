@@ -160,3 +160,35 @@ def test_teeny_bench_check_humaneval_plus_cli(plus_file, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "teeny_core.cli", "bench", "check", "humaneval-plus",
                               "--path", str(tmp_path / "nope.jsonl.gz")], capture_output=True, text=True, timeout=300)
     assert missing.returncode != 0 and "humanevalplus_release" in missing.stderr
+
+
+# Like HumanEval/15 in the official file (196.5 MB), but cheap to compute: expected answers of over 200 MB.
+HUGE = {
+    "task_id": "Plus/15", "entry_point": "spaces", "atol": 0, "test": "", "contract": "",
+    "prompt": 'def spaces(n: int, c: str) -> str:\n    """c repeated n times."""\n',
+    "canonical_solution": "    return c * n\n",
+    "base_input": [[3, "ab"]], "plus_input": [[110_000_000, "ab"], [12_000_000, "z"]],
+}
+
+
+def test_expected_answers_over_200_mb_travel_as_digests(tmp_path):
+    """Answers of 220 MB and 12 MB are compared by digest: `teeny bench check` passes the canonical solution, a
+    wrong answer of the same size fails on that input, and neither the cache nor the channel holds the value."""
+    path = tmp_path / "HumanEvalPlus.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write(json.dumps(HUGE) + "\n")
+    run = subprocess.run([sys.executable, "-m", "teeny_core.cli", "bench", "check", "humaneval-plus",
+                          "--path", str(path), "-o", f"cache_dir={tmp_path}"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "passed 1/1" in run.stdout
+    cached = list((tmp_path / "humaneval-plus").rglob("*.json"))
+    assert len(cached) == 1 and cached[0].stat().st_size < 10_000
+
+    problems = load_plus_problems(path)
+    grader = PlusGrader(problems, file_id(path), tmp_path)
+    wrong = "    out = c * n\n    return out[:-1] + 'y' if n > 1000 else out\n"
+    right, bad = grader.grade([(problems[0], "    return c * n\n"), (problems[0], wrong)])
+    assert right["passed"] and right["passed_base"], right
+    assert not bad["passed"] and bad["passed_base"] and bad["failed_input"] == 1, bad
+    assert bad["category"] == errors.WRONG_ANSWER and "220000011 bytes, sha256" in bad["detail"]
