@@ -2,8 +2,9 @@
 
 Beside it: ``program.py`` (the solution followed by the problem's test code) and ``meta.json``
 (``{"entry_point": name or null}``). It takes the nonce (:class:`_channel.Guard`), runs
-``program.py`` as ``__main__``, then, given an entry point, calls ``check(<entry point>)`` itself with a
-wrapper that inspects every answer. Only when all of that returned does it write its report on fd 4, so an
+``program.py`` as ``__main__``, then, given an entry point and a test code that defines ``check``, calls
+``check(<entry point>)`` itself with a wrapper that inspects every answer (test code without ``check``, such
+as asserts on ``Solution()``, ran at the top level). Only when all of that returned does it write its report on fd 4, so an
 early ``sys.exit(0)``, ``os._exit(0)`` or an exiting ``sys.excepthook`` leaves no report. The report names
 answers whose type compares in Python code (``"suspicious"``) and replaced builtins; an exception from the
 tests propagates as usual (traceback on stderr, exit status 1).
@@ -29,7 +30,7 @@ def main():
     exec(compile(source, "program.py", "exec"), namespace)
     found = []
     entry_point = meta.get("entry_point")
-    if entry_point:
+    if entry_point and callable(namespace.get("check")):
         candidate = namespace[entry_point]
 
         @functools.wraps(candidate)

@@ -26,6 +26,7 @@ import gzip
 import hashlib
 import json
 import math
+import re
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -38,6 +39,8 @@ from teeny_core.types import EvalContext, Evaluator, Generation, LoadedModel
 from teeny_bench import _channel, errors, generation
 
 PASS_AT_K = (1, 10, 100)
+LEETCODE_STUB = re.compile(r"^class Solution\b", re.M)
+LEETCODE_HEADER = "from typing import *\n\n"
 PLUS_RELEASE_URL = "https://github.com/evalplus/humanevalplus_release/releases"
 # Threads for numeric libraries a solution may import: one, so RLIMIT_NPROC and RLIMIT_AS hold.
 SANDBOX_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -68,8 +71,9 @@ class Problem:
     task_id: str
     prompt: str
     entry_point: str
-    canonical_solution: str
+    canonical_solution: str = ""
     test: str = ""
+    solutions: list[str] = dataclasses.field(default_factory=list)  # known-good answers for ``teeny bench check``
     base_input: list | None = None  # HumanEval+ only
     plus_input: list | None = None
     atol: float = 0.0
@@ -104,21 +108,36 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def load_problems(path: str | Path | None = None, *, plus: bool = False) -> list[Problem]:
-    """Problems in file order; ``plus`` requires the HumanEval+ fields."""
+    """Problems in file order; ``plus`` requires the HumanEval+ fields.
+
+    Besides HumanEval's own records, any local set whose records hold ``task_id``, ``prompt`` and ``test`` loads
+    (see docs/own-problems.md): ``entry_point`` defaults to the last function or class the prompt defines,
+    ``canonical_solution`` and ``solutions`` (a list of known-good answers) are optional, and a prompt holding a
+    LeetCode-style ``class Solution`` gets ``from typing import *`` before it, as LeetCode does.
+    """
     path = Path(path) if path else default_problem_file()
     if not path.is_file():
         raise TeenyError(f"humaneval: problem file {str(path)!r} does not exist")
-    required = ["task_id", "prompt", "entry_point", "canonical_solution"] + (
-        ["base_input", "plus_input"] if plus else ["test"])
+    required = ["task_id", "prompt"] + (["entry_point", "canonical_solution", "base_input", "plus_input"] if plus
+                                        else ["test"])
     problems = []
     for number, record in enumerate(read_jsonl(path), 1):
         missing = [k for k in required if k not in record]
         if missing:
             raise TeenyError(f"{path}: record {number} lacks {', '.join(missing)}; "
                              f"expected {'HumanEval+' if plus else 'HumanEval'} records")
+        prompt = record["prompt"]
+        if not plus and LEETCODE_STUB.search(prompt):
+            prompt = LEETCODE_HEADER + prompt
+        entry_point = record.get("entry_point") or generation.last_definition(prompt)
+        if not entry_point:
+            raise TeenyError(f"{path}: record {number} has no entry_point and its prompt defines no function or "
+                             "class; expected an entry_point field")
+        solutions = record.get("solutions") or []
         problems.append(Problem(
-            task_id=str(record["task_id"]), prompt=record["prompt"], entry_point=record["entry_point"],
-            canonical_solution=record["canonical_solution"], test=record.get("test", ""),
+            task_id=str(record["task_id"]), prompt=prompt, entry_point=entry_point,
+            canonical_solution=record.get("canonical_solution") or "", test=record.get("test", ""),
+            solutions=[solutions] if isinstance(solutions, str) else list(solutions),
             base_input=record.get("base_input"), plus_input=record.get("plus_input"),
             atol=float(record.get("atol") or 0.0)))
     if not problems:
@@ -544,12 +563,18 @@ def summarize_records(records: list[dict[str, Any]], extra_rates: tuple[str, ...
 def check_canonical(path: str | None = None, *, plus: bool = False, limit: int | None = None,
                     timeout: float | None = None, workers: int | None = None,
                     cache_dir: Path | None = None) -> tuple[list[Problem], list[dict[str, Any]]]:
-    """Grade every canonical solution; returns the problems and their outcomes."""
+    """Grade every canonical solution (and, for HumanEval-format sets, every answer in ``solutions``); returns
+    the problem of each graded answer and its outcome."""
     problems = load_plus_problems(path or "HumanEvalPlus.jsonl.gz") if plus else load_problems(path)
     problems = problems[:limit] if limit else problems
-    items = [(p, p.canonical_solution) for p in problems]
-    if plus:
-        grader = PlusGrader(problems, file_id(Path(path or "HumanEvalPlus.jsonl.gz")), cache_dir,
-                            timeout=timeout or 60.0, workers=workers)
-        return problems, grader.grade(items)
-    return problems, grade_humaneval(items, timeout=timeout or 10.0, workers=workers)
+    if not plus:  # every known-good answer of a problem: its canonical solution and its ``solutions``
+        pairs = [(p, s) for p in problems for s in ([p.canonical_solution] if p.canonical_solution else [])
+                 + p.solutions]
+        without = [p.task_id for p in problems if not p.canonical_solution and not p.solutions]
+        if without:
+            raise TeenyError(f"humaneval: {len(without)} problems ({', '.join(without[:3])}...) have neither a "
+                             "canonical_solution nor solutions to check")
+        return [p for p, _ in pairs], grade_humaneval(pairs, timeout=timeout or 10.0, workers=workers)
+    grader = PlusGrader(problems, file_id(Path(path or "HumanEvalPlus.jsonl.gz")), cache_dir,
+                        timeout=timeout or 60.0, workers=workers)
+    return problems, grader.grade([(p, p.canonical_solution) for p in problems])
