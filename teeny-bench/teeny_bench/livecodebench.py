@@ -33,7 +33,7 @@ from teeny_core.errors import TeenyError
 from teeny_core.options import Options, option
 from teeny_core.types import EvalContext, Evaluator, LoadedModel
 
-from teeny_bench import errors, generation
+from teeny_bench import errors, generation, records
 
 HUB_REPO = "livecodebench/code_generation_lite"
 RELEASE_FILES = ["test.jsonl", "test2.jsonl", "test3.jsonl", "test4.jsonl", "test5.jsonl", "test6.jsonl"]
@@ -61,7 +61,7 @@ BASE_STOP = ["### Question"]
 
 
 @dataclasses.dataclass
-class LcbOptions(Options):
+class LcbOptions(generation.SamplingOptions):
     path: str = option("", "a code_generation_lite jsonl file, a directory of test*.jsonl files, or the "
                            "public-tests-only livecodebench.json")
     release: str = option("", "release_v1..release_v6 (cumulative), v1..v6 (one increment) or release_latest; "
@@ -71,10 +71,6 @@ class LcbOptions(Options):
     difficulty: list[str] = option([], "keep only these difficulties (easy, medium, hard)")
     platform: list[str] = option([], "keep only these platforms (atcoder, codeforces, leetcode)")
     limit: int | None = option(None, "evaluate at most this many problems (after filtering)", min=1)
-    n: int = option(1, "samples per problem (pass@1 and, with n >= 5, pass@5)", min=1, max=1000)
-    temperature: float = option(0.0, "sampling temperature; 0 is greedy (then n must be 1; LiveCodeBench "
-                                     "samples n=10 at 0.2)", min=0.0, max=5.0)
-    top_p: float = option(0.95, "nucleus sampling p (when temperature > 0)", min=0.0, max=1.0)
     max_new_tokens: int = option(2048, "generation budget per sample", min=1)
     prompt_style: str = option("auto", "chat: LiveCodeBench's chat prompt (instruct models); completion: its "
                                        "one-shot prompt for base models; auto: chat when the tokenizer has a "
@@ -82,8 +78,6 @@ class LcbOptions(Options):
     timeout: float = option(6.0, "wall seconds per test (LiveCodeBench uses 6)", min=0.1)
     all_tests: bool = option(False, "run every test instead of stopping at the first failure")
     memory_gb: float = option(4.0, "address-space limit of a solution, GiB", min=0.25)
-    batch_size: int = option(8, "prompts generated per batch", min=1)
-    workers: int = option(0, "parallel sandboxes (0: one per CPU core)", min=0)
 
 
 @dataclasses.dataclass
@@ -230,23 +224,12 @@ def _hub_files(names: list[str]) -> list[Path]:
 
 
 def _read_file(path: Path) -> list[LcbProblem]:
-    text = path.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        data = json.loads(text)
-        if data and isinstance(data[0], dict) and "problem" in data[0]:
-            return [problem_from_public(r) for r in data]
-        return [problem_from_record(r) for r in data]
-    problems = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TeenyError(f"livecodebench: {path}:{number} is not valid JSON ({exc.msg})") from None
-        problems.append(problem_from_public(record) if "problem" in record else problem_from_record(record))
-    return problems
+    """A JSON array (the public-tests file) or JSONL records."""
+    with open(path, encoding="utf-8") as f:
+        is_array = f.read(4096).lstrip().startswith("[")
+    data = json.loads(path.read_text(encoding="utf-8")) if is_array else records.read_jsonl(path, "livecodebench")
+    return [problem_from_public(r) if isinstance(r, dict) and "problem" in r else problem_from_record(r)
+            for r in data]
 
 
 def load_problems(path: str = "", release: str = "") -> list[LcbProblem]:
@@ -491,9 +474,7 @@ class LiveCodeBenchEvaluator(Evaluator):
 
     def evaluate(self, model: LoadedModel, options: Options, ctx: EvalContext) -> None:
         assert isinstance(options, LcbOptions)
-        if options.n > 1 and options.temperature == 0:
-            raise TeenyError(f"{self.name}: n={options.n} samples need temperature > 0 (greedy samples are "
-                             "identical); set temperature, e.g. 0.2, or n=1")
+        options.check_sampling(self.name)
         problems = self.problems(options, ctx.limit)
         done = ctx.done()
         todo = [(p, s) for s in range(options.n) for p in problems if f"{p.question_id}/{s}" not in done]

@@ -29,7 +29,7 @@ from teeny_core.errors import TeenyError
 from teeny_core.options import Options, option
 from teeny_core.types import EvalContext, Evaluator, LoadedModel
 
-from teeny_bench import errors, generation, toolchains
+from teeny_bench import errors, generation, records, toolchains
 from teeny_bench.toolchains import LANGUAGES, Toolchain
 
 FILE_NAMES = {"python": ["humaneval-python.jsonl", "humaneval-py.jsonl", "humaneval-py-reworded.jsonl"],
@@ -50,21 +50,15 @@ SKIPPED = "skipped_toolchain"
 
 
 @dataclasses.dataclass
-class MulOptions(Options):
+class MulOptions(generation.SamplingOptions):
     path: str = option("", "a directory of humaneval-<lang>.jsonl files (DeepSeek-Coder/MultiPL-E names) or one "
                            "such file")
     languages: list[str] = option(list(LANGUAGES), "languages to evaluate: python, java, cpp, cs, js, ts, php, sh")
     limit: int | None = option(None, "evaluate at most this many problems per language", min=1)
-    n: int = option(1, "samples per problem (pass@k for k in 1, 10, 100 where n allows)", min=1, max=1000)
-    temperature: float = option(0.0, "sampling temperature; 0 is greedy (then n must be 1)", min=0.0, max=5.0)
-    top_p: float = option(0.95, "nucleus sampling p (when temperature > 0)", min=0.0, max=1.0)
-    max_new_tokens: int = option(512, "generation budget per sample", min=1)
     prompt_style: str = option("auto", "completion: continue the prompt (base models); chat: ask for the whole "
                                        "function in a code block (instruct models); auto: chat when the tokenizer "
                                        "has a chat template", choices=("auto", "completion", "chat"))
     timeout: float = option(10.0, "seconds a program may run (compiling gets the toolchain's own budget)", min=0.1)
-    batch_size: int = option(8, "prompts generated per batch", min=1)
-    workers: int = option(0, "parallel sandboxes (0: one per CPU core)", min=0)
 
 
 @dataclasses.dataclass
@@ -107,18 +101,6 @@ def problem_from_record(record: dict[str, Any], language: str | None = None) -> 
     return MulProblem(lang, task_id, _humaneval_number(task_id), record["prompt"], tests, stop)
 
 
-def _read_jsonl(path: Path, language: str | None) -> list[MulProblem]:
-    problems = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            problems.append(problem_from_record(json.loads(line), language))
-        except json.JSONDecodeError as exc:
-            raise TeenyError(f"humaneval-mul: {path}:{number} is not valid JSON ({exc.msg})") from None
-    return problems
-
-
 def language_files(path: str, languages: list[str]) -> dict[str, Path]:
     """``{language: file}`` for the requested languages found at ``path`` (a directory or one file). With the
     default (all eight languages) a directory may hold only some; languages named explicitly must be there."""
@@ -159,7 +141,8 @@ def load_problems(path: str, languages: list[str], limit: int | None = None) -> 
     """``{language: problems}`` (at most ``limit`` per language), in the files' order."""
     out = {}
     for lang, file in language_files(path, languages).items():
-        problems = [p for p in _read_jsonl(file, lang) if p.language == lang]
+        problems = [p for p in (problem_from_record(r, lang) for r in records.read_jsonl(file, 'humaneval-mul'))
+                    if p.language == lang]
         out[lang] = problems[:limit] if limit else problems
     return out
 
@@ -230,11 +213,6 @@ def assemble(problem: MulProblem, completion: str) -> str:
     return read + prompt + completion + "\n" + tests + write
 
 
-def truncate_at_stop(text: str, stop_tokens: list[str]) -> str:
-    cut = min((i for i in (text.find(s) for s in stop_tokens) if i >= 0), default=len(text))
-    return text[:cut]
-
-
 def chat_message(problem: MulProblem) -> str:
     """The instruction for chat models: complete the function, answer in one fenced block."""
     lang = toolchains.DISPLAY_NAMES[problem.language]
@@ -272,7 +250,7 @@ def completion_from_chat(problem: MulProblem, answer: str) -> str:
         start = next((i for i, l in enumerate(block) if re.search(rf"\b{re.escape(entry_point)}\s*\(", l)
                       and not l.lstrip().startswith(("//", "#", "*"))), None)
     body = "\n".join(block[start + 1:] if start is not None else block)
-    return truncate_at_stop("\n" + body, problem.stop_tokens)[1:] if body else ""
+    return generation.truncate_at_stop("\n" + body, problem.stop_tokens)[1:] if body else ""
 
 
 def _tail(text: str, length: int = 600) -> str:
@@ -401,9 +379,7 @@ class HumanEvalMulEvaluator(Evaluator):
 
     def evaluate(self, model: LoadedModel, options: Options, ctx: EvalContext) -> None:
         assert isinstance(options, MulOptions)
-        if options.n > 1 and options.temperature == 0:
-            raise TeenyError(f"{self.name}: n={options.n} samples need temperature > 0 (greedy samples are "
-                             "identical); set temperature, e.g. 0.8, or n=1")
+        options.check_sampling(self.name)
         limits = [c for c in (ctx.limit, options.limit) if c]
         by_lang = load_problems(options.path, options.languages, min(limits) if limits else None)
         done = ctx.done()
@@ -450,7 +426,7 @@ class HumanEvalMulEvaluator(Evaluator):
                                   seed=seed * 100_003 + s)
             for i, g in zip(idx, outs):
                 generations[i] = g
-        completions = [truncate_at_stop(g.text, p.stop_tokens) if style == "completion"
+        completions = [generation.truncate_at_stop(g.text, p.stop_tokens) if style == "completion"
                        else completion_from_chat(p, g.text) for (p, _), g in zip(batch, generations)]
         return [(p, s, prompt, g, c) for (p, s), prompt, g, c in zip(batch, prompts, generations, completions)]
 
