@@ -68,24 +68,27 @@ class Guard:
         os.close(3)
         self._nonce = b"".join(chunks)
         self._pid = os.getpid()
-        self._builtins = dict(vars(builtins))
+        self._builtins = builtins.__dict__.copy()
         if stop_forks:
             os.register_at_fork(after_in_child=_forked)
 
+    # The two methods below run after the solution: they look up no builtin by name (a replaced ``sorted`` or
+    # ``dict`` cannot hide itself); every other replaced builtin is named in the report.
     def tampering(self):
         """Names of builtins the solution replaced or removed (a monkeypatched ``print``, ``len`` ...)."""
-        now = vars(builtins)
-        return sorted(name for name, value in self._builtins.items() if now.get(name, _MISSING) is not value)
+        now = builtins.__dict__
+        names = [name for name, value in self._builtins.items() if now.get(name, _MISSING) is not value]
+        names.sort()
+        return names
 
     def report(self, data):
         """Write the final report (once, from the harness's own process)."""
         if os.getpid() != self._pid:
             os._exit(70)
-        data = dict(data, builtins_replaced=self.tampering())
+        data = {**data, "builtins_replaced": self.tampering()}
         line = b"\n" + self._nonce + b" " + json.dumps(data).encode() + b"\n"
-        view = memoryview(line)
-        while view:
-            view = view[os.write(4, view):]
+        while line:
+            line = line[os.write(4, line):]
 
 
 _MISSING = object()

@@ -61,6 +61,9 @@ HUMANEVAL_CASES = {
     "killed parent": ("", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n", None, False),
     "fork, parent exits 0": ("", "import os\nif os.fork():\n    os._exit(0)\n", errors.EARLY_EXIT, False),
     "builtins.abs replaced": ("", "import builtins\nbuiltins.abs = lambda x: 0\n", errors.WRONG_ANSWER, False),
+    "builtins the checks use replaced": ("", "import builtins\nbuiltins.callable = lambda x: False\n"
+                                             "builtins.sorted = builtins.dict = lambda *a, **k: []\n",
+                                         errors.WRONG_ANSWER, False),
 }
 
 
