@@ -16,12 +16,10 @@ imported by the parent too. The protocol (see :func:`teeny_bench.sandbox.run_san
 """
 
 import builtins
-import hashlib
-import json
 import os
-import secrets
 import sys
-import types
+
+from _json import encode_basestring_ascii as _quote  # the C string encoder: ``json`` costs a start-up ~50 ms
 
 DIGEST_ABOVE = 1 << 20
 MAX_DEPTH = 200
@@ -32,11 +30,13 @@ COMPARISON_METHODS = ("__eq__", "__ne__", "__bool__", "__len__", "__lt__", "__le
 
 def new_nonce():
     """A fresh unguessable nonce for one sandboxed run."""
-    return secrets.token_hex(16)
+    return os.urandom(16).hex()
 
 
 def read_report(channel, nonce):
     """The JSON report carried by the last line of ``channel`` (bytes) that starts with ``nonce``, else None."""
+    import json
+
     tag = nonce.encode() + b" "
     at = channel.rfind(b"\n" + tag)
     if at < 0:
@@ -86,17 +86,48 @@ class Guard:
         if os.getpid() != self._pid:
             os._exit(70)
         data = {**data, "builtins_replaced": self.tampering()}
-        line = b"\n" + self._nonce + b" " + json.dumps(data).encode() + b"\n"
+        line = b"\n" + self._nonce + b" " + dumps(data).encode() + b"\n"
         while line:
             line = line[os.write(4, line):]
 
 
 _MISSING = object()
+# Builtins bound when the harness imports this module, before any solution code: what ``dumps`` uses.
+_type, _str, _bool, _int, _float, _list, _tuple, _dict = type, str, bool, int, float, list, tuple, dict
+_INFINITIES = (float("inf"), float("-inf"))
+
+
+def dumps(value):
+    """JSON text of None, bools, ints, floats, strings, lists/tuples and dicts with string keys (NaN and the
+    infinities as ``json`` writes them)."""
+    kind = _type(value)
+    if value is None:
+        return "null"
+    if kind is _bool:
+        return "true" if value else "false"
+    if kind is _int:
+        return _int.__repr__(value)
+    if kind is _float:
+        if value != value:
+            return "NaN"
+        if value in _INFINITIES:
+            return "Infinity" if value > 0 else "-Infinity"
+        return _float.__repr__(value)
+    if kind is _str:
+        return _quote(value)
+    if kind is _list or kind is _tuple:
+        return "[" + ", ".join([dumps(v) for v in value]) + "]"
+    if kind is _dict:
+        return "{" + ", ".join([_quote(k) + ": " + dumps(v) for k, v in value.items()]) + "}"
+    raise TypeError(f"cannot write a {kind.__qualname__} in a report")
 
 
 def _forked():
     os.write(2, b"teeny harness: the solution forked; the child process is stopped\n")
     os._exit(70)
+
+
+_FUNCTION = type(_forked)
 
 
 def suspicious(value, budget=10000):
@@ -108,7 +139,7 @@ def suspicious(value, budget=10000):
         item = stack.pop()
         kind = type(item)
         for name in COMPARISON_METHODS:
-            if isinstance(getattr(kind, name, None), types.FunctionType):
+            if isinstance(getattr(kind, name, None), _FUNCTION):
                 return f"a {kind.__qualname__} object, whose {name} is Python code"
         if kind in (list, tuple, set, frozenset):
             stack.extend(item)
@@ -152,7 +183,7 @@ def tree(value, depth=0):
     if kind in (list, tuple):
         return ["L" if kind is list else "T", [tree(v, depth + 1) for v in value]]
     if kind in (set, frozenset):
-        items = sorted((tree(v, depth + 1) for v in value), key=json.dumps)
+        items = sorted((tree(v, depth + 1) for v in value), key=dumps)
         return ["E" if kind is set else "Z", items]
     if kind is dict:
         return ["D", [[tree(k, depth + 1), tree(v, depth + 1)] for k, v in value.items()]]
@@ -254,6 +285,8 @@ def _feed(value, sink, depth=0):
 
 def measure(value):
     """``(size, sha256 hex, holds a float)`` of ``value``'s canonical encoding, computed without building it."""
+    import hashlib
+
     digest = hashlib.sha256()
     size = 0
 

@@ -22,6 +22,7 @@ Records: one per (problem, sample) with key ``"<task_id>/<sample>"``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -145,10 +146,25 @@ def humaneval_program(problem: Problem, completion: str) -> str:
 
 
 def harness_files(harness: str, **files: str | bytes) -> dict[str, str | bytes]:
-    """A Python harness of this package as ``harness.py``, with ``_channel.py`` beside it and ``files``."""
+    """A Python harness of this package as ``harness.py``, with ``_channel.py`` (and its bytecode, so no
+    graded program pays for compiling it) beside it, and ``files``."""
     here = Path(__file__).parent
-    return {"harness.py": (here / harness).read_text(), "_channel.py": (here / "_channel.py").read_text(),
-            **files}
+    return {"harness.py": (here / harness).read_text(), **_channel_module(), **files}
+
+
+@functools.lru_cache(maxsize=1)
+def _channel_module() -> dict[str, bytes]:
+    """``_channel.py`` and an unchecked-hash ``.pyc`` of it (valid whatever the files' times in the sandbox)."""
+    import importlib.util
+    import py_compile
+    import tempfile
+
+    source = Path(__file__).with_name("_channel.py")
+    with tempfile.TemporaryDirectory() as tmp:
+        pyc = Path(py_compile.compile(str(source), cfile=str(Path(tmp) / "c.pyc"), doraise=True,
+                                      invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH))
+        cached = Path(importlib.util.cache_from_source("_channel.py"))
+        return {"_channel.py": source.read_bytes(), str(cached): pyc.read_bytes()}
 
 
 def run_harnessed(jobs: list[tuple[list[str], dict[str, Any]]],
@@ -175,9 +191,8 @@ def grade_humaneval(items: list[tuple[Problem, str]], *, timeout: float = 10.0, 
 
     capabilities()  # a sandbox that cannot run Python is an error, not 164 failed samples
     limits = _sandbox_limits(timeout, memory_bytes)
-    jobs = [(python_argv("harness.py"),
-             {"files": harness_files("_he_harness.py", **{"program.py": humaneval_program(p, c),
-                                                           "meta.json": json.dumps({"entry_point": p.entry_point})}),
+    jobs = [(python_argv("harness.py", p.entry_point),
+             {"files": harness_files("_he_harness.py", **{"program.py": humaneval_program(p, c)}),
               "limits": limits, "env": SANDBOX_ENV})
             for p, c in items]
     return [_outcome(result, *errors.classify_harness(result, report))

@@ -92,3 +92,15 @@ def test_large_answers_become_digests_of_equal_values_only():
     # floats stay whole, so allclose can compare them
     floats = _channel.encode([0.1] * 200_000)
     assert "v" in floats and _channel.from_tree(floats["v"]) == [0.1] * 200_000
+
+
+def test_dumps_writes_what_json_reads():
+    import json
+
+    value = {"a": [1, -2, 2.5, float("inf"), float("-inf"), None, True, False, "é\"\n\\"], "b": {"c": (1, "x")},
+             "big": 10 ** 40}
+    back = json.loads(_channel.dumps(value))
+    assert back == {**value, "b": {"c": [1, "x"]}}
+    assert math.isnan(json.loads(_channel.dumps(float("nan"))))
+    with pytest.raises(TypeError, match="cannot write a set"):
+        _channel.dumps({1})
