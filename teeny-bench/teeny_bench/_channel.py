@@ -10,9 +10,10 @@ imported by the parent too. The protocol (see :func:`teeny_bench.sandbox.run_san
   fd 4 without the nonce produces no report, whatever its exit status;
 - values leave the sandbox as a type-tagged tree of builtin types (:func:`encode`), never as pickles or live
   objects, so the parent compares trusted values (an object whose ``__eq__`` is always true arrives as
-  ``["?", "its type"]``). A value whose encoding exceeds :data:`DIGEST_ABOVE` bytes and holds no float is sent
-  as the SHA-256 of its canonical encoding (:func:`measure`), computed in bounded slices, so a 200 MB answer
-  never travels; floats are always sent whole so that ``allclose`` can compare them by value.
+  ``["?", "its type"]``). A value whose encoding exceeds :data:`DIGEST_ABOVE` bytes is sent as the SHA-256 of
+  its canonical encoding (:func:`measure`), computed in bounded slices, so a 200 MB answer never travels. Such
+  a large answer then has to be exactly equal (floats bit for bit, ``1`` is not ``1.0``); below the threshold
+  the parent compares values, ``allclose`` included.
 """
 
 import builtins
@@ -240,51 +241,45 @@ class Opaque:
 
 
 def _feed(value, sink, depth=0):
-    """Feed the canonical byte encoding of ``value`` to ``sink``; returns True when it holds a float."""
+    """Feed the canonical byte encoding of ``value`` to ``sink`` (dicts and sets in sorted order, as ``==``
+    ignores their order)."""
     kind = type(value)
     if depth > MAX_DEPTH:
         sink(b"?deep;")
-        return False
-    if kind is str:
+    elif kind is str:
         sink(b"S%d:" % len(value))
         for start in range(0, len(value), SLICE):
             sink(value[start:start + SLICE].encode("utf-8", "surrogatepass"))
-        return False
-    if kind is bytes:
+    elif kind is bytes:
         sink(b"Y%d:" % len(value))
         sink(value)
-        return False
-    if kind in (list, tuple):
+    elif kind in (list, tuple):
         sink(b"%s%d:" % (b"L" if kind is list else b"T", len(value)))
-        has_float = False
         for item in value:
-            has_float = _feed(item, sink, depth + 1) or has_float
-        return has_float
-    if kind in (set, frozenset, dict):
-        parts, has_float = [], False
+            _feed(item, sink, depth + 1)
+    elif kind in (set, frozenset, dict):
+        parts = []
         for item in (value.items() if kind is dict else value):
             chunks = []
-            has_float = _feed(item, chunks.append, depth + 1) or has_float
+            _feed(item, chunks.append, depth + 1)
             parts.append(b"".join(chunks))
         sink(b"%s%d:" % ({set: b"E", frozenset: b"Z", dict: b"D"}[kind], len(parts)))
         for part in sorted(parts):
             sink(part)
-        return has_float
-    if kind in (float, complex):
+    elif kind in (float, complex):
         sink(b"F" + repr(value).encode() + b";")
-        return True
-    if value is None or kind in (bool, int):
+    elif value is None or kind in (bool, int):
         sink(b"%s%s;" % ({type(None): b"N", bool: b"B", int: b"I"}[kind], str(value).encode()))
-        return False
-    converted, plain = _numpy_scalar(value)
-    if converted:
-        return _feed(plain, sink, depth)
-    sink(b"?" + kind.__qualname__.encode() + b";")
-    return False
+    else:
+        converted, plain = _numpy_scalar(value)
+        if converted:
+            _feed(plain, sink, depth)
+        else:
+            sink(b"?" + kind.__qualname__.encode() + b";")
 
 
 def measure(value):
-    """``(size, sha256 hex, holds a float)`` of ``value``'s canonical encoding, computed without building it."""
+    """``(size, sha256 hex)`` of ``value``'s canonical encoding, computed without building it."""
     import hashlib
 
     digest = hashlib.sha256()
@@ -295,15 +290,15 @@ def measure(value):
         size += len(chunk)
         digest.update(chunk)
 
-    has_float = _feed(value, sink)
-    return size, digest.hexdigest(), has_float
+    _feed(value, sink)
+    return size, digest.hexdigest()
 
 
 def encode(value, digest_above=DIGEST_ABOVE):
     """What leaves the sandbox for one answer: ``{"v": tree}``, or ``{"sha256", "size"}`` for a large one."""
     try:
-        size, digest, has_float = measure(value)
-        if size > digest_above and not has_float:
+        size, digest = measure(value)
+        if size > digest_above:
             return {"sha256": digest, "size": size}
         return {"v": tree(value)}
     except RecursionError:

@@ -79,7 +79,7 @@ def returned_matches(returned, expected_json, from_tree, measure):
     :func:`_channel.encode` dict) equals the JSON output."""
     expected = json.loads(expected_json)
     if "v" not in returned:
-        size, digest, _ = measure(expected)
+        size, digest = measure(expected)
         return (size, digest) == (returned["size"], returned["sha256"])
     return bool(from_tree(returned["v"]) == expected)
 
