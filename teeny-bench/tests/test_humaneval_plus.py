@@ -169,6 +169,13 @@ HUGE = {
     "canonical_solution": "    return c * n\n",
     "base_input": [[3, "ab"]], "plus_input": [[110_000_000, "ab"], [12_000_000, "z"]],
 }
+# Like HumanEval/130 (tri, 120 MB): a large answer made of floats.
+HALVES = {
+    "task_id": "Plus/130", "entry_point": "halves", "atol": 0, "test": "", "contract": "",
+    "prompt": 'def halves(n: int) -> list:\n    """[i / 2 for i < n]."""\n',
+    "canonical_solution": "    return [i / 2 for i in range(n)]\n",
+    "base_input": [[4]], "plus_input": [[1_500_000]],
+}
 
 
 def test_expected_answers_over_200_mb_travel_as_digests(tmp_path):
@@ -176,14 +183,14 @@ def test_expected_answers_over_200_mb_travel_as_digests(tmp_path):
     wrong answer of the same size fails on that input, and neither the cache nor the channel holds the value."""
     path = tmp_path / "HumanEvalPlus.jsonl.gz"
     with gzip.open(path, "wt") as f:
-        f.write(json.dumps(HUGE) + "\n")
+        f.write(json.dumps(HUGE) + "\n" + json.dumps(HALVES) + "\n")
     run = subprocess.run([sys.executable, "-m", "teeny_core.cli", "bench", "check", "humaneval-plus",
                           "--path", str(path), "-o", f"cache_dir={tmp_path}"],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "passed 1/1" in run.stdout
+    assert "passed 2/2" in run.stdout
     cached = list((tmp_path / "humaneval-plus").rglob("*.json"))
-    assert len(cached) == 1 and cached[0].stat().st_size < 10_000
+    assert len(cached) == 2 and all(c.stat().st_size < 10_000 for c in cached)
 
     problems = load_plus_problems(path)
     grader = PlusGrader(problems, file_id(path), tmp_path)
