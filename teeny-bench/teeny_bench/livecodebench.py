@@ -10,7 +10,10 @@ yield plain strings, numbers and containers (anything else is a one-line error).
 Prompts are LiveCodeBench's code-generation prompts: its generic chat prompt (system + user message, code
 in a fenced block) for instruct models, and a one-shot ``### Question`` / ``### Answer`` prompt for base
 models. The first fenced block of the answer is the program. Each program runs in the sandbox through
-:mod:`teeny_bench.lcb_harness` (one forked process per test, per-test timeout).
+:mod:`teeny_bench.lcb_harness` (one forked process per test, per-test timeout), which never sees an expected
+output: it reports what each test printed or returned on the sandbox's channel and
+:func:`verdict_from_report` compares here. A wrong answer is therefore only known after the run, so the
+harness runs every test until a crash or a timeout.
 """
 
 from __future__ import annotations
@@ -76,7 +79,8 @@ class LcbOptions(generation.SamplingOptions):
                                        "one-shot prompt for base models; auto: chat when the tokenizer has a "
                                        "chat template", choices=("auto", "chat", "completion"))
     timeout: float = option(6.0, "wall seconds per test (LiveCodeBench uses 6)", min=0.1)
-    all_tests: bool = option(False, "run every test instead of stopping at the first failure")
+    all_tests: bool = option(False, "count every test's result and run on after a crash (default: the verdict "
+                                    "stops at the first failing test)")
     memory_gb: float = option(4.0, "address-space limit of a solution, GiB", min=0.25)
 
 
