@@ -10,7 +10,8 @@ It is started by :func:`teeny_bench.sandbox.run_sandboxed` in a new session and 
    interpreter/toolchain directories that those masks (or a non-traversable ancestor such as a 0700
    ``/root``) would hide from the unprivileged program;
 4. fork an init process (PID 1 of the new PID namespace, with its own ``/proc``), which forks the program:
-   resource limits, ``no_new_privs``, an unprivileged uid/gid (when started as root), ``chdir``, ``execve``;
+   resource limits, ``no_new_privs``, an unprivileged uid/gid (when started as root), the channel (when
+   given: the two descriptors moved to fds 3 and 4, owned by the program's uid), ``chdir``, ``execve``;
 5. init reaps until the program exits and reports its status, rusage and the isolation achieved as JSON on the
    status fd. When init exits the kernel kills everything left in the PID namespace.
 
@@ -18,6 +19,7 @@ Without namespaces it degrades to limits + uid drop in the staging directory, an
 """
 
 import ctypes
+import fcntl
 import json
 import os
 import resource
@@ -218,6 +220,8 @@ def _exec_program(cfg, uid, gid):
         ]
         for which, value in limits:
             resource.setrlimit(which, value)
+        if cfg["channel"]:
+            _channel_to_3_and_4(cfg["channel"], uid, gid)
         _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
         if uid is not None:
             os.setgroups([])
@@ -241,6 +245,27 @@ def _exec_program(cfg, uid, gid):
             os._exit(127)
 
 
+def _channel_to_3_and_4(fds, uid, gid):
+    """Move the channel's read end to fd 3 and its write end to fd 4 (inheritable, owned by the program's uid
+    so that ``/proc/self/fd/3`` can be reopened), closing the originals."""
+    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in fds]
+    for fd in fds:
+        os.close(fd)
+    for target, fd in zip((3, 4), moved):
+        os.dup2(fd, target)
+        os.close(fd)
+        if uid is not None:
+            os.fchown(target, uid, gid)
+
+
+def _close_channel(cfg):
+    for fd in cfg["channel"] or ():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 def _init(cfg, entered, uid, gid, status_fd):
     """PID 1 of the sandbox: mount /proc, run the program, reap, report; the kernel then kills the rest."""
     if "pid" in entered and "mount" in entered:
@@ -251,6 +276,7 @@ def _init(cfg, entered, uid, gid, status_fd):
     child = os.fork()
     if child == 0:
         _exec_program(cfg, uid, gid)
+    _close_channel(cfg)
     report = {"isolation": sorted(entered), "uid": uid}
     while True:
         try:
@@ -291,6 +317,7 @@ def main():
                 _init(cfg, entered, uid, gid, status_fd)
             finally:
                 os._exit(0)
+        _close_channel(cfg)
         os.waitpid(init, 0)
         os._exit(0)
     _init(cfg, entered, uid, gid, status_fd)

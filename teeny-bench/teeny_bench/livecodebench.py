@@ -10,7 +10,10 @@ yield plain strings, numbers and containers (anything else is a one-line error).
 Prompts are LiveCodeBench's code-generation prompts: its generic chat prompt (system + user message, code
 in a fenced block) for instruct models, and a one-shot ``### Question`` / ``### Answer`` prompt for base
 models. The first fenced block of the answer is the program. Each program runs in the sandbox through
-:mod:`teeny_bench.lcb_harness` (one forked process per test, per-test timeout).
+:mod:`teeny_bench.lcb_harness` (one forked process per test, per-test timeout), which never sees an expected
+output: it reports what each test printed or returned on the sandbox's channel and
+:func:`verdict_from_report` compares here. A wrong answer is therefore only known after the run, so the
+harness runs every test until a crash or a timeout.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from teeny_core.errors import TeenyError
 from teeny_core.options import Options, option
 from teeny_core.types import EvalContext, Evaluator, LoadedModel, Metric
 
-from teeny_bench import errors, generation
+from teeny_bench import errors, generation, records
 
 HUB_REPO = "livecodebench/code_generation_lite"
 RELEASE_FILES = ["test.jsonl", "test2.jsonl", "test3.jsonl", "test4.jsonl", "test5.jsonl", "test6.jsonl"]
@@ -61,7 +64,7 @@ BASE_STOP = ["### Question"]
 
 
 @dataclasses.dataclass
-class LcbOptions(Options):
+class LcbOptions(generation.SamplingOptions):
     path: str = option("", "a code_generation_lite jsonl file, a directory of test*.jsonl files, or the "
                            "public-tests-only livecodebench.json")
     release: str = option("", "release_v1..release_v6 (cumulative), v1..v6 (one increment) or release_latest; "
@@ -71,19 +74,14 @@ class LcbOptions(Options):
     difficulty: list[str] = option([], "keep only these difficulties (easy, medium, hard)")
     platform: list[str] = option([], "keep only these platforms (atcoder, codeforces, leetcode)")
     limit: int | None = option(None, "evaluate at most this many problems (after filtering)", min=1)
-    n: int = option(1, "samples per problem (pass@1 and, with n >= 5, pass@5)", min=1, max=1000)
-    temperature: float = option(0.0, "sampling temperature; 0 is greedy (then n must be 1; LiveCodeBench "
-                                     "samples n=10 at 0.2)", min=0.0, max=5.0)
-    top_p: float = option(0.95, "nucleus sampling p (when temperature > 0)", min=0.0, max=1.0)
     max_new_tokens: int = option(2048, "generation budget per sample", min=1)
     prompt_style: str = option("auto", "chat: LiveCodeBench's chat prompt (instruct models); completion: its "
                                        "one-shot prompt for base models; auto: chat when the tokenizer has a "
                                        "chat template", choices=("auto", "chat", "completion"))
     timeout: float = option(6.0, "wall seconds per test (LiveCodeBench uses 6)", min=0.1)
-    all_tests: bool = option(False, "run every test instead of stopping at the first failure")
+    all_tests: bool = option(False, "count every test's result and run on after a crash (default: the verdict "
+                                    "stops at the first failing test)")
     memory_gb: float = option(4.0, "address-space limit of a solution, GiB", min=0.25)
-    batch_size: int = option(8, "prompts generated per batch", min=1)
-    workers: int = option(0, "parallel sandboxes (0: one per CPU core)", min=0)
 
 
 @dataclasses.dataclass
@@ -230,23 +228,12 @@ def _hub_files(names: list[str]) -> list[Path]:
 
 
 def _read_file(path: Path) -> list[LcbProblem]:
-    text = path.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        data = json.loads(text)
-        if data and isinstance(data[0], dict) and "problem" in data[0]:
-            return [problem_from_public(r) for r in data]
-        return [problem_from_record(r) for r in data]
-    problems = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TeenyError(f"livecodebench: {path}:{number} is not valid JSON ({exc.msg})") from None
-        problems.append(problem_from_public(record) if "problem" in record else problem_from_record(record))
-    return problems
+    """A JSON array (the public-tests file) or JSONL records."""
+    with open(path, encoding="utf-8") as f:
+        is_array = f.read(4096).lstrip().startswith("[")
+    data = json.loads(path.read_text(encoding="utf-8")) if is_array else records.read_jsonl(path, "livecodebench")
+    return [problem_from_public(r) if isinstance(r, dict) and "problem" in r else problem_from_record(r)
+            for r in data]
 
 
 def load_problems(path: str = "", release: str = "") -> list[LcbProblem]:
@@ -366,35 +353,79 @@ def extract_code(text: str) -> str:
 
 
 def grading_job(problem: LcbProblem, code: str, options: LcbOptions) -> tuple[list[str], dict[str, Any]]:
-    """A sandbox job that runs the harness on ``code`` against all of the problem's tests."""
+    """A sandbox job that runs the harness on ``code`` with the problem's test inputs (never the outputs)."""
+    from teeny_bench.humaneval import harness_files
     from teeny_bench.sandbox import Limits
 
-    harness = (Path(__file__).with_name("lcb_harness.py")).read_text()
     spec = {"mode": problem.mode, "func_name": problem.func_name, "timeout": options.timeout,
-            "all_tests": options.all_tests, "tests": [{"input": t["input"], "output": t["output"]}
-                                                      for t in problem.tests]}
+            "all_tests": options.all_tests, "inputs": [t["input"] for t in problem.tests]}
     tests_budget = (options.timeout + 0.5) * max(1, len(problem.tests)) + 10
     limits = Limits(cpu_seconds=tests_budget, wall_seconds=tests_budget,
                     memory_bytes=int(options.memory_gb * (1 << 30)), processes=64)
-    files = {"lcb_harness.py": harness, "solution.py": code, "problem.json": json.dumps(spec)}
+    files = harness_files("lcb_harness.py", **{"solution.py": code, "problem.json": json.dumps(spec)})
     env = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return [sys.executable, "-I", "lcb_harness.py"], {"files": files, "limits": limits, "env": env}
+    return [sys.executable, "-I", "harness.py"], {"files": files, "limits": limits, "env": env}
 
 
-def verdict_from_result(result: Any) -> dict[str, Any]:
-    """The harness's JSON verdict from a sandbox result (or what the sandbox saw when it did not finish)."""
-    for line in reversed((result.stdout or "").strip().splitlines()):
-        try:
-            out = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(out, dict) and "verdict" in out:
-            return out
-    status = getattr(result, "status", "error")
-    verdict = {"timeout": "timeout", "memory": "memory"}.get(status, "runtime_error")
-    return {"verdict": verdict, "error": status, "tests_run": 0, "tests_passed": 0,
-            "detail": f"the grading run ended with status {status!r} ({getattr(result, 'reason', '')}): "
-                      f"{(result.stderr or '')[-300:]}"}
+def verdict_from_report(problem: LcbProblem, result: Any, report: dict[str, Any] | None,
+                        all_tests: bool = False) -> dict[str, Any]:
+    """The verdict of one graded program: the harness's reported answers compared here with the expected outputs
+    (or what the sandbox saw when the harness did not report)."""
+    from teeny_bench import _channel, lcb_harness as harness
+
+    tests = problem.tests
+    if report is None:
+        category, detail = errors.classify_harness(result, None)
+        verdict = {"timeout": "timeout", "memory": "memory", errors.EARLY_EXIT: errors.EARLY_EXIT}.get(
+            category if category == errors.EARLY_EXIT else result.status, "runtime_error")
+        return {"verdict": verdict, "error": result.status, "tests_total": len(tests), "tests_run": 0,
+                "tests_passed": 0, "detail": f"the grading run ended with status {result.status!r} "
+                                             f"({result.reason}) without the harness's report: {detail[-300:]}"}
+    if "compile_error" in report:
+        return {"verdict": "compile_error", "tests_total": len(tests), "tests_run": 0, "tests_passed": 0,
+                **report["compile_error"]}
+    verdict = {"verdict": "passed", "tests_total": len(tests), "tests_run": 0, "tests_passed": 0}
+    for index, (test, outcome) in enumerate(zip(tests, report["results"])):
+        verdict["tests_run"] += 1
+        error, why = outcome.get("error"), outcome.get("detail", "")
+        if error is None:
+            if "returned" in outcome:
+                ok = harness.returned_matches(outcome["returned"], test["output"], _channel.from_tree,
+                                              _channel.measure)
+                why = "" if ok else (f"returned {_answer_text(outcome['returned'])}, expected "
+                                     f"{harness.truncate(test['output'])}")
+            elif "printed_sha256" in outcome:
+                ok = outcome["printed_sha256"] == harness.lines_digest(test["output"])
+                why = "" if ok else "printed over 1 MiB that differs from the expected output (compared by digest)"
+            else:
+                ok, why = harness.stdout_matches(outcome.get("printed", ""), test["output"])
+            if ok:
+                verdict["tests_passed"] += 1
+                continue
+        if verdict["verdict"] == "passed":
+            verdict["verdict"] = ("timeout" if error == "Timeout" else "wrong_answer" if not error
+                                  else "runtime_error")
+            verdict["error"] = error
+            verdict["failed_test"] = index
+            verdict["detail"] = (f"test {index + 1}/{len(tests)}: {why}; "
+                                 f"input {harness.truncate(test['input'], 200)!r}")
+        if not all_tests:
+            break
+    if verdict["verdict"] == "passed" and verdict["tests_run"] < len(tests):
+        verdict.update(verdict="runtime_error", error="incomplete",
+                       detail=f"the harness reported {verdict['tests_run']} of {len(tests)} tests")
+    if verdict["verdict"] == "passed" and report.get("builtins_replaced"):
+        verdict.update(verdict="wrong_answer", error="builtins",
+                       detail=f"the solution replaced builtins: {', '.join(report['builtins_replaced'][:10])}")
+    return verdict
+
+
+def _answer_text(encoded: dict[str, Any]) -> str:
+    from teeny_bench import _channel, lcb_harness
+
+    if "v" in encoded:
+        return lcb_harness.truncate(_channel.from_tree(encoded["v"]))
+    return f"<{encoded['size']} bytes, sha256 {encoded['sha256'][:12]}>"
 
 
 def categorize(verdict: dict[str, Any], code: str, finish_reason: str | None) -> str:
@@ -408,6 +439,8 @@ def categorize(verdict: dict[str, Any], code: str, finish_reason: str | None) ->
         category = errors.WRONG_ANSWER
     elif v == "timeout":
         category = errors.TIMEOUT
+    elif v == errors.EARLY_EXIT:
+        category = errors.EARLY_EXIT
     elif v == "memory" or verdict.get("error") == "MemoryError":
         category = errors.MEMORY
     elif verdict.get("error") in errors.NAME_EXCEPTIONS:
@@ -419,13 +452,12 @@ def categorize(verdict: dict[str, Any], code: str, finish_reason: str | None) ->
 
 def grade_programs(problems: list[LcbProblem], codes: list[str], options: LcbOptions) -> list[dict[str, Any]]:
     """Grade ``codes[i]`` against ``problems[i]`` in parallel sandboxes: the harness verdicts (+ seconds)."""
-    from teeny_bench.sandbox import run_many
+    from teeny_bench.humaneval import run_harnessed
 
     jobs = [grading_job(p, c, options) for p, c in zip(problems, codes)]
-    results = run_many(jobs, workers=options.workers or None) if jobs else []
     out = []
-    for result in results:
-        verdict = verdict_from_result(result)
+    for problem, (result, report) in zip(problems, run_harnessed(jobs, options.workers or None)):
+        verdict = verdict_from_report(problem, result, report, options.all_tests)
         verdict["seconds"] = result.seconds
         out.append(verdict)
     return out
@@ -449,9 +481,7 @@ class LiveCodeBenchEvaluator(Evaluator):
 
     def evaluate(self, model: LoadedModel, options: Options, ctx: EvalContext) -> None:
         assert isinstance(options, LcbOptions)
-        if options.n > 1 and options.temperature == 0:
-            raise TeenyError(f"{self.name}: n={options.n} samples need temperature > 0 (greedy samples are "
-                             "identical); set temperature, e.g. 0.2, or n=1")
+        options.check_sampling(self.name)
         problems = self.problems(options, ctx.limit)
         done = ctx.done()
         todo = [(p, s) for s in range(options.n) for p in problems if f"{p.question_id}/{s}" not in done]

@@ -8,8 +8,10 @@ MultiPL-E's terms forbid training or calibrating on it.
 
 A program is ``prompt + completion + "\\n" + tests`` (Python: a few standard imports first, as
 DeepSeek-Coder's harness adds), built and run in the sandbox with the language's toolchain
-(:mod:`teeny_bench.toolchains`). As in MultiPL-E, exit status 0 passes, a compiler error is a syntax error,
-and anything else fails; C# (Mono) also fails when a ``Debug.Assert`` reported a failure. A language whose
+(:mod:`teeny_bench.toolchains`). Unlike MultiPL-E, exit status 0 does not pass by itself: the program reads a
+nonce from the sandbox's channel before the solution runs and writes it back after the last test
+(:data:`CHANNEL_CODE`); a program without that report fails (``early_exit`` when it exited 0). A compiler
+error is a syntax error; C# (Mono) also fails when a ``Debug.Assert`` reported a failure. A language whose
 toolchain is missing is skipped: its records say ``skipped_toolchain`` and pass@k leaves them out.
 """
 
@@ -27,7 +29,7 @@ from teeny_core.errors import TeenyError
 from teeny_core.options import Options, option
 from teeny_core.types import EvalContext, Evaluator, LoadedModel, Metric
 
-from teeny_bench import errors, generation, toolchains
+from teeny_bench import errors, generation, records, toolchains
 from teeny_bench.toolchains import LANGUAGES, Toolchain
 
 FILE_NAMES = {"python": ["humaneval-python.jsonl", "humaneval-py.jsonl", "humaneval-py-reworded.jsonl"],
@@ -48,21 +50,15 @@ SKIPPED = "skipped_toolchain"
 
 
 @dataclasses.dataclass
-class MulOptions(Options):
+class MulOptions(generation.SamplingOptions):
     path: str = option("", "a directory of humaneval-<lang>.jsonl files (DeepSeek-Coder/MultiPL-E names) or one "
                            "such file")
     languages: list[str] = option(list(LANGUAGES), "languages to evaluate: python, java, cpp, cs, js, ts, php, sh")
     limit: int | None = option(None, "evaluate at most this many problems per language", min=1)
-    n: int = option(1, "samples per problem (pass@k for k in 1, 10, 100 where n allows)", min=1, max=1000)
-    temperature: float = option(0.0, "sampling temperature; 0 is greedy (then n must be 1)", min=0.0, max=5.0)
-    top_p: float = option(0.95, "nucleus sampling p (when temperature > 0)", min=0.0, max=1.0)
-    max_new_tokens: int = option(512, "generation budget per sample", min=1)
     prompt_style: str = option("auto", "completion: continue the prompt (base models); chat: ask for the whole "
                                        "function in a code block (instruct models); auto: chat when the tokenizer "
                                        "has a chat template", choices=("auto", "completion", "chat"))
     timeout: float = option(10.0, "seconds a program may run (compiling gets the toolchain's own budget)", min=0.1)
-    batch_size: int = option(8, "prompts generated per batch", min=1)
-    workers: int = option(0, "parallel sandboxes (0: one per CPU core)", min=0)
 
 
 @dataclasses.dataclass
@@ -105,18 +101,6 @@ def problem_from_record(record: dict[str, Any], language: str | None = None) -> 
     return MulProblem(lang, task_id, _humaneval_number(task_id), record["prompt"], tests, stop)
 
 
-def _read_jsonl(path: Path, language: str | None) -> list[MulProblem]:
-    problems = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            problems.append(problem_from_record(json.loads(line), language))
-        except json.JSONDecodeError as exc:
-            raise TeenyError(f"humaneval-mul: {path}:{number} is not valid JSON ({exc.msg})") from None
-    return problems
-
-
 def language_files(path: str, languages: list[str]) -> dict[str, Path]:
     """``{language: file}`` for the requested languages found at ``path`` (a directory or one file). With the
     default (all eight languages) a directory may hold only some; languages named explicitly must be there."""
@@ -157,25 +141,76 @@ def load_problems(path: str, languages: list[str], limit: int | None = None) -> 
     """``{language: problems}`` (at most ``limit`` per language), in the files' order."""
     out = {}
     for lang, file in language_files(path, languages).items():
-        problems = [p for p in _read_jsonl(file, lang) if p.language == lang]
+        problems = [p for p in (problem_from_record(r, lang) for r in records.read_jsonl(file, 'humaneval-mul'))
+                    if p.language == lang]
         out[lang] = problems[:limit] if limit else problems
     return out
 
 
+# How each language's program takes the channel's nonce from fd 3 (before any solution code runs where the
+# language allows: at the top of a script, at the start of main in Java, C++ and C#) and, after the last test,
+# writes "\n<nonce> {"done": true}\n" to fd 4 (:mod:`teeny_bench._channel`): (read, write) code.
+_DONE = '{"done": true}'
+CHANNEL_CODE = {
+    "python": ("__teeny_nonce = __import__('os').read(3, 64).decode(); __import__('os').close(3)\n",
+               f"\n__import__('os').write(4, ('\\n' + __teeny_nonce + ' {_DONE}\\n').encode())\n"),
+    "java": ('String teenyNonce = new String(java.nio.file.Files.readAllBytes(java.nio.file.Paths.get('
+             '"/proc/self/fd/3")));\n',
+             'try (java.io.FileOutputStream teenyOut = new java.io.FileOutputStream("/proc/self/fd/4")) '
+             '{ teenyOut.write(("\\n" + teenyNonce + " {\\"done\\": true}\\n").getBytes()); }\n'),
+    "cpp": ("char teeny_nonce[65] = {0}; if (read(3, teeny_nonce, 64) < 0) return 99; close(3);\n",
+            '{ std::string teeny_line = std::string("\\n") + teeny_nonce + " {\\"done\\": true}\\n"; '
+            "if (write(4, teeny_line.data(), teeny_line.size()) < 0) return 99; }\n"),
+    "cs": ('string teenyNonce = System.IO.File.ReadAllText("/proc/self/fd/3");\n',
+           'using (var teenyOut = new System.IO.FileStream("/proc/self/fd/4", System.IO.FileMode.Open, '
+           "System.IO.FileAccess.Write)) { var teenyLine = System.Text.Encoding.UTF8.GetBytes(\"\\n\" + "
+           'teenyNonce + " {\\"done\\": true}\\n"); teenyOut.Write(teenyLine, 0, teenyLine.Length); }\n'),
+    "js": ("const __teeny_nonce = require('fs').readFileSync(3, 'utf8'); require('fs').closeSync(3);\n",
+           f"\nrequire('fs').writeSync(4, '\\n' + __teeny_nonce + ' {_DONE}\\n');\n"),
+    "php": ('$__teeny_nonce = file_get_contents("php://fd/3");\n',
+            f'\nfile_put_contents("php://fd/4", "\\n" . $__teeny_nonce . " {_DONE.replace(chr(34), chr(92) + chr(34))}\\n");\n'),
+    "sh": ("__teeny_nonce=$(cat <&3); exec 3<&-\n",
+           f"\nprintf '\\n%s {_DONE}\\n' \"$__teeny_nonce\" >&4\n"),
+}
+CHANNEL_CODE["ts"] = ("declare var require: any;\n" + CHANNEL_CODE["js"][0], CHANNEL_CODE["js"][1])
+# Where the read goes: after this line (a script's first line), or at the start of this function (else the top).
+_READ_AFTER = {"php": "<?php\n", "sh": "#!/bin/bash\n"}
+_MAIN = {"java": "public static void main(String[] args) {", "cpp": "int main() {",
+         "cs": "public static void Main(string[] args) {"}
+
+
 def assemble(problem: MulProblem, completion: str) -> str:
-    """The program MultiPL-E runs: prompt + completion + tests. Python: standard imports first, and a completion
-    that is a whole function (a chat answer) follows the prompt instead of continuing it, as in ``humaneval``."""
-    if problem.language != "python":
-        return problem.prompt + completion + "\n" + problem.tests
-    entry_point = _entry_point(problem)
-    solution = (generation.solution_program(problem.prompt, completion, entry_point) if entry_point
-                else problem.prompt + completion)
-    return PYTHON_HEADER + solution + "\n" + problem.tests
-
-
-def truncate_at_stop(text: str, stop_tokens: list[str]) -> str:
-    cut = min((i for i in (text.find(s) for s in stop_tokens) if i >= 0), default=len(text))
-    return text[:cut]
+    """The program MultiPL-E runs: prompt + completion + tests, with the channel's nonce read first and the
+    nonce-tagged report written after the last test (:data:`CHANNEL_CODE`). Python: standard imports first, and
+    a completion that is a whole function (a chat answer) follows the prompt instead of continuing it, as in
+    ``humaneval``."""
+    lang = problem.language
+    read, write = CHANNEL_CODE[lang]
+    if lang == "python":
+        entry_point = _entry_point(problem)
+        solution = (generation.solution_program(problem.prompt, completion, entry_point) if entry_point
+                    else problem.prompt + completion)
+        return read + PYTHON_HEADER + solution + "\n" + problem.tests + write
+    tests = problem.tests
+    if lang in _MAIN:
+        head, main_open, body = tests.partition(_MAIN[lang])
+        if not main_open:
+            raise TeenyError(f"humaneval-mul: the {lang} tests of {problem.name} have no {_MAIN[lang]!r}")
+        if lang == "java":
+            main_open = main_open.replace(") {", ") throws Exception {")
+        if lang == "cpp":
+            head += "#include <unistd.h>\n"
+        # the closing brace of main: the last one (C++), or the one before the class's (Java, C#)
+        end = body.rstrip().rfind("}")
+        if lang != "cpp":
+            end = body.rfind("}", 0, end)
+        tests = head + main_open + "\n" + read + body[:end] + write + body[end:]
+        return problem.prompt + completion + "\n" + tests
+    prompt = problem.prompt
+    first = _READ_AFTER.get(lang, "")
+    if first and prompt.startswith(first):
+        return first + read + prompt[len(first):] + completion + "\n" + tests + write
+    return read + prompt + completion + "\n" + tests + write
 
 
 def chat_message(problem: MulProblem) -> str:
@@ -215,7 +250,7 @@ def completion_from_chat(problem: MulProblem, answer: str) -> str:
         start = next((i for i, l in enumerate(block) if re.search(rf"\b{re.escape(entry_point)}\s*\(", l)
                       and not l.lstrip().startswith(("//", "#", "*"))), None)
     body = "\n".join(block[start + 1:] if start is not None else block)
-    return truncate_at_stop("\n" + body, problem.stop_tokens)[1:] if body else ""
+    return generation.truncate_at_stop("\n" + body, problem.stop_tokens)[1:] if body else ""
 
 
 def _tail(text: str, length: int = 600) -> str:
@@ -226,11 +261,12 @@ def _tail(text: str, length: int = 600) -> str:
     return text if len(text) <= length else text[:half] + " ... " + text[-half:]
 
 
-def classify(toolchain: Toolchain, result: Any) -> tuple[bool, str, str]:
-    """``(passed, category, detail)`` for one program's sandbox result."""
+def classify(toolchain: Toolchain, result: Any, report: dict[str, Any] | None) -> tuple[bool, str, str]:
+    """``(passed, category, detail)`` for one program's sandbox result and the nonce-tagged report its tests
+    wrote after the last one (None when they did not): without the report nothing passes."""
     stderr, stdout = result.stderr or "", result.stdout or ""
     if toolchain.language == "python":
-        category, detail = errors.classify_python(result)
+        category, detail = errors.classify_harness(result, report)
         return category == errors.PASSED, category, detail
     if result.status == "timeout":
         return False, errors.TIMEOUT, result.reason or f"timed out after {result.seconds:.1f} s"
@@ -239,9 +275,11 @@ def classify(toolchain: Toolchain, result: Any) -> tuple[bool, str, str]:
     if toolchain.compile_failed(stderr):
         return False, errors.SYNTAX_ERROR, _tail(stderr)
     asserted = any(marker in stderr for marker in toolchain.assertion_markers)
-    if result.status == "ok" and result.returncode == 0 and not asserted:
+    if report is not None and result.status in ("ok", "error") and not asserted:
         return True, errors.PASSED, ""
     detail = _tail(stderr or stdout) or f"exit status {result.returncode}"
+    if result.status == "ok" and not asserted:
+        return False, errors.EARLY_EXIT, f"the program exited 0 before its tests finished: {detail}"
     lang = toolchain.language
     if asserted:
         return False, errors.WRONG_ANSWER, detail
@@ -292,7 +330,8 @@ def run_programs(items: list[tuple[MulProblem, str]], timeout: float = 10.0, *, 
     """Grade ``(problem, completion)`` pairs in parallel sandboxes: passed, category, detail, seconds.
 
     TypeScript programs are first type-checked and compiled in batches; the rest build and run per program."""
-    from teeny_bench.sandbox import Result, run_many
+    from teeny_bench.humaneval import run_harnessed
+    from teeny_bench.sandbox import Result
 
     chains = {lang: toolchains.prepared(toolchains.detect(lang, path)) for lang in {p.language for p, _ in items}}
     programs = [assemble(p, c) for p, c in items]
@@ -309,15 +348,16 @@ def run_programs(items: list[tuple[MulProblem, str]], timeout: float = 10.0, *, 
         if i in precompiled:
             ok, text = precompiled[i]
             if not ok:
-                results[i] = Result(status="error", returncode=1, stdout="", seconds=0.0, network_isolated=True,
-                                    stderr=f"{toolchains.COMPILE_ERROR_MARKER}\n{text}", reason="compile error")
+                results[i] = (Result(status="error", returncode=1, stdout="", seconds=0.0, network_isolated=True,
+                                     stderr=f"{toolchains.COMPILE_ERROR_MARKER}\n{text}", reason="compile error"),
+                              None)
                 continue
             node_chain = dataclasses.replace(chain, compile=None, source="test.js")
             jobs.append(node_chain.sandbox_job(text, timeout))
         else:
             jobs.append(chain.sandbox_job(programs[i], timeout))
         where.append(i)
-    results.update(zip(where, run_many(jobs, workers=workers) if jobs else []))
+    results.update(zip(where, run_harnessed(jobs, workers) if jobs else []))
     out = []
     for i, (problem, _) in enumerate(items):
         chain = chains[problem.language]
@@ -325,8 +365,9 @@ def run_programs(items: list[tuple[MulProblem, str]], timeout: float = 10.0, *, 
             out.append({"passed": False, "category": SKIPPED, "seconds": 0.0,
                         "detail": f"{chain.name} toolchain not installed (missing: {', '.join(chain.missing)})"})
             continue
-        passed, category, detail = classify(chain, results[i])
-        out.append({"passed": passed, "category": category, "detail": detail, "seconds": results[i].seconds})
+        result, report = results[i]
+        passed, category, detail = classify(chain, result, report)
+        out.append({"passed": passed, "category": category, "detail": detail, "seconds": result.seconds})
     return out
 
 
@@ -341,9 +382,7 @@ class HumanEvalMulEvaluator(Evaluator):
 
     def evaluate(self, model: LoadedModel, options: Options, ctx: EvalContext) -> None:
         assert isinstance(options, MulOptions)
-        if options.n > 1 and options.temperature == 0:
-            raise TeenyError(f"{self.name}: n={options.n} samples need temperature > 0 (greedy samples are "
-                             "identical); set temperature, e.g. 0.8, or n=1")
+        options.check_sampling(self.name)
         limits = [c for c in (ctx.limit, options.limit) if c]
         by_lang = load_problems(options.path, options.languages, min(limits) if limits else None)
         done = ctx.done()
@@ -390,7 +429,7 @@ class HumanEvalMulEvaluator(Evaluator):
                                   seed=seed * 100_003 + s)
             for i, g in zip(idx, outs):
                 generations[i] = g
-        completions = [truncate_at_stop(g.text, p.stop_tokens) if style == "completion"
+        completions = [generation.truncate_at_stop(g.text, p.stop_tokens) if style == "completion"
                        else completion_from_chat(p, g.text) for (p, _), g in zip(batch, generations)]
         return [(p, s, prompt, g, c) for (p, s), prompt, g, c in zip(batch, prompts, generations, completions)]
 

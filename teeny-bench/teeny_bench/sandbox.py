@@ -75,6 +75,7 @@ class Limits:
     network: bool = False  # True: keep the host network (no new network namespace)
     disk_bytes: int = 256 * MiB  # size of the working-directory tmpfs (with a mount namespace)
     output_bytes: int = 16 * MiB  # stdout + stderr beyond this: the tree is killed, output truncated
+    channel_bytes: int = 64 * MiB  # fd 4 (the channel) beyond this: the tree is killed
 
 
 @dataclasses.dataclass
@@ -92,6 +93,7 @@ class Result:
     max_rss_bytes: int | None = None
     truncated: bool = False  # output was cut at Limits.output_bytes
     isolation: tuple[str, ...] = ()  # namespaces entered ("mount", "pid", "net", ...), "readonly", "uid"
+    channel: bytes = b""  # what the program wrote to fd 4 (run with ``channel``)
 
 
 _uid_counter = itertools.count()
@@ -143,8 +145,13 @@ def _safe_relative(name: str) -> str:
 
 
 def run_sandboxed(argv: list[str], *, files: dict[str, str | bytes] | None = None, stdin: str | bytes | None = None,
-                  limits: Limits = Limits(), env: dict[str, str] | None = None) -> Result:
+                  limits: Limits = Limits(), env: dict[str, str] | None = None,
+                  channel: bytes | None = None) -> Result:
     """Run ``argv`` in a fresh sandbox directory holding ``files``; ``stdin`` is fed (else closed).
+
+    With ``channel`` the program starts with fd 3 open for reading (it yields exactly those bytes, then EOF)
+    and fd 4 open for writing; what it writes to fd 4 comes back as ``Result.channel`` (at most
+    ``limits.channel_bytes``). Without it, fds 3 and 4 are not open in the program.
 
     ``env`` adds to a minimal environment (PATH, LANG, LC_ALL); ``HOME`` and ``TMPDIR`` always point into the
     sandbox. A program that fails, hangs, allocates too much or floods its output ends as a :class:`Result`;
@@ -158,7 +165,8 @@ def run_sandboxed(argv: list[str], *, files: dict[str, str | bytes] | None = Non
     workdir = staging / "work"
     workdir.mkdir()
     status_r, status_w = os.pipe()
-    stdin_file = None
+    stdin_file = channel_in = None
+    channel_r = channel_w = -1
     try:
         for name, content in (files or {}).items():
             path = workdir / _safe_relative(name)
@@ -171,27 +179,38 @@ def run_sandboxed(argv: list[str], *, files: dict[str, str | bytes] | None = Non
             "cpu": max(1, int(round(limits.cpu_seconds))), "memory_bytes": int(limits.memory_bytes),
             "file_bytes": int(limits.file_bytes), "processes": int(limits.processes),
             "disk_bytes": int(limits.disk_bytes), "network": bool(limits.network), "status_fd": status_w,
-            "masks": _masks(), "needed": _needed_paths(argv, environment),
+            "masks": _masks(), "needed": _needed_paths(argv, environment), "channel": None,
         }
         if stdin is not None:
             stdin_file = tempfile.TemporaryFile()
             stdin_file.write(stdin.encode() if isinstance(stdin, str) else stdin)
             stdin_file.seek(0)
+        pass_fds = [status_w]
+        if channel is not None:
+            channel_in = tempfile.TemporaryFile()
+            channel_in.write(channel)
+            channel_in.seek(0)
+            channel_r, channel_w = os.pipe()
+            config["channel"] = [channel_in.fileno(), channel_w]
+            pass_fds += config["channel"]
         proc = subprocess.Popen(
             [sys.executable, "-I", "-S", LAUNCHER, json.dumps(config)],
             stdin=stdin_file if stdin_file is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(status_w,), start_new_session=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=pass_fds, start_new_session=True,
             cwd=str(staging), env={"PATH": DEFAULT_PATH},
         )
-        os.close(status_w)
-        status_w = -1
-        return _supervise(proc, status_r, limits)
+        for fd in (status_w, channel_w):
+            if fd >= 0:
+                os.close(fd)
+        status_w = channel_w = -1
+        return _supervise(proc, status_r, limits, channel_r)
     finally:
-        if status_w >= 0:
-            os.close(status_w)
-        os.close(status_r)
-        if stdin_file is not None:
-            stdin_file.close()
+        for fd in (status_w, status_r, channel_w, channel_r):
+            if fd >= 0:
+                os.close(fd)
+        for spooled in (stdin_file, channel_in):
+            if spooled is not None:
+                spooled.close()
         shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -217,7 +236,7 @@ def _kill_tree(proc: subprocess.Popen) -> None:
             pass
 
 
-def _supervise(proc: subprocess.Popen, status_r: int, limits: Limits) -> Result:
+def _supervise(proc: subprocess.Popen, status_r: int, limits: Limits, channel_r: int = -1) -> Result:
     start = time.monotonic()
     deadline = start + limits.wall_seconds
     buffers: dict[int, bytearray] = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
@@ -225,9 +244,12 @@ def _supervise(proc: subprocess.Popen, status_r: int, limits: Limits) -> Result:
     selector = selectors.DefaultSelector()
     for fd in buffers:
         selector.register(fd, selectors.EVENT_READ)
+    spool = tempfile.SpooledTemporaryFile(max_size=1 * MiB) if channel_r >= 0 else None
+    if channel_r >= 0:
+        selector.register(channel_r, selectors.EVENT_READ)
     killed_for = ""
     truncated = False
-    total = 0
+    total = channel_total = 0
     exited_at: float | None = None
     try:
         while selector.get_map():
@@ -244,6 +266,13 @@ def _supervise(proc: subprocess.Popen, status_r: int, limits: Limits) -> Result:
                 chunk = os.read(key.fd, 65536)
                 if not chunk:
                     selector.unregister(key.fd)
+                    continue
+                if key.fd == channel_r:
+                    channel_total += len(chunk)
+                    if channel_total > limits.channel_bytes:
+                        killed_for = f"channel limit of {limits.channel_bytes} bytes exceeded"
+                        break
+                    spool.write(chunk)
                     continue
                 room = limits.output_bytes - total
                 buffers[key.fd] += chunk[:max(room, 0)]
@@ -277,7 +306,13 @@ def _supervise(proc: subprocess.Popen, status_r: int, limits: Limits) -> Result:
     if report.get("uid") is not None:
         isolation += ("uid",)
     cpu = report.get("cpu_seconds")
+    channel = b""
+    if spool is not None:
+        spool.seek(0)
+        channel = spool.read()
+        spool.close()
     common = dict(stdout=stdout, stderr=stderr, seconds=seconds, network_isolated="net" in isolation,
+                  channel=channel,
                   cpu_seconds=cpu, truncated=truncated, isolation=isolation,
                   max_rss_bytes=report["maxrss_kb"] * 1024 if "maxrss_kb" in report else None)
     if killed_for:

@@ -108,7 +108,7 @@ def test_expected_outputs_are_cached(grader, tmp_path):
     problems, g = grader
     g.grade([(problems[0], problems[0].canonical_solution)])
     cached = list((tmp_path / "cache" / "humaneval-plus").rglob("*.json"))
-    assert len(cached) == 1 and "expected" in json.loads(cached[0].read_text())
+    assert len(cached) == 1 and "outputs" in json.loads(cached[0].read_text())
 
 
 def test_missing_file_says_where_to_download(tmp_path):
@@ -160,3 +160,42 @@ def test_teeny_bench_check_humaneval_plus_cli(plus_file, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "teeny_core.cli", "bench", "check", "humaneval-plus",
                               "--path", str(tmp_path / "nope.jsonl.gz")], capture_output=True, text=True, timeout=300)
     assert missing.returncode != 0 and "humanevalplus_release" in missing.stderr
+
+
+# Like HumanEval/15 in the official file (196.5 MB), but cheap to compute: expected answers of over 200 MB.
+HUGE = {
+    "task_id": "Plus/15", "entry_point": "spaces", "atol": 0, "test": "", "contract": "",
+    "prompt": 'def spaces(n: int, c: str) -> str:\n    """c repeated n times."""\n',
+    "canonical_solution": "    return c * n\n",
+    "base_input": [[3, "ab"]], "plus_input": [[110_000_000, "ab"], [12_000_000, "z"]],
+}
+# Like HumanEval/130 (tri, 120 MB): a large answer made of floats.
+HALVES = {
+    "task_id": "Plus/130", "entry_point": "halves", "atol": 0, "test": "", "contract": "",
+    "prompt": 'def halves(n: int) -> list:\n    """[i / 2 for i < n]."""\n',
+    "canonical_solution": "    return [i / 2 for i in range(n)]\n",
+    "base_input": [[4]], "plus_input": [[1_500_000]],
+}
+
+
+def test_expected_answers_over_200_mb_travel_as_digests(tmp_path):
+    """Answers of 220 MB and 12 MB are compared by digest: `teeny bench check` passes the canonical solution, a
+    wrong answer of the same size fails on that input, and neither the cache nor the channel holds the value."""
+    path = tmp_path / "HumanEvalPlus.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write(json.dumps(HUGE) + "\n" + json.dumps(HALVES) + "\n")
+    run = subprocess.run([sys.executable, "-m", "teeny_core.cli", "bench", "check", "humaneval-plus",
+                          "--path", str(path), "-o", f"cache_dir={tmp_path}"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "passed 2/2" in run.stdout
+    cached = list((tmp_path / "humaneval-plus").rglob("*.json"))
+    assert len(cached) == 2 and all(c.stat().st_size < 10_000 for c in cached)
+
+    problems = load_plus_problems(path)
+    grader = PlusGrader(problems, file_id(path), tmp_path)
+    wrong = "    out = c * n\n    return out[:-1] + 'y' if n > 1000 else out\n"
+    right, bad = grader.grade([(problems[0], "    return c * n\n"), (problems[0], wrong)])
+    assert right["passed"] and right["passed_base"], right
+    assert not bad["passed"] and bad["passed_base"] and bad["failed_input"] == 1, bad
+    assert bad["category"] == errors.WRONG_ANSWER and "220000011 bytes, sha256" in bad["detail"]

@@ -104,12 +104,17 @@ def test_check_bodies_fail_cleanly_in_every_installed_language():
         assert row["versions"] and all(row["versions"].values())
 
 
-def test_program_is_prompt_completion_tests():
+def test_program_is_prompt_completion_tests_between_the_channel_code():
+    from teeny_bench.multipl_e import CHANNEL_CODE
+
     p = problems_by_number("js")[53]
     program = assemble(p, SOLUTIONS["js"][53])
-    assert program == p.prompt + SOLUTIONS["js"][53] + "\n" + p.tests
+    read, write = CHANNEL_CODE["js"]
+    assert program == read + p.prompt + SOLUTIONS["js"][53] + "\n" + p.tests + write
     py = problems_by_number("python")[53]
-    assert assemble(py, "    return 1\n").endswith(py.prompt + "    return 1\n\n" + py.tests)
+    read, write = CHANNEL_CODE["python"]
+    program = assemble(py, "    return 1\n")
+    assert program.startswith(read) and program.endswith(py.prompt + "    return 1\n\n" + py.tests + write)
     assert "check(add)" in py.tests
 
 

@@ -1,0 +1,27 @@
+"""Problem files: the one JSONL reader of the teeny-bench evaluators."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+from teeny_core.errors import TeenyError
+
+
+def read_jsonl(path: Path, where: str = "") -> list[dict[str, Any]]:
+    """Records of a ``.jsonl`` or ``.jsonl.gz`` file (blank lines skipped); a one-line error, prefixed with
+    ``where`` (the benchmark), names a malformed line."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    prefix = f"{where}: " if where else ""
+    records = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise TeenyError(f"{prefix}{path}:{number} is not valid JSON ({exc.msg})") from None
+    return records

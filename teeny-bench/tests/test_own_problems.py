@@ -1,0 +1,117 @@
+"""Bring your own problems: a local set of HumanEval-format or LeetCode-style (``class Solution``) records graded
+by the ``humaneval`` evaluator and ``teeny bench check`` without a plugin (docs/own-problems.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from teeny_core.errors import TeenyError
+from teeny_core.store import MemoryContext
+from teeny_core.types import Generation, LoadedModel
+from teeny_bench import errors
+from teeny_bench.humaneval import HumanEval, HumanEvalOptions, grade_humaneval, load_problems
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "own-problems.jsonl"
+
+
+class _Tokenizer:
+    def __init__(self, chat: bool) -> None:
+        self.chat_template = "{{ messages }}" if chat else None
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        return "".join(m["content"] for m in messages)
+
+
+class _Answers(LoadedModel):
+    """Answers each prompt with ``answers[task]`` (the task found by its prompt's text)."""
+
+    def __init__(self, problems, answers: dict[str, str], chat: bool) -> None:
+        self.problems, self.answers, self._tokenizer = problems, answers, _Tokenizer(chat)
+
+    @property
+    def tokenizer(self):
+        return self._tokenizer
+
+    def generate(self, prompts, *, max_new_tokens=256, temperature=0.0, top_p=1.0, stop=None, seed=0):
+        out = []
+        for prompt in prompts:
+            task = next(p.task_id for p in self.problems if p.prompt.strip() in prompt
+                        or p.prompt.strip().replace("from typing import *", "").strip() in prompt)
+            out.append(Generation(text=self.answers[task], tokens=5, finish_reason="stop", seconds=0.0))
+        return out
+
+    def logprobs(self, token_ids):
+        raise NotImplementedError
+
+
+def _evaluate(answers: dict[str, str], chat: bool, tmp_path) -> dict[str, dict]:
+    problems = load_problems(EXAMPLE)
+    ctx = MemoryContext(cache_dir=tmp_path)
+    HumanEval().evaluate(_Answers(problems, answers, chat),
+                         HumanEvalOptions(path=str(EXAMPLE), prompt_style="chat" if chat else "completion"), ctx)
+    return {r["task_id"]: r for r in ctx.records}
+
+
+def test_records_load_with_derived_entry_points_and_the_leetcode_header():
+    problems = {p.task_id: p for p in load_problems(EXAMPLE)}
+    assert problems["local/two-sum"].entry_point == "Solution"
+    assert problems["local/two-sum"].prompt.startswith("from typing import *")
+    assert len(problems["local/two-sum"].solutions) == 2
+    assert problems["local/clamp"].entry_point == "clamp" and "typing" not in problems["local/clamp"].prompt
+
+
+def test_completion_mode_continues_the_method_stub(tmp_path):
+    records = _evaluate({"local/two-sum": "return [0, 1] if target == 9 else [1, 2]\n",  # wrong on [3, 3]
+                         "local/max-gap": "s = sorted(nums)\n        return max((b - a for a, b in zip(s, s[1:])), "
+                                          "default=0)\n",
+                         "local/clamp": "    return min(max(x, lo), hi)\n"}, chat=False, tmp_path=tmp_path)
+    assert records["local/max-gap"]["passed"] and records["local/clamp"]["passed"]
+    assert not records["local/two-sum"]["passed"]
+    assert records["local/two-sum"]["category"] == errors.WRONG_ANSWER
+
+
+def test_chat_mode_whole_class_is_not_indented_into_the_stub(tmp_path):
+    whole = ("Here it is:\n```python\nclass Solution:\n    def maximumGap(self, nums: List[int]) -> int:\n"
+             "        s = sorted(nums)\n        return max((b - a for a, b in zip(s, s[1:])), default=0)\n\n"
+             "print(Solution().maximumGap([1, 5]))\n```")
+    wrong = "```python\nclass Solution:\n    def twoSum(self, nums, target):\n        return [0, 1]\n```"
+    clamp = "```python\ndef clamp(x, lo, hi):\n    return min(max(x, lo), hi)\n```"
+    records = _evaluate({"local/two-sum": wrong, "local/max-gap": whole, "local/clamp": clamp}, chat=True,
+                        tmp_path=tmp_path)
+    assert records["local/max-gap"]["passed"], records["local/max-gap"]
+    assert records["local/clamp"]["passed"]
+    assert not records["local/two-sum"]["passed"]
+    assert records["local/two-sum"]["category"] == errors.WRONG_ANSWER
+
+
+def test_leetcode_early_exit_fails():
+    problem = next(p for p in load_problems(EXAMPLE) if p.task_id == "local/max-gap")
+    (outcome,) = grade_humaneval([(problem, "import os\n        os._exit(0)\n")], timeout=5)
+    assert not outcome["passed"] and outcome["category"] == errors.EARLY_EXIT
+
+
+def test_teeny_bench_check_grades_every_solution(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "teeny_core.cli", "bench", "check", "humaneval", "--path",
+                          str(EXAMPLE)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "passed 4/4" in run.stdout
+    broken = tmp_path / "broken.jsonl"
+    record = json.loads(EXAMPLE.read_text().splitlines()[1])
+    broken.write_text(json.dumps({**record, "solutions": ["return -1\n"]}) + "\n")
+    run = subprocess.run([sys.executable, "-m", "teeny_core.cli", "bench", "check", "humaneval", "--path",
+                          str(broken)], capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and "passed 0/1" in run.stdout
+
+
+def test_a_record_without_solutions_cannot_be_checked(tmp_path):
+    path = tmp_path / "bare.jsonl"
+    path.write_text(json.dumps({"task_id": "x", "prompt": "def f():\n", "test": "assert f() == 1\n"}) + "\n")
+    from teeny_bench.humaneval import check_canonical
+
+    with pytest.raises(TeenyError, match="neither a canonical_solution nor solutions"):
+        check_canonical(str(path))
