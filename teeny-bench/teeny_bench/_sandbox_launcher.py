@@ -5,7 +5,7 @@
   interpreter that waits on the unix socket FD for ``STAGING`` plus the program's stdio/status/channel fds, and
   per request forks a child that sets up one sandbox exactly like a cold launcher and then runs the Python
   program in a forked, already initialised interpreter instead of ``execve``-ing a new one. The zygote itself
-  only forks, sends the child's pid back and reaps it when told (``reap PID``): it never runs untrusted code
+  only forks, sends the child's pid back and reaps it once told (``reap PID``): it never runs untrusted code
   and never reads a program's configuration (its forked child does), so nothing of one program stays in the
   zygote's memory for the next one to find.
 
@@ -360,6 +360,17 @@ def _print_uncaught(exc):
         sys.__excepthook__(type(exc), exc, exc.__traceback__)
 
 
+def _let_go(cfg):
+    """Hold no end of the program's stdio and channel pipes, so that they end with the program's own tree
+    (the parent then needs only the status report, not this process's exit)."""
+    for fd in cfg.get("channel_fds") or ():
+        os.close(fd)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+
 def _init(cfg, entered, uid, gid, status_fd):
     """PID 1 of the sandbox: mount /proc, run the program, reap, report; the kernel then kills the rest."""
     if "pid" in entered and "mount" in entered:
@@ -370,8 +381,7 @@ def _init(cfg, entered, uid, gid, status_fd):
     child = os.fork()
     if child == 0:
         _exec_program(cfg, uid, gid)
-    for fd in cfg.get("channel_fds") or ():
-        os.close(fd)  # init holds no end of the channel: its pipe ends when the program's tree is done
+    _let_go(cfg)
     report = {"isolation": sorted(entered), "uid": uid}
     while True:
         try:
@@ -419,6 +429,7 @@ def _sandbox(staging, fds):
                 _init(cfg, entered, uid, gid, status_fd)
             finally:
                 os._exit(0)
+        _let_go(cfg)
         os.waitpid(init, 0)
         os._exit(0)
     try:
@@ -444,12 +455,15 @@ def _zygote(sock_fd):
 
     gc.collect()
     gc.freeze()  # keep the preloaded objects' pages shared with the children
+    exited = set()  # children the parent is done with, reaped as soon as they have exited
     while True:
         msg, fds, _flags, _addr = socket.recv_fds(sock, 4096, 8)
         if not msg:
             os._exit(0)
         if msg.startswith(b"reap "):
-            os.waitpid(int(msg[5:]), 0)
+            exited.add(int(msg[5:]))
+        exited = {pid for pid in exited if os.waitpid(pid, os.WNOHANG)[0] == 0}
+        if msg.startswith(b"reap "):
             continue
         pid = os.fork()
         if pid == 0:
