@@ -22,7 +22,9 @@ Setting up a sandbox (started in a new session) does, in order:
    only fds 0-2 (and 3-4 with a channel) kept, resource limits, ``no_new_privs``, an unprivileged uid/gid (when
    started as root), ``chdir``, then ``execve`` (cold) or the Python program run in place (warm);
 5. init reaps until the program exits and reports its status, rusage and the isolation achieved as JSON on the
-   status fd. When init exits the kernel kills everything left in the PID namespace.
+   status fd. When init exits the kernel kills everything left in the PID namespace. Neither init nor the
+   setup process keeps an end of the program's pipes, so the parent has its result without waiting for the
+   namespaces' teardown.
 
 Without namespaces it degrades to limits + uid drop in the staging directory, and says so in the report.
 """

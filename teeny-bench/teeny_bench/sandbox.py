@@ -16,6 +16,13 @@ namespaces. Inside:
   the namespace: nothing survives a sandbox, whether it timed out or not;
 - the wall-time limit and the output cap are enforced by the parent, which kills the whole process group.
 
+Python programs can start warm: :func:`run_many` (and :func:`run_sandboxed` inside :func:`warm_sandboxes`)
+keeps a zygote per worker thread, an interpreter started once with the program's flags and environment and a
+few common modules imported, which only forks. Its forked child sets up the sandbox with the same launcher
+code as a cold start (new namespaces, read-only view, fresh tmpfs workdir, a fresh uid, rlimits) and then runs
+the program in its already initialised interpreter, the way ``python`` would; other programs (and Python
+called with other options, ``-m`` or another interpreter) take the cold path.
+
 Where namespaces are not available (no root and no user namespaces) it degrades to limits, process-group
 killing and a scratch directory, and reports it: ``Result.network_isolated`` is False and
 ``Result.isolation`` lists what was achieved. :func:`capabilities` probes this once.

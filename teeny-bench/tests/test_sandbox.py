@@ -439,3 +439,13 @@ def test_zygote_that_dies_is_replaced_and_none_outlives_its_block():
         r = run_sandboxed(PY + ["print(2)"])
         assert r.stdout == "2\n" and r.warm
     assert not _running(LAUNCHER)
+
+
+def test_each_environment_gets_its_own_zygote():
+    code = "import os, sys\nprint(os.environ.get('MODE'), os.environ['HOME'] == os.getcwd(), sys.stdout.encoding)"
+    with warm_sandboxes():
+        results = [run_sandboxed(PY + [code], env=env) for env in ({"MODE": "a"}, {"MODE": "b"}, {})]
+    assert all(r.warm for r in results)
+    assert [r.stdout.split() for r in results] == [["a", "True", "utf-8"], ["b", "True", "utf-8"],
+                                                   ["None", "True", "utf-8"]]
+    assert len(_running(LAUNCHER + " zygote")) == 0
