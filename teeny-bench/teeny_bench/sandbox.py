@@ -172,6 +172,8 @@ def run_sandboxed(argv: list[str], *, files: dict[str, str | bytes] | None = Non
     """
     if not argv:
         raise SandboxError("run_sandboxed needs a non-empty argv")
+    if channel is not None and not isinstance(channel, (bytes, bytearray)):
+        raise SandboxError(f"run_sandboxed: channel must be bytes, not {type(channel).__name__}")
     environment = _environment(env)
     call = _python_call(argv, environment)
     zygotes = getattr(_local, "zygotes", None)
@@ -357,7 +359,9 @@ class _Zygotes:
 
     def get(self, call: _PythonCall, env: dict[str, str]) -> _Zygote:
         key = (call.executable, call.flags, tuple(sorted(env.items())))
-        if key not in self.zygotes or self.zygotes[key].proc.poll() is not None:
+        if key in self.zygotes and self.zygotes[key].proc.poll() is not None:
+            self.zygotes.pop(key).close()  # died (killed from outside): start another
+        if key not in self.zygotes:
             self.zygotes[key] = _Zygote(call, env)
         return self.zygotes[key]
 
@@ -411,8 +415,9 @@ def _supervise(process: _ColdProcess | _WarmProcess, out_fd: int, err_fd: int, s
     deadline = start + limits.wall_seconds
     buffers: dict[int, bytearray] = {out_fd: bytearray(), err_fd: bytearray()}
     status = bytearray()  # init's report: one write, once the program has exited
+    streams = {out_fd, err_fd} | ({channel_fd} if channel_fd is not None else set())
     selector = selectors.DefaultSelector()
-    for fd in (out_fd, err_fd, status_r) + (() if channel_fd is None else (channel_fd,)):
+    for fd in streams | {status_r}:
         selector.register(fd, selectors.EVENT_READ)
     killed_for = ""
     truncated = False
@@ -420,7 +425,7 @@ def _supervise(process: _ColdProcess | _WarmProcess, out_fd: int, err_fd: int, s
     exited_at: float | None = None
     try:
         # until the program's pipes end and the report is in (or its sender is gone)
-        while len(selector.get_map()) > 1 or (status_r in selector.get_map() and not status):
+        while streams & selector.get_map().keys() or (status_r in selector.get_map() and not status):
             now = time.monotonic()
             if now >= deadline:
                 killed_for = f"wall time limit of {limits.wall_seconds:g} s exceeded"
