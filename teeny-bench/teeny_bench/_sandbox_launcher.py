@@ -309,7 +309,9 @@ def _run_python(call):
 
 
 def _execute(source, filename, namespace):
-    """The exit status of running ``source`` in ``namespace`` and shutting down as CPython does."""
+    """The exit status of running ``source`` in ``namespace`` and shutting down as CPython does (an
+    uncaught KeyboardInterrupt ends the process by SIGINT, as there)."""
+    interrupted = False
     try:
         exec(compile(source, filename, "exec"), namespace)
         status = 0
@@ -318,7 +320,7 @@ def _execute(source, filename, namespace):
     except BaseException as exc:  # noqa: BLE001 - printed like the interpreter's top level does
         exc.__traceback__ = exc.__traceback__.tb_next  # without this frame (none left for a compile error)
         _print_uncaught(exc)
-        status = 1
+        status, interrupted = 1, isinstance(exc, KeyboardInterrupt)
     threading = sys.modules.get("threading")
     if threading is not None:
         try:
@@ -334,6 +336,11 @@ def _execute(source, filename, namespace):
                 stream.flush()
         except BaseException:  # noqa: BLE001 - CPython exits 120 when the final flush fails
             status = 120
+    if interrupted:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
     return status
 
 

@@ -401,6 +401,7 @@ SEMANTICS = [
     (["-I", "-S", "prog.py"], "import sys\nsys.excepthook = lambda *a: print('hooked')\nraise KeyError(1)"),
     (["-I", "-S", "prog.py"], "print('lost in the buffer', end='')\nimport os\nos._exit(4)"),
     (["-I", "-S", "prog.py"], "import sys\nprint(sys.stdin.read().upper())"),
+    (["-I", "-S", "prog.py"], "print('interrupted')\nraise KeyboardInterrupt"),
     (["-I", "-S", "missing.py"], "unused"),
 ]
 
