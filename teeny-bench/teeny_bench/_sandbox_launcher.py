@@ -478,13 +478,13 @@ def _zygote(sock_fd):
         if pid == 0:
             sock.close()
             os.setsid()
-            stdio, rest = fds[:3], fds[3:]
-            for target, fd in enumerate(stdio):
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in fds]  # none of them may sit on 0-2 yet
+            for fd in fds:
+                os.close(fd)
+            for target, fd in enumerate(high[:3]):  # stdin, stdout, stderr
                 os.dup2(fd, target)
-            for fd in stdio:
-                if fd > 2:
-                    os.close(fd)
-            _sandbox(msg.decode(), rest)
+                os.close(fd)
+            _sandbox(msg.decode(), high[3:])
         for fd in fds:
             os.close(fd)
         sock.send(str(pid).encode())
