@@ -177,7 +177,8 @@ def run_sandboxed(argv: list[str], *, files: dict[str, str | bytes] | None = Non
     environment = _environment(env)
     call = _python_call(argv, environment)
     zygotes = getattr(_local, "zygotes", None)
-    zygote = zygotes.get(call, environment) if zygotes is not None and call is not None else None
+    warm = zygotes is not None and call is not None and _pidfds_work()
+    zygote = zygotes.get(call, environment) if warm else None
     scratch = _scratch_dir(sum(len(c) for c in (files or {}).values()) + len(stdin or b"") + len(channel or b""))
     staging = Path(tempfile.mkdtemp(prefix="teeny-sandbox-", dir=scratch))
     with contextlib.ExitStack() as stack:
@@ -285,6 +286,16 @@ def _python_call(argv: list[str], env: dict[str, str]) -> _PythonCall | None:
     if rest and not rest[0].startswith("-"):
         return _PythonCall(found, tuple(flags), "script", rest[0], tuple(rest[1:]))
     return None
+
+
+@functools.lru_cache(maxsize=1)
+def _pidfds_work() -> bool:
+    """Whether this kernel has pidfds (Linux 5.3+), which the warm path needs; without them: cold starts."""
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return False
+    return True
 
 
 class _ColdProcess:
