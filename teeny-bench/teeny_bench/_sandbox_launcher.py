@@ -1,8 +1,17 @@
-"""The sandbox's launcher: runs as ``python -I -S _sandbox_launcher.py CONFIG_JSON``; standard library only.
+"""The sandbox's launcher (standard library only), in one of two modes:
 
-It is started by :func:`teeny_bench.sandbox.run_sandboxed` in a new session and does, in order:
+- cold: ``python -I -S _sandbox_launcher.py STAGING`` sets up one sandbox and ``execve``s its program;
+- warm: ``python [the program's flags] _sandbox_launcher.py zygote FD`` is a zygote: a pre-initialised
+  interpreter that waits on the unix socket FD for ``STAGING`` plus the program's stdio/status/channel fds, and
+  per request forks a child that sets up one sandbox exactly like a cold launcher and then runs the Python
+  program in a forked, already initialised interpreter instead of ``execve``-ing a new one. The zygote itself
+  only forks, sends the child's pid back and reaps it once told (``reap PID``): it never runs untrusted code
+  and never reads a program's configuration (its forked child does), so nothing of one program stays in the
+  zygote's memory for the next one to find.
 
-1. read the program's files from the staging directory into memory;
+Setting up a sandbox (started in a new session) does, in order:
+
+1. read the configuration (``STAGING/config.json``) and the program's files from the staging directory;
 2. ``unshare`` new mount, PID, network, IPC and UTS namespaces (each where the kernel allows);
 3. in the mount namespace: every host mount read-only; private size-limited tmpfs mounts over ``/tmp``,
    ``/var/tmp``, ``/dev/shm`` and ``/run`` (and over the real home directory when not root); a fresh
@@ -10,19 +19,23 @@ It is started by :func:`teeny_bench.sandbox.run_sandboxed` in a new session and 
    interpreter/toolchain directories that those masks (or a non-traversable ancestor such as a 0700
    ``/root``) would hide from the unprivileged program;
 4. fork an init process (PID 1 of the new PID namespace, with its own ``/proc``), which forks the program:
-   resource limits, ``no_new_privs``, an unprivileged uid/gid (when started as root), the channel (when
-   given: the two descriptors moved to fds 3 and 4, owned by the program's uid), ``chdir``, ``execve``;
+   only fds 0-2 (and 3-4 with a channel) kept, resource limits, ``no_new_privs``, an unprivileged uid/gid (when
+   started as root), ``chdir``, then ``execve`` (cold) or the Python program run in place (warm);
 5. init reaps until the program exits and reports its status, rusage and the isolation achieved as JSON on the
-   status fd. When init exits the kernel kills everything left in the PID namespace.
+   status fd. When init exits the kernel kills everything left in the PID namespace. Neither init nor the
+   setup process keeps an end of the program's pipes, so the parent has its result without waiting for the
+   namespaces' teardown.
 
 Without namespaces it degrades to limits + uid drop in the staging directory, and says so in the report.
 """
 
+import builtins
 import ctypes
 import fcntl
 import json
 import os
 import resource
+import socket
 import stat
 import sys
 
@@ -41,6 +54,8 @@ MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_DUMPABLE = 4
+PR_SET_PDEATHSIG = 1
 SYS_MOUNT_SETATTR = 442  # the same number on every architecture (added in Linux 5.12)
 AT_FDCWD = -100
 AT_RECURSIVE = 0x8000
@@ -207,9 +222,25 @@ def _write_files(work, files, uid, gid):
                 os.chown(os.path.join(dirpath, name), uid, gid)
 
 
+def _program_fds(cfg, uid, gid):
+    """Keep only stdin/stdout/stderr and, with a channel, its read end as fd 3 and write end as fd 4 (owned by
+    the program's uid, so that a runtime that reopens ``/proc/self/fd/3`` (Java, C#) may)."""
+    channel = cfg.get("channel_fds")
+    if channel:
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in channel]  # out of the way of 3 and 4 first
+        for target, fd in zip((3, 4), high):
+            os.dup2(fd, target)
+            if uid is not None:
+                os.fchown(target, uid, gid)
+        os.closerange(5, 1 << 16)
+    else:
+        os.closerange(3, 1 << 16)
+
+
 def _exec_program(cfg, uid, gid):
-    """In the program's process: limits, privileges, then execve (never returns)."""
+    """In the program's process: fds, limits, privileges, then execve or the warm Python run (never returns)."""
     try:
+        _program_fds(cfg, uid, gid)
         limits = [
             (resource.RLIMIT_CPU, (cfg["cpu"], cfg["cpu"] + 1)),
             (resource.RLIMIT_AS, (cfg["memory_bytes"], cfg["memory_bytes"])),
@@ -220,8 +251,6 @@ def _exec_program(cfg, uid, gid):
         ]
         for which, value in limits:
             resource.setrlimit(which, value)
-        if cfg["channel"]:
-            _channel_to_3_and_4(cfg["channel"], uid, gid)
         _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
         if uid is not None:
             os.setgroups([])
@@ -230,6 +259,12 @@ def _exec_program(cfg, uid, gid):
         os.chdir(cfg["workdir"])
         os.umask(0o077)
         env = cfg["env"]
+        if cfg.get("warm"):
+            # no execve resets "dumpable" after the uid change: as after an exec, /proc/self is the program's
+            _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+            os.environ.clear()
+            os.environ.update(env)
+            _run_python(cfg["warm"])
         program = cfg["argv"][0]
         if "/" not in program:
             for d in env.get("PATH", "").split(":"):
@@ -245,25 +280,107 @@ def _exec_program(cfg, uid, gid):
             os._exit(127)
 
 
-def _channel_to_3_and_4(fds, uid, gid):
-    """Move the channel's read end to fd 3 and its write end to fd 4 (inheritable, owned by the program's uid
-    so that ``/proc/self/fd/3`` can be reopened), closing the originals."""
-    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in fds]
-    for fd in fds:
-        os.close(fd)
-    for target, fd in zip((3, 4), moved):
-        os.dup2(fd, target)
-        os.close(fd)
-        if uid is not None:
-            os.fchown(target, uid, gid)
-
-
-def _close_channel(cfg):
-    for fd in cfg["channel"] or ():
+def _run_python(call):
+    """Run ``python [flags] -c CODE ARGS`` / ``python [flags] SCRIPT ARGS`` in this forked interpreter as the
+    interpreter itself would: ``__main__``, ``sys.argv``, ``sys.path[0]``, the traceback and exit status of an
+    uncaught exception or ``SystemExit``, then non-daemon threads joined, ``atexit`` handlers, stdio flushed.
+    Never returns."""
+    if call["kind"] == "c":
+        filename, source, path0, argv = "<string>", call["code"], "", ["-c", *call["args"]]
+    else:
+        filename, argv = os.path.abspath(call["path"]), [call["path"], *call["args"]]
+        path0 = os.path.dirname(os.path.realpath(filename))
         try:
-            os.close(fd)
-        except OSError:
+            with open(filename, "rb") as f:
+                source = f.read()
+        except OSError as exc:
+            sys.stderr.write(f"{sys.executable}: can't open file {filename!r}: [Errno {exc.errno}] "
+                             f"{exc.strerror}\n")
+            sys.stderr.flush()
+            os._exit(2)
+    sys.argv = argv
+    sys.orig_argv = call["argv"]
+    if not (sys.flags.isolated or sys.flags.safe_path):
+        sys.path[0] = path0  # the zygote's own entry (this launcher's directory) becomes the program's
+    main = type(sys)("__main__")
+    main.__builtins__ = builtins
+    if call["kind"] != "c":
+        main.__file__ = filename
+        main.__cached__ = None
+    sys.modules["__main__"] = main
+    os._exit(_execute(source, filename, main.__dict__))
+
+
+def _execute(source, filename, namespace):
+    """The exit status of running ``source`` in ``namespace`` and shutting down as CPython does (an
+    uncaught KeyboardInterrupt ends the process by SIGINT, as there)."""
+    interrupted = False
+    try:
+        exec(compile(source, filename, "exec"), namespace)
+        status = 0
+    except SystemExit as exc:
+        status = _exit_status(exc)
+    except BaseException as exc:  # noqa: BLE001 - printed like the interpreter's top level does
+        exc.__traceback__ = exc.__traceback__.tb_next  # without this frame (none left for a compile error)
+        _print_uncaught(exc)
+        status, interrupted = 1, isinstance(exc, KeyboardInterrupt)
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        try:
+            threading._shutdown()
+        except BaseException:  # noqa: BLE001
             pass
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except BaseException:  # noqa: BLE001 - CPython exits 120 when the final flush fails
+            status = 120
+    if interrupted:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    return status
+
+
+def _exit_status(exc):
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF if -(1 << 31) <= code < (1 << 31) else 255
+    try:
+        sys.stderr.write(f"{code}\n")
+    except BaseException:  # noqa: BLE001
+        pass
+    return 1
+
+
+def _print_uncaught(exc):
+    try:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    except SystemExit as hook_exit:
+        os._exit(_exit_status(hook_exit))
+    except BaseException as hook_exc:  # noqa: BLE001
+        sys.stderr.write("Error in sys.excepthook:\n")
+        sys.__excepthook__(type(hook_exc), hook_exc, hook_exc.__traceback__)
+        sys.stderr.write("\nOriginal exception was:\n")
+        sys.__excepthook__(type(exc), exc, exc.__traceback__)
+
+
+def _let_go(cfg):
+    """Hold no end of the program's stdio and channel pipes, so that they end with the program's own tree
+    (the parent then needs only the status report, not this process's exit)."""
+    for fd in cfg.get("channel_fds") or ():
+        os.close(fd)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
 
 
 def _init(cfg, entered, uid, gid, status_fd):
@@ -276,7 +393,7 @@ def _init(cfg, entered, uid, gid, status_fd):
     child = os.fork()
     if child == 0:
         _exec_program(cfg, uid, gid)
-    _close_channel(cfg)
+    _let_go(cfg)
     report = {"isolation": sorted(entered), "uid": uid}
     while True:
         try:
@@ -290,11 +407,17 @@ def _init(cfg, entered, uid, gid, status_fd):
     os.write(status_fd, json.dumps(report).encode())
 
 
-def main():
-    cfg = json.loads(sys.argv[1])
-    status_fd = cfg["status_fd"]
-    os.set_inheritable(status_fd, False)
+def _sandbox(staging, fds):
+    """Set up the sandbox described in ``staging/config.json`` and run its program (never returns).
+
+    ``fds``: the status fd and the channel's two fds, where the caller put them."""
+    status_fd = fds[0]
     try:
+        with open(os.path.join(staging, "config.json")) as f:
+            cfg = json.load(f)
+        cfg["channel_fds"] = list(fds[1:])
+        for fd in fds:
+            os.set_inheritable(fd, False)
         uid, gid = cfg["uid"], cfg["gid"]
         files = _read_tree(cfg["workdir"])
         if uid is None:  # no uid of its own: the limit counts every process of ours
@@ -307,6 +430,7 @@ def main():
             if uid is not None and any(_hidden_ancestor(os.path.realpath(p), uid) for p in cfg["needed"]):
                 uid = gid = None  # without a mount namespace the unprivileged uid could not reach the interpreter
             _write_files(cfg["workdir"], [], uid, gid)
+        del files
     except BaseException as exc:  # noqa: BLE001
         os.write(status_fd, json.dumps({"setup_error": f"{type(exc).__name__}: {exc}"}).encode())
         os._exit(125)
@@ -317,11 +441,62 @@ def main():
                 _init(cfg, entered, uid, gid, status_fd)
             finally:
                 os._exit(0)
-        _close_channel(cfg)
+        _let_go(cfg)
         os.waitpid(init, 0)
         os._exit(0)
-    _init(cfg, entered, uid, gid, status_fd)
-    os._exit(0)
+    try:
+        _init(cfg, entered, uid, gid, status_fd)
+    finally:
+        os._exit(0)
+
+
+# Imported once by the zygote so that programs start with them loaded (what HumanEval-style programs import).
+PRELOAD = ("typing", "collections", "itertools", "functools", "math", "re", "string", "heapq", "bisect", "hashlib",
+           "threading", "atexit")
+
+
+def _zygote(sock_fd):
+    """Serve fork requests on the socket until it closes; each child becomes one sandbox."""
+    sock = socket.socket(fileno=sock_fd)
+    _libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)  # SIGKILL when the thread that started us is gone
+    if os.getppid() == 1:
+        os._exit(0)
+    for name in PRELOAD:
+        __import__(name)
+    import gc
+
+    gc.collect()
+    gc.freeze()  # keep the preloaded objects' pages shared with the children
+    exited = set()  # children the parent is done with, reaped as soon as they have exited
+    while True:
+        msg, fds, _flags, _addr = socket.recv_fds(sock, 4096, 8)
+        if not msg:
+            os._exit(0)
+        if msg.startswith(b"reap "):
+            exited.add(int(msg[5:]))
+        exited = {pid for pid in exited if os.waitpid(pid, os.WNOHANG)[0] == 0}
+        if msg.startswith(b"reap "):
+            continue
+        pid = os.fork()
+        if pid == 0:
+            sock.close()
+            os.setsid()
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in fds]  # none of them may sit on 0-2 yet
+            for fd in fds:
+                os.close(fd)
+            for target, fd in enumerate(high[:3]):  # stdin, stdout, stderr
+                os.dup2(fd, target)
+                os.close(fd)
+            _sandbox(msg.decode(), high[3:])
+        for fd in fds:
+            os.close(fd)
+        sock.send(str(pid).encode())
+
+
+def main():
+    if sys.argv[1] == "zygote":
+        _zygote(int(sys.argv[2]))
+    _sandbox(sys.argv[1], [int(fd) for fd in sys.argv[2:]])
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ would fail the test without damaging the machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -19,16 +21,30 @@ from pathlib import Path
 import psutil
 import pytest
 
-from teeny_bench.sandbox import Limits, Result, SandboxError, capabilities, run_many, run_sandboxed
+from teeny_bench.sandbox import (LAUNCHER, Limits, Result, SandboxError, capabilities, run_many, run_sandboxed,
+                                 warm_sandboxes)
 
 PY = [sys.executable, "-I", "-c"]
 
 
-def py(code: str, **kwargs) -> Result:
-    return run_sandboxed(PY + [code], **kwargs)
+@pytest.fixture(params=["cold", "warm"])
+def py(request):
+    """Runs Python code in a sandbox, cold (a new interpreter) or warm (forked from a zygote), and checks
+    that the path asked for is the one taken: every attack below is tried on both."""
+    warm = request.param == "warm"
+    with contextlib.ExitStack() as stack:
+        if warm:
+            stack.enter_context(warm_sandboxes())
+
+        def run(code: str, **kwargs) -> Result:
+            result = run_sandboxed(PY + [code], **kwargs)
+            assert result.warm == warm, result
+            return result
+
+        yield run
 
 
-def test_runs_program_with_files_stdin_and_a_private_home():
+def test_runs_program_with_files_stdin_and_a_private_home(py):
     r = py("import os, sys\n"
            "print(open('data/in.txt').read(), sys.stdin.read())\n"
            "print(os.environ['HOME'] == os.getcwd(), os.environ['TMPDIR'].startswith(os.getcwd()))\n"
@@ -42,19 +58,19 @@ def test_runs_program_with_files_stdin_and_a_private_home():
     assert r.stderr == "" and r.seconds > 0
 
 
-def test_stdin_is_closed_when_not_given():
+def test_stdin_is_closed_when_not_given(py):
     r = py("import sys; print(repr(sys.stdin.read()))")
     assert r.status == "ok" and r.stdout.strip() == "''"
 
 
-def test_environment_is_minimal(monkeypatch):
+def test_environment_is_minimal(py, monkeypatch):
     monkeypatch.setenv("TEENY_SECRET_TOKEN", "do-not-leak")
     r = py("import os; print(sorted(os.environ))", env={"EXTRA": "1"})
     assert "TEENY_SECRET_TOKEN" not in r.stdout
     assert "'EXTRA'" in r.stdout and "'HOME'" in r.stdout
 
 
-def test_nonzero_exit_is_an_error_with_its_stderr():
+def test_nonzero_exit_is_an_error_with_its_stderr(py):
     r = py("raise ValueError('boom')")
     assert r.status == "error" and r.returncode == 1
     assert "ValueError: boom" in r.stderr
@@ -73,7 +89,7 @@ def test_missing_program_is_an_error_not_a_crash():
     assert "cannot run" in r.stderr
 
 
-def test_infinite_loop_hits_the_cpu_limit():
+def test_infinite_loop_hits_the_cpu_limit(py):
     r = py("while True:\n    pass", limits=Limits(cpu_seconds=1, wall_seconds=30))
     assert r.status == "timeout", r
     assert "CPU time" in r.reason
@@ -83,7 +99,17 @@ def _running(token: str) -> list[psutil.Process]:
     return [p for p in psutil.process_iter(["cmdline"]) if token in " ".join(p.info["cmdline"] or [])]
 
 
-def test_sleeping_program_hits_the_wall_limit_and_its_whole_tree_dies():
+def _all_gone(token: str, seconds: float = 5) -> bool:
+    """No process runs ``token`` within ``seconds`` (SIGKILLed sandboxes may take a moment to vanish)."""
+    deadline = time.monotonic() + seconds
+    while _running(token):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_sleeping_program_hits_the_wall_limit_and_its_whole_tree_dies(py):
     # a grandchild in a session of its own, which a process-group kill alone would miss
     code = ("import subprocess, sys, time\n"
             "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(40)  # teeny-survivor-1'],"
@@ -98,7 +124,7 @@ def test_sleeping_program_hits_the_wall_limit_and_its_whole_tree_dies():
     assert not _running("teeny-survivor-1")
 
 
-def test_background_process_cannot_outlive_a_finished_program():
+def test_background_process_cannot_outlive_a_finished_program(py):
     code = ("import subprocess, sys\n"
             "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'], start_new_session=True)\n"
             "print('done')")
@@ -110,7 +136,7 @@ def test_background_process_cannot_outlive_a_finished_program():
     assert not _running("time.sleep(30)")
 
 
-def test_fork_bomb_is_contained():
+def test_fork_bomb_is_contained(py):
     code = "import os\nwhile True:\n    os.fork()"
     before = len(psutil.pids())
     r = py(code, limits=Limits(processes=32, wall_seconds=5, cpu_seconds=2))
@@ -121,7 +147,7 @@ def test_fork_bomb_is_contained():
     assert py("print('still works')").stdout.strip() == "still works"
 
 
-def test_huge_allocation_is_a_memory_failure():
+def test_huge_allocation_is_a_memory_failure(py):
     r = py("x = bytearray(100 * 2**30)\nprint(len(x))")
     assert r.status == "memory", r
     assert "MemoryError" in r.stderr
@@ -132,7 +158,7 @@ def _needs_filesystem_isolation():
         pytest.skip(f"no filesystem isolation on this machine (capabilities: {capabilities()})")
 
 
-def test_rm_rf_home_only_empties_the_sandbox(tmp_path):
+def test_rm_rf_home_only_empties_the_sandbox(py, tmp_path):
     _needs_filesystem_isolation()
     canary = tmp_path / "home" / "precious.txt"
     canary.parent.mkdir()
@@ -145,7 +171,7 @@ def test_rm_rf_home_only_empties_the_sandbox(tmp_path):
     assert canary.read_text() == "keep me"
 
 
-def test_writing_outside_its_directory_fails(tmp_path):
+def test_writing_outside_its_directory_fails(py, tmp_path):
     _needs_filesystem_isolation()
     outside = tmp_path / "outside.txt"
     outside.write_text("original")
@@ -160,7 +186,7 @@ def test_writing_outside_its_directory_fails(tmp_path):
     assert not os.path.exists("/tmp/teeny-sandbox-escape.txt")
 
 
-def test_world_writable_directory_elsewhere_stays_intact():
+def test_world_writable_directory_elsewhere_stays_intact(py):
     """Outside /tmp, in a directory anyone may write to: only a read-only filesystem view protects it."""
     if "readonly" not in capabilities():
         pytest.skip("this kernel cannot make the sandbox's view of the filesystem read-only (mount_setattr)")
@@ -182,7 +208,7 @@ def test_world_writable_directory_elsewhere_stays_intact():
         shutil.rmtree(target, ignore_errors=True)
 
 
-def test_socket_to_the_outside_fails_when_isolated():
+def test_socket_to_the_outside_fails_when_isolated(py):
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen()
@@ -205,7 +231,7 @@ def test_socket_to_the_outside_fails_when_isolated():
         server.close()
 
 
-def test_unix_sockets_of_host_daemons_are_out_of_reach(tmp_path):
+def test_unix_sockets_of_host_daemons_are_out_of_reach(py, tmp_path):
     """A daemon's socket under /run (like a container engine's) must not be reachable without a network."""
     if "mount" not in capabilities():
         pytest.skip("no mount namespace on this machine")
@@ -213,21 +239,21 @@ def test_unix_sockets_of_host_daemons_are_out_of_reach(tmp_path):
     assert r.status == "ok" and r.stdout.strip() == "[]"
 
 
-def test_only_its_own_processes_are_visible():
+def test_only_its_own_processes_are_visible(py):
     r = py("import os\nprint(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))")
     if "pid" not in r.isolation:
         pytest.skip("no PID namespace on this machine")
     assert r.stdout.strip() == "[1, 2]"  # the sandbox's init and the program itself
 
 
-def test_huge_stdout_is_capped_and_the_program_killed():
+def test_huge_stdout_is_capped_and_the_program_killed(py):
     r = py("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)", limits=Limits(output_bytes=1 << 20))
     assert r.status == "killed" and r.truncated
     assert len(r.stdout) == 1 << 20
     assert "output limit" in r.reason
 
 
-def test_file_size_limit():
+def test_file_size_limit(py):
     r = py("open('big.bin', 'wb').write(b'0' * (8 << 20))", limits=Limits(file_bytes=1 << 20))
     assert r.status != "ok"
 
@@ -235,15 +261,21 @@ def test_file_size_limit():
 def test_run_many_keeps_order_and_isolates_failures():
     jobs = [(PY + [f"print({i})"], {}) for i in range(6)]
     jobs.insert(3, (PY + ["while True: pass"], {"limits": Limits(cpu_seconds=1, wall_seconds=10)}))
-    results = run_many(jobs, workers=2)
-    assert [r.status for r in results] == ["ok"] * 3 + ["timeout"] + ["ok"] * 3
-    assert [r.stdout.strip() for r in results if r.status == "ok"] == [str(i) for i in range(6)]
+    for warm in (True, False):
+        results = run_many(jobs, workers=2, warm=warm)
+        assert [r.status for r in results] == ["ok"] * 3 + ["timeout"] + ["ok"] * 3
+        assert [r.stdout.strip() for r in results if r.status == "ok"] == [str(i) for i in range(6)]
+        assert all(r.warm == warm for r in results)  # Python programs start warm in run_many by default
+    assert _all_gone(LAUNCHER)  # the workers' zygotes are stopped with run_many
 
 
 NON_ROOT_SCRIPT = """
-import json, sys
-from teeny_bench.sandbox import Limits, run_sandboxed
+import contextlib, json, sys
+from teeny_bench.sandbox import Limits, run_sandboxed, warm_sandboxes
 canary = sys.argv[1]
+stack = contextlib.ExitStack()
+if sys.argv[2] == "warm":
+    stack.enter_context(warm_sandboxes())
 code = ("import os, socket\\n"
         "try:\\n    socket.create_connection(('127.0.0.1', 9), timeout=2)\\nexcept OSError as e:\\n    print('net', e.errno)\\n"
         f"try:\\n    open({canary!r}, 'w').write('x')\\nexcept OSError as e:\\n    print('write', e.errno)\\n"
@@ -252,11 +284,13 @@ r = run_sandboxed([sys.executable, "-I", "-c", code])
 bomb = run_sandboxed([sys.executable, "-I", "-c", "import os\\nwhile True:\\n    os.fork()"],
                      limits=Limits(processes=16, wall_seconds=5, cpu_seconds=2))
 print(json.dumps({"status": r.status, "stdout": r.stdout, "stderr": r.stderr[-300:], "isolation": r.isolation,
-                  "bomb": bomb.status}))
+                  "bomb": bomb.status, "warm": [r.warm, bomb.warm]}))
+stack.close()
 """
 
 
-def test_without_root_user_namespaces_give_the_same_isolation():
+@pytest.mark.parametrize("mode", ["cold", "warm"])
+def test_without_root_user_namespaces_give_the_same_isolation(mode):
     """A laptop user is not root: simulated here by running the harness in a user namespace as uid 1000."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare(1) to simulate an unprivileged user")
@@ -270,7 +304,7 @@ def test_without_root_user_namespaces_give_the_same_isolation():
         canary.write_text("original")
         canary.chmod(0o666)
         run = subprocess.run(["unshare", "--user", "--map-user=1000", "--map-group=1000", sys.executable, "-c",
-                              NON_ROOT_SCRIPT, str(canary)], capture_output=True, text=True, timeout=300)
+                              NON_ROOT_SCRIPT, str(canary), mode], capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr
         out = json.loads(run.stdout.strip().splitlines()[-1])
         assert out["status"] == "ok", out
@@ -279,6 +313,7 @@ def test_without_root_user_namespaces_give_the_same_isolation():
         assert "write 30" in out["stdout"] or "write 2" in out["stdout"]  # EROFS, or ENOENT under a private /tmp
         assert "uid 1000" in out["stdout"]
         assert out["bomb"] != "ok"
+        assert out["warm"] == [mode == "warm"] * 2
         assert canary.read_text() == "original"
     finally:
         shutil.rmtree(target, ignore_errors=True)
@@ -289,3 +324,148 @@ def test_capabilities_are_reported():
     assert isinstance(caps, tuple)
     if os.geteuid() == 0 and "mount" in caps:
         assert {"uid", "pid", "net"} <= set(caps)
+
+
+# -- the channel: fd 3 reads the given bytes, fd 4 comes back as Result.channel ---------------------------------
+
+def test_channel_delivers_its_bytes_on_fd_3_and_returns_fd_4(py):
+    data = bytes(range(256)) * 8192  # 2 MiB: more than a pipe holds
+    code = ("import hashlib, os\n"
+            "chunks = []\n"
+            "while chunk := os.read(3, 1 << 16):\n    chunks.append(chunk)\n"
+            "got = b''.join(chunks)\n"
+            "os.write(4, hashlib.sha256(got).hexdigest().encode() + b' ')\n"
+            "with os.fdopen(4, 'wb') as out:\n    out.write(got[::-1])\n"
+            "print('stdout stays separate')")
+    r = py(code, channel=data)
+    assert r.status == "ok", r
+    digest, _, reversed_data = r.channel.partition(b" ")
+    import hashlib
+
+    assert digest.decode() == hashlib.sha256(data).hexdigest()
+    assert reversed_data == data[::-1]
+    assert r.stdout == "stdout stays separate\n"
+
+
+def test_channel_output_beyond_its_limit_kills_the_program(py):
+    r = py("import os\nwhile True:\n    os.write(4, b'y' * 65536)", channel=b"",
+           limits=Limits(channel_bytes=1 << 20))
+    assert r.status == "killed" and r.reason == f"channel limit of {1 << 20} bytes exceeded"
+    assert r.channel == b"y" * (1 << 20)
+
+
+def test_fds_3_and_4_are_open_only_with_a_channel(py):
+    # no other fd either: nothing of the launcher, the zygote's socket or the status pipe reaches the program
+    code = ("import os\n"
+            "def is_open(fd):\n"
+            "    try:\n        os.fstat(fd)\n        return True\n"
+            "    except OSError:\n        return False\n"
+            "print([fd for fd in range(1024) if is_open(fd)])\n"
+            "print(os.read(3, 10) if is_open(3) else 'no fd 3')")
+    without = py(code)
+    assert without.status == "ok" and without.stdout.splitlines() == ["[0, 1, 2]", "no fd 3"]
+    assert without.channel == b""
+    empty = py(code, channel=b"")  # an empty channel: fd 3 at EOF at once, nothing written to fd 4
+    assert empty.status == "ok" and empty.stdout.splitlines() == ["[0, 1, 2, 3, 4]", "b''"]
+    assert empty.channel == b""
+    with pytest.raises(SandboxError, match="channel must be bytes, not str"):
+        py(code, channel="text")
+
+
+def test_channel_reaches_programs_that_are_not_python():
+    with warm_sandboxes():
+        r = run_sandboxed(["sh", "-c", "cat <&3 >&4; echo done"], channel=b"from the harness")
+    assert r.status == "ok" and not r.warm  # the cold path: a zygote only runs Python
+    assert r.channel == b"from the harness" and r.stdout == "done\n"
+
+
+def test_run_many_passes_the_channel_through():
+    jobs = [(PY + ["import os; os.write(4, os.read(3, 99) * 2)"], {"channel": str(i).encode()}) for i in range(4)]
+    assert [r.channel for r in run_many(jobs, workers=2)] == [b"00", b"11", b"22", b"33"]
+
+
+# -- the warm path: a zygote's forked child behaves like a new interpreter, and shares nothing ------------------
+
+SEMANTICS = [
+    (["-I", "-S", "prog.py", "a", "b"], "import sys\nprint(__name__, __file__, sys.argv, sys.flags.isolated)"),
+    (["-S", "prog.py"], "import os, sys, helper\nprint(sys.path[0] == os.getcwd(), helper.VALUE)"),
+    (["-I", "-c", "import sys; print(sys.argv, __name__, 'site' in sys.modules)", "x"], None),
+    (["-I", "-S", "prog.py"], "import sys\nsys.exit(3)"),
+    (["-I", "-S", "prog.py"], "import sys\nsys.exit('bye')"),
+    (["-I", "-S", "prog.py"], "raise SystemExit"),
+    (["-I", "-S", "prog.py"], "import atexit\natexit.register(print, 'at exit')\nprint('main')"),
+    (["-I", "-S", "prog.py"], "import threading, time\ndef late():\n    time.sleep(0.3)\n    print('thread')\n"
+                              "threading.Thread(target=late).start()\nprint('main')"),
+    (["-I", "-S", "prog.py"], "def f(x):\n    return 1 / x\n\nprint('before')\nf(0)"),
+    (["-I", "-S", "prog.py"], "def f(:\n    pass"),
+    (["-I", "-S", "prog.py"], "import sys\nsys.excepthook = lambda *a: print('hooked')\nraise KeyError(1)"),
+    (["-I", "-S", "prog.py"], "print('lost in the buffer', end='')\nimport os\nos._exit(4)"),
+    (["-I", "-S", "prog.py"], "import sys\nprint(sys.stdin.read().upper())"),
+    (["-I", "-S", "prog.py"], "print('interrupted')\nraise KeyboardInterrupt"),
+    (["-I", "-S", "missing.py"], "unused"),
+]
+
+
+@pytest.mark.parametrize("args,source", SEMANTICS)
+def test_warm_program_runs_as_a_new_interpreter_would(args, source):
+    kwargs = {"files": {"prog.py": source or "", "helper.py": "VALUE = 42\n"}, "stdin": "some input"}
+    cold = run_sandboxed([sys.executable, *args], **kwargs)
+    with warm_sandboxes():
+        warm = run_sandboxed([sys.executable, *args], **kwargs)
+    assert not cold.warm and warm.warm
+    workdir = re.compile(r"/\S*?teeny-sandbox-[^/\s]+/work/")  # each sandbox's own directory
+
+    def seen(r: Result) -> tuple:
+        return r.status, r.returncode, workdir.sub("WORK/", r.stdout), workdir.sub("WORK/", r.stderr)
+
+    assert seen(warm) == seen(cold)
+
+
+def _zygotes() -> list[psutil.Process]:
+    """This process's zygotes (their forked sandbox-setup children show the same command line)."""
+    return [p for p in psutil.Process().children() if f"{LAUNCHER} zygote" in " ".join(p.cmdline())]
+
+
+def test_warm_programs_share_nothing_with_each_other():
+    first = ("import builtins, os, sys, typing\n"
+             "open('left-behind.txt', 'w').write('x')\nopen('/tmp/left-behind.txt', 'w').write('x')\n"
+             "os.environ['LEFT_BEHIND'] = '1'\ntyping.List = None\nsys.modules['json'] = None\n"
+             "print(os.getuid(), os.getcwd(), os.getpid())\nbuiltins.print = None\n")
+    second = ("import json, os, typing\n"
+              "print(os.getuid(), os.getcwd(), os.getpid())\n"
+              "print(os.listdir('.'), 'left-behind.txt' in os.listdir('/tmp'), 'LEFT_BEHIND' in os.environ,"
+              " typing.List is None)")
+    with warm_sandboxes():
+        a = run_sandboxed(PY + [first])
+        b = run_sandboxed(PY + [second])
+    assert a.warm and b.warm and a.status == "ok" and b.status == "ok", (a, b)
+    uid_a, cwd_a, pid_a = a.stdout.split()
+    (uid_b, cwd_b, pid_b), state = b.stdout.splitlines()[0].split(), b.stdout.splitlines()[1]
+    if "uid" in a.isolation:
+        assert uid_a != uid_b  # a fresh uid per program, not per zygote
+    if "pid" in a.isolation:
+        assert pid_a == pid_b == "2"  # each in a PID namespace of its own, the zygote out of sight
+    assert cwd_a != cwd_b
+    assert state == "['.tmp'] False False False"
+
+
+def test_zygote_that_dies_is_replaced_and_none_outlives_its_block():
+    with warm_sandboxes():
+        assert run_sandboxed(PY + ["print(1)"]).stdout == "1\n"
+        zygotes = _zygotes()
+        assert len(zygotes) == 1
+        zygotes[0].kill()
+        zygotes[0].wait(10)
+        r = run_sandboxed(PY + ["print(2)"])
+        assert r.stdout == "2\n" and r.warm
+    assert _all_gone(LAUNCHER)
+
+
+def test_each_environment_gets_its_own_zygote():
+    code = "import os, sys\nprint(os.environ.get('MODE'), os.environ['HOME'] == os.getcwd(), sys.stdout.encoding)"
+    with warm_sandboxes():
+        results = [run_sandboxed(PY + [code], env=env) for env in ({"MODE": "a"}, {"MODE": "b"}, {})]
+    assert all(r.warm for r in results)
+    assert [r.stdout.split() for r in results] == [["a", "True", "utf-8"], ["b", "True", "utf-8"],
+                                                   ["None", "True", "utf-8"]]
+    assert not _zygotes()
