@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from teeny_core.errors import TeenyError
+from teeny_core.errors import TeenyError, is_disk_full
+from teeny_core.experiment import MAX_SEED
 from teeny_core.options import parse_cli_options
 from teeny_core.plugins import KINDS, Plugins
 
@@ -18,13 +19,19 @@ HEADLINE = {"pass@1": "pass@1", "pass@10": "pass@10", "perplexity": "ppl", "kl_m
 
 
 class TeenyGroup(click.Group):
-    """Turns :class:`TeenyError` into a one-line message and exit status 2."""
+    """Turns :class:`TeenyError` (and a full disk, whoever hit it) into one ``Error:`` line and exit status 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except TeenyError as exc:
             click.echo(f"Error: {exc}", err=True)
+            ctx.exit(2)
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            click.echo(f"Error: no space left on the device ({' '.join(str(exc).split())[:160]}); free some space "
+                       "and run the same command again (finished work is kept)", err=True)
             ctx.exit(2)
 
 
@@ -97,7 +104,7 @@ def list_cmd(kind: str | None) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact directory to create.")
 @click.option("--calibrator", default="code", show_default=True, help="Calibrator for methods that need one.")
 @click.option("--calibration-option", "-c", "cal_opts", multiple=True, help="Calibrator option key=value.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED))
 @click.option("--device", default="auto", show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
 def quantize(model: str, method: str, opts: tuple[str, ...], out: str, calibrator: str,
@@ -146,7 +153,7 @@ def open_artifact(model: str):
 @click.option("--reference", help="Baseline model for comparisons (fidelity's KL and top-1).")
 @click.option("--runtime", help="Runtime to load MODEL with (default: by artifact format).")
 @click.option("--limit", default=0, help="Items per evaluator (0 = all).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED))
 @click.option("--out", type=click.Path(file_okay=False), help="Where records go (default runs/eval/<hash>).")
 def eval_cmd(model: str, benches: tuple[str, ...], opts: tuple[str, ...], reference: str | None,
              runtime: str | None, limit: int, seed: int, out: str | None) -> None:
@@ -208,7 +215,7 @@ def eval_cmd(model: str, benches: tuple[str, ...], opts: tuple[str, ...], refere
 def run(experiment: str | None, limit: int | None, fresh: bool) -> None:
     """Run EXPERIMENT (a TOML file; without one, the built-in demo) for every variant; resumable."""
     from teeny_core.experiment import build_experiment, load_experiment
-    from teeny_core.pipeline import Pipeline, remove_run
+    from teeny_core.pipeline import Pipeline
 
     _quiet_libraries()
     overrides = {"limit": limit} if limit is not None else {}
@@ -218,10 +225,8 @@ def run(experiment: str | None, limit: int | None, fresh: bool) -> None:
         from teeny_core.demo import demo_experiment
 
         exp = build_experiment({**demo_experiment(plugins()), **overrides}, plugins(), where="demo experiment")
-    if fresh:
-        remove_run(exp.root)
     with _progress() as progress:
-        results = Pipeline(exp, plugins(), progress=progress, say=progress.console.print).run()
+        results = Pipeline(exp, plugins(), progress=progress, say=progress.console.print).run(fresh=fresh)
     print_results(results)
     report = exp.root / "report.md"
     click.echo(f"results: {exp.root / 'results.json'}" + (f"\nreport: {report}" if report.exists() else ""))

@@ -2,7 +2,8 @@
 
 Every stage is resumable: artifacts appear atomically and are reused when their cache key matches,
 finished evaluation records are never redone, and a ``kill -9`` at any moment loses at most the item
-in flight.
+in flight. Everything that can be checked without running (the model's files, every variant's settings, the
+output directory) is checked before anything on disk changes; one run at a time holds the run directory.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from typing import Any, Callable, Iterator
 
 from teeny_core.experiment import BASELINE, Experiment, Variant
 from teeny_core.plugins import Plugins
-from teeny_core.store import SampleLog, StoreContext, options_signature, read_json, staging_dir, write_json
+from teeny_core.errors import TeenyError
+from teeny_core.store import (RunLock, SampleLog, StoreContext, options_signature, read_json, staging_dir,
+                              write_json)
 from teeny_core.types import Artifact, CalibrationSet, ModelSource, VariantResult
 
 log = logging.getLogger("teeny")
@@ -37,20 +40,47 @@ class Pipeline:
         self._baseline: Artifact | None = None
 
     # -- public ------------------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
+    def run(self, fresh: bool = False) -> dict[str, Any]:
+        """Check everything, lock the run directory, then run every variant; ``fresh`` first deletes old results."""
         from teeny_core.manifest import build_manifest
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        manifest = build_manifest(self.exp, self.plugins, previous=read_json(self.root / "manifest.json"))
-        write_json(self.root / "manifest.json", manifest)
-        for variant in self.exp.all_variants():
-            self.run_variant(variant)
-        results = self.collect(manifest)
-        write_json(self.root / "results.json", results)
         from teeny_core.report import write_report
 
-        write_report(self.root, results)
+        self.prepare()
+        with RunLock(self.root):
+            if fresh:
+                remove_run(self.root)
+            manifest = build_manifest(self.exp, self.plugins,
+                                      previous=read_json(self.root / "manifest.json", expect=dict))
+            write_json(self.root / "manifest.json", manifest)
+            for variant in self.exp.all_variants():
+                self.run_variant(variant)
+            results = self.collect(manifest)
+            write_json(self.root / "results.json", results)
+            write_report(self.root, results)
         return results
+
+    def prepare(self) -> None:
+        """Everything that can fail before any work, without writing anything: the output directory, the model
+        (resolved and its files readable) and every variant's key and description."""
+        for parent in [self.root, *self.root.parents]:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise TeenyError(f"output_dir {self.exp.output_dir!r}: {parent} is a file; expected a directory")
+                break
+        for variant in self.exp.all_variants():
+            key = self.variant_key(variant)
+            self.describe(variant)
+            self._check_stored(self.root / variant.name, key)
+
+    def _check_stored(self, vdir: Path, key: str) -> None:
+        """Raise naming the file if a variant's stored results that this run would reuse are garbled."""
+        info = read_json(vdir / "variant.json", expect=dict)
+        if info is None or info.get("key") != key:
+            return  # nothing stored, or old settings that run_variant moves aside untouched
+        for name in ("done.json", "profile.json", "metrics.json"):
+            read_json(vdir / name, expect=dict)
+        if (vdir / "artifact").exists():
+            Artifact.open(vdir / "artifact")
 
     @property
     def source(self) -> ModelSource:
@@ -85,7 +115,7 @@ class Pipeline:
     def run_variant(self, variant: Variant) -> None:
         vdir = self.root / variant.name
         key = self.variant_key(variant)
-        info = read_json(vdir / "variant.json")
+        info = read_json(vdir / "variant.json", expect=dict)
         if info is not None and info.get("key") != key:
             stale = vdir.with_name(f"{variant.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
             self.say(f"variant {variant.name}: its settings changed since the last run; old results kept in {stale}")
@@ -95,10 +125,13 @@ class Pipeline:
         write_json(vdir / "variant.json", {"key": key, "name": variant.name, "method": variant.method,
                                            "options": variant.options, "runtime": variant.runtime,
                                            "describe": describe})
-        profile: dict[str, Any] = read_json(vdir / "profile.json", {})
+        profile: dict[str, Any] = read_json(vdir / "profile.json", {}, expect=dict)
         artifact = self.artifact_for(variant, vdir, profile)
         samples = SampleLog(vdir / "samples.jsonl")
-        if self._complete(vdir):
+        if samples.quarantined:
+            self.say(f"{variant.name}: {samples.quarantined} unreadable line(s) of {samples.path.name} moved to "
+                     f"{samples.quarantine_path}; redoing only those items")
+        elif self._complete(vdir):
             self.say(f"{variant.name}: already complete")
             return
         runtime_cls = self.plugins.runtime_for(artifact.format, variant.runtime)
@@ -136,7 +169,7 @@ class Pipeline:
 
     def _complete(self, vdir: Path) -> bool:
         """Metrics were written for exactly the current evaluators, limit and profilers."""
-        return read_json(vdir / "done.json", {}).get("signature") == self.evaluation_signature()
+        return read_json(vdir / "done.json", {}, expect=dict).get("signature") == self.evaluation_signature()
 
     def evaluator_config(self, name: str) -> str:
         cls = self.plugins.get("evaluator", name)
@@ -175,7 +208,7 @@ class Pipeline:
         key = hashlib.sha256(json.dumps([self.baseline_id(), method, cfg, self.exp.seed], sort_keys=True)
                              .encode()).hexdigest()[:16]
         path = self.cache_dir / "calibration" / f"{key}.json"
-        cached = read_json(path)
+        cached = read_json(path, expect=dict)
         if cached is not None:
             return CalibrationSet(**cached)
         cal_cls = self.plugins.get("calibrator", method)
@@ -240,8 +273,9 @@ class Pipeline:
         records = {name: samples.for_evaluator(name, self.evaluator_config(name)) for name in self.exp.evaluators}
         artifact = self.baseline_artifact() if variant.name == BASELINE else Artifact.open(vdir / "artifact")
         return VariantResult(name=variant.name, method=variant.method, describe=self.describe(variant),
-                             records=records, metrics=read_json(vdir / "metrics.json", {}),
-                             profile=read_json(vdir / "profile.json", {}), artifact_bytes=artifact.size_bytes())
+                             records=records, metrics=read_json(vdir / "metrics.json", {}, expect=dict),
+                             profile=read_json(vdir / "profile.json", {}, expect=dict),
+                             artifact_bytes=artifact.size_bytes())
 
     def collect(self, manifest: dict[str, Any]) -> dict[str, Any]:
         results = [self.variant_result(v) for v in self.exp.all_variants()]
@@ -261,7 +295,7 @@ class Pipeline:
 
 
 def _artifact_meta(root: Path, variant: str) -> dict[str, Any]:
-    data = read_json(root / variant / "artifact" / "teeny-artifact.json", {})
+    data = read_json(root / variant / "artifact" / "teeny-artifact.json", {}, expect=dict)
     return data.get("meta", {})
 
 
@@ -282,6 +316,11 @@ class _Bar:
 
 
 def remove_run(root: Path) -> None:
-    """Delete a run directory (``teeny run --fresh``)."""
-    if root.exists():
-        shutil.rmtree(root)
+    """Delete everything a run stored except its lock (``teeny run --fresh``, under that lock)."""
+    for entry in root.iterdir() if root.is_dir() else []:
+        if entry.name == RunLock.NAME:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()

@@ -29,20 +29,27 @@ def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temp file in the same directory, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes files private; results are meant to be shared
+    _write_bytes(path, json.dumps(data, indent=2, sort_keys=True, default=str).encode())
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn a failed write of ``path`` into :class:`DiskFullError` when the disk is full: Python says ENOSPC,
+    but safetensors and torch word it their own way (torch only says ``unexpected pos``), so a failure on a
+    file system with under 1 MiB free counts too."""
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        yield
     except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if is_disk_full(exc):
+        if is_disk_full(exc) or _nearly_full(Path(path)):
             raise DiskFullError(path) from exc
         raise
+
+
+def _nearly_full(path: Path) -> bool:
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            return shutil.disk_usage(parent).free < 2**20
+    return False
 
 
 def read_json(path: Path, default: Any = None, expect: type | None = None) -> Any:
@@ -110,15 +117,10 @@ class SampleLog:
 
     def append(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, sort_keys=True, default=str) + "\n"
-        try:
-            with open(self.path, "a") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as exc:
-            if is_disk_full(exc):
-                raise DiskFullError(self.path) from exc
-            raise
+        with writing(self.path), open(self.path, "a") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
         self.records.append(record)
 
     def for_evaluator(self, name: str, config: str | None = None) -> list[dict[str, Any]]:
@@ -147,21 +149,20 @@ def _parse_record(line: bytes) -> dict[str, Any] | None:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if is_disk_full(exc):
-            raise DiskFullError(path) from exc
-        raise
+    """Replace ``path`` with ``data`` atomically (temp file in the same directory, fsync, rename)."""
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes files private; results are meant to be shared
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
 
 class RunLock:
@@ -305,12 +306,11 @@ def staging_dir(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".staging-{final.name}-"))
     tmp.chmod(0o777 & ~_umask())
     try:
-        yield tmp
+        with writing(final):
+            yield tmp
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except BaseException as exc:
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if is_disk_full(exc):
-            raise DiskFullError(final) from exc
         raise
