@@ -12,7 +12,6 @@ import pytest
 from click.testing import CliRunner
 
 from teeny_core.cli import cli
-from teeny_core.store import RunLock
 
 CHUNKS = 6
 
@@ -101,6 +100,8 @@ def test_duplicated_records_are_counted_once(done_run):
 
 
 def test_a_second_run_on_a_locked_directory_fails_naming_the_holder(done_run):
+    from teeny_core.store import RunLock
+
     exp, root = done_run
     before = snapshot(root)
     with RunLock(root):
