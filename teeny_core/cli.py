@@ -66,17 +66,17 @@ def _quiet_libraries() -> None:
 @cli.command(name="plugins")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins_cmd(as_json: bool) -> None:
-    """Installed plugins: name, version, hooks, components; broken ones with their error."""
+    """Installed plugins: name, distribution and version, hooks, components; broken ones with their error."""
     infos = list(plugins().infos.values())
     if as_json:
         click.echo(json.dumps([{k: v for k, v in vars(i).items() if k != "traceback"} for i in infos], indent=2))
         return
     from rich.table import Table
 
-    table = Table("plugin", "version", "hooks", "components", "status")
+    table = Table("plugin", "distribution", "version", "hooks", "components", "status")
     for i in infos:
         status = f"[red]broken: {i.error}[/red]" if i.error else ("built-in" if i.builtin else "ok")
-        table.add_row(i.name, i.version, "\n".join(i.hooks), "\n".join(i.components), status)
+        table.add_row(i.name, i.distribution, i.version, "\n".join(i.hooks), "\n".join(i.components), status)
     console().print(table)
 
 
