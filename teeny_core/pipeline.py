@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from teeny_core.errors import TeenyError
 from teeny_core.experiment import BASELINE, Experiment, Variant
 from teeny_core.plugins import Plugins
-from teeny_core.errors import TeenyError
 from teeny_core.store import (RunLock, SampleLog, StoreContext, options_signature, read_json, staging_dir,
                               write_json)
 from teeny_core.types import Artifact, CalibrationSet, ModelSource, VariantResult
