@@ -9,20 +9,27 @@ from typing import Any
 
 import click
 
-from teeny_core.errors import TeenyError
+from teeny_core.errors import TeenyError, is_disk_full
+from teeny_core.experiment import MAX_SEED
 from teeny_core.modeling import quiet_libraries
 from teeny_core.options import parse_cli_options
 from teeny_core.plugins import KINDS, Plugins
 
 
 class TeenyGroup(click.Group):
-    """Turns :class:`TeenyError` into a one-line message and exit status 2."""
+    """Turns :class:`TeenyError` (and a full disk, whoever hit it) into one ``Error:`` line and exit status 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except TeenyError as exc:
             click.echo(f"Error: {exc}", err=True)
+            ctx.exit(2)
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            click.echo(f"Error: no space left on the device ({' '.join(str(exc).split())[:160]}); free some space "
+                       "and run the same command again (finished work is kept)", err=True)
             ctx.exit(2)
 
 
@@ -46,17 +53,17 @@ _PLUGINS: Plugins | None = None
 @cli.command(name="plugins")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins_cmd(as_json: bool) -> None:
-    """Installed plugins: name, version, hooks, components; broken ones with their error."""
+    """Installed plugins: name, distribution and version, hooks, components; broken ones with their error."""
     infos = list(plugins().infos.values())
     if as_json:
         click.echo(json.dumps([{k: v for k, v in vars(i).items() if k != "traceback"} for i in infos], indent=2))
         return
     from rich.table import Table
 
-    table = Table("plugin", "version", "hooks", "components", "status")
+    table = Table("plugin", "distribution", "version", "hooks", "components", "status")
     for i in infos:
         status = f"[red]broken: {i.error}[/red]" if i.error else ("built-in" if i.builtin else "ok")
-        table.add_row(i.name, i.version, "\n".join(i.hooks), "\n".join(i.components), status)
+        table.add_row(i.name, i.distribution, i.version, "\n".join(i.hooks), "\n".join(i.components), status)
     console().print(table)
 
 
@@ -84,7 +91,7 @@ def list_cmd(kind: str | None) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact directory to create.")
 @click.option("--calibrator", default="code", show_default=True, help="Calibrator for methods that need one.")
 @click.option("--calibration-option", "-c", "cal_opts", multiple=True, help="Calibrator option key=value.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED))
 @click.option("--device", default="auto", show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
 def quantize(model: str, method: str, opts: tuple[str, ...], out: str, calibrator: str,
@@ -133,7 +140,7 @@ def open_artifact(model: str):
 @click.option("--reference", help="Baseline model for comparisons (fidelity's KL and top-1).")
 @click.option("--runtime", help="Runtime to load MODEL with (default: by artifact format).")
 @click.option("--limit", default=0, help="Items per evaluator (0 = all).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED))
 @click.option("--out", type=click.Path(file_okay=False), help="Where records go (default runs/eval/<hash>).")
 def eval_cmd(model: str, benches: tuple[str, ...], opts: tuple[str, ...], reference: str | None,
              runtime: str | None, limit: int, seed: int, out: str | None) -> None:
@@ -200,7 +207,7 @@ def eval_cmd(model: str, benches: tuple[str, ...], opts: tuple[str, ...], refere
 def run(experiment: str | None, limit: int | None, fresh: bool, executor: str | None, address: str | None) -> None:
     """Run EXPERIMENT (a TOML file; without one, the built-in demo) for every variant; resumable."""
     from teeny_core.experiment import build_experiment, load_experiment
-    from teeny_core.pipeline import Pipeline, remove_run
+    from teeny_core.pipeline import Pipeline
 
     overrides = {"limit": limit} if limit is not None else {}
     if experiment:
@@ -219,10 +226,8 @@ def run(experiment: str | None, limit: int | None, fresh: bool, executor: str | 
         opts = {**exp.executor_options.get(exp.executor, {}), "address": address}
         ex_cls.Options.from_mapping(opts, where=f"executor {exp.executor}")
         exp.executor_options[exp.executor] = opts
-    if fresh:
-        remove_run(exp.root)
     with _progress() as progress:
-        results = Pipeline(exp, plugins(), progress=progress, say=progress.console.print).run()
+        results = Pipeline(exp, plugins(), progress=progress, say=progress.console.print).run(fresh=fresh)
     print_results(results)
     report = exp.root / "report.md"
     click.echo(f"results: {exp.root / 'results.json'}" + (f"\nreport: {report}" if report.exists() else ""))

@@ -22,6 +22,7 @@ TOP_KEYS = {"name": "experiment name", "model": "model to quantize", "seed": "ra
             "evaluators": "evaluator tables", "profilers": "profiler tables", "analyzers": "analyzer tables",
             "runtimes": "runtime option tables", "executor": "executor table", "variants": "array of variant tables"}
 VARIANT_KEYS = ("name", "method", "runtime")
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeding range
 
 
 @dataclasses.dataclass
@@ -106,6 +107,8 @@ def build_experiment(data: dict[str, Any], plugins: Plugins, where: str = "exper
             if not isinstance(data[key], typ) or isinstance(data[key], bool):
                 raise err(f"{key}={data[key]!r} is not valid; expected {typ.__name__}")
             setattr(exp, key, data[key])
+    if not 0 <= exp.seed <= MAX_SEED:
+        raise err(f"seed={exp.seed} is not valid; expected an int in 0..{MAX_SEED}")
     if exp.limit < 0:
         raise err(f"limit={exp.limit} is not valid; expected 0 (all) or a positive number")
     if exp.dtype not in DTYPES:

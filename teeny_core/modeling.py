@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from teeny_core.errors import TeenyError
+from teeny_core.errors import BadFileError, TeenyError
 
 if TYPE_CHECKING:
     from teeny_core.types import ModelSource
@@ -16,7 +16,20 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
 def resolve_source(model: str, dtype: str = "auto", device: str = "cpu") -> "ModelSource":
-    """Interpret a MODEL argument: an HF directory, a ``.gguf`` file, a directory with one ``.gguf``, or a hub id."""
+    """Interpret a MODEL argument: an HF directory, a ``.gguf`` file, a directory with one ``.gguf``, or a hub id.
+
+    The model's files are checked (:func:`check_model_files`) and a hub id must resolve (from the hub's cache
+    under ``HF_HUB_OFFLINE=1``), so a bad model fails here, before a run changes anything on disk.
+    """
+    source = _interpret(model, dtype, device)
+    if Path(source.path).is_dir():
+        check_model_files(Path(source.path), source.gguf_file)
+    else:
+        _resolve_hub_config(model)
+    return source
+
+
+def _interpret(model: str, dtype: str, device: str) -> "ModelSource":
     from teeny_core.types import ModelSource
 
     if dtype not in DTYPES:
@@ -49,6 +62,57 @@ def quiet_libraries() -> None:
     if transformers is not None:
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
+
+def _resolve_hub_config(model: str) -> None:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        config = hf_hub_download(model, "config.json")
+    except Exception as exc:  # offline, unknown repo, gated, network: all mean "cannot use this id"
+        raise TeenyError(f"model {model!r} cannot be resolved as a hub id ({_one_line(exc)}); expected a local "
+                         "model directory, a .gguf file or a hub id that is cached or reachable") from None
+    check_model_files(Path(config).parent)
+
+
+def check_model_files(path: Path, gguf_file: str | None = None) -> None:
+    """Raise :class:`BadFileError` naming the file when a model directory cannot be loaded: a ``config.json``
+    that is not a JSON object or names a ``model_type`` transformers does not know, a ``.safetensors`` file
+    whose header is broken or that is cut short, or a GGUF file that is not a complete GGUF."""
+    from teeny_core.store import read_json
+
+    if gguf_file:
+        check_gguf(path / gguf_file)
+        return
+    config = read_json(path / "config.json", expect=dict)
+    if config is not None:
+        from transformers import CONFIG_MAPPING
+
+        model_type = config.get("model_type")
+        if model_type not in CONFIG_MAPPING:
+            raise BadFileError(path / "config.json", f"model_type {model_type!r} is not one transformers knows; "
+                                                     "expected e.g. llama, qwen2, gemma3")
+    for file in sorted(path.glob("*.safetensors")):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(file), framework="numpy"):
+                pass
+        except Exception as exc:  # safetensors raises its own error type for every kind of damage
+            raise BadFileError(file, f"not a readable safetensors file ({_one_line(exc)})") from None
+
+
+def check_gguf(path: Path) -> None:
+    """Raise :class:`BadFileError` unless ``path`` is a complete GGUF file (header, metadata and all tensor data)."""
+    import gguf
+
+    try:
+        gguf.GGUFReader(str(path))
+    except Exception as exc:  # the reader fails with ValueError, struct or index errors on damaged files
+        raise BadFileError(path, f"not a complete GGUF file ({_one_line(exc)})") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def torch_dtype(name: str):

@@ -4,7 +4,9 @@
 against its outputs) and then alone writes ``results.json`` and the report; :meth:`Pipeline.run_variant`
 is what a worker runs for one variant. Every stage is resumable: artifacts appear atomically and are reused
 when their cache key matches, finished evaluation records are never redone, and a ``kill -9`` at any moment
-loses at most the item in flight.
+loses at most the item in flight. Everything that can be checked without running (the model's files, every
+variant's settings, the output directory) is checked before anything on disk changes; one run at a time holds
+the run directory.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from teeny_core.errors import TeenyError
 from teeny_core.experiment import BASELINE, Experiment, Variant
 from teeny_core.plugins import Plugins
-from teeny_core.store import SampleLog, StoreContext, options_signature, read_json, staging_dir, write_json
+from teeny_core.store import (RunLock, SampleLog, StoreContext, options_signature, read_json, staging_dir,
+                              write_json)
 from teeny_core.types import ARTIFACT_MANIFEST, Artifact, CalibrationSet, ModelSource, VariantResult
 
 log = logging.getLogger("teeny")
@@ -43,37 +47,64 @@ class Pipeline:
         self._baseline: Artifact | None = None
 
     # -- the parent --------------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
-        """Run every variant through the experiment's executor, then write results.json and the report."""
+    def run(self, fresh: bool = False) -> dict[str, Any]:
+        """Check everything, lock the run directory (``fresh`` then deletes old results), run every variant
+        through the experiment's executor, then write results.json and the report."""
         from teeny_core.executor import Outcome, VariantTask
         from teeny_core.manifest import build_manifest
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        manifest = build_manifest(self.exp, self.plugins, previous=read_json(self.root / "manifest.json"))
-        write_json(self.root / "manifest.json", manifest)
-        ex_cls = self.plugins.get("executor", self.exp.executor)
-        ex_opts = ex_cls.Options.from_mapping(self.exp.executor_options.get(self.exp.executor, {}))
-        run_dir, data = str(self.root.resolve()), self.exp.to_dict()
-        tasks = [VariantTask(run_dir, data, v.name, prepare=v.name == BASELINE) for v in self.exp.all_variants()]
-        done = {t.variant for t in tasks if self.is_complete(t.variant)
-                and not (t.prepare and self.needs_preparation())}
-        for t in tasks:
-            if t.variant in done:
-                self.say(f"{t.variant}: already complete")
-        display = _Display(self.progress, self.say, [t.variant for t in tasks if t.variant not in done])
-        todo = [t for t in tasks if t.variant not in done]
-        outcomes = [Outcome(name, True) for name in done]
-        for batch in ([t for t in todo if t.prepare], [t for t in todo if not t.prepare]):  # the baseline first
-            found = ex_cls().run(batch, ex_opts, display.event)  # type: ignore[attr-defined]
-            for outcome in found:
-                display.finished(outcome)
-            outcomes += found
-        results = self.collect(manifest, {o.variant: o for o in outcomes})
-        write_json(self.root / "results.json", results)
         from teeny_core.report import write_report
 
-        write_report(self.root, results)
+        self.prepare()
+        with RunLock(self.root):
+            if fresh:
+                remove_run(self.root)
+            manifest = build_manifest(self.exp, self.plugins,
+                                      previous=read_json(self.root / "manifest.json", expect=dict))
+            write_json(self.root / "manifest.json", manifest)
+            ex_cls = self.plugins.get("executor", self.exp.executor)
+            ex_opts = ex_cls.Options.from_mapping(self.exp.executor_options.get(self.exp.executor, {}))
+            run_dir, data = str(self.root.resolve()), self.exp.to_dict()
+            tasks = [VariantTask(run_dir, data, v.name, prepare=v.name == BASELINE) for v in self.exp.all_variants()]
+            done = {t.variant for t in tasks if self.is_complete(t.variant)
+                    and not (t.prepare and self.needs_preparation())}
+            for t in tasks:
+                if t.variant in done:
+                    self.say(f"{t.variant}: already complete")
+            display = _Display(self.progress, self.say, [t.variant for t in tasks if t.variant not in done])
+            todo = [t for t in tasks if t.variant not in done]
+            outcomes = [Outcome(name, True) for name in done]
+            for batch in ([t for t in todo if t.prepare], [t for t in todo if not t.prepare]):  # the baseline first
+                found = ex_cls().run(batch, ex_opts, display.event)  # type: ignore[attr-defined]
+                for outcome in found:
+                    display.finished(outcome)
+                outcomes += found
+            results = self.collect(manifest, {o.variant: o for o in outcomes})
+            write_json(self.root / "results.json", results)
+            write_report(self.root, results)
         return results
+
+    def prepare(self) -> None:
+        """Everything that can fail before any work, without writing anything: the output directory, the model
+        (resolved and its files readable) and every variant's key and description."""
+        for parent in [self.root, *self.root.parents]:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise TeenyError(f"output_dir {self.exp.output_dir!r}: {parent} is a file; expected a directory")
+                break
+        for variant in self.exp.all_variants():
+            key = self.variant_key(variant)
+            self.describe(variant)
+            self._check_stored(self.root / variant.name, key)
+
+    def _check_stored(self, vdir: Path, key: str) -> None:
+        """Raise naming the file if a variant's stored results that this run would reuse are garbled."""
+        info = read_json(vdir / "variant.json", expect=dict)
+        if info is None or info.get("key") != key:
+            return  # nothing stored, or old settings that run_variant moves aside untouched
+        for name in ("done.json", "profile.json", "metrics.json"):
+            read_json(vdir / name, expect=dict)
+        if (vdir / "artifact").exists():
+            Artifact.open(vdir / "artifact")
 
     @property
     def source(self) -> ModelSource:
@@ -120,7 +151,7 @@ class Pipeline:
         variant = self.variant(name)
         vdir = self.root / name
         key = self.variant_key(variant)
-        info = read_json(vdir / "variant.json")
+        info = read_json(vdir / "variant.json", expect=dict)
         if info is not None and info.get("key") != key:
             stale = vdir.with_name(f"{name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
             self.say(f"variant {name}: its settings changed since the last run; old results kept in {stale}")
@@ -138,7 +169,7 @@ class Pipeline:
     def quantize(self, name: str) -> Artifact:
         """Make (or reuse) the variant's artifact."""
         vdir = self.variant_dir(name)
-        return self.artifact_for(self.variant(name), vdir, read_json(vdir / "profile.json", {}))
+        return self.artifact_for(self.variant(name), vdir, read_json(vdir / "profile.json", {}, expect=dict))
 
     def run_variant(self, name: str) -> None:
         """Load, evaluate and profile one variant (quantizing first if needed) into its store entry."""
@@ -147,10 +178,10 @@ class Pipeline:
 
         variant = self.variant(name)
         vdir = self.variant_dir(name)
-        profile: dict[str, Any] = read_json(vdir / "profile.json", {})
+        profile: dict[str, Any] = read_json(vdir / "profile.json", {}, expect=dict)
         artifact = self.artifact_for(variant, vdir, profile)
         samples = SampleLog(vdir / "samples.jsonl")
-        if self._complete(vdir):
+        if not self._repaired(samples) and self._complete(vdir):
             self.say(f"{variant.name}: already complete")
             return
         device = self.exp.device if self.exp.device != "auto" else resolve_device("auto")
@@ -196,13 +227,23 @@ class Pipeline:
 
     def is_complete(self, name: str) -> bool:
         """The variant's store entry holds results for its current settings, evaluators, limit and profilers."""
-        info = read_json(self.root / name / "variant.json")
+        info = read_json(self.root / name / "variant.json", expect=dict)
         return info is not None and info.get("key") == self.variant_key(self.variant(name)) \
-            and self._complete(self.root / name)
+            and not self._repaired(SampleLog(self.root / name / "samples.jsonl")) and self._complete(self.root / name)
+
+    def _repaired(self, samples: SampleLog) -> bool:
+        """Opening the log quarantined unreadable lines: say so, and mark the variant unfinished so that only
+        those items are redone."""
+        if not samples.quarantined:
+            return False
+        self.say(f"{samples.path.parent.name}: {samples.quarantined} unreadable line(s) of {samples.path.name} "
+                 f"moved to {samples.quarantine_path}; redoing only those items")
+        (samples.path.parent / "done.json").unlink(missing_ok=True)
+        return True
 
     def _complete(self, vdir: Path) -> bool:
         """Metrics were written for exactly the current evaluators, limit and profilers."""
-        return read_json(vdir / "done.json", {}).get("signature") == self.evaluation_signature()
+        return read_json(vdir / "done.json", {}, expect=dict).get("signature") == self.evaluation_signature()
 
     def evaluator_config(self, name: str) -> str:
         cls = self.plugins.get("evaluator", name)
@@ -248,7 +289,7 @@ class Pipeline:
         cfg = dict(self.exp.calibration)
         method = cfg.pop("method")
         path = self.calibration_path()
-        cached = read_json(path)
+        cached = read_json(path, expect=dict)
         if cached is not None:
             return CalibrationSet(**cached)
         cal_cls = self.plugins.get("calibrator", method)
@@ -329,8 +370,9 @@ class Pipeline:
         records = {name: samples.for_evaluator(name, self.evaluator_config(name)) for name in self.exp.evaluators}
         artifact = self.baseline_artifact() if variant.name == BASELINE else Artifact.open(vdir / "artifact")
         return VariantResult(name=variant.name, method=variant.method, describe=self.describe(variant),
-                             records=records, metrics=read_json(vdir / "metrics.json", {}),
-                             profile=read_json(vdir / "profile.json", {}), artifact_bytes=artifact.size_bytes())
+                             records=records, metrics=read_json(vdir / "metrics.json", {}, expect=dict),
+                             profile=read_json(vdir / "profile.json", {}, expect=dict),
+                             artifact_bytes=artifact.size_bytes())
 
     def collect(self, manifest: dict[str, Any], outcomes: dict[str, Any]) -> dict[str, Any]:
         """results.json from the store entries; variants that failed are listed with their error, unanalyzed."""
@@ -350,7 +392,7 @@ class Pipeline:
                 o = failed[v.name]
                 entries.append({"name": v.name, "method": v.method, "describe": self.describe(v), "status": "failed",
                                 "error": o.error, "failed_stage": o.stage, "metrics": {},
-                                "profile": read_json(self.root / v.name / "profile.json", {})})
+                                "profile": read_json(self.root / v.name / "profile.json", {}, expect=dict)})
                 continue
             entries.append({"name": r.name, "method": r.method, "describe": r.describe, "status": "ok",
                             "artifact_bytes": r.artifact_bytes, "metrics": r.metrics, "profile": r.profile,
@@ -360,7 +402,7 @@ class Pipeline:
                 "evaluators": declared, "variants": entries, "analysis": analysis, "manifest": manifest}
 
 def _artifact_meta(root: Path, variant: str) -> dict[str, Any]:
-    data = read_json(root / variant / "artifact" / "teeny-artifact.json", {})
+    data = read_json(root / variant / "artifact" / "teeny-artifact.json", {}, expect=dict)
     return data.get("meta", {})
 
 
@@ -427,6 +469,11 @@ class _Display:
 
 
 def remove_run(root: Path) -> None:
-    """Delete a run directory (``teeny run --fresh``)."""
-    if root.exists():
-        shutil.rmtree(root)
+    """Delete everything a run stored except its lock (``teeny run --fresh``, under that lock)."""
+    for entry in root.iterdir() if root.is_dir() else []:
+        if entry.name == RunLock.NAME:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()

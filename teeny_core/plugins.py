@@ -1,7 +1,8 @@
 """Plugin discovery: built-ins and entry points of group ``teeny``, each loaded on its own.
 
-A plugin that fails to import or to register is recorded with its error and skipped
-(``TEENY_STRICT_PLUGINS=1`` re-raises). ``TEENY_LOAD_PLUGINS=a,b`` loads only those external
+A plugin that fails to import or to register (any exception, ``sys.exit()`` included) is recorded with its
+error and skipped (``TEENY_STRICT_PLUGINS=1`` re-raises), and so is one that adds a CLI command whose name is
+taken. ``TEENY_LOAD_PLUGINS=a,b`` loads only those external
 plugins; ``TEENY_DISABLE_PLUGINS=a,b`` skips plugins by name, built-ins included.
 """
 
@@ -51,6 +52,7 @@ class PluginInfo:
     name: str
     version: str
     builtin: bool
+    distribution: str = "teeny-core"  # what a user installed (pip name), e.g. teeny-gptq
     hooks: list[str] = dataclasses.field(default_factory=list)
     components: list[str] = dataclasses.field(default_factory=list)
     error: str | None = None
@@ -86,22 +88,26 @@ class Plugins:
             if ep.name in disabled or (only is not None and ep.name not in only):
                 continue
             version = ep.dist.version if ep.dist else "?"
-            plugins._add(ep.name, ep.load, builtin=False, version=version)
+            dist = ep.dist.metadata["Name"] if ep.dist else "?"
+            plugins._add(ep.name, ep.load, builtin=False, version=version, distribution=dist)
         plugins._register_all()
         return plugins
 
-    def _add(self, name: str, loader, *, builtin: bool, version: str | None = None) -> None:
+    def _add(self, name: str, loader, *, builtin: bool, version: str | None = None,
+             distribution: str = "teeny-core") -> None:
         from teeny_core import __version__
 
         key = name if name not in self.infos else f"{name}~{len(self.infos)}"
-        info = PluginInfo(name=key, version=version or __version__, builtin=builtin)
+        info = PluginInfo(name=key, version=version or __version__, builtin=builtin, distribution=distribution)
         self.infos[key] = info
         try:
             if key != name:
                 taken = "a built-in plugin" if self.infos[name].builtin else "another plugin"
                 raise TeenyError(f"plugin name {name!r} is already taken by {taken}; rename the entry point")
             self.pm.register(loader(), name=name)
-        except Exception as exc:  # a broken plugin never takes the host down
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a broken plugin never takes the host down, not even with sys.exit()
             if os.environ.get("TEENY_STRICT_PLUGINS") == "1":
                 raise
             info.error = _one_line(exc)
@@ -121,7 +127,9 @@ class Plugins:
                         if impl.plugin_name == plugin_name:
                             info.hooks.append(hook_name)
                             impl.function(self._registrar(kind, interface, plugin_name, pending))
-            except Exception as exc:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:
                 if os.environ.get("TEENY_STRICT_PLUGINS") == "1":
                     raise
                 info.error = f"{info.hooks[-1]} failed: {_one_line(exc)}"
@@ -150,11 +158,20 @@ class Plugins:
         return register
 
     def add_commands(self, cli) -> None:
-        """Let plugins add CLI commands; a failing plugin is recorded, not fatal."""
+        """Let plugins add CLI commands. A plugin that fails, or adds a command whose name is taken (``run``),
+        adds none and is recorded as broken, never fatal; the commands already there stay."""
         for impl in self.pm.hook.teeny_register_commands.get_hookimpls():
+            before = dict(cli.commands)
             try:
                 impl.function(cli)
-            except Exception as exc:
+                taken = sorted(n for n, cmd in cli.commands.items() if n in before and cmd is not before[n])
+                if taken:
+                    raise TeenyError(f"command {taken[0]!r} is already a teeny command; rename the plugin's command")
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:
+                cli.commands.clear()
+                cli.commands.update(before)
                 if os.environ.get("TEENY_STRICT_PLUGINS") == "1":
                     raise
                 self.infos[impl.plugin_name].error = f"teeny_register_commands failed: {_one_line(exc)}"

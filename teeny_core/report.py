@@ -66,6 +66,16 @@ def load_results(run_dir: Path) -> dict[str, Any]:
         raise TeenyError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(data, dict) or not isinstance(data.get("variants"), list):
         raise TeenyError(f"{path} is not a Teeny results file (no 'variants' list)")
+    for n, v in enumerate(data["variants"], 1):
+        if not isinstance(v, dict) or not isinstance(v.get("name"), str):
+            raise TeenyError(f"{path}: variant #{n} is not an object with a 'name' (found {json.dumps(v)[:40]})")
+        metrics = v.get("metrics")
+        if not isinstance(metrics, dict) or not all(isinstance(m, dict) for m in metrics.values()):
+            raise TeenyError(f"{path}: variant {v['name']!r} has no 'metrics' object of evaluator results")
+        for key, default in (("method", "?"), ("describe", {}), ("profile", {})):
+            if not isinstance(v.get(key), type(default)):
+                v[key] = default  # absent from hand-made or older files; shown as unknown
+    data.setdefault("experiment", Path(run_dir).name)
     return data
 
 

@@ -3,20 +3,25 @@
 Layout: ``runs/<experiment>/<variant>/{artifact/, samples.jsonl, metrics.json, profile.json, variant.json}``
 and ``runs/<experiment>/manifest.json``. ``samples.jsonl`` holds one JSON record per finished item (all
 evaluators; each record has ``evaluator`` and a unique ``key``); a torn last line from a crash is cut off
-on the next open, so a resumed run redoes only the item that was in flight.
+on the next open, so a resumed run redoes only the item that was in flight. A garbled line anywhere else is
+moved to ``samples.jsonl.quarantine`` and the good lines after it are kept. Readers count each
+(evaluator, config, key) once. ``runs/<experiment>/.lock`` keeps two runs off one directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from teeny_core.errors import BadFileError, DiskFullError, TeenyError, is_disk_full
 from teeny_core.types import EvalContext, LoadedModel
 
 
@@ -24,23 +29,43 @@ def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temp file in the same directory, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes files private; results are meant to be shared
+    _write_bytes(path, json.dumps(data, indent=2, sort_keys=True, default=str).encode())
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn a failed write of ``path`` into :class:`DiskFullError` when the disk is full: Python says ENOSPC,
+    but safetensors and torch word it their own way (torch only says ``unexpected pos``), so a failure on a
+    file system with under 1 MiB free counts too."""
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        yield
+    except BaseException as exc:
+        if is_disk_full(exc) or _nearly_full(Path(path)):
+            raise DiskFullError(path) from exc
         raise
 
 
-def read_json(path: Path, default: Any = None) -> Any:
+def _nearly_full(path: Path) -> bool:
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            return shutil.disk_usage(parent).free < 2**20
+    return False
+
+
+def read_json(path: Path, default: Any = None, expect: type | None = None) -> Any:
+    """``path`` parsed, or ``default`` when it does not exist; a garbled file (or, with ``expect``, one holding
+    another JSON type) raises :class:`BadFileError` naming it, so nothing is overwritten by mistake."""
     path = Path(path)
-    return json.loads(path.read_text()) if path.exists() else default
+    if not path.exists():
+        return default
+    try:
+        data = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadFileError(path, f"not valid JSON ({getattr(exc, 'msg', exc)}); fix or delete it") from None
+    if expect is not None and not isinstance(data, expect):
+        wanted = {dict: "a JSON object", list: "a JSON array"}.get(expect, expect.__name__)
+        raise BadFileError(path, f"expected {wanted}, found {json.dumps(data)[:40]}; fix or delete it")
+    return data
 
 
 def _umask() -> int:
@@ -50,42 +75,139 @@ def _umask() -> int:
 
 
 class SampleLog:
-    """An append-only JSONL file of finished records; each append is flushed and fsynced."""
+    """An append-only JSONL file of finished records; each append is flushed and fsynced.
+
+    Opening repairs the file: a torn last line (a crash mid-write) is dropped, and any other line that is not
+    a JSON object with a ``key`` is moved to ``<file>.quarantine`` (counted in :attr:`quarantined`); the good
+    lines after it are kept, so only the quarantined items are redone.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.records: list[dict[str, Any]] = []
+        self.quarantined = 0
+        self.quarantine_path = self.path.with_name(self.path.name + ".quarantine")
         self._repair_and_read()
 
     def _repair_and_read(self) -> None:
         if not self.path.exists():
             return
-        good_bytes = 0
-        with open(self.path, "rb") as f:
-            for line in f:
-                if not line.endswith(b"\n"):
-                    break  # torn write from a crash: drop it
-                try:
-                    self.records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break
-                good_bytes += len(line)
-        if good_bytes != self.path.stat().st_size:
+        data = self.path.read_bytes()
+        *lines, torn = data.split(b"\n")  # ``torn`` is what follows the last newline: b"" unless a write tore
+        good: list[bytes] = []
+        bad: list[bytes] = []
+        for line in lines:
+            record = _parse_record(line)
+            if record is None:
+                bad.append(line)
+            else:
+                good.append(line)
+                self.records.append(record)
+        if bad:
+            with open(self.quarantine_path, "ab") as f:
+                f.write(b"".join(line + b"\n" for line in bad))
+                f.flush()
+                os.fsync(f.fileno())
+            self.quarantined = len(bad)
+            _write_bytes(self.path, b"".join(line + b"\n" for line in good))
+        elif torn:
             with open(self.path, "r+b") as f:
-                f.truncate(good_bytes)
+                f.truncate(len(data) - len(torn))
 
     def append(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, sort_keys=True, default=str) + "\n"
-        with open(self.path, "a") as f:
+        with writing(self.path), open(self.path, "a") as f:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
         self.records.append(record)
 
     def for_evaluator(self, name: str, config: str | None = None) -> list[dict[str, Any]]:
-        """Records of one evaluator; with ``config``, only those written under those options."""
-        return [r for r in self.records if r.get("evaluator") == name and (config is None or r.get("config") == config)]
+        """Records of one evaluator, each key once; with ``config``, only those written under those options.
+
+        The first record of a key wins: it is the one a run counted when it wrote it (later copies only come
+        from runs that raced on one directory before it was locked), so metrics never change on a re-read.
+        """
+        seen: set[tuple[Any, Any]] = set()
+        found = []
+        for r in self.records:
+            if r.get("evaluator") == name and (config is None or r.get("config") == config):
+                ident = (r.get("config"), json.dumps(r["key"], sort_keys=True, default=str))
+                if ident not in seen:
+                    seen.add(ident)
+                    found.append(r)
+        return found
+
+
+def _parse_record(line: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return record if isinstance(record, dict) and "key" in record else None
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (temp file in the same directory, fsync, rename)."""
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes files private; results are meant to be shared
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held by the ``teeny run`` process that runs it.
+
+    ``<root>/.lock`` is locked with ``flock``, so the kernel releases it when its holder dies (a stale lock
+    from a killed run is simply taken over), and records the holder's pid and host for the error a second
+    run gets. The descriptor is not inherited by spawned worker processes: the lock belongs to the parent.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, root: Path) -> None:
+        self.path = Path(root) / self.NAME
+        self._fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise TeenyError(f"{self.path.parent} is in use by another teeny run ({holder}); wait for it to "
+                             "finish or stop it, then run again") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"pid {info['pid']} on host {info['host']}"
+    except (ValueError, KeyError, TypeError):
+        return "holder still starting"
 
 
 def options_signature(evaluator: str, options: dict[str, Any]) -> str:
@@ -184,7 +306,8 @@ def staging_dir(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".staging-{final.name}-"))
     tmp.chmod(0o777 & ~_umask())
     try:
-        yield tmp
+        with writing(final):
+            yield tmp
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -84,8 +84,18 @@ class Artifact:
     @classmethod
     def open(cls, path: str | Path) -> "Artifact":
         """Read an artifact directory written by :meth:`save`."""
+        from teeny_core.errors import BadFileError
+        from teeny_core.modeling import check_model_files
+        from teeny_core.store import read_json
+
         path = Path(path)
-        data = json.loads((path / ARTIFACT_MANIFEST).read_text())
+        data = read_json(path / ARTIFACT_MANIFEST, expect=dict)
+        if data is None:
+            raise BadFileError(path, f"not an artifact directory (no {ARTIFACT_MANIFEST})")
+        if not isinstance(data.get("format"), str) or not isinstance(data.get("meta", {}), dict):
+            raise BadFileError(path / ARTIFACT_MANIFEST, "expected an object with a 'format' string and a 'meta' "
+                                                         "object; fix or delete it")
+        check_model_files(path, data.get("file"))
         return cls(format=data["format"], path=path, meta=data.get("meta", {}), file=data.get("file"))
 
     def size_bytes(self) -> int:

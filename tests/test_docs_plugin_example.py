@@ -95,8 +95,8 @@ def test_teeny_plugins_and_list_show_it(installed):
     out = teeny(site, "plugins", "--json", cwd=work)
     assert out.returncode == 0, out.stderr
     [info] = [i for i in json.loads(out.stdout) if i["name"] == "prune"]
-    assert info == {"name": "prune", "version": "0.1.0", "builtin": False, "hooks": ["teeny_register_quantizers"],
-                    "components": ["quantizer:prune"], "error": None}
+    assert info == {"name": "prune", "distribution": "teeny-prune", "version": "0.1.0", "builtin": False,
+                    "hooks": ["teeny_register_quantizers"], "components": ["quantizer:prune"], "error": None}
     listed = teeny(site, "list", "quantizer", cwd=work, TEENY_LOAD_PLUGINS="prune")
     assert listed.returncode == 0, listed.stderr
     assert "prune  Unstructured magnitude pruning" in listed.stdout

@@ -77,3 +77,85 @@ def test_records_written_under_other_options_are_not_reused(tmp_path):
     ctx.write({"key": "chunk-0"})
     reread = SampleLog(tmp_path / "s.jsonl")
     assert len(reread.records) == 2 and len(reread.for_evaluator("fidelity", new)) == 1
+
+
+def test_a_garbled_middle_line_is_quarantined_and_the_lines_after_it_kept(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    good = [json.dumps({"key": k, "evaluator": "e"}) for k in "abcdefghij"]
+    lines = good[:2] + ["garbage", "null"] + good[2:]
+    path.write_text("\n".join(lines) + "\n" + '{"key": "z", "eva')
+    log = SampleLog(path)
+    assert [r["key"] for r in log.records] == list("abcdefghij")
+    assert log.quarantined == 2
+    assert log.quarantine_path.read_text() == "garbage\nnull\n"
+    assert path.read_text() == "\n".join(good) + "\n"  # repaired on disk; the torn last line is dropped too
+    assert SampleLog(path).quarantined == 0  # quarantined once, not again on the next open
+
+
+def test_each_key_counts_once_whatever_the_file_holds(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    rows = [{"key": "a", "evaluator": "e", "config": "c", "v": 1}, {"key": "b", "evaluator": "e", "config": "c", "v": 2},
+            {"key": "a", "evaluator": "e", "config": "c", "v": 9}, {"key": "a", "evaluator": "f", "config": "c", "v": 3}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    log = SampleLog(path)
+    assert [(r["key"], r["v"]) for r in log.for_evaluator("e", "c")] == [("a", 1), ("b", 2)]  # the first write wins
+    assert [r["v"] for r in log.for_evaluator("f")] == [3]
+
+
+def test_read_json_names_a_garbled_or_mistyped_file(tmp_path):
+    from teeny_core.errors import BadFileError
+
+    (tmp_path / "done.json").write_text("{not json")
+    with pytest.raises(BadFileError, match=r"done.json: not valid JSON"):
+        read_json(tmp_path / "done.json", {})
+    (tmp_path / "profile.json").write_text("[]")
+    with pytest.raises(BadFileError, match=r"profile.json: expected a JSON object, found \[\]"):
+        read_json(tmp_path / "profile.json", {}, expect=dict)
+
+
+def test_a_run_directory_is_locked_and_a_dead_holder_is_taken_over(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from teeny_core.errors import TeenyError
+    from teeny_core.store import RunLock
+
+    with RunLock(tmp_path):
+        with pytest.raises(TeenyError) as info:
+            RunLock(tmp_path).__enter__()
+        message = str(info.value)
+        assert f"pid {os.getpid()} on host {socket.gethostname()}" in message and "\n" not in message
+        code = "import sys; from teeny_core.store import RunLock; RunLock(sys.argv[1]).__enter__()"
+        other = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+        assert other.returncode != 0 and f"pid {os.getpid()}" in other.stderr
+    # a holder that died without unlocking (kill -9) leaves its pid behind; the next run takes over
+    dead = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert dead.returncode == 0, dead.stderr
+    with RunLock(tmp_path):
+        assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+
+
+def test_disk_full_is_one_error_and_leaves_the_old_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from teeny_core.errors import DiskFullError
+
+    write_json(tmp_path / "m.json", {"a": 1})
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(DiskFullError, match="no space left on the device while writing .*m.json"):
+        write_json(tmp_path / "m.json", {"a": 2})
+    with pytest.raises(DiskFullError):
+        SampleLog(tmp_path / "s.jsonl").append({"key": "x"})
+    with pytest.raises(DiskFullError, match="while writing .*art"):
+        with staging_dir(tmp_path / "art") as tmp:
+            raise RuntimeError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')
+    monkeypatch.undo()
+    assert read_json(tmp_path / "m.json") == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "s.jsonl"]

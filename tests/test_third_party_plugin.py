@@ -97,6 +97,29 @@ HALF_REGISTERED = '''
         raise RuntimeError("the second quantizer needs CUDA")
 '''
 
+EXITS_ON_IMPORT = '''
+    import sys
+
+    sys.exit("teeny-tp-exit: unsupported platform")
+'''
+
+SHADOWS_RUN = '''
+    import click
+
+    from teeny_core import hookimpl
+
+
+    @click.command("run")
+    def run():
+        """A plugin's own `run` that would silently replace the built-in."""
+        click.echo("hijacked")
+
+
+    @hookimpl
+    def teeny_register_commands(cli):
+        cli.add_command(run)
+'''
+
 UNRELATED = '''
     """A plugin whose entry point happens to be named like a built-in."""
 '''
@@ -119,6 +142,8 @@ def site(tmp_path_factory) -> Path:
     install(site, "teeny-tp-broken", "tp-broken", "teeny_tp_broken", BROKEN_IMPORT)
     install(site, "teeny-tp-badreg", "tp-badreg", "teeny_tp_badreg", BROKEN_REGISTER)
     install(site, "teeny-tp-notcomp", "tp-notcomp", "teeny_tp_notcomp", NOT_A_COMPONENT)
+    install(site, "teeny-tp-exit", "tp-exit", "teeny_tp_exit", EXITS_ON_IMPORT)
+    install(site, "teeny-tp-shadow", "tp-shadow", "teeny_tp_shadow", SHADOWS_RUN)
     return site
 
 
@@ -162,7 +187,7 @@ def plugins_json(site) -> dict[str, dict]:
 
 def test_json_lists_the_working_plugin_with_version_hooks_and_components(plugins_json):
     assert plugins_json["tp-good"] == {
-        "name": "tp-good", "version": "1.2.3", "builtin": False,
+        "name": "tp-good", "distribution": "teeny-tp-good", "version": "1.2.3", "builtin": False,
         "hooks": ["teeny_register_quantizers", "teeny_register_commands"],
         "components": ["quantizer:tp-bf16"], "error": None}
 
@@ -180,6 +205,17 @@ def test_json_lists_a_plugin_whose_register_hook_raises_as_broken(plugins_json):
     assert plugins_json["tp-notcomp"]["components"] == []
 
 
+def test_a_plugin_that_calls_sys_exit_on_import_is_listed_as_broken(plugins_json):
+    assert plugins_json["tp-exit"]["error"] == "SystemExit: teeny-tp-exit: unsupported platform"
+
+
+def test_a_plugin_command_named_like_a_builtin_is_refused(site, plugins_json):
+    assert plugins_json["tp-shadow"]["error"] == ("teeny_register_commands failed: TeenyError: command 'run' is "
+                                                  "already a teeny command; rename the plugin's command")
+    out = teeny(site, "run", "--help")
+    assert out.returncode == 0 and "Run EXPERIMENT" in out.stdout and "hijacked" not in out.stdout
+
+
 def test_json_keeps_every_builtin_working(plugins_json):
     for name in BUILTINS:
         assert plugins_json[name]["builtin"] is True and plugins_json[name]["error"] is None, plugins_json[name]
@@ -193,6 +229,7 @@ def test_table_shows_broken_plugins_with_their_error(site):
     assert "broken: ImportError: teeny-tp-broken needs libfrobnicate >= 2" in rows["tp-broken"]
     assert "broken: teeny_register_quantizers failed: RuntimeError: no kernels for this CPU" in rows["tp-badreg"]
     assert "1.2.3" in rows["tp-good"] and "ok" in rows["tp-good"] and "quantizer:tp-bf16" in rows["tp-good"]
+    assert "teeny-tp-good" in rows["tp-good"] and "teeny-core" in rows["rtn"]  # the name a user pip-installed
     assert "built-in" in rows["rtn"]
 
 

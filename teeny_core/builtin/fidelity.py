@@ -17,6 +17,7 @@ from typing import Any
 from teeny_core import hookimpl
 from teeny_core.errors import TeenyError
 from teeny_core.options import Options, option
+from teeny_core.store import writing
 from teeny_core.types import EvalContext, Evaluator, LoadedModel, Metric
 
 
@@ -124,7 +125,12 @@ class FidelityEvaluator(Evaluator):
                     ref_lp = lp if reference is None else reference.logprobs([ids])[0]
                     ref = reference_stats(ref_lp, ids, options.kl_top_k)
                     tmp = ref_file.with_suffix(".tmp")
-                    torch.save(ref, tmp)
+                    try:
+                        with writing(ref_file):
+                            torch.save(ref, tmp)
+                    except BaseException:
+                        tmp.unlink(missing_ok=True)
+                        raise
                     tmp.replace(ref_file)
                 ctx.write({"key": f"chunk-{i}", "chunk": i, **compare(ref, lp, ids)})
                 bar.advance(1)

@@ -13,12 +13,15 @@ from teeny_core.types import VariantResult
 
 
 def load_variant_dir(path: Path, name: str | None = None) -> VariantResult:
-    """Read a variant run directory (``runs/<experiment>/<variant>/``) without modifying it."""
+    """Read a variant run directory (``runs/<experiment>/<variant>/``) without modifying it.
+
+    Each (evaluator, key) counts once, the first record winning, as in the run store."""
     path = Path(path)
     samples = path / "samples.jsonl"
     if not samples.is_file():
         raise TeenyError(f"{path} has no samples.jsonl; expected a variant run directory runs/<experiment>/<variant>/")
     records: dict[str, list[dict[str, Any]]] = {}
+    seen: set[tuple[str, str]] = set()
     with open(samples, "rb") as f:
         for number, line in enumerate(f, 1):
             if not line.endswith(b"\n"):
@@ -27,7 +30,14 @@ def load_variant_dir(path: Path, name: str | None = None) -> VariantResult:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise TeenyError(f"{samples}:{number} is not valid JSON ({exc.msg})") from None
-            records.setdefault(record.get("evaluator", "unknown"), []).append(record)
+            if not isinstance(record, dict) or "key" not in record:
+                raise TeenyError(f"{samples}:{number} is not a record (expected a JSON object with a 'key', "
+                                 f"found {line[:40].decode(errors='replace').strip()})")
+            evaluator = str(record.get("evaluator", "unknown"))
+            ident = (evaluator, json.dumps(record["key"], sort_keys=True, default=str))
+            if ident not in seen:
+                seen.add(ident)
+                records.setdefault(evaluator, []).append(record)
     meta = _read(path / "variant.json")
     return VariantResult(name=name or meta.get("name") or path.name, method=meta.get("method", "?"),
                          describe=meta.get("describe", {}), records=records,
@@ -40,9 +50,11 @@ def _read(path: Path) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise TeenyError(f"{path} is not valid JSON ({exc.msg})") from None
-    return data if isinstance(data, dict) else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TeenyError(f"{path} is not valid JSON ({getattr(exc, 'msg', exc)})") from None
+    if not isinstance(data, dict):
+        raise TeenyError(f"{path}: expected a JSON object, found {json.dumps(data)[:40]}")
+    return data
 
 
 @click.command("compare")
@@ -61,18 +73,20 @@ def compare(run_a: Path, run_b: Path, options: tuple[str, ...], json_out: Path |
     from teeny_core.report import ANALYSIS_HEADERS, analysis_rows
     from teeny_stats.analyzer import EXPERIMENT_KEY, SignificanceAnalyzer
 
-    try:
-        parsed = SignificanceAnalyzer.Options.from_mapping(parse_cli_options(options), "significance")
-        a, b = load_variant_dir(run_a), load_variant_dir(run_b)
-        if a.name == b.name:
-            a.name, b.name = f"{run_a.parent.name}/{a.name}", f"{run_b.parent.name}/{b.name}"
-        shared = sorted(set(a.records) & set(b.records))
-        if not shared:
-            raise TeenyError(f"{run_a} and {run_b} share no evaluator (A has {', '.join(sorted(a.records)) or 'none'}, "
-                             f"B has {', '.join(sorted(b.records)) or 'none'})")
-        findings = SignificanceAnalyzer().analyze(a, [b], parsed)
-    except TeenyError as exc:
-        raise click.ClickException(str(exc)) from None
+    parsed = SignificanceAnalyzer.Options.from_mapping(parse_cli_options(options), "significance")
+    a, b = load_variant_dir(run_a), load_variant_dir(run_b)
+    if a.name == b.name:
+        a.name, b.name = f"{run_a.parent.name}/{a.name}", f"{run_b.parent.name}/{b.name}"
+    shared = sorted(set(a.records) & set(b.records))
+    if not shared:
+        raise TeenyError(f"{run_a} and {run_b} share no evaluator (A has {', '.join(sorted(a.records)) or 'none'}, "
+                         f"B has {', '.join(sorted(b.records)) or 'none'})")
+    if not any({r["key"] for r in a.records[ev]} & {r["key"] for r in b.records[ev]} for ev in shared):
+        first = shared[0]
+        raise TeenyError(f"{run_a} and {run_b} share no item: their {', '.join(shared)} records have no key in "
+                         f"common (e.g. A {a.records[first][0]['key']!r}, B {b.records[first][0]['key']!r}); "
+                         "compare two runs of the same benchmark items")
+    findings = SignificanceAnalyzer().analyze(a, [b], parsed)
     rows = analysis_rows(findings.get(b.name, {}))
     table = Table(title=f"{b.name} (B) vs {a.name} (A, baseline)")
     for header in ANALYSIS_HEADERS:

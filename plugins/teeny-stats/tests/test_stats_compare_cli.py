@@ -89,3 +89,35 @@ def test_compare_shows_pass_at_k_with_several_samples(tmp_path, teeny_cli):
     assert "paired t, SE" in result.output
     for k in ("pass@5", "pass@10"):
         assert k in result.output
+
+
+def test_compare_against_a_null_or_disjoint_run_is_one_error_line(tmp_path, teeny_cli):
+    good = write_run(tmp_path / "exp" / "v", [True, False], [1.0, 2.0])
+    null = tmp_path / "null" / "v"
+    null.mkdir(parents=True)
+    (null / "samples.jsonl").write_text("null\n")
+    result = CliRunner().invoke(teeny_cli, ["compare", str(good), str(null)])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.startswith("Error: ") and "samples.jsonl:1 is not a record" in result.output
+    disjoint = write_run(tmp_path / "other" / "v", [True], [1.0])
+    for name in ("samples.jsonl",):
+        text = (disjoint / name).read_text().replace("HumanEval/", "Other/").replace("chunk-", "window-")
+        (disjoint / name).write_text(text)
+    result = CliRunner().invoke(teeny_cli, ["compare", str(good), str(disjoint)])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "share no item" in result.output and "e.g. A 'chunk-0', B 'window-0'" in result.output
+
+
+def test_compare_counts_a_duplicated_key_once(tmp_path, teeny_cli):
+    a = write_run(tmp_path / "a" / "v", [True] * 6, [1.0] * 6)
+    b = write_run(tmp_path / "b" / "v", [True] * 6, [1.0] * 6)
+    with open(b / "samples.jsonl", "a") as f:  # a second copy of every record with the opposite outcome
+        for i in range(6):
+            f.write(json.dumps({"evaluator": "humaneval", "key": f"HumanEval/{i}#0", "passed": False}) + "\n")
+    result = CliRunner().invoke(teeny_cli, ["compare", str(a), str(b), "--json", str(tmp_path / "f.json")])
+    assert result.exit_code == 0, result.output
+    findings = json.loads((tmp_path / "f.json").read_text())
+    passed = next(v for k, v in findings.items() if k != "_experiment")["humaneval"]["passed"]
+    assert passed["unpaired"] == {"baseline_only": 0, "variant_only": 0, "skipped": 0}
+    assert passed["n_items"] == 6 and passed["variant"]["score"] == 1.0  # the first copy of each key counted
+    assert passed["flips"] == {"right_to_wrong": 0, "wrong_to_right": 0}
