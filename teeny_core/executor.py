@@ -47,6 +47,17 @@ class Outcome:
     ok: bool
     error: str | None = None
     stage: str | None = None
+    fatal: bool = False  # the machine, not the variant, failed (a full disk): the run stops with this error
+
+    @classmethod
+    def failed(cls, variant: str, exc: BaseException, stage: str | None) -> "Outcome":
+        """The outcome of a task that raised ``exc``: its one line, and whether it must stop the whole run."""
+        from teeny_core.errors import DiskFullError, is_disk_full
+        from teeny_core.plugins import _one_line
+
+        if is_disk_full(exc) and not isinstance(exc, DiskFullError):
+            exc = DiskFullError(f"{variant}'s files")
+        return cls(variant, False, _one_line(exc), stage, fatal=isinstance(exc, DiskFullError))
 
 
 class Executor(Component):
@@ -64,7 +75,7 @@ def run_variant_task(task: VariantTask, emit: Emit | None = None) -> Outcome:
     built in a child process of its own, so that the load is measured on a clean heap; then load, evaluate and
     profile, resuming whatever the store already holds. A failure is returned, never raised."""
     from teeny_core.modeling import quiet_libraries
-    from teeny_core.plugins import Plugins, _one_line
+    from teeny_core.plugins import Plugins
 
     quiet_libraries()
     emit = emit or (lambda event: None)
@@ -89,7 +100,7 @@ def run_variant_task(task: VariantTask, emit: Emit | None = None) -> Outcome:
         return Outcome(task.variant, True)
     except Exception as exc:  # the variant failed; the run goes on
         _keep_traceback(task)
-        return Outcome(task.variant, False, _one_line(exc), stage[0])
+        return Outcome.failed(task.variant, exc, stage[0])
 
 
 def _keep_traceback(task: VariantTask) -> None:
@@ -119,7 +130,7 @@ def _pipeline(task: VariantTask, plugins, emit: Emit):
 def _build_main(task: VariantTask, conn) -> None:
     """Child process: build the shared inputs (for the baseline's task) and the variant's artifact."""
     from teeny_core.modeling import quiet_libraries
-    from teeny_core.plugins import Plugins, _one_line
+    from teeny_core.plugins import Plugins
 
     _exit_with_parent()
     quiet_libraries()
@@ -134,7 +145,7 @@ def _build_main(task: VariantTask, conn) -> None:
     except Exception as exc:
         _keep_traceback(task)
         stage = "prepare" if task.prepare else "quantize"
-        send({"outcome": dataclasses.asdict(Outcome(task.variant, False, _one_line(exc), stage))})
+        send({"outcome": dataclasses.asdict(Outcome.failed(task.variant, exc, stage))})
 
 
 def worker_main(task: VariantTask, conn) -> None:

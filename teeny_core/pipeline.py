@@ -76,6 +76,8 @@ class Pipeline:
             for batch in ([t for t in todo if t.prepare], [t for t in todo if not t.prepare]):  # the baseline first
                 found = ex_cls().run(batch, ex_opts, display.event)  # type: ignore[attr-defined]
                 for outcome in found:
+                    if outcome.fatal:  # e.g. the disk is full: every variant would fail the same way
+                        raise TeenyError(outcome.error)
                     display.finished(outcome)
                 outcomes += found
             results = self.collect(manifest, {o.variant: o for o in outcomes})
