@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from teeny_core import windows
 from teeny_core.experiment import BASELINE, Experiment, Variant
 from teeny_core.plugins import Plugins
 from teeny_core.store import SampleLog, StoreContext, options_signature, read_json, staging_dir, write_json
@@ -140,7 +141,8 @@ class Pipeline:
 
     def evaluator_config(self, name: str) -> str:
         cls = self.plugins.get("evaluator", name)
-        return options_signature(name, cls.Options.from_mapping(self.exp.evaluators[name]).to_dict())
+        return options_signature(name, cls.Options.from_mapping(self.exp.evaluators[name]).to_dict(),
+                                 cls.records_version)
 
     def evaluation_signature(self) -> str:
         parts = [self.exp.evaluators, self.exp.profilers, self.exp.limit, self.exp.seed]
@@ -172,7 +174,7 @@ class Pipeline:
     def calibration(self) -> CalibrationSet:
         cfg = dict(self.exp.calibration)
         method = cfg.pop("method")
-        key = hashlib.sha256(json.dumps([self.baseline_id(), method, cfg, self.exp.seed], sort_keys=True)
+        key = hashlib.sha256(json.dumps([self.baseline_id(), method, cfg, self.exp.seed, windows.RULE], sort_keys=True)
                              .encode()).hexdigest()[:16]
         path = self.cache_dir / "calibration" / f"{key}.json"
         cached = read_json(path)
@@ -192,7 +194,7 @@ class Pipeline:
     def variant_key(self, variant: Variant) -> str:
         parts: list[Any] = [self.baseline_id(), variant.method, variant.options, variant.runtime]
         if variant.method != "none" and self.plugins.get("quantizer", variant.method).needs_calibration:
-            parts += [self.exp.calibration, self.exp.seed]
+            parts += [self.exp.calibration, self.exp.seed, windows.RULE]
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     def describe(self, variant: Variant) -> dict[str, Any]:

@@ -88,9 +88,11 @@ class SampleLog:
         return [r for r in self.records if r.get("evaluator") == name and (config is None or r.get("config") == config)]
 
 
-def options_signature(evaluator: str, options: dict[str, Any]) -> str:
-    """A short hash of an evaluator's options: records written under other options are not reused."""
-    return hashlib.sha256(json.dumps([evaluator, options], sort_keys=True, default=str).encode()).hexdigest()[:12]
+def options_signature(evaluator: str, options: dict[str, Any], version: str = "") -> str:
+    """A short hash of an evaluator's options (and its ``records_version``): records written under other
+    options or another version are not reused."""
+    parts: list[Any] = [evaluator, options] + ([version] if version else [])
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 class StoreContext(EvalContext):

@@ -215,6 +215,10 @@ class EvalContext(ABC):
 class Evaluator(Component):
     """Measures a loaded model: writes one record per finished item, then summarizes all records."""
 
+    #: What the records mean beyond the options (e.g. how text windows are built); records written under
+    #: another value are not reused, so changing it re-measures instead of mixing.
+    records_version: ClassVar[str] = ""
+
     @abstractmethod
     def evaluate(self, model: LoadedModel, options: Options, ctx: EvalContext) -> None:
         """Evaluate items not in ``ctx.done()``, calling ``ctx.write(record)`` as each finishes."""
