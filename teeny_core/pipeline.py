@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 from teeny_core import windows
 from teeny_core.experiment import BASELINE, Experiment, Variant
 from teeny_core.plugins import Plugins
+from teeny_core.source_match import source_match
 from teeny_core.store import SampleLog, StoreContext, options_signature, read_json, staging_dir, write_json
 from teeny_core.types import Artifact, CalibrationSet, ModelSource, VariantResult
 
@@ -256,7 +257,9 @@ class Pipeline:
             "experiment": self.exp.name, "config_hash": self.exp.config_hash(), "baseline": BASELINE,
             "variants": [{"name": r.name, "method": r.method, "describe": r.describe,
                           "artifact_bytes": r.artifact_bytes, "metrics": r.metrics, "profile": r.profile,
-                          "packed_bytes": _artifact_meta(self.root, r.name).get("packed_bytes")}
+                          "packed_bytes": _artifact_meta(self.root, r.name).get("packed_bytes"),
+                          "source_match": None if r.name == BASELINE
+                          else source_match(self.source, self.root / r.name / "artifact")}
                          for r in results],
             "analysis": analysis, "manifest": manifest,
         }

@@ -1,0 +1,88 @@
+"""A GGUF variant that repeats a quantized GGUF source's quantization is flagged (issue 11): the source,
+dequantized to a float baseline, lies on that grid, so re-quantizing it to the same types is near an identity."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from teeny_core.source_match import compare_layouts, source_match
+
+pytest.importorskip("llama_cpp")
+
+
+def _gguf(source_dir, out_dir, **options):
+    from teeny_core.types import ModelSource
+    from teeny_gguf.quantizer import GGUFQuantizer
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    opts = GGUFQuantizer.Options.from_mapping(options, where="gguf")
+    return GGUFQuantizer().quantize(ModelSource(str(source_dir)), None, opts, out_dir)
+
+
+def test_layout_rule_counts_the_source_quantized_weights():
+    source = ("MOSTLY_Q4_K_M", {"a": ("Q4_K", 600), "b": ("Q6_K", 400), "emb": ("F32", 10_000)})
+    same = compare_layouts(source, ("MOSTLY_Q4_K_M", {"a": ("Q4_K", 600), "b": ("Q6_K", 400), "emb": ("F32", 10_000)}))
+    assert same["flagged"] and same["same_type_share"] == 1.0 and "Q4_K_M" in same["reason"]
+    partial = compare_layouts(source, ("MOSTLY_Q6_K", {"a": ("Q6_K", 600), "b": ("Q6_K", 400), "emb": ("F32", 10_000)}))
+    assert partial["same_type_share"] == 0.4 and not partial["flagged"] and partial["reason"] is None
+    majority = compare_layouts(source, ("MOSTLY_Q5_K_M", {"a": ("Q4_K", 600), "b": ("Q5_K", 400)}))
+    assert majority["flagged"] and majority["same_type_share"] == 0.6
+    assert compare_layouts(("MOSTLY_F16", {"a": ("F16", 600)}), ("MOSTLY_Q4_K_M", {"a": ("Q4_K", 600)})) is None
+
+
+def test_real_files_same_type_flagged_other_type_not(tiny_model, tmp_path):
+    from teeny_core.types import ModelSource
+
+    q4 = _gguf(tiny_model("llama"), tmp_path / "q4", type="Q4_K_M")
+    source = ModelSource(str(q4.path), gguf_file=q4.file)
+    again = _gguf(tiny_model("llama"), tmp_path / "again", type="Q4_K_M")
+    q8 = _gguf(tiny_model("llama"), tmp_path / "q8", type="Q8_0")
+    flagged = source_match(source, again.path)
+    assert flagged["flagged"] and flagged["source_file_type"] == flagged["variant_file_type"] == "MOSTLY_Q4_K_M"
+    other = source_match(source, q8.path)
+    assert other["variant_file_type"] == "MOSTLY_Q8_0" and other["same_type_share"] < 0.5 and not other["flagged"]
+    f16 = _gguf(tiny_model("llama"), tmp_path / "f16", type="F16")
+    assert source_match(ModelSource(str(f16.path), gguf_file=f16.file), again.path) is None  # float source
+    assert source_match(ModelSource(str(tiny_model("llama"))), again.path) is None  # HF source
+
+
+def test_run_of_a_q4_k_m_source_flags_its_q4_k_m_variant_in_results_and_report(tiny_model, tmp_path):
+    from click.testing import CliRunner
+
+    from teeny_core.cli import cli
+
+    # qwen2: transformers reads this tiny GGUF's special tokens back for qwen2 (not for a llama-arch gpt2 vocab)
+    q4 = _gguf(tiny_model("qwen2"), tmp_path / "src", type="Q4_K_M")
+    exp = tmp_path / "exp.toml"
+    exp.write_text(f'''name = "bias"
+model = "{q4.location}"
+output_dir = "{tmp_path / 'runs'}"
+device = "cpu"
+[evaluators.fidelity]
+chunks = 2
+chunk_len = 32
+[[variants]]
+name = "same-q4"
+method = "gguf"
+type = "Q4_K_M"
+[[variants]]
+name = "q8"
+method = "gguf"
+type = "Q8_0"
+''')
+    result = CliRunner().invoke(cli, ["run", str(exp)])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "bias"
+    variants = {v["name"]: v for v in json.loads((run / "results.json").read_text())["variants"]}
+    assert variants["original"]["source_match"] is None
+    assert variants["same-q4"]["source_match"]["flagged"]
+    assert "same quantization as the source (Q4_K_M)" in variants["same-q4"]["source_match"]["reason"]
+    assert not variants["q8"]["source_match"]["flagged"]
+    report = (run / "report.md").read_text()
+    assert "| same-q4 (same quantization as the source) |" in report
+    assert "| q8 |" in report
+    assert "same-q4: same quantization as the source (Q4_K_M)" in report
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["windows"]["rule"] == "document-prefix/1"
