@@ -156,6 +156,7 @@ def main() -> None:
         print(f"  scored {name}: KL {results[name]['kl']:.5f}", flush=True)
     rows = [{"variant": name, "artifact": artifacts[name], **results[name]} for name in artifacts]
 
+    from teeny_core.source_match import compare_layouts, gguf_layout
     from teeny_gguf.reader import gguf_stats
 
     base_ppl = rows[0]["ppl"]
@@ -163,14 +164,18 @@ def main() -> None:
         "| variant | file MiB | bits/weight | KL vs F16 (± s.e.) | top-1 agree | PPL | ΔPPL | decode tok/s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    source_layout = gguf_layout(package_gguf)
     for r in rows:
         stats = gguf_stats(r["artifact"].location)
+        match = compare_layouts(source_layout, gguf_layout(r["artifact"].location))
+        if r["variant"] != "package Q4_K_M" and match and match["flagged"]:
+            r["variant"] += " †"
         kl = f"{r['kl']:.5f} ± {r['kl_se']:.5f}" if "kl" in r else "0 (reference)"
         top1 = f"{100 * r['top1']:.2f}%" if "top1" in r else "100%"
         lines.append(f"| {r['variant']} | {stats['file_bytes'] / 2**20:.1f} | {stats['bits_per_weight']:.2f} | {kl} | "
                      f"{top1} | {r['ppl']:.3f} | {100 * (r['ppl'] / base_ppl - 1):+.2f}% | {r['tok_s']:.1f} |")
     gains = []
-    by_name = {r["variant"]: r for r in rows}
+    by_name = {r["variant"].removesuffix(" †"): r for r in rows}
     for t in args.types.split(","):
         if t in by_name and f"{t}+imatrix" in by_name:
             a, b = by_name[t]["kl"], by_name[f"{t}+imatrix"]["kl"]
@@ -193,6 +198,10 @@ Command: `python benchmarks/gguf_kquants.py {' '.join(sys.argv[1:])}` (llama-cpp
 - "package Q4_K_M" is the original file from the package (its own mixture, quantized upstream from BF16).
 
 {table}
+
+† flagged by `teeny_core.source_match`: the variant keeps the package file's quantization (same
+`general.file_type`, or at least half of its quantized weights in the same tensor types), so it re-quantizes
+weights that already lie on their grid and its KL is close to an identity, not a measure of the type.
 
 Gain from the importance matrix:
 

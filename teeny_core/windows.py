@@ -69,7 +69,7 @@ def document_stream(tokenizer: Any, texts: Iterable[str], need: int) -> list[int
 
 
 def record(prefix: list[int]) -> dict[str, Any]:
-    """What calibration sets, fidelity records and manifests store about the windows they used."""
+    """What calibration sets and fidelity records store about the windows they used."""
     return {"rule": RULE, "prefix": list(prefix)}
 
 
