@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from teeny_core.source_match import compare_layouts, source_match
+from teeny_core.source_match import compare_layouts, gguf_layout, source_match
 
 pytest.importorskip("llama_cpp")
 
@@ -33,12 +33,24 @@ def test_layout_rule_counts_the_source_quantized_weights():
 
 
 def test_real_files_same_type_flagged_other_type_not(tiny_model, tmp_path):
+    import gguf
+
+    from teeny_core.errors import TeenyError
     from teeny_core.types import ModelSource
 
     q4 = _gguf(tiny_model("llama"), tmp_path / "q4", type="Q4_K_M")
     source = ModelSource(str(q4.path), gguf_file=q4.file)
     again = _gguf(tiny_model("llama"), tmp_path / "again", type="Q4_K_M")
     q8 = _gguf(tiny_model("llama"), tmp_path / "q8", type="Q8_0")
+    for art in (q4, again):  # the header-only reader agrees with the gguf package's full reader
+        reader = gguf.GGUFReader(str(art.location))
+        assert gguf_layout(art.location) == (
+            gguf.LlamaFileType(int(reader.fields["general.file_type"].contents())).name,
+            {t.name: (t.tensor_type.name, int(t.n_elements)) for t in reader.tensors})
+    with pytest.raises(TeenyError, match="unreadable GGUF header"):
+        cut = tmp_path / "cut.gguf"
+        cut.write_bytes(q4.location.read_bytes()[:200])
+        gguf_layout(cut)
     flagged = source_match(source, again.path)
     assert flagged["flagged"] and flagged["source_file_type"] == flagged["variant_file_type"] == "MOSTLY_Q4_K_M"
     other = source_match(source, q8.path)
