@@ -200,7 +200,7 @@ Command: `python benchmarks/gguf_kquants.py {' '.join(sys.argv[1:])}` (llama-cpp
 {table}
 
 † flagged by `teeny_core.source_match`: the variant keeps the package file's quantization (same
-`general.file_type`, or at least half of its quantized weights in the same tensor types), so it re-quantizes
+`general.file_type`, or at least half of its quantized tensors in the same types), so it re-quantizes
 weights that already lie on their grid and its KL is close to an identity, not a measure of the type.
 
 Gain from the importance matrix:

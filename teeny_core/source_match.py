@@ -4,7 +4,9 @@ A GGUF source (e.g. a Q4_K_M file) is dequantized to a float baseline; its weigh
 grid, so re-quantizing them to the same GGUF types is close to an identity and the variant's fidelity
 flatters it against methods that use another grid. This compares the source's ``general.file_type`` and
 per-tensor types with a GGUF variant's: a variant is flagged when its file type equals the source's or when
-at least half of the source's quantized weights keep their type in it.
+at least half of the source's quantized tensors keep their type in it. Tensors are counted, not weights:
+in a small model the embedding alone outweighs all blocks (Gemma 3 270M: 168M of 268M parameters, kept in
+Q8_0 by every llama.cpp type), and repeating its type says nothing about the blocks.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
     from teeny_core.types import ModelSource
 
 FLOAT_TYPES = frozenset({"F32", "F16", "BF16", "F64"})
-FLAG_SHARE = 0.5  # flagged from this share of the source's quantized weights stored in the same type
+FLAG_SHARE = 0.5  # flagged from this share of the source's quantized tensors stored in the same type
 
 
 def gguf_layout(path: str | Path) -> tuple[str | None, dict[str, tuple[str, int]]]:
@@ -109,18 +111,17 @@ def compare_layouts(source: tuple[str | None, dict[str, tuple[str, int]]],
     if not quantized:
         return None
     same = [name for name, (qtype, _) in quantized.items() if variant_tensors.get(name, ("",))[0] == qtype]
-    total = sum(n for _, n in quantized.values())
-    share = sum(quantized[name][1] for name in same) / total
+    weight_share = sum(quantized[name][1] for name in same) / sum(n for _, n in quantized.values())
     same_file_type = source_type is not None and source_type == variant_type
-    flagged = same_file_type or share >= FLAG_SHARE
+    flagged = same_file_type or len(same) >= FLAG_SHARE * len(quantized)
     reason = None
     if flagged:
-        reason = (f"same quantization as the source ({_short(source_type)}): {100 * share:.0f}% of the source's "
-                  f"quantized weights ({len(same)} of {len(quantized)} tensors) keep their type, so re-quantizing "
-                  "is close to an identity and its fidelity is not comparable with other methods")
+        reason = (f"same quantization as the source ({_short(source_type)}): {len(same)} of the source's "
+                  f"{len(quantized)} quantized tensors keep their type, so re-quantizing is close to an identity "
+                  "and its fidelity is not comparable with other methods")
     return {"flagged": flagged, "reason": reason, "source_file_type": source_type,
-            "variant_file_type": variant_type, "same_type_share": round(share, 4), "same_type_tensors": len(same),
-            "source_quantized_tensors": len(quantized)}
+            "variant_file_type": variant_type, "same_type_tensors": len(same),
+            "source_quantized_tensors": len(quantized), "same_type_weight_share": round(weight_share, 4)}
 
 
 def source_match(source: ModelSource, artifact_dir: str | Path) -> dict[str, Any] | None:

@@ -21,15 +21,26 @@ def _gguf(source_dir, out_dir, **options):
     return GGUFQuantizer().quantize(ModelSource(str(source_dir)), None, opts, out_dir)
 
 
-def test_layout_rule_counts_the_source_quantized_weights():
-    source = ("MOSTLY_Q4_K_M", {"a": ("Q4_K", 600), "b": ("Q6_K", 400), "emb": ("F32", 10_000)})
-    same = compare_layouts(source, ("MOSTLY_Q4_K_M", {"a": ("Q4_K", 600), "b": ("Q6_K", 400), "emb": ("F32", 10_000)}))
-    assert same["flagged"] and same["same_type_share"] == 1.0 and "Q4_K_M" in same["reason"]
-    partial = compare_layouts(source, ("MOSTLY_Q6_K", {"a": ("Q6_K", 600), "b": ("Q6_K", 400), "emb": ("F32", 10_000)}))
-    assert partial["same_type_share"] == 0.4 and not partial["flagged"] and partial["reason"] is None
-    majority = compare_layouts(source, ("MOSTLY_Q5_K_M", {"a": ("Q4_K", 600), "b": ("Q5_K", 400)}))
-    assert majority["flagged"] and majority["same_type_share"] == 0.6
+def test_layout_rule_counts_the_source_quantized_tensors():
+    source = ("MOSTLY_Q4_K_M", {"a": ("Q4_K", 600), "b": ("Q6_K", 400), "c": ("Q5_0", 400),
+                                "norm": ("F32", 10_000)})
+    same = compare_layouts(source, ("MOSTLY_Q4_K_M", dict(source[1])))
+    assert same["flagged"] and same["same_type_tensors"] == 3 and "(Q4_K_M): 3 of the source's 3" in same["reason"]
+    partial = compare_layouts(source, ("MOSTLY_Q6_K", {"a": ("Q6_K", 600), "b": ("Q6_K", 400), "c": ("Q8_0", 400)}))
+    assert partial["same_type_tensors"] == 1 and not partial["flagged"] and partial["reason"] is None
+    majority = compare_layouts(source, ("MOSTLY_Q5_K_M", {"a": ("Q4_K", 600), "b": ("Q6_K", 400), "c": ("Q5_1", 400)}))
+    assert majority["flagged"] and majority["same_type_tensors"] == 2
     assert compare_layouts(("MOSTLY_F16", {"a": ("F16", 600)}), ("MOSTLY_Q4_K_M", {"a": ("Q4_K", 600)})) is None
+
+
+def test_a_huge_embedding_in_the_same_type_does_not_flag_a_different_quantization():
+    """Gemma 3 270M: the Q8_0 embedding is 168M of 268M parameters and every llama.cpp type keeps it in Q8_0."""
+    blocks = {f"blk.{i}.ffn_up.weight": ("Q4_K", 400_000) for i in range(18)}
+    source = ("MOSTLY_Q4_K_M", {"token_embd.weight": ("Q8_0", 168_000_000), **blocks})
+    q2 = ("MOSTLY_Q2_K", {"token_embd.weight": ("Q8_0", 168_000_000),
+                          **{name: ("Q2_K", n) for name, (_, n) in blocks.items()}})
+    match = compare_layouts(source, q2)
+    assert match["same_type_weight_share"] > 0.9 and not match["flagged"]
 
 
 def test_real_files_same_type_flagged_other_type_not(tiny_model, tmp_path):
@@ -54,7 +65,8 @@ def test_real_files_same_type_flagged_other_type_not(tiny_model, tmp_path):
     flagged = source_match(source, again.path)
     assert flagged["flagged"] and flagged["source_file_type"] == flagged["variant_file_type"] == "MOSTLY_Q4_K_M"
     other = source_match(source, q8.path)
-    assert other["variant_file_type"] == "MOSTLY_Q8_0" and other["same_type_share"] < 0.5 and not other["flagged"]
+    assert other["variant_file_type"] == "MOSTLY_Q8_0" and not other["flagged"]
+    assert other["same_type_tensors"] < other["source_quantized_tensors"] / 2
     f16 = _gguf(tiny_model("llama"), tmp_path / "f16", type="F16")
     assert source_match(ModelSource(str(f16.path), gguf_file=f16.file), again.path) is None  # float source
     assert source_match(ModelSource(str(tiny_model("llama"))), again.path) is None  # HF source
