@@ -128,6 +128,8 @@ def main() -> None:
 
 
 def render(rows, args) -> str:
+    from teeny_core import windows
+
     cpu = platform.processor() or platform.machine()
     lines = [
         "# GPTQ vs RTN on Gemma 3 270M",
@@ -137,7 +139,9 @@ def render(rows, args) -> str:
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {os.cpu_count()} CPU threads ({cpu}), "
         "CPU only, shared with other jobs (wall times are noisy).  ",
         "Original: the gemma3-270m Q4_K_M GGUF dequantized to float32. Calibration: `code` calibrator, "
-        f"{args.samples} x {args.seq_len} tokens, seed 0. Evaluation: {args.chunks} x 256 tokens of pydoc topic "
+        f"{args.samples} x {args.seq_len} tokens, seed 0. Every window, calibration and evaluation, starts like a "
+        f"document (BOS, then text: rule {windows.RULE} of teeny_core/windows.py). "
+        f"Evaluation: {args.chunks} x 256 tokens of pydoc topic "
         "help (held out); KL is mean KL(original || variant) per token over the original's top-256 tokens plus a "
         "rest bucket (the fidelity evaluator's measure), with its standard error over windows. Peak RSS is the "
         "quantizing process's own (in parentheses: its peak right after loading the model, before quantizing). "

@@ -179,7 +179,7 @@ def eval_cmd(model: str, benches: tuple[str, ...], opts: tuple[str, ...], refere
     metrics = {}
     with _progress() as progress:
         for bench, cls in evaluators.items():
-            config = options_signature(bench, options[bench].to_dict())
+            config = options_signature(bench, options[bench].to_dict(), cls.records_version)
             ctx = StoreContext(samples, bench, seed=seed, limit=limit or None, cache_dir=out_dir / "_cache",
                                config=config,
                                reference_loader=load_reference if ref_artifact else None,

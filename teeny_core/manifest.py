@@ -11,6 +11,7 @@ import time
 from importlib import metadata
 from typing import Any
 
+from teeny_core import windows
 from teeny_core.experiment import Experiment
 from teeny_core.plugins import Plugins
 
@@ -60,4 +61,5 @@ def build_manifest(exp: Experiment, plugins: Plugins, previous: dict[str, Any] |
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return {"experiment": exp.name, "config_hash": exp.config_hash(), "config": exp.to_dict(),
             "seed": exp.seed, "started_at": (previous or {}).get("started_at", now), "updated_at": now,
-            "argv": sys.argv, "versions": package_versions(plugins), "hardware": hardware()}
+            "argv": sys.argv, "versions": package_versions(plugins), "hardware": hardware(),
+            "windows": {"rule": windows.RULE, "description": windows.DESCRIPTION}}

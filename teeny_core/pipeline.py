@@ -22,9 +22,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from teeny_core import windows
 from teeny_core.errors import TeenyError
 from teeny_core.experiment import BASELINE, Experiment, Variant
 from teeny_core.plugins import Plugins
+from teeny_core.source_match import source_match
 from teeny_core.store import (RunLock, SampleLog, StoreContext, options_signature, read_json, staging_dir,
                               write_json)
 from teeny_core.types import ARTIFACT_MANIFEST, Artifact, CalibrationSet, ModelSource, VariantResult
@@ -249,7 +251,8 @@ class Pipeline:
 
     def evaluator_config(self, name: str) -> str:
         cls = self.plugins.get("evaluator", name)
-        return options_signature(name, cls.Options.from_mapping(self.exp.evaluators[name]).to_dict())
+        return options_signature(name, cls.Options.from_mapping(self.exp.evaluators[name]).to_dict(),
+                                 cls.records_version)
 
     def evaluation_signature(self) -> str:
         parts = [self.exp.evaluators, self.exp.profilers, self.exp.limit, self.exp.seed]
@@ -282,7 +285,7 @@ class Pipeline:
         """Where the calibration set is cached, by a key of the baseline, the calibrator, its options and the seed."""
         cfg = dict(self.exp.calibration)
         method = cfg.pop("method")
-        key = hashlib.sha256(json.dumps([self.baseline_id(), method, cfg, self.exp.seed], sort_keys=True)
+        key = hashlib.sha256(json.dumps([self.baseline_id(), method, cfg, self.exp.seed, windows.RULE], sort_keys=True)
                              .encode()).hexdigest()[:16]
         return self.cache_dir / "calibration" / f"{key}.json"
 
@@ -308,7 +311,7 @@ class Pipeline:
     def variant_key(self, variant: Variant) -> str:
         parts: list[Any] = [self.baseline_id(), variant.method, variant.options, variant.runtime]
         if variant.method != "none" and self.plugins.get("quantizer", variant.method).needs_calibration:
-            parts += [self.exp.calibration, self.exp.seed]
+            parts += [self.exp.calibration, self.exp.seed, windows.RULE]
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     def describe(self, variant: Variant) -> dict[str, Any]:
@@ -398,7 +401,9 @@ class Pipeline:
                 continue
             entries.append({"name": r.name, "method": r.method, "describe": r.describe, "status": "ok",
                             "artifact_bytes": r.artifact_bytes, "metrics": r.metrics, "profile": r.profile,
-                            "packed_bytes": _artifact_meta(self.root, r.name).get("packed_bytes")})
+                            "packed_bytes": _artifact_meta(self.root, r.name).get("packed_bytes"),
+                            "source_match": None if r.name == BASELINE
+                            else source_match(self.source, self.root / r.name / "artifact")})
         declared = {name: self.plugins.get("evaluator", name).declaration() for name in self.exp.evaluators}
         return {"experiment": self.exp.name, "config_hash": self.exp.config_hash(), "baseline": BASELINE,
                 "evaluators": declared, "variants": entries, "analysis": analysis, "manifest": manifest}

@@ -409,7 +409,8 @@ def results_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             score = _rate(s, ci)
         else:
             score = _num(s) + _ci(ci)
-        rows.append([v["name"], _method(v), _bits(v), score,
+        name = v["name"] + (f" {SOURCE_MATCH_MARK}" if source_match_reason(v) else "")
+        rows.append([name, _method(v), _bits(v), score,
                      delta, verdict, flips, size, format_bytes(mem) if mem and "artifact" not in how else "-",
                      _num(bench.get("decode_tokens_per_s"), 3), f"{energy:.1f} J" if energy is not None else "-",
                      format_bytes(weight_bytes(v)), _seconds(bench.get("ttft_s")), _throughput(bench), runtime_of(v)])
@@ -424,6 +425,25 @@ def _throughput(bench: dict[str, Any]) -> str:
     """Generated tokens/s of a batch of prompts, with the batch size: ``41.2 (8)``."""
     tps = bench.get("throughput_tokens_per_s")
     return f"{_num(tps, 3)} ({bench.get('throughput_batch')})" if isinstance(tps, (int, float)) else "-"
+
+
+SOURCE_MATCH_MARK = "(same quantization as the source)"
+
+
+def source_match_reason(variant: dict[str, Any]) -> str | None:
+    """Why this variant's fidelity is biased by repeating the source's quantization, or None."""
+    match = _dict(variant.get("source_match"))
+    return str(match.get("reason")) if match.get("flagged") else None
+
+
+def source_match_note(results: dict[str, Any]) -> str | None:
+    """The report's sentence about variants flagged by :func:`source_match_reason`, or None."""
+    flagged = [f"{v['name']}: {reason}" for v in _variants(results) if (reason := source_match_reason(v))]
+    if not flagged:
+        return None
+    return (f"Variants marked {SOURCE_MATCH_MARK} repeat the quantization the original was dequantized from, "
+            "so their KL, top-1 agreement and perplexity measure little more than an identity; do not read "
+            "them as a comparison of methods. " + "; ".join(flagged) + ".")
 
 
 NOT_ERRORS = ("passed",)
@@ -567,6 +587,9 @@ def _blocks(run_dir: Path, results: dict[str, Any]) -> tuple[list[_Block], dict[
     blocks.append(_Block("p", intro))
     headers, rows = results_table(results)
     blocks += [_Block("h2", "Results"), _Block("table", headers=headers, rows=rows)]
+    note = source_match_note(results)
+    if note:
+        blocks.append(_Block("p", note))
     memory_note = {memory_of(v)[1] for v in _variants(results)
                    if memory_of(v)[0] and "artifact" not in memory_of(v)[1]}
     if memory_note:

@@ -210,9 +210,11 @@ def _lock_holder(fd: int) -> str:
         return "holder still starting"
 
 
-def options_signature(evaluator: str, options: dict[str, Any]) -> str:
-    """A short hash of an evaluator's options: records written under other options are not reused."""
-    return hashlib.sha256(json.dumps([evaluator, options], sort_keys=True, default=str).encode()).hexdigest()[:12]
+def options_signature(evaluator: str, options: dict[str, Any], version: str = "") -> str:
+    """A short hash of an evaluator's options (and its ``records_version``): records written under other
+    options or another version are not reused."""
+    parts: list[Any] = [evaluator, options] + ([version] if version else [])
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 class StoreContext(EvalContext):

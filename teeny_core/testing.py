@@ -55,6 +55,20 @@ def build_tokenizer(vocab_size: int = 512):
     return fast
 
 
+def add_bos(tokenizer):
+    """A copy of ``tokenizer`` that starts every document with its own ``<bos>`` token, as Gemma's and Llama's
+    tokenizers do (``tokenizer(text)`` prepends it; ``add_special_tokens=False`` does not)."""
+    import copy
+
+    from tokenizers import processors
+
+    tok = copy.deepcopy(tokenizer)
+    tok.add_special_tokens({"bos_token": "<bos>"})
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", tok.bos_token_id)])
+    return tok
+
+
 def build_tiny_model(arch: str, out_dir: Path, *, hidden: int = 128, layers: int = 2, seed: int = 0,
                      tokenizer=None) -> Path:
     """Save a randomly initialised ``arch`` causal LM with the tiny tokenizer into ``out_dir``."""

@@ -267,6 +267,10 @@ class Evaluator(Component):
         """The metric declarations as JSON data (stored in results.json, so reports need no plugins)."""
         return {"headline": cls.headline, "metrics": {k: m.to_dict() for k, m in cls.metrics.items()}}
 
+    #: What the records mean beyond the options (e.g. how text windows are built); records written under
+    #: another value are not reused, so changing it re-measures instead of mixing.
+    records_version: ClassVar[str] = ""
+
     @abstractmethod
     def evaluate(self, model: LoadedModel, options: Options, ctx: EvalContext) -> None:
         """Evaluate items not in ``ctx.done()``, calling ``ctx.write(record)`` as each finishes."""

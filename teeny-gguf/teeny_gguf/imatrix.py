@@ -57,12 +57,12 @@ class ImportanceMatrix:
 # --- computing from calibration data --------------------------------------------------------------
 
 def compute_imatrix(model, calibration, gguf_names: dict[str, str], *, batch_size: int = 1,
-                    dataset: str | None = None, bos_token_id: int | None = None) -> ImportanceMatrix:
+                    dataset: str | None = None) -> ImportanceMatrix:
     """Run ``calibration`` through the HF ``model`` with hooks on each linear in ``gguf_names``
     (HF module name -> GGUF tensor name) and accumulate the squared inputs in float64.
 
-    With ``bos_token_id`` each window starts with BOS (its first token replaced), as llama-imatrix does for
-    models that expect one: activations after a BOS are the ones the model sees in use."""
+    The windows are used as they are: the calibrators already start each one like a document (BOS where the
+    tokenizer adds one, see :mod:`teeny_core.windows`), the same windows GPTQ and AWQ see."""
     import numpy as np
     import torch
 
@@ -82,8 +82,6 @@ def compute_imatrix(model, calibration, gguf_names: dict[str, str], *, batch_siz
 
     handles = [modules[n].register_forward_hook(hook(g)) for n, g in gguf_names.items()]
     ids = calibration.tensor()
-    if bos_token_id is not None:
-        ids[:, 0] = bos_token_id
     device = next(model.parameters()).device
     body = model.get_decoder() if hasattr(model, "get_decoder") else model  # the LM head's logits are not needed
     try:

@@ -145,23 +145,9 @@ def imatrix_for(source: ModelSource, calibration: CalibrationSet):
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
     model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32, **kwargs).eval()
     try:
-        return compute_imatrix(model, calibration, linear_gguf_names(model), dataset=calibration.name,
-                               bos_token_id=window_bos(source))
+        return compute_imatrix(model, calibration, linear_gguf_names(model), dataset=calibration.name)
     finally:
         del model
-
-
-def window_bos(source: ModelSource) -> int | None:
-    """The BOS id when the model's tokenizer adds one (calibration windows then start with it), else None."""
-    if source.gguf_file:  # read the flag from the file: building an HF tokenizer from GGUF is slow
-        from teeny_gguf.reader import gguf_metadata
-
-        meta = gguf_metadata(Path(source.path) / source.gguf_file, "tokenizer.ggml.")
-        bos = meta.get("tokenizer.ggml.bos_token_id")
-        return int(bos) if bos is not None and meta.get("tokenizer.ggml.add_bos_token") else None
-    tokenizer = source.load_tokenizer()
-    bos = tokenizer.bos_token_id
-    return bos if bos is not None and tokenizer.encode("a")[:1] == [bos] else None
 
 
 def save_tokenizer_beside(source: ModelSource, out_dir: Path) -> None:

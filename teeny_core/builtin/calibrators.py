@@ -13,6 +13,8 @@ from teeny_core import hookimpl
 from teeny_core.errors import TeenyError
 from teeny_core.options import Options, option
 from teeny_core.types import CalibrationSet, Calibrator
+from teeny_core.windows import document_prefix, document_stream, random_windows, window_body
+from teeny_core.windows import record as window_record
 
 
 @dataclasses.dataclass
@@ -40,22 +42,17 @@ class JsonlOptions(WindowOptions):
 
 def windows(texts: Iterable[str], tokenizer: Any, options: WindowOptions, seed: int, name: str,
             meta: dict[str, Any]) -> CalibrationSet:
-    """Tokenize texts (EOS between documents) until there is enough, then take seeded random windows."""
-    need = options.samples * options.seq_len * 2
-    ids: list[int] = []
-    eos = tokenizer.eos_token_id
-    for text in texts:
-        ids.extend(tokenizer.encode(text, add_special_tokens=False))
-        if eos is not None:
-            ids.append(eos)
-        if len(ids) >= need:
-            break
-    if len(ids) < options.seq_len:
-        raise TeenyError(f"calibrator {name}: only {len(ids)} tokens of text, fewer than seq_len={options.seq_len}")
-    rng = random.Random(seed)
-    starts = [rng.randrange(0, len(ids) - options.seq_len + 1) for _ in range(options.samples)]
-    return CalibrationSet(name=name, samples=[ids[s:s + options.seq_len] for s in starts],
-                          meta={**meta, **options.to_dict(), "seed": seed, "source_tokens": len(ids)})
+    """Tokenize texts (EOS between documents) until there is enough, then take seeded random windows, each
+    starting like a document (:mod:`teeny_core.windows`)."""
+    prefix = document_prefix(tokenizer)
+    ids = document_stream(tokenizer, texts, need=options.samples * options.seq_len * 2)
+    try:
+        samples = random_windows(prefix, ids, options.seq_len, options.samples, seed)
+    except TeenyError as exc:
+        raise TeenyError(f"calibrator {name}: {exc} (seq_len={options.seq_len})") from None
+    return CalibrationSet(name=name, samples=samples,
+                          meta={**meta, **options.to_dict(), "seed": seed, "source_tokens": len(ids),
+                                "windows": window_record(prefix)})
 
 
 def _existing(path: str, what: str) -> Path:
@@ -125,7 +122,7 @@ class JsonlCalibrator(Calibrator):
 
 
 class RandomTokensCalibrator(Calibrator):
-    """Uniformly random non-special token ids (a data-free baseline)."""
+    """Uniformly random non-special token ids after the document prefix (a data-free baseline)."""
 
     name = "random-tokens"
     Options = WindowOptions
@@ -134,9 +131,15 @@ class RandomTokensCalibrator(Calibrator):
         assert isinstance(options, WindowOptions)
         special = set(tokenizer.all_special_ids)
         vocab = [i for i in range(len(tokenizer)) if i not in special]
+        prefix = document_prefix(tokenizer)
+        try:
+            body = window_body(prefix, options.seq_len)
+        except TeenyError as exc:
+            raise TeenyError(f"calibrator random-tokens: {exc}") from None
         rng = random.Random(seed)
-        samples = [[rng.choice(vocab) for _ in range(options.seq_len)] for _ in range(options.samples)]
-        return CalibrationSet(name=self.name, samples=samples, meta={**options.to_dict(), "seed": seed})
+        samples = [prefix + [rng.choice(vocab) for _ in range(body)] for _ in range(options.samples)]
+        return CalibrationSet(name=self.name, samples=samples,
+                              meta={**options.to_dict(), "seed": seed, "windows": window_record(prefix)})
 
 
 @hookimpl

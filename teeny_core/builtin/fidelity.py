@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from teeny_core import hookimpl
+from teeny_core import hookimpl, windows
 from teeny_core.errors import TeenyError
 from teeny_core.options import Options, option
 from teeny_core.store import writing
@@ -37,7 +37,7 @@ def default_text() -> str:
 
 
 def token_chunks(tokenizer: Any, options: FidelityOptions) -> list[list[int]]:
-    """Contiguous non-overlapping windows from the start of the text."""
+    """Contiguous non-overlapping windows from the start of the text, each starting like a document."""
     if options.path:
         p = Path(options.path).expanduser()
         if not p.is_file():
@@ -45,11 +45,11 @@ def token_chunks(tokenizer: Any, options: FidelityOptions) -> list[list[int]]:
         text = p.read_text(errors="replace")
     else:
         text = default_text()
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    n = min(options.chunks, len(ids) // options.chunk_len)
-    if n == 0:
+    ids = windows.text_ids(tokenizer, text)
+    chunks = windows.contiguous_windows(windows.document_prefix(tokenizer), ids, options.chunk_len, options.chunks)
+    if not chunks:
         raise TeenyError(f"fidelity: the text has {len(ids)} tokens, fewer than chunk_len={options.chunk_len}")
-    return [ids[i * options.chunk_len:(i + 1) * options.chunk_len] for i in range(n)]
+    return chunks
 
 
 def tail_mass(logprobs, idx):
@@ -98,12 +98,14 @@ class FidelityEvaluator(Evaluator):
                "ppl_ratio": Metric("perplexity ratio", higher_is_better=False),
                "kl_max": Metric("max KL", higher_is_better=False)}
     headline = "perplexity"
+    records_version = windows.RULE
 
     def evaluate(self, model: LoadedModel, options: Options, ctx: EvalContext) -> None:
         import torch
 
         assert isinstance(options, FidelityOptions)
         chunks = token_chunks(model.tokenizer, options)
+        window_info = windows.record(windows.document_prefix(model.tokenizer))
         if ctx.limit:
             chunks = chunks[:ctx.limit]
         done = ctx.done()
@@ -132,7 +134,7 @@ class FidelityEvaluator(Evaluator):
                         tmp.unlink(missing_ok=True)
                         raise
                     tmp.replace(ref_file)
-                ctx.write({"key": f"chunk-{i}", "chunk": i, **compare(ref, lp, ids)})
+                ctx.write({"key": f"chunk-{i}", "chunk": i, "windows": window_info, **compare(ref, lp, ids)})
                 bar.advance(1)
 
     def summarize(self, records: list[dict[str, Any]], options: Options) -> dict[str, Any]:

