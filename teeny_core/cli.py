@@ -61,14 +61,19 @@ def _quiet_libraries() -> None:
 def plugins_cmd(as_json: bool) -> None:
     """Installed plugins: name, version, hooks, components; broken ones with their error."""
     infos = list(plugins().infos.values())
+    unavailable = {f"{kind}:{name}": reason for kind in KINDS for name, reason in plugins().unavailable(kind).items()}
     if as_json:
-        click.echo(json.dumps([{k: v for k, v in vars(i).items() if k != "traceback"} for i in infos], indent=2))
+        click.echo(json.dumps([{**{k: v for k, v in vars(i).items() if k != "traceback"},
+                                "unavailable": {c: unavailable[c] for c in i.components if c in unavailable}}
+                               for i in infos], indent=2))
         return
     from rich.table import Table
 
     table = Table("plugin", "version", "hooks", "components", "status")
     for i in infos:
         status = f"[red]broken: {i.error}[/red]" if i.error else ("built-in" if i.builtin else "ok")
+        status += "".join(f"\n[yellow]{c} unavailable: {unavailable[c]}[/yellow]" for c in i.components
+                          if c in unavailable)
         table.add_row(i.name, i.version, "\n".join(i.hooks), "\n".join(i.components), status)
     console().print(table)
 
@@ -83,9 +88,12 @@ def list_cmd(kind: str | None) -> None:
         names = plugins().names(k)
         if not names:
             out.print("  (none installed)")
+        unavailable = plugins().unavailable(k)
         for name in names:
             cls = plugins().get(k, name)
             out.print(f"  [cyan]{name}[/cyan]  {cls.summary()}")
+            if name in unavailable:
+                out.print(f"      [yellow]unavailable here: {unavailable[name]}[/yellow]", highlight=False)
             for opt, typ, default, help_ in cls.Options.describe():
                 out.print(f"      {opt} ({typ}, default {default!r}): {help_}", highlight=False)
 

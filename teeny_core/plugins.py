@@ -168,18 +168,26 @@ class Plugins:
             raise TeenyError(f"unknown {kind} {name!r}; installed {kind}s: {valid}")
         return found.cls
 
+    def unavailable(self, kind: str) -> dict[str, str]:
+        """Components of ``kind`` that cannot run on this machine: name -> reason."""
+        reasons = {name: reg.cls.available() for name, reg in self.components[kind].items()}
+        return {name: reason for name, reason in reasons.items() if reason}
+
     def runtime_for(self, fmt: str, preferred: str | None = None) -> type[Runtime]:
-        """The runtime named ``preferred``, else the first (by name) that loads format ``fmt``."""
+        """The runtime named ``preferred``, else the first available one (by name) that loads format ``fmt``."""
         if preferred:
             cls = self.get("runtime", preferred)
             if fmt not in cls.formats:  # type: ignore[attr-defined]
                 raise TeenyError(f"runtime {preferred!r} cannot load format {fmt!r}; it loads {', '.join(cls.formats)}")  # type: ignore[attr-defined]
+            reason = cls.available()
+            if reason:
+                raise TeenyError(f"runtime {preferred!r} is unavailable here: {reason}")
             return cls  # type: ignore[return-value]
         for name in self.names("runtime"):
             cls = self.components["runtime"][name].cls
-            if fmt in cls.formats:  # type: ignore[attr-defined]
+            if fmt in cls.formats and not cls.available():  # type: ignore[attr-defined]
                 return cls  # type: ignore[return-value]
-        raise TeenyError(f"no installed runtime loads artifact format {fmt!r}")
+        raise TeenyError(f"no available runtime loads artifact format {fmt!r}")
 
 
 def _env_set(var: str) -> set[str] | None:
