@@ -213,24 +213,31 @@ def eval_cmd(model: str, benches: tuple[str, ...], opts: tuple[str, ...], refere
 @click.argument("experiment", required=False, type=click.Path(dir_okay=False))
 @click.option("--limit", type=int, help="Items per evaluator (overrides the file; 0 = all).")
 @click.option("--fresh", is_flag=True, help="Delete this experiment's stored results first.")
-def run(experiment: str | None, limit: int | None, fresh: bool) -> None:
+@click.option("--demo", type=click.Choice(["qwen", "gemma"]), default=None,
+              help="Which built-in demo runs without EXPERIMENT (default qwen: Qwen2.5-Coder-0.5B-Instruct; "
+                   "gemma: Gemma 3 270M, for the smallest machines).")
+def run(experiment: str | None, limit: int | None, fresh: bool, demo: str | None) -> None:
     """Run EXPERIMENT (a TOML file; without one, the built-in demo) for every variant; resumable."""
     from teeny_core.experiment import build_experiment, load_experiment
     from teeny_core.pipeline import Pipeline, remove_run
 
     _quiet_libraries()
     overrides = {"limit": limit} if limit is not None else {}
+    if experiment and demo:
+        raise click.UsageError("pass EXPERIMENT or --demo, not both")
     if experiment:
         exp = load_experiment(experiment, plugins(), overrides)
     else:
         from teeny_core.demo import demo_experiment
 
-        exp = build_experiment({**demo_experiment(plugins()), **overrides}, plugins(), where="demo experiment")
+        exp = build_experiment({**demo_experiment(plugins(), demo or "qwen"), **overrides}, plugins(),
+                               where="demo experiment")
     if fresh:
         remove_run(exp.root)
     with _progress() as progress:
         results = Pipeline(exp, plugins(), progress=progress, say=progress.console.print).run()
     print_results(results)
+    print_verdicts(results)
     report = exp.root / "report.md"
     click.echo(f"results: {exp.root / 'results.json'}" + (f"\nreport: {report}" if report.exists() else ""))
 
@@ -327,6 +334,21 @@ def print_results(results: dict[str, Any]) -> None:
                       _size(v.get("packed_bytes")), _size(v["profile"].get("peak_rss_bytes")),
                       _fmt(bench.get("decode_tokens_per_s") or "-"))
     console().print(table)
+
+
+def print_verdicts(results: dict[str, Any]) -> None:
+    """One line per pass/fail comparison an analyzer made: the verdict, with the minimum detectable
+    effect when no difference was found (so a small sample says what it could not see)."""
+    for findings in results.get("analysis", {}).values():
+        for variant, per_evaluator in findings.items():
+            if not isinstance(per_evaluator, dict) or variant.startswith("_"):
+                continue
+            for evaluator, metrics in per_evaluator.items():
+                for r in metrics.values() if isinstance(metrics, dict) else ():
+                    if isinstance(r, dict) and r.get("kind") == "pass/fail" and r.get("verdict"):
+                        scores = " -> ".join(_fmt((r.get(side) or {}).get("score", "-")) for side in ("baseline", "variant"))
+                        click.echo(f"{variant}: {evaluator} {r.get('metric')} {scores} over {r.get('n_problems')} "
+                                   f"problems: {r['verdict']}")
 
 
 def main() -> None:
