@@ -55,14 +55,19 @@ _PLUGINS: Plugins | None = None
 def plugins_cmd(as_json: bool) -> None:
     """Installed plugins: name, distribution and version, hooks, components; broken ones with their error."""
     infos = list(plugins().infos.values())
+    unavailable = {f"{kind}:{name}": reason for kind in KINDS for name, reason in plugins().unavailable(kind).items()}
     if as_json:
-        click.echo(json.dumps([{k: v for k, v in vars(i).items() if k != "traceback"} for i in infos], indent=2))
+        click.echo(json.dumps([{**{k: v for k, v in vars(i).items() if k != "traceback"},
+                                "unavailable": {c: unavailable[c] for c in i.components if c in unavailable}}
+                               for i in infos], indent=2))
         return
     from rich.table import Table
 
     table = Table("plugin", "distribution", "version", "hooks", "components", "status")
     for i in infos:
         status = f"[red]broken: {i.error}[/red]" if i.error else ("built-in" if i.builtin else "ok")
+        status += "".join(f"\n[yellow]{c} unavailable: {unavailable[c]}[/yellow]" for c in i.components
+                          if c in unavailable)
         table.add_row(i.name, i.distribution, i.version, "\n".join(i.hooks), "\n".join(i.components), status)
     console().print(table)
 
@@ -77,9 +82,12 @@ def list_cmd(kind: str | None) -> None:
         names = plugins().names(k)
         if not names:
             out.print("  (none installed)")
+        unavailable = plugins().unavailable(k)
         for name in names:
             cls = plugins().get(k, name)
             out.print(f"  [cyan]{name}[/cyan]  {cls.summary()}")
+            if name in unavailable:
+                out.print(f"      [yellow]unavailable here: {unavailable[name]}[/yellow]", highlight=False)
             for opt, typ, default, help_ in cls.Options.describe():
                 out.print(f"      {opt} ({typ}, default {default!r}): {help_}", highlight=False)
 
@@ -201,21 +209,28 @@ def eval_cmd(model: str, benches: tuple[str, ...], opts: tuple[str, ...], refere
 @click.argument("experiment", required=False, type=click.Path(dir_okay=False))
 @click.option("--limit", type=int, help="Items per evaluator (overrides the file; 0 = all).")
 @click.option("--fresh", is_flag=True, help="Delete this experiment's stored results first.")
+@click.option("--demo", type=click.Choice(["qwen", "gemma"]), default=None,
+              help="Which built-in demo runs without EXPERIMENT (default qwen: Qwen2.5-Coder-0.5B-Instruct; "
+                   "gemma: Gemma 3 270M, for the smallest machines).")
 @click.option("--executor", help="Where variants run (see `teeny list executor`; default: the file's, else local).")
 @click.option("--address", help="The cluster the executor submits to, for executors that take one (ray: auto or "
                                 "ray://host:port).")
-def run(experiment: str | None, limit: int | None, fresh: bool, executor: str | None, address: str | None) -> None:
+def run(experiment: str | None, limit: int | None, fresh: bool, demo: str | None, executor: str | None,
+        address: str | None) -> None:
     """Run EXPERIMENT (a TOML file; without one, the built-in demo) for every variant; resumable."""
     from teeny_core.experiment import build_experiment, load_experiment
     from teeny_core.pipeline import Pipeline
 
     overrides = {"limit": limit} if limit is not None else {}
+    if experiment and demo:
+        raise click.UsageError("pass EXPERIMENT or --demo, not both")
     if experiment:
         exp = load_experiment(experiment, plugins(), overrides)
     else:
         from teeny_core.demo import demo_experiment
 
-        exp = build_experiment({**demo_experiment(plugins()), **overrides}, plugins(), where="demo experiment")
+        exp = build_experiment({**demo_experiment(plugins(), demo or "qwen"), **overrides}, plugins(),
+                               where="demo experiment")
     if executor:
         plugins().get("executor", executor)  # a one-line error listing the installed executors
         exp.executor = executor
@@ -229,6 +244,7 @@ def run(experiment: str | None, limit: int | None, fresh: bool, executor: str | 
     with _progress() as progress:
         results = Pipeline(exp, plugins(), progress=progress, say=progress.console.print).run(fresh=fresh)
     print_results(results)
+    print_verdicts(results)
     report = exp.root / "report.md"
     click.echo(f"results: {exp.root / 'results.json'}" + (f"\nreport: {report}" if report.exists() else ""))
     failed = [v["name"] for v in results["variants"] if v.get("status") == "failed"]
@@ -354,6 +370,21 @@ def print_results(results: dict[str, Any]) -> None:
                       _size(v.get("packed_bytes")), _size(weight_bytes(v)), _size(mem if "artifact" not in how else None),
                       _fmt(bench.get("decode_tokens_per_s") or "-"), runtime_of(v))
     console().print(table)
+
+
+def print_verdicts(results: dict[str, Any]) -> None:
+    """One line per pass/fail comparison an analyzer made: the verdict, with the minimum detectable
+    effect when no difference was found (so a small sample says what it could not see)."""
+    for findings in results.get("analysis", {}).values():
+        for variant, per_evaluator in findings.items():
+            if not isinstance(per_evaluator, dict) or variant.startswith("_"):
+                continue
+            for evaluator, metrics in per_evaluator.items():
+                for r in metrics.values() if isinstance(metrics, dict) else ():
+                    if isinstance(r, dict) and r.get("kind") == "pass/fail" and r.get("verdict"):
+                        scores = " -> ".join(_fmt((r.get(side) or {}).get("score", "-")) for side in ("baseline", "variant"))
+                        click.echo(f"{variant}: {evaluator} {r.get('metric')} {scores} over {r.get('n_problems')} "
+                                   f"problems: {r['verdict']}")
 
 
 def main() -> None:

@@ -20,8 +20,9 @@ TOP_KEYS = {"name": "experiment name", "model": "model to quantize", "seed": "ra
             "output_dir": "run store root", "device": "auto|cpu|cuda", "dtype": "source load dtype",
             "limit": "items per evaluator (0 = all)", "calibration": "calibrator table",
             "evaluators": "evaluator tables", "profilers": "profiler tables", "analyzers": "analyzer tables",
-            "runtimes": "runtime option tables", "executor": "executor table", "variants": "array of variant tables"}
-VARIANT_KEYS = ("name", "method", "runtime")
+            "runtimes": "runtime option tables", "executor": "executor table", "variants": "array of variant tables",
+            "baseline_runtime": "runtime that scores the original (a GGUF source: the file as published)"}
+VARIANT_KEYS = ("name", "method", "runtime", "evaluators")
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeding range
 
 
@@ -31,6 +32,7 @@ class Variant:
     method: str  # a quantizer name, or "none" for the baseline
     options: dict[str, Any]
     runtime: str | None = None
+    evaluators: list[str] | None = None  # the experiment's evaluators this variant runs (None: all)
 
 
 @dataclasses.dataclass
@@ -52,6 +54,7 @@ class Experiment:
     variants: list[Variant] = dataclasses.field(default_factory=list)
     executor: str = "local"  # where variants run; never changes a result
     executor_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # name -> options
+    baseline_runtime: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -67,7 +70,7 @@ class Experiment:
 
     def all_variants(self) -> list[Variant]:
         """The baseline first, then the variants in file order."""
-        return [Variant(BASELINE, "none", {})] + self.variants
+        return [Variant(BASELINE, "none", {}, self.baseline_runtime)] + self.variants
 
 
 def experiment_from_dict(data: dict[str, Any]) -> Experiment:
@@ -143,6 +146,9 @@ def build_experiment(data: dict[str, Any], plugins: Plugins, where: str = "exper
     if not exp.evaluators:
         raise err("no evaluators; add e.g. [evaluators.fidelity]")
     exp.executor, exp.executor_options = _executor(data, plugins, err, where)
+    if "baseline_runtime" in data:
+        exp.baseline_runtime = data["baseline_runtime"]
+        _component(plugins, "runtime", exp.baseline_runtime, err, "baseline_runtime")
 
     raw_variants = data.get("variants", [])
     if not isinstance(raw_variants, list) or not all(isinstance(v, dict) for v in raw_variants):
@@ -152,6 +158,7 @@ def build_experiment(data: dict[str, Any], plugins: Plugins, where: str = "exper
         raw = dict(raw)
         name, method = raw.pop("name", None), raw.pop("method", None)
         runtime = raw.pop("runtime", None)
+        evaluators = raw.pop("evaluators", None)
         if not isinstance(name, str) or not NAME_RE.match(name):
             raise err(f"variant #{n}: name {name!r} is not valid; use letters, digits, '.', '_' and '-'")
         if name in seen:
@@ -162,8 +169,12 @@ def build_experiment(data: dict[str, Any], plugins: Plugins, where: str = "exper
         q_cls = _component(plugins, "quantizer", method, err, f"variant {name!r} method")
         if runtime is not None:
             _component(plugins, "runtime", runtime, err, f"variant {name!r} runtime")
+        if evaluators is not None and (not isinstance(evaluators, list) or not evaluators
+                                       or any(e not in exp.evaluators for e in evaluators)):
+            raise err(f"variant {name!r}: evaluators={evaluators!r} is not valid; expected a non-empty list of "
+                      f"the experiment's evaluators ({', '.join(exp.evaluators)})")
         options = _validated(q_cls, raw, f"{where}: variant {name!r} ({method})")
-        exp.variants.append(Variant(name, method, options, runtime))
+        exp.variants.append(Variant(name, method, options, runtime, evaluators))
     return exp
 
 

@@ -119,13 +119,30 @@ class Pipeline:
         return self._source
 
     def baseline_artifact(self) -> Artifact:
-        """The original model as an artifact; a GGUF source is dequantized once to an hf directory."""
+        """The original model as its runtime scores it: the float copy, or a GGUF source as published
+        when the experiment's ``baseline_runtime`` loads GGUF files."""
         if self._baseline is not None:
             return self._baseline
+        src, floats = self.source, self.float_artifact()
+        runtime = self.exp.baseline_runtime
+        if src.gguf_file and runtime and "gguf" in self.plugins.get("runtime", runtime).formats:
+            target = floats.path.with_name(floats.path.name + ".gguf")
+            if not (target / "teeny-artifact.json").exists():
+                with staging_dir(target) as tmp:
+                    (tmp / src.gguf_file).symlink_to(Path(src.path) / src.gguf_file)
+                    self.baseline_source().load_tokenizer().save_pretrained(tmp)  # tokenized like the variants
+                    Artifact("gguf", tmp, {"method": "none", "source": f"{src.path}/{src.gguf_file}"},
+                             file=src.gguf_file).save()
+            self._baseline = Artifact.open(target)
+        else:
+            self._baseline = floats
+        return self._baseline
+
+    def float_artifact(self) -> Artifact:
+        """The original as an hf directory quantizers read; a GGUF source is dequantized once."""
         src = self.source
         if not src.gguf_file:
-            self._baseline = Artifact("hf", Path(src.path), {"method": "none", "source": src.path})
-            return self._baseline
+            return Artifact("hf", Path(src.path), {"method": "none", "source": src.path})
         target = self.root / "_baseline" / src.identity()
         if not (target / "teeny-artifact.json").exists():
             from teeny_core.modeling import save_hf_model
@@ -136,8 +153,7 @@ class Pipeline:
                 save_hf_model(model, tokenizer, tmp)
                 Artifact("hf", tmp, {"method": "none", "source": f"{src.path}/{src.gguf_file}"}).save()
                 del model
-        self._baseline = Artifact.open(target)
-        return self._baseline
+        return Artifact.open(target)
 
     # -- a worker ----------------------------------------------------------------------------------
     def variant(self, name: str) -> Variant:
@@ -168,7 +184,8 @@ class Pipeline:
 
     def needs_quantization(self, name: str) -> bool:
         vdir = self.root / name
-        return name != BASELINE and not self._complete(vdir) and not (vdir / "artifact" / ARTIFACT_MANIFEST).exists()
+        return name != BASELINE and not self._complete(vdir, self.variant(name)) \
+            and not (vdir / "artifact" / ARTIFACT_MANIFEST).exists()
 
     def quantize(self, name: str) -> Artifact:
         """Make (or reuse) the variant's artifact."""
@@ -185,7 +202,7 @@ class Pipeline:
         profile: dict[str, Any] = read_json(vdir / "profile.json", {}, expect=dict)
         artifact = self.artifact_for(variant, vdir, profile)
         samples = SampleLog(vdir / "samples.jsonl")
-        if not self._repaired(samples) and self._complete(vdir):
+        if not self._repaired(samples) and self._complete(vdir, variant):
             self.say(f"{variant.name}: already complete")
             return
         device = self.exp.device if self.exp.device != "auto" else resolve_device("auto")
@@ -202,6 +219,8 @@ class Pipeline:
         try:
             metrics: dict[str, Any] = {}
             for name_, opts in self.exp.evaluators.items():
+                if variant.evaluators is not None and name_ not in variant.evaluators:
+                    continue
                 ev_cls = self.plugins.get("evaluator", name_)
                 ev, ev_opts = ev_cls(), ev_cls.Options.from_mapping(opts)
                 config = self.evaluator_config(name_)
@@ -227,13 +246,14 @@ class Pipeline:
                                          if isinstance(s, dict)), default=None)
         write_json(vdir / "profile.json", profile)
         write_json(vdir / "metrics.json", metrics)
-        write_json(vdir / "done.json", {"signature": self.evaluation_signature()})
+        write_json(vdir / "done.json", {"signature": self.evaluation_signature(variant)})
 
     def is_complete(self, name: str) -> bool:
         """The variant's store entry holds results for its current settings, evaluators, limit and profilers."""
         info = read_json(self.root / name / "variant.json", expect=dict)
         return info is not None and info.get("key") == self.variant_key(self.variant(name)) \
-            and not self._repaired(SampleLog(self.root / name / "samples.jsonl")) and self._complete(self.root / name)
+            and not self._repaired(SampleLog(self.root / name / "samples.jsonl")) \
+            and self._complete(self.root / name, self.variant(name))
 
     def _repaired(self, samples: SampleLog) -> bool:
         """Opening the log quarantined unreadable lines: say so, and mark the variant unfinished so that only
@@ -245,17 +265,18 @@ class Pipeline:
         (samples.path.parent / "done.json").unlink(missing_ok=True)
         return True
 
-    def _complete(self, vdir: Path) -> bool:
+    def _complete(self, vdir: Path, variant: Variant) -> bool:
         """Metrics were written for exactly the current evaluators, limit and profilers."""
-        return read_json(vdir / "done.json", {}, expect=dict).get("signature") == self.evaluation_signature()
+        return read_json(vdir / "done.json", {}, expect=dict).get("signature") == self.evaluation_signature(variant)
 
     def evaluator_config(self, name: str) -> str:
         cls = self.plugins.get("evaluator", name)
         return options_signature(name, cls.Options.from_mapping(self.exp.evaluators[name]).to_dict(),
                                  cls.records_version)
 
-    def evaluation_signature(self) -> str:
-        parts = [self.exp.evaluators, self.exp.profilers, self.exp.limit, self.exp.seed]
+    def evaluation_signature(self, variant: Variant) -> str:
+        evaluators = {n: o for n, o in self.exp.evaluators.items() if variant.evaluators is None or n in variant.evaluators}
+        parts = [evaluators, self.exp.profilers, self.exp.limit, self.exp.seed]
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     def artifact_for(self, variant: Variant, vdir: Path, profile: dict[str, Any]) -> Artifact:
@@ -278,7 +299,7 @@ class Pipeline:
 
     def baseline_source(self) -> ModelSource:
         """What quantizers read: the source itself, or its dequantized copy for a GGUF source."""
-        base = self.baseline_artifact()
+        base = self.float_artifact()
         return ModelSource(str(base.path), dtype=self.exp.dtype, device=self.exp.device)
 
     def calibration_path(self) -> Path:
@@ -331,7 +352,8 @@ class Pipeline:
         from teeny_core.modeling import resolve_device
 
         base = self.baseline_artifact()
-        cls = self.plugins.runtime_for(base.format, device=resolve_device(self.exp.device))
+        cls = self.plugins.runtime_for(base.format, self.exp.baseline_runtime,
+                                       device=resolve_device(self.exp.device))
         return cls().load(base, cls.Options.from_mapping(self._runtime_options(cls.name)))
 
     # -- measurement and progress ------------------------------------------------------------------

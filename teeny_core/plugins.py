@@ -188,23 +188,33 @@ class Plugins:
             raise TeenyError(f"unknown {kind} {name!r}; installed {kind}s: {valid}")
         return found.cls
 
+    def unavailable(self, kind: str) -> dict[str, str]:
+        """Components of ``kind`` that cannot run on this machine: name -> reason."""
+        reasons = {name: reg.cls.available() for name, reg in self.components[kind].items()}
+        return {name: reason for name, reason in reasons.items() if reason}
+
     def runtime_for(self, fmt: str, preferred: str | None = None, device: str = "cpu") -> type[Runtime]:
         """The runtime named ``preferred``; else the installed runtime with the highest
-        :meth:`~teeny_core.types.Runtime.priority` for format ``fmt`` on ``device`` (ties: by name)."""
+        :meth:`~teeny_core.types.Runtime.priority` for format ``fmt`` on ``device`` (ties: by name), among those
+        available on this machine."""
         if preferred:
             cls = self.get("runtime", preferred)
             if fmt not in cls.formats:  # type: ignore[attr-defined]
                 raise TeenyError(f"runtime {preferred!r} cannot load format {fmt!r}; it loads {', '.join(cls.formats)}")  # type: ignore[attr-defined]
+            reason = cls.available()
+            if reason:
+                raise TeenyError(f"runtime {preferred!r} is unavailable here: {reason}")
             return cls  # type: ignore[return-value]
         ranked = []
         for name in self.names("runtime"):
             cls = self.components["runtime"][name].cls
             priority = cls.priority(fmt, device)  # type: ignore[attr-defined]
-            if priority is not None:
+            if priority is not None and not cls.available():
                 ranked.append((-priority, name, cls))
         if not ranked:
-            raise TeenyError(f"no installed runtime loads artifact format {fmt!r}")
+            raise TeenyError(f"no available runtime loads artifact format {fmt!r} on {device}")
         return min(ranked, key=lambda r: r[:2])[2]  # type: ignore[return-value]
+
 
 def _env_set(var: str) -> set[str] | None:
     raw = os.environ.get(var)

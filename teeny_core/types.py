@@ -28,6 +28,14 @@ class Component(ABC):
     def summary(cls) -> str:
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
 
+    @classmethod
+    def available(cls) -> str | None:
+        """Why this component cannot run on this machine (one line), or None when it can.
+
+        Checked when listing and choosing components, so keep it cheap: no heavy imports.
+        """
+        return None
+
 
 @dataclasses.dataclass
 class ModelSource:

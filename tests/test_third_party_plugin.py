@@ -189,7 +189,7 @@ def test_json_lists_the_working_plugin_with_version_hooks_and_components(plugins
     assert plugins_json["tp-good"] == {
         "name": "tp-good", "distribution": "teeny-tp-good", "version": "1.2.3", "builtin": False,
         "hooks": ["teeny_register_quantizers", "teeny_register_commands"],
-        "components": ["quantizer:tp-bf16"], "error": None}
+        "components": ["quantizer:tp-bf16"], "error": None, "unavailable": {}}
 
 
 def test_json_lists_a_plugin_that_raises_on_import_as_broken(plugins_json):
