@@ -8,7 +8,8 @@ split the input dimension (granularity "group"), or are one per row ("channel") 
 
 from __future__ import annotations
 
-from typing import Literal
+import dataclasses
+from typing import Any, Literal
 
 Granularity = Literal["tensor", "channel", "group"]
 Scheme = Literal["sym", "asym"]
@@ -97,3 +98,23 @@ def dequantize_weight(q, scale, zero, g_idx=None):
     if scale.shape[0] == 1 and rows != 1:  # tensor granularity
         scale, zero = scale.expand(rows, -1), zero.expand(rows, -1)
     return dequantize(q.float(), scale[:, g_idx].float(), zero[:, g_idx].float())
+
+
+@dataclasses.dataclass
+class QuantizedLinear:
+    """One linear as a checkpoint holds it: ``w = scale[:, g_idx] * (q - zero[:, g_idx])``.
+
+    ``q`` int32 codes [out, in]; ``scale``/``zero`` float32 [out, groups]; ``g_idx`` int64 [in] (act-order makes
+    it non-monotonic); ``bias`` [out] or None.
+    """
+
+    q: Any
+    scale: Any
+    zero: Any
+    g_idx: Any
+    bits: int
+    bias: Any = None
+
+    def dequantize(self):
+        """The float32 weight [out, in]."""
+        return dequantize_weight(self.q, self.scale, self.zero, self.g_idx)

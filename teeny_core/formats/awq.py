@@ -134,13 +134,12 @@ def read_quantization_config(artifact_dir: str | Path) -> dict:
     return qcfg
 
 
-def dequantized_state_dict(artifact_dir: str | Path) -> dict:
-    """Every tensor of an hf-awq checkpoint, with each packed linear turned back into ``<name>.weight``.
-
-    Quantized linears (``<name>.qweight``/``.qzeros``/``.scales``) become float32 ``[out, in]`` weights, exactly
-    ``scale * (q - zero)``; all other tensors (norms, embeddings, biases, unquantized layers) are returned as stored.
-    """
+def read_quantized(artifact_dir: str | Path) -> tuple[dict, dict]:
+    """The checkpoint as ``({linear name: QuantizedLinear}, {every other tensor as stored})``."""
+    import torch
     from safetensors.torch import load_file
+
+    from teeny_core.quant import QuantizedLinear
 
     qcfg = read_quantization_config(artifact_dir)
     bits = int(qcfg.get("bits", qcfg.get("w_bit", 4)))
@@ -150,16 +149,33 @@ def dequantized_state_dict(artifact_dir: str | Path) -> dict:
     tensors: dict = {}
     for f in files:
         tensors.update(load_file(str(f)))
-    out: dict = {}
-    packed_names = {k[: -len(".qweight")] for k in tensors if k.endswith(".qweight")}
-    for name in sorted(packed_names):
+    linears: dict = {}
+    for name in sorted(k[: -len(".qweight")] for k in list(tensors) if k.endswith(".qweight")):
         missing = [s for s in ("qzeros", "scales") if f"{name}.{s}" not in tensors]
         if missing:
             raise TeenyError(f"{artifact_dir}: {name} has a qweight but no {', '.join(missing)}")
-        out[f"{name}.weight"] = dequantize_packed(tensors[f"{name}.qweight"], tensors[f"{name}.qzeros"],
-                                                  tensors[f"{name}.scales"], bits)
-    suffixes = (".qweight", ".qzeros", ".scales")
-    for key, value in tensors.items():
-        if not (key.endswith(suffixes) and key.rsplit(".", 1)[0] in packed_names):
-            out[key] = value
+        q = unpack_awq(tensors.pop(f"{name}.qweight"), bits)
+        zero = unpack_zeros(tensors.pop(f"{name}.qzeros"), bits).float()
+        scale = unpack_scales(tensors.pop(f"{name}.scales"))
+        out, cols = q.shape
+        if scale.shape != zero.shape or scale.shape[0] != out or cols % scale.shape[1]:
+            raise TeenyError(f"{artifact_dir}: inconsistent AWQ tensors for {name}: qweight gives [{out}, {cols}], "
+                             f"scales {list(scale.shape)}, qzeros {list(zero.shape)} (as [out, groups])")
+        g_idx = torch.arange(cols) // (cols // scale.shape[1])
+        linears[name] = QuantizedLinear(q=q, scale=scale, zero=zero, g_idx=g_idx, bits=bits,
+                                        bias=tensors.pop(f"{name}.bias", None))
+    return linears, tensors
+
+
+def dequantized_state_dict(artifact_dir: str | Path) -> dict:
+    """Every tensor of an hf-awq checkpoint, with each packed linear turned back into ``<name>.weight``.
+
+    Quantized linears (``<name>.qweight``/``.qzeros``/``.scales``) become float32 ``[out, in]`` weights, exactly
+    ``scale * (q - zero)``; all other tensors (norms, embeddings, biases, unquantized layers) are returned as stored.
+    """
+    linears, out = read_quantized(artifact_dir)
+    for name, linear in linears.items():
+        out[f"{name}.weight"] = linear.dequantize()
+        if linear.bias is not None:
+            out[f"{name}.bias"] = linear.bias
     return out

@@ -175,21 +175,22 @@ def safetensors_files(artifact_dir: str | Path) -> list[Path]:
     return files
 
 
-def dequantized_state_dict(artifact_dir: str | Path) -> dict[str, Any]:
-    """A plain state dict of a GPTQ checkpoint: float32 ``<name>.weight`` for every quantized linear, every other
-    tensor (biases, norms, embeddings, unquantized linears) as stored."""
+def read_quantized(artifact_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checkpoint as ``({linear name: QuantizedLinear}, {every other tensor as stored})``."""
     from safetensors.torch import load_file
+
+    from teeny_core.quant import QuantizedLinear
 
     cfg = quantization_config(artifact_dir)
     bits = int(cfg["bits"])
+    _check_bits(bits)
     fmt = cfg.get("checkpoint_format") or cfg.get("format") or "gptq"
     group_size = int(cfg.get("group_size", -1))
     raw: dict[str, Any] = {}
     for f in safetensors_files(artifact_dir):
         raw.update(load_file(str(f)))
-    out: dict[str, Any] = {}
-    linears = sorted(k[: -len(".qweight")] for k in raw if k.endswith(".qweight"))
-    for name in linears:
+    linears: dict[str, Any] = {}
+    for name in sorted(k[: -len(".qweight")] for k in raw if k.endswith(".qweight")):
         qweight, qzeros, scales = raw.pop(f"{name}.qweight"), raw.pop(f"{name}.qzeros"), raw.pop(f"{name}.scales")
         in_features = qweight.shape[0] * 32 // bits
         g_idx = raw.pop(f"{name}.g_idx", None)
@@ -198,6 +199,18 @@ def dequantized_state_dict(artifact_dir: str | Path) -> dict[str, Any]:
         if g_idx.shape[0] != in_features or int(g_idx.max()) >= scales.shape[0] or int(g_idx.min()) < 0:
             raise TeenyError(f"{artifact_dir}: {name}.g_idx does not fit {in_features} columns and "
                              f"{scales.shape[0]} groups")
-        out[f"{name}.weight"] = dequantize_linear(qweight, qzeros, scales, g_idx, bits, fmt)
-    out.update({k: v for k, v in raw.items() if not k.endswith(tuple(f".{s}" for s in _SUFFIXES))})
+        linears[name] = QuantizedLinear(q=unpack_qweight(qweight, bits), scale=scales.float().t().contiguous(),
+                                        zero=unpack_zeros(qzeros, bits, fmt).float(), g_idx=g_idx.long(),
+                                        bits=bits, bias=raw.pop(f"{name}.bias", None))
+    return linears, raw
+
+
+def dequantized_state_dict(artifact_dir: str | Path) -> dict[str, Any]:
+    """A plain state dict of a GPTQ checkpoint: float32 ``<name>.weight`` for every quantized linear, every other
+    tensor (biases, norms, embeddings, unquantized linears) as stored."""
+    linears, out = read_quantized(artifact_dir)
+    for name, linear in linears.items():
+        out[f"{name}.weight"] = linear.dequantize()
+        if linear.bias is not None:
+            out[f"{name}.bias"] = linear.bias
     return out

@@ -1,4 +1,4 @@
-"""Writing an ``hf-gptq`` checkpoint: packed linears, the rest of the state dict, config and tokenizer."""
+"""Writing a packed checkpoint (hf-gptq layout): packed linears, the rest of the state dict, config and tokenizer."""
 
 from __future__ import annotations
 
