@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -140,6 +141,7 @@ def write_gptq(model, tokenizer, codes: dict[str, tuple[Any, Any, Any]], options
     """Write the RTN codes as a GPTQ (v1) checkpoint: what GPTQ runtimes (and transformers, vLLM) load."""
     from teeny_core.formats.checkpoint import write_checkpoint
     from teeny_core.formats.gptq import default_g_idx, pack_linear
+    from teeny_core.modeling import linear_layers
 
     group = options.group_size if options.granularity == "group" else -1
     packed = {name: pack_linear(q, scale, zero, default_g_idx(q.shape[1], group), options.bits)
@@ -147,6 +149,9 @@ def write_gptq(model, tokenizer, codes: dict[str, tuple[Any, Any, Any]], options
     config = {"quant_method": "gptq", "bits": options.bits, "group_size": group, "desc_act": False,
               "sym": options.scheme == "sym", "checkpoint_format": "gptq", "pack_dtype": "int32", "lm_head": False,
               "meta": {"quantizer": ["teeny-rtn"]}}
+    inner = [name for name in linear_layers(model) if name not in codes and name != "lm_head"]
+    if inner:  # GPTQModel / vLLM "dynamic" rules: a leading "-:" leaves matching modules unquantized
+        config["dynamic"] = {f"-:^{re.escape(name)}$": {} for name in inner}
     write_checkpoint(model, tokenizer, packed, out_dir, config, store_dtype)
     cfg_path = out_dir / "config.json"
     cfg = json.loads(cfg_path.read_text())
