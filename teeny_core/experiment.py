@@ -21,7 +21,9 @@ TOP_KEYS = {"name": "experiment name", "model": "model to quantize", "seed": "ra
             "limit": "items per evaluator (0 = all)", "calibration": "calibrator table",
             "evaluators": "evaluator tables", "profilers": "profiler tables", "analyzers": "analyzer tables",
             "runtimes": "runtime option tables", "variants": "array of variant tables"}
-VARIANT_KEYS = ("name", "method", "runtime")
+VARIANT_KEYS = ("name", "method", "runtime", "checkpoint")
+CHECKPOINT = "checkpoint"
+"""The ``method`` of a variant that names an existing checkpoint instead of a quantizer."""
 
 
 @dataclasses.dataclass
@@ -30,6 +32,7 @@ class Variant:
     method: str  # a quantizer name, or "none" for the baseline
     options: dict[str, Any]
     runtime: str | None = None
+    checkpoint: str | None = None  # an existing checkpoint (directory, .gguf file or hub id) instead of a method
 
 
 @dataclasses.dataclass
@@ -139,11 +142,15 @@ def build_experiment(data: dict[str, Any], plugins: Plugins, where: str = "exper
         raw = dict(raw)
         name, method = raw.pop("name", None), raw.pop("method", None)
         runtime = raw.pop("runtime", None)
+        checkpoint = raw.pop("checkpoint", None)
         if not isinstance(name, str) or not NAME_RE.match(name):
             raise err(f"variant #{n}: name {name!r} is not valid; use letters, digits, '.', '_' and '-'")
         if name in seen:
             raise err(f"variant #{n}: name {name!r} is used twice (or is the reserved baseline name)")
         seen.add(name)
+        if checkpoint is not None:
+            exp.variants.append(_checkpoint_variant(name, method, checkpoint, runtime, raw, plugins, err))
+            continue
         if not isinstance(method, str):
             raise err(f"variant {name!r}: 'method' is required; installed quantizers: {', '.join(plugins.names('quantizer'))}")
         q_cls = _component(plugins, "quantizer", method, err, f"variant {name!r} method")
@@ -152,6 +159,27 @@ def build_experiment(data: dict[str, Any], plugins: Plugins, where: str = "exper
         options = _validated(q_cls, raw, f"{where}: variant {name!r} ({method})")
         exp.variants.append(Variant(name, method, options, runtime))
     return exp
+
+
+def _checkpoint_variant(name: str, method: Any, checkpoint: Any, runtime: Any, rest: dict[str, Any],
+                        plugins: Plugins, err) -> Variant:
+    """A variant that evaluates an existing checkpoint: no method, no quantizer options."""
+    from teeny_core.checkpoints import check_location
+
+    if method is not None:
+        raise err(f"variant {name!r}: give either 'method' or 'checkpoint', not both")
+    if not isinstance(checkpoint, str) or not checkpoint:
+        raise err(f"variant {name!r}: checkpoint={checkpoint!r} is not valid; expected a path or a hub id (a string)")
+    if rest:
+        raise err(f"variant {name!r}: unknown key {sorted(rest)[0]!r} for a checkpoint variant; "
+                  "valid keys: name, checkpoint, runtime")
+    if runtime is not None:
+        _component(plugins, "runtime", runtime, err, f"variant {name!r} runtime")
+    try:
+        check_location(checkpoint)
+    except TeenyError as exc:
+        raise err(f"variant {name!r}: {exc}") from None
+    return Variant(name, CHECKPOINT, {}, runtime, checkpoint=checkpoint)
 
 
 def _table(data: dict[str, Any], key: str, err) -> dict[str, Any] | None:

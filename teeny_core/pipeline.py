@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from teeny_core.checkpoints import checkpoint_key, open_checkpoint
 from teeny_core.experiment import BASELINE, Experiment, Variant
 from teeny_core.plugins import Plugins
 from teeny_core.store import SampleLog, StoreContext, options_signature, read_json, staging_dir, write_json
@@ -149,6 +150,8 @@ class Pipeline:
     def artifact_for(self, variant: Variant, vdir: Path, profile: dict[str, Any]) -> Artifact:
         if variant.name == BASELINE:
             return self.baseline_artifact()
+        if variant.checkpoint:
+            return open_checkpoint(variant.checkpoint)
         target = vdir / "artifact"
         if (target / "teeny-artifact.json").exists():
             return Artifact.open(target)
@@ -191,6 +194,8 @@ class Pipeline:
 
     def variant_key(self, variant: Variant) -> str:
         parts: list[Any] = [self.baseline_id(), variant.method, variant.options, variant.runtime]
+        if variant.checkpoint:
+            return checkpoint_key(parts, variant.checkpoint)
         if variant.method != "none" and self.plugins.get("quantizer", variant.method).needs_calibration:
             parts += [self.exp.calibration, self.exp.seed]
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
@@ -198,6 +203,10 @@ class Pipeline:
     def describe(self, variant: Variant) -> dict[str, Any]:
         if variant.method == "none":
             return {}
+        if variant.checkpoint:
+            artifact = open_checkpoint(variant.checkpoint)
+            return {"checkpoint": variant.checkpoint, "format": artifact.format,
+                    **{k: v for k, v in artifact.meta.items() if k in ("bits", "group_size", "sym", "desc_act")}}
         q_cls = self.plugins.get("quantizer", variant.method)
         return q_cls().describe(q_cls.Options.from_mapping(variant.options))
 
@@ -238,7 +247,8 @@ class Pipeline:
         vdir = self.root / variant.name
         samples = SampleLog(vdir / "samples.jsonl")
         records = {name: samples.for_evaluator(name, self.evaluator_config(name)) for name in self.exp.evaluators}
-        artifact = self.baseline_artifact() if variant.name == BASELINE else Artifact.open(vdir / "artifact")
+        artifact = (self.baseline_artifact() if variant.name == BASELINE else
+                    open_checkpoint(variant.checkpoint) if variant.checkpoint else Artifact.open(vdir / "artifact"))
         return VariantResult(name=variant.name, method=variant.method, describe=self.describe(variant),
                              records=records, metrics=read_json(vdir / "metrics.json", {}),
                              profile=read_json(vdir / "profile.json", {}), artifact_bytes=artifact.size_bytes())

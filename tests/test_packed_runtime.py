@@ -13,57 +13,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from teeny_core.testing import build_quantized_checkpoint  # noqa: E402
 from teeny_core.types import Artifact, ModelSource  # noqa: E402
 
 if not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
     pytest.skip("this torch has no CPU int4 kernel", allow_module_level=True)
 
 IDS = [[(7 * i + 3) % 500 + 1 for i in range(48)], [(11 * i + 5) % 500 + 1 for i in range(48)]]
-
-
-def quantized_codes(weight, bits: int, group: int, sym: bool, perm):
-    """RTN codes of ``weight`` whose groups are the column runs of ``perm`` (act-order when perm is shuffled)."""
-    from teeny_core.quant import quantize_weight
-
-    q_perm, scale, zero = quantize_weight(weight[:, perm], bits, "sym" if sym else "asym", "group", group)
-    q = torch.empty_like(q_perm)
-    q[:, perm] = q_perm
-    g_idx = torch.empty(weight.shape[1], dtype=torch.int32)
-    g_idx[perm] = (torch.arange(weight.shape[1]) // group).int()
-    return q, scale.half().float(), zero.clamp(min=1), g_idx
-
-
-def write_quantized(src, out, kind: str, bits: int = 4, group: int = 32, sym: bool = False,
-                    act_order: bool = False, g_idx_override=None) -> Artifact:
-    """An hf-gptq or hf-awq checkpoint of every decoder linear of the model at ``src``."""
-    from teeny_core.formats import awq, gptq
-    from teeny_core.formats.checkpoint import write_checkpoint
-    from teeny_core.modeling import linear_layers
-
-    model, tokenizer = ModelSource(str(src)).load(dtype="float32")
-    gen = torch.Generator().manual_seed(0)
-    packed = {}
-    for name, linear in linear_layers(model).items():
-        if name == "lm_head":
-            continue
-        w = linear.weight.detach()
-        perm = torch.randperm(w.shape[1], generator=gen) if act_order else torch.arange(w.shape[1])
-        q, scale, zero, g_idx = quantized_codes(w, bits, group, sym, perm)
-        if kind == "gptq":
-            if g_idx_override is not None and len(g_idx_override) == len(g_idx):
-                g_idx = g_idx_override.clone()
-            packed[name] = gptq.pack_linear(q, scale, zero, g_idx, bits)
-        else:
-            packed[name] = {"qweight": awq.pack_awq(q), "qzeros": awq.pack_zeros(zero),
-                            "scales": awq.pack_scales(scale)}
-    config = ({"quant_method": "gptq", "bits": bits, "group_size": group, "desc_act": act_order, "sym": sym,
-               "checkpoint_format": "gptq"} if kind == "gptq" else
-              {"quant_method": "awq", "bits": 4, "group_size": group, "version": "gemm", "zero_point": True})
-    out.mkdir()
-    write_checkpoint(model, tokenizer, packed, out, config, "float16")
-    artifact = Artifact(f"hf-{kind}", out, {})
-    artifact.save()
-    return artifact
 
 
 def load(artifact: Artifact, **options):
@@ -92,7 +48,7 @@ CASES = [
 
 @pytest.mark.parametrize("arch,kind,settings", CASES, ids=[f"{a}-{k}-{s}" for a, k, s in CASES])
 def test_packed_logits_match_the_dequantized_model(tiny_model, tmp_path, arch, kind, settings):
-    artifact = write_quantized(tiny_model(arch), tmp_path / "ckpt", kind, **settings)
+    artifact = build_quantized_checkpoint(tiny_model(arch), tmp_path / "ckpt", kind, **settings)
     reference = load(artifact, kernels="dequant")
     exact = load(artifact, kernels="packed", packed_compute="float32")
     fast = load(artifact, kernels="packed")
@@ -129,7 +85,7 @@ def test_a_packed_model_holds_packed_weights(tiny_model, tmp_path, settings):
     from teeny_core.modeling import linear_layers
     from teeny_core.packed import PackedLinear
 
-    artifact = write_quantized(tiny_model("llama"), tmp_path / "ckpt", "gptq", **settings)
+    artifact = build_quantized_checkpoint(tiny_model("llama"), tmp_path / "ckpt", "gptq", **settings)
     dequant, packed = load(artifact, kernels="dequant"), load(artifact)
     quantized = [n for n in linear_layers(dequant.model) if n != "lm_head"]
     assert all(isinstance(packed.model.get_submodule(n), PackedLinear) for n in quantized)
@@ -145,7 +101,7 @@ def test_a_packed_model_holds_packed_weights(tiny_model, tmp_path, settings):
 def test_a_layout_the_kernel_cannot_express_stays_float_and_says_why(tiny_model, tmp_path):
     cols = 128  # llama's attention inputs: groups of unequal width cannot be one kernel group size
     uneven = torch.cat([torch.zeros(48), torch.ones(16), torch.full((32,), 2), torch.full((32,), 3)]).int()
-    artifact = write_quantized(tiny_model("llama"), tmp_path / "ckpt", "gptq", bits=4, g_idx_override=uneven)
+    artifact = build_quantized_checkpoint(tiny_model("llama"), tmp_path / "ckpt", "gptq", bits=4, g_idx_override=uneven)
     packed = load(artifact, packed_compute="float32")
     facts = packed.load_facts()
     floats = facts["float_layers"]
