@@ -49,10 +49,16 @@ PROMPTS = [
 ]
 VARIANTS = {  # name -> (quantizer, options), cheapest first; "original" and "gguf" are not quantized here
     "rtn w4 g128": ("rtn", {"bits": 4, "group_size": 128}),
+    "rtn w8 g128": ("rtn", {"bits": 8, "group_size": 128}),
+    "awq-layout w4 g128": ("awq-layout", {"bits": 4, "group_size": 128}),
     "gptq w4 g128": ("gptq", {"bits": 4, "group_size": 128}),
     "awq w4 g128": ("awq", {"bits": 4, "group_size": 128}),
     "gptq w8 g128": ("gptq", {"bits": 8, "group_size": 128}),
 }
+"""rtn writes hf-gptq (the layout gptq writes); "awq-layout" is an hf-awq checkpoint of RTN codes (AWQ's layout
+without its calibrated scaling): speed and memory depend on the layout only, so these rows stand in for
+gptq/awq where calibrating those on the target does not fit the time at hand."""
+DEQUANT_TOO = ("rtn w4 g128", "gptq w4 g128")  # also measured with kernels="dequant", the float path
 
 
 def original_dir(gguf: Path | None) -> Path:
@@ -87,6 +93,14 @@ def quantize_one(spec: dict) -> None:
     from teeny_core.plugins import Plugins
     from teeny_core.store import staging_dir
     from teeny_core.types import ModelSource
+
+    if spec["method"] == "awq-layout":
+        from teeny_core.testing import build_quantized_checkpoint
+
+        with staging_dir(Path(spec["out"])) as tmp:
+            tmp.rmdir()
+            build_quantized_checkpoint(spec["model"], tmp, "awq", group=spec["options"]["group_size"])
+        return
 
     plugins = Plugins.load()
     cls = plugins.get("quantizer", spec["method"])
@@ -155,7 +169,17 @@ def gguf_tensor_bytes(path: Path) -> int:
     return sum(int(t.n_bytes) for t in GGUFReader(str(path)).tensors)
 
 
-def measure(name: str, spec: dict) -> dict:
+def cached_path(spec: dict) -> Path:
+    """Where one measurement is kept, so that an interrupted run (or a rerun with --reuse) skips it."""
+    import hashlib
+
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    return CACHE / "runtimes-measurements" / f"{key}.json"
+
+
+def measure(name: str, spec: dict, reuse: bool = False) -> dict:
+    if reuse and cached_path(spec).exists():
+        return json.loads(cached_path(spec).read_text())
     print(f"measuring {name} ...", flush=True)
     done = subprocess.run([sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True, text=True)
     if done.returncode:
@@ -240,6 +264,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--batch", type=int, default=8, choices=range(1, len(PROMPTS) + 1))
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS), help=f"subset of: {', '.join(VARIANTS)}")
+    ap.add_argument("--reuse", action="store_true", help="reuse measurements kept from an earlier (interrupted) run")
     ap.add_argument("--kernels", action="store_true", help="only time the candidate low-bit matmul kernels")
     ap.add_argument("--quantize", help=argparse.SUPPRESS)
     ap.add_argument("--measure", help=argparse.SUPPRESS)
@@ -247,7 +272,11 @@ def main() -> None:
     if args.quantize:
         return quantize_one(json.loads(args.quantize))
     if args.measure:
-        print(json.dumps(measure_one(json.loads(args.measure))))
+        spec = json.loads(args.measure)
+        result = measure_one(spec)
+        cached_path(spec).parent.mkdir(parents=True, exist_ok=True)
+        cached_path(spec).write_text(json.dumps(result))
+        print(json.dumps(result))
         return
     if args.kernels:
         import torch
@@ -272,18 +301,18 @@ def main() -> None:
     rows: list[tuple[str, str, dict]] = [
         ("gguf Q4_K_M", "llama.cpp", measure("gguf", {**common, "artifact": str(gguf_file.parent), "format": "gguf",
                                                       "file": gguf_file.name, "runtime": "llama.cpp",
-                                                      "options": {}})),
+                                                      "options": {}}, args.reuse)),
         ("original (f32)", "transformers", measure("original", {**common, "artifact": str(orig), "format": "hf",
-                                                               "runtime": "transformers", "options": cpu})),
+                                                               "runtime": "transformers", "options": cpu}, args.reuse)),
     ]
     write_table(rows, args, gguf_file)
     for name in args.variants:
         art = build(name, orig, args.samples, args.seq_len)
-        for kernels in (("packed", "dequant") if name == "gptq w4 g128" else ("packed",)):
+        for kernels in (("packed", "dequant") if name in DEQUANT_TOO else ("packed",)):
             spec = {**common, "artifact": str(art), "runtime": "transformers",
                     "options": {**cpu, "kernels": kernels}}
             rows.append((f"{name}" + (" (dequant)" if kernels == "dequant" else ""), "transformers",
-                         measure(name, spec)))
+                         measure(name, spec, args.reuse)))
             write_table(rows, args, gguf_file)  # partial results survive an interrupted run
 
 
