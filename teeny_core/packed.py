@@ -61,7 +61,7 @@ class PackedLinear(torch.nn.Module):
             y = part if y is None else y + part
         y = y.to(x.dtype)
         if self.bias is not None:
-            y = y + self.bias
+            y = y + self.bias.to(x.dtype)
         return y.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
