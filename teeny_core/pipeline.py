@@ -107,6 +107,8 @@ class Pipeline:
         self.say(f"{variant.name}: loading with {runtime_cls.name}")
         with self.measure("load", profile):
             model = runtime_cls().load(artifact, runtime_opts)
+        facts = getattr(model, "load_facts", dict)()  # e.g. packed kernels, and the layers left float and why
+        profile["load"]["runtime"] = {"name": runtime_cls.name, **facts}
         try:
             metrics: dict[str, Any] = {}
             for name, opts in self.exp.evaluators.items():

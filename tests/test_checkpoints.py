@@ -119,5 +119,8 @@ def test_a_checkpoint_variant_runs_next_to_quantized_ones(gptqmodel_dir, tiny_mo
     assert vendor["describe"] == {"checkpoint": str(gptqmodel_dir), "format": "hf-gptq", "bits": 4,
                                   "group_size": 32, "sym": False, "desc_act": True}
     assert 0 < vendor["metrics"]["fidelity"]["kl_mean"] < 1
+    runtime = vendor["profile"]["load"]["runtime"]
+    assert runtime["name"] == "transformers" and runtime["kernels"] == "packed" and runtime["float_layers"] == {}
+    assert by_name["rtn-w4"]["profile"]["load"]["runtime"]["kernels"] == "packed"  # RTN as hf-gptq
     assert vendor["artifact_bytes"] == sum(p.stat().st_size for p in gptqmodel_dir.iterdir())
     assert not (root / "ckpt" / "vendor-gptq" / "artifact").exists()  # evaluated in place, not copied
