@@ -10,7 +10,7 @@ speed reference. Every variant is loaded and measured in a fresh process, so its
 - weight MiB: bytes of the parameters and buffers the runtime holds (``LoadedModel.weight_bytes()``; llama.cpp:
   the GGUF's tensor data, which it maps from disk);
 - baseline / peak RSS: the process's RSS right before loading (interpreter and imports) and its peak at the end;
-- TTFT: median wall time of a 1-token greedy generation of the prompt at batch 1;
+- TTFT: median wall time of a 1-token greedy generation at batch 1 over three prompts of similar length;
 - decode tok/s: (tokens - 1) / (time - TTFT) of a ``--new-tokens`` greedy generation at batch 1;
 - throughput: generated tokens / wall time for ``--batch`` prompts at once (llama.cpp runs them one by one).
 
@@ -145,8 +145,9 @@ def measure_one(spec: dict) -> dict:
         weight = gguf_tensor_bytes(artifact.location)
     facts = model.load_facts() if hasattr(model, "load_facts") else {}
     prompt, new = PROMPTS[0], spec["new_tokens"]
-    model.generate([prompt], max_new_tokens=2)  # warm-up
-    ttft = statistics.median(_timed(model, [prompt], 1)[0] for _ in range(3))
+    model.generate([PROMPTS[-1]], max_new_tokens=2)  # warm-up
+    # distinct prompts: llama.cpp reuses the evaluated prefix of a repeated prompt, which would hide the prefill
+    ttft = statistics.median(_timed(model, [p], 1)[0] for p in PROMPTS[1:4])
     seconds, tokens = _timed(model, [prompt], new)
     decode = (tokens - 1) / max(seconds - ttft, 1e-9)
     batch = PROMPTS[: spec["batch"]]
