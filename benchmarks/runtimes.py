@@ -282,7 +282,7 @@ def main() -> None:
     if args.kernels:
         import torch
 
-        text = (f"# Candidate CPU kernels\n\nCommand: `python benchmarks/runtimes.py --kernels`  \n"
+        text = (f"## Candidate CPU kernels\n\nCommand: `python benchmarks/runtimes.py --kernels`  \n"
                 f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; torch {torch.__version__}, "
                 f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
                 "machine shared with other jobs. Error: max |y - y_ref| / max |y_ref| against float64 products "
@@ -334,7 +334,7 @@ def write_table(rows, args, gguf_file: Path) -> None:
                      f"{r['weight_bytes'] / base if base else float('nan'):.2f} | {r['baseline_rss'] / mib:.0f} | {r['peak_rss'] / mib:.0f} | "
                      f"{r['ttft_s']:.3f} | {r['decode_tps']:.1f} | {r['throughput_tps']:.1f} |")
     header = [
-        f"# Runtimes as deployed: {gguf_file.name}", "",
+        f"## Variants as deployed: {gguf_file.name}", "",
         f"Command: `python benchmarks/runtimes.py {' '.join(sys.argv[1:])}`  ",
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {os.cpu_count()} CPU threads "
         f"({platform.machine()}), CPU only, shared with other jobs (timings are noisy).  ",
