@@ -84,6 +84,17 @@ def quantize_weight(w, bits: int, scheme: Scheme = "asym", granularity: Granular
     return q, scale.reshape(rows, cols // gs), zero.reshape(rows, cols // gs)
 
 
+def quantize_with(w, scale, zero, bits: int):
+    """Codes [rows, cols] (int32) of ``w`` on a given grid: per-group ``scale``/``zero`` [rows, n_groups]
+    over contiguous column groups (n_groups = 1: per row)."""
+    import torch
+
+    cols = w.shape[1]
+    width = cols // scale.shape[1]
+    scale_e, zero_e = scale.repeat_interleave(width, dim=1), zero.repeat_interleave(width, dim=1)
+    return quantize(w, scale_e, zero_e, bits).to(torch.int32)
+
+
 def dequantize_weight(q, scale, zero, g_idx=None):
     """Float32 weight from codes [rows, cols] and per-group scale/zero [rows, n_groups].
 

@@ -130,6 +130,23 @@ def test_rtn_writes_hf_gptq_when_its_grid_fits_and_runs_packed(teeny_plugins, ti
     float_rtn = load(Artifact.open(made["hf"].path))
     assert mean_kl(float_rtn.logprobs(IDS), dequant.logprobs(IDS)) <= 1e-4
 
+    # a group whose weights are all >= 0 gets zero point 0, which GPTQ v1 cannot store: its grid moves up a step
+    from teeny_core.modeling import save_hf_model
+
+    model, tokenizer = src.load(dtype="float32")
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight[:, :32].abs_()
+    positive = tmp_path / "positive-src"
+    save_hf_model(model, tokenizer, positive)
+    out = tmp_path / "lifted"
+    out.mkdir()
+    lifted = rtn().quantize(ModelSource(str(positive)), None, rtn.Options.from_mapping({"bits": 4, "group_size": 32}),
+                            out)
+    assert lifted.format == "hf-gptq" and lifted.meta["zero_points_lifted"] > 0
+    packed = load(Artifact.open(lifted.path), packed_compute="float32")
+    reference = load(Artifact.open(lifted.path), kernels="dequant")
+    assert float((packed.logprobs(IDS) - reference.logprobs(IDS)).abs().max()) <= 1e-4
+
     out = tmp_path / "w5"
     out.mkdir()
     five = rtn().quantize(src, None, rtn.Options.from_mapping({"bits": 5, "group_size": 32}), out)

@@ -1,7 +1,8 @@
 """Built-in ``rtn`` quantizer: round-to-nearest weights (2..8 bits) or a plain fp16/bf16 cast.
 
 Integer grids that a GPTQ checkpoint can hold (2, 3, 4 or 8 bits per channel or group) are written as
-``hf-gptq`` (``format="auto"``), so runtimes execute them packed; other grids are stored dequantized (``hf``).
+``hf-gptq`` (``format="auto"``), so runtimes execute them packed (an asymmetric zero point of 0, which GPTQ v1
+cannot store, lifts its group's grid one step); other grids are stored dequantized (``hf``).
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class RTNQuantizer(Quantizer):
         import torch
 
         from teeny_core.modeling import linear_layers, save_hf_model, torch_dtype
-        from teeny_core.quant import dequantize_weight, quantize_weight
+        from teeny_core.formats.gptq import BITS as GPTQ_BITS
+        from teeny_core.quant import dequantize_weight, quantize_weight, quantize_with
 
         assert isinstance(options, RTNOptions)
         dtype = options.dtype
@@ -71,7 +73,8 @@ class RTNQuantizer(Quantizer):
         model, tokenizer = source.load(dtype="float32")
         quantized: dict[str, tuple[int, int]] = {}
         codes: dict[str, tuple[Any, Any, Any]] = {}
-        scale_count = 0
+        scale_count = clamped = 0
+        gptq_grid = options.format != "hf" and options.bits in GPTQ_BITS and options.granularity != "tensor"
         if options.bits < 16:
             if getattr(model.config, "tie_word_embeddings", False) and not skipped("lm_head", options.skip):
                 model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
@@ -82,13 +85,17 @@ class RTNQuantizer(Quantizer):
                         continue
                     q, scale, zero = quantize_weight(linear.weight, options.bits, options.scheme,
                                                      options.granularity, options.group_size)
+                    if gptq_grid and int(zero.min()) < 1:  # GPTQ v1 stores zero - 1: lift the grid one step
+                        clamped += int((zero < 1).sum())
+                        zero = zero.clamp(min=1)
+                        q = quantize_with(linear.weight, scale, zero, options.bits)
                     linear.weight.copy_(dequantize_weight(q, scale, zero))
                     quantized[name] = tuple(linear.weight.shape)
                     codes[name] = (q, scale, zero)
                     scale_count += scale.numel()
         store_dtype = dtype if dtype != "auto" else _source_dtype(source)
         record = {"method": "rtn", **options.to_dict(), "stored_dtype": store_dtype,
-                  "quantized_layers": sorted(quantized)}
+                  "quantized_layers": sorted(quantized), "zero_points_lifted": clamped}
         why_not = gptq_misfit(options, codes)
         if options.format == "hf-gptq" and why_not:
             raise TeenyError(f"rtn: format='hf-gptq' cannot hold this grid: {why_not}; use format='hf' or 'auto'")
