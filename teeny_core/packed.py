@@ -120,15 +120,17 @@ def pack_linear(linear, compute: str = "bfloat16") -> tuple[PackedLinear | None,
     return PackedLinear(planes, group, in_features, out_features, perm=perm, bias=bias), ""
 
 
-def pack_linears(model, linears: dict[str, Any], compute: str = "bfloat16") -> tuple[dict[str, Any], dict[str, str]]:
+def pack_linears(model, linears, compute: str = "bfloat16") -> tuple[list[str], dict[str, Any], dict[str, str]]:
     """Put a :class:`PackedLinear` in place of each quantized linear of ``model`` that the kernel can express.
 
-    Returns ``(fallback weights by linear name, {linear name: why it stays float})``: the caller loads the
-    fallback weights (and biases) like any other tensor.
+    ``linears`` yields ``(name, QuantizedLinear)`` pairs, consumed one at a time. Returns ``(packed names,
+    fallback weights by tensor name, {linear name: why it stays float})``: the caller loads the fallback weights
+    (and biases) like any other tensor.
     """
+    packed_names: list[str] = []
     fallback: dict[str, Any] = {}
     reasons: dict[str, str] = {}
-    for name, linear in linears.items():
+    for name, linear in linears:
         packed, reason = pack_linear(linear, compute) if available() else (None, "no int4 CPU kernel in this torch")
         if packed is None:
             reasons[name] = reason
@@ -138,7 +140,8 @@ def pack_linears(model, linears: dict[str, Any], compute: str = "bfloat16") -> t
             continue
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, leaf, packed)
-    return fallback, reasons
+        packed_names.append(name)
+    return packed_names, fallback, reasons
 
 
 def tensor_bytes(model) -> int:

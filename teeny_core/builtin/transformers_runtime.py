@@ -159,9 +159,9 @@ def load_packed(artifact: Artifact, dtype, compute: str):
     linears, rest = _format_module(artifact).read_quantized(artifact.path)
     with init_empty_weights():  # no float copy of the quantized weights is ever allocated
         model = AutoModelForCausalLM.from_config(_config_without_quantization(artifact), dtype=dtype)
-    fallback, reasons = pack_linears(model, linears, compute)
+    packed_names, fallback, reasons = pack_linears(model, linears, compute)
     state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in {**rest, **fallback}.items()}
-    packed = set(linears) - set(reasons)
+    packed = set(packed_names)
     _load_state(model, state, artifact, packed, True)
     meta = [n for n, p in model.named_parameters() if p.is_meta]
     if meta:

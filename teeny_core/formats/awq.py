@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Iterator
 
 from teeny_core.errors import TeenyError
 
@@ -134,8 +135,9 @@ def read_quantization_config(artifact_dir: str | Path) -> dict:
     return qcfg
 
 
-def read_quantized(artifact_dir: str | Path) -> tuple[dict, dict]:
-    """The checkpoint as ``({linear name: QuantizedLinear}, {every other tensor as stored})``."""
+def read_quantized(artifact_dir: str | Path) -> tuple[Iterator[tuple[str, Any]], dict]:
+    """The checkpoint as ``(iterator of (linear name, QuantizedLinear), {every other tensor as stored})``;
+    linears are unpacked one at a time as the iterator advances."""
     import torch
     from safetensors.torch import load_file
 
@@ -149,22 +151,29 @@ def read_quantized(artifact_dir: str | Path) -> tuple[dict, dict]:
     tensors: dict = {}
     for f in files:
         tensors.update(load_file(str(f)))
-    linears: dict = {}
-    for name in sorted(k[: -len(".qweight")] for k in list(tensors) if k.endswith(".qweight")):
+    names = sorted(k[: -len(".qweight")] for k in list(tensors) if k.endswith(".qweight"))
+    for name in names:
         missing = [s for s in ("qzeros", "scales") if f"{name}.{s}" not in tensors]
         if missing:
             raise TeenyError(f"{artifact_dir}: {name} has a qweight but no {', '.join(missing)}")
-        q = unpack_awq(tensors.pop(f"{name}.qweight"), bits)
-        zero = unpack_zeros(tensors.pop(f"{name}.qzeros"), bits).float()
-        scale = unpack_scales(tensors.pop(f"{name}.scales"))
-        out, cols = q.shape
-        if scale.shape != zero.shape or scale.shape[0] != out or cols % scale.shape[1]:
-            raise TeenyError(f"{artifact_dir}: inconsistent AWQ tensors for {name}: qweight gives [{out}, {cols}], "
-                             f"scales {list(scale.shape)}, qzeros {list(zero.shape)} (as [out, groups])")
-        g_idx = torch.arange(cols) // (cols // scale.shape[1])
-        linears[name] = QuantizedLinear(q=q, scale=scale, zero=zero, g_idx=g_idx, bits=bits,
-                                        bias=tensors.pop(f"{name}.bias", None))
-    return linears, tensors
+    stored = {name: {s: tensors.pop(f"{name}.{s}", None) for s in ("qweight", "qzeros", "scales", "bias")}
+              for name in names}
+
+    def linears() -> Iterator[tuple[str, Any]]:
+        for name in names:
+            t = stored.pop(name)
+            q = unpack_awq(t["qweight"], bits)
+            zero = unpack_zeros(t["qzeros"], bits).float()
+            scale = unpack_scales(t["scales"])
+            out, cols = q.shape
+            if scale.shape != zero.shape or scale.shape[0] != out or cols % scale.shape[1]:
+                raise TeenyError(f"{artifact_dir}: inconsistent AWQ tensors for {name}: qweight gives "
+                                 f"[{out}, {cols}], scales {list(scale.shape)}, qzeros {list(zero.shape)} "
+                                 "(as [out, groups])")
+            g_idx = torch.arange(cols) // (cols // scale.shape[1])
+            yield name, QuantizedLinear(q=q, scale=scale, zero=zero, g_idx=g_idx, bits=bits, bias=t["bias"])
+
+    return linears(), tensors
 
 
 def dequantized_state_dict(artifact_dir: str | Path) -> dict:
@@ -174,7 +183,7 @@ def dequantized_state_dict(artifact_dir: str | Path) -> dict:
     ``scale * (q - zero)``; all other tensors (norms, embeddings, biases, unquantized layers) are returned as stored.
     """
     linears, out = read_quantized(artifact_dir)
-    for name, linear in linears.items():
+    for name, linear in linears:
         out[f"{name}.weight"] = linear.dequantize()
         if linear.bias is not None:
             out[f"{name}.bias"] = linear.bias
