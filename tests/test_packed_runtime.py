@@ -160,3 +160,14 @@ def test_transformers_runtime_ranks_packed_cpu_formats_as_native():
     assert TransformersRuntime.priority("hf-awq", "cuda") == 1
     assert TransformersRuntime.priority("gguf", "cpu") == 1
     assert TransformersRuntime.priority("onnx", "cpu") == 0
+
+
+def test_checkpoint_tensors_read_without_mapping_equal_safetensors_own_reader(tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    from teeny_core.formats.checkpoint import read_safetensors
+
+    artifact = build_quantized_checkpoint(tiny_model("qwen2"), tmp_path / "ckpt", "gptq", bits=3, act_order=True)
+    ours, theirs = read_safetensors(artifact.path / "model.safetensors"), load_file(artifact.path / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    assert all(ours[k].dtype == theirs[k].dtype and torch.equal(ours[k], theirs[k]) for k in theirs)

@@ -139,7 +139,7 @@ def read_quantized(artifact_dir: str | Path) -> tuple[Iterator[tuple[str, Any]],
     """The checkpoint as ``(iterator of (linear name, QuantizedLinear), {every other tensor as stored})``;
     linears are unpacked one at a time as the iterator advances."""
     import torch
-    from safetensors.torch import load_file
+    from teeny_core.formats.checkpoint import read_safetensors
 
     from teeny_core.quant import QuantizedLinear
 
@@ -150,7 +150,7 @@ def read_quantized(artifact_dir: str | Path) -> tuple[Iterator[tuple[str, Any]],
         raise TeenyError(f"{artifact_dir} has no .safetensors files")
     tensors: dict = {}
     for f in files:
-        tensors.update(load_file(str(f)))
+        tensors.update(read_safetensors(f))
     names = sorted(k[: -len(".qweight")] for k in list(tensors) if k.endswith(".qweight"))
     for name in names:
         missing = [s for s in ("qzeros", "scales") if f"{name}.{s}" not in tensors]

@@ -180,7 +180,7 @@ def read_quantized(artifact_dir: str | Path) -> tuple[Iterator[tuple[str, Any]],
 
     Linears are unpacked one at a time as the iterator advances, so a caller that packs or dequantizes each in
     turn never holds every layer's int32 codes at once."""
-    from safetensors.torch import load_file
+    from teeny_core.formats.checkpoint import read_safetensors
 
     from teeny_core.quant import QuantizedLinear
 
@@ -191,7 +191,7 @@ def read_quantized(artifact_dir: str | Path) -> tuple[Iterator[tuple[str, Any]],
     group_size = int(cfg.get("group_size", -1))
     raw: dict[str, Any] = {}
     for f in safetensors_files(artifact_dir):
-        raw.update(load_file(str(f)))
+        raw.update(read_safetensors(f))
     names = sorted(k[: -len(".qweight")] for k in raw if k.endswith(".qweight"))
     stored = {name: {s: raw.pop(f"{name}.{s}", None) for s in (*_SUFFIXES, "bias")} for name in names}
 
