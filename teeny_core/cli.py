@@ -128,17 +128,10 @@ def quantize(model: str, method: str, opts: tuple[str, ...], out: str, calibrato
 
 
 def open_artifact(model: str):
-    """An artifact directory, a .gguf file, an HF directory or a hub id, as an Artifact."""
-    from teeny_core.modeling import resolve_source
-    from teeny_core.types import ARTIFACT_MANIFEST, Artifact
+    """An artifact directory, a checkpoint directory (float, GPTQ or AWQ), a .gguf file or a hub id, as an Artifact."""
+    from teeny_core.checkpoints import open_checkpoint
 
-    path = Path(model)
-    if (path / ARTIFACT_MANIFEST).exists():
-        return Artifact.open(path)
-    src = resolve_source(model)
-    if src.gguf_file:
-        return Artifact("gguf", Path(src.path), {"source": model}, file=src.gguf_file)
-    return Artifact("hf", Path(src.path), {"source": model})
+    return open_checkpoint(model)
 
 
 @cli.command(name="eval")

@@ -22,8 +22,10 @@ TOP_KEYS = {"name": "experiment name", "model": "model to quantize", "seed": "ra
             "evaluators": "evaluator tables", "profilers": "profiler tables", "analyzers": "analyzer tables",
             "runtimes": "runtime option tables", "executor": "executor table", "variants": "array of variant tables",
             "baseline_runtime": "runtime that scores the original (a GGUF source: the file as published)"}
-VARIANT_KEYS = ("name", "method", "runtime", "evaluators")
+VARIANT_KEYS = ("name", "method", "runtime", "evaluators", "checkpoint")
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeding range
+CHECKPOINT = "checkpoint"
+"""The ``method`` of a variant that names an existing checkpoint instead of a quantizer."""
 
 
 @dataclasses.dataclass
@@ -33,6 +35,7 @@ class Variant:
     options: dict[str, Any]
     runtime: str | None = None
     evaluators: list[str] | None = None  # the experiment's evaluators this variant runs (None: all)
+    checkpoint: str | None = None  # an existing checkpoint (directory, .gguf file or hub id) instead of a method
 
 
 @dataclasses.dataclass
@@ -158,21 +161,25 @@ def build_experiment(data: dict[str, Any], plugins: Plugins, where: str = "exper
         raw = dict(raw)
         name, method = raw.pop("name", None), raw.pop("method", None)
         runtime = raw.pop("runtime", None)
-        evaluators = raw.pop("evaluators", None)
+        evaluators, checkpoint = raw.pop("evaluators", None), raw.pop("checkpoint", None)
         if not isinstance(name, str) or not NAME_RE.match(name):
             raise err(f"variant #{n}: name {name!r} is not valid; use letters, digits, '.', '_' and '-'")
         if name in seen:
             raise err(f"variant #{n}: name {name!r} is used twice (or is the reserved baseline name)")
         seen.add(name)
+        if evaluators is not None and (not isinstance(evaluators, list) or not evaluators
+                                       or any(e not in exp.evaluators for e in evaluators)):
+            raise err(f"variant {name!r}: evaluators={evaluators!r} is not valid; expected a non-empty list of "
+                      f"the experiment's evaluators ({', '.join(exp.evaluators)})")
+        if checkpoint is not None:
+            variant = _checkpoint_variant(name, method, checkpoint, runtime, raw, plugins, err)
+            exp.variants.append(dataclasses.replace(variant, evaluators=evaluators))
+            continue
         if not isinstance(method, str):
             raise err(f"variant {name!r}: 'method' is required; installed quantizers: {', '.join(plugins.names('quantizer'))}")
         q_cls = _component(plugins, "quantizer", method, err, f"variant {name!r} method")
         if runtime is not None:
             _component(plugins, "runtime", runtime, err, f"variant {name!r} runtime")
-        if evaluators is not None and (not isinstance(evaluators, list) or not evaluators
-                                       or any(e not in exp.evaluators for e in evaluators)):
-            raise err(f"variant {name!r}: evaluators={evaluators!r} is not valid; expected a non-empty list of "
-                      f"the experiment's evaluators ({', '.join(exp.evaluators)})")
         options = _validated(q_cls, raw, f"{where}: variant {name!r} ({method})")
         exp.variants.append(Variant(name, method, options, runtime, evaluators))
     return exp
@@ -192,6 +199,27 @@ def _executor(data: dict[str, Any], plugins: Plugins, err, where: str) -> tuple[
         cls = _component(plugins, "executor", key, err, f"executor.{key}")
         options[key] = _validated(cls, opts, f"{where}: executor.{key}")
     return name, options
+
+
+def _checkpoint_variant(name: str, method: Any, checkpoint: Any, runtime: Any, rest: dict[str, Any],
+                        plugins: Plugins, err) -> Variant:
+    """A variant that evaluates an existing checkpoint: no method, no quantizer options."""
+    from teeny_core.checkpoints import check_location
+
+    if method is not None:
+        raise err(f"variant {name!r}: give either 'method' or 'checkpoint', not both")
+    if not isinstance(checkpoint, str) or not checkpoint:
+        raise err(f"variant {name!r}: checkpoint={checkpoint!r} is not valid; expected a path or a hub id (a string)")
+    if rest:
+        raise err(f"variant {name!r}: unknown key {sorted(rest)[0]!r} for a checkpoint variant; "
+                  "valid keys: name, checkpoint, runtime")
+    if runtime is not None:
+        _component(plugins, "runtime", runtime, err, f"variant {name!r} runtime")
+    try:
+        check_location(checkpoint)
+    except TeenyError as exc:
+        raise err(f"variant {name!r}: {exc}") from None
+    return Variant(name, CHECKPOINT, {}, runtime, checkpoint=checkpoint)
 
 
 def _table(data: dict[str, Any], key: str, err) -> dict[str, Any] | None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from teeny_core import windows
+from teeny_core.checkpoints import checkpoint_key, open_checkpoint
 from teeny_core.errors import TeenyError
 from teeny_core.experiment import BASELINE, Experiment, Variant
 from teeny_core.plugins import Plugins
@@ -216,6 +217,8 @@ class Pipeline:
             model = runtime_cls().load(artifact, runtime_opts)
         profile["load"]["weight_bytes"] = model.weight_bytes()
         profile["runtime"] = runtime_cls.name
+        facts = getattr(model, "load_facts", dict)()  # e.g. packed kernels, and the layers left float and why
+        profile["load"]["runtime"] = {"name": runtime_cls.name, **facts}
         try:
             metrics: dict[str, Any] = {}
             for name_, opts in self.exp.evaluators.items():
@@ -282,6 +285,8 @@ class Pipeline:
     def artifact_for(self, variant: Variant, vdir: Path, profile: dict[str, Any]) -> Artifact:
         if variant.name == BASELINE:
             return self.baseline_artifact()
+        if variant.checkpoint:
+            return open_checkpoint(variant.checkpoint)
         target = vdir / "artifact"
         if (target / "teeny-artifact.json").exists():
             return Artifact.open(target)
@@ -331,6 +336,8 @@ class Pipeline:
 
     def variant_key(self, variant: Variant) -> str:
         parts: list[Any] = [self.baseline_id(), variant.method, variant.options, variant.runtime]
+        if variant.checkpoint:
+            return checkpoint_key(parts, variant.checkpoint)
         if variant.method != "none" and self.plugins.get("quantizer", variant.method).needs_calibration:
             parts += [self.exp.calibration, self.exp.seed, windows.RULE]
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
@@ -338,6 +345,10 @@ class Pipeline:
     def describe(self, variant: Variant) -> dict[str, Any]:
         if variant.method == "none":
             return {}
+        if variant.checkpoint:
+            artifact = open_checkpoint(variant.checkpoint)
+            return {"checkpoint": variant.checkpoint, "format": artifact.format,
+                    **{k: v for k, v in artifact.meta.items() if k in ("bits", "group_size", "sym", "desc_act")}}
         q_cls = self.plugins.get("quantizer", variant.method)
         return q_cls().describe(q_cls.Options.from_mapping(variant.options))
 
@@ -395,7 +406,8 @@ class Pipeline:
         vdir = self.root / variant.name
         samples = SampleLog(vdir / "samples.jsonl")
         records = {name: samples.for_evaluator(name, self.evaluator_config(name)) for name in self.exp.evaluators}
-        artifact = self.baseline_artifact() if variant.name == BASELINE else Artifact.open(vdir / "artifact")
+        artifact = (self.baseline_artifact() if variant.name == BASELINE else
+                    open_checkpoint(variant.checkpoint) if variant.checkpoint else Artifact.open(vdir / "artifact"))
         return VariantResult(name=variant.name, method=variant.method, describe=self.describe(variant),
                              records=records, metrics=read_json(vdir / "metrics.json", {}, expect=dict),
                              profile=read_json(vdir / "profile.json", {}, expect=dict),

@@ -8,7 +8,8 @@ split the input dimension (granularity "group"), or are one per row ("channel") 
 
 from __future__ import annotations
 
-from typing import Literal
+import dataclasses
+from typing import Any, Literal
 
 Granularity = Literal["tensor", "channel", "group"]
 Scheme = Literal["sym", "asym"]
@@ -83,6 +84,17 @@ def quantize_weight(w, bits: int, scheme: Scheme = "asym", granularity: Granular
     return q, scale.reshape(rows, cols // gs), zero.reshape(rows, cols // gs)
 
 
+def quantize_with(w, scale, zero, bits: int):
+    """Codes [rows, cols] (int32) of ``w`` on a given grid: per-group ``scale``/``zero`` [rows, n_groups]
+    over contiguous column groups (n_groups = 1: per row)."""
+    import torch
+
+    cols = w.shape[1]
+    width = cols // scale.shape[1]
+    scale_e, zero_e = scale.repeat_interleave(width, dim=1), zero.repeat_interleave(width, dim=1)
+    return quantize(w, scale_e, zero_e, bits).to(torch.int32)
+
+
 def dequantize_weight(q, scale, zero, g_idx=None):
     """Float32 weight from codes [rows, cols] and per-group scale/zero [rows, n_groups].
 
@@ -97,3 +109,23 @@ def dequantize_weight(q, scale, zero, g_idx=None):
     if scale.shape[0] == 1 and rows != 1:  # tensor granularity
         scale, zero = scale.expand(rows, -1), zero.expand(rows, -1)
     return dequantize(q.float(), scale[:, g_idx].float(), zero[:, g_idx].float())
+
+
+@dataclasses.dataclass
+class QuantizedLinear:
+    """One linear as a checkpoint holds it: ``w = scale[:, g_idx] * (q - zero[:, g_idx])``.
+
+    ``q`` int32 codes [out, in]; ``scale``/``zero`` float32 [out, groups]; ``g_idx`` int64 [in] (act-order makes
+    it non-monotonic); ``bias`` [out] or None.
+    """
+
+    q: Any
+    scale: Any
+    zero: Any
+    g_idx: Any
+    bits: int
+    bias: Any = None
+
+    def dequantize(self):
+        """The float32 weight [out, in]."""
+        return dequantize_weight(self.q, self.scale, self.zero, self.g_idx)

@@ -6,6 +6,8 @@ Installed with teeny-core (entry point ``pytest11``). Fixtures:
   a byte-level BPE tokenizer trained in the test, no download). Built once per session per architecture.
 - ``tiny_tokenizer`` -> that tokenizer.
 
+:func:`build_quantized_checkpoint` writes an hf-gptq or hf-awq checkpoint of such a model.
+
 Contracts: subclass :class:`QuantizerContract` (set ``method`` and ``options``), :class:`EvaluatorContract`,
 :class:`CalibratorContract` or :class:`RuntimeContract` in your plugin's tests to get the checks every
 component of that kind must pass.
@@ -102,6 +104,58 @@ def build_tiny_model(arch: str, out_dir: Path, *, hidden: int = 128, layers: int
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def _quantized_codes(weight, bits: int, group: int, sym: bool, perm):
+    """RTN codes of ``weight`` whose groups are the column runs of ``perm`` (act-order when perm is shuffled)."""
+    import torch
+
+    from teeny_core.quant import quantize_weight
+
+    q_perm, scale, zero = quantize_weight(weight[:, perm], bits, "sym" if sym else "asym", "group", group)
+    q = torch.empty_like(q_perm)
+    q[:, perm] = q_perm
+    g_idx = torch.empty(weight.shape[1], dtype=torch.int32)
+    g_idx[perm] = (torch.arange(weight.shape[1]) // group).int()
+    return q, scale.half().float(), zero.clamp(min=1), g_idx
+
+
+def build_quantized_checkpoint(src, out, kind: str, bits: int = 4, group: int = 32, sym: bool = False,
+                               act_order: bool = False, g_idx_override=None):
+    """Write an hf-gptq (``kind="gptq"``) or hf-awq checkpoint of every linear but lm_head of the model at ``src``
+    into ``out``, with RTN codes; ``act_order`` shuffles each layer's groups over its columns (GPTQ ``g_idx``),
+    ``g_idx_override`` replaces ``g_idx`` where the widths match. Returns the saved Artifact."""
+    import torch
+
+    from teeny_core.formats import awq, gptq
+    from teeny_core.formats.checkpoint import write_checkpoint
+    from teeny_core.modeling import linear_layers
+    from teeny_core.types import Artifact, ModelSource
+
+    model, tokenizer = ModelSource(str(src)).load(dtype="float32")
+    gen = torch.Generator().manual_seed(0)
+    packed = {}
+    for name, linear in linear_layers(model).items():
+        if name == "lm_head":
+            continue
+        w = linear.weight.detach()
+        perm = torch.randperm(w.shape[1], generator=gen) if act_order else torch.arange(w.shape[1])
+        q, scale, zero, g_idx = _quantized_codes(w, bits, group, sym, perm)
+        if kind == "gptq":
+            if g_idx_override is not None and len(g_idx_override) == len(g_idx):
+                g_idx = g_idx_override.clone()
+            packed[name] = gptq.pack_linear(q, scale, zero, g_idx, bits)
+        else:
+            packed[name] = {"qweight": awq.pack_awq(q), "qzeros": awq.pack_zeros(zero),
+                            "scales": awq.pack_scales(scale)}
+    config = ({"quant_method": "gptq", "bits": bits, "group_size": group, "desc_act": act_order, "sym": sym,
+               "checkpoint_format": "gptq"} if kind == "gptq" else
+              {"quant_method": "awq", "bits": 4, "group_size": group, "version": "gemm", "zero_point": True})
+    out.mkdir()
+    write_checkpoint(model, tokenizer, packed, out, config, "float16")
+    artifact = Artifact(f"hf-{kind}", out, {})
+    artifact.save()
+    return artifact
 
 
 # --- fixtures -----------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ def test_skip_patterns_keep_layers_in_full_precision(teeny_plugins, tiny_model, 
 
     model_dir = tiny_model("llama")
     art = quantize(teeny_plugins, model_dir, tmp_path, bits=2, granularity="channel",
-                   skip=["lm_head", "model.layers.0.*"])
+                   skip=["lm_head", "model.layers.0.*"], format="hf")
     before, after = load_file(model_dir / "model.safetensors"), load_file(art.path / "model.safetensors")
     for key in before:
         same = bool((before[key] == after[key]).all())
@@ -65,7 +65,7 @@ def test_tied_embeddings_stay_intact_when_lm_head_is_quantized(teeny_plugins, ti
     from safetensors.torch import load_file
 
     model_dir = tiny_model("qwen2")  # ties lm_head to the embeddings
-    art = quantize(teeny_plugins, model_dir, tmp_path, bits=4, group_size=32, skip=[])
+    art = quantize(teeny_plugins, model_dir, tmp_path, bits=4, group_size=32, skip=[], format="hf")
     before, after = load_file(model_dir / "model.safetensors"), load_file(art.path / "model.safetensors")
     assert bool((before["model.embed_tokens.weight"] == after["model.embed_tokens.weight"]).all())
     assert not bool((after["lm_head.weight"] == before["model.embed_tokens.weight"]).all())

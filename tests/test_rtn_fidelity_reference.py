@@ -74,7 +74,7 @@ def results(tiny_model, tmp_path_factory):
              "[evaluators.fidelity]", f"chunks = {CHUNKS}", f"chunk_len = {CHUNK_LEN}", "kl_top_k = 100000",
              "[profilers.system]", "benchmark = false"]
     for name, opts in VARIANTS:
-        lines += ["[[variants]]", f'name = "{name}"', 'method = "rtn"']
+        lines += ["[[variants]]", f'name = "{name}"', 'method = "rtn"', 'format = "hf"']  # float32 weights
         lines += [f"{k} = {json.dumps(v)}" for k, v in opts.items()]
     (root / "exp.toml").write_text("\n".join(lines) + "\n")
     out = CliRunner().invoke(cli, ["run", str(root / "exp.toml")])

@@ -142,7 +142,7 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
 
     from teeny_core.formats.gptq import pack_linear
     from teeny_core.modeling import decoder_layers, linear_layers, resolve_device
-    from teeny_gptq.checkpoint import write_checkpoint
+    from teeny_core.formats.checkpoint import write_checkpoint
     from teeny_gptq.sequential import quantize_decoder, skipped
 
     start = time.perf_counter()

@@ -70,7 +70,8 @@ def test_gptq_has_lower_kl_divergence_than_rtn(teeny_plugins, tiny_model, tmp_pa
     runtime = teeny_plugins.get("runtime", "transformers")
 
     def logprobs(artifact):
-        loaded = runtime().load(Artifact.open(artifact.path), runtime.Options.from_mapping({"device": "cpu"}))
+        loaded = runtime().load(Artifact.open(artifact.path),
+                            runtime.Options.from_mapping({"device": "cpu", "kernels": "dequant"}))
         try:
             return loaded.logprobs(held_out)
         finally:
@@ -118,7 +119,8 @@ def test_checkpoint_dequantizes_bit_exactly_to_the_quantizers_weights(teeny_plug
     assert not torch.equal(g_idx, torch.sort(g_idx).values) and torch.bincount(g_idx).tolist() == [32] * 4
 
     runtime = teeny_plugins.get("runtime", "transformers")
-    loaded = runtime().load(Artifact.open(artifact.path), runtime.Options.from_mapping({"device": "cpu"}))
+    loaded = runtime().load(Artifact.open(artifact.path),
+                            runtime.Options.from_mapping({"device": "cpu", "kernels": "dequant"}))
     ids = cal.samples[:2]
     with torch.no_grad():
         expected = torch.log_softmax(model(torch.tensor(ids)).logits.float(), -1)

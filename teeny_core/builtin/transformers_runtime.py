@@ -1,4 +1,5 @@
-"""Built-in ``transformers`` runtime: loads hf artifacts, and hf-gptq / hf-awq by dequantizing on load."""
+"""Built-in ``transformers`` runtime: hf and gguf artifacts as float models; hf-gptq / hf-awq with packed int4
+kernels on CPU (``kernels="packed"``, see :mod:`teeny_core.packed`) or dequantized to float on load."""
 
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ class TransformersOptions(Options):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = option(
         "auto", "compute dtype (auto: float32 on CPU, the checkpoint's on CUDA)")
     batch_size: int = option(8, "prompts or sequences per forward batch", min=1)
+    kernels: Literal["packed", "dequant"] = option(
+        "packed", "hf-gptq/hf-awq on CPU: keep weights packed and use int4 kernels, or dequantize to float on load")
+    packed_compute: Literal["bfloat16", "float32"] = option(
+        "bfloat16", "activation dtype inside packed linears (bfloat16: the kernel's fast path; float32: exact, slower)")
 
 
 def truncate_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
@@ -30,8 +35,9 @@ def truncate_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
 class TransformersModel(LoadedModel):
     """A transformers causal LM with batched generation and scoring."""
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int) -> None:
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int, facts: dict[str, Any] | None = None) -> None:
         self.model, self._tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.facts = dict(facts or {})
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.device = next(model.parameters()).device
@@ -89,12 +95,14 @@ class TransformersModel(LoadedModel):
         return torch.cat(outs)
 
     def weight_bytes(self) -> int:
-        """Parameters and buffers as held (dequantized checkpoints count as the float tensors they became);
-        tied tensors count once."""
-        seen: dict[tuple[int, str], int] = {}
-        for t in [*self.model.parameters(), *self.model.buffers()]:
-            seen[(t.untyped_storage().data_ptr(), str(t.device))] = t.untyped_storage().nbytes()
-        return sum(seen.values())
+        """Bytes of the parameters and buffers as held (packed codes at their packed size)."""
+        from teeny_core.packed import tensor_bytes
+
+        return tensor_bytes(self.model)
+
+    def load_facts(self) -> dict[str, Any]:
+        """How the weights are held: ``kernels`` and, for packed loads, the layers that stayed float and why."""
+        return {**self.facts, "weight_bytes": self.weight_bytes()}
 
     def close(self) -> None:
         import gc
@@ -103,36 +111,80 @@ class TransformersModel(LoadedModel):
         gc.collect()
 
 
-def load_dequantized(artifact: Artifact, dtype):
-    """Build the model from an hf-gptq / hf-awq checkpoint with float weights from its packed tensors."""
+def _config_without_quantization(artifact: Artifact):
     import json
 
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
-    module = importlib.import_module(f"teeny_core.formats.{artifact.format.split('-', 1)[1]}")
     config_dict = json.loads((artifact.path / "config.json").read_text())
     config_dict.pop("quantization_config", None)
-    config = AutoConfig.for_model(**config_dict)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    state = module.dequantized_state_dict(artifact.path)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    return AutoConfig.for_model(**config_dict)
+
+
+def _format_module(artifact: Artifact):
+    return importlib.import_module(f"teeny_core.formats.{artifact.format.split('-', 1)[1]}")
+
+
+def _load_state(model, state: dict[str, Any], artifact: Artifact, owned: set[str], assign: bool) -> None:
+    """Load ``state`` into ``model``; every key must be used, and every parameter not in ``owned`` set."""
+    config = model.config
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=assign)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
-    if set(missing) - tied or unexpected:
+    missing = [k for k in missing if k not in tied and k.rpartition(".")[0] not in owned]
+    if missing or unexpected:
         raise TeenyError(f"{artifact.path}: checkpoint does not match its config "
-                         f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})")
+                         f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
     if tied:
         model.tie_weights()
+
+
+def load_dequantized(artifact: Artifact, dtype):
+    """Build the model from an hf-gptq / hf-awq checkpoint with float weights from its packed tensors."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(_config_without_quantization(artifact), dtype=torch.float32)
+    _load_state(model, _format_module(artifact).dequantized_state_dict(artifact.path), artifact, set(), False)
     return model.to(dtype)
 
 
+def load_packed(artifact: Artifact, dtype, compute: str):
+    """Build the model from an hf-gptq / hf-awq checkpoint with its quantized linears packed for the CPU int4
+    kernel (float weights only where the kernel cannot express a layer). Returns ``(model, facts)``."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    from teeny_core.packed import pack_linears
+
+    linears, rest = _format_module(artifact).read_quantized(artifact.path)
+    with init_empty_weights():  # no float copy of the quantized weights is ever allocated
+        model = AutoModelForCausalLM.from_config(_config_without_quantization(artifact), dtype=dtype)
+    packed_names, fallback, reasons = pack_linears(model, linears, compute)
+    state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in {**rest, **fallback}.items()}
+    packed = set(packed_names)
+    _load_state(model, state, artifact, packed, True)
+    meta = [n for n, p in model.named_parameters() if p.is_meta]
+    if meta:
+        raise TeenyError(f"{artifact.path}: no weights in the checkpoint for {meta[:3]}")
+    facts = {"kernels": "packed", "packed_compute": compute, "packed_layers": len(packed),
+             "float_layers": reasons}
+    return model.eval(), facts
+
+
+def packed_available() -> bool:
+    """Whether torch has the CPU int4 kernel (imported lazily)."""
+    from teeny_core.packed import available
+
+    return available()
+
+
 class TransformersRuntime(Runtime):
-    """PyTorch + transformers on CPU or CUDA; GPTQ/AWQ checkpoints are dequantized on load (exact numerics)."""
+    """PyTorch + transformers on CPU or CUDA; GPTQ/AWQ checkpoints run packed on CPU (int4 kernels) or dequantized."""
 
     name = "transformers"
     Options = TransformersOptions
     formats = ("hf", "hf-gptq", "hf-awq", "gguf")
-    native = {("hf", "*"): 10}  # hf-gptq, hf-awq and gguf are dequantized to float on load
+    native = {("hf", "*"): 10, ("hf-gptq", "cpu"): 10, ("hf-awq", "cpu"): 10}  # packed on CPU; see priority()
 
     @classmethod
     def import_libraries(cls) -> None:
@@ -148,14 +200,28 @@ class TransformersRuntime(Runtime):
         assert isinstance(options, TransformersOptions)
         device = resolve_device(options.device)
         dtype = options.dtype if options.dtype != "auto" else ("float32" if device == "cpu" else "auto")
+        facts: dict[str, Any] = {"kernels": "float"}
         if artifact.format in ("hf", "gguf"):
             source = ModelSource(str(artifact.path), gguf_file=artifact.file if artifact.format == "gguf" else None)
             model, tokenizer = load_hf_model(source, dtype=dtype, device=device)
         else:
-            model = load_dequantized(artifact, torch_dtype(dtype if dtype != "auto" else "float16"))
-            model.to(device).eval()
+            compute = torch_dtype(dtype if dtype != "auto" else "float16")
+            if options.kernels == "packed" and device == "cpu" and packed_available():
+                model, facts = load_packed(artifact, compute, options.packed_compute)
+            else:
+                model = load_dequantized(artifact, compute)
+                model.to(device).eval()
+                facts = {"kernels": "dequant"}
             tokenizer = AutoTokenizer.from_pretrained(artifact.path)
-        return TransformersModel(model, tokenizer, options.batch_size)
+        return TransformersModel(model, tokenizer, options.batch_size, facts)
+
+    @classmethod
+    def priority(cls, fmt: str, device: str) -> int | None:
+        """hf anywhere, and hf-gptq/hf-awq on CPU where torch has the packed int4 kernel, run natively; the
+        rest (hf-gptq/hf-awq on CUDA, gguf) is dequantized to float on load."""
+        if fmt in ("hf-gptq", "hf-awq") and not packed_available():
+            return 0
+        return super().priority(fmt, device)
 
 
 @hookimpl

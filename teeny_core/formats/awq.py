@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Iterator
 
 from teeny_core.errors import TeenyError
 
@@ -134,13 +135,13 @@ def read_quantization_config(artifact_dir: str | Path) -> dict:
     return qcfg
 
 
-def dequantized_state_dict(artifact_dir: str | Path) -> dict:
-    """Every tensor of an hf-awq checkpoint, with each packed linear turned back into ``<name>.weight``.
+def read_quantized(artifact_dir: str | Path) -> tuple[Iterator[tuple[str, Any]], dict]:
+    """The checkpoint as ``(iterator of (linear name, QuantizedLinear), {every other tensor as stored})``;
+    linears are unpacked one at a time as the iterator advances."""
+    import torch
+    from teeny_core.formats.checkpoint import read_safetensors
 
-    Quantized linears (``<name>.qweight``/``.qzeros``/``.scales``) become float32 ``[out, in]`` weights, exactly
-    ``scale * (q - zero)``; all other tensors (norms, embeddings, biases, unquantized layers) are returned as stored.
-    """
-    from safetensors.torch import load_file
+    from teeny_core.quant import QuantizedLinear
 
     qcfg = read_quantization_config(artifact_dir)
     bits = int(qcfg.get("bits", qcfg.get("w_bit", 4)))
@@ -149,17 +150,41 @@ def dequantized_state_dict(artifact_dir: str | Path) -> dict:
         raise TeenyError(f"{artifact_dir} has no .safetensors files")
     tensors: dict = {}
     for f in files:
-        tensors.update(load_file(str(f)))
-    out: dict = {}
-    packed_names = {k[: -len(".qweight")] for k in tensors if k.endswith(".qweight")}
-    for name in sorted(packed_names):
+        tensors.update(read_safetensors(f))
+    names = sorted(k[: -len(".qweight")] for k in list(tensors) if k.endswith(".qweight"))
+    for name in names:
         missing = [s for s in ("qzeros", "scales") if f"{name}.{s}" not in tensors]
         if missing:
             raise TeenyError(f"{artifact_dir}: {name} has a qweight but no {', '.join(missing)}")
-        out[f"{name}.weight"] = dequantize_packed(tensors[f"{name}.qweight"], tensors[f"{name}.qzeros"],
-                                                  tensors[f"{name}.scales"], bits)
-    suffixes = (".qweight", ".qzeros", ".scales")
-    for key, value in tensors.items():
-        if not (key.endswith(suffixes) and key.rsplit(".", 1)[0] in packed_names):
-            out[key] = value
+    stored = {name: {s: tensors.pop(f"{name}.{s}", None) for s in ("qweight", "qzeros", "scales", "bias")}
+              for name in names}
+
+    def linears() -> Iterator[tuple[str, Any]]:
+        for name in names:
+            t = stored.pop(name)
+            q = unpack_awq(t["qweight"], bits)
+            zero = unpack_zeros(t["qzeros"], bits).float()
+            scale = unpack_scales(t["scales"])
+            out, cols = q.shape
+            if scale.shape != zero.shape or scale.shape[0] != out or cols % scale.shape[1]:
+                raise TeenyError(f"{artifact_dir}: inconsistent AWQ tensors for {name}: qweight gives "
+                                 f"[{out}, {cols}], scales {list(scale.shape)}, qzeros {list(zero.shape)} "
+                                 "(as [out, groups])")
+            g_idx = torch.arange(cols) // (cols // scale.shape[1])
+            yield name, QuantizedLinear(q=q, scale=scale, zero=zero, g_idx=g_idx, bits=bits, bias=t["bias"])
+
+    return linears(), tensors
+
+
+def dequantized_state_dict(artifact_dir: str | Path) -> dict:
+    """Every tensor of an hf-awq checkpoint, with each packed linear turned back into ``<name>.weight``.
+
+    Quantized linears (``<name>.qweight``/``.qzeros``/``.scales``) become float32 ``[out, in]`` weights, exactly
+    ``scale * (q - zero)``; all other tensors (norms, embeddings, biases, unquantized layers) are returned as stored.
+    """
+    linears, out = read_quantized(artifact_dir)
+    for name, linear in linears:
+        out[f"{name}.weight"] = linear.dequantize()
+        if linear.bias is not None:
+            out[f"{name}.bias"] = linear.bias
     return out

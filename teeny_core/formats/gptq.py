@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from teeny_core.errors import TeenyError
 
@@ -175,29 +175,48 @@ def safetensors_files(artifact_dir: str | Path) -> list[Path]:
     return files
 
 
-def dequantized_state_dict(artifact_dir: str | Path) -> dict[str, Any]:
-    """A plain state dict of a GPTQ checkpoint: float32 ``<name>.weight`` for every quantized linear, every other
-    tensor (biases, norms, embeddings, unquantized linears) as stored."""
-    from safetensors.torch import load_file
+def read_quantized(artifact_dir: str | Path) -> tuple[Iterator[tuple[str, Any]], dict[str, Any]]:
+    """The checkpoint as ``(iterator of (linear name, QuantizedLinear), {every other tensor as stored})``.
+
+    Linears are unpacked one at a time as the iterator advances, so a caller that packs or dequantizes each in
+    turn never holds every layer's int32 codes at once."""
+    from teeny_core.formats.checkpoint import read_safetensors
+
+    from teeny_core.quant import QuantizedLinear
 
     cfg = quantization_config(artifact_dir)
     bits = int(cfg["bits"])
+    _check_bits(bits)
     fmt = cfg.get("checkpoint_format") or cfg.get("format") or "gptq"
     group_size = int(cfg.get("group_size", -1))
     raw: dict[str, Any] = {}
     for f in safetensors_files(artifact_dir):
-        raw.update(load_file(str(f)))
-    out: dict[str, Any] = {}
-    linears = sorted(k[: -len(".qweight")] for k in raw if k.endswith(".qweight"))
-    for name in linears:
-        qweight, qzeros, scales = raw.pop(f"{name}.qweight"), raw.pop(f"{name}.qzeros"), raw.pop(f"{name}.scales")
-        in_features = qweight.shape[0] * 32 // bits
-        g_idx = raw.pop(f"{name}.g_idx", None)
-        if g_idx is None:
-            g_idx = default_g_idx(in_features, group_size)
-        if g_idx.shape[0] != in_features or int(g_idx.max()) >= scales.shape[0] or int(g_idx.min()) < 0:
-            raise TeenyError(f"{artifact_dir}: {name}.g_idx does not fit {in_features} columns and "
-                             f"{scales.shape[0]} groups")
-        out[f"{name}.weight"] = dequantize_linear(qweight, qzeros, scales, g_idx, bits, fmt)
-    out.update({k: v for k, v in raw.items() if not k.endswith(tuple(f".{s}" for s in _SUFFIXES))})
+        raw.update(read_safetensors(f))
+    names = sorted(k[: -len(".qweight")] for k in raw if k.endswith(".qweight"))
+    stored = {name: {s: raw.pop(f"{name}.{s}", None) for s in (*_SUFFIXES, "bias")} for name in names}
+
+    def linears() -> Iterator[tuple[str, Any]]:
+        for name in names:
+            t = stored.pop(name)
+            in_features = t["qweight"].shape[0] * 32 // bits
+            g_idx = t["g_idx"] if t["g_idx"] is not None else default_g_idx(in_features, group_size)
+            if g_idx.shape[0] != in_features or int(g_idx.max()) >= t["scales"].shape[0] or int(g_idx.min()) < 0:
+                raise TeenyError(f"{artifact_dir}: {name}.g_idx does not fit {in_features} columns and "
+                                 f"{t['scales'].shape[0]} groups")
+            yield name, QuantizedLinear(q=unpack_qweight(t["qweight"], bits),
+                                        scale=t["scales"].float().t().contiguous(),
+                                        zero=unpack_zeros(t["qzeros"], bits, fmt).float(), g_idx=g_idx.long(),
+                                        bits=bits, bias=t["bias"])
+
+    return linears(), raw
+
+
+def dequantized_state_dict(artifact_dir: str | Path) -> dict[str, Any]:
+    """A plain state dict of a GPTQ checkpoint: float32 ``<name>.weight`` for every quantized linear, every other
+    tensor (biases, norms, embeddings, unquantized linears) as stored."""
+    linears, out = read_quantized(artifact_dir)
+    for name, linear in linears:
+        out[f"{name}.weight"] = linear.dequantize()
+        if linear.bias is not None:
+            out[f"{name}.bias"] = linear.bias
     return out

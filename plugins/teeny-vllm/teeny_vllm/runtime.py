@@ -172,6 +172,9 @@ class VllmRuntime(Runtime):
     name = "vllm"
     Options = VllmOptions
     formats = ("hf", "hf-gptq", "hf-awq", "gguf")
+    # The fastest runtime on a GPU for checkpoints (Marlin kernels, batched); GGUF in vLLM is experimental, so a
+    # CUDA build of llama.cpp (priority 20) keeps GGUF files.
+    native = {("hf", "cuda"): 30, ("hf-gptq", "cuda"): 30, ("hf-awq", "cuda"): 30, ("gguf", "cuda"): 15}
 
     @classmethod
     def available(cls) -> str | None:

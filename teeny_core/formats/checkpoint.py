@@ -1,4 +1,4 @@
-"""Writing an ``hf-gptq`` checkpoint: packed linears, the rest of the state dict, config and tokenizer."""
+"""Writing a packed checkpoint (hf-gptq layout): packed linears, the rest of the state dict, config and tokenizer."""
 
 from __future__ import annotations
 
@@ -27,6 +27,33 @@ def checkpoint_tensors(model, packed: dict[str, dict[str, Any]], store_dtype) ->
         if tensor.is_floating_point():
             tensor = tensor.to(store_dtype)
         out[key] = tensor.detach().cpu().contiguous().clone()
+    return out
+
+
+SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                      "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def read_safetensors(path: Path) -> dict[str, Any]:
+    """Every tensor of a safetensors file, read into memory tensor by tensor without mapping the file.
+
+    ``safetensors.torch.load_file`` maps the file and copies each tensor out of the mapping, so a process's peak
+    RSS counts the weights twice; this reads each tensor's bytes straight into its own buffer."""
+    import torch
+
+    out: dict[str, Any] = {}
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        header.pop("__metadata__", None)
+        for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            start, end = info["data_offsets"]
+            f.seek(8 + size + start)
+            dtype = getattr(torch, SAFETENSORS_DTYPES[info["dtype"]])
+            data = bytearray(end - start)
+            f.readinto(data)
+            tensor = torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
+            out[name] = tensor.reshape(info["shape"])
     return out
 
 

@@ -1,0 +1,156 @@
+"""Packed low-bit linears for CPU: GPTQ/AWQ codes kept at 4 bits in memory, multiplied by torch's int4 kernel.
+
+The kernel is ``torch.ops.aten._weight_int4pack_mm_for_cpu`` (chosen by measurement, see
+benchmarks/results/runtimes.md). It computes ``x @ w.T`` with ``w = (q - 8) * scale + offset`` per group of
+32/64/128/256 input columns, from 4-bit codes packed by ``_convert_weight_to_int4pack_for_cpu``. A checkpoint's
+``w = scale * (q - zero)`` maps onto it exactly with ``offset = scale * (8 - zero)``:
+
+- 2/3/4-bit codes fit a nibble as they are; 8-bit codes are split into two nibble planes
+  ``q = 16 * hi + lo`` and run as two int4 products (``16 * scale`` on the high plane);
+- act-order (a non-monotonic ``g_idx``) becomes a fixed permutation of the input columns, applied to the
+  activations, when every group has the same number of columns;
+- group sizes above 256 (and per-channel scales) are split into kernel groups that repeat the scale and zero.
+
+A layout the kernel cannot express (unequal act-order groups, an input width no kernel group divides) keeps a
+float weight for that layer; :func:`pack_linears` says which and why. The kernel's fast path takes bfloat16
+activations (its float32 path is exact but several times slower above one row); the compute dtype is an option
+of the runtime. This module imports torch at import time: only runtimes import it, inside ``load``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+KERNEL_GROUPS = (256, 128, 64, 32)
+COMPUTE_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def available() -> bool:
+    """Whether this torch build has the CPU int4 kernel."""
+    return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+
+
+class PackedLinear(torch.nn.Module):
+    """``y = x @ w.T + b`` from one or two planes of 4-bit codes (see the module docstring)."""
+
+    def __init__(self, planes: list[tuple[Any, Any]], group: int, in_features: int, out_features: int,
+                 perm=None, bias=None) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.group = in_features, out_features, group
+        self.n_planes = len(planes)
+        for i, (codes, scale_offset) in enumerate(planes):
+            self.register_buffer(f"codes{i}", codes)
+            self.register_buffer(f"scale_offset{i}", scale_offset)
+        self.register_buffer("perm", perm)
+        self.register_buffer("bias", bias)
+
+    def forward(self, x):
+        shape = x.shape
+        flat = x.reshape(-1, self.in_features)
+        compute = self.scale_offset0.dtype
+        flat = flat.to(compute)
+        if self.perm is not None:
+            flat = flat.index_select(1, self.perm)
+        flat = flat.contiguous()
+        y = None
+        for i in range(self.n_planes):
+            part = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, getattr(self, f"codes{i}"), self.group,
+                                                              getattr(self, f"scale_offset{i}"))
+            y = part if y is None else y + part
+        y = y.to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype)
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, group={self.group}, "
+                f"planes={self.n_planes}, act_order={self.perm is not None}")
+
+
+def _kernel_group(linear) -> tuple[int | None, Any, str]:
+    """``(kernel group, column permutation or None, reason when unsupported)`` for one QuantizedLinear."""
+    cols = linear.q.shape[1]
+    g_idx = linear.g_idx.long()
+    groups = linear.scale.shape[1]
+    counts = torch.bincount(g_idx, minlength=groups)
+    if int(counts.min()) != int(counts.max()):
+        return None, None, f"groups of unequal width ({int(counts.min())}..{int(counts.max())} columns)"
+    width = int(counts[0])
+    perm = torch.argsort(g_idx, stable=True)
+    if bool((g_idx[perm] != torch.arange(cols) // width).any()):
+        return None, None, "g_idx does not map equal column runs to groups"
+    if bool((perm == torch.arange(cols)).all()):
+        perm = None
+    group = next((g for g in KERNEL_GROUPS if width % g == 0), None)
+    if group is None:
+        return None, None, f"group width {width} is not a multiple of 32"
+    return group, perm, ""
+
+
+def _plane(codes, scale, offset, group: int, width: int, dtype):
+    """Pack one plane: nibble codes [out, in] (already permuted) and per-group scale/offset [out, groups]."""
+    repeat = width // group  # kernel groups per checkpoint group
+    scale = scale.repeat_interleave(repeat, dim=1)
+    offset = offset.repeat_interleave(repeat, dim=1)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 1)
+    scale_offset = torch.stack([scale.t(), offset.t()], dim=-1).to(dtype).contiguous()
+    return packed, scale_offset
+
+
+def pack_linear(linear, compute: str = "bfloat16") -> tuple[PackedLinear | None, str]:
+    """A :class:`PackedLinear` for a ``QuantizedLinear``, or ``(None, reason)`` when the kernel cannot express it."""
+    dtype = COMPUTE_DTYPES[compute]
+    out_features, in_features = linear.q.shape
+    if linear.bits not in (2, 3, 4, 8):
+        return None, f"{linear.bits}-bit codes"
+    group, perm, reason = _kernel_group(linear)
+    if group is None:
+        return None, reason
+    width = in_features // linear.scale.shape[1]
+    q = linear.q if perm is None else linear.q[:, perm]
+    scale, zero = linear.scale.float(), linear.zero.float()
+    if linear.bits <= 4:
+        planes = [_plane(q, scale, scale * (8 - zero), group, width, dtype)]
+    else:  # q = 16 * hi + lo: (hi - 8) * 16s + s * (136 - zero) plus (lo - 8) * s + 0
+        planes = [_plane(q >> 4, 16 * scale, scale * (136 - zero), group, width, dtype),
+                  _plane(q & 15, scale, torch.zeros_like(scale), group, width, dtype)]
+    bias = None if linear.bias is None else linear.bias.float()
+    return PackedLinear(planes, group, in_features, out_features, perm=perm, bias=bias), ""
+
+
+def pack_linears(model, linears, compute: str = "bfloat16") -> tuple[list[str], dict[str, Any], dict[str, str]]:
+    """Put a :class:`PackedLinear` in place of each quantized linear of ``model`` that the kernel can express.
+
+    ``linears`` yields ``(name, QuantizedLinear)`` pairs, consumed one at a time. Returns ``(packed names,
+    fallback weights by tensor name, {linear name: why it stays float})``: the caller loads the fallback weights
+    (and biases) like any other tensor.
+    """
+    packed_names: list[str] = []
+    fallback: dict[str, Any] = {}
+    reasons: dict[str, str] = {}
+    for name, linear in linears:
+        packed, reason = pack_linear(linear, compute) if available() else (None, "no int4 CPU kernel in this torch")
+        if packed is None:
+            reasons[name] = reason
+            fallback[f"{name}.weight"] = linear.dequantize()
+            if linear.bias is not None:
+                fallback[f"{name}.bias"] = linear.bias
+            continue
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, packed)
+        packed_names.append(name)
+    return packed_names, fallback, reasons
+
+
+def tensor_bytes(model) -> int:
+    """Bytes of every distinct parameter and buffer of ``model`` as held (packed codes count at their size)."""
+    seen: set[int] = set()
+    total = 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
