@@ -212,7 +212,7 @@ def _checkpoint_variant(name: str, method: Any, checkpoint: Any, runtime: Any, r
         raise err(f"variant {name!r}: checkpoint={checkpoint!r} is not valid; expected a path or a hub id (a string)")
     if rest:
         raise err(f"variant {name!r}: unknown key {sorted(rest)[0]!r} for a checkpoint variant; "
-                  "valid keys: name, checkpoint, runtime")
+                  "valid keys: name, checkpoint, runtime, evaluators")
     if runtime is not None:
         _component(plugins, "runtime", runtime, err, f"variant {name!r} runtime")
     try:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 from teeny_core import windows
 from teeny_core.checkpoints import checkpoint_key, open_checkpoint
 from teeny_core.errors import TeenyError
-from teeny_core.experiment import BASELINE, Experiment, Variant
+from teeny_core.experiment import BASELINE, CHECKPOINT, Experiment, Variant
 from teeny_core.plugins import Plugins
 from teeny_core.source_match import source_match
 from teeny_core.store import (RunLock, SampleLog, StoreContext, options_signature, read_json, staging_dir,
@@ -164,7 +164,7 @@ class Pipeline:
         """Build what variants share before they run (in parallel): the baseline artifact and, if any variant
         needs one, the calibration set."""
         self.baseline_artifact()
-        if any(self.plugins.get("quantizer", v.method).needs_calibration for v in self.exp.variants):
+        if any(self.needs_calibration(v) for v in self.exp.variants):
             self.calibration()
 
     def variant_dir(self, name: str) -> Path:
@@ -185,7 +185,7 @@ class Pipeline:
 
     def needs_quantization(self, name: str) -> bool:
         vdir = self.root / name
-        return name != BASELINE and not self._complete(vdir, self.variant(name)) \
+        return name != BASELINE and not self.variant(name).checkpoint and not self._complete(vdir, self.variant(name)) \
             and not (vdir / "artifact" / ARTIFACT_MANIFEST).exists()
 
     def quantize(self, name: str) -> Artifact:
@@ -338,7 +338,7 @@ class Pipeline:
         parts: list[Any] = [self.baseline_id(), variant.method, variant.options, variant.runtime]
         if variant.checkpoint:
             return checkpoint_key(parts, variant.checkpoint)
-        if variant.method != "none" and self.plugins.get("quantizer", variant.method).needs_calibration:
+        if self.needs_calibration(variant):
             parts += [self.exp.calibration, self.exp.seed, windows.RULE]
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -398,20 +398,31 @@ class Pipeline:
         """Whether :meth:`prepare_shared` has work to do (a GGUF source to dequantize, a calibration set)."""
         if self.source.gguf_file and not (self.root / "_baseline" / self.source.identity() / ARTIFACT_MANIFEST).exists():
             return True
-        return any(self.plugins.get("quantizer", v.method).needs_calibration for v in self.exp.variants) \
-            and not self.calibration_path().exists()
+        return any(self.needs_calibration(v) for v in self.exp.variants) and not self.calibration_path().exists()
+
+    def needs_calibration(self, variant: Variant) -> bool:
+        """Whether the variant's quantizer calibrates (the baseline and existing checkpoints have none)."""
+        return variant.method not in ("none", CHECKPOINT) and \
+            self.plugins.get("quantizer", variant.method).needs_calibration
 
     # -- results -----------------------------------------------------------------------------------
     def variant_result(self, variant: Variant) -> VariantResult:
         vdir = self.root / variant.name
         samples = SampleLog(vdir / "samples.jsonl")
         records = {name: samples.for_evaluator(name, self.evaluator_config(name)) for name in self.exp.evaluators}
-        artifact = (self.baseline_artifact() if variant.name == BASELINE else
-                    open_checkpoint(variant.checkpoint) if variant.checkpoint else Artifact.open(vdir / "artifact"))
+        artifact = self.variant_artifact(variant)
         return VariantResult(name=variant.name, method=variant.method, describe=self.describe(variant),
                              records=records, metrics=read_json(vdir / "metrics.json", {}, expect=dict),
                              profile=read_json(vdir / "profile.json", {}, expect=dict),
                              artifact_bytes=artifact.size_bytes())
+
+    def variant_artifact(self, variant: Variant) -> Artifact:
+        """What the variant evaluated: the baseline, an existing checkpoint, or the artifact the run made."""
+        if variant.name == BASELINE:
+            return self.baseline_artifact()
+        if variant.checkpoint:
+            return open_checkpoint(variant.checkpoint)
+        return Artifact.open(self.root / variant.name / "artifact")
 
     def collect(self, manifest: dict[str, Any], outcomes: dict[str, Any]) -> dict[str, Any]:
         """results.json from the store entries; variants that failed are listed with their error, unanalyzed."""
@@ -437,7 +448,7 @@ class Pipeline:
                             "artifact_bytes": r.artifact_bytes, "metrics": r.metrics, "profile": r.profile,
                             "packed_bytes": _artifact_meta(self.root, r.name).get("packed_bytes"),
                             "source_match": None if r.name == BASELINE
-                            else source_match(self.source, self.root / r.name / "artifact")})
+                            else source_match(self.source, self.variant_artifact(self.variant(r.name)))})
         declared = {name: self.plugins.get("evaluator", name).declaration() for name in self.exp.evaluators}
         return {"experiment": self.exp.name, "config_hash": self.exp.config_hash(), "baseline": BASELINE,
                 "evaluators": declared, "variants": entries, "analysis": analysis, "manifest": manifest}

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from teeny_core.errors import TeenyError
 
 if TYPE_CHECKING:
-    from teeny_core.types import ModelSource
+    from teeny_core.types import Artifact, ModelSource
 
 FLOAT_TYPES = frozenset({"F32", "F16", "BF16", "F64"})
 FLAG_SHARE = 0.5  # flagged from this share of the source's quantized tensors stored in the same type
@@ -124,11 +124,13 @@ def compare_layouts(source: tuple[str | None, dict[str, tuple[str, int]]],
             "source_quantized_tensors": len(quantized), "same_type_weight_share": round(weight_share, 4)}
 
 
-def source_match(source: ModelSource, artifact_dir: str | Path) -> dict[str, Any] | None:
-    """:func:`compare_layouts` for the artifact in ``artifact_dir`` when it and ``source`` are GGUF, else None."""
+def source_match(source: ModelSource, artifact: Artifact | str | Path) -> dict[str, Any] | None:
+    """:func:`compare_layouts` for ``artifact`` (or the artifact directory) when it and ``source`` are GGUF, else
+    None."""
     from teeny_core.types import Artifact
 
-    artifact = Artifact.open(artifact_dir)
+    if not isinstance(artifact, Artifact):
+        artifact = Artifact.open(artifact)
     if not source.gguf_file or artifact.format != "gguf":
         return None
     return compare_layouts(gguf_layout(Path(source.path) / source.gguf_file), gguf_layout(artifact.location))

@@ -96,7 +96,8 @@ def test_teeny_plugins_and_list_show_it(installed):
     assert out.returncode == 0, out.stderr
     [info] = [i for i in json.loads(out.stdout) if i["name"] == "prune"]
     assert info == {"name": "prune", "distribution": "teeny-prune", "version": "0.1.0", "builtin": False,
-                    "hooks": ["teeny_register_quantizers"], "components": ["quantizer:prune"], "error": None}
+                    "hooks": ["teeny_register_quantizers"], "components": ["quantizer:prune"], "error": None,
+                    "unavailable": {}}
     listed = teeny(site, "list", "quantizer", cwd=work, TEENY_LOAD_PLUGINS="prune")
     assert listed.returncode == 0, listed.stderr
     assert "prune  Unstructured magnitude pruning" in listed.stdout

@@ -156,10 +156,11 @@ def test_rtn_writes_hf_gptq_when_its_grid_fits_and_runs_packed(teeny_plugins, ti
 def test_transformers_runtime_ranks_packed_cpu_formats_as_native():
     from teeny_core.builtin.transformers_runtime import TransformersRuntime
 
-    assert TransformersRuntime.priority("hf-gptq", "cpu") == 2
-    assert TransformersRuntime.priority("hf-awq", "cuda") == 1
-    assert TransformersRuntime.priority("gguf", "cpu") == 1
-    assert TransformersRuntime.priority("onnx", "cpu") == 0
+    native = TransformersRuntime.priority("hf", "cpu")
+    assert TransformersRuntime.priority("hf-gptq", "cpu") == TransformersRuntime.priority("hf-awq", "cpu") == native
+    assert TransformersRuntime.priority("hf-awq", "cuda") == 0  # dequantized on load: loads, not native
+    assert TransformersRuntime.priority("gguf", "cpu") == 0
+    assert TransformersRuntime.priority("onnx", "cpu") is None
 
 
 def test_checkpoint_tensors_read_without_mapping_equal_safetensors_own_reader(tiny_model, tmp_path):

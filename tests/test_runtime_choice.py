@@ -55,11 +55,11 @@ def test_a_named_runtime_always_wins_and_must_load_the_format(plugins):
     assert plugins.runtime_for("hf-gptq", "transformers", device="cpu").name == "transformers"
     with pytest.raises(TeenyError, match="runtime 'llama.cpp' cannot load format 'hf'; it loads gguf"):
         plugins.runtime_for("hf", "llama.cpp", device="cpu")
-    with pytest.raises(TeenyError, match="no installed runtime loads artifact format 'onnx'"):
+    with pytest.raises(TeenyError, match="no available runtime loads artifact format 'onnx' on cpu"):
         plugins.runtime_for("onnx", device="cpu")
 
 
 def test_priority_reads_native_by_device():
     assert TransformersRuntime.priority("hf", "cpu") == 10
-    assert TransformersRuntime.priority("hf-gptq", "cpu") == 0  # dequantized on load: loads, not native
+    assert TransformersRuntime.priority("hf-gptq", "cuda") == 0  # dequantized on load: loads, not native
     assert TransformersRuntime.priority("exl2", "cpu") is None
