@@ -1,78 +1,26 @@
-"""Writing an ``hf-gptq`` checkpoint: packed linears, the rest of the state dict, config and tokenizer."""
+"""Writing an ``hf-gptq`` checkpoint's files next to the walker's shards: config, quantize config, tokenizer."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
-SHARD_BYTES = 4 * 2**30
 
-
-def checkpoint_tensors(model, packed: dict[str, dict[str, Any]], store_dtype) -> dict[str, Any]:
-    """The tensors to save: each packed linear's qweight/qzeros/scales/g_idx in place of its weight, every
-    other tensor cast to ``store_dtype`` (floating ones only); tied tensors are saved once."""
-    out: dict[str, Any] = {}
-    seen: set[tuple] = set()
-    for key, tensor in model.state_dict().items():
-        module, _, leaf = key.rpartition(".")
-        if module in packed and leaf == "weight":
-            for suffix, value in packed[module].items():
-                out[f"{module}.{suffix}"] = value.contiguous()
-            continue
-        identity = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape))
-        if tensor.numel() and identity in seen:  # tied weights (lm_head = embed_tokens): saved once
-            continue
-        seen.add(identity)
-        if tensor.is_floating_point():
-            tensor = tensor.to(store_dtype)
-        out[key] = tensor.detach().cpu().contiguous().clone()
-    return out
-
-
-def save_safetensors(tensors: dict[str, Any], out_dir: Path, shard_bytes: int = SHARD_BYTES) -> list[str]:
-    """Save as ``model.safetensors`` or, past ``shard_bytes``, as shards with ``model.safetensors.index.json``."""
-    from safetensors.torch import save_file
-
-    shards: list[dict[str, Any]] = [{}]
-    size = 0
-    for key, tensor in tensors.items():
-        nbytes = tensor.numel() * tensor.element_size()
-        if shards[-1] and size + nbytes > shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][key] = tensor
-        size += nbytes
-    if len(shards) == 1:
-        save_file(shards[0], str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-        return ["model.safetensors"]
-    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    weight_map = {}
-    for name, shard in zip(names, shards):
-        save_file(shard, str(out_dir / name), metadata={"format": "pt"})
-        weight_map.update({k: name for k in shard})
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True))
-    return names
-
-
-def write_checkpoint(model, tokenizer, packed: dict[str, dict[str, Any]], out_dir: Path,
-                     quantization_config: dict[str, Any], store_dtype: str) -> list[str]:
-    """Write safetensors, config.json (with ``quantization_config``), quantize_config.json (read by
-    AutoGPTQ/GPTQModel), the generation config and the tokenizer into ``out_dir``; return the weight files."""
-    from teeny_core.modeling import torch_dtype
-
+def write_checkpoint(config, tokenizer, out_dir: Path, quantization_config: dict[str, Any], store_dtype: str,
+                     source_dir: Path) -> None:
+    """Write config.json (with ``quantization_config``), quantize_config.json (read by AutoGPTQ/GPTQModel), the
+    generation config and the tokenizer into ``out_dir``; the weights are already there."""
     out_dir = Path(out_dir)
-    files = save_safetensors(checkpoint_tensors(model, packed, torch_dtype(store_dtype)), out_dir)
-    model.config.save_pretrained(out_dir)
+    config.save_pretrained(out_dir)
     cfg_path = out_dir / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["quantization_config"] = quantization_config
     cfg["dtype"] = store_dtype
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
     (out_dir / "quantize_config.json").write_text(json.dumps(quantization_config, indent=2, sort_keys=True))
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.save_pretrained(out_dir)
+    generation = Path(source_dir) / "generation_config.json"
+    if generation.exists():
+        shutil.copyfile(generation, out_dir / "generation_config.json")
     tokenizer.save_pretrained(out_dir)
-    return files
