@@ -86,6 +86,15 @@ def safetensors_dir(source) -> Path:
     return Path(snapshot_download(source.path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
 
 
+def copy_generation_config(source_dir: Path, out_dir: Path) -> None:
+    """Carry the source's generation_config.json (if any) into an artifact."""
+    import shutil
+
+    generation = Path(source_dir) / "generation_config.json"
+    if generation.exists():
+        shutil.copyfile(generation, Path(out_dir) / "generation_config.json")
+
+
 # --- writing ---------------------------------------------------------------------------------------
 
 class ShardWriter:

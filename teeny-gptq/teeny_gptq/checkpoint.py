@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,8 @@ def write_checkpoint(config, tokenizer, out_dir: Path, quantization_config: dict
                      source_dir: Path) -> None:
     """Write config.json (with ``quantization_config``), quantize_config.json (read by AutoGPTQ/GPTQModel), the
     generation config and the tokenizer into ``out_dir``; the weights are already there."""
+    from teeny_core.walker import copy_generation_config
+
     out_dir = Path(out_dir)
     config.save_pretrained(out_dir)
     cfg_path = out_dir / "config.json"
@@ -20,7 +21,5 @@ def write_checkpoint(config, tokenizer, out_dir: Path, quantization_config: dict
     cfg["dtype"] = store_dtype
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
     (out_dir / "quantize_config.json").write_text(json.dumps(quantization_config, indent=2, sort_keys=True))
-    generation = Path(source_dir) / "generation_config.json"
-    if generation.exists():
-        shutil.copyfile(generation, out_dir / "generation_config.json")
+    copy_generation_config(source_dir, out_dir)
     tokenizer.save_pretrained(out_dir)

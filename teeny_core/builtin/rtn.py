@@ -29,19 +29,6 @@ def skipped(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) or name == p for p in patterns)
 
 
-def packed_bytes(model, quantized: dict[str, tuple[int, int]], bits: int, scale_count: int) -> int:
-    """Bytes a packed deployment needs: quantized weights at ``bits``, fp16 scales and zeros, the rest as stored."""
-    total = 0
-    for name, p in model.named_parameters():
-        module = name.rsplit(".", 1)[0]
-        if module in quantized and name.endswith("weight"):
-            rows, cols = quantized[module]
-            total += rows * cols * bits // 8
-        else:
-            total += p.numel() * p.element_size()
-    return total + scale_count * 4  # fp16 scale + fp16 zero per group
-
-
 class RTNQuantizer(Quantizer):
     """Round-to-nearest: integer weights per tensor, channel or group (stored dequantized), or a fp16/bf16 cast."""
 
@@ -50,40 +37,72 @@ class RTNQuantizer(Quantizer):
 
     def quantize(self, source: ModelSource, calibration: CalibrationSet | None, options: Options,
                  out_dir: Path) -> Artifact:
-        import torch
+        """Streamed by the core's layer walker: one decoder layer in memory at a time."""
+        import json
 
-        from teeny_core.modeling import linear_layers, save_hf_model, torch_dtype
+        from teeny_core.modeling import linear_layers, torch_dtype
         from teeny_core.quant import dequantize_weight, quantize_weight
+        from teeny_core.walker import ShardWriter, Solved, copy_generation_config, safetensors_dir, walk
 
         assert isinstance(options, RTNOptions)
         dtype = options.dtype
         if options.bits == 16 and dtype == "auto":
             dtype = "float16"
-        model, tokenizer = source.load(dtype="float32")
+        store_dtype = dtype if dtype != "auto" else _source_dtype(source)
+        store = torch_dtype(store_dtype)
+        path = safetensors_dir(source)
+        config = json.loads((path / "config.json").read_text())
+        untie = options.bits < 16 and config.get("tie_word_embeddings", False) and not skipped("lm_head", options.skip)
         quantized: dict[str, tuple[int, int]] = {}
         scale_count = 0
-        if options.bits < 16:
-            if getattr(model.config, "tie_word_embeddings", False) and not skipped("lm_head", options.skip):
-                model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
-                model.config.tie_word_embeddings = False
-            with torch.no_grad():
-                for name, linear in linear_layers(model).items():
-                    if skipped(name, options.skip):
-                        continue
-                    q, scale, zero = quantize_weight(linear.weight, options.bits, options.scheme,
-                                                     options.granularity, options.group_size)
-                    linear.weight.copy_(dequantize_weight(q, scale, zero))
-                    quantized[name] = tuple(linear.weight.shape)
-                    scale_count += scale.numel()
-        store_dtype = dtype if dtype != "auto" else _source_dtype(source)
-        if store_dtype != "float32":
-            model.to(torch_dtype(store_dtype))
+
+        def rounded(name: str, weight):
+            nonlocal scale_count
+            q, scale, zero = quantize_weight(weight, options.bits, options.scheme, options.granularity,
+                                             options.group_size)
+            quantized[name] = tuple(weight.shape)
+            scale_count += scale.numel()
+            return dequantize_weight(q, scale, zero)
+
+        def solve(work) -> Solved:
+            if options.bits < 16:
+                for name, linear in linear_layers(work.layer, f"{work.prefix}.").items():
+                    if not skipped(name, options.skip):
+                        linear.weight.data.copy_(rounded(name, linear.weight.data))
+            return Solved()
+
+        def outside(key: str, tensor):
+            if options.bits == 16 or not key.endswith(".weight"):
+                return None
+            if untie and key == "model.embed_tokens.weight":
+                return {key: tensor.to(store), "lm_head.weight": rounded("lm_head", tensor.float()).to(store)}
+            if key == "lm_head.weight" and not skipped("lm_head", options.skip):
+                return {key: rounded("lm_head", tensor.float()).to(store)}
+            return None
+
+        out_dir = Path(out_dir)
+        writer = ShardWriter(out_dir)
+        facts = walk(path, solve, writer, store_dtype=store_dtype, outside=outside)
+        writer.close()
         record = {"method": "rtn", **options.to_dict(), "stored_dtype": store_dtype,
                   "quantized_layers": sorted(quantized)}
-        save_hf_model(model, tokenizer, out_dir, extra_config={"teeny_quantization": record})
-        bits = options.bits if options.bits < 16 else 16
-        n_params = sum(p.numel() for p in model.parameters())
-        packed = packed_bytes(model, quantized, bits, scale_count) if quantized else n_params * 2
+        cfg = facts["config"]
+        if untie:
+            cfg.tie_word_embeddings = False
+        cfg.save_pretrained(out_dir)
+        cfg_path = out_dir / "config.json"
+        saved = json.loads(cfg_path.read_text())
+        saved.update({"dtype": store_dtype, "teeny_quantization": record})
+        cfg_path.write_text(json.dumps(saved, indent=2, sort_keys=True))
+        copy_generation_config(path, out_dir)
+        source.load_tokenizer().save_pretrained(out_dir)
+        n_params = facts["params"] + (facts["config"].hidden_size * facts["config"].vocab_size if untie else 0)
+        if quantized:
+            element = torch_dtype(store_dtype).itemsize
+            packed = (writer.total + scale_count * 4
+                      - sum(r * c * element - r * c * options.bits // 8 for r, c in quantized.values()))
+        else:
+            packed = n_params * 2
         meta: dict[str, Any] = {**record, "packed_bytes": packed, "bits_per_weight": 8 * packed / n_params}
         artifact = Artifact(format="hf", path=out_dir, meta=meta)
         artifact.save()
