@@ -20,8 +20,9 @@ from typing import Any, Callable, Iterator
 from teeny_core.arch import ArchSpec, spec_for
 from teeny_core.errors import TeenyError
 
-SHARD_BYTES = 2 * 2**30
-"""Largest output shard; shards are flushed as they fill, so this also bounds the writer's buffer."""
+SHARD_BYTES = 2**30
+"""Largest output shard (unless one tensor is larger); shards are flushed as they fill, so this also bounds
+the writer's buffer."""
 
 
 class _Stop(Exception):
@@ -60,6 +61,10 @@ class ShardReader:
         if file not in self._open:
             self._open[file] = safe_open(str(file), "pt")
         return self._open[file].get_tensor(key)
+
+    def release(self) -> None:
+        """Unmap the shards: pages read through the memory map count toward this process's RSS until then."""
+        self._open.clear()
 
     def shape(self, key: str) -> list[int]:
         from safetensors import safe_open
@@ -103,6 +108,7 @@ class ShardWriter:
 
     def __init__(self, out_dir: str | Path, shard_bytes: int = SHARD_BYTES):
         self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.shard_bytes = shard_bytes
         self._pending: dict[str, Any] = {}
         self._size = 0
@@ -218,9 +224,9 @@ def _set_buffer(root, name: str, value) -> None:
     owner.register_buffer(leaf, value, persistent=persistent)
 
 
-def build_skeleton(config, spec: ArchSpec, reader: ShardReader, dtype):
-    """The causal LM with every weight on ``meta`` except the embedding (loaded) and the buffers outside the
-    layers (rotary frequencies, embedding scales), taken from a one-layer twin built on the CPU."""
+def build_skeleton(config, spec: ArchSpec, reader: ShardReader, dtype, with_embedding: bool = True):
+    """The causal LM with every weight on ``meta`` except the embedding (loaded when ``with_embedding``) and the
+    buffers outside the layers (rotary frequencies, embedding scales), taken from a one-layer twin on the CPU."""
     import copy
 
     import torch
@@ -230,8 +236,10 @@ def build_skeleton(config, spec: ArchSpec, reader: ShardReader, dtype):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     embed = _module(model, spec.embed)
     embed.to_empty(device="cpu")
-    with torch.no_grad():
-        embed.weight.copy_(reader.get(f"{spec.embed}.weight"))
+    if with_embedding:
+        with torch.no_grad():
+            embed.weight.copy_(reader.get(f"{spec.embed}.weight"))
+        reader.release()
     twin_config = copy.deepcopy(config)
     twin_config.num_hidden_layers = 1
     if getattr(twin_config, "layer_types", None):  # one layer of each type, so every rotary variant is built
@@ -275,6 +283,7 @@ def load_layer(layer, spec: ArchSpec, index: int, reader: ShardReader, dtype, de
     with torch.no_grad():
         for name, tensor in layer.state_dict(keep_vars=True).items():
             tensor.copy_(state[name].to(dtype))
+    reader.release()
 
 
 def fuse_experts(state: dict[str, Any], spec: ArchSpec) -> dict[str, Any]:
@@ -398,7 +407,7 @@ def walk(path: str | Path, solve: Callable[[LayerWork], Solved], writer: ShardWr
     spec = spec_for(getattr(config, "model_type", None))
     reader = ShardReader(path)
     dtype, store = torch_dtype(compute_dtype), torch_dtype(store_dtype)
-    model = build_skeleton(config, spec, reader, dtype)
+    model = build_skeleton(config, spec, reader, dtype, with_embedding=calibration_ids is not None)
     layers = list(_module(model, spec.layers))
     check_layer_class(layers[0], spec)
     acts, per_layer = None, None
@@ -448,10 +457,12 @@ def walk(path: str | Path, solve: Callable[[LayerWork], Solved], writer: ShardWr
         if key.startswith(f"{spec.layers}."):
             continue
         tensor = reader.get(key)
+        reader.release()
         params += tensor.numel()
         replaced = outside(key, tensor) if outside else None
         for name, value in (replaced or {key: cast(tensor)}).items():
             writer.add(name, value)
+        del tensor, replaced
     return {"config": config, "spec": spec, "layer_errors": errors, "params": params,
             "spilled_batches": spilled}
 
