@@ -30,11 +30,10 @@ class Experts:
 
     In memory the experts are fused 3-D parameters (``gate_up_proj`` [E, 2I, H] = gate over up, ``down_proj``
     [E, H, I]); on disk each expert has its own ``{module}.{e}.gate_proj/up_proj/down_proj.weight``; the walker
-    converts between the two. Calibration is routed by running the layer as the model does, so expert ``e``
-    sees only the tokens its router sends it. Status: the solvers quantize the attention and shared-expert
-    linears; the routed experts are written in the source dtype (as before the walker). The intended fallback
-    for an expert no calibration token reaches is round-to-nearest (an identity Hessian), as GPTQ already does
-    for a linear the calibration never calls.
+    converts between the two. Calibration is routed: the layer runs as the model does and expert ``e`` is
+    solved on the tokens its router sends it (GPTQ; RTN rounds every linear but leaves the fused experts in
+    the source dtype, as before). Fallback: an expert no calibration token reaches is quantized with
+    round-to-nearest (an identity Hessian), as GPTQ does for a linear the calibration never calls.
     """
 
     module: str  # e.g. "mlp.experts"

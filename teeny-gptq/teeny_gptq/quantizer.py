@@ -219,7 +219,11 @@ def layer_linears(path) -> dict[str, tuple[int, int]]:
     reader = ShardReader(path)
     out = {}
     for index in range(config["num_hidden_layers"]):
-        for name in spec.linears():
+        names = list(spec.linears())
+        if spec.experts:  # routed experts, one linear per expert and projection on disk
+            names += [f"{spec.experts.module}.{e}.{p}" for e in range(config["num_experts"])
+                      for p in spec.experts.disk_linears]
+        for name in names:
             key = f"{spec.layer_prefix(index)}.{name}.weight"
             if key in reader.files:
                 out[key[:-len(".weight")]] = tuple(reader.shape(key))

@@ -37,6 +37,37 @@ def whole_model_reference(path, ids, batch_size, bits, group_size, sym):
                     module.weight.copy_(r.w_hat)
                 for suffix, t in pack_linear(r.q, r.scale, r.zero, r.g_idx, bits, "gptq").items():
                     out[f"{spec.layer_prefix(index)}.{name}.{suffix}"] = t
+        if spec.experts:  # routed: each expert's Hessian from the tokens the router's top-k sends it
+            experts = layer.get_submodule(spec.experts.module)
+            inter = experts.gate_up_proj.shape[1] // 2
+            for stage, param, parts in (("gate_up", experts.gate_up_proj, ("gate_proj", "up_proj")),
+                                        ("down", experts.down_proj, ("down_proj",))):
+                acc = [HessianAccumulator(param.shape[2]) for _ in range(param.shape[0])]
+
+                def routed(mod, args, output, stage=stage, acc=acc):
+                    x_all, selected = args[0], output[2]
+                    for e in range(len(acc)):
+                        x = x_all[(selected == e).any(-1)]
+                        if stage == "down":
+                            gate, up = torch.nn.functional.linear(x, experts.gate_up_proj[e]).chunk(2, dim=-1)
+                            x = experts.act_fn(gate) * up
+                        acc[e].add(x)
+
+                handle = layer.get_submodule(spec.experts.router).register_forward_hook(routed)
+                with torch.no_grad():
+                    for batch in torch.split(ids, batch_size):
+                        model(input_ids=batch, use_cache=False)
+                handle.remove()
+                for e in range(param.shape[0]):
+                    H = acc[e].H if acc[e].rows else torch.eye(param.shape[2])
+                    r = gptq_quantize(param[e], H, bits=bits, group_size=group_size, sym=sym)
+                    with torch.no_grad():
+                        param[e].copy_(r.w_hat)
+                    rows = [slice(0, inter), slice(inter, None)] if stage == "gate_up" else [slice(None)]
+                    for part, sl in zip(parts, rows):
+                        packed = pack_linear(r.q[sl], r.scale[sl], r.zero[sl], r.g_idx, bits, "gptq")
+                        for suffix, t in packed.items():
+                            out[f"{spec.layer_prefix(index)}.{spec.experts.module}.{e}.{part}.{suffix}"] = t
     state = {k: v for k, v in model.state_dict().items()}
     if spec.experts:
         for index in range(len(model.model.layers)):
