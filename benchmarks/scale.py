@@ -146,16 +146,17 @@ def main() -> None:
                 r = run(method, main_model, args.work / f"out-{method}", options)
                 rows.append((method, args.layers, r))
                 print(method, args.layers, r, flush=True)
+                write_results(rows, args)
         if "gptq" in args.methods:
             for n in args.gptq_layers:
                 view = layer_view(model, args.work / f"view-{n}", n)
                 r = run("gptq", view, args.work / f"out-gptq-{n}", {"bits": 4, "group_size": 128, "device": "cpu"})
                 rows.append(("gptq", n, r))
                 print("gptq", n, r, flush=True)
+                write_results(rows, args)
     finally:
         if not args.keep:
             shutil.rmtree(args.work, ignore_errors=True)
-    write_results(rows, args)
 
 
 def write_results(rows, args) -> None:
@@ -178,8 +179,7 @@ def write_results(rows, args) -> None:
                      f"{full:.0f}{note} |")
     lines += ["", "Extrapolation is linear in layers from the measured run (it charges the embedding, lm_head and "
               "start-up to every layer, so it overestimates); the per-layer peak RSS is what the walker bounds."]
-    RESULTS.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    RESULTS.write_text("\n".join(lines) + "\n")  # after every run, so an interrupted run keeps what it measured
 
 
 if __name__ == "__main__":

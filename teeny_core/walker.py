@@ -21,8 +21,10 @@ from teeny_core.arch import ArchSpec, spec_for
 from teeny_core.errors import TeenyError
 
 SHARD_BYTES = 2**30
-"""Largest output shard (unless one tensor is larger); shards are flushed as they fill, so this also bounds
-the writer's buffer."""
+"""Largest output shard (unless one tensor is larger)."""
+LAYER_FLUSH_BYTES = 16 * 2**20
+"""At the end of a layer, a pending shard this large is written out, so the writer holds about one layer's
+output rather than an amount that grows with depth (tiny models still get a single file)."""
 
 
 class _Stop(Exception):
@@ -122,6 +124,10 @@ class ShardWriter:
         self._pending[key] = tensor.detach().cpu().contiguous()
         self._size += nbytes
         self.total += nbytes
+
+    def end_of_layer(self) -> None:
+        if self._size >= LAYER_FLUSH_BYTES:
+            self._flush()
 
     def _flush(self) -> None:
         from safetensors.torch import save_file
@@ -442,6 +448,7 @@ def walk(path: str | Path, solve: Callable[[LayerWork], Solved], writer: ShardWr
                 writer.add(f"{prefix}.{key}", cast(value))
         for key, value in solved.tensors.items():
             writer.add(f"{prefix}.{key}", value)
+        writer.end_of_layer()
         layer.to_empty(device="meta")
         if per_layer:
             per_layer[index] = []
