@@ -1,0 +1,202 @@
+"""GPTQ as a solver on the core's layer walker: quantize one decoder layer's linears in true-sequential groups
+(the architecture spec's groups: q/k/v, o, gate/up, down), each with inputs from the already quantized part.
+
+The walker (:mod:`teeny_core.walker`) streams the layers and the activations; this module only solves a layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import logging
+import time
+from typing import Any, Callable
+
+from teeny_gptq.gptq import GPTQResult, HessianAccumulator, MSESearch, gptq_quantize
+
+log = logging.getLogger("teeny_gptq")
+
+
+class _Stop(Exception):
+    """Raised from a hook to end a forward pass early once everything needed was recorded."""
+
+
+@dataclasses.dataclass
+class GPTQSettings:
+    """What :func:`gptq_solver` needs from the quantizer's options."""
+
+    bits: int = 4
+    group_size: int = 128
+    sym: bool = True
+    act_order: bool = False
+    static_groups: bool = False
+    true_sequential: bool = True
+    block_size: int = 128
+    damp_percent: float = 0.01
+    damp_increment: float = 0.0025
+    mse: MSESearch | None = None
+    skip: tuple[str, ...] = ("lm_head",)
+    batch_size: int = 8
+
+
+def skipped(name: str, patterns) -> bool:
+    """Whether a module's qualified name matches one of the glob patterns (or equals one)."""
+    return any(fnmatch.fnmatchcase(name, p) or name == p for p in patterns)
+
+
+def gptq_solver(settings: GPTQSettings, on_linear: Callable[[str, "QuantizedLinear"], dict[str, Any]]):
+    """A walker solver: GPTQ every non-skipped linear of the layer, group by group, in place (each weight
+    becomes its dequantized weight, so the next layer sees quantized outputs). ``on_linear(name, outcome)``
+    returns the tensors to write for that linear (suffix -> tensor, e.g. ``qweight``)."""
+
+    def solve(work):
+        from teeny_core.walker import Solved
+
+        layer, prefix = work.layer, work.prefix
+        names = [n for n in work.spec.linears() if not skipped(f"{prefix}.{n}", settings.skip)]
+        groups = [[n for n in g.linears if n in names] for g in work.spec.groups] if settings.true_sequential \
+            else [names]
+        solved = Solved()
+        losses = []
+        for group in groups:
+            modules = {n: layer.get_submodule(n) for n in group}
+            for name, outcome in _quantize_group(layer, modules, work.inputs, work.args, settings):
+                for suffix, tensor in on_linear(f"{prefix}.{name}", outcome).items():
+                    solved.tensors[f"{name}.{suffix}"] = tensor
+                solved.replaced.add(name)
+                losses.append(outcome.result.loss)
+        if work.spec.experts and work.inputs is not None:
+            for name, outcome in _quantize_experts(layer, work.spec, work.inputs, work.args, prefix, settings):
+                for suffix, tensor in on_linear(f"{prefix}.{name}", outcome).items():
+                    solved.tensors[f"{name}.{suffix}"] = tensor
+                solved.replaced.add(name)
+                losses.append(outcome.result.loss)
+        solved.error = max(losses) if losses else None
+        return solved
+
+    return solve
+
+
+@dataclasses.dataclass
+class QuantizedLinear:
+    """One linear's GPTQ outcome, everything on the CPU."""
+
+    result: GPTQResult
+    bias: Any
+    seconds: float
+
+
+def _quantize_group(layer, group: dict[str, Any], hidden, layer_args, settings: GPTQSettings):
+    """Accumulate the Hessians of one group's linears over all batches, then GPTQ each of them."""
+    import torch
+
+    from teeny_core.walker import run_layer
+
+    if not group:
+        return
+    device = next(iter(group.values())).weight.device
+    accumulators = {name: HessianAccumulator(m.in_features, device=device) for name, m in group.items()}
+    remaining: set[str] = set()
+    handles = []
+    for name, module in group.items():
+        def hook(mod, inp, name=name):
+            accumulators[name].add(inp[0].detach())
+            remaining.discard(name)
+            if not remaining:
+                raise _Stop  # every linear of the group has its input: the rest of the block is not needed
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            for h, a in zip(hidden, layer_args):
+                remaining.update(group)
+                try:
+                    run_layer(layer, h.to(device), a)
+                except _Stop:
+                    pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name, module in group.items():
+        start = time.perf_counter()
+        acc = accumulators.pop(name)
+        H = acc.H
+        if acc.rows == 0:
+            log.warning("%s: never called during calibration; quantizing with round-to-nearest", name)
+            H = torch.eye(module.in_features, device=device)
+        result = gptq_quantize(module.weight, H, bits=settings.bits, group_size=settings.group_size,
+                               sym=settings.sym, act_order=settings.act_order,
+                               static_groups=settings.static_groups, block_size=settings.block_size,
+                               damp_percent=settings.damp_percent, damp_increment=settings.damp_increment,
+                               mse=settings.mse, name=name)
+        del H, acc
+        with torch.no_grad():
+            module.weight.copy_(result.w_hat.to(module.weight.dtype))
+        cpu = dataclasses.replace(result, q=result.q.cpu(), scale=result.scale.cpu(), zero=result.zero.cpu(),
+                                  g_idx=result.g_idx.cpu(), w_hat=result.w_hat.cpu())
+        bias = module.bias.detach().cpu().clone() if module.bias is not None else None
+        yield name, QuantizedLinear(cpu, bias, time.perf_counter() - start)
+
+
+def _quantize_experts(layer, spec, hidden, layer_args, prefix: str, settings: GPTQSettings):
+    """GPTQ every routed expert of a mixture-of-experts layer on the tokens its router sends it: first each
+    expert's gate/up (one solve over both, whose rows are independent), then its down projection on the
+    activations of the quantized gate/up. An expert no calibration token reaches falls back to
+    round-to-nearest (identity Hessian). Yields ``(disk module name, outcome)`` per expert projection."""
+    import torch
+
+    from teeny_core.walker import run_layer
+
+    ex = spec.experts
+    experts = layer.get_submodule(ex.module)
+    n_experts, double_inter, _ = experts.gate_up_proj.shape
+    inter = double_inter // 2
+    device = experts.gate_up_proj.device
+    for stage, param in (("gate_up", experts.gate_up_proj), ("down", experts.down_proj)):
+        names = {e: [f"{ex.module}.{e}.{p}" for p in (("gate_proj", "up_proj") if stage == "gate_up" else ("down_proj",))]
+                 for e in range(n_experts)}
+        todo = [e for e in range(n_experts) if not any(skipped(f"{prefix}.{n}", settings.skip) for n in names[e])]
+        if not todo:
+            continue
+        accumulators = {e: HessianAccumulator(param.shape[2], device=device) for e in todo}
+
+        def hook(mod, args):
+            states, top_k_index = args[0], args[1]
+            for e in todo:
+                x = states[(top_k_index == e).any(-1)]
+                if stage == "down":
+                    gate, up = torch.nn.functional.linear(x, mod.gate_up_proj[e]).chunk(2, dim=-1)
+                    x = mod.act_fn(gate) * up
+                accumulators[e].add(x.detach())
+            raise _Stop
+
+        handle = experts.register_forward_pre_hook(hook)
+        try:
+            with torch.no_grad():
+                for h, a in zip(hidden, layer_args):
+                    try:
+                        run_layer(layer, h.to(device), a)
+                    except _Stop:
+                        pass
+        finally:
+            handle.remove()
+        for e in todo:
+            start = time.perf_counter()
+            acc = accumulators.pop(e)
+            H = acc.H
+            if acc.rows == 0:
+                log.warning("%s.%s expert %d: no calibration token routed to it; round-to-nearest", prefix, ex.module, e)
+                H = torch.eye(param.shape[2], device=device)
+            result = gptq_quantize(param[e], H, bits=settings.bits, group_size=settings.group_size,
+                                   sym=settings.sym, act_order=settings.act_order,
+                                   static_groups=settings.static_groups, block_size=settings.block_size,
+                                   damp_percent=settings.damp_percent, damp_increment=settings.damp_increment,
+                                   mse=settings.mse, name=f"{ex.module}.{e}.{stage}")
+            with torch.no_grad():
+                param[e].copy_(result.w_hat.to(param.dtype))
+            seconds = time.perf_counter() - start
+            rows = [slice(0, inter), slice(inter, double_inter)] if stage == "gate_up" else [slice(None)]
+            for name, part in zip(names[e], rows):
+                piece = dataclasses.replace(result, q=result.q[part].cpu(), scale=result.scale[part].cpu(),
+                                            zero=result.zero[part].cpu(), g_idx=result.g_idx.cpu().clone(),
+                                            w_hat=result.w_hat[part].cpu())
+                yield name, QuantizedLinear(piece, None, seconds)
