@@ -68,14 +68,14 @@ class Pipeline:
             ex_opts = ex_cls.Options.from_mapping(self.exp.executor_options.get(self.exp.executor, {}))
             run_dir, data = str(self.root.resolve()), self.exp.to_dict()
             tasks = [VariantTask(run_dir, data, v.name, prepare=v.name == BASELINE) for v in self.exp.all_variants()]
-            done = {t.variant for t in tasks if self.is_complete(t.variant)
-                    and not (t.prepare and self.needs_preparation())}
+            todo, outcomes = [], []
             for t in tasks:
-                if t.variant in done:
+                if self.is_complete(t.variant) and not (t.prepare and self.needs_preparation()):
                     self.say(f"{t.variant}: already complete")
-            display = _Display(self.progress, self.say, [t.variant for t in tasks if t.variant not in done])
-            todo = [t for t in tasks if t.variant not in done]
-            outcomes = [Outcome(name, True) for name in done]
+                    outcomes.append(Outcome(t.variant, True))
+                else:
+                    todo.append(t)
+            display = _Display(self.progress, self.say, [t.variant for t in todo])
             for batch in ([t for t in todo if t.prepare], [t for t in todo if not t.prepare]):  # the baseline first
                 found = ex_cls().run(batch, ex_opts, display.event)  # type: ignore[attr-defined]
                 for outcome in found:
