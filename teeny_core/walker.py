@@ -93,6 +93,41 @@ def safetensors_dir(source) -> Path:
     return Path(snapshot_download(source.path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
 
 
+def layer_matrices(path: str | Path) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
+    """From the shard headers of the model at ``path``: qualified name -> (out, in) of every linear its
+    architecture spec lists inside the decoder layers (routed experts one per expert and projection, as on
+    disk), and qualified name -> why it stays in full precision of every other 2-D weight there (a router, a
+    shared expert's 1-output gate). An unsupported architecture raises the spec's one-line error."""
+    config = json.loads((Path(path) / "config.json").read_text())
+    spec = spec_for(config.get("model_type"))
+    reader = ShardReader(path)
+    names = list(spec.linears())  # in execution order
+    if spec.experts:
+        names += [f"{spec.experts.module}.{e}.{p}" for e in range(config["num_experts"])
+                  for p in spec.experts.disk_linears]
+    linears: dict[str, tuple[int, int]] = {}
+    kept: dict[str, str] = {}
+    for index in range(config["num_hidden_layers"]):
+        prefix = f"{spec.layer_prefix(index)}."
+        for name in names:
+            if f"{prefix}{name}.weight" in reader.files:
+                linears[f"{prefix}{name}"] = tuple(reader.shape(f"{prefix}{name}.weight"))
+        for key in reader.keys(prefix):
+            module, _, leaf = key.rpartition(".")
+            shape = reader.shape(key)
+            if leaf != "weight" or len(shape) != 2 or module in linears:
+                continue
+            inner = module[len(prefix):]
+            if spec.experts and inner == spec.experts.router:
+                kept[module] = "the router: its logits choose the experts, so it stays in full precision"
+            elif shape[0] == 1:
+                kept[module] = "1 output feature (a gate): too narrow to group or pack, so it stays in full precision"
+            else:
+                kept[module] = f"not a linear of the {spec.model_types[0]} spec, so it stays in full precision"
+    reader.release()
+    return linears, kept
+
+
 def copy_generation_config(source_dir: Path, out_dir: Path) -> None:
     """Carry the source's generation_config.json (if any) into an artifact."""
     import shutil
@@ -311,6 +346,30 @@ def fuse_experts(state: dict[str, Any], spec: ArchSpec) -> dict[str, Any]:
     out[f"{head}gate_up_proj"] = torch.stack([torch.cat([experts[e]["gate_proj"], experts[e]["up_proj"]])
                                               for e in order])
     out[f"{head}down_proj"] = torch.stack([experts[e]["down_proj"] for e in order])
+    return out
+
+
+def fuse_model_experts(state: dict[str, Any], model_type: str | None) -> dict[str, Any]:
+    """A whole model's state dict with each MoE layer's per-expert disk tensors fused as transformers holds them
+    (unchanged for architectures without a spec'd mixture of experts)."""
+    from teeny_core.arch import supported
+
+    spec = spec_for(model_type) if model_type in supported() else None
+    if spec is None or spec.experts is None:
+        return state
+    head = f"{spec.layers}."
+    marker = f".{spec.experts.module}."
+    layers: dict[str, dict[str, Any]] = {}
+    out = {}
+    for key, tensor in state.items():
+        if key.startswith(head) and marker in key:
+            index = key[len(head):].partition(".")[0]
+            prefix = spec.layer_prefix(int(index))
+            layers.setdefault(prefix, {})[key[len(prefix) + 1:]] = tensor
+        else:
+            out[key] = tensor
+    for prefix, own in layers.items():
+        out.update({f"{prefix}.{k}": v for k, v in fuse_experts(own, spec).items()})
     return out
 
 

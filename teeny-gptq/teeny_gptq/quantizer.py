@@ -55,6 +55,7 @@ def settings_from(options: GPTQOptions):
 
 def quantization_config(options: GPTQOptions, skipped_inside: list[str]) -> dict[str, Any]:
     """The ``quantization_config`` transformers, GPTQModel and vLLM read."""
+    from teeny_core.formats.gptq import dynamic_exclusions
     from teeny_gptq import __version__
 
     cfg: dict[str, Any] = {
@@ -72,23 +73,19 @@ def quantization_config(options: GPTQOptions, skipped_inside: list[str]) -> dict
         "lm_head": False,
         "meta": {"quantizer": [f"teeny-gptq:{__version__}"], "mse": options.mse},
     }
-    if skipped_inside:  # GPTQModel / vLLM "dynamic" rules: a leading "-:" excludes matching modules
-        cfg["dynamic"] = {f"-:^{name.replace('.', chr(92) + '.')}$": {} for name in skipped_inside}
+    if skipped_inside:
+        cfg["dynamic"] = dynamic_exclusions(skipped_inside)
     return cfg
 
 
 def check_shapes(linears: dict[str, tuple[int, int]], options: GPTQOptions) -> None:
     """Fail before any work when a linear (name -> (out, in) features) cannot be grouped or packed."""
-    bits, gs = options.bits, options.group_size
-    word = 32 if bits == 3 else 32 // bits
+    from teeny_core.formats.gptq import misfit
+
     for name, (out_features, in_features) in linears.items():
-        if gs > 0 and in_features % gs:
-            raise TeenyError(f"gptq: {name} has {in_features} input features, not a multiple of group_size={gs}; "
-                             f"choose another group_size or add {name!r} to skip")
-        for what, n in (("input", in_features), ("output", out_features)):
-            if n % word:
-                raise TeenyError(f"gptq: {name} has {n} {what} features; {bits}-bit packing needs a multiple of "
-                                 f"{word}; add {name!r} to skip")
+        why = misfit(out_features, in_features, options.bits, options.group_size)
+        if why:
+            raise TeenyError(f"gptq: {name} has {why}; choose another group_size or add {name!r} to skip")
 
 
 def source_dtype(source: ModelSource) -> str:
@@ -140,10 +137,10 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
     be a safetensors directory). ``on_linear(name, outcome)`` sees every linear's GPTQ outcome as it finishes."""
     import torch
 
+    from teeny_core.formats.checkpoint import write_checkpoint_config
     from teeny_core.formats.gptq import pack_linear
     from teeny_core.modeling import resolve_device
-    from teeny_core.walker import ShardWriter, safetensors_dir, walk
-    from teeny_gptq.checkpoint import write_checkpoint
+    from teeny_core.walker import ShardWriter, copy_generation_config, layer_matrices, safetensors_dir, walk
     from teeny_gptq.solver import gptq_solver, skipped
 
     start = time.perf_counter()
@@ -151,7 +148,7 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
     store_dtype = source_dtype(source)
     compute_dtype = "float32" if device == "cpu" else store_dtype
     path = safetensors_dir(source)
-    inside = layer_linears(path)
+    inside, kept = layer_matrices(path)
     targets = {n: shape for n, shape in inside.items() if not skipped(n, options.skip)}
     if not targets:
         raise TeenyError(f"gptq: skip={options.skip} leaves no linear layer to quantize")
@@ -181,8 +178,9 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
     files = writer.close()
     quantize_seconds = time.perf_counter() - start
     skipped_inside = sorted(set(inside) - set(targets))
-    write_checkpoint(facts["config"], source.load_tokenizer(), out_dir, quantization_config(options, skipped_inside),
-                     store_dtype, path)
+    write_checkpoint_config(facts["config"], source.load_tokenizer(), out_dir,
+                            quantization_config(options, skipped_inside + sorted(kept)), store_dtype)
+    copy_generation_config(path, out_dir)
 
     n_params = facts["params"]
     quant_params = sum(rows * cols for rows, cols in targets.values())
@@ -191,7 +189,7 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
     meta: dict[str, Any] = {
         "method": "gptq", "backend": "native", **options.to_dict(), "device": device,
         "checkpoint_format": CHECKPOINT_FORMAT, "stored_dtype": store_dtype, "files": files,
-        "quantized_layers": sorted(stats), "skipped_layers": skipped_inside,
+        "quantized_layers": sorted(stats), "skipped_layers": skipped_inside, "kept_full_precision": kept,
         "calibration": {"name": calibration.name, "fingerprint": calibration.fingerprint(),
                         "samples": len(calibration.samples), "seq_len": len(calibration.samples[0])},
         "quantized_params": quant_params, "total_params": n_params,
@@ -205,26 +203,3 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
     artifact = Artifact(format="hf-gptq", path=out_dir, meta=meta)
     artifact.save()
     return artifact
-
-
-def layer_linears(path) -> dict[str, tuple[int, int]]:
-    """Qualified name -> (out, in) of every spec'd linear inside the decoder layers, read from the shard headers."""
-    import json as _json
-
-    from teeny_core.arch import spec_for
-    from teeny_core.walker import ShardReader
-
-    config = _json.loads((Path(path) / "config.json").read_text())
-    spec = spec_for(config.get("model_type"))
-    reader = ShardReader(path)
-    out = {}
-    for index in range(config["num_hidden_layers"]):
-        names = list(spec.linears())
-        if spec.experts:  # routed experts, one linear per expert and projection on disk
-            names += [f"{spec.experts.module}.{e}.{p}" for e in range(config["num_experts"])
-                      for p in spec.experts.disk_linears]
-        for name in names:
-            key = f"{spec.layer_prefix(index)}.{name}.weight"
-            if key in reader.files:
-                out[key[:-len(".weight")]] = tuple(reader.shape(key))
-    return out
