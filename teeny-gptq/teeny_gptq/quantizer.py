@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import resource
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from teeny_core.options import Options, option
 from teeny_core.types import Artifact, CalibrationSet, ModelSource, Quantizer
 
 CHECKPOINT_FORMAT = "gptq"
+log = logging.getLogger("teeny_gptq")
 
 
 @dataclasses.dataclass
@@ -134,7 +136,9 @@ class GPTQQuantizer(Quantizer):
 def quantize_native(source: ModelSource, calibration: CalibrationSet, options: GPTQOptions, out_dir: Path,
                     on_linear: Callable[[str, Any], None] | None = None) -> Artifact:
     """Native GPTQ into an hf-gptq artifact, streamed one layer at a time by the core's walker (the source must
-    be a safetensors directory). ``on_linear(name, outcome)`` sees every linear's GPTQ outcome as it finishes."""
+    be a safetensors directory). ``on_linear(name, outcome)`` sees every linear's GPTQ outcome as it finishes.
+    Linears calibration never reaches (an expert its router never picks) are rounded to nearest on the same
+    grid, listed in ``meta["rtn_fallback"]`` and reported in one warning."""
     import torch
 
     from teeny_core.formats.checkpoint import write_checkpoint_config
@@ -155,6 +159,7 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
     check_shapes(targets, options)
 
     stats: dict[str, dict[str, Any]] = {}
+    fallback: dict[str, str] = {}
     packed_bits = 0
 
     def keep(name: str, outcome) -> dict[str, Any]:
@@ -164,6 +169,8 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
         packed_bits += sum(t.numel() * t.element_size() * 8 for t in packed.values())
         stats[name] = {"loss": r.loss, "damp": r.damp, "escalations": r.escalations,
                        "seconds": round(outcome.seconds, 3)}
+        if outcome.fallback:
+            fallback[name] = outcome.fallback
         if on_linear:
             on_linear(name, outcome)
         return {k: v.contiguous() for k, v in packed.items()}
@@ -181,6 +188,9 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
     write_checkpoint_config(facts["config"], source.load_tokenizer(), out_dir,
                             quantization_config(options, skipped_inside + sorted(kept)), store_dtype)
     copy_generation_config(path, out_dir)
+    if fallback:
+        log.warning("gptq: calibration never reached %d linear(s), rounded to nearest on the same grid: %s",
+                    len(fallback), ", ".join(sorted(fallback)))
 
     n_params = facts["params"]
     quant_params = sum(rows * cols for rows, cols in targets.values())
@@ -190,6 +200,7 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
         "method": "gptq", "backend": "native", **options.to_dict(), "device": device,
         "checkpoint_format": CHECKPOINT_FORMAT, "stored_dtype": store_dtype, "files": files,
         "quantized_layers": sorted(stats), "skipped_layers": skipped_inside, "kept_full_precision": kept,
+        "rtn_fallback": fallback,
         "calibration": {"name": calibration.name, "fingerprint": calibration.fingerprint(),
                         "samples": len(calibration.samples), "seq_len": len(calibration.samples[0])},
         "quantized_params": quant_params, "total_params": n_params,

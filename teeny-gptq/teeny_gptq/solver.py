@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import logging
 import time
 from typing import Any, Callable
 
 from teeny_gptq.gptq import GPTQResult, HessianAccumulator, MSESearch, gptq_quantize
-
-log = logging.getLogger("teeny_gptq")
 
 
 class _Stop(Exception):
@@ -84,6 +81,9 @@ class QuantizedLinear:
     result: GPTQResult
     bias: Any
     seconds: float
+    fallback: str | None = None
+    """Why this linear was rounded to nearest on GPTQ's grid (an identity Hessian, columns in order) instead of
+    solved: calibration never reached it. None when GPTQ solved it."""
 
 
 def _quantize_group(layer, group: dict[str, Any], hidden, layer_args, settings: GPTQSettings):
@@ -120,11 +120,11 @@ def _quantize_group(layer, group: dict[str, Any], hidden, layer_args, settings: 
         start = time.perf_counter()
         acc = accumulators.pop(name)
         H = acc.H
-        if acc.rows == 0:
-            log.warning("%s: never called during calibration; quantizing with round-to-nearest", name)
+        fallback = None if acc.rows else "never called during calibration"
+        if fallback:
             H = torch.eye(module.in_features, device=device)
         result = gptq_quantize(module.weight, H, bits=settings.bits, group_size=settings.group_size,
-                               sym=settings.sym, act_order=settings.act_order,
+                               sym=settings.sym, act_order=settings.act_order and not fallback,
                                static_groups=settings.static_groups, block_size=settings.block_size,
                                damp_percent=settings.damp_percent, damp_increment=settings.damp_increment,
                                mse=settings.mse, name=name)
@@ -134,14 +134,15 @@ def _quantize_group(layer, group: dict[str, Any], hidden, layer_args, settings: 
         cpu = dataclasses.replace(result, q=result.q.cpu(), scale=result.scale.cpu(), zero=result.zero.cpu(),
                                   g_idx=result.g_idx.cpu(), w_hat=result.w_hat.cpu())
         bias = module.bias.detach().cpu().clone() if module.bias is not None else None
-        yield name, QuantizedLinear(cpu, bias, time.perf_counter() - start)
+        yield name, QuantizedLinear(cpu, bias, time.perf_counter() - start, fallback)
 
 
 def _quantize_experts(layer, spec, hidden, layer_args, prefix: str, settings: GPTQSettings):
     """GPTQ every routed expert of a mixture-of-experts layer on the tokens its router sends it: first each
     expert's gate/up (one solve over both, whose rows are independent), then its down projection on the
     activations of the quantized gate/up. An expert no calibration token reaches falls back to
-    round-to-nearest (identity Hessian). Yields ``(disk module name, outcome)`` per expert projection."""
+    round-to-nearest on the same grid (an identity Hessian, columns in order; its outcome's ``fallback`` says
+    why). Yields ``(disk module name, outcome)`` per expert projection."""
     import torch
 
     from teeny_core.walker import run_layer
@@ -183,11 +184,11 @@ def _quantize_experts(layer, spec, hidden, layer_args, prefix: str, settings: GP
             start = time.perf_counter()
             acc = accumulators.pop(e)
             H = acc.H
-            if acc.rows == 0:
-                log.warning("%s.%s expert %d: no calibration token routed to it; round-to-nearest", prefix, ex.module, e)
+            fallback = None if acc.rows else "no calibration token was routed to this expert"
+            if fallback:
                 H = torch.eye(param.shape[2], device=device)
             result = gptq_quantize(param[e], H, bits=settings.bits, group_size=settings.group_size,
-                                   sym=settings.sym, act_order=settings.act_order,
+                                   sym=settings.sym, act_order=settings.act_order and not fallback,
                                    static_groups=settings.static_groups, block_size=settings.block_size,
                                    damp_percent=settings.damp_percent, damp_increment=settings.damp_increment,
                                    mse=settings.mse, name=f"{ex.module}.{e}.{stage}")
@@ -199,4 +200,4 @@ def _quantize_experts(layer, spec, hidden, layer_args, prefix: str, settings: GP
                 piece = dataclasses.replace(result, q=result.q[part].cpu(), scale=result.scale[part].cpu(),
                                             zero=result.zero[part].cpu(), g_idx=result.g_idx.cpu().clone(),
                                             w_hat=result.w_hat[part].cpu())
-                yield name, QuantizedLinear(piece, None, seconds)
+                yield name, QuantizedLinear(piece, None, seconds, fallback)

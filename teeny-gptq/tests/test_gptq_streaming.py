@@ -108,3 +108,67 @@ def test_streamed_gptq_is_bit_identical_to_the_whole_model_reference(tiny_model,
     for key, expected in reference.items():  # the tiny models are stored in float32, as the reference holds them
         assert streamed[key].dtype == expected.dtype and torch.equal(streamed[key], expected), key
     assert len(artifact.meta["quantized_layers"]) == sum(k.endswith(".qweight") for k in reference)
+
+
+def test_an_expert_calibration_never_reaches_is_rounded_on_the_same_grid_and_recorded(tiny_model, tmp_path,
+                                                                                      caplog):
+    """qwen2_moe with expert 3's router row at -1000 on a hidden dimension every token holds large and positive
+    (set in the embeddings): its router never picks it, so GPTQ has no Hessian for it."""
+    import logging
+
+    from safetensors.torch import load_file, save_file
+
+    from teeny_core.formats.gptq import read_quantized
+    from teeny_gptq.quantizer import GPTQOptions, quantize_native
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in tiny_model("qwen2_moe").iterdir():
+        (src / f.name).write_bytes(f.read_bytes())
+    tensors = load_file(str(src / "model.safetensors"))
+    tensors["model.embed_tokens.weight"][:, 0] = 100.0
+    for i in range(2):  # the other experts ignore that dimension, so it does not pick them either
+        router = tensors[f"model.layers.{i}.mlp.gate.weight"]
+        router[:, 0] = 0.0
+        router[3] = 0.0
+        router[3, 0] = -1000.0
+    save_file(tensors, str(src / "model.safetensors"), metadata={"format": "pt"})
+
+    torch.manual_seed(0)
+    ids = torch.randint(3, 300, (8, 32))
+    picked = set()  # independent of the quantizer: which experts the source model's routers choose
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    hooks = [layer.mlp.gate.register_forward_hook(lambda m, a, out: picked.update(out[2].unique().tolist()))
+             for layer in model.model.layers]
+    with torch.no_grad():
+        model(input_ids=ids)
+    for h in hooks:
+        h.remove()
+    assert picked == {0, 1, 2}
+
+    opts = GPTQOptions.from_mapping({"bits": 4, "group_size": 32, "sym": False, "device": "cpu"})
+    with caplog.at_level(logging.WARNING, logger="teeny_gptq"):
+        artifact = quantize_native(ModelSource(str(src)), CalibrationSet("ids", ids.tolist()), opts, tmp_path / "q")
+    dead = {f"model.layers.{i}.mlp.experts.3.{p}" for i in range(2) for p in ("gate_proj", "up_proj", "down_proj")}
+    assert set(artifact.meta["rtn_fallback"]) == dead
+    assert all("no calibration token" in why for why in artifact.meta["rtn_fallback"].values())
+    said = [r.getMessage() for r in caplog.records if "calibration never reached" in r.getMessage()]
+    assert len(said) == 1 and "6 linear(s)" in said[0]
+
+    linears, _ = read_quantized(tmp_path / "q")
+    codes = dict(linears)
+    for name in ("model.layers.1.mlp.experts.3.down_proj", "model.layers.0.mlp.experts.1.up_proj"):
+        w = tensors[f"{name}.weight"].float()
+        q = codes[name]
+        scale = q.scale.repeat_interleave(32, dim=1)
+        zero = q.zero.repeat_interleave(32, dim=1)
+        rounded = torch.clamp(torch.round(w / scale) + zero, 0, 15)
+        groups = w.reshape(w.shape[0], -1, 32)
+        minmax = (groups.amax(-1).clamp(min=0) - groups.amin(-1).clamp(max=0)) / 15
+        if name in dead:  # round to nearest on the min/max grid (scales stored as float16)
+            assert torch.equal(q.q.float(), rounded), name
+            torch.testing.assert_close(q.scale, minmax, rtol=1e-3, atol=0)
+        else:  # a routed expert is solved: GPTQ moves some codes off the nearest grid point
+            assert not torch.equal(q.q.float(), rounded), name
