@@ -196,10 +196,9 @@ class _Rounder:
                             views[f"{ex.module}.{e}.{part}"] = view
             with torch.no_grad():
                 for name, weight in views.items():
-                    for key, tensor in self.round(f"{work.prefix}.{name}", weight, name).items():
-                        if self.packed:
-                            solved.tensors[key] = tensor
-                    if self.packed:
+                    tensors = self.round(f"{work.prefix}.{name}", weight, name)
+                    if self.packed:  # else the walker writes the layer's (dequantized) weights itself
+                        solved.tensors.update(tensors)
                         solved.replaced.add(name)
             return solved
 
