@@ -536,4 +536,5 @@ def walk(path: str | Path, solve: Callable[[LayerWork], Solved], writer: ShardWr
 def _bar(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="layers", unit="layer", disable=not enabled or bool(os.environ.get("TEENY_NO_BAR")))
+    off = not enabled or bool(os.environ.get("TEENY_NO_BAR"))
+    return tqdm(total=total, desc="layers", unit="layer", disable=True if off else None)  # None: off unless a TTY
