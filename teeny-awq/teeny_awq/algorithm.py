@@ -298,7 +298,8 @@ def _solve_layer(work, settings: AwqSettings, quantize: bool, solved, on_linear)
         else:
             prev.weight.copy_((prev.weight + spec.norm_offset) / s - spec.norm_offset)
             for name in consumers[group.prev]:
-                _scale_columns(layer.get_submodule(name), s, spec)
+                experts = spec.experts is not None and name == spec.experts.module
+                _scale_columns(layer.get_submodule(name), s, experts)
         feats[feed] = [f / s for f in feats[feed]]  # the group's input is now x / s
 
     if quantize:
@@ -355,29 +356,25 @@ def _capture(layer, spec, hidden: list, kwargs: list):
     readers = {name: m for name, m in layer.named_modules()
                if name and (isinstance(getattr(m, "weight", None), torch.nn.Parameter) and m.weight.dim() == 2
                             or (spec.experts and name == spec.experts.module))}
-    handles = []
-    for name in feeds:
-        handles.append(layer.get_submodule(name).register_forward_pre_hook(
-            lambda mod, args, name=name: feats[name].append(args[0].detach())))
-    for name in norms:
-        handles.append(layer.get_submodule(name).register_forward_hook(
-            lambda mod, args, out, name=name: norm_out.setdefault(name, out.detach())))
     def reader(name):
         def record(mod, args):
             if args:
                 first_in.setdefault(name, args[0].detach())
         return record
 
-    for name, module in readers.items():
-        handles.append(module.register_forward_pre_hook(reader(name)))
+    every_chunk = [layer.get_submodule(name).register_forward_pre_hook(
+        lambda mod, args, name=name: feats[name].append(args[0].detach())) for name in feeds]
+    first_chunk = [layer.get_submodule(name).register_forward_hook(
+        lambda mod, args, out, name=name: norm_out.setdefault(name, out.detach())) for name in norms]
+    first_chunk += [module.register_forward_pre_hook(reader(name)) for name, module in readers.items()]
     try:
         for i, (h, kw) in enumerate(zip(hidden, kwargs)):
             run_layer(layer, h, ((), kw))
             if i == 0:
-                for handle in handles[len(feeds):]:
+                for handle in first_chunk:
                     handle.remove()
     finally:
-        for handle in handles:
+        for handle in every_chunk + first_chunk:
             handle.remove()
     consumers: dict[str, list[str]] = {}
     for norm in norms:
@@ -391,9 +388,9 @@ def _capture(layer, spec, hidden: list, kwargs: list):
     return feats, consumers
 
 
-def _scale_columns(module, s, spec) -> None:
+def _scale_columns(module, s, experts: bool) -> None:
     """Multiply the input channels of a module reading a scaled norm's output by ``s``."""
-    if spec.experts and module is not None and hasattr(module, "gate_up_proj"):
-        module.gate_up_proj.mul_(s)  # [experts, 2 * inter, hidden]
+    if experts:
+        module.gate_up_proj.mul_(s)  # the fused routed experts: [experts, 2 * inter, hidden]
     else:
         module.weight.mul_(s.view(1, -1))

@@ -19,12 +19,13 @@ def hf_awq_tensors(qw, bits: int) -> dict[str, Any]:
     return {"qweight": pack_awq(qw.q, bits), "qzeros": pack_zeros(qw.zero, bits), "scales": pack_scales(qw.scale)}
 
 
-def packed_bytes(n_params: int, shapes: dict[str, tuple[int, int]], weights: dict, bits: int,
-                 dtype_bytes: int) -> int:
-    """Bytes of the packed checkpoint's tensors: codes at ``bits``, fp16 scales, packed zeros, the other
-    ``n_params`` minus the quantized ones (``shapes``: name -> (out, in)) as stored."""
+def packed_linear_bytes(qw, bits: int) -> int:
+    """Bytes of one linear's packed tensors: codes at ``bits``, fp16 scales, zeros at ``bits``."""
+    return qw.q.numel() * bits // 8 + qw.scale.numel() * 2 + qw.zero.numel() * bits // 8
+
+
+def packed_bytes(n_params: int, shapes: dict[str, tuple[int, int]], linear_bytes: int, dtype_bytes: int) -> int:
+    """Bytes of the packed checkpoint: ``linear_bytes`` for the quantized linears (``shapes``: name -> (out, in))
+    and the other of the ``n_params`` parameters as stored."""
     quantized = sum(rows * cols for rows, cols in shapes.values())
-    total = (n_params - quantized) * dtype_bytes
-    for qw in weights.values():
-        total += qw.q.numel() * bits // 8 + qw.scale.numel() * 2 + qw.zero.numel() * bits // 8
-    return total
+    return (n_params - quantized) * dtype_bytes + linear_bytes

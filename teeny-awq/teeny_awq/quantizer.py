@@ -44,7 +44,7 @@ class AwqQuantizer(Quantizer):
         import torch
 
         from teeny_awq.algorithm import AwqSettings, awq_solver, quantize_grouped
-        from teeny_awq.export import hf_awq_tensors, packed_bytes, quantization_config
+        from teeny_awq.export import hf_awq_tensors, packed_bytes, packed_linear_bytes, quantization_config
         from teeny_core.builtin.rtn import _source_dtype
         from teeny_core.modeling import resolve_device, torch_dtype
         from teeny_core.walker import ShardWriter, copy_generation_config, safetensors_dir, walk
@@ -68,10 +68,10 @@ class AwqQuantizer(Quantizer):
         store_dtype = _source_dtype(source)
         store = torch_dtype(store_dtype)
         packed = options.format == "hf-awq"
-        weights: dict[str, Any] = {}
+        weights: dict[str, int] = {}  # quantized linear -> its packed bytes (the codes themselves are written)
 
         def keep(name: str, qw) -> dict[str, Any]:
-            weights[name] = qw
+            weights[name] = packed_linear_bytes(qw, options.bits)
             return hf_awq_tensors(qw, options.bits) if packed else {}
 
         config = json.loads((path / "config.json").read_text())
@@ -111,7 +111,7 @@ class AwqQuantizer(Quantizer):
         copy_generation_config(path, out_dir)
         source.load_tokenizer().save_pretrained(out_dir)
         n_params = facts["params"] + (shapes["lm_head"][0] * shapes["lm_head"][1] if head and tied else 0)
-        size = packed_bytes(n_params, {n: shapes[n] for n in weights}, weights, options.bits,
+        size = packed_bytes(n_params, {n: shapes[n] for n in weights}, sum(weights.values()),
                             torch.finfo(store).bits // 8)
         meta = {**record, "packed_bytes": size, "bits_per_weight": 8 * size / n_params}
         artifact = Artifact(format=options.format, path=out_dir, meta=meta)

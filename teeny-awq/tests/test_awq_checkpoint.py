@@ -142,5 +142,6 @@ def test_unpackable_width_is_refused_before_any_work(teeny_plugins, tiny_tokeniz
 def _gpt2(path):
     import transformers
 
-    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=600)).save_pretrained(path)
+    config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=600)
+    transformers.GPT2LMHeadModel(config).save_pretrained(path)
     return path
