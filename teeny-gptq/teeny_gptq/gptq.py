@@ -65,10 +65,9 @@ class HessianAccumulator:
         m = x.shape[0]
         if m == 0:
             return
-        self.H *= self.rows / (self.rows + m)
+        # one BLAS call rescales the running mean and adds the batch: H <- n/(n+m) H + 2/(n+m) x^T x
+        self.H.addmm_(x.t(), x, beta=self.rows / (self.rows + m), alpha=2.0 / (self.rows + m))
         self.rows += m
-        x = x * math.sqrt(2.0 / self.rows)
-        self.H += x.t() @ x
 
 
 def round_scale(scale):
@@ -122,7 +121,10 @@ def dequant(q, scale, zero):
 def inverse_cholesky(H, damp_percent: float, damp_increment: float, name: str = ""):
     """Upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1``, raising ``damp`` by ``damp_increment``
     until the factorization succeeds with no vanishing pivot. Returns ``(U, damp, escalations)``; a Hessian that
-    never factorizes (non-finite values) gives the identity, which makes GPTQ plain round-to-nearest, with a warning."""
+    never factorizes (non-finite values) gives the identity, which makes GPTQ plain round-to-nearest, with a warning.
+
+    One Cholesky and one triangular inverse, without forming ``H^-1``: with ``J`` the reversal permutation and
+    ``J H J = L L^T``, ``H^-1 = J L^-T L^-1 J = U^T U`` for the upper triangular ``U = J L^-1 J``."""
     import torch
 
     eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
@@ -131,12 +133,13 @@ def inverse_cholesky(H, damp_percent: float, damp_increment: float, name: str = 
     tiny_pivot = H.shape[0] * torch.finfo(H.dtype).eps * mean_diag
     step = damp_increment if damp_increment > 0 else 0.0025
     damp, escalations = damp_percent, 0
+    flipped = H.flip(0, 1)
     if bool(torch.isfinite(H).all()):
         while damp <= MAX_DAMP:
-            L, info = torch.linalg.cholesky_ex(H + damp * mean_diag * eye)
+            L, info = torch.linalg.cholesky_ex(flipped + damp * mean_diag * eye)
             if int(info) == 0 and bool(torch.diag(L).square().min() > tiny_pivot):
-                U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
-                if int(info) == 0 and bool(torch.isfinite(U).all()):
+                U = torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1)
+                if bool(torch.isfinite(U).all()):
                     if escalations:
                         log.warning("%s: Hessian not positive definite at damp_percent=%g; succeeded at %g "
                                     "after %d increase(s)", name or "linear", damp_percent, damp, escalations)

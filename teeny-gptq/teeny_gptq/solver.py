@@ -95,12 +95,22 @@ def _quantize_group(layer, group: dict[str, Any], hidden, layer_args, settings: 
     if not group:
         return
     device = next(iter(group.values())).weight.device
-    accumulators = {name: HessianAccumulator(m.in_features, device=device) for name, m in group.items()}
+    # linears fed the very same input tensor (q/k/v, gate/up) share one Hessian: decided on the first batch
+    accumulators: dict[str, HessianAccumulator] = {}
+    seen: list[tuple[Any, str]] = []  # this batch's (input tensor, linear whose accumulator took it)
     remaining: set[str] = set()
     handles = []
     for name, module in group.items():
-        def hook(mod, inp, name=name):
-            accumulators[name].add(inp[0].detach())
+        def hook(mod, inp, name=name, columns=module.in_features):
+            x = inp[0]
+            same = next((other for t, other in seen if t is x), None)
+            if name not in accumulators:
+                accumulators[name] = accumulators[same] if same else HessianAccumulator(columns, device=device)
+            if same is None:
+                accumulators[name].add(x.detach())
+                seen.append((x, name))
+            elif accumulators[name] is not accumulators[same]:
+                raise RuntimeError(f"{name}: its input was shared with {same} on the first batch only")
             remaining.discard(name)
             if not remaining:
                 raise _Stop  # every linear of the group has its input: the rest of the block is not needed
@@ -109,16 +119,18 @@ def _quantize_group(layer, group: dict[str, Any], hidden, layer_args, settings: 
         with torch.no_grad():
             for h, a in zip(hidden, layer_args):
                 remaining.update(group)
+                seen.clear()
                 try:
                     run_layer(layer, h.to(device), a)
                 except _Stop:
                     pass
     finally:
+        seen.clear()
         for handle in handles:
             handle.remove()
     for name, module in group.items():
         start = time.perf_counter()
-        acc = accumulators.pop(name)
+        acc = accumulators.pop(name, None) or HessianAccumulator(module.in_features, device=device)
         H = acc.H
         if acc.rows == 0:
             log.warning("%s: never called during calibration; quantizing with round-to-nearest", name)
