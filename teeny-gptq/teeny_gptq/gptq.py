@@ -153,7 +153,9 @@ def inverse_cholesky(H, damp_percent: float, damp_increment: float, name: str = 
 
 @contextlib.contextmanager
 def few_threads(device):
-    """Run small CPU tensor ops on one thread (intra-op threading costs more than it gives at this size)."""
+    """Run GPTQ's sweep on one CPU thread: its per-column vector ops, the block updates and the one
+    factorization are small or memory-bound, and intra-op threading costs more than it gives at these sizes
+    (on a busy machine several times more, as each parallel region waits for a descheduled thread)."""
     import torch
 
     if device.type != "cpu":
@@ -179,6 +181,16 @@ def gptq_quantize(W, H, *, bits: int, group_size: int = 128, sym: bool = True, a
     """
     import torch
 
+    with few_threads(W.device):
+        return _gptq_quantize(W, H, bits=bits, group_size=group_size, sym=sym, act_order=act_order,
+                              static_groups=static_groups, block_size=block_size, damp_percent=damp_percent,
+                              damp_increment=damp_increment, mse=mse, name=name)
+
+
+def _gptq_quantize(W, H, *, bits, group_size, sym, act_order, static_groups, block_size, damp_percent,
+                   damp_increment, mse, name):
+    import torch
+
     dtype = torch.float64 if W.dtype == torch.float64 else torch.float32
     W = W.detach().to(dtype).clone()
     H = H.detach().to(dtype).clone()
@@ -192,11 +204,12 @@ def gptq_quantize(W, H, *, bits: int, group_size: int = 128, sym: bool = True, a
     H[dead, dead] = 1
     W[:, dead] = 0
 
-    scale = torch.zeros((rows, n_groups), dtype=dtype, device=W.device)
+    # the sweep works on W^T and stores scale/zero as [groups, rows]: every visited column is a contiguous row
+    scale = torch.zeros((n_groups, rows), dtype=dtype, device=W.device)
     zero = torch.zeros_like(scale)
     if not dynamic:
         for g in range(n_groups):
-            scale[:, g], zero[:, g] = group_params(W[:, g * gs:(g + 1) * gs], bits, sym, mse)
+            scale[g], zero[g] = group_params(W[:, g * gs:(g + 1) * gs], bits, sym, mse)
 
     positions = torch.arange(cols, device=W.device)
     perm = torch.argsort(torch.diag(H), descending=True, stable=True) if act_order else positions
@@ -204,40 +217,40 @@ def gptq_quantize(W, H, *, bits: int, group_size: int = 128, sym: bool = True, a
         W, H = W[:, perm], H[perm][:, perm]
     U, damp, escalations = inverse_cholesky(H, damp_percent, damp_increment, name)
     del H
+    W = W.t().contiguous()
 
-    codes = torch.zeros_like(W)
-    W_hat = torch.zeros_like(W)
+    codes = torch.empty_like(W)
+    W_hat = torch.empty_like(W)
     col_group = positions // gs if dynamic else perm // gs  # the group of each visited position
     group_of = col_group.tolist()
     loss = torch.zeros((), dtype=torch.float64, device=W.device)
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
-        W1 = W[:, i1:i2].clone()
-        Err1 = torch.zeros_like(W1)
+        W1 = W[i1:i2]  # a view: these rows are not read again once the block is swept
+        Err1 = torch.empty_like(W1)
         U1 = U[i1:i2, i1:i2]
-        with few_threads(W.device):  # per-column vector ops: threading only adds overhead
-            for i in range(i2 - i1):
-                col = i1 + i
-                g = group_of[col]
-                if dynamic and col % gs == 0:  # from the group's weights as updated so far (columns past this
-                    # block have not had this block's lazy update yet: apply it to them here)
-                    later = W[:, i2:col + gs] - Err1[:, :i] @ U[i1:i1 + i, i2:col + gs]
-                    current = torch.cat([W1[:, i:i + gs], later], dim=1)
-                    scale[:, g], zero[:, g] = group_params(current, bits, sym, mse)
-                w = W1[:, i]
-                q = quant(w, scale[:, g], zero[:, g], maxq)
-                w_q = dequant(q, scale[:, g], zero[:, g])
-                codes[:, col], W_hat[:, col] = q, w_q
-                err = (w - w_q) / U1[i, i]
-                W1[:, i:].addr_(err, U1[i, i:], alpha=-1)
-                Err1[:, i] = err
+        w_rows, err_rows, u_rows = W1.unbind(0), Err1.unbind(0), U1.unbind(0)
+        for i in range(i2 - i1):
+            col = i1 + i
+            g = group_of[col]
+            if dynamic and col % gs == 0:  # from the group's weights as updated so far (columns past this
+                # block have not had this block's lazy update yet: apply it to them here)
+                later = W[i2:col + gs] - U[i1:i1 + i, i2:col + gs].t() @ Err1[:i]
+                scale[g], zero[g] = group_params(torch.cat([W1[i:i + gs], later]).t(), bits, sym, mse)
+            s, z, w, err, q, w_q = scale[g], zero[g], w_rows[i], err_rows[i], codes[col], W_hat[col]
+            torch.div(w, s, out=q).round_().add_(z).clamp_(0, maxq)  # quant(), in place
+            torch.sub(q, z, out=w_q).mul_(s)  # dequant()
+            torch.sub(w, w_q, out=err).div_(u_rows[i][i])
+            W1[i:].addr_(u_rows[i][i:], err, alpha=-1)
         loss += Err1.double().square().sum() / 2
-        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+        W[i2:] -= U[i1:i2, i2:].t() @ Err1
 
+    scale, zero, codes, W_hat = scale.t().contiguous(), zero.t().contiguous(), codes.t(), W_hat.t()
     g_idx = torch.empty(cols, dtype=torch.int32, device=W.device)
     g_idx[perm] = col_group.to(torch.int32)
     if act_order:
         inverse = torch.argsort(perm)
         codes, W_hat = codes[:, inverse], W_hat[:, inverse]
+    codes, W_hat = codes.contiguous(), W_hat.contiguous()
     return GPTQResult(q=codes.to(torch.int32), scale=scale, zero=zero, g_idx=g_idx, w_hat=W_hat,
                       damp=damp, escalations=escalations, loss=float(loss))
