@@ -127,18 +127,22 @@ def inverse_cholesky(H, damp_percent: float, damp_increment: float, name: str = 
     ``J H J = L L^T``, ``H^-1 = J L^-T L^-1 J = U^T U`` for the upper triangular ``U = J L^-1 J``."""
     import torch
 
-    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    def eye():
+        return torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+
     mean_diag = torch.diag(H).mean()
     # a pivot this small means the factorization only "succeeded" through rounding: treat it as singular
     tiny_pivot = H.shape[0] * torch.finfo(H.dtype).eps * mean_diag
     step = damp_increment if damp_increment > 0 else 0.0025
     damp, escalations = damp_percent, 0
-    flipped = H.flip(0, 1)
     if bool(torch.isfinite(H).all()):
         while damp <= MAX_DAMP:
-            L, info = torch.linalg.cholesky_ex(flipped + damp * mean_diag * eye)
+            damped = H.flip(0, 1)
+            damped.diagonal().add_(damp * mean_diag)
+            L, info = torch.linalg.cholesky_ex(damped)
+            del damped
             if int(info) == 0 and bool(torch.diag(L).square().min() > tiny_pivot):
-                U = torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1)
+                U = torch.linalg.solve_triangular(L, eye(), upper=False).flip(0, 1)
                 if bool(torch.isfinite(U).all()):
                     if escalations:
                         log.warning("%s: Hessian not positive definite at damp_percent=%g; succeeded at %g "
@@ -148,7 +152,7 @@ def inverse_cholesky(H, damp_percent: float, damp_increment: float, name: str = 
             escalations += 1
     log.warning("%s: Hessian unusable (non-finite or not positive definite up to damp %g); quantizing with "
                 "round-to-nearest", name or "linear", MAX_DAMP)
-    return eye, float("nan"), escalations
+    return eye(), float("nan"), escalations
 
 
 @contextlib.contextmanager
@@ -195,7 +199,6 @@ def _gptq_quantize(W, H, *, bits, group_size, sym, act_order, static_groups, blo
     W = W.detach().to(dtype).clone()
     H = H.detach().to(dtype).clone()
     rows, cols = W.shape
-    maxq = 2**bits - 1
     gs = group_size if 0 < group_size < cols else cols
     n_groups = math.ceil(cols / gs)
     dynamic = gs < cols and not static_groups  # group parameters found while sweeping
@@ -219,10 +222,30 @@ def _gptq_quantize(W, H, *, bits, group_size, sym, act_order, static_groups, blo
     del H
     W = W.t().contiguous()
 
-    codes = torch.empty_like(W)
-    W_hat = torch.empty_like(W)
+    codes, W_hat = torch.empty_like(W), torch.empty_like(W)
     col_group = positions // gs if dynamic else perm // gs  # the group of each visited position
-    group_of = col_group.tolist()
+    loss = _sweep(W, U, codes, W_hat, scale, zero, col_group.tolist(), gs if dynamic else 0, block_size, bits, sym,
+                  mse)
+    del W, U
+    g_idx = torch.empty(cols, dtype=torch.int32, device=codes.device)
+    g_idx[perm] = col_group.to(torch.int32)
+    if act_order:
+        inverse = torch.argsort(perm)
+        codes, W_hat = codes[inverse], W_hat[inverse]
+    codes = codes.t().to(torch.int32, memory_format=torch.contiguous_format)
+    W_hat = W_hat.t().contiguous()
+    return GPTQResult(q=codes, scale=scale.t().contiguous(), zero=zero.t().contiguous(), g_idx=g_idx, w_hat=W_hat,
+                      damp=damp, escalations=escalations, loss=float(loss))
+
+
+def _sweep(W, U, codes, W_hat, scale, zero, group_of: list[int], dynamic_gs: int, block_size: int, bits: int,
+           sym: bool, mse: MSESearch | None):
+    """GPTQ's column sweep on ``W^T [cols, rows]`` (updated in place) with the upper factor ``U`` of ``H^-1``:
+    fills ``codes`` and ``W_hat`` (``[cols, rows]``) and, when ``dynamic_gs`` (the group size) is set, each
+    group's ``scale``/``zero`` rows as its first column comes up. Returns the loss."""
+    import torch
+
+    cols, maxq, gs = W.shape[0], 2**bits - 1, dynamic_gs
     loss = torch.zeros((), dtype=torch.float64, device=W.device)
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
@@ -233,7 +256,7 @@ def _gptq_quantize(W, H, *, bits, group_size, sym, act_order, static_groups, blo
         for i in range(i2 - i1):
             col = i1 + i
             g = group_of[col]
-            if dynamic and col % gs == 0:  # from the group's weights as updated so far (columns past this
+            if gs and col % gs == 0:  # from the group's weights as updated so far (columns past this
                 # block have not had this block's lazy update yet: apply it to them here)
                 later = W[i2:col + gs] - U[i1:i1 + i, i2:col + gs].t() @ Err1[:i]
                 scale[g], zero[g] = group_params(torch.cat([W1[i:i + gs], later]).t(), bits, sym, mse)
@@ -244,13 +267,4 @@ def _gptq_quantize(W, H, *, bits, group_size, sym, act_order, static_groups, blo
             W1[i:].addr_(u_rows[i][i:], err, alpha=-1)
         loss += Err1.double().square().sum() / 2
         W[i2:] -= U[i1:i2, i2:].t() @ Err1
-
-    scale, zero, codes, W_hat = scale.t().contiguous(), zero.t().contiguous(), codes.t(), W_hat.t()
-    g_idx = torch.empty(cols, dtype=torch.int32, device=W.device)
-    g_idx[perm] = col_group.to(torch.int32)
-    if act_order:
-        inverse = torch.argsort(perm)
-        codes, W_hat = codes[:, inverse], W_hat[:, inverse]
-    codes, W_hat = codes.contiguous(), W_hat.contiguous()
-    return GPTQResult(q=codes.to(torch.int32), scale=scale, zero=zero, g_idx=g_idx, w_hat=W_hat,
-                      damp=damp, escalations=escalations, loss=float(loss))
+    return loss
