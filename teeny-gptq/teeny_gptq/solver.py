@@ -6,6 +6,7 @@ The walker (:mod:`teeny_core.walker`) streams the layers and the activations; th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import time
@@ -55,15 +56,19 @@ def gptq_solver(settings: GPTQSettings, on_linear: Callable[[str, "QuantizedLine
             else [names]
         solved = Solved()
         losses = []
-        for group in groups:
+        memo = _Memo(layer)
+        for k, group in enumerate(groups):
             modules = {n: layer.get_submodule(n) for n in group}
-            for name, outcome in _quantize_group(layer, modules, work.inputs, work.args, settings):
+            later = [n for g in groups[k + 1:] for n in g]
+            memo.watch(group if later or work.spec.experts else [], later)  # only worth it when replays follow
+            for name, outcome in _quantize_group(layer, modules, work.inputs, work.args, settings, memo):
                 for suffix, tensor in on_linear(f"{prefix}.{name}", outcome).items():
                     solved.tensors[f"{name}.{suffix}"] = tensor
                 solved.replaced.add(name)
                 losses.append(outcome.result.loss)
         if work.spec.experts and work.inputs is not None:
-            for name, outcome in _quantize_experts(layer, work.spec, work.inputs, work.args, prefix, settings):
+            for name, outcome in _quantize_experts(layer, work.spec, work.inputs, work.args, prefix, settings,
+                                                   memo):
                 for suffix, tensor in on_linear(f"{prefix}.{name}", outcome).items():
                     solved.tensors[f"{name}.{suffix}"] = tensor
                 solved.replaced.add(name)
@@ -86,39 +91,48 @@ class QuantizedLinear:
     solved: calibration never reached it. None when GPTQ solved it."""
 
 
-def _quantize_group(layer, group: dict[str, Any], hidden, layer_args, settings: GPTQSettings):
+def _quantize_group(layer, group: dict[str, Any], hidden, layer_args, settings: GPTQSettings, memo: "_Memo"):
     """Accumulate the Hessians of one group's linears over all batches, then GPTQ each of them."""
     import torch
-
-    from teeny_core.walker import run_layer
 
     if not group:
         return
     device = next(iter(group.values())).weight.device
-    accumulators = {name: HessianAccumulator(m.in_features, device=device) for name, m in group.items()}
+    # linears fed the very same input tensor (q/k/v, gate/up) share one Hessian: decided on the first batch
+    accumulators: dict[str, HessianAccumulator] = {}
+    seen: list[tuple[Any, str]] = []  # this batch's (input tensor, linear whose accumulator took it)
     remaining: set[str] = set()
     handles = []
     for name, module in group.items():
-        def hook(mod, inp, name=name):
-            accumulators[name].add(inp[0].detach())
+        def hook(mod, inp, name=name, columns=module.in_features):
+            x = inp[0]
+            same = next((other for t, other in seen if t is x), None)
+            if name not in accumulators:
+                accumulators[name] = accumulators[same] if same else HessianAccumulator(columns, device=device)
+            if same is None:
+                accumulators[name].add(x.detach())
+                seen.append((x, name))
+            elif accumulators[name] is not accumulators[same]:
+                raise RuntimeError(f"{name}: its input was shared with {same} on the first batch only")
+            memo.record(name, x)
             remaining.discard(name)
             if not remaining:
                 raise _Stop  # every linear of the group has its input: the rest of the block is not needed
         handles.append(module.register_forward_pre_hook(hook))
+
+    def before_batch():
+        remaining.update(group)
+        seen.clear()
+
     try:
-        with torch.no_grad():
-            for h, a in zip(hidden, layer_args):
-                remaining.update(group)
-                try:
-                    run_layer(layer, h.to(device), a)
-                except _Stop:
-                    pass
+        _replay(layer, hidden, layer_args, device, memo, before_batch)
     finally:
+        seen.clear()
         for handle in handles:
             handle.remove()
     for name, module in group.items():
         start = time.perf_counter()
-        acc = accumulators.pop(name)
+        acc = accumulators.pop(name, None) or HessianAccumulator(module.in_features, device=device)
         H = acc.H
         fallback = None if acc.rows else "never called during calibration"
         if fallback:
@@ -131,21 +145,20 @@ def _quantize_group(layer, group: dict[str, Any], hidden, layer_args, settings: 
         del H, acc
         with torch.no_grad():
             module.weight.copy_(result.w_hat.to(module.weight.dtype))
+        memo.solved(name)
         cpu = dataclasses.replace(result, q=result.q.cpu(), scale=result.scale.cpu(), zero=result.zero.cpu(),
                                   g_idx=result.g_idx.cpu(), w_hat=result.w_hat.cpu())
         bias = module.bias.detach().cpu().clone() if module.bias is not None else None
         yield name, QuantizedLinear(cpu, bias, time.perf_counter() - start, fallback)
 
 
-def _quantize_experts(layer, spec, hidden, layer_args, prefix: str, settings: GPTQSettings):
+def _quantize_experts(layer, spec, hidden, layer_args, prefix: str, settings: GPTQSettings, memo: "_Memo"):
     """GPTQ every routed expert of a mixture-of-experts layer on the tokens its router sends it: first each
     expert's gate/up (one solve over both, whose rows are independent), then its down projection on the
     activations of the quantized gate/up. An expert no calibration token reaches falls back to
     round-to-nearest on the same grid (an identity Hessian, columns in order; its outcome's ``fallback`` says
     why). Yields ``(disk module name, outcome)`` per expert projection."""
     import torch
-
-    from teeny_core.walker import run_layer
 
     ex = spec.experts
     experts = layer.get_submodule(ex.module)
@@ -172,12 +185,7 @@ def _quantize_experts(layer, spec, hidden, layer_args, prefix: str, settings: GP
 
         handle = experts.register_forward_pre_hook(hook)
         try:
-            with torch.no_grad():
-                for h, a in zip(hidden, layer_args):
-                    try:
-                        run_layer(layer, h.to(device), a)
-                    except _Stop:
-                        pass
+            _replay(layer, hidden, layer_args, device, memo)
         finally:
             handle.remove()
         for e in todo:
@@ -201,3 +209,91 @@ def _quantize_experts(layer, spec, hidden, layer_args, prefix: str, settings: GP
                                             zero=result.zero[part].cpu(), g_idx=result.g_idx.cpu().clone(),
                                             w_hat=result.w_hat[part].cpu())
                 yield name, QuantizedLinear(piece, None, seconds, fallback)
+
+
+def _replay(layer, hidden, layer_args, device, memo: "_Memo", before_batch: Callable[[], None] = lambda: None):
+    """Run every calibration batch through the layer (up to where a hook raises :class:`_Stop`), with the
+    submodules that ``memo`` holds served from it."""
+    import torch
+
+    from teeny_core.walker import run_layer
+
+    with torch.no_grad():
+        for batch, (h, a) in enumerate(zip(hidden, layer_args)):
+            before_batch()
+            with memo.serving(batch):
+                try:
+                    run_layer(layer, h.to(device), a)
+                except _Stop:
+                    pass
+
+
+MEMO_BYTES = 2**30
+"""Most calibration inputs one layer's :class:`_Memo` keeps for a solved linear (beyond it replays recompute)."""
+
+
+class _Memo:
+    """Outputs of a layer's submodules that no later group changes, served to the later replays instead of
+    recomputing them. A submodule qualifies once every linear inside it is solved and the last one solved
+    ends it: ``self_attn`` after ``o_proj``, whose output is ``o_proj`` of the input recorded while solving it
+    (the attention before it depends only on q/k/v, already solved). Each output is checked bit for bit against
+    the real submodule the first time it runs in a replay; a submodule that differs is recomputed."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        self._recording: dict[str, list] = {}  # linear -> its input per batch, while its group is solved
+        self._held: dict[str, tuple[Any, list, list]] = {}  # submodule -> (last linear, inputs, outputs so far)
+        self._width: dict[str, int] = {}  # checked submodule -> its output tuple's length (0: a tensor)
+
+    def watch(self, group: list[str], later: list[str]) -> None:
+        """Record the inputs of the linears of ``group`` that complete their submodule (no linear of ``later``
+        inside it), up to :data:`MEMO_BYTES` each."""
+        self._recording = {name: [] for name in group if name.rpartition(".")[0]
+                           and not any(n.startswith(name.rpartition(".")[0] + ".") for n in later)}
+
+    def record(self, name: str, x) -> None:
+        kept = self._recording.get(name)
+        if kept is not None:
+            kept.append(x.detach())
+            if sum(t.numel() * t.element_size() for t in kept) > MEMO_BYTES:
+                del self._recording[name]
+
+    def solved(self, name: str) -> None:
+        """``name``'s weight is final: its submodule's outputs are the linear applied to the recorded inputs."""
+        inputs = self._recording.pop(name, None)
+        if inputs:
+            self._held[name.rpartition(".")[0]] = (self.layer.get_submodule(name), inputs, [])
+
+    @contextlib.contextmanager
+    def serving(self, batch: int):
+        """Inside: every held submodule returns its output for ``batch`` (once checked)."""
+        handles, replaced = [], []
+        for parent, (linear, inputs, outputs) in list(self._held.items()):
+            if len(outputs) <= batch:
+                outputs.append(linear(inputs[batch]))
+            module = self.layer.get_submodule(parent)
+            if parent not in self._width:
+                handles.append(module.register_forward_hook(self._check(parent, outputs[batch])))
+            else:
+                width, out = self._width[parent], outputs[batch]
+                module.forward = lambda *args, out=out, width=width, **kwargs: \
+                    (out, *[None] * (width - 1)) if width else out
+                replaced.append(module)
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            for module in replaced:
+                del module.forward
+
+    def _check(self, parent: str, expected):
+        import torch
+
+        def hook(module, args, output):
+            first, rest = (output[0], output[1:]) if isinstance(output, tuple) else (output, ())
+            if torch.equal(first, expected) and all(r is None for r in rest):
+                self._width[parent] = len(output) if isinstance(output, tuple) else 0
+            else:  # its output is not its last linear's: recomputed in every replay
+                del self._held[parent]
+        return hook
