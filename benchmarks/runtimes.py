@@ -125,9 +125,11 @@ def rss() -> int:
 
 def measure_one(spec: dict) -> dict:
     """Child process: load one artifact with one runtime and time it."""
+    from teeny_core.modeling import return_freed_memory
     from teeny_core.plugins import Plugins
     from teeny_core.types import Artifact
 
+    return_freed_memory()  # as the pipeline's workers do
     plugins = Plugins.load()
     runtime = plugins.get("runtime", spec["runtime"])
     import torch  # noqa: F401  (imports count as baseline, not as the model's footprint)

@@ -74,10 +74,11 @@ def run_variant_task(task: VariantTask, emit: Emit | None = None) -> Outcome:
     """Run one variant in this process: what must be built first (the shared inputs, the variant's artifact) is
     built in a child process of its own, so that the load is measured on a clean heap; then load, evaluate and
     profile, resuming whatever the store already holds. A failure is returned, never raised."""
-    from teeny_core.modeling import quiet_libraries
+    from teeny_core.modeling import quiet_libraries, return_freed_memory
     from teeny_core.plugins import Plugins
 
     quiet_libraries()
+    return_freed_memory()
     emit = emit or (lambda event: None)
     stage: list[str | None] = [None]
 
