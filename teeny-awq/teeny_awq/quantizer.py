@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
+from teeny_awq.algorithm import is_skipped
 from teeny_core.errors import TeenyError
 from teeny_core.options import Options, option
 from teeny_core.types import Artifact, CalibrationSet, ModelSource, Quantizer
@@ -37,12 +38,16 @@ class AwqQuantizer(Quantizer):
 
     def quantize(self, source: ModelSource, calibration: CalibrationSet | None, options: Options,
                  out_dir: Path) -> Artifact:
+        """Streamed by the core's layer walker: one decoder layer (float32) on the device at a time."""
+        import json
+
         import torch
 
-        from teeny_awq.algorithm import AwqSettings, quantize_model
-        from teeny_awq.export import packed_bytes, quantization_config, write_hf_awq
+        from teeny_awq.algorithm import AwqSettings, awq_solver, quantize_grouped
+        from teeny_awq.export import hf_awq_tensors, packed_bytes, packed_linear_bytes, quantization_config
         from teeny_core.builtin.rtn import _source_dtype
-        from teeny_core.modeling import resolve_device, save_hf_model, torch_dtype
+        from teeny_core.modeling import resolve_device, torch_dtype
+        from teeny_core.walker import ShardWriter, copy_generation_config, safetensors_dir, walk
 
         assert isinstance(options, AwqOptions)
         if options.format == "hf-awq" and options.bits != 4:
@@ -56,31 +61,59 @@ class AwqQuantizer(Quantizer):
         settings = AwqSettings(bits=options.bits, group_size=options.group_size, zero_point=options.zero_point,
                                grid=options.grid, duo_scaling=options.duo_scaling, max_shrink=options.max_shrink,
                                clip=options.clip, skip=tuple(options.skip), batch_size=options.batch_size)
-        model, tokenizer = source.load(dtype="float32", device="cpu")
-        if source.gguf_file:  # dequantized GGUF weights are plain floats now; let transformers save them
-            model.hf_quantizer = None
-            model.config.__dict__.pop("quantization_config", None)
-        if options.format == "hf-awq":
-            _check_packable(model, settings)
-        weights = quantize_model(model, calibration.tensor(), settings, device)
+        path = safetensors_dir(source)
+        shapes, others = linear_shapes(path)
+        targets = {n: shape for n, shape in shapes.items() if not is_skipped(n, settings.skip)}
+        _check_shapes(targets, settings, packed=options.format == "hf-awq")
         store_dtype = _source_dtype(source)
+        store = torch_dtype(store_dtype)
+        packed = options.format == "hf-awq"
+        weights: dict[str, int] = {}  # quantized linear -> its packed bytes (the codes themselves are written)
+
+        def keep(name: str, qw) -> dict[str, Any]:
+            weights[name] = packed_linear_bytes(qw, options.bits)
+            return hf_awq_tensors(qw, options.bits) if packed else {}
+
+        config = json.loads((path / "config.json").read_text())
+        tied = bool(config.get("tie_word_embeddings", False))
+        head = "lm_head" in targets
+
+        def outside(key: str, tensor):
+            if not head or key != ("model.embed_tokens.weight" if tied else "lm_head.weight"):
+                return None
+            qw = quantize_grouped(tensor.float(), settings.bits, settings.group_size, settings.zero_point)
+            tensors = {f"lm_head.{k}": v for k, v in keep("lm_head", qw).items()} or \
+                {"lm_head.weight": qw.weight().to(store)}
+            return {key: tensor.to(store), **tensors} if tied else tensors
+
+        out_dir = Path(out_dir)
+        writer = ShardWriter(out_dir)
+        facts = walk(path, awq_solver(settings, keep), writer, calibration_ids=calibration.tensor(),
+                     batch_size=settings.batch_size, device=device, compute_dtype="float32",
+                     store_dtype=store_dtype, outside=outside)
+        writer.close()
         quantized = sorted(weights)
-        not_converted = sorted(n for n, m in model.named_modules()
-                               if isinstance(m, torch.nn.Linear) and n not in weights)
         record: dict[str, Any] = {"method": "awq", **options.to_dict(), "device": device,
                                   "stored_dtype": store_dtype, "quantized_layers": quantized,
                                   "calibration": calibration.fingerprint()}
-        out_dir = Path(out_dir)
-        if options.format == "hf-awq":
-            qconfig = quantization_config(options.bits, options.group_size, options.zero_point, not_converted)
-            write_hf_awq(model, tokenizer, weights, qconfig, store_dtype, out_dir)
+        cfg = facts["config"].to_dict()
+        cfg.pop("torch_dtype", None)
+        cfg["dtype"] = store_dtype
+        if head and tied:
+            cfg["tie_word_embeddings"] = False
+        if packed:
+            not_converted = sorted((set(shapes) - set(weights)) | others)
+            cfg["quantization_config"] = quantization_config(options.bits, options.group_size, options.zero_point,
+                                                             not_converted)
         else:
-            if store_dtype != "float32":
-                model.to(torch_dtype(store_dtype))
-            save_hf_model(model, tokenizer, out_dir, extra_config={"teeny_quantization": record})
-        n_params = sum(p.numel() for p in model.parameters())
-        packed = packed_bytes(model, weights, options.bits, torch.finfo(torch_dtype(store_dtype)).bits // 8)
-        meta = {**record, "packed_bytes": packed, "bits_per_weight": 8 * packed / n_params}
+            cfg["teeny_quantization"] = record
+        (out_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
+        copy_generation_config(path, out_dir)
+        source.load_tokenizer().save_pretrained(out_dir)
+        n_params = facts["params"] + (shapes["lm_head"][0] * shapes["lm_head"][1] if head and tied else 0)
+        size = packed_bytes(n_params, {n: shapes[n] for n in weights}, sum(weights.values()),
+                            torch.finfo(store).bits // 8)
+        meta = {**record, "packed_bytes": size, "bits_per_weight": 8 * size / n_params}
         artifact = Artifact(format=options.format, path=out_dir, meta=meta)
         artifact.save()
         return artifact
@@ -91,12 +124,43 @@ class AwqQuantizer(Quantizer):
                 "scheme": "asym" if options.zero_point else "sym", "clip": options.clip}
 
 
-def _check_packable(model, settings) -> None:
-    """hf-awq packs eight output channels per int32: refuse, before any work, a layer that cannot be packed."""
-    from teeny_awq.algorithm import is_skipped
-    from teeny_core.modeling import linear_layers
+def linear_shapes(path) -> tuple[dict[str, tuple[int, int]], set[str]]:
+    """From the shard headers: qualified name -> (out, in) of every linear AWQ may quantize (the spec's dense
+    linears of each decoder layer, and ``lm_head``), and the other matrices inside the layers, which stay in
+    full precision (a mixture-of-experts router, shared-expert gate, and routed experts by their module)."""
+    import json
 
-    for name, linear in linear_layers(model).items():
-        if not is_skipped(name, settings.skip) and linear.out_features % 8:
-            raise TeenyError(f"awq: {name} has {linear.out_features} output features, not a multiple of 8, so it "
-                             "cannot be packed as hf-awq; add it to skip or use format=hf")
+    from teeny_core.arch import spec_for
+    from teeny_core.walker import ShardReader
+
+    config = json.loads((Path(path) / "config.json").read_text())
+    spec = spec_for(config.get("model_type"))
+    reader = ShardReader(path)
+    out, others = {}, set()
+    for index in range(config["num_hidden_layers"]):
+        prefix = spec.layer_prefix(index)
+        for name in spec.linears():
+            key = f"{prefix}.{name}.weight"
+            if key in reader.files:
+                out[key[:-len(".weight")]] = tuple(reader.shape(key))
+        for key in reader.keys(f"{prefix}."):
+            module = key[:-len(".weight")]
+            if key.endswith(".weight") and module not in out and len(reader.shape(key)) == 2:
+                experts = f"{prefix}.{spec.experts.module}." if spec.experts else None
+                others.add(f"{experts[:-1]}" if experts and key.startswith(experts) else module)
+    head = f"{spec.lm_head}.weight" if f"{spec.lm_head}.weight" in reader.files else f"{spec.embed}.weight"
+    out[spec.lm_head] = tuple(reader.shape(head))
+    return out, others
+
+
+def _check_shapes(linears: dict[str, tuple[int, int]], settings, packed: bool) -> None:
+    """Refuse, before any work, a linear the group size does not divide or (hf-awq) that cannot be packed."""
+    for name, (out_features, in_features) in linears.items():
+        if in_features % settings.group_size:
+            raise TeenyError(f"group_size={settings.group_size} does not divide the input width {in_features} of "
+                             f"{name}; use a group size that divides every quantized layer's width")
+    if packed:  # hf-awq packs eight output channels per int32
+        for name, (out_features, _) in linears.items():
+            if out_features % 8:
+                raise TeenyError(f"awq: {name} has {out_features} output features, not a multiple of 8, so it "
+                                 "cannot be packed as hf-awq; add it to skip or use format=hf")

@@ -34,26 +34,29 @@ def quantize(teeny_plugins, path, calibration, out_dir, **options):
     return cls().quantize(ModelSource(str(path)), calibration, opts, out_dir)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
-def test_hf_awq_dequantizes_bit_exactly_to_the_quantizers_weights(arch, tiny_model, awq_calibration, tmp_path):
-    from transformers import AutoModelForCausalLM
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3", "phi3", "qwen2_moe"])
+def test_hf_awq_dequantizes_bit_exactly_to_the_quantizers_weights(arch, teeny_plugins, tiny_model, awq_calibration,
+                                                                 tmp_path):
+    """The packed checkpoint holds exactly the weights the fake-quant ``hf`` artifact stores (float32 here)."""
+    from safetensors.torch import load_file
 
-    from teeny_awq.algorithm import AwqSettings, quantize_model
-    from teeny_awq.export import quantization_config, write_hf_awq
-    from teeny_core.modeling import load_tokenizer
-
-    source = ModelSource(str(tiny_model(arch)))
-    model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32).eval()
-    weights = quantize_model(model, awq_calibration.tensor(), AwqSettings(group_size=32))
-    write_hf_awq(model, load_tokenizer(source), weights, quantization_config(4, 32, True, ["lm_head"]),
-                 "float32", tmp_path)
-    state = dequantized_state_dict(tmp_path)
-    own = model.state_dict()
-    for name in weights:
-        assert torch.equal(state[f"{name}.weight"], own[f"{name}.weight"]), name
-    for key, value in state.items():  # norms (with folded scales), embeddings, biases: as the model holds them
+    packed = quantize(teeny_plugins, tiny_model(arch), awq_calibration, tmp_path / "awq", group_size=32)
+    fake = quantize(teeny_plugins, tiny_model(arch), awq_calibration, tmp_path / "hf", group_size=32, format="hf")
+    state = dequantized_state_dict(packed.path)
+    own = load_file(str(fake.path / "model.safetensors"))
+    assert set(state) == set(own)
+    for key, value in state.items():  # quantized linears, norms (with folded scales), embeddings, biases
         assert torch.equal(value, own[key]), key
-    assert set(own) - set(state) <= {"lm_head.weight"}
+    assert packed.meta["quantized_layers"] == sorted(k[:-len(".qweight")] for k in _keys(packed.path)
+                                                     if k.endswith(".qweight"))
+    assert all(f"{name}.weight" in own for name in packed.meta["quantized_layers"])
+
+
+def _keys(directory):
+    from safetensors import safe_open
+
+    with safe_open(str(directory / "model.safetensors"), "pt") as f:
+        return set(f.keys())
 
 
 def test_quantizer_writes_a_standard_awq_checkpoint(teeny_plugins, tiny_model, awq_calibration, tmp_path):
@@ -99,8 +102,10 @@ def test_option_errors_are_one_line(teeny_plugins, tiny_model, awq_calibration, 
         quantize(teeny_plugins, tiny_model("llama"), awq_calibration, tmp_path / "a", bits=3)
     with pytest.raises(TeenyError, match="awq needs calibration data"):
         quantize(teeny_plugins, tiny_model("llama"), None, tmp_path / "b")
-    with pytest.raises(TeenyError, match="group_size=96 does not divide the input width 128"):
+    with pytest.raises(TeenyError, match=r"group_size=96 does not divide the input width 128 of model\.layers\.0\."):
         quantize(teeny_plugins, tiny_model("llama"), awq_calibration, tmp_path / "c", group_size=96)
+    with pytest.raises(TeenyError, match="architecture 'gpt2' is not supported for layer-by-layer quantization"):
+        quantize(teeny_plugins, _gpt2(tmp_path / "gpt2"), awq_calibration, tmp_path / "d")
 
 
 def test_three_bits_as_fake_quant_hf(teeny_plugins, tiny_model, awq_calibration, tmp_path):
@@ -132,3 +137,11 @@ def test_unpackable_width_is_refused_before_any_work(teeny_plugins, tiny_tokeniz
     artifact = quantize(teeny_plugins, tmp_path / "odd", awq_calibration, tmp_path / "hf", group_size=4,
                         format="hf", grid=2)  # any width works dequantized
     assert artifact.format == "hf"
+
+
+def _gpt2(path):
+    import transformers
+
+    config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=600)
+    transformers.GPT2LMHeadModel(config).save_pretrained(path)
+    return path

@@ -214,26 +214,6 @@ def _normalise_name(key: str) -> str | None:
     return None
 
 
-def linear_gguf_names(model) -> dict[str, str]:
-    """HF module name -> GGUF weight name for every ``nn.Linear`` inside the decoder blocks of ``model``."""
-    import gguf
-    import torch
-
-    text = model.config.get_text_config()
-    if text.model_type not in ARCHITECTURES:
-        raise TeenyError(f"model type {text.model_type!r} is not supported; supported: {', '.join(sorted(ARCHITECTURES))}")
-    arch = getattr(gguf.MODEL_ARCH, ARCHITECTURES[text.model_type][0])
-    name_map = gguf.get_tensor_name_map(arch, text.num_hidden_layers)
-    out = {}
-    for name, module in model.named_modules():
-        hf_name = _normalise_name(f"{name}.weight")
-        if isinstance(module, torch.nn.Linear) and hf_name and hf_name.startswith("model.layers."):
-            gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight",))
-            if gguf_name:
-                out[name] = gguf_name
-    return out
-
-
 def _permute_for_rope(w, n_head: int):
     """HF rotate-half q/k rows -> llama.cpp's interleaved pairs (per head: [x0..x(d/2-1), y...] -> [x0,y0,...])."""
     rows = w.shape[0]

@@ -56,46 +56,97 @@ class ImportanceMatrix:
 
 # --- computing from calibration data --------------------------------------------------------------
 
-def compute_imatrix(model, calibration, gguf_names: dict[str, str], *, batch_size: int = 1,
-                    dataset: str | None = None) -> ImportanceMatrix:
-    """Run ``calibration`` through the HF ``model`` with hooks on each linear in ``gguf_names``
-    (HF module name -> GGUF tensor name) and accumulate the squared inputs in float64.
+def compute_imatrix(path: str | Path, calibration, *, batch_size: int = 8, device: str = "cpu",
+                    dataset: str | None = None, progress: bool = True) -> ImportanceMatrix:
+    """Stream the safetensors model at ``path`` through the core's layer walker (one decoder layer in memory,
+    float32) and accumulate, in float64, the squared inputs of every linear that has a GGUF name in the
+    architecture spec. Routed experts of a mixture-of-experts layer get one row per expert (``n_mat`` =
+    experts), each over the tokens its router sends it, as llama-imatrix records them.
 
     The windows are used as they are: the calibrators already start each one like a document (BOS where the
     tokenizer adds one, see :mod:`teeny_core.windows`), the same windows GPTQ and AWQ see."""
     import numpy as np
-    import torch
 
-    modules = dict(model.named_modules())
-    missing = [n for n in gguf_names if n not in modules]
-    if missing:
-        raise TeenyError(f"modules {missing[:3]} not found in the model for the importance matrix")
-    sums = {gguf_names[n]: torch.zeros(modules[n].in_features, dtype=torch.float64) for n in gguf_names}
-    counts = {gguf_names[n]: 0 for n in gguf_names}
+    from teeny_core.walker import walk
 
-    def hook(gguf_name: str):
-        def accumulate(_module, inputs, _output):
-            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
-            sums[gguf_name] += (x * x).sum(dim=0).cpu()
-            counts[gguf_name] += x.shape[0]
-        return accumulate
-
-    handles = [modules[n].register_forward_hook(hook(g)) for n, g in gguf_names.items()]
     ids = calibration.tensor()
-    device = next(model.parameters()).device
-    body = model.get_decoder() if hasattr(model, "get_decoder") else model  # the LM head's logits are not needed
-    try:
-        with torch.no_grad():
-            for start in range(0, ids.shape[0], batch_size):
-                body(input_ids=ids[start:start + batch_size].to(device))
-    finally:
-        for h in handles:
-            h.remove()
+    sums: dict[str, Any] = {}
+    counts: dict[str, Any] = {}
+    walk(path, imatrix_solver(sums, counts), _Discard(), calibration_ids=ids, batch_size=batch_size, device=device,
+         compute_dtype="float32", progress=progress)
     return ImportanceMatrix(
-        sums={k: v.numpy() for k, v in sums.items()},
-        counts={k: np.array([float(c)], dtype=np.float64) for k, c in counts.items()},
+        sums={k: v.reshape(-1).numpy() for k, v in sums.items()},
+        counts={k: np.asarray(v, dtype=np.float64) for k, v in counts.items()},
         chunk_count=int(ids.shape[0]), chunk_size=int(ids.shape[1]),
         datasets=[dataset or calibration.name])
+
+
+def imatrix_solver(sums: dict[str, Any], counts: dict[str, Any]):
+    """A statistics solver for the layer walker: adds each linear's (and routed expert's) sum of squared inputs
+    per column, float64 ``[n_mat, n_cols]``, into ``sums`` and its token counts ``[n_mat]`` into ``counts``, by
+    GGUF tensor name. The layer is left unchanged."""
+
+    def solve(work):
+        import torch
+
+        from teeny_core.walker import Solved, run_layer
+
+        layer, spec = work.layer, work.spec
+        if work.inputs is None:
+            raise TeenyError("the importance matrix needs calibration inputs")
+
+        def add(name: str, x, mat: int = 0, n_mat: int = 1) -> None:
+            x = x.detach().reshape(-1, x.shape[-1]).double()
+            if name not in sums:
+                sums[name] = torch.zeros(n_mat, x.shape[-1], dtype=torch.float64)
+                counts[name] = [0.0] * n_mat
+            sums[name][mat] += (x * x).sum(dim=0).cpu()
+            counts[name][mat] += x.shape[0]
+
+        handles = []
+        for module_name, module in layer.named_modules():
+            gguf_name = spec.gguf_name(f"{work.prefix}.{module_name}.weight")
+            if isinstance(module, torch.nn.Linear) and gguf_name:
+                handles.append(module.register_forward_pre_hook(
+                    lambda mod, args, name=gguf_name: add(name, args[0])))
+        if spec.experts:
+            experts = layer.get_submodule(spec.experts.module)
+            first = f"{work.prefix}.{spec.experts.module}.0"
+            gate_name, up_name, down_name = (spec.gguf_name(f"{first}.{p}.weight") for p in spec.experts.disk_linears)
+
+            def routed(mod, args):
+                states, top_k_index = args[0], args[1]
+                n = mod.gate_up_proj.shape[0]
+                for e in range(n):
+                    x = states[(top_k_index == e).any(-1)]
+                    gate, up = torch.nn.functional.linear(x, mod.gate_up_proj[e]).chunk(2, dim=-1)
+                    add(gate_name, x, e, n)
+                    add(up_name, x, e, n)
+                    add(down_name, mod.act_fn(gate) * up, e, n)
+
+            handles.append(experts.register_forward_pre_hook(routed))
+        try:
+            with torch.no_grad():
+                for h, a in zip(work.inputs, work.args):
+                    run_layer(layer, h.to(work.device), a)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return Solved()
+
+    return solve
+
+
+class _Discard:
+    """A walker writer that keeps nothing: statistics solvers produce no model."""
+
+    total = 0
+
+    def add(self, key: str, tensor) -> None:
+        pass
+
+    def end_of_layer(self) -> None:
+        pass
 
 
 # --- file formats -------------------------------------------------------------------------------

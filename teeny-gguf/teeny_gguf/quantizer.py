@@ -135,19 +135,12 @@ def resolve_imatrix(options: GGUFOptions, calibration: CalibrationSet | None) ->
 
 
 def imatrix_for(source: ModelSource, calibration: CalibrationSet):
-    """Compute the importance matrix of ``source`` (loaded in float32 through transformers) on ``calibration``."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from teeny_gguf.convert import linear_gguf_names
+    """Compute the importance matrix of ``source`` on ``calibration``, streamed one layer at a time by the core's
+    layer walker (the source must be a safetensors model)."""
+    from teeny_core.walker import safetensors_dir
     from teeny_gguf.imatrix import compute_imatrix
 
-    kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
-    model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32, **kwargs).eval()
-    try:
-        return compute_imatrix(model, calibration, linear_gguf_names(model), dataset=calibration.name)
-    finally:
-        del model
+    return compute_imatrix(safetensors_dir(source), calibration, dataset=calibration.name)
 
 
 def save_tokenizer_beside(source: ModelSource, out_dir: Path) -> None:

@@ -65,10 +65,9 @@ class HessianAccumulator:
         m = x.shape[0]
         if m == 0:
             return
-        self.H *= self.rows / (self.rows + m)
+        # one BLAS call rescales the running mean and adds the batch: H <- n/(n+m) H + 2/(n+m) x^T x
+        self.H.addmm_(x.t(), x, beta=self.rows / (self.rows + m), alpha=2.0 / (self.rows + m))
         self.rows += m
-        x = x * math.sqrt(2.0 / self.rows)
-        self.H += x.t() @ x
 
 
 def round_scale(scale):
@@ -122,10 +121,15 @@ def dequant(q, scale, zero):
 def inverse_cholesky(H, damp_percent: float, damp_increment: float, name: str = ""):
     """Upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1``, raising ``damp`` by ``damp_increment``
     until the factorization succeeds with no vanishing pivot. Returns ``(U, damp, escalations)``; a Hessian that
-    never factorizes (non-finite values) gives the identity, which makes GPTQ plain round-to-nearest, with a warning."""
+    never factorizes (non-finite values) gives the identity, which makes GPTQ plain round-to-nearest, with a warning.
+
+    One Cholesky and one triangular inverse, without forming ``H^-1``: with ``J`` the reversal permutation and
+    ``J H J = L L^T``, ``H^-1 = J L^-T L^-1 J = U^T U`` for the upper triangular ``U = J L^-1 J``."""
     import torch
 
-    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    def eye():
+        return torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+
     mean_diag = torch.diag(H).mean()
     # a pivot this small means the factorization only "succeeded" through rounding: treat it as singular
     tiny_pivot = H.shape[0] * torch.finfo(H.dtype).eps * mean_diag
@@ -133,10 +137,13 @@ def inverse_cholesky(H, damp_percent: float, damp_increment: float, name: str = 
     damp, escalations = damp_percent, 0
     if bool(torch.isfinite(H).all()):
         while damp <= MAX_DAMP:
-            L, info = torch.linalg.cholesky_ex(H + damp * mean_diag * eye)
+            damped = H.flip(0, 1)
+            damped.diagonal().add_(damp * mean_diag)
+            L, info = torch.linalg.cholesky_ex(damped)
+            del damped
             if int(info) == 0 and bool(torch.diag(L).square().min() > tiny_pivot):
-                U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
-                if int(info) == 0 and bool(torch.isfinite(U).all()):
+                U = torch.linalg.solve_triangular(L, eye(), upper=False).flip(0, 1)
+                if bool(torch.isfinite(U).all()):
                     if escalations:
                         log.warning("%s: Hessian not positive definite at damp_percent=%g; succeeded at %g "
                                     "after %d increase(s)", name or "linear", damp_percent, damp, escalations)
@@ -145,12 +152,14 @@ def inverse_cholesky(H, damp_percent: float, damp_increment: float, name: str = 
             escalations += 1
     log.warning("%s: Hessian unusable (non-finite or not positive definite up to damp %g); quantizing with "
                 "round-to-nearest", name or "linear", MAX_DAMP)
-    return eye, float("nan"), escalations
+    return eye(), float("nan"), escalations
 
 
 @contextlib.contextmanager
 def few_threads(device):
-    """Run small CPU tensor ops on one thread (intra-op threading costs more than it gives at this size)."""
+    """Run GPTQ's sweep on one CPU thread: its per-column vector ops, the block updates and the one
+    factorization are small or memory-bound, and intra-op threading costs more than it gives at these sizes
+    (on a busy machine several times more, as each parallel region waits for a descheduled thread)."""
     import torch
 
     if device.type != "cpu":
@@ -176,11 +185,20 @@ def gptq_quantize(W, H, *, bits: int, group_size: int = 128, sym: bool = True, a
     """
     import torch
 
+    with few_threads(W.device):
+        return _gptq_quantize(W, H, bits=bits, group_size=group_size, sym=sym, act_order=act_order,
+                              static_groups=static_groups, block_size=block_size, damp_percent=damp_percent,
+                              damp_increment=damp_increment, mse=mse, name=name)
+
+
+def _gptq_quantize(W, H, *, bits, group_size, sym, act_order, static_groups, block_size, damp_percent,
+                   damp_increment, mse, name):
+    import torch
+
     dtype = torch.float64 if W.dtype == torch.float64 else torch.float32
     W = W.detach().to(dtype).clone()
     H = H.detach().to(dtype).clone()
     rows, cols = W.shape
-    maxq = 2**bits - 1
     gs = group_size if 0 < group_size < cols else cols
     n_groups = math.ceil(cols / gs)
     dynamic = gs < cols and not static_groups  # group parameters found while sweeping
@@ -189,11 +207,12 @@ def gptq_quantize(W, H, *, bits: int, group_size: int = 128, sym: bool = True, a
     H[dead, dead] = 1
     W[:, dead] = 0
 
-    scale = torch.zeros((rows, n_groups), dtype=dtype, device=W.device)
+    # the sweep works on W^T and stores scale/zero as [groups, rows]: every visited column is a contiguous row
+    scale = torch.zeros((n_groups, rows), dtype=dtype, device=W.device)
     zero = torch.zeros_like(scale)
     if not dynamic:
         for g in range(n_groups):
-            scale[:, g], zero[:, g] = group_params(W[:, g * gs:(g + 1) * gs], bits, sym, mse)
+            scale[g], zero[g] = group_params(W[:, g * gs:(g + 1) * gs], bits, sym, mse)
 
     positions = torch.arange(cols, device=W.device)
     perm = torch.argsort(torch.diag(H), descending=True, stable=True) if act_order else positions
@@ -201,40 +220,51 @@ def gptq_quantize(W, H, *, bits: int, group_size: int = 128, sym: bool = True, a
         W, H = W[:, perm], H[perm][:, perm]
     U, damp, escalations = inverse_cholesky(H, damp_percent, damp_increment, name)
     del H
+    W = W.t().contiguous()
 
-    codes = torch.zeros_like(W)
-    W_hat = torch.zeros_like(W)
+    codes, W_hat = torch.empty_like(W), torch.empty_like(W)
     col_group = positions // gs if dynamic else perm // gs  # the group of each visited position
-    group_of = col_group.tolist()
-    loss = torch.zeros((), dtype=torch.float64, device=W.device)
-    for i1 in range(0, cols, block_size):
-        i2 = min(i1 + block_size, cols)
-        W1 = W[:, i1:i2].clone()
-        Err1 = torch.zeros_like(W1)
-        U1 = U[i1:i2, i1:i2]
-        with few_threads(W.device):  # per-column vector ops: threading only adds overhead
-            for i in range(i2 - i1):
-                col = i1 + i
-                g = group_of[col]
-                if dynamic and col % gs == 0:  # from the group's weights as updated so far (columns past this
-                    # block have not had this block's lazy update yet: apply it to them here)
-                    later = W[:, i2:col + gs] - Err1[:, :i] @ U[i1:i1 + i, i2:col + gs]
-                    current = torch.cat([W1[:, i:i + gs], later], dim=1)
-                    scale[:, g], zero[:, g] = group_params(current, bits, sym, mse)
-                w = W1[:, i]
-                q = quant(w, scale[:, g], zero[:, g], maxq)
-                w_q = dequant(q, scale[:, g], zero[:, g])
-                codes[:, col], W_hat[:, col] = q, w_q
-                err = (w - w_q) / U1[i, i]
-                W1[:, i:].addr_(err, U1[i, i:], alpha=-1)
-                Err1[:, i] = err
-        loss += Err1.double().square().sum() / 2
-        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
-
-    g_idx = torch.empty(cols, dtype=torch.int32, device=W.device)
+    loss = _sweep(W, U, codes, W_hat, scale, zero, col_group.tolist(), gs if dynamic else 0, block_size, bits, sym,
+                  mse)
+    del W, U
+    g_idx = torch.empty(cols, dtype=torch.int32, device=codes.device)
     g_idx[perm] = col_group.to(torch.int32)
     if act_order:
         inverse = torch.argsort(perm)
-        codes, W_hat = codes[:, inverse], W_hat[:, inverse]
-    return GPTQResult(q=codes.to(torch.int32), scale=scale, zero=zero, g_idx=g_idx, w_hat=W_hat,
+        codes, W_hat = codes[inverse], W_hat[inverse]
+    codes = codes.t().to(torch.int32, memory_format=torch.contiguous_format)
+    W_hat = W_hat.t().contiguous()
+    return GPTQResult(q=codes, scale=scale.t().contiguous(), zero=zero.t().contiguous(), g_idx=g_idx, w_hat=W_hat,
                       damp=damp, escalations=escalations, loss=float(loss))
+
+
+def _sweep(W, U, codes, W_hat, scale, zero, group_of: list[int], dynamic_gs: int, block_size: int, bits: int,
+           sym: bool, mse: MSESearch | None):
+    """GPTQ's column sweep on ``W^T [cols, rows]`` (updated in place) with the upper factor ``U`` of ``H^-1``:
+    fills ``codes`` and ``W_hat`` (``[cols, rows]``) and, when ``dynamic_gs`` (the group size) is set, each
+    group's ``scale``/``zero`` rows as its first column comes up. Returns the loss."""
+    import torch
+
+    cols, maxq, gs = W.shape[0], 2**bits - 1, dynamic_gs
+    loss = torch.zeros((), dtype=torch.float64, device=W.device)
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        W1 = W[i1:i2]  # a view: these rows are not read again once the block is swept
+        Err1 = torch.empty_like(W1)
+        U1 = U[i1:i2, i1:i2]
+        w_rows, err_rows, u_rows = W1.unbind(0), Err1.unbind(0), U1.unbind(0)
+        for i in range(i2 - i1):
+            col = i1 + i
+            g = group_of[col]
+            if gs and col % gs == 0:  # from the group's weights as updated so far (columns past this
+                # block have not had this block's lazy update yet: apply it to them here)
+                later = W[i2:col + gs] - U[i1:i1 + i, i2:col + gs].t() @ Err1[:i]
+                scale[g], zero[g] = group_params(torch.cat([W1[i:i + gs], later]).t(), bits, sym, mse)
+            s, z, w, err, q, w_q = scale[g], zero[g], w_rows[i], err_rows[i], codes[col], W_hat[col]
+            torch.div(w, s, out=q).round_().add_(z).clamp_(0, maxq)  # quant(), in place
+            torch.sub(q, z, out=w_q).mul_(s)  # dequant()
+            torch.sub(w, w_q, out=err).div_(u_rows[i][i])
+            W1[i:].addr_(u_rows[i][i:], err, alpha=-1)
+        loss += Err1.double().square().sum() / 2
+        W[i2:] -= U[i1:i2, i2:].t() @ Err1
+    return loss

@@ -40,6 +40,9 @@ def quantize_with_gptqmodel(source: ModelSource, calibration: CalibrationSet, op
                   sym=options.sym, desc_act=options.desc_act, static_groups=options.static_groups,
                   true_sequential=options.true_sequential, damp_percent=options.damp_percent,
                   damp_auto_increment=options.damp_auto_increment, mse=options.mse_norm if options.mse else 0.0)
+    fields = getattr(gptqmodel.QuantizeConfig, "__dataclass_fields__", {})
+    if "act_group_aware" in fields:  # GPTQModel 7.7 turns group-aware reordering on even with desc_act off;
+        wanted["act_group_aware"] = False  # native GPTQ does not reorder, so compare like with like
     try:
         config = gptqmodel.QuantizeConfig(**wanted)
     except TypeError as exc:

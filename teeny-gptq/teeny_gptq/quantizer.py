@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import resource
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from teeny_core.errors import TeenyError
 from teeny_core.options import Options, option
 from teeny_core.types import Artifact, CalibrationSet, ModelSource, Quantizer
 
 CHECKPOINT_FORMAT = "gptq"
+log = logging.getLogger("teeny_gptq")
 
 
 @dataclasses.dataclass
@@ -43,7 +45,7 @@ class GPTQOptions(Options):
 
 def settings_from(options: GPTQOptions):
     from teeny_gptq.gptq import MSESearch
-    from teeny_gptq.sequential import GPTQSettings
+    from teeny_gptq.solver import GPTQSettings
 
     mse = MSESearch(options.mse_grid, options.mse_max_shrink, options.mse_norm) if options.mse else None
     return GPTQSettings(bits=options.bits, group_size=options.group_size if options.group_size > 0 else -1,
@@ -55,6 +57,7 @@ def settings_from(options: GPTQOptions):
 
 def quantization_config(options: GPTQOptions, skipped_inside: list[str]) -> dict[str, Any]:
     """The ``quantization_config`` transformers, GPTQModel and vLLM read."""
+    from teeny_core.formats.gptq import dynamic_exclusions
     from teeny_gptq import __version__
 
     cfg: dict[str, Any] = {
@@ -72,23 +75,19 @@ def quantization_config(options: GPTQOptions, skipped_inside: list[str]) -> dict
         "lm_head": False,
         "meta": {"quantizer": [f"teeny-gptq:{__version__}"], "mse": options.mse},
     }
-    if skipped_inside:  # GPTQModel / vLLM "dynamic" rules: a leading "-:" excludes matching modules
-        cfg["dynamic"] = {f"-:^{name.replace('.', chr(92) + '.')}$": {} for name in skipped_inside}
+    if skipped_inside:
+        cfg["dynamic"] = dynamic_exclusions(skipped_inside)
     return cfg
 
 
-def check_shapes(linears: dict[str, Any], options: GPTQOptions) -> None:
-    """Fail before any work when a linear cannot be grouped or packed at these settings."""
-    bits, gs = options.bits, options.group_size
-    word = 32 if bits == 3 else 32 // bits
-    for name, m in linears.items():
-        if gs > 0 and m.in_features % gs:
-            raise TeenyError(f"gptq: {name} has {m.in_features} input features, not a multiple of group_size={gs}; "
-                             f"choose another group_size or add {name!r} to skip")
-        for what, n in (("input", m.in_features), ("output", m.out_features)):
-            if n % word:
-                raise TeenyError(f"gptq: {name} has {n} {what} features; {bits}-bit packing needs a multiple of "
-                                 f"{word}; add {name!r} to skip")
+def check_shapes(linears: dict[str, tuple[int, int]], options: GPTQOptions) -> None:
+    """Fail before any work when a linear (name -> (out, in) features) cannot be grouped or packed."""
+    from teeny_core.formats.gptq import misfit
+
+    for name, (out_features, in_features) in linears.items():
+        why = misfit(out_features, in_features, options.bits, options.group_size)
+        if why:
+            raise TeenyError(f"gptq: {name} has {why}; choose another group_size or add {name!r} to skip")
 
 
 def source_dtype(source: ModelSource) -> str:
@@ -122,8 +121,7 @@ class GPTQQuantizer(Quantizer):
             from teeny_gptq.gptqmodel_backend import quantize_with_gptqmodel
 
             return quantize_with_gptqmodel(source, calibration, options, Path(out_dir))
-        artifact, _ = quantize_native(source, calibration, options, Path(out_dir))
-        return artifact
+        return quantize_native(source, calibration, options, Path(out_dir))
 
     def describe(self, options: Options) -> dict[str, Any]:
         assert isinstance(options, GPTQOptions)
@@ -135,77 +133,84 @@ class GPTQQuantizer(Quantizer):
         return facts
 
 
-def quantize_native(source: ModelSource, calibration: CalibrationSet, options: GPTQOptions, out_dir: Path):
-    """Native GPTQ into an hf-gptq artifact; returns ``(artifact, model)``, the model holding the quantizer's
-    own dequantized weights (float32 when quantized on the CPU)."""
+def quantize_native(source: ModelSource, calibration: CalibrationSet, options: GPTQOptions, out_dir: Path,
+                    on_linear: Callable[[str, Any], None] | None = None) -> Artifact:
+    """Native GPTQ into an hf-gptq artifact, streamed one layer at a time by the core's walker (the source must
+    be a safetensors directory). ``on_linear(name, outcome)`` sees every linear's GPTQ outcome as it finishes.
+    Linears calibration never reaches (an expert its router never picks) are rounded to nearest on the same
+    grid, listed in ``meta["rtn_fallback"]`` and reported in one warning."""
     import torch
 
+    from teeny_core.formats.checkpoint import write_checkpoint_config
     from teeny_core.formats.gptq import pack_linear
-    from teeny_core.modeling import decoder_layers, linear_layers, resolve_device
-    from teeny_core.formats.checkpoint import write_checkpoint
-    from teeny_gptq.sequential import quantize_decoder, skipped
+    from teeny_core.modeling import resolve_device
+    from teeny_core.walker import ShardWriter, copy_generation_config, layer_matrices, safetensors_dir, walk
+    from teeny_gptq.solver import gptq_solver, skipped
 
     start = time.perf_counter()
     device = resolve_device(options.device)
     store_dtype = source_dtype(source)
     compute_dtype = "float32" if device == "cpu" else store_dtype
-    model, tokenizer = source.load(dtype=compute_dtype, device="cpu")
-    peak_after_load = peak_rss_bytes()
-    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    inside = {n: m for n, m in linear_layers(model).items()
-              if any(n.startswith(f"{p}.") for p in _layer_names(model, decoder_layers(model)))}
-    targets = {n: m for n, m in inside.items() if not skipped(n, options.skip)}
+    path = safetensors_dir(source)
+    inside, kept = layer_matrices(path)
+    targets = {n: shape for n, shape in inside.items() if not skipped(n, options.skip)}
     if not targets:
         raise TeenyError(f"gptq: skip={options.skip} leaves no linear layer to quantize")
     check_shapes(targets, options)
 
-    packed: dict[str, dict[str, Any]] = {}
     stats: dict[str, dict[str, Any]] = {}
+    fallback: dict[str, str] = {}
+    packed_bits = 0
 
-    def keep(name: str, outcome) -> None:
+    def keep(name: str, outcome) -> dict[str, Any]:
+        nonlocal packed_bits
         r = outcome.result
-        packed[name] = pack_linear(r.q, r.scale, r.zero, r.g_idx, options.bits, CHECKPOINT_FORMAT)
+        packed = pack_linear(r.q, r.scale, r.zero, r.g_idx, options.bits, CHECKPOINT_FORMAT)
+        packed_bits += sum(t.numel() * t.element_size() * 8 for t in packed.values())
         stats[name] = {"loss": r.loss, "damp": r.damp, "escalations": r.escalations,
                        "seconds": round(outcome.seconds, 3)}
+        if outcome.fallback:
+            fallback[name] = outcome.fallback
+        if on_linear:
+            on_linear(name, outcome)
+        return {k: v.contiguous() for k, v in packed.items()}
 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    with torch.no_grad():
-        quantize_decoder(model, calibration.tensor(), settings_from(options), device=device, on_linear=keep)
+    out_dir = Path(out_dir)
+    writer = ShardWriter(out_dir)
+    settings = settings_from(options)
+    facts = walk(path, gptq_solver(settings, keep), writer, calibration_ids=calibration.tensor(),
+                 batch_size=settings.batch_size, device=device, compute_dtype=compute_dtype, store_dtype=store_dtype)
+    files = writer.close()
     quantize_seconds = time.perf_counter() - start
     skipped_inside = sorted(set(inside) - set(targets))
-    files = write_checkpoint(model, tokenizer, packed, out_dir, quantization_config(options, skipped_inside),
-                             store_dtype)
+    write_checkpoint_config(facts["config"], source.load_tokenizer(), out_dir,
+                            quantization_config(options, skipped_inside + sorted(kept)), store_dtype)
+    copy_generation_config(path, out_dir)
+    if fallback:
+        log.warning("gptq: calibration never reached %d linear(s), rounded to nearest on the same grid: %s",
+                    len(fallback), ", ".join(sorted(fallback)))
 
-    n_params = sum(p.numel() for p in model.parameters())
-    quant_params = sum(m.weight.numel() for m in targets.values())
+    n_params = facts["params"]
+    quant_params = sum(rows * cols for rows, cols in targets.values())
     escalated = {n: s["damp"] for n, s in stats.items() if s["escalations"]}
+    other_bits = (n_params - quant_params) * {"float32": 32, "float16": 16, "bfloat16": 16}[store_dtype]
     meta: dict[str, Any] = {
         "method": "gptq", "backend": "native", **options.to_dict(), "device": device,
         "checkpoint_format": CHECKPOINT_FORMAT, "stored_dtype": store_dtype, "files": files,
-        "quantized_layers": sorted(packed), "skipped_layers": skipped_inside,
+        "quantized_layers": sorted(stats), "skipped_layers": skipped_inside, "kept_full_precision": kept,
+        "rtn_fallback": fallback,
         "calibration": {"name": calibration.name, "fingerprint": calibration.fingerprint(),
                         "samples": len(calibration.samples), "seq_len": len(calibration.samples[0])},
         "quantized_params": quant_params, "total_params": n_params,
-        "bits_per_weight": _bits_per_weight(packed, n_params, quant_params, store_dtype),
-        "layer_stats": stats, "damp_escalated": escalated,
+        "bits_per_weight": round((packed_bits + other_bits) / n_params, 3),
+        "layer_stats": stats, "damp_escalated": escalated, "spilled_batches": facts["spilled_batches"],
         "quantize_seconds": round(quantize_seconds, 2), "seconds": round(time.perf_counter() - start, 2),
-        "model_bytes": model_bytes, "peak_rss_after_load_bytes": peak_after_load, "peak_rss_bytes": peak_rss_bytes(),
+        "peak_rss_bytes": peak_rss_bytes(),
     }
     if device.startswith("cuda"):
         meta["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
     artifact = Artifact(format="hf-gptq", path=out_dir, meta=meta)
     artifact.save()
-    return artifact, model
-
-
-def _layer_names(model, layers) -> list[str]:
-    ids = {id(layer) for layer in layers}
-    return [name for name, m in model.named_modules() if id(m) in ids]
-
-
-def _bits_per_weight(packed: dict[str, dict[str, Any]], n_params: int, quant_params: int, store_dtype: str) -> float:
-    """Average stored bits per parameter: packed tensors as stored, everything else at the stored dtype."""
-    packed_bits = sum(t.numel() * t.element_size() * 8 for d in packed.values() for t in d.values())
-    other_bits = (n_params - quant_params) * {"float32": 32, "float16": 16, "bfloat16": 16}[store_dtype]
-    return round((packed_bits + other_bits) / n_params, 3)
+    return artifact

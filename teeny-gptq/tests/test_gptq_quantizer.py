@@ -98,8 +98,14 @@ def test_checkpoint_dequantizes_bit_exactly_to_the_quantizers_weights(teeny_plug
     opts = GPTQOptions.from_mapping({"bits": 3, "group_size": 32, "sym": False, "desc_act": True,
                                      "skip": ["lm_head", "model.layers.1.mlp.down_proj"]})
     (tmp_path / "a").mkdir()
-    artifact, model = quantize_native(source, cal, opts, tmp_path / "a")
+    w_hat = {}
+    artifact = quantize_native(source, cal, opts, tmp_path / "a",
+                               on_linear=lambda name, outcome: w_hat.__setitem__(name, outcome.result.w_hat))
     state = dequantized_state_dict(artifact.path)
+    model, _ = source.load(dtype="float32")
+    with torch.no_grad():  # the model the quantizer's own weights describe
+        for name, weight in w_hat.items():
+            model.get_submodule(name).weight.copy_(weight)
     own = model.state_dict()
     quantized = artifact.meta["quantized_layers"]
     assert len(quantized) == 13 and "model.layers.1.mlp.down_proj" not in quantized
@@ -128,20 +134,26 @@ def test_checkpoint_dequantizes_bit_exactly_to_the_quantizers_weights(teeny_plug
     loaded.close()
 
 
-def test_true_sequential_groups_follow_the_block(tiny_model):
+@pytest.mark.parametrize("arch", ["gemma3", "phi3", "qwen2_moe"])
+def test_spec_groups_are_the_linears_that_share_an_input_in_execution_order(tiny_model, arch):
     from transformers import AutoModelForCausalLM
 
-    from teeny_core.modeling import decoder_layers, linear_layers
-    from teeny_gptq.sequential import capture_layer_inputs, sequential_groups
+    from teeny_core.arch import spec_for
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model("gemma3"), dtype=torch.float32).eval()
-    layers = decoder_layers(model)
-    hidden, args = capture_layer_inputs(model, layers, [torch.arange(1, 17)[None]], "cpu")
-    assert len(hidden) == 1 and tuple(hidden[0].shape) == (1, 16, 128)
-    groups = sequential_groups(layers[0], linear_layers(layers[0]), hidden[0], args[0][0])
-    assert groups == [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
-                      ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
-    assert all("forward" not in vars(layer) for layer in layers)  # the capture left the layers as they were
+    model = AutoModelForCausalLM.from_pretrained(tiny_model(arch), dtype=torch.float32).eval()
+    spec = spec_for(model.config.model_type)
+    layer = model.model.layers[0]
+    calls = []
+    handles = [layer.get_submodule(n).register_forward_pre_hook(lambda m, inp, n=n: calls.append((n, inp[0])))
+               for n in spec.linears()]
+    with torch.no_grad():
+        model(torch.arange(1, 17)[None])
+    for h in handles:
+        h.remove()
+    observed: dict[int, list[str]] = {}
+    for name, x in calls:  # the same input tensor object means a shared input
+        observed.setdefault(id(x), []).append(name)
+    assert list(observed.values()) == [list(g.linears) for g in spec.groups]
 
 
 def test_bad_inputs_are_one_line_errors(teeny_plugins, tiny_model, tmp_path):

@@ -2,7 +2,8 @@
 
 Integer grids that a GPTQ checkpoint can hold (2, 3, 4 or 8 bits per channel or group) are written as
 ``hf-gptq`` (``format="auto"``), so runtimes execute them packed (an asymmetric zero point of 0, which GPTQ v1
-cannot store, lifts its group's grid one step); other grids are stored dequantized (``hf``).
+cannot store, lifts its group's grid one step); other grids are stored dequantized (``hf``). Either way the
+model streams through the core's layer walker, one decoder layer in memory at a time.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,78 +39,84 @@ def skipped(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) or name == p for p in patterns)
 
 
-def packed_bytes(model, quantized: dict[str, tuple[int, int]], bits: int, scale_count: int) -> int:
-    """Bytes a packed deployment needs: quantized weights at ``bits``, fp16 scales and zeros, the rest as stored."""
-    total = 0
-    for name, p in model.named_parameters():
-        module = name.rsplit(".", 1)[0]
-        if module in quantized and name.endswith("weight"):
-            rows, cols = quantized[module]
-            total += rows * cols * bits // 8
-        else:
-            total += p.numel() * p.element_size()
-    return total + scale_count * 4  # fp16 scale + fp16 zero per group
-
-
 class RTNQuantizer(Quantizer):
-    """Round-to-nearest: integer weights per tensor, channel or group (stored dequantized), or a fp16/bf16 cast."""
+    """Round-to-nearest: integer weights per tensor, channel or group (packed as hf-gptq where the grid fits,
+    else stored dequantized), or a fp16/bf16 cast."""
 
     name = "rtn"
     Options = RTNOptions
 
     def quantize(self, source: ModelSource, calibration: CalibrationSet | None, options: Options,
                  out_dir: Path) -> Artifact:
-        import torch
-
-        from teeny_core.modeling import linear_layers, save_hf_model, torch_dtype
-        from teeny_core.formats.gptq import BITS as GPTQ_BITS
-        from teeny_core.quant import dequantize_weight, quantize_weight, quantize_with
+        """Streamed by the core's layer walker: one decoder layer in memory at a time. Rounds the architecture
+        spec's linears (routed experts included) and ``lm_head`` unless skipped; a router or a 1-output gate
+        stays in full precision, with the reason in ``meta["kept_full_precision"]``."""
+        from teeny_core.arch import spec_for
+        from teeny_core.formats.checkpoint import write_checkpoint_config
+        from teeny_core.formats.gptq import dynamic_exclusions
+        from teeny_core.modeling import torch_dtype
+        from teeny_core.walker import ShardWriter, copy_generation_config, layer_matrices, safetensors_dir, walk
 
         assert isinstance(options, RTNOptions)
         dtype = options.dtype
         if options.bits == 16 and dtype == "auto":
             dtype = "float16"
-        model, tokenizer = source.load(dtype="float32")
-        quantized: dict[str, tuple[int, int]] = {}
-        codes: dict[str, tuple[Any, Any, Any]] = {}
-        scale_count = clamped = 0
-        gptq_grid = options.format != "hf" and options.bits in GPTQ_BITS and options.granularity != "tensor"
-        if options.bits < 16:
-            if getattr(model.config, "tie_word_embeddings", False) and not skipped("lm_head", options.skip):
-                model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
-                model.config.tie_word_embeddings = False
-            with torch.no_grad():
-                for name, linear in linear_layers(model).items():
-                    if skipped(name, options.skip):
-                        continue
-                    q, scale, zero = quantize_weight(linear.weight, options.bits, options.scheme,
-                                                     options.granularity, options.group_size)
-                    if gptq_grid and int(zero.min()) < 1:  # GPTQ v1 stores zero - 1: lift the grid one step
-                        clamped += int((zero < 1).sum())
-                        zero = zero.clamp(min=1)
-                        q = quantize_with(linear.weight, scale, zero, options.bits)
-                    linear.weight.copy_(dequantize_weight(q, scale, zero))
-                    quantized[name] = tuple(linear.weight.shape)
-                    codes[name] = (q, scale, zero)
-                    scale_count += scale.numel()
         store_dtype = dtype if dtype != "auto" else _source_dtype(source)
-        record = {"method": "rtn", **options.to_dict(), "stored_dtype": store_dtype,
-                  "quantized_layers": sorted(quantized), "zero_points_lifted": clamped}
-        why_not = gptq_misfit(options, codes)
+        store = torch_dtype(store_dtype)
+        path = safetensors_dir(source)
+        config = json.loads((path / "config.json").read_text())
+        spec = spec_for(config.get("model_type"))
+        linears, kept = layer_matrices(path)
+        rounding = options.bits < 16
+        targets = {n: shape for n, shape in linears.items() if rounding and not skipped(n, options.skip)}
+        head = rounding and not skipped("lm_head", options.skip)
+        untie = head and config.get("tie_word_embeddings", False)
+        if head:
+            targets[spec.lm_head] = (config["vocab_size"], config["hidden_size"])
+        why_not = gptq_misfit(options, targets)
         if options.format == "hf-gptq" and why_not:
             raise TeenyError(f"rtn: format='hf-gptq' cannot hold this grid: {why_not}; use format='hf' or 'auto'")
-        fmt = "hf-gptq" if options.format != "hf" and not why_not else "hf"
+        fmt = "hf-gptq" if rounding and options.format != "hf" and not why_not else "hf"
+        rounder = _Rounder(options, fmt == "hf-gptq", store)
+
+        def outside(key: str, tensor):
+            if head and key == f"{spec.lm_head}.weight":
+                return rounder.round(spec.lm_head, tensor.float().clone())
+            if untie and key == f"{spec.embed}.weight":  # the tied lm_head becomes a rounded copy
+                return {key: tensor.to(store), **rounder.round(spec.lm_head, tensor.float().clone())}
+            return None
+
+        out_dir = Path(out_dir)
+        writer = ShardWriter(out_dir)
+        facts = walk(path, rounder.solve(targets), writer, store_dtype=store_dtype, outside=outside)
+        writer.close()
+        cfg = facts["config"]
+        if untie:
+            cfg.tie_word_embeddings = False
+        record = {"method": "rtn", **options.to_dict(), "stored_dtype": store_dtype,
+                  "quantized_layers": sorted(rounder.shapes), "zero_points_lifted": rounder.lifted}
+        if rounding:
+            record["kept_full_precision"] = kept
+        quant_config = None
         if fmt == "hf-gptq":
-            write_gptq(model, tokenizer, codes, options, out_dir, store_dtype, record)
-        else:
-            if store_dtype != "float32":
-                model.to(torch_dtype(store_dtype))
-            save_hf_model(model, tokenizer, out_dir, extra_config={"teeny_quantization": record})
-        if codes and why_not:
+            group = options.group_size if options.granularity == "group" else -1
+            quant_config = {"quant_method": "gptq", "bits": options.bits, "group_size": group, "desc_act": False,
+                            "sym": options.scheme == "sym", "checkpoint_format": "gptq", "pack_dtype": "int32",
+                            "lm_head": head, "meta": {"quantizer": ["teeny-rtn"]}}
+            inner = sorted((set(linears) - set(targets)) | set(kept))
+            if inner:
+                quant_config["dynamic"] = dynamic_exclusions(inner)
+        write_checkpoint_config(cfg, source.load_tokenizer(), out_dir, quant_config, store_dtype,
+                                extra_config={"teeny_quantization": record})
+        copy_generation_config(path, out_dir)
+        if rounder.shapes and why_not:
             record["hf_gptq_misfit"] = why_not
-        bits = options.bits if options.bits < 16 else 16
-        n_params = sum(p.numel() for p in model.parameters())
-        packed = packed_bytes(model, quantized, bits, scale_count) if quantized else n_params * 2
+        n_params = facts["params"] + (cfg.hidden_size * cfg.vocab_size if untie else 0)
+        if rounder.shapes:  # quantized weights at `bits` plus a fp16 scale and zero per group; the rest as stored
+            packed = (writer.total - rounder.written + rounder.scale_count * 4
+                      + sum(r * c * options.bits // 8 for r, c in rounder.shapes.values()))
+        else:
+            packed = n_params * 2
         meta: dict[str, Any] = {**record, "packed_bytes": packed, "bits_per_weight": 8 * packed / n_params}
         artifact = Artifact(format=fmt, path=out_dir, meta=meta)
         artifact.save()
@@ -124,46 +130,97 @@ class RTNQuantizer(Quantizer):
         return {"bits": options.bits, "scheme": options.scheme, "granularity": gran}
 
 
-def gptq_misfit(options: RTNOptions, codes: dict[str, tuple[Any, Any, Any]]) -> str:
-    """Why these codes cannot be an hf-gptq checkpoint (v1 zero points), or "" when they can."""
-    from teeny_core.formats.gptq import BITS
+class _Rounder:
+    """Rounds linears for one RTN run and tallies what it wrote: packed hf-gptq tensors (``packed``) or the
+    dequantized weight in the store dtype."""
 
-    if not codes:
+    def __init__(self, options: RTNOptions, packed: bool, store):
+        self.options, self.packed, self.store = options, packed, store
+        self.shapes: dict[str, tuple[int, int]] = {}
+        self.scale_count = self.lifted = 0
+        self.written = 0
+        """Bytes written for the rounded weights (packed tensors, or dequantized floats)."""
+
+    def codes(self, name: str, weight):
+        """Codes, scale and zero of ``weight`` (float32); a zero point of 0, which GPTQ v1 cannot store, lifts
+        its group's grid one step when packing."""
+        from teeny_core.quant import quantize_weight, quantize_with
+
+        o = self.options
+        q, scale, zero = quantize_weight(weight, o.bits, o.scheme, o.granularity, o.group_size)
+        if self.packed and int(zero.min()) < 1:
+            self.lifted += int((zero < 1).sum())
+            zero = zero.clamp(min=1)
+            q = quantize_with(weight, scale, zero, o.bits)
+        self.shapes[name] = tuple(weight.shape)
+        self.scale_count += scale.numel()
+        return q, scale, zero
+
+    def round(self, name: str, weight, module: str | None = None) -> dict[str, Any]:
+        """The tensors to write for linear ``name`` (under the disk name ``module``, default ``name``); the
+        dequantized weight is copied back into ``weight``."""
+        from teeny_core.formats.gptq import default_g_idx, pack_linear
+        from teeny_core.quant import dequantize_weight
+
+        q, scale, zero = self.codes(name, weight.float())
+        weight.copy_(dequantize_weight(q, scale, zero).to(weight.dtype))
+        module = module or name
+        if self.packed:
+            group = self.options.group_size if self.options.granularity == "group" else -1
+            out = {f"{module}.{k}": v.contiguous() for k, v in
+                   pack_linear(q, scale, zero, default_g_idx(q.shape[1], group), self.options.bits).items()}
+        else:
+            out = {f"{module}.weight": weight.to(self.store)}
+        self.written += sum(t.numel() * t.element_size() for t in out.values())
+        return out
+
+    def solve(self, targets: dict[str, tuple[int, int]]):
+        """A walker solver rounding the layer's ``targets`` (qualified names), routed experts included."""
+        import torch
+
+        from teeny_core.walker import Solved
+
+        def solve(work) -> Solved:
+            solved = Solved()
+            names = [n for n in work.spec.linears() if f"{work.prefix}.{n}" in targets]
+            views = {n: work.layer.get_submodule(n).weight for n in names}
+            if work.spec.experts:  # fused in memory; one disk linear per expert and projection
+                ex = work.spec.experts
+                experts = work.layer.get_submodule(ex.module)
+                inter = experts.gate_up_proj.shape[1] // 2
+                for e in range(experts.gate_up_proj.shape[0]):
+                    for part, view in (("gate_proj", experts.gate_up_proj[e, :inter]),
+                                       ("up_proj", experts.gate_up_proj[e, inter:]),
+                                       ("down_proj", experts.down_proj[e])):
+                        if f"{work.prefix}.{ex.module}.{e}.{part}" in targets:
+                            views[f"{ex.module}.{e}.{part}"] = view
+            with torch.no_grad():
+                for name, weight in views.items():
+                    tensors = self.round(f"{work.prefix}.{name}", weight, name)
+                    if self.packed:  # else the walker writes the layer's (dequantized) weights itself
+                        solved.tensors.update(tensors)
+                        solved.replaced.add(name)
+            return solved
+
+        return solve
+
+
+def gptq_misfit(options: RTNOptions, shapes: dict[str, tuple[int, int]]) -> str:
+    """Why linears of these shapes (name -> (out, in)) cannot be an hf-gptq checkpoint at these options, or ""."""
+    from teeny_core.formats.gptq import BITS, misfit
+
+    if not shapes:
         return "no layer was quantized"
     if options.bits not in BITS:
         return f"bits={options.bits} is not one of {BITS}"
     if options.granularity == "tensor":
         return "granularity='tensor' (GPTQ checkpoints hold per-channel or per-group scales)"
-    need = 32 if options.bits == 3 else 32 // options.bits
-    for name, (q, _, zero) in codes.items():
-        if q.shape[1] % need or (q.shape[0] * options.bits) % 32:
-            return f"{name} has shape {list(q.shape)}, not packable at {options.bits} bits"
-        if int(zero.min()) < 1:
-            return f"{name} has a zero point of 0 (GPTQ v1 stores zero - 1)"
-    return ""
-
-
-def write_gptq(model, tokenizer, codes: dict[str, tuple[Any, Any, Any]], options: RTNOptions, out_dir: Path,
-               store_dtype: str, record: dict[str, Any]) -> None:
-    """Write the RTN codes as a GPTQ (v1) checkpoint: what GPTQ runtimes (and transformers, vLLM) load."""
-    from teeny_core.formats.checkpoint import write_checkpoint
-    from teeny_core.formats.gptq import default_g_idx, pack_linear
-    from teeny_core.modeling import linear_layers
-
     group = options.group_size if options.granularity == "group" else -1
-    packed = {name: pack_linear(q, scale, zero, default_g_idx(q.shape[1], group), options.bits)
-              for name, (q, scale, zero) in codes.items()}
-    config = {"quant_method": "gptq", "bits": options.bits, "group_size": group, "desc_act": False,
-              "sym": options.scheme == "sym", "checkpoint_format": "gptq", "pack_dtype": "int32", "lm_head": False,
-              "meta": {"quantizer": ["teeny-rtn"]}}
-    inner = [name for name in linear_layers(model) if name not in codes and name != "lm_head"]
-    if inner:  # GPTQModel / vLLM "dynamic" rules: a leading "-:" leaves matching modules unquantized
-        config["dynamic"] = {f"-:^{re.escape(name)}$": {} for name in inner}
-    write_checkpoint(model, tokenizer, packed, out_dir, config, store_dtype)
-    cfg_path = out_dir / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["teeny_quantization"] = record
-    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    for name, (rows, cols) in shapes.items():
+        why = misfit(rows, cols, options.bits, group)
+        if why:
+            return f"{name} has {why}"
+    return ""
 
 
 def _source_dtype(source: ModelSource) -> str:

@@ -143,8 +143,11 @@ def load_dequantized(artifact: Artifact, dtype):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from teeny_core.walker import fuse_model_experts
+
     model = AutoModelForCausalLM.from_config(_config_without_quantization(artifact), dtype=torch.float32)
-    _load_state(model, _format_module(artifact).dequantized_state_dict(artifact.path), artifact, set(), False)
+    state = fuse_model_experts(_format_module(artifact).dequantized_state_dict(artifact.path), model.config.model_type)
+    _load_state(model, state, artifact, set(), False)
     return model.to(dtype)
 
 
@@ -155,12 +158,14 @@ def load_packed(artifact: Artifact, dtype, compute: str):
     from transformers import AutoModelForCausalLM
 
     from teeny_core.packed import pack_linears
+    from teeny_core.walker import fuse_model_experts
 
     linears, rest = _format_module(artifact).read_quantized(artifact.path)
     with init_empty_weights():  # no float copy of the quantized weights is ever allocated
         model = AutoModelForCausalLM.from_config(_config_without_quantization(artifact), dtype=dtype)
     packed_names, fallback, reasons = pack_linears(model, linears, compute)
     state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in {**rest, **fallback}.items()}
+    state = fuse_model_experts(state, model.config.model_type)
     packed = set(packed_names)
     _load_state(model, state, artifact, packed, True)
     meta = [n for n, p in model.named_parameters() if p.is_meta]

@@ -1,4 +1,7 @@
-"""Writing a packed checkpoint (hf-gptq layout): packed linears, the rest of the state dict, config and tokenizer."""
+"""Writing a packed checkpoint (hf-gptq layout): packed linears, the rest of the state dict, config and tokenizer.
+
+The one writer of packed checkpoints: :func:`write_checkpoint` for a model held whole in memory,
+:func:`write_checkpoint_config` for the files around weights the layer walker streamed to disk."""
 
 from __future__ import annotations
 
@@ -85,21 +88,36 @@ def save_safetensors(tensors: dict[str, Any], out_dir: Path, shard_bytes: int = 
 
 
 def write_checkpoint(model, tokenizer, packed: dict[str, dict[str, Any]], out_dir: Path,
-                     quantization_config: dict[str, Any], store_dtype: str) -> list[str]:
-    """Write safetensors, config.json (with ``quantization_config``), quantize_config.json (read by
-    AutoGPTQ/GPTQModel), the generation config and the tokenizer into ``out_dir``; return the weight files."""
+                     quantization_config: dict[str, Any], store_dtype: str,
+                     extra_config: dict[str, Any] | None = None) -> list[str]:
+    """Write safetensors and, with :func:`write_checkpoint_config`, the config, generation config and tokenizer
+    of a whole model held in memory into ``out_dir``; return the weight files."""
     from teeny_core.modeling import torch_dtype
 
     out_dir = Path(out_dir)
     files = save_safetensors(checkpoint_tensors(model, packed, torch_dtype(store_dtype)), out_dir)
-    model.config.save_pretrained(out_dir)
+    write_checkpoint_config(model.config, tokenizer, out_dir, quantization_config, store_dtype,
+                            generation_config=getattr(model, "generation_config", None), extra_config=extra_config)
+    return files
+
+
+def write_checkpoint_config(config, tokenizer, out_dir: Path, quantization_config: dict[str, Any] | None,
+                            store_dtype: str, generation_config=None,
+                            extra_config: dict[str, Any] | None = None) -> None:
+    """Everything of a checkpoint but its weights (written whole or streamed by the layer walker): config.json
+    with ``quantization_config`` and ``extra_config``'s keys, quantize_config.json (read by AutoGPTQ/GPTQModel;
+    neither where ``quantization_config`` is None: a plain float checkpoint), the generation config when given,
+    and the tokenizer."""
+    out_dir = Path(out_dir)
+    config.save_pretrained(out_dir)
     cfg_path = out_dir / "config.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg["quantization_config"] = quantization_config
+    if quantization_config is not None:
+        cfg["quantization_config"] = quantization_config
+        (out_dir / "quantize_config.json").write_text(json.dumps(quantization_config, indent=2, sort_keys=True))
     cfg["dtype"] = store_dtype
+    cfg.update(extra_config or {})
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
-    (out_dir / "quantize_config.json").write_text(json.dumps(quantization_config, indent=2, sort_keys=True))
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.save_pretrained(out_dir)
+    if generation_config is not None:
+        generation_config.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    return files

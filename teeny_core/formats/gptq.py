@@ -35,6 +35,27 @@ def _check_bits(bits: int) -> None:
         raise TeenyError(f"GPTQ packing supports bits {BITS}, not {bits}")
 
 
+def misfit(out_features: int, in_features: int, bits: int, group_size: int) -> str:
+    """Why a linear of this shape cannot be stored at ``bits`` with ``group_size`` input columns per group
+    (-1 or 0: per output channel), or "" when it can: codes pack along the input, zero points along the output."""
+    if bits not in BITS:
+        return f"bits={bits} is not one of {BITS}"
+    if group_size > 0 and in_features % group_size:
+        return f"{in_features} input features, not a multiple of group_size={group_size}"
+    word = 32 if bits == 3 else 32 // bits
+    for what, n in (("input", in_features), ("output", out_features)):
+        if n % word:
+            return f"{n} {what} features; {bits}-bit packing needs a multiple of {word}"
+    return ""
+
+
+def dynamic_exclusions(names) -> dict[str, dict]:
+    """GPTQModel / vLLM ``dynamic`` rules leaving these modules unquantized (a leading ``-:`` excludes a match)."""
+    import re
+
+    return {f"-:^{re.escape(name)}$": {} for name in sorted(names)}
+
+
 def _pack_rows(codes, bits: int):
     """Pack int codes ``[n, m]`` along dim 0 into int32 ``[n * bits / 32, m]`` (little-endian bit stream)."""
     import torch
