@@ -30,7 +30,7 @@ DEMOS = ("qwen", "gemma")
 
 
 def cache_dir() -> Path:
-    """Where demo models are assembled: ``$TEENY_CACHE`` or ``~/.cache/teeny``."""
+    """Teeny's cache (demo models, float copies of GGUF sources): ``$TEENY_CACHE`` or ``~/.cache/teeny``."""
     return Path(os.environ.get("TEENY_CACHE") or Path.home() / ".cache" / "teeny")
 
 

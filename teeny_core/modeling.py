@@ -193,6 +193,12 @@ def linear_layers(module, prefix: str = "") -> dict[str, Any]:
     return {f"{prefix}{name}": m for name, m in module.named_modules() if isinstance(m, torch.nn.Linear)}
 
 
+def dequantize_gguf(source, out_dir: Path) -> None:
+    """Write the float32 HF copy of a GGUF ``source`` (weights, config, tokenizer) into ``out_dir``."""
+    model, tokenizer = source.load(dtype="float32", device="cpu")
+    save_hf_model(model, tokenizer, out_dir)
+
+
 def save_hf_model(model, tokenizer, out_dir: Path, extra_config: dict[str, Any] | None = None) -> None:
     """Save model (safetensors) and tokenizer; ``extra_config`` keys are merged into config.json."""
     import json

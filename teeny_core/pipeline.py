@@ -146,14 +146,12 @@ class Pipeline:
             return Artifact("hf", Path(src.path), {"method": "none", "source": src.path})
         target = self.root / "_baseline" / src.identity()
         if not (target / "teeny-artifact.json").exists():
-            from teeny_core.modeling import save_hf_model
+            from teeny_core.modeling import dequantize_gguf
 
             self.say(f"dequantizing {src.gguf_file} to a float baseline (once)")
             with staging_dir(target) as tmp:
-                model, tokenizer = src.load(dtype="float32", device="cpu")
-                save_hf_model(model, tokenizer, tmp)
+                dequantize_gguf(src, tmp)
                 Artifact("hf", tmp, {"method": "none", "source": f"{src.path}/{src.gguf_file}"}).save()
-                del model
         return Artifact.open(target)
 
     # -- a worker ----------------------------------------------------------------------------------

@@ -81,10 +81,18 @@ class ShardReader:
 
 
 def safetensors_dir(source) -> Path:
-    """The local directory of a safetensors model source (hub ids are fetched into the hub's cache)."""
+    """The local directory of a safetensors model source (hub ids are fetched into the hub's cache; a GGUF file
+    is dequantized once to a float32 copy in Teeny's cache, as ``teeny run`` does for its baseline)."""
     if source.gguf_file:
-        raise TeenyError(f"{source.gguf_file}: the layer walker streams safetensors models; convert the GGUF "
-                         "file to an HF directory first, or quantize it with the gguf quantizer")
+        from teeny_core.demo import cache_dir
+        from teeny_core.modeling import dequantize_gguf
+        from teeny_core.store import staging_dir
+
+        target = cache_dir() / "gguf-float" / source.identity()
+        if not (target / "config.json").exists():
+            with staging_dir(target) as tmp:
+                dequantize_gguf(source, tmp)
+        return target
     path = Path(source.path)
     if path.is_dir():
         return path
