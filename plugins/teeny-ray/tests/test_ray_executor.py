@@ -118,7 +118,7 @@ def test_ray_gives_the_local_executors_metrics(cluster, tiny_model, tmp_path):
 def test_a_worker_killed_mid_evaluation_is_retried_and_every_item_counted_once(cluster, tiny_model, tmp_path):
     import psutil
 
-    chunks = 40
+    chunks = 200  # long enough that a fast machine is still evaluating when the worker is killed
     exp = experiment(tmp_path, tiny_model("llama"), "killed", chunks)
     samples = tmp_path / "runs" / "killed" / "w4" / "samples.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "teeny_core.cli", "run", str(exp), "--executor", "ray",
@@ -180,7 +180,7 @@ def test_ctrl_c_on_the_driver_cancels_the_tasks_and_leaves_a_resumable_run(clust
         return [p for p in psutil.process_iter(["cmdline"])
                 if any("_run_on_worker" in part for part in (p.info["cmdline"] or []))]
 
-    chunks = 40
+    chunks = 200  # long enough that a fast machine is still evaluating when the driver gets Ctrl-C
     exp = experiment(tmp_path, tiny_model("llama"), "interrupted", chunks)
     samples = tmp_path / "runs" / "interrupted" / "original" / "samples.jsonl"
     args = [sys.executable, "-m", "teeny_core.cli", "run", str(exp), "--executor", "ray", "--address",
