@@ -185,7 +185,9 @@ def test_ctrl_c_on_the_driver_cancels_the_tasks_and_leaves_a_resumable_run(clust
     samples = tmp_path / "runs" / "interrupted" / "original" / "samples.jsonl"
     args = [sys.executable, "-m", "teeny_core.cli", "run", str(exp), "--executor", "ray", "--address",
             cluster["address"]]
-    proc = subprocess.Popen(args, env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # default SIGINT in the child, as on a terminal: a CI job started in the background inherits it ignored
+    proc = subprocess.Popen(args, env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if samples.exists() and samples.read_bytes().count(b"\n") >= 3:
