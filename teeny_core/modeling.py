@@ -228,6 +228,11 @@ def return_freed_memory() -> None:
         pass
 
 
+def cache_dir() -> Path:
+    """Teeny's cache (demo models, float copies of GGUF sources): ``$TEENY_CACHE`` or ``~/.cache/teeny``."""
+    return Path(os.environ.get("TEENY_CACHE") or Path.home() / ".cache" / "teeny")
+
+
 def num_threads() -> int:
     """Threads to use for CPU work: ``TEENY_THREADS`` or the number of cores."""
     return int(os.environ.get("TEENY_THREADS") or os.cpu_count() or 1)

@@ -84,8 +84,7 @@ def safetensors_dir(source) -> Path:
     """The local directory of a safetensors model source (hub ids are fetched into the hub's cache; a GGUF file
     is dequantized once to a float32 copy in Teeny's cache, as ``teeny run`` does for its baseline)."""
     if source.gguf_file:
-        from teeny_core.demo import cache_dir
-        from teeny_core.modeling import dequantize_gguf
+        from teeny_core.modeling import cache_dir, dequantize_gguf
         from teeny_core.store import staging_dir
 
         target = cache_dir() / "gguf-float" / source.identity()
