@@ -172,3 +172,34 @@ def test_an_expert_calibration_never_reaches_is_rounded_on_the_same_grid_and_rec
             torch.testing.assert_close(q.scale, minmax, rtol=1e-3, atol=0)
         else:  # a routed expert is solved: GPTQ moves some codes off the nearest grid point
             assert not torch.equal(q.q.float(), rounded), name
+
+
+def test_an_attention_whose_output_is_not_its_o_proj_is_recomputed_not_served_from_the_memo(tiny_model, tmp_path,
+                                                                                           monkeypatch):
+    """The solver serves ``self_attn``'s output to the gate/up and down replays from ``o_proj`` of its recorded
+    inputs, after checking it against the real module. An attention that adds something after ``o_proj`` fails
+    that check: the replays must recompute it, so the artifact still equals the whole-model reference run with
+    the same attention."""
+    from transformers.models.llama import modeling_llama
+
+    from teeny_gptq.quantizer import GPTQOptions, quantize_native
+
+    path = tiny_model("llama")
+    torch.manual_seed(0)
+    ids = torch.randint(3, 300, (12, 32))
+    plain = whole_model_reference(path, ids, 4, 4, 32, False)
+    forward = modeling_llama.LlamaAttention.forward
+
+    def shifted(self, *args, **kwargs):
+        out, *rest = forward(self, *args, **kwargs)
+        return (out + 0.25, *rest)
+
+    monkeypatch.setattr(modeling_llama.LlamaAttention, "forward", shifted)
+    reference = whole_model_reference(path, ids, 4, 4, 32, False)
+    down = "model.layers.0.mlp.down_proj.qweight"
+    assert not torch.equal(reference[down], plain[down])  # the shift changes what the MLP is calibrated on
+    opts = GPTQOptions.from_mapping({"bits": 4, "group_size": 32, "sym": False, "batch_size": 4, "device": "cpu"})
+    quantize_native(ModelSource(str(path)), CalibrationSet("ids", ids.tolist()), opts, tmp_path)
+    streamed = load_all(tmp_path)
+    for key, expected in reference.items():
+        assert torch.equal(streamed[key], expected), key
