@@ -103,11 +103,11 @@ def check_model_files(path: Path, gguf_file: str | None = None) -> None:
 
 def check_gguf(path: Path) -> None:
     """Raise :class:`BadFileError` unless ``path`` is a complete GGUF file (header, metadata and all tensor data)."""
-    import gguf
+    from teeny_core.formats.gguf_header import GGUFHeaderError, read_gguf_header
 
     try:
-        gguf.GGUFReader(str(path))
-    except Exception as exc:  # the reader fails with ValueError, struct or index errors on damaged files
+        read_gguf_header(path)
+    except (GGUFHeaderError, OSError, ValueError) as exc:
         raise BadFileError(path, f"not a complete GGUF file ({_one_line(exc)})") from None
 
 

@@ -11,8 +11,6 @@ Q8_0 by every llama.cpp type), and repeating its type says nothing about the blo
 
 from __future__ import annotations
 
-import math
-import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,79 +24,24 @@ FLAG_SHARE = 0.5  # flagged from this share of the source's quantized tensors st
 
 
 def gguf_layout(path: str | Path) -> tuple[str | None, dict[str, tuple[str, int]]]:
-    """A GGUF file's ``general.file_type`` name (e.g. ``MOSTLY_Q4_K_M``) and tensor name -> (type, elements).
-
-    Reads only the header: ``gguf.GGUFReader`` decodes every metadata array (262k vocabulary strings for
-    Gemma, about 25 s), which this skips."""
-    with open(path, "rb") as f:
-        data = memoryview(f.read(_header_size(path)))
-    pos = 0
-
-    def take(fmt: str):
-        nonlocal pos
-        values = struct.unpack_from("<" + fmt, data, pos)
-        pos += struct.calcsize("<" + fmt)
-        return values[0] if len(values) == 1 else values
-
-    def string() -> str:
-        nonlocal pos
-        n = take("Q")
-        pos += n
-        return bytes(data[pos - n:pos]).decode("utf-8", errors="replace")
-
-    def skip(vtype: int) -> None:
-        nonlocal pos
-        if vtype == _STRING:
-            string()
-        elif vtype == _ARRAY:
-            etype, count = take("IQ")
-            if etype in _SCALAR:
-                pos += count * struct.calcsize(_SCALAR[etype])
-            else:
-                for _ in range(count):
-                    skip(etype)
-        else:
-            pos += struct.calcsize(_SCALAR[vtype])
-
-    try:
-        return _parse(data, take, string, skip)
-    except (struct.error, ValueError) as exc:
-        raise TeenyError(f"{path}: unreadable GGUF header ({exc}); expected a complete GGUF file") from None
-
-
-def _parse(data, take, string, skip) -> tuple[str | None, dict[str, tuple[str, int]]]:
+    """A GGUF file's ``general.file_type`` name (e.g. ``MOSTLY_Q4_K_M``) and tensor name -> (type, elements),
+    from its header only (:mod:`teeny_core.formats.gguf_header`)."""
     import gguf
 
-    magic, _version, n_tensors, n_kv = take("4sIQQ")
-    if magic != b"GGUF":
-        raise ValueError(f"magic {magic!r} is not GGUF")
+    from teeny_core.formats.gguf_header import GGUFHeaderError, read_gguf_header
+
+    try:
+        header = read_gguf_header(path)
+    except (GGUFHeaderError, OSError) as exc:
+        raise TeenyError(f"{path}: unreadable GGUF header ({exc}); expected a complete GGUF file") from None
+    value = header.metadata.get("general.file_type")
     file_type = None
-    for _ in range(n_kv):
-        key, vtype = string(), take("I")
-        if key == "general.file_type" and vtype in _SCALAR and vtype not in (_STRING, _ARRAY):
-            value = int(take(_SCALAR[vtype]))
-            try:
-                file_type = gguf.LlamaFileType(value).name
-            except ValueError:
-                file_type = str(value)
-        else:
-            skip(vtype)
-    tensors = {}
-    for _ in range(n_tensors):
-        name = string()
-        dims = [take("Q") for _ in range(take("I"))]
-        ttype, _offset = take("IQ")
-        tensors[name] = (gguf.GGMLQuantizationType(ttype).name, math.prod(dims))
-    return file_type, tensors
-
-
-_STRING, _ARRAY = 8, 9
-_SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-
-
-def _header_size(path: str | Path) -> int:
-    """Bytes to read for the header: the whole file when small, else up to 64 MiB (a vocabulary's worth)."""
-    return min(Path(path).stat().st_size, 64 * 2**20)
+    if isinstance(value, int) and "general.file_type" not in header.arrays:
+        try:
+            file_type = gguf.LlamaFileType(value).name
+        except ValueError:
+            file_type = str(value)
+    return file_type, {t.name: (t.type_name, t.n_elements) for t in header.tensors}
 
 
 def compare_layouts(source: tuple[str | None, dict[str, tuple[str, int]]],

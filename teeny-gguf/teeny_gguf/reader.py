@@ -11,16 +11,16 @@ from teeny_core.errors import TeenyError
 
 def gguf_stats(path: str | Path) -> dict[str, Any]:
     """Parameters, tensor bytes, bits per weight (tensor data only, as llama.cpp reports it) and tensor type counts."""
-    import gguf
+    from teeny_core.formats.gguf_header import read_gguf_header
 
-    reader = gguf.GGUFReader(str(path))
-    n_params = sum(int(t.n_elements) for t in reader.tensors)
-    n_bytes = sum(int(t.n_bytes) for t in reader.tensors)
-    types = collections.Counter(t.tensor_type.name for t in reader.tensors)
+    header = read_gguf_header(path)
+    n_params = sum(t.n_elements for t in header.tensors)
+    n_bytes = sum(t.n_bytes for t in header.tensors)
+    types = collections.Counter(t.type_name for t in header.tensors)
     return {
         "parameters": n_params,
         "tensor_bytes": n_bytes,
-        "file_bytes": Path(path).stat().st_size,
+        "file_bytes": header.file_size,
         "bits_per_weight": round(8.0 * n_bytes / n_params, 4) if n_params else 0.0,
         "tensor_types": dict(sorted(types.items())),
     }
@@ -28,18 +28,11 @@ def gguf_stats(path: str | Path) -> dict[str, Any]:
 
 def gguf_metadata(path: str | Path, prefix: str = "") -> dict[str, Any]:
     """Scalar and string metadata of a GGUF file whose keys start with ``prefix`` (arrays are summarised)."""
-    import gguf
+    from teeny_core.formats.gguf_header import read_gguf_header
 
-    reader = gguf.GGUFReader(str(path))
-    out: dict[str, Any] = {}
-    for key, field in reader.fields.items():
-        if not key.startswith(prefix) or key.startswith("GGUF."):
-            continue
-        if field.types and field.types[0] == gguf.GGUFValueType.ARRAY:
-            out[key] = f"<array of {len(field.data)}>"
-        else:
-            out[key] = field.contents()
-    return out
+    header = read_gguf_header(path)
+    return {key: f"<array of {value}>" if key in header.arrays else value
+            for key, value in header.metadata.items() if key.startswith(prefix)}
 
 
 def gguf_to_hf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "float16") -> Path:

@@ -119,9 +119,9 @@ class LlamaCppModel(LoadedModel):
 
     def weight_bytes(self) -> int:
         """The GGUF's tensor data, which llama.cpp maps and computes on as stored (quantized blocks)."""
-        from gguf import GGUFReader
+        from teeny_core.formats.gguf_header import read_gguf_header
 
-        return sum(int(t.n_bytes) for t in GGUFReader(self.path).tensors)
+        return sum(t.n_bytes for t in read_gguf_header(self.path).tensors)
 
     def close(self) -> None:
         if isinstance(self._tokenizer, GGUFTokenizer):
@@ -204,12 +204,10 @@ class GGUFTokenizer:
 
 def _trained_context(path: Path) -> int:
     """``<arch>.context_length`` from the GGUF header (4096 when absent)."""
-    import gguf
+    from teeny_core.formats.gguf_header import read_gguf_header
 
-    reader = gguf.GGUFReader(str(path))
-    arch = reader.fields["general.architecture"].contents()
-    field = reader.fields.get(f"{arch}.context_length")
-    return int(field.contents()) if field is not None else 4096
+    metadata = read_gguf_header(path).metadata
+    return int(metadata.get(f"{metadata.get('general.architecture')}.context_length", 4096))
 
 
 def _maybe_int(value: Any) -> int | None:
