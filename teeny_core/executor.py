@@ -235,17 +235,11 @@ def mark_memory() -> int:
 
 def peak_memory() -> dict[str, Any]:
     """Peak RSS since :func:`mark_memory` (VmHWM; elsewhere the process's lifetime peak) and peak GPU memory."""
-    import resource
     import sys
 
-    peak = None
-    with contextlib.suppress(OSError):
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    peak = int(line.split()[1]) * 1024
-    if peak is None:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    from teeny_core.modeling import peak_rss_bytes
+
+    peak = peak_rss_bytes()
     out: dict[str, Any] = {"peak_rss_bytes": peak, "peak_gpu_bytes": None}
     torch = sys.modules.get("torch")  # only a worker that already uses torch can have used its GPU memory
     if torch is not None and torch.cuda.is_available():

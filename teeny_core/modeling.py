@@ -228,6 +228,26 @@ def return_freed_memory() -> None:
         pass
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak RSS: Linux's ``VmHWM``, the high-water mark of its own address space.
+
+    Not ``getrusage``'s ``ru_maxrss``: a child started by fork and exec keeps the larger of its parent's RSS at
+    the fork and its own (measured: a child of a 1.5 GiB parent reports 1.5 GiB, its VmHWM 13 MiB), so every
+    process started by a big one would report at least the parent's size. ``ru_maxrss`` only where there is no
+    ``/proc`` (macOS: bytes; elsewhere KiB)."""
+    import resource
+    import sys
+
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
 def cache_dir() -> Path:
     """Teeny's cache (demo models, float copies of GGUF sources): ``$TEENY_CACHE`` or ``~/.cache/teeny``."""
     return Path(os.environ.get("TEENY_CACHE") or Path.home() / ".cache" / "teeny")

@@ -30,7 +30,7 @@ def import_gptqmodel():
 
 def quantize_with_gptqmodel(source: ModelSource, calibration: CalibrationSet, options, out_dir: Path) -> Artifact:
     """Quantize with GPTQModel using the same options and calibration tokens; it writes the checkpoint."""
-    from teeny_gptq.quantizer import peak_rss_bytes
+    from teeny_core.modeling import peak_rss_bytes
 
     gptqmodel = import_gptqmodel()
     if source.gguf_file:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import resource
 import time
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -100,11 +99,6 @@ def source_dtype(source: ModelSource) -> str:
     return found if found in ("float32", "float16", "bfloat16") else "float32"
 
 
-def peak_rss_bytes() -> int:
-    """This process's peak resident set size so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 class GPTQQuantizer(Quantizer):
     """GPTQ: second-order error-compensated rounding, layer by layer; writes a standard GPTQ checkpoint."""
 
@@ -143,7 +137,7 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
 
     from teeny_core.formats.checkpoint import write_checkpoint_config
     from teeny_core.formats.gptq import pack_linear
-    from teeny_core.modeling import resolve_device
+    from teeny_core.modeling import peak_rss_bytes, resolve_device
     from teeny_core.walker import ShardWriter, copy_generation_config, layer_matrices, safetensors_dir, walk
     from teeny_gptq.solver import gptq_solver, skipped
 
