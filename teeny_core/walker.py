@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -473,8 +474,9 @@ def walk(path: str | Path, solve: Callable[[LayerWork], Solved], writer: ShardWr
     import torch
     from transformers import AutoConfig
 
-    from teeny_core.modeling import torch_dtype
+    from teeny_core.modeling import return_freed_memory, torch_dtype
 
+    return_freed_memory()  # each layer's buffers go back to the system, so the peak does not creep up with depth
     config = AutoConfig.from_pretrained(path)
     spec = spec_for(getattr(config, "model_type", None))
     reader = ShardReader(path)
@@ -493,9 +495,10 @@ def walk(path: str | Path, solve: Callable[[LayerWork], Solved], writer: ShardWr
         return t.to(store) if t.is_floating_point() else t
 
     bar = _bar(len(layers), progress)
-    errors = []
+    errors, seconds = [], []
     params = 0
     for index, layer in enumerate(layers):
+        started = time.perf_counter()
         load_layer(layer, spec, index, reader, dtype, device)
         prefix = spec.layer_prefix(index)
         work = LayerWork(index, prefix, layer, spec, acts, per_layer[index] if per_layer else None, device)
@@ -519,6 +522,7 @@ def walk(path: str | Path, solve: Callable[[LayerWork], Solved], writer: ShardWr
         if per_layer:
             per_layer[index] = []
         errors.append(solved.error)
+        seconds.append(time.perf_counter() - started)
         bar.update(1)
         if solved.error is not None:
             bar.set_postfix_str(f"layer {index} err {solved.error:.4g}")
@@ -536,7 +540,7 @@ def walk(path: str | Path, solve: Callable[[LayerWork], Solved], writer: ShardWr
         for name, value in (replaced or {key: cast(tensor)}).items():
             writer.add(name, value)
         del tensor, replaced
-    return {"config": config, "spec": spec, "layer_errors": errors, "params": params,
+    return {"config": config, "spec": spec, "layer_errors": errors, "layer_seconds": seconds, "params": params,
             "spilled_batches": spilled}
 
 

@@ -53,6 +53,7 @@ def awq(path, ids, settings, out_dir, quantize=True):
     facts = walk(path, awq_solver(settings, keep, quantize=quantize), writer, calibration_ids=ids,
                  batch_size=settings.batch_size, progress=False)
     writer.close()
+    assert len(facts["layer_seconds"]) == facts["config"].num_hidden_layers and min(facts["layer_seconds"]) > 0
     facts["config"].save_pretrained(out_dir)
     return load(out_dir), weights
 
