@@ -40,13 +40,17 @@ def quantize_with_gptqmodel(source: ModelSource, calibration: CalibrationSet, op
                   sym=options.sym, desc_act=options.desc_act, static_groups=options.static_groups,
                   true_sequential=options.true_sequential, damp_percent=options.damp_percent,
                   damp_auto_increment=options.damp_auto_increment, mse=options.mse_norm if options.mse else 0.0)
-    fields = getattr(gptqmodel.QuantizeConfig, "__dataclass_fields__", {})
-    if "act_group_aware" in fields:  # GPTQModel 7.7 turns group-aware reordering on even with desc_act off;
-        wanted["act_group_aware"] = False  # native GPTQ does not reorder, so compare like with like
-    try:
-        config = gptqmodel.QuantizeConfig(**wanted)
-    except TypeError as exc:
-        raise TeenyError(f"backend=gptqmodel: this gptqmodel version rejects the GPTQ options ({exc})") from None
+    try:  # GPTQModel 7.6+ turns group-aware reordering on unless told otherwise (its QuantizeConfig is a factory,
+        # so its fields cannot be inspected); native GPTQ does not reorder, so compare like with like
+        config = gptqmodel.QuantizeConfig(**wanted, act_group_aware=False)
+    except TypeError:  # a version without group-aware reordering
+        try:
+            config = gptqmodel.QuantizeConfig(**wanted)
+        except TypeError as exc:
+            raise TeenyError(f"backend=gptqmodel: this gptqmodel version rejects the GPTQ options ({exc})") from None
+    if getattr(config, "act_group_aware", False):
+        raise TeenyError("backend=gptqmodel: this gptqmodel version keeps group-aware reordering on; native GPTQ "
+                         "does not reorder, so the two would not be comparable")
     device = None if options.device == "auto" else options.device
     model = gptqmodel.GPTQModel.load(source.path, config, device=device)
     data = [{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in calibration.samples]
