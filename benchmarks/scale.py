@@ -1,13 +1,16 @@
 """Real scale: a Qwen2.5-14B-shaped random-weight model streamed through the layer walker.
 
-    python benchmarks/scale.py [--layers 48] [--methods rtn gguf gptq] [--gptq-layers 2 4 8] [--work DIR]
+    python benchmarks/scale.py [--layers 48] [--methods rtn gguf gptq awq] [--calibrated-layers 2 4 8] [--work DIR]
 
 Writes the model (48 layers, hidden 5120, intermediate 13824, 40 heads / 8 KV heads, vocab 152064, bf16,
 about 29.5 GB at 48 layers) to ``--work``, then quantizes it, each method in its own process so its peak RSS
-is its own: RTN w4 g128 and GGUF Q4_K_M on all ``--layers`` layers, GPTQ w4 g128 on the first 2, 4, 8 layers
-(views of the same shards) with per-layer time. Full-model times are extrapolated linearly from the measured
-per-layer times where fewer layers ran, and the table says so. Results go to benchmarks/results/scale.md.
-The model files are deleted at the end unless ``--keep``.
+is its own: RTN w4 g128 and GGUF Q4_K_M on all ``--layers`` layers, GPTQ w4 g128 and AWQ w4 g128 on the
+first 2, 4, 8 layers (views of the same shards). Each row gives the walker's median time per layer and the
+process's peak RSS; the full-model time of a shorter run is extrapolated from its per-layer time plus what
+it spent outside the layers, and the table says so. The RTN and GGUF artifacts are then loaded in a fresh
+process each (RTN's hf-gptq checkpoint in the core's transformers runtime, packed, GGUF in llama.cpp) and
+generate a few tokens. Results go to benchmarks/results/scale.md. The model files are deleted at the end
+unless ``--keep``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -78,6 +82,8 @@ def layer_view(model: Path, out: Path, layers: int) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     config = json.loads((model / "config.json").read_text())
     config["num_hidden_layers"] = layers
+    if "layer_types" in config:  # one entry per layer (full or sliding attention)
+        config["layer_types"] = config["layer_types"][:layers]
     (out / "config.json").write_text(json.dumps(config, indent=2))
     for f in model.iterdir():
         if f.suffix == ".safetensors" and not (out / f.name).exists():
@@ -92,46 +98,106 @@ def layer_view(model: Path, out: Path, layers: int) -> Path:
 
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import torch
+import teeny_core.walker as walker
+from teeny_core.modeling import peak_rss_bytes
 from teeny_core.plugins import Plugins
 from teeny_core.types import CalibrationSet, ModelSource
 method, path, out, options = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 cls = Plugins.load().get("quantizer", method)
 cal = None
-if method == "gptq":
+if cls.needs_calibration:
     g = torch.Generator().manual_seed(0)
     cal = CalibrationSet("random", torch.randint(3, 500, (4, 256), generator=g).tolist())
+facts = {}
+walk = walker.walk
+walker.walk = lambda *a, **k: facts.setdefault("walk", walk(*a, **k))  # keep the walker's per-layer times
 start = time.perf_counter()
 artifact = cls().quantize(ModelSource(path), cal, cls.Options.from_mapping(options), __import__("pathlib").Path(out))
 seconds = time.perf_counter() - start
-stats = artifact.meta.get("layer_stats") or {}
-print(json.dumps({"seconds": seconds, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                  "linear_seconds": sum(s["seconds"] for s in stats.values())}))
+layer_seconds = facts["walk"]["layer_seconds"] if "walk" in facts else []
+print(json.dumps({"seconds": seconds, "peak": peak_rss_bytes(),
+                  "layer_seconds": layer_seconds, "format": artifact.format, "file": artifact.file}))
+"""
+
+LOAD = r"""
+import json, sys, time
+from pathlib import Path
+from teeny_core.modeling import peak_rss_bytes
+from teeny_core.plugins import Plugins
+from teeny_core.types import Artifact
+runtime_name, path, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+runtime = Plugins.load().get("runtime", runtime_name)
+start = time.perf_counter()
+model = runtime().load(Artifact.open(path), runtime.Options.from_mapping(options))
+load_s = time.perf_counter() - start
+start = time.perf_counter()
+gen = model.generate(["def add(a, b):"], max_new_tokens=4)[0]
+print(json.dumps({"load_s": load_s, "generate_s": time.perf_counter() - start, "tokens": gen.tokens,
+                  "weight_bytes": model.weight_bytes() if hasattr(model, "weight_bytes") else None,
+                  "peak": peak_rss_bytes()}))
 """
 
 
-def run(method: str, model: Path, out: Path, options: dict) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([sys.executable, "-c", CHILD, method, str(model), str(out), json.dumps(options)],
-                          capture_output=True, text=True, env={**os.environ, "TEENY_NO_BAR": "1"})
+def child(script: str, *argv: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True,
+                          env={**os.environ, "TEENY_NO_BAR": "1"})
     if proc.returncode:
-        raise SystemExit(f"{method} failed:\n{proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"{argv[0]} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run(method: str, model: Path, out: Path, options: dict, load: tuple[str, dict] | None = None) -> dict:
+    """Quantize in a child process; with ``load=(runtime, options)`` load the artifact in another and generate."""
+    out.mkdir(parents=True, exist_ok=True)
+    result = child(CHILD, method, str(model), str(out), json.dumps(options))
+    if load:
+        try:
+            result["load"] = child(LOAD, load[0], str(out), json.dumps(load[1]))
+        except RuntimeError as exc:
+            result["load"] = {"error": str(exc)}
+        result["load"]["runtime"] = load[0]
     shutil.rmtree(out)
     return result
+
+
+def attempt(method: str, model: Path, out: Path, options: dict, load: tuple[str, dict] | None = None) -> dict:
+    """:func:`run`, with a failure recorded as the row's result instead of ending the benchmark."""
+    try:
+        return run(method, model, out, options, load)
+    except RuntimeError as exc:
+        shutil.rmtree(out, ignore_errors=True)
+        return {"error": str(exc)}
+
+
+FULL = (  # method, options, where the artifact is loaded back
+    ("rtn", {"bits": 4, "group_size": 128, "scheme": "asym"}, ("transformers", {"device": "cpu", "dtype": "bfloat16"})),
+    ("gguf", {"type": "Q4_K_M", "imatrix": "off"}, ("llama.cpp", {})),
+)
+CALIBRATED = (
+    ("gptq", {"bits": 4, "group_size": 128, "device": "cpu"}),
+    ("awq", {"bits": 4, "group_size": 128, "device": "cpu"}),
+)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=FULL_LAYERS)
-    ap.add_argument("--methods", nargs="+", default=["rtn", "gguf", "gptq"], choices=["rtn", "gguf", "gptq"])
-    ap.add_argument("--gptq-layers", type=int, nargs="+", default=[2, 4, 8])
+    ap.add_argument("--methods", nargs="+", default=["rtn", "gguf", "gptq", "awq"],
+                    choices=["rtn", "gguf", "gptq", "awq"])
+    ap.add_argument("--gguf-layers", type=int,
+                    help="layers GGUF runs on (default: --layers); its conversion writes an F16 copy of the model "
+                         "beside it before llama.cpp quantizes, so it needs about twice the model's size free on disk")
+    ap.add_argument("--calibrated-layers", type=int, nargs="+", default=[2, 4, 8],
+                    help="layer counts GPTQ and AWQ run on")
     ap.add_argument("--work", type=Path, default=Path("/tmp/teeny-scale"))
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    layers = max([args.layers] + (args.gptq_layers if "gptq" in args.methods else []))
+    calibrated = [m for m, _ in CALIBRATED if m in args.methods]
+    layers = max(([args.layers] if "rtn" in args.methods else []) + ([args.gguf_layers or args.layers]
+                 if "gguf" in args.methods else []) + (args.calibrated_layers if calibrated else []))
     model = args.work / f"qwen14b-shape-{layers}"
     rows = []
     try:
@@ -139,20 +205,20 @@ def main() -> None:
             t = time.perf_counter()
             gb = write_model(model, layers)
             print(f"wrote {gb:.1f} GB ({layers} layers) in {time.perf_counter() - t:.0f} s", flush=True)
-        main_model = layer_view(model, args.work / f"view-{args.layers}", args.layers)
-        for method, options in (("rtn", {"bits": 4, "group_size": 128, "scheme": "asym"}),
-                                ("gguf", {"type": "Q4_K_M", "imatrix": "off"})):
+        for method, options, load in FULL:
             if method in args.methods:
-                r = run(method, main_model, args.work / f"out-{method}", options)
-                rows.append((method, args.layers, r))
-                print(method, args.layers, r, flush=True)
-                write_results(rows, args)
-        if "gptq" in args.methods:
-            for n in args.gptq_layers:
+                n = args.gguf_layers if method == "gguf" and args.gguf_layers else args.layers
                 view = layer_view(model, args.work / f"view-{n}", n)
-                r = run("gptq", view, args.work / f"out-gptq-{n}", {"bits": 4, "group_size": 128, "device": "cpu"})
-                rows.append(("gptq", n, r))
-                print("gptq", n, r, flush=True)
+                r = attempt(method, view, args.work / f"out-{method}", options, load)
+                rows.append((method, n, r))
+                print(method, n, r, flush=True)
+                write_results(rows, args)
+        for method, options in CALIBRATED:
+            for n in args.calibrated_layers if method in args.methods else []:
+                view = layer_view(model, args.work / f"view-{n}", n)
+                r = attempt(method, view, args.work / f"out-{method}-{n}", options)
+                rows.append((method, n, r))
+                print(method, n, r, flush=True)
                 write_results(rows, args)
     finally:
         if not args.keep:
@@ -160,25 +226,49 @@ def main() -> None:
 
 
 def write_results(rows, args) -> None:
+    from gemma import load_note
+
     lines = [
         "# Real scale: a Qwen2.5-14B-shaped model through the layer walker",
         "",
-        f"`python benchmarks/scale.py --layers {args.layers} --methods {' '.join(args.methods)} --gptq-layers "
-        f"{' '.join(map(str, args.gptq_layers))}` on {platform.machine()}, {os.cpu_count()} cores (shared), "
-        f"torch CPU. Random bf16 weights of Qwen2.5-14B's shape (hidden 5120, intermediate 13824, 40/8 heads, "
-        f"vocab 152064). GPTQ calibrates on 4 x 256 random token ids. Each run is its own process.",
+        f"`python benchmarks/scale.py --layers {args.layers}"
+        f"{f' --gguf-layers {args.gguf_layers}' if args.gguf_layers else ''} --methods {' '.join(args.methods)} --calibrated-layers "
+        f"{' '.join(map(str, args.calibrated_layers))}` on {platform.machine()}, {os.cpu_count()} cores, torch CPU; "
+        f"{load_note()}. Random bf16 weights of Qwen2.5-14B's shape (hidden 5120, intermediate 13824, 40/8 heads, "
+        "vocab 152064). GPTQ and AWQ calibrate on 4 x 256 random token ids. Each run is its own process.",
         "",
-        "| method | layers run | wall s | s / layer | peak RSS GiB | full 48-layer wall s |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| method | layers run | wall s | s / layer (median; mean where not walked) | outside the layers s | peak RSS GiB | full 48-layer wall s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for method, n, r in rows:
-        per_layer = r["seconds"] / n
-        full = r["seconds"] if n == FULL_LAYERS else per_layer * FULL_LAYERS
-        note = "" if n == FULL_LAYERS else " (extrapolated)"
-        lines.append(f"| {method} | {n} | {r['seconds']:.0f} | {per_layer:.1f} | {r['peak'] / GiB:.2f} | "
-                     f"{full:.0f}{note} |")
-    lines += ["", "Extrapolation is linear in layers from the measured run (it charges the embedding, lm_head and "
-              "start-up to every layer, so it overestimates); the per-layer peak RSS is what the walker bounds."]
+        if "error" in r:
+            lines.append(f"| {method} | {n} | failed: {r['error'][:300]} |  |  |  |  |")
+            continue
+        if r["layer_seconds"]:  # the walker's own clock: the rest is start-up and the tensors outside the layers
+            per_layer = statistics.median(r["layer_seconds"])
+            outside = r["seconds"] - sum(r["layer_seconds"])
+            estimate, outside_text = outside + per_layer * FULL_LAYERS, f"{outside:.0f}"
+        else:  # not walked (GGUF's conversion and llama.cpp): the mean, which charges the rest to every layer
+            per_layer = r["seconds"] / n
+            estimate, outside_text = per_layer * FULL_LAYERS, "-"
+        full = f"{r['seconds']:.0f}" if n == FULL_LAYERS else f"{estimate:.0f} (extrapolated)"
+        lines.append(f"| {method} | {n} | {r['seconds']:.0f} | {per_layer:.1f} | {outside_text} | "
+                     f"{r['peak'] / GiB:.2f} | {full} |")
+    loads = [(method, n, r["load"]) for method, n, r in rows if "load" in r and "error" not in r]
+    if loads:
+        lines += ["", "Loaded back, each in a fresh process, and 4 tokens generated greedily:", "",
+                  "| artifact | layers | runtime | load s | generate s | weights GiB | peak RSS GiB |",
+                  "|---|---:|---|---:|---:|---:|---:|"]
+        for method, n, ld in loads:
+            if "error" in ld:
+                lines.append(f"| {method} | {n} | {ld['runtime']} | failed: {ld['error'][:300]} |  |  |  |")
+                continue
+            weights = f"{ld['weight_bytes'] / GiB:.2f}" if ld.get("weight_bytes") else "-"
+            lines.append(f"| {method} | {n} | {ld['runtime']} | {ld['load_s']:.0f} | {ld['generate_s']:.1f} | "
+                         f"{weights} | {ld['peak'] / GiB:.2f} |")
+    lines += ["", "Outside the layers: start-up, calibration capture, the embedding and lm_head (read, and rounded "
+              "where the method quantizes them) and, for GGUF, llama.cpp's quantization after the streamed conversion. "
+              "The per-layer peak RSS is what the walker bounds."]
     RESULTS.write_text("\n".join(lines) + "\n")  # after every run, so an interrupted run keeps what it measured
 
 
