@@ -88,3 +88,29 @@ def test_damaged_files_are_refused_with_what_is_wrong(tmp_path):
     cut.write_bytes(b"GGML" + data[4:])
     with pytest.raises(GGUFHeaderError, match="magic"):
         read_gguf_header(cut)
+
+
+def test_hostile_headers_are_refused_in_one_error_not_a_crash(tmp_path):
+    import struct
+
+    def header(kv: bytes, n_kv: int = 1) -> bytes:
+        return b"GGUF" + struct.pack("<IQQ", 3, 0, n_kv) + kv
+
+    def key(name: str) -> bytes:
+        return struct.pack("<Q", len(name)) + name.encode()
+
+    path = tmp_path / "h.gguf"
+    # arrays of arrays nested 100,000 deep: a recursion bomb for a naive reader
+    path.write_bytes(header(key("a") + struct.pack("<I", 9) + struct.pack("<IQ", 9, 1) * 100_000
+                            + struct.pack("<IQ", 4, 0)))
+    with pytest.raises(GGUFHeaderError, match="nested too deep"):
+        read_gguf_header(path)
+    # an alignment that is not a positive integer
+    for value in (struct.pack("<I", 8) + key("x"), struct.pack("<I", 4) + struct.pack("<I", 0)):
+        path.write_bytes(header(key("general.alignment") + value) + b"\0" * 64)
+        with pytest.raises(GGUFHeaderError, match="general.alignment"):
+            read_gguf_header(path)
+    # a string length far past the end of the file
+    path.write_bytes(header(struct.pack("<Q", 2**62) + b"k"))
+    with pytest.raises(GGUFHeaderError, match="past the end"):
+        read_gguf_header(path)

@@ -14,6 +14,7 @@ starts at the next multiple of ``general.alignment`` (32 by default) after the t
 from __future__ import annotations
 
 import dataclasses
+import math
 import mmap
 import struct
 from pathlib import Path
@@ -127,18 +128,20 @@ def read_gguf_header(path: str | Path) -> GGUFHeader:
             raise GGUFHeaderError("the tensor table runs past the end of the file")
     except struct.error as exc:
         raise GGUFHeaderError(f"header cut short ({exc})") from None
+    except RecursionError:
+        raise GGUFHeaderError("metadata arrays nested too deep to be a real GGUF header") from None
     finally:
         buf.close()
-    alignment = int(metadata.get("general.alignment", 32)) or 32
+    alignment = metadata.get("general.alignment", 32)
+    if isinstance(alignment, bool) or not isinstance(alignment, int) or alignment <= 0:
+        raise GGUFHeaderError(f"general.alignment is {alignment!r}, expected a positive integer")
     data_start = -(-pos // alignment) * alignment
     tensors = []
     for name, shape, ttype, offset in raw:
         if ttype not in GGML_QUANT_SIZES:
             raise GGUFHeaderError(f"tensor {name!r} has unknown ggml type {ttype}")
         block, type_size = GGML_QUANT_SIZES[ttype]
-        n = 1
-        for d in shape:
-            n *= d
+        n = math.prod(shape)
         n_bytes = n // block * type_size
         if data_start + offset + n_bytes > size:
             raise GGUFHeaderError(f"tensor {name!r} ends at byte {data_start + offset + n_bytes}, past the end of "
