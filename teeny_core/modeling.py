@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -212,6 +213,20 @@ def save_hf_model(model, tokenizer, out_dir: Path, extra_config: dict[str, Any] 
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
 
 
+M_MMAP_THRESHOLD = -3
+RETURNED_BLOCK = 1 << 20  # blocks this large and up are mapped on their own and unmapped when freed
+REUSED_BLOCK = 32 << 20  # glibc's own ceiling for its dynamic threshold
+
+
+def _mmap_threshold(size: int) -> None:
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, size)  # fixed: also turns off the dynamic adjustment
+    except (OSError, AttributeError):
+        pass  # not glibc
+
+
 def return_freed_memory() -> None:
     """Make glibc give freed blocks of 1 MiB or more back to the system at once (a fixed mmap threshold).
 
@@ -219,13 +234,27 @@ def return_freed_memory() -> None:
     load (unpacked codes, dequantized copies) end up in a heap it keeps: a packed Qwen2.5-0.5B then sits about
     900 MiB above the weights it holds, varying run to run. Called at the start of a worker, so that its RSS is
     what the model holds. A no-op where the C library is not glibc."""
+    _mmap_threshold(RETURNED_BLOCK)
+
+
+@contextlib.contextmanager
+def temporaries_on_the_heap():
+    """Inside, blocks under 32 MiB come from glibc's heap again, then :func:`return_freed_memory` is restored
+    and the heap's free pages go back to the system (``malloc_trim``).
+
+    For a loop that allocates and frees the same large temporaries many times (GPTQ's layer replays): a fresh
+    mapping per block costs a page fault per page (measured: 25% of GPTQ's time on Gemma 3 270M)."""
     import ctypes
 
+    _mmap_threshold(REUSED_BLOCK)
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: fixed, which also turns off the dynamic adjustment
-    except (OSError, AttributeError):
-        pass
+        yield
+    finally:
+        _mmap_threshold(RETURNED_BLOCK)
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
 
 
 def peak_rss_bytes() -> int:

@@ -155,3 +155,39 @@ def test_rtn_packs_a_moe_model_as_hf_gptq_with_its_gates_in_full_precision(teeny
     reference = logprobs(floats)  # the same codes, float32 scales instead of float16
     for options in ({"kernels": "dequant"}, {"packed_compute": "float32"}):
         assert float((logprobs(packed, **options) - reference).abs().max()) <= 2e-3, options
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq", "awq"])
+def test_streamed_artifacts_carry_the_source_tokenizer_byte_for_byte(teeny_plugins, tiny_model, tmp_path, method):
+    """The walker's quantizers copy the tokenizer files (not load and re-save them), so the artifact tokenizes
+    exactly like its source."""
+    from teeny_core.types import CalibrationSet, ModelSource
+    from teeny_core.walker import TOKENIZER_FILES
+
+    path = tiny_model("llama")
+    cls = teeny_plugins.get("quantizer", method)
+    calibration = CalibrationSet("ids", [[5, 6, 7, 8] * 8] * 2) if cls.needs_calibration else None
+    out = tmp_path / method
+    cls().quantize(ModelSource(str(path)), calibration, cls.Options.from_mapping({"bits": 4, "group_size": 32}), out)
+    copied = [name for name in TOKENIZER_FILES if (path / name).is_file()]
+    assert "tokenizer.json" in copied
+    for name in copied:
+        assert (out / name).read_bytes() == (path / name).read_bytes(), name
+
+
+def test_a_source_without_a_tokenizer_fails_before_any_layer_is_quantized(teeny_plugins, tiny_model, tmp_path):
+    import shutil
+
+    from teeny_core.types import ModelSource
+    from teeny_core.walker import TOKENIZER_FILES
+
+    source = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_model("llama"), source)
+    for name in TOKENIZER_FILES:
+        (source / name).unlink(missing_ok=True)
+    cls = teeny_plugins.get("quantizer", "rtn")
+    with pytest.raises(TeenyError, match="no tokenizer files") as err:
+        cls().quantize(ModelSource(str(source)), None, cls.Options.from_mapping({"bits": 4, "group_size": 32}),
+                       tmp_path / "out")
+    assert str(source) in str(err.value) and "\n" not in str(err.value)
+    assert not list((tmp_path / "out").glob("*.safetensors"))

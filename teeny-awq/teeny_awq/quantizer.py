@@ -47,7 +47,7 @@ class AwqQuantizer(Quantizer):
         from teeny_awq.export import hf_awq_tensors, packed_bytes, packed_linear_bytes, quantization_config
         from teeny_core.builtin.rtn import _source_dtype
         from teeny_core.modeling import resolve_device, torch_dtype
-        from teeny_core.walker import ShardWriter, copy_generation_config, safetensors_dir, walk
+        from teeny_core.walker import ShardWriter, copy_side_files, safetensors_dir, walk
 
         assert isinstance(options, AwqOptions)
         if options.format == "hf-awq" and options.bits != 4:
@@ -88,6 +88,7 @@ class AwqQuantizer(Quantizer):
 
         out_dir = Path(out_dir)
         writer = ShardWriter(out_dir)
+        copy_side_files(path, out_dir)  # first: a source without a tokenizer fails before any work
         facts = walk(path, awq_solver(settings, keep), writer, calibration_ids=calibration.tensor(),
                      batch_size=settings.batch_size, device=device, compute_dtype="float32",
                      store_dtype=store_dtype, outside=outside)
@@ -108,8 +109,6 @@ class AwqQuantizer(Quantizer):
         else:
             cfg["teeny_quantization"] = record
         (out_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
-        copy_generation_config(path, out_dir)
-        source.load_tokenizer().save_pretrained(out_dir)
         n_params = facts["params"] + (shapes["lm_head"][0] * shapes["lm_head"][1] if head and tied else 0)
         size = packed_bytes(n_params, {n: shapes[n] for n in weights}, sum(weights.values()),
                             torch.finfo(store).bits // 8)

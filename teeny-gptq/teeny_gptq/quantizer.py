@@ -138,7 +138,7 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
     from teeny_core.formats.checkpoint import write_checkpoint_config
     from teeny_core.formats.gptq import pack_linear
     from teeny_core.modeling import peak_rss_bytes, resolve_device
-    from teeny_core.walker import ShardWriter, copy_generation_config, layer_matrices, safetensors_dir, walk
+    from teeny_core.walker import ShardWriter, copy_side_files, layer_matrices, safetensors_dir, walk
     from teeny_gptq.solver import gptq_solver, skipped
 
     start = time.perf_counter()
@@ -173,15 +173,15 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
         torch.cuda.reset_peak_memory_stats()
     out_dir = Path(out_dir)
     writer = ShardWriter(out_dir)
+    copy_side_files(path, out_dir)  # first: a source without a tokenizer fails before any work
     settings = settings_from(options)
     facts = walk(path, gptq_solver(settings, keep), writer, calibration_ids=calibration.tensor(),
                  batch_size=settings.batch_size, device=device, compute_dtype=compute_dtype, store_dtype=store_dtype)
     files = writer.close()
     quantize_seconds = time.perf_counter() - start
     skipped_inside = sorted(set(inside) - set(targets))
-    write_checkpoint_config(facts["config"], source.load_tokenizer(), out_dir,
+    write_checkpoint_config(facts["config"], None, out_dir,
                             quantization_config(options, skipped_inside + sorted(kept)), store_dtype)
-    copy_generation_config(path, out_dir)
     if fallback:
         log.warning("gptq: calibration never reached %d linear(s), rounded to nearest on the same grid: %s",
                     len(fallback), ", ".join(sorted(fallback)))

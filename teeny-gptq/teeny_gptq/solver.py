@@ -12,7 +12,7 @@ import fnmatch
 import time
 from typing import Any, Callable
 
-from teeny_gptq.gptq import GPTQResult, HessianAccumulator, MSESearch, gptq_quantize
+from teeny_gptq.gptq import GPTQResult, HessianAccumulator, HessianFactor, MSESearch, factor_hessian, gptq_quantize
 
 
 class _Stop(Exception):
@@ -130,6 +130,7 @@ def _quantize_group(layer, group: dict[str, Any], hidden, layer_args, settings: 
         seen.clear()
         for handle in handles:
             handle.remove()
+    factors: dict[int, HessianFactor] = {}  # id of a shared accumulator -> its factor, made once
     for name, module in group.items():
         start = time.perf_counter()
         acc = accumulators.pop(name, None) or HessianAccumulator(module.in_features, device=device)
@@ -137,12 +138,19 @@ def _quantize_group(layer, group: dict[str, Any], hidden, layer_args, settings: 
         fallback = None if acc.rows else "never called during calibration"
         if fallback:
             H = torch.eye(module.in_features, device=device)
-        result = gptq_quantize(module.weight, H, bits=settings.bits, group_size=settings.group_size,
-                               sym=settings.sym, act_order=settings.act_order and not fallback,
-                               static_groups=settings.static_groups, block_size=settings.block_size,
-                               damp_percent=settings.damp_percent, damp_increment=settings.damp_increment,
-                               mse=settings.mse, name=name)
-        del H, acc
+        act_order = settings.act_order and not fallback
+        if id(acc) not in factors:
+            factors[id(acc)] = factor_hessian(H, act_order=act_order, damp_percent=settings.damp_percent,
+                                              damp_increment=settings.damp_increment, dtype=torch.float32,
+                                              name=name)
+        if not any(a is acc for a in accumulators.values()):  # no later linear shares it
+            factor = factors.pop(id(acc))
+        else:
+            factor = factors[id(acc)]
+        result = gptq_quantize(module.weight, None, bits=settings.bits, group_size=settings.group_size,
+                               sym=settings.sym, act_order=act_order, static_groups=settings.static_groups,
+                               block_size=settings.block_size, mse=settings.mse, name=name, factor=factor)
+        del H, acc, factor
         with torch.no_grad():
             module.weight.copy_(result.w_hat.to(module.weight.dtype))
         memo.solved(name)
@@ -216,9 +224,10 @@ def _replay(layer, hidden, layer_args, device, memo: "_Memo", before_batch: Call
     submodules that ``memo`` holds served from it."""
     import torch
 
+    from teeny_core.modeling import temporaries_on_the_heap
     from teeny_core.walker import run_layer
 
-    with torch.no_grad():
+    with torch.no_grad(), temporaries_on_the_heap():
         for batch, (h, a) in enumerate(zip(hidden, layer_args)):
             before_batch()
             with memo.serving(batch):

@@ -55,7 +55,7 @@ class RTNQuantizer(Quantizer):
         from teeny_core.formats.checkpoint import write_checkpoint_config
         from teeny_core.formats.gptq import dynamic_exclusions
         from teeny_core.modeling import torch_dtype
-        from teeny_core.walker import ShardWriter, copy_generation_config, layer_matrices, safetensors_dir, walk
+        from teeny_core.walker import ShardWriter, copy_side_files, layer_matrices, safetensors_dir, walk
 
         assert isinstance(options, RTNOptions)
         dtype = options.dtype
@@ -88,6 +88,7 @@ class RTNQuantizer(Quantizer):
 
         out_dir = Path(out_dir)
         writer = ShardWriter(out_dir)
+        copy_side_files(path, out_dir)  # first: a source without a tokenizer fails before any work
         facts = walk(path, rounder.solve(targets), writer, store_dtype=store_dtype, outside=outside)
         writer.close()
         cfg = facts["config"]
@@ -106,9 +107,8 @@ class RTNQuantizer(Quantizer):
             inner = sorted((set(linears) - set(targets)) | set(kept))
             if inner:
                 quant_config["dynamic"] = dynamic_exclusions(inner)
-        write_checkpoint_config(cfg, source.load_tokenizer(), out_dir, quant_config, store_dtype,
+        write_checkpoint_config(cfg, None, out_dir, quant_config, store_dtype,
                                 extra_config={"teeny_quantization": record})
-        copy_generation_config(path, out_dir)
         if rounder.shapes and why_not:
             record["hf_gptq_misfit"] = why_not
         n_params = facts["params"] + (cfg.hidden_size * cfg.vocab_size if untie else 0)

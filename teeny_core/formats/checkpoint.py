@@ -106,8 +106,8 @@ def write_checkpoint_config(config, tokenizer, out_dir: Path, quantization_confi
                             extra_config: dict[str, Any] | None = None) -> None:
     """Everything of a checkpoint but its weights (written whole or streamed by the layer walker): config.json
     with ``quantization_config`` and ``extra_config``'s keys, quantize_config.json (read by AutoGPTQ/GPTQModel;
-    neither where ``quantization_config`` is None: a plain float checkpoint), the generation config when given,
-    and the tokenizer."""
+    neither where ``quantization_config`` is None: a plain float checkpoint), the generation config and the
+    tokenizer when given (streamed artifacts copy the source's files instead: ``walker.copy_side_files``)."""
     out_dir = Path(out_dir)
     config.save_pretrained(out_dir)
     cfg_path = out_dir / "config.json"
@@ -120,4 +120,5 @@ def write_checkpoint_config(config, tokenizer, out_dir: Path, quantization_confi
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
     if generation_config is not None:
         generation_config.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
