@@ -9,7 +9,8 @@ first 2, 4, 8 layers (views of the same shards). Each row gives the walker's med
 process's peak RSS; the full-model time of a shorter run is extrapolated from its per-layer time plus what
 it spent outside the layers, and the table says so. The RTN and GGUF artifacts are then loaded in a fresh
 process each (RTN's hf-gptq checkpoint in the core's transformers runtime, packed, GGUF in llama.cpp) and
-generate a few tokens. Results go to benchmarks/results/scale.md. The model files are deleted at the end
+generate a few tokens. Results go to benchmarks/results/scale.md (its generated table, from every row kept in
+scale.json: a run replaces the rows it measures). The model files are deleted at the end
 unless ``--keep``.
 """
 
@@ -26,8 +27,11 @@ import sys
 import time
 from pathlib import Path
 
+from gemma import load_note, write_section
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "scale.md"
+MEASURED = ROOT / "benchmarks" / "results" / "scale.json"
 FULL_LAYERS = 48
 SHAPE = dict(hidden_size=5120, intermediate_size=13824, num_attention_heads=40, num_key_value_heads=8,
              vocab_size=152064, max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
@@ -194,7 +198,6 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/teeny-scale"))
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
     calibrated = [m for m, _ in CALIBRATED if m in args.methods]
     layers = max(([args.layers] if "rtn" in args.methods else []) + ([args.gguf_layers or args.layers]
                  if "gguf" in args.methods else []) + (args.calibrated_layers if calibrated else []))
@@ -225,51 +228,75 @@ def main() -> None:
             shutil.rmtree(args.work, ignore_errors=True)
 
 
-def write_results(rows, args) -> None:
-    from gemma import load_note
+def measured_rows(rows, args) -> list[dict]:
+    """This run's rows merged into those kept in ``scale.json`` (one per method and layer count, the newest
+    wins), each with the date, commit and command that measured it."""
+    import datetime
 
-    lines = [
-        "# Real scale: a Qwen2.5-14B-shaped model through the layer walker",
-        "",
-        f"`python benchmarks/scale.py --layers {args.layers}"
-        f"{f' --gguf-layers {args.gguf_layers}' if args.gguf_layers else ''} --methods {' '.join(args.methods)} --calibrated-layers "
-        f"{' '.join(map(str, args.calibrated_layers))}` on {platform.machine()}, {os.cpu_count()} cores, torch CPU; "
-        f"{load_note()}. Random bf16 weights of Qwen2.5-14B's shape (hidden 5120, intermediate 13824, 40/8 heads, "
-        "vocab 152064). GPTQ and AWQ calibrate on 4 x 256 random token ids. Each run is its own process.",
-        "",
-        "| method | layers run | wall s | s / layer (median; mean where not walked) | outside the layers s | peak RSS GiB | full 48-layer wall s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
+    kept = json.loads(MEASURED.read_text()) if MEASURED.exists() else []
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or "?"
+    command = (f"python benchmarks/scale.py --layers {args.layers}"
+               f"{f' --gguf-layers {args.gguf_layers}' if args.gguf_layers else ''} --methods {' '.join(args.methods)}"
+               f" --calibrated-layers {' '.join(map(str, args.calibrated_layers))}")
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     for method, n, r in rows:
+        if "error" not in r:
+            if r["layer_seconds"]:  # the walker's clock: the rest is start-up and the tensors outside the layers
+                per_layer, outside = statistics.median(r["layer_seconds"]), r["seconds"] - sum(r["layer_seconds"])
+            else:  # not walked (GGUF's conversion and llama.cpp): the mean, which charges the rest to every layer
+                per_layer, outside = r["seconds"] / n, None
+            r = {"seconds": r["seconds"], "per_layer": per_layer, "outside": outside, "peak": r["peak"],
+                 **({"load": r["load"]} if "load" in r else {})}
+        entry = {"method": method, "layers": n, "result": r, "date": date, "commit": commit, "command": command,
+                 "load_note": load_note()}
+        kept = [e for e in kept if (e["method"], e["layers"]) != (method, n)] + [entry]
+    order = ["rtn", "gguf", "gptq", "awq"]
+    return sorted(kept, key=lambda e: (order.index(e["method"]), e["layers"]))
+
+
+def write_results(rows, args) -> None:
+    """Keep the measured rows in scale.json and rewrite the generated table of scale.md from all of them."""
+    entries = measured_rows(rows, args)
+    MEASURED.write_text(json.dumps(entries, indent=1) + "\n")
+    lines = [
+        f"Random bf16 weights of Qwen2.5-14B's shape; {platform.machine()}, {os.cpu_count()} cores, torch CPU. "
+        "GPTQ and AWQ calibrate on 4 x 256 random token ids. Each run is its own process; each row says when, "
+        "at which commit and by which command it was measured (`benchmarks/results/scale.json` keeps them).",
+        "",
+        "| method | layers run | wall s | s / layer (median; mean where not walked) | outside the layers s | "
+        "peak RSS GiB | full 48-layer wall s | measured |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for e in entries:
+        method, n, r = e["method"], e["layers"], e["result"]
+        when = f"{e['date']}, {e['commit']}"
         if "error" in r:
-            lines.append(f"| {method} | {n} | failed: {r['error'][:300]} |  |  |  |  |")
+            lines.append(f"| {method} | {n} | failed: {r['error'][:300]} |  |  |  |  | {when} |")
             continue
-        if r["layer_seconds"]:  # the walker's own clock: the rest is start-up and the tensors outside the layers
-            per_layer = statistics.median(r["layer_seconds"])
-            outside = r["seconds"] - sum(r["layer_seconds"])
-            estimate, outside_text = outside + per_layer * FULL_LAYERS, f"{outside:.0f}"
-        else:  # not walked (GGUF's conversion and llama.cpp): the mean, which charges the rest to every layer
-            per_layer = r["seconds"] / n
-            estimate, outside_text = per_layer * FULL_LAYERS, "-"
+        outside = "-" if r["outside"] is None else f"{r['outside']:.0f}"
+        estimate = r["per_layer"] * FULL_LAYERS + (r["outside"] or 0)
         full = f"{r['seconds']:.0f}" if n == FULL_LAYERS else f"{estimate:.0f} (extrapolated)"
-        lines.append(f"| {method} | {n} | {r['seconds']:.0f} | {per_layer:.1f} | {outside_text} | "
-                     f"{r['peak'] / GiB:.2f} | {full} |")
-    loads = [(method, n, r["load"]) for method, n, r in rows if "load" in r and "error" not in r]
+        lines.append(f"| {method} | {n} | {r['seconds']:.0f} | {r['per_layer']:.1f} | {outside} | "
+                     f"{r['peak'] / GiB:.2f} | {full} | {when} |")
+    loads = [e for e in entries if "load" in e["result"]]
     if loads:
         lines += ["", "Loaded back, each in a fresh process, and 4 tokens generated greedily:", "",
-                  "| artifact | layers | runtime | load s | generate s | weights GiB | peak RSS GiB |",
-                  "|---|---:|---|---:|---:|---:|---:|"]
-        for method, n, ld in loads:
+                  "| artifact | layers | runtime | load s | generate s | weights GiB | peak RSS GiB | measured |",
+                  "|---|---:|---|---:|---:|---:|---:|---|"]
+        for e in loads:
+            ld, when = e["result"]["load"], f"{e['date']}, {e['commit']}"
             if "error" in ld:
-                lines.append(f"| {method} | {n} | {ld['runtime']} | failed: {ld['error'][:300]} |  |  |  |")
+                lines.append(f"| {e['method']} | {e['layers']} | {ld['runtime']} | failed: {ld['error'][:300]} "
+                             f"|  |  |  | {when} |")
                 continue
             weights = f"{ld['weight_bytes'] / GiB:.2f}" if ld.get("weight_bytes") else "-"
-            lines.append(f"| {method} | {n} | {ld['runtime']} | {ld['load_s']:.0f} | {ld['generate_s']:.1f} | "
-                         f"{weights} | {ld['peak'] / GiB:.2f} |")
-    lines += ["", "Outside the layers: start-up, calibration capture, the embedding and lm_head (read, and rounded "
-              "where the method quantizes them) and, for GGUF, llama.cpp's quantization after the streamed conversion. "
-              "The per-layer peak RSS is what the walker bounds."]
-    RESULTS.write_text("\n".join(lines) + "\n")  # after every run, so an interrupted run keeps what it measured
+            lines.append(f"| {e['method']} | {e['layers']} | {ld['runtime']} | {ld['load_s']:.0f} | "
+                         f"{ld['generate_s']:.1f} | {weights} | {ld['peak'] / GiB:.2f} | {when} |")
+    lines += ["", "Commands, with the machine's load when each row was written:", ""]
+    for command, note in dict.fromkeys((e["command"], e["load_note"]) for e in entries):
+        lines.append(f"- `{command}`: {note}")
+    write_section(RESULTS, "table", "\n".join(lines) + "\n")  # after every run: an interrupted run keeps its rows
 
 
 if __name__ == "__main__":
