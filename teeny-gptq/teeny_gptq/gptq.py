@@ -142,7 +142,10 @@ def inverse_cholesky(H, damp_percent: float, damp_increment: float, name: str = 
             L, info = torch.linalg.cholesky_ex(damped)
             del damped
             if int(info) == 0 and bool(torch.diag(L).square().min() > tiny_pivot):
-                U = torch.linalg.solve_triangular(L, eye(), upper=False).flip(0, 1)
+                inverse = torch.linalg.solve_triangular(L, eye(), upper=False)
+                del L  # before the flip's copy: at most H, L, the identity and L^-1 at once
+                U = inverse.flip(0, 1)
+                del inverse
                 if bool(torch.isfinite(U).all()):
                     if escalations:
                         log.warning("%s: Hessian not positive definite at damp_percent=%g; succeeded at %g "
@@ -188,12 +191,13 @@ class HessianFactor:
 
 
 def factor_hessian(H, *, act_order: bool = False, damp_percent: float = 0.01, damp_increment: float = 0.0025,
-                   dtype=None, name: str = "") -> HessianFactor:
+                   dtype=None, name: str = "", overwrite: bool = False) -> HessianFactor:
     """:class:`HessianFactor` of ``H`` in ``dtype`` (default: ``H``'s). With ``act_order`` the columns are
-    visited by decreasing ``diag(H)``."""
+    visited by decreasing ``diag(H)``. ``overwrite`` lets it change ``H`` instead of copying it first (one
+    Hessian less in memory: 0.76 GB for a 13824-column down projection)."""
     import torch
 
-    H = H.detach().to(dtype or H.dtype).clone()
+    H = H.detach().to(dtype or H.dtype, copy=not overwrite)
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     positions = torch.arange(H.shape[0], device=H.device)
