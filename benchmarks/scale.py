@@ -17,6 +17,7 @@ unless ``--keep``.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -169,10 +170,11 @@ def run(method: str, model: Path, out: Path, options: dict, load: tuple[str, dic
 def attempt(method: str, model: Path, out: Path, options: dict, load: tuple[str, dict] | None = None) -> dict:
     """:func:`run`, with a failure recorded as the row's result instead of ending the benchmark."""
     try:
-        return run(method, model, out, options, load)
+        result = run(method, model, out, options, load)
     except RuntimeError as exc:
         shutil.rmtree(out, ignore_errors=True)
-        return {"error": str(exc)}
+        result = {"error": str(exc)}
+    return {**result, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
 FULL = (  # method, options, where the artifact is loaded back
@@ -231,16 +233,14 @@ def main() -> None:
 def measured_rows(rows, args) -> list[dict]:
     """This run's rows merged into those kept in ``scale.json`` (one per method and layer count, the newest
     wins), each with the date, commit and command that measured it."""
-    import datetime
-
     kept = json.loads(MEASURED.read_text()) if MEASURED.exists() else []
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or "?"
     command = (f"python benchmarks/scale.py --layers {args.layers}"
                f"{f' --gguf-layers {args.gguf_layers}' if args.gguf_layers else ''} --methods {' '.join(args.methods)}"
                f" --calibrated-layers {' '.join(map(str, args.calibrated_layers))}")
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     for method, n, r in rows:
+        date = r["date"]  # when it finished
         if "error" not in r:
             if r["layer_seconds"]:  # the walker's clock: the rest is start-up and the tensors outside the layers
                 per_layer, outside = statistics.median(r["layer_seconds"]), r["seconds"] - sum(r["layer_seconds"])
@@ -248,6 +248,8 @@ def measured_rows(rows, args) -> list[dict]:
                 per_layer, outside = r["seconds"] / n, None
             r = {"seconds": r["seconds"], "per_layer": per_layer, "outside": outside, "peak": r["peak"],
                  **({"load": r["load"]} if "load" in r else {})}
+        else:
+            r = {"error": r["error"]}
         entry = {"method": method, "layers": n, "result": r, "date": date, "commit": commit, "command": command,
                  "load_note": load_note()}
         kept = [e for e in kept if (e["method"], e["layers"]) != (method, n)] + [entry]

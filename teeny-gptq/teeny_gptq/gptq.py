@@ -142,8 +142,9 @@ def inverse_cholesky(H, damp_percent: float, damp_increment: float, name: str = 
             L, info = torch.linalg.cholesky_ex(damped)
             del damped
             if int(info) == 0 and bool(torch.diag(L).square().min() > tiny_pivot):
-                inverse = torch.linalg.solve_triangular(L, eye(), upper=False)
-                del L  # before the flip's copy: at most H, L, the identity and L^-1 at once
+                identity = eye()
+                inverse = torch.linalg.solve_triangular(L, identity, upper=False, out=identity)  # in place
+                del L, identity  # before the flip's copy: at most H, L and L^-1 at once
                 U = inverse.flip(0, 1)
                 del inverse
                 if bool(torch.isfinite(U).all()):
