@@ -59,6 +59,18 @@ class HessianAccumulator:
 
         self.H = torch.zeros((columns, columns), device=device, dtype=dtype or torch.float32)
         self.rows = 0
+        self._factor: HessianFactor | None = None
+
+    def factor(self, **options) -> "HessianFactor":
+        """:func:`factor_hessian` of ``H`` (the identity if no row came), made once for every linear sharing this
+        accumulator: the first call factors ``H`` in place and lets it go, later calls return the same factor."""
+        import torch
+
+        if self._factor is None:
+            H = self.H if self.rows else torch.eye(self.H.shape[0], device=self.H.device, dtype=self.H.dtype)
+            self.H = None
+            self._factor = factor_hessian(H, overwrite=True, **options)
+        return self._factor
 
     def add(self, x) -> None:
         x = x.reshape(-1, self.H.shape[0]).to(self.H.dtype)

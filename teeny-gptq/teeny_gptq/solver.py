@@ -12,7 +12,7 @@ import fnmatch
 import time
 from typing import Any, Callable
 
-from teeny_gptq.gptq import GPTQResult, HessianAccumulator, HessianFactor, MSESearch, factor_hessian, gptq_quantize
+from teeny_gptq.gptq import GPTQResult, HessianAccumulator, MSESearch, gptq_quantize
 
 
 class _Stop(Exception):
@@ -130,25 +130,17 @@ def _quantize_group(layer, group: dict[str, Any], hidden, layer_args, settings: 
         seen.clear()
         for handle in handles:
             handle.remove()
-    factors: dict[int, HessianFactor] = {}  # id of a shared accumulator -> its factor, made once
     for name, module in group.items():
         start = time.perf_counter()
         acc = accumulators.pop(name, None) or HessianAccumulator(module.in_features, device=device)
         fallback = None if acc.rows else "never called during calibration"
         act_order = settings.act_order and not fallback
-        if id(acc) not in factors:
-            H = torch.eye(module.in_features, device=device) if fallback else acc.H
-            acc.H = None  # from here GPTQ needs only the factor: the Hessian is factored in place and let go
-            factors[id(acc)] = factor_hessian(H, act_order=act_order, damp_percent=settings.damp_percent,
-                                              damp_increment=settings.damp_increment, dtype=torch.float32,
-                                              name=name, overwrite=True)
-            del H
-        shared = any(a is acc for a in accumulators.values())  # a later linear of the group takes the same input
-        factor = factors[id(acc)] if shared else factors.pop(id(acc))
+        factor = acc.factor(act_order=act_order, damp_percent=settings.damp_percent,
+                            damp_increment=settings.damp_increment, dtype=torch.float32, name=name)
         result = gptq_quantize(module.weight, None, bits=settings.bits, group_size=settings.group_size,
                                sym=settings.sym, act_order=act_order, static_groups=settings.static_groups,
                                block_size=settings.block_size, mse=settings.mse, name=name, factor=factor)
-        del acc, factor
+        del acc, factor  # the last linear sharing the accumulator lets its factor go
         with torch.no_grad():
             module.weight.copy_(result.w_hat.to(module.weight.dtype))
         memo.solved(name)
