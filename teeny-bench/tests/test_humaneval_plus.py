@@ -194,7 +194,8 @@ def test_expected_answers_over_200_mb_travel_as_digests(tmp_path):
 
     problems = load_plus_problems(path)
     grader = PlusGrader(problems, file_id(path), tmp_path)
-    wrong = "    out = c * n\n    return out[:-1] + 'y' if n > 1000 else out\n"
+    # as cheap as the canonical solution (one string of the same size), so the CPU limit never decides it
+    wrong = "    return c[::-1] * n if n > 1000 else c * n\n"
     right, bad = grader.grade([(problems[0], "    return c * n\n"), (problems[0], wrong)])
     assert right["passed"] and right["passed_base"], right
     assert not bad["passed"] and bad["passed_base"] and bad["failed_input"] == 1, bad
