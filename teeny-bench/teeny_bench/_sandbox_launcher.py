@@ -18,9 +18,10 @@ Setting up a sandbox (started in a new session) does, in order:
    size-limited tmpfs as the working directory holding the files; read-only re-binds of the
    interpreter/toolchain directories that those masks (or a non-traversable ancestor such as a 0700
    ``/root``) would hide from the unprivileged program;
-4. fork an init process (PID 1 of the new PID namespace, with its own ``/proc``), which forks the program:
-   only fds 0-2 (and 3-4 with a channel) kept, resource limits, ``no_new_privs``, an unprivileged uid/gid (when
-   started as root), ``chdir``, then ``execve`` (cold) or the Python program run in place (warm);
+4. fork an init process (PID 1 of the new PID namespace, with its own ``/proc`` and ``pid_max``), which forks
+   the program: only fds 0-2 (and 3-4 with a channel) kept, resource limits, ``no_new_privs``, an
+   unprivileged uid/gid (when started as root), no capability, ``chdir``, then ``execve`` (cold) or the Python
+   program run in place (warm);
 5. init reaps until the program exits and reports its status, rusage and the isolation achieved as JSON on the
    status fd. When init exits the kernel kills everything left in the PID namespace. Neither init nor the
    setup process keeps an end of the program's pipes, so the parent has its result without waiting for the
@@ -56,6 +57,11 @@ MS_PRIVATE = 1 << 18
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_DUMPABLE = 4
 PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+RESERVED_PIDS = 300  # the kernel hands out pids from here on once a namespace's pids wrap around
 SYS_MOUNT_SETATTR = 442  # the same number on every architecture (added in Linux 5.12)
 AT_FDCWD = -100
 AT_RECURSIVE = 0x8000
@@ -237,6 +243,24 @@ def _program_fds(cfg, uid, gid):
         os.closerange(3, 1 << 16)
 
 
+def _drop_bounding_capabilities():
+    """Take every capability out of the bounding set (needs CAP_SETPCAP, which we have as root or as the
+    creator of our user namespace; without it there is nothing to drop)."""
+    for cap in range(64):
+        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            break  # EINVAL past the last capability, or EPERM: none held
+
+
+def _drop_capabilities():
+    """Leave the program no capability at all. A user namespace's creator holds every capability in it, and a
+    warm program runs without the ``execve`` that would clear them for a non-root uid: with CAP_SYS_ADMIN it
+    could unmount the masks over ``/tmp`` or the home directory, or make the read-only host mounts writable."""
+    header = (ctypes.c_uint32 * 2)(LINUX_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable for capabilities 0-31 and 32-63
+    _check(_libc.capset(header, data), "capset")
+    _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+
+
 def _exec_program(cfg, uid, gid):
     """In the program's process: fds, limits, privileges, then execve or the warm Python run (never returns)."""
     try:
@@ -245,17 +269,19 @@ def _exec_program(cfg, uid, gid):
             (resource.RLIMIT_CPU, (cfg["cpu"], cfg["cpu"] + 1)),
             (resource.RLIMIT_AS, (cfg["memory_bytes"], cfg["memory_bytes"])),
             (resource.RLIMIT_FSIZE, (cfg["file_bytes"], cfg["file_bytes"])),
-            (resource.RLIMIT_NPROC, (cfg["processes"], cfg["processes"])),
+            (resource.RLIMIT_NPROC, (cfg.get("rlimit_nproc", cfg["processes"]),) * 2),
             (resource.RLIMIT_CORE, (0, 0)),
             (resource.RLIMIT_NOFILE, (1024, 1024)),
         ]
         for which, value in limits:
             resource.setrlimit(which, value)
         _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        _drop_bounding_capabilities()
         if uid is not None:
             os.setgroups([])
             os.setgid(gid)
             os.setuid(uid)
+        _drop_capabilities()
         os.chdir(cfg["workdir"])
         os.umask(0o077)
         env = cfg["env"]
@@ -383,11 +409,28 @@ def _let_go(cfg):
     os.close(null)
 
 
+def _cap_namespace_pids(count):
+    """Let this PID namespace hold at most ``count`` + 1 processes besides init, whoever the program runs as:
+    ``RLIMIT_NPROC`` does not bind a program whose uid is root on the host (a non-root user simulated by a
+    user namespace, or root without a spare uid), so it alone would let a fork bomb take every pid of the host.
+    Needs the per-namespace ``pid_max`` of Linux 6.14; on older kernels the write would set the host's own
+    limit, so it is not tried there. Returns whether the cap is in place."""
+    if tuple(int(part) for part in os.uname().release.split(".")[:2] if part.isdigit()) < (6, 14):
+        return False
+    with open("/proc/sys/kernel/pid_max", "w") as f:  # this namespace's: /proc is its own by now
+        f.write(str(RESERVED_PIDS + 1 + count))
+    with open("/proc/sys/kernel/ns_last_pid", "w") as f:  # the program's pids start past the reserved ones
+        f.write(str(RESERVED_PIDS))
+    return True
+
+
 def _init(cfg, entered, uid, gid, status_fd):
     """PID 1 of the sandbox: mount /proc, run the program, reap, report; the kernel then kills the rest."""
     if "pid" in entered and "mount" in entered:
         try:
             _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            if _cap_namespace_pids(cfg["processes"]):
+                entered.add("pids")
         except OSError:
             pass
     child = os.fork()
@@ -421,7 +464,7 @@ def _sandbox(staging, fds):
         uid, gid = cfg["uid"], cfg["gid"]
         files = _read_tree(cfg["workdir"])
         if uid is None:  # no uid of its own: the limit counts every process of ours
-            cfg["processes"] += _own_processes()
+            cfg["rlimit_nproc"] = cfg["processes"] + _own_processes()
         entered = _enter_namespaces(cfg)
         if "mount" in entered:
             if _setup_mounts(cfg, files, uid, gid):

@@ -10,8 +10,11 @@ namespaces. Inside:
   unix socket is reachable without a network);
 - the network namespace has no interfaces up (not even loopback), so every connection fails;
 - the program gets CPU-time, address-space, file-size, open-file and process-count limits (``setrlimit``),
-  ``no_new_privs``, and, when we are root, a per-sandbox unprivileged uid (so ``RLIMIT_NPROC``, which root
-  ignores, holds a fork bomb, and nothing owned by real users is writable);
+  ``no_new_privs``, no capability (not even in its own user namespace), and, when we are root, a per-sandbox
+  unprivileged uid (so ``RLIMIT_NPROC``, which root ignores, holds a fork bomb, and nothing owned by real
+  users is writable);
+- the PID namespace holds at most ``Limits.processes`` + 1 tasks (its own ``pid_max``, Linux 6.14+), which
+  holds a fork bomb even where ``RLIMIT_NPROC`` does not bind (a uid that is root on the host);
 - the PID namespace's init reaps the program and exits, and the kernel then kills every process left in
   the namespace: nothing survives a sandbox, whether it timed out or not;
 - the wall-time limit and the output cap are enforced by the parent, which kills the whole process group.
@@ -105,7 +108,7 @@ class Result:
     cpu_seconds: float | None = None
     max_rss_bytes: int | None = None
     truncated: bool = False  # output was cut at Limits.output_bytes
-    isolation: tuple[str, ...] = ()  # namespaces entered ("mount", "pid", "net", ...), "readonly", "uid"
+    isolation: tuple[str, ...] = ()  # namespaces entered ("mount", "pid", "net", ...), "readonly", "uid", "pids"
     channel: bytes = b""  # what the program wrote to fd 4 (only with run_sandboxed(channel=...))
     warm: bool = False  # started from a warm zygote rather than a new interpreter
 

@@ -99,14 +99,22 @@ def _running(token: str) -> list[psutil.Process]:
     return [p for p in psutil.process_iter(["cmdline"]) if token in " ".join(p.info["cmdline"] or [])]
 
 
-def _all_gone(token: str, seconds: float = 5) -> bool:
-    """No process runs ``token`` within ``seconds`` (SIGKILLed sandboxes may take a moment to vanish)."""
+def _describe(p: psutil.Process) -> str:
+    try:
+        return f"pid {p.pid} ppid {p.ppid()} {p.status()} {time.time() - p.create_time():.1f} s old: {p.cmdline()}"
+    except psutil.Error as exc:
+        return f"pid {p.pid}: {exc!r}"
+
+
+def _left_after(token: str, seconds: float = 5) -> list[str]:
+    """The processes still running ``token`` after ``seconds`` (SIGKILLed sandboxes may take a moment to
+    vanish), described for the failure message; empty when none is left."""
     deadline = time.monotonic() + seconds
-    while _running(token):
+    while left := _running(token):
         if time.monotonic() > deadline:
-            return False
+            return [_describe(p) for p in left]
         time.sleep(0.1)
-    return True
+    return []
 
 
 def test_sleeping_program_hits_the_wall_limit_and_its_whole_tree_dies(py):
@@ -134,6 +142,21 @@ def test_background_process_cannot_outlive_a_finished_program(py):
     assert time.monotonic() - start < 10  # the lingering child does not hold the pipes open
     time.sleep(0.3)
     assert not _running("time.sleep(30)")
+
+
+# Forks until the kernel refuses, each child kept alive, and prints how many forks succeeded and the errno.
+BOMB = ("import os, time\nforks = 0\n"
+        "try:\n    while True:\n        if os.fork() == 0:\n            time.sleep(30)\n            os._exit(0)\n"
+        "        forks += 1\n"
+        "except OSError as e:\n    print(forks, e.errno)\n")
+
+
+def test_processes_are_capped_at_the_limit(py):
+    r = py(BOMB, limits=Limits(processes=16, wall_seconds=10))
+    if not {"pids", "uid"} & set(r.isolation):
+        pytest.skip("neither a uid of its own nor a PID namespace cap: RLIMIT_NPROC counts all our processes")
+    forks, errno = map(int, r.stdout.split())
+    assert r.status == "ok" and forks <= 16 and errno == 11, r  # EAGAIN: the program and 16 at most
 
 
 def test_fork_bomb_is_contained(py):
@@ -243,7 +266,8 @@ def test_only_its_own_processes_are_visible(py):
     r = py("import os\nprint(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))")
     if "pid" not in r.isolation:
         pytest.skip("no PID namespace on this machine")
-    assert r.stdout.strip() == "[1, 2]"  # the sandbox's init and the program itself
+    init, program = json.loads(r.stdout)  # the sandbox's init and the program itself, nothing else
+    assert init == 1 and program == (301 if "pids" in r.isolation else 2)  # past the pids the kernel reserves
 
 
 def test_huge_stdout_is_capped_and_the_program_killed(py):
@@ -266,25 +290,29 @@ def test_run_many_keeps_order_and_isolates_failures():
         assert [r.status for r in results] == ["ok"] * 3 + ["timeout"] + ["ok"] * 3
         assert [r.stdout.strip() for r in results if r.status == "ok"] == [str(i) for i in range(6)]
         assert all(r.warm == warm for r in results)  # Python programs start warm in run_many by default
-    assert _all_gone(LAUNCHER)  # the workers' zygotes are stopped with run_many
+    assert not _left_after(LAUNCHER)  # the workers' zygotes are stopped with run_many
 
 
 NON_ROOT_SCRIPT = """
 import contextlib, json, sys
 from teeny_bench.sandbox import Limits, run_sandboxed, warm_sandboxes
-canary = sys.argv[1]
+canary, bomb_code = sys.argv[1], sys.argv[3]
 stack = contextlib.ExitStack()
 if sys.argv[2] == "warm":
     stack.enter_context(warm_sandboxes())
 code = ("import os, socket\\n"
         "try:\\n    socket.create_connection(('127.0.0.1', 9), timeout=2)\\nexcept OSError as e:\\n    print('net', e.errno)\\n"
         f"try:\\n    open({canary!r}, 'w').write('x')\\nexcept OSError as e:\\n    print('write', e.errno)\\n"
-        "print('uid', os.getuid())\\n")
+        "print('uid', os.getuid())\\n"
+        "print('caps', [line.split()[1] for line in open('/proc/self/status') if line.startswith('CapEff')][0])\\n"
+        "import ctypes\\nlibc = ctypes.CDLL(None, use_errno=True)\\n"
+        "print('umount', libc.umount2(b'/tmp', 2), ctypes.get_errno())\\n")
 r = run_sandboxed([sys.executable, "-I", "-c", code])
-bomb = run_sandboxed([sys.executable, "-I", "-c", "import os\\nwhile True:\\n    os.fork()"],
-                     limits=Limits(processes=16, wall_seconds=5, cpu_seconds=2))
+# without the PID namespace's cap (Linux < 6.14) nothing would hold it: it would take every pid of the host
+bomb = (run_sandboxed([sys.executable, "-I", "-c", bomb_code], limits=Limits(processes=16, wall_seconds=10))
+        if "pids" in r.isolation else None)
 print(json.dumps({"status": r.status, "stdout": r.stdout, "stderr": r.stderr[-300:], "isolation": r.isolation,
-                  "bomb": bomb.status, "warm": [r.warm, bomb.warm]}))
+                  "bomb": bomb and bomb.stdout, "warm": [r.warm] + ([bomb.warm] if bomb else [])}))
 stack.close()
 """
 
@@ -304,7 +332,7 @@ def test_without_root_user_namespaces_give_the_same_isolation(mode):
         canary.write_text("original")
         canary.chmod(0o666)
         run = subprocess.run(["unshare", "--user", "--map-user=1000", "--map-group=1000", sys.executable, "-c",
-                              NON_ROOT_SCRIPT, str(canary), mode], capture_output=True, text=True, timeout=300)
+                              NON_ROOT_SCRIPT, str(canary), mode, BOMB], capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr
         out = json.loads(run.stdout.strip().splitlines()[-1])
         assert out["status"] == "ok", out
@@ -312,8 +340,14 @@ def test_without_root_user_namespaces_give_the_same_isolation(mode):
         assert "net 101" in out["stdout"]  # ENETUNREACH
         assert "write 30" in out["stdout"] or "write 2" in out["stdout"]  # EROFS, or ENOENT under a private /tmp
         assert "uid 1000" in out["stdout"]
-        assert out["bomb"] != "ok"
-        assert out["warm"] == [mode == "warm"] * 2
+        # no capability left in its user namespace (a warm program runs without the execve that clears them),
+        # so it cannot unmount the private /tmp over the real one
+        assert "caps 0000000000000000" in out["stdout"] and "umount -1 1" in out["stdout"]
+        # RLIMIT_NPROC does not bind here (the "user" is root on the host); the PID namespace's own cap does
+        if "pids" in out["isolation"]:
+            forks, errno = map(int, out["bomb"].split())
+            assert forks <= 16 and errno == 11, out
+        assert set(out["warm"]) == {mode == "warm"}
         assert canary.read_text() == "original"
     finally:
         shutil.rmtree(target, ignore_errors=True)
@@ -444,7 +478,7 @@ def test_warm_programs_share_nothing_with_each_other():
     if "uid" in a.isolation:
         assert uid_a != uid_b  # a fresh uid per program, not per zygote
     if "pid" in a.isolation:
-        assert pid_a == pid_b == "2"  # each in a PID namespace of its own, the zygote out of sight
+        assert pid_a == pid_b  # each in a PID namespace of its own, the zygote out of sight
     assert cwd_a != cwd_b
     assert state == "['.tmp'] False False False"
 
@@ -458,7 +492,7 @@ def test_zygote_that_dies_is_replaced_and_none_outlives_its_block():
         zygotes[0].wait(10)
         r = run_sandboxed(PY + ["print(2)"])
         assert r.stdout == "2\n" and r.warm
-    assert _all_gone(LAUNCHER)
+    assert not _left_after(LAUNCHER)
 
 
 def test_each_environment_gets_its_own_zygote():
