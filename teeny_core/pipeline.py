@@ -28,8 +28,8 @@ from teeny_core.errors import TeenyError
 from teeny_core.experiment import BASELINE, CHECKPOINT, Experiment, Variant
 from teeny_core.plugins import Plugins
 from teeny_core.source_match import source_match
-from teeny_core.store import (RunLock, SampleLog, StoreContext, options_signature, read_json, staging_dir,
-                              write_json)
+from teeny_core.store import (RunLock, SampleLog, StoreContext, build_once, options_signature, read_json,
+                              staging_dir, write_json)
 from teeny_core.types import ARTIFACT_MANIFEST, Artifact, CalibrationSet, ModelSource, VariantResult
 
 log = logging.getLogger("teeny")
@@ -127,13 +127,13 @@ class Pipeline:
         src, floats = self.source, self.float_artifact()
         runtime = self.exp.baseline_runtime
         if src.gguf_file and runtime and "gguf" in self.plugins.get("runtime", runtime).formats:
-            target = floats.path.with_name(floats.path.name + ".gguf")
-            if not (target / "teeny-artifact.json").exists():
-                with staging_dir(target) as tmp:
-                    (tmp / src.gguf_file).symlink_to(Path(src.path) / src.gguf_file)
-                    self.baseline_source().load_tokenizer().save_pretrained(tmp)  # tokenized like the variants
-                    Artifact("gguf", tmp, {"method": "none", "source": f"{src.path}/{src.gguf_file}"},
-                             file=src.gguf_file).save()
+            def link(tmp: Path) -> None:
+                (tmp / src.gguf_file).symlink_to(Path(src.path) / src.gguf_file)
+                self.baseline_source().load_tokenizer().save_pretrained(tmp)  # tokenized like the variants
+                Artifact("gguf", tmp, {"method": "none", "source": f"{src.path}/{src.gguf_file}"},
+                         file=src.gguf_file).save()
+
+            target = build_once(floats.path.with_name(floats.path.name + ".gguf"), "teeny-artifact.json", link)
             self._baseline = Artifact.open(target)
         else:
             self._baseline = floats
@@ -144,15 +144,14 @@ class Pipeline:
         src = self.source
         if not src.gguf_file:
             return Artifact("hf", Path(src.path), {"method": "none", "source": src.path})
-        target = self.root / "_baseline" / src.identity()
-        if not (target / "teeny-artifact.json").exists():
+        def dequantize(tmp: Path) -> None:
             from teeny_core.modeling import dequantize_gguf
 
             self.say(f"dequantizing {src.gguf_file} to a float baseline (once)")
-            with staging_dir(target) as tmp:
-                dequantize_gguf(src, tmp)
-                Artifact("hf", tmp, {"method": "none", "source": f"{src.path}/{src.gguf_file}"}).save()
-        return Artifact.open(target)
+            dequantize_gguf(src, tmp)
+            Artifact("hf", tmp, {"method": "none", "source": f"{src.path}/{src.gguf_file}"}).save()
+
+        return Artifact.open(build_once(self.root / "_baseline" / src.identity(), "teeny-artifact.json", dequantize))
 
     # -- a worker ----------------------------------------------------------------------------------
     def variant(self, name: str) -> Variant:

@@ -19,7 +19,7 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from teeny_core.errors import BadFileError, DiskFullError, TeenyError, is_disk_full
 from teeny_core.types import EvalContext, LoadedModel
@@ -295,24 +295,89 @@ class _NullProgress:
         return None
 
 
+class TargetBusy(TeenyError):
+    """Another process is writing the same directory right now."""
+
+
 @contextlib.contextmanager
 def staging_dir(final: Path) -> Iterator[Path]:
     """A fresh temp directory beside ``final`` that becomes ``final`` only if the block succeeds.
 
-    A crash leaves a ``.staging-*`` directory that the next run removes; ``final`` is never partial.
+    A crash leaves a ``.staging-*`` directory that the next writer removes; ``final`` is never partial. Each
+    writer holds a ``flock`` on its staging directory, so a second process staging the same ``final`` at the
+    same time gets :class:`TargetBusy` instead of deleting the first one's work (see :func:`build_once`).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".staging-{final.name}-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".staging-{final.name}-"))
-    tmp.chmod(0o777 & ~_umask())
+    with _locked(final.parent):  # no other writer lists, creates or commits beside us meanwhile
+        busy = _staging_writers(final)
+        if busy:
+            raise TargetBusy(f"{final} is being written by another teeny process (its {busy[0].name}); wait "
+                             "for it to finish, or write somewhere else")
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".staging-{final.name}-"))
+        tmp.chmod(0o777 & ~_umask())
+        held = _flock(tmp, wait=True)
     try:
         with writing(final):
             yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        with _locked(final.parent):
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        os.close(held)
+
+
+def build_once(target: Path, marker: str, build: Callable[[Path], None]) -> Path:
+    """``target``, built by ``build(staging directory)`` unless ``target/marker`` already exists. A process
+    that finds another one building it waits for that one and takes its result, so concurrent runs share a
+    cache (the float copy of one GGUF source) without building it twice or deleting each other's work."""
+    target = Path(target)
+    while not (target / marker).exists():
+        try:
+            with staging_dir(target) as tmp:
+                build(tmp)
+        except TargetBusy:
+            for writer in target.parent.glob(f".staging-{target.name}-*"):
+                with contextlib.suppress(OSError):
+                    os.close(_flock(writer, wait=True))  # returns once that writer has committed or failed
+    return target
+
+
+def _flock(path: Path, wait: bool) -> int | None:
+    """An open descriptor of ``path`` holding its exclusive ``flock``; None when another holds it (not ``wait``)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    fd = _flock(directory, wait=True)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def _staging_writers(final: Path) -> list[Path]:
+    """The staging directories of ``final`` whose writer is alive; those of dead writers are removed."""
+    alive = []
+    for stale in sorted(final.parent.glob(f".staging-{final.name}-*")):
+        try:
+            fd = _flock(stale, wait=False)
+        except OSError:
+            continue
+        if fd is None:
+            alive.append(stale)
+            continue
+        shutil.rmtree(stale, ignore_errors=True)
+        os.close(fd)
+    return alive

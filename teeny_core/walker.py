@@ -86,13 +86,10 @@ def safetensors_dir(source) -> Path:
     is dequantized once to a float32 copy in Teeny's cache, as ``teeny run`` does for its baseline)."""
     if source.gguf_file:
         from teeny_core.modeling import cache_dir, dequantize_gguf
-        from teeny_core.store import staging_dir
+        from teeny_core.store import build_once
 
-        target = cache_dir() / "gguf-float" / source.identity()
-        if not (target / "config.json").exists():
-            with staging_dir(target) as tmp:
-                dequantize_gguf(source, tmp)
-        return target
+        return build_once(cache_dir() / "gguf-float" / source.identity(), "config.json",
+                          lambda tmp: dequantize_gguf(source, tmp))
     path = Path(source.path)
     if path.is_dir():
         return path

@@ -51,6 +51,84 @@ def test_staging_dir_only_publishes_on_success(tmp_path):
     assert (final / "done.bin").read_bytes() == b"y"
 
 
+# A writer in another process: stages ``final`` (through build_once with "build_once" in argv), writes
+# mine.txt, says it is ready, then waits for the word "go" before it commits.
+WRITER = """
+import sys, time
+from pathlib import Path
+from teeny_core.store import build_once, staging_dir
+final, ready, go = map(Path, sys.argv[1:4])
+
+def build(tmp):
+    (tmp / "mine.txt").write_text("first")
+    ready.write_text("ready")
+    while not go.exists():
+        time.sleep(0.02)
+
+if sys.argv[4] == "build_once":
+    build_once(final, "mine.txt", build)
+else:
+    with staging_dir(final) as tmp:
+        build(tmp)
+"""
+
+
+def _start_writer(tmp_path, how: str):
+    import subprocess
+    import sys
+    import time
+
+    final, ready, go = tmp_path / "out" / "artifact", tmp_path / "ready", tmp_path / "go"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(final), str(ready), str(go), how])
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert writer.poll() is None and time.monotonic() < deadline, "the writer did not start"
+        time.sleep(0.02)
+    return writer, final, go
+
+
+def test_a_second_writer_of_the_same_directory_is_refused_and_the_first_finishes(tmp_path):
+    from teeny_core.store import TargetBusy
+
+    writer, final, go = _start_writer(tmp_path, "staging_dir")
+    with pytest.raises(TargetBusy, match=r"out/artifact is being written by another teeny process \(its "
+                                         r"\.staging-artifact-"):
+        with staging_dir(final) as tmp:
+            (tmp / "mine.txt").write_text("second")
+    go.write_text("go")
+    assert writer.wait(60) == 0
+    assert (final / "mine.txt").read_text() == "first"  # the first writer's work was neither deleted nor mixed
+    assert [p.name for p in final.parent.iterdir()] == ["artifact"]
+
+
+def test_a_killed_writers_staging_dir_is_removed_by_the_next_one(tmp_path):
+    writer, final, go = _start_writer(tmp_path, "staging_dir")
+    writer.kill()
+    writer.wait(60)
+    assert [p.name.startswith(".staging-artifact-") for p in final.parent.iterdir()] == [True]
+    with staging_dir(final) as tmp:
+        (tmp / "mine.txt").write_text("second")
+    assert [p.name for p in final.parent.iterdir()] == ["artifact"]
+    assert (final / "mine.txt").read_text() == "second"
+
+
+def test_build_once_waits_for_the_build_under_way_and_takes_its_result(tmp_path):
+    import threading
+
+    from teeny_core.store import build_once
+
+    writer, final, go = _start_writer(tmp_path, "build_once")
+    built, result = [], []
+    waiter = threading.Thread(target=lambda: result.append(build_once(final, "mine.txt", built.append)))
+    waiter.start()
+    waiter.join(1.0)
+    assert waiter.is_alive()  # waiting for the other process, not building it a second time
+    go.write_text("go")
+    waiter.join(60)
+    assert writer.wait(60) == 0
+    assert result == [final] and built == [] and (final / "mine.txt").read_text() == "first"
+
+
 def test_files_and_artifact_dirs_follow_the_umask(tmp_path):
     import os
 
