@@ -77,8 +77,8 @@ def _resolve_hub_config(model: str) -> None:
 
 def check_model_files(path: Path, gguf_file: str | None = None) -> None:
     """Raise :class:`BadFileError` naming the file when a model directory cannot be loaded: a ``config.json``
-    that is not a JSON object or names a ``model_type`` transformers does not know, a ``.safetensors`` file
-    whose header is broken or that is cut short, or a GGUF file that is not a complete GGUF."""
+    that is not a JSON object or names a ``model_type`` transformers does not know, a shard index without a
+    ``weight_map`` or listing a missing shard, a ``.safetensors`` file whose header is broken or that is cut short, or a GGUF file that is not a complete GGUF."""
     from teeny_core.store import read_json
 
     if gguf_file:
@@ -92,6 +92,16 @@ def check_model_files(path: Path, gguf_file: str | None = None) -> None:
         if model_type not in CONFIG_MAPPING:
             raise BadFileError(path / "config.json", f"model_type {model_type!r} is not one transformers knows; "
                                                      "expected e.g. llama, qwen2, gemma3")
+    index = read_json(path / "model.safetensors.index.json", expect=dict)
+    if index is not None:
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise BadFileError(path / "model.safetensors.index.json", "no 'weight_map' object of tensor name to "
+                                                                      "shard file name")
+        for shard in sorted(set(weight_map.values())):
+            if not (path / shard).is_file():
+                raise BadFileError(path / "model.safetensors.index.json", f"lists shard {shard!r}, which is "
+                                                                          "missing beside it")
     for file in sorted(path.glob("*.safetensors")):
         from safetensors import safe_open
 

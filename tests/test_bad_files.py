@@ -50,6 +50,21 @@ def halve(path: Path) -> None:
     path.write_bytes(data[:len(data) // 2])
 
 
+def shard_in_two(model: Path) -> None:
+    """Split ``model.safetensors`` into two shards with an index, as large checkpoints come."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(model / "model.safetensors")
+    (model / "model.safetensors").unlink()
+    names = sorted(tensors)
+    weight_map = {}
+    for i, part in enumerate((names[:len(names) // 2], names[len(names) // 2:])):
+        shard = f"model-{i + 1:05d}-of-00002.safetensors"
+        save_file({k: tensors[k] for k in part}, model / shard, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, shard))
+    (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+
 def artifact(tmp: Path, tiny_model) -> Path:
     out = tmp / "art"
     r = CliRunner().invoke(cli, ["quantize", str(tiny_model("llama")), "-m", "rtn", "-o", "group_size=64",
@@ -67,9 +82,16 @@ def results(tmp: Path, variants) -> Path:
 
 def case(name: str, tmp: Path, tiny_model) -> list[str]:
     """Make the bad file of case ``name`` under ``tmp``; the teeny arguments that read it."""
-    if name.startswith(("config-", "safetensors-")):
+    if name.startswith(("config-", "safetensors-", "index-")):
         model = model_copy(tmp, tiny_model)
-        if name == "config-not-json":
+        if name.startswith("index-"):
+            shard_in_two(model)
+        if name == "index-not-json":
+            (model / "model.safetensors.index.json").write_text('{"weight_map": ')
+        elif name == "index-shard-missing":
+            (model / "model-00002-of-00002.safetensors").unlink()
+            return ["run", str(experiment(tmp, model))]
+        elif name == "config-not-json":
             (model / "config.json").write_text("garbage")
         elif name == "config-unknown-model-type":
             (model / "config.json").write_text(json.dumps({"model_type": "nonsense"}))
