@@ -78,7 +78,7 @@ def _resolve_hub_config(model: str) -> None:
 def check_model_files(path: Path, gguf_file: str | None = None) -> None:
     """Raise :class:`BadFileError` naming the file when a model directory cannot be loaded: a ``config.json``
     that is not a JSON object or names a ``model_type`` transformers does not know, a shard index without a
-    ``weight_map`` or listing a missing shard, a ``.safetensors`` file whose header is broken or that is cut short, or a GGUF file that is not a complete GGUF."""
+    ``weight_map`` or listing a missing shard, a tokenizer or generation JSON file that is not a JSON object, a ``.safetensors`` file whose header is broken or that is cut short, or a GGUF file that is not a complete GGUF."""
     from teeny_core.store import read_json
 
     if gguf_file:
@@ -92,6 +92,10 @@ def check_model_files(path: Path, gguf_file: str | None = None) -> None:
         if model_type not in CONFIG_MAPPING:
             raise BadFileError(path / "config.json", f"model_type {model_type!r} is not one transformers knows; "
                                                      "expected e.g. llama, qwen2, gemma3")
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        if (path / name).is_dir():
+            raise BadFileError(path / name, "is a directory; expected a JSON file")
+        read_json(path / name, expect=dict)  # a garbled one would otherwise be copied into every artifact
     index = read_json(path / "model.safetensors.index.json", expect=dict)
     if index is not None:
         weight_map = index.get("weight_map")
@@ -146,7 +150,11 @@ def load_tokenizer(source: "ModelSource"):
     from transformers import AutoTokenizer
 
     kwargs: dict[str, Any] = {"gguf_file": source.gguf_file} if source.gguf_file else {}
-    return AutoTokenizer.from_pretrained(source.path, **kwargs)
+    try:
+        return AutoTokenizer.from_pretrained(source.path, **kwargs)
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # transformers' words for "no usable tokenizer"
+        raise TeenyError(f"{source.path}: its tokenizer does not load ({_one_line(exc)}); expected "
+                         "tokenizer.json or tokenizer.model beside config.json") from None
 
 
 def load_hf_model(source: "ModelSource", dtype: str = "auto", device: str = "cpu"):

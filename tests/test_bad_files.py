@@ -82,7 +82,7 @@ def results(tmp: Path, variants) -> Path:
 
 def case(name: str, tmp: Path, tiny_model) -> list[str]:
     """Make the bad file of case ``name`` under ``tmp``; the teeny arguments that read it."""
-    if name.startswith(("config-", "safetensors-", "index-")):
+    if name.startswith(("config-", "safetensors-", "index-", "tokenizer-")):
         model = model_copy(tmp, tiny_model)
         if name.startswith("index-"):
             shard_in_two(model)
@@ -90,6 +90,12 @@ def case(name: str, tmp: Path, tiny_model) -> list[str]:
             (model / "model.safetensors.index.json").write_text('{"weight_map": ')
         elif name == "index-shard-missing":
             (model / "model-00002-of-00002.safetensors").unlink()
+            return ["run", str(experiment(tmp, model))]
+        elif name == "tokenizer-not-json":
+            (model / "tokenizer.json").write_text("garbage{")
+        elif name == "tokenizer-a-directory":
+            (model / "tokenizer.json").unlink()
+            (model / "tokenizer.json").mkdir()
             return ["run", str(experiment(tmp, model))]
         elif name == "config-not-json":
             (model / "config.json").write_text("garbage")
