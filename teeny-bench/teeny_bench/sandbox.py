@@ -302,16 +302,23 @@ def _pidfds_work() -> bool:
 
 
 class _ColdProcess:
-    """The launcher of a cold sandbox, as :func:`_supervise` sees it."""
+    """The launcher of a cold sandbox, as :func:`_supervise` sees it. Like a warm one it is reaped only in
+    :meth:`finish`, so its pid (and process group) cannot be reused by another process while we may still
+    signal it; a pidfd, where the kernel has them, tells whether it has exited."""
 
     def __init__(self, proc: subprocess.Popen) -> None:
         self.proc, self.pid, self.warm = proc, proc.pid, False
+        self.pidfd = os.pidfd_open(proc.pid) if _pidfds_work() else None
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        if self.pidfd is None:
+            return self.proc.poll() is None  # reaps it: a kernel before 5.3 has no other way to tell
+        return not select.select([self.pidfd], [], [], 0)[0]
 
     def finish(self) -> None:
         self.proc.wait()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
 
 
 class _WarmProcess:

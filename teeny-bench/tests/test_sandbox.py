@@ -483,6 +483,21 @@ def test_warm_programs_share_nothing_with_each_other():
     assert state == "['.tmp'] False False False"
 
 
+def test_an_exited_cold_launcher_keeps_its_pid_until_finished():
+    """Its pid stays a zombie of ours, so the kill of its process group after it exits cannot hit another
+    process that was handed the same pid (as polling it, which reaps, allowed)."""
+    from teeny_bench.sandbox import _ColdProcess
+
+    launcher = _ColdProcess(subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True))
+    deadline = time.monotonic() + 30
+    while launcher.alive():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert psutil.Process(launcher.pid).status() == psutil.STATUS_ZOMBIE
+    launcher.finish()
+    assert not psutil.pid_exists(launcher.pid) or psutil.Process(launcher.pid).ppid() != os.getpid()
+
+
 def test_zygote_that_dies_is_replaced_and_none_outlives_its_block():
     with warm_sandboxes():
         assert run_sandboxed(PY + ["print(1)"]).stdout == "1\n"
