@@ -144,6 +144,7 @@ class Pipeline:
         src = self.source
         if not src.gguf_file:
             return Artifact("hf", Path(src.path), {"method": "none", "source": src.path})
+
         def dequantize(tmp: Path) -> None:
             from teeny_core.modeling import dequantize_gguf
 
@@ -151,7 +152,8 @@ class Pipeline:
             dequantize_gguf(src, tmp)
             Artifact("hf", tmp, {"method": "none", "source": f"{src.path}/{src.gguf_file}"}).save()
 
-        return Artifact.open(build_once(self.root / "_baseline" / src.identity(), "teeny-artifact.json", dequantize))
+        target = build_once(self.root / "_baseline" / src.identity(), "teeny-artifact.json", dequantize)
+        return Artifact.open(target)
 
     # -- a worker ----------------------------------------------------------------------------------
     def variant(self, name: str) -> Variant:
