@@ -95,8 +95,6 @@ def check_model_files(path: Path, gguf_file: str | None = None) -> None:
             raise BadFileError(path / "config.json", f"model_type {model_type!r} is not one transformers knows; "
                                                      "expected e.g. llama, qwen2, gemma3")
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        if (path / name).is_dir():
-            raise BadFileError(path / name, "is a directory; expected a JSON file")
         read_json(path / name, expect=dict)  # a garbled one would otherwise be copied into every artifact
     index = read_json(path / "model.safetensors.index.json", expect=dict)
     if index is not None:

@@ -53,11 +53,14 @@ def _nearly_full(path: Path) -> bool:
 
 
 def read_json(path: Path, default: Any = None, expect: type | None = None) -> Any:
-    """``path`` parsed, or ``default`` when it does not exist; a garbled file (or, with ``expect``, one holding
-    another JSON type) raises :class:`BadFileError` naming it, so nothing is overwritten by mistake."""
+    """``path`` parsed, or ``default`` when it does not exist; a garbled file, a directory (or, with
+    ``expect``, a file holding another JSON type) raises :class:`BadFileError` naming it, so nothing is
+    overwritten by mistake."""
     path = Path(path)
     if not path.exists():
         return default
+    if path.is_dir():
+        raise BadFileError(path, "is a directory; expected a JSON file")
     try:
         data = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
