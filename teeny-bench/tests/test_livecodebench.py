@@ -1,6 +1,6 @@
 """LiveCodeBench: real-format records (JSON-string fields, base64+zlib+pickle private tests) load without
 unpickling anything but plain data, the contamination window filters on contest_date, and stdin and
-functional problems from ../shared/data/livecodebench-public grade as LiveCodeBench grades them, in the
+functional problems from tests/data/livecodebench-public grade as LiveCodeBench grades them, in the
 sandbox: known-correct solutions pass, wrong ones fail with the right category."""
 
 from __future__ import annotations
@@ -26,9 +26,7 @@ from teeny_bench.livecodebench import (LcbOptions, LcbProblem, LiveCodeBenchEval
                                        decode_private_tests, extract_code, filter_problems, grade_programs,
                                        load_problems, oracle_program)
 
-PUBLIC = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "livecodebench-public" / "livecodebench.json"
-needs_public = pytest.mark.skipif(not PUBLIC.is_file(), reason=f"LiveCodeBench public test file not found at "
-                                                               f"{PUBLIC} (../shared beside the repository)")
+PUBLIC = Path(__file__).resolve().parent / "data" / "livecodebench-public" / "livecodebench.json"
 
 CARDS_OK = """t = int(input())
 for _ in range(t):
@@ -48,8 +46,6 @@ def encode_private(tests: list[dict]) -> str:
 
 @pytest.fixture(scope="module")
 def public_problems():
-    if not PUBLIC.is_file():
-        pytest.skip(f"LiveCodeBench public test file not found at {PUBLIC}")
     return load_problems(str(PUBLIC))
 
 
@@ -90,7 +86,6 @@ def test_a_malicious_pickle_is_refused_without_running_it(tmp_path):
         decode_private_tests("not base64 at all!")
 
 
-@needs_public
 def test_real_record_format_jsonl_and_date_window(public_problems, tmp_path):
     seniors = find(public_problems, "countSeniors")
     assert seniors.mode == "functional" and seniors.func_name == "countSeniors"
@@ -137,7 +132,6 @@ def test_real_record_format_jsonl_and_date_window(public_problems, tmp_path):
     assert verdicts[1]["error"] == "KeyError" and verdicts[1]["failed_test"] == len(seniors.tests)
 
 
-@needs_public
 def test_stdin_and_functional_grading(public_problems):
     cards = find(public_problems, "three cards with letters")
     seniors = find(public_problems, "countSeniors")
@@ -238,7 +232,6 @@ class ChatModel(LoadedModel):
         raise NotImplementedError
 
 
-@needs_public
 def test_evaluator_end_to_end_with_pass_at_5(public_problems, tmp_path):
     cards = find(public_problems, "three cards with letters")
     seniors = find(public_problems, "countSeniors")
@@ -271,7 +264,6 @@ def test_evaluator_end_to_end_with_pass_at_5(public_problems, tmp_path):
     assert metrics["errors/wrong_answer"] == 2 and metrics["errors/syntax_error"] == 2
 
 
-@needs_public
 def test_bench_check_grades_oracle_programs(capsys):
     args = SimpleNamespace(path=str(PUBLIC), limit=6, timeout=None, workers=None, verbose=False, extra={})
     assert check_command(args)
@@ -280,7 +272,6 @@ def test_bench_check_grades_oracle_programs(capsys):
     assert "correct programs passed 6/6, wrong programs failed with a wrong answer 6/6" in out
 
 
-@needs_public
 def test_oracle_programs_are_right_and_wrong(public_problems):
     problems = [p for p in public_problems if p.mode == "functional"][:2] + public_problems[:2]
     right = grade_programs(problems, [oracle_program(p) for p in problems], LcbOptions())
@@ -319,7 +310,6 @@ class AnswerPrint(LoadedModel):
         raise NotImplementedError
 
 
-@needs_public
 class TestLiveCodeBenchContract(EvaluatorContract):
     evaluator = "livecodebench"
     options = {"path": str(PUBLIC), "limit": 2}

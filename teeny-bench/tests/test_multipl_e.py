@@ -1,6 +1,6 @@
 """HumanEval-Mul: hand-written solutions pass and wrong ones fail with the right category in every language
 whose toolchain is installed (real compilers and runtimes, in the sandbox); a missing toolchain is skipped,
-never failed; the evaluator is resumable and summarizes per language. Data: ../shared/data/humaneval-mul."""
+never failed; the evaluator is resumable and summarizes per language. Data: tests/data/humaneval-mul."""
 
 from __future__ import annotations
 
@@ -18,9 +18,7 @@ from teeny_bench.multipl_e import (CHECK_BODIES, SKIPPED, HumanEvalMulEvaluator,
                                    check_toolchains, completion_from_chat, load_problems, problem_from_record,
                                    run_programs)
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "humaneval-mul"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"HumanEval-Mul test data not found at {DATA} "
-                                                           "(../shared/data/humaneval-mul beside the repository)")
+DATA = Path(__file__).resolve().parent / "data" / "humaneval-mul"
 
 # Correct bodies for HumanEval 53 (add), 13 (greatest_common_divisor) and 30 (get_positive), written by hand in
 # each language; "wrong" returns x - y for add; "broken" does not compile / parse.
