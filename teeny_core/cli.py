@@ -107,6 +107,7 @@ def quantize(model: str, method: str, opts: tuple[str, ...], out: str, calibrato
     """Quantize MODEL (HF directory, hub id or .gguf file) with one method into --out."""
     from teeny_core.modeling import resolve_source
     from teeny_core.store import staging_dir
+    from teeny_core.types import ARTIFACT_MANIFEST
 
     quiet_libraries()
     q_cls = plugins().get("quantizer", method)
@@ -122,7 +123,7 @@ def quantize(model: str, method: str, opts: tuple[str, ...], out: str, calibrato
         calibration = c_cls().samples(source.load_tokenizer(), c_opts, seed=seed)
     with staging_dir(target) as tmp:
         made = q_cls().quantize(source, calibration, options, tmp)
-        if not (tmp / "teeny-artifact.json").exists():
+        if not (tmp / ARTIFACT_MANIFEST).exists():
             made.save()
     click.echo(f"wrote {made.format} artifact to {target}")
 

@@ -133,7 +133,7 @@ class Pipeline:
                 Artifact("gguf", tmp, {"method": "none", "source": f"{src.path}/{src.gguf_file}"},
                          file=src.gguf_file).save()
 
-            target = build_once(floats.path.with_name(floats.path.name + ".gguf"), "teeny-artifact.json", link)
+            target = build_once(floats.path.with_name(floats.path.name + ".gguf"), ARTIFACT_MANIFEST, link)
             self._baseline = Artifact.open(target)
         else:
             self._baseline = floats
@@ -152,7 +152,7 @@ class Pipeline:
             dequantize_gguf(src, tmp)
             Artifact("hf", tmp, {"method": "none", "source": f"{src.path}/{src.gguf_file}"}).save()
 
-        target = build_once(self.root / "_baseline" / src.identity(), "teeny-artifact.json", dequantize)
+        target = build_once(self.root / "_baseline" / src.identity(), ARTIFACT_MANIFEST, dequantize)
         return Artifact.open(target)
 
     # -- a worker ----------------------------------------------------------------------------------
@@ -287,7 +287,7 @@ class Pipeline:
         if variant.checkpoint:
             return open_checkpoint(variant.checkpoint)
         target = vdir / "artifact"
-        if (target / "teeny-artifact.json").exists():
+        if (target / ARTIFACT_MANIFEST).exists():
             return Artifact.open(target)
         q_cls = self.plugins.get("quantizer", variant.method)
         quantizer, options = q_cls(), q_cls.Options.from_mapping(variant.options)
@@ -296,7 +296,7 @@ class Pipeline:
         self.say(f"{variant.name}: quantizing with {variant.method}")
         with self.measure("quantize", profile), staging_dir(target) as tmp:
             made = quantizer.quantize(source, calibration, options, tmp)
-            if not (tmp / "teeny-artifact.json").exists():
+            if not (tmp / ARTIFACT_MANIFEST).exists():
                 made.save()
         write_json(vdir / "profile.json", profile)
         return Artifact.open(target)
@@ -453,7 +453,7 @@ class Pipeline:
                 "evaluators": declared, "variants": entries, "analysis": analysis, "manifest": manifest}
 
 def _artifact_meta(root: Path, variant: str) -> dict[str, Any]:
-    data = read_json(root / variant / "artifact" / "teeny-artifact.json", {}, expect=dict)
+    data = read_json(root / variant / "artifact" / ARTIFACT_MANIFEST, {}, expect=dict)
     return data.get("meta", {})
 
 

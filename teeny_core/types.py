@@ -182,7 +182,8 @@ class Quantizer(Component):
     @abstractmethod
     def quantize(self, source: ModelSource, calibration: CalibrationSet | None, options: Options,
                  out_dir: Path) -> Artifact:
-        """Quantize and write the artifact into ``out_dir`` (an empty directory); return it saved."""
+        """Write the quantized model into ``out_dir`` (an empty directory) and return its :class:`Artifact`; the
+        caller adds its own facts to ``meta`` and writes the manifest (:meth:`Artifact.save`)."""
 
     def describe(self, options: Options) -> dict[str, Any]:
         """Short facts for reports (e.g. ``{"bits": 4, "group_size": 128}``); default: the options."""

@@ -54,7 +54,8 @@ class AwqQuantizer(Quantizer):
             raise TeenyError(f"awq: bits={options.bits} cannot be written as hf-awq (the AutoAWQ GEMM layout is "
                              "4-bit only); use bits=4 or format=hf")
         if calibration is None or not calibration.samples:
-            raise TeenyError("awq needs calibration data; give the variant a calibrator (e.g. calibrator = \"code\")")
+            raise TeenyError("awq needs calibration data: pass a CalibrationSet (teeny run and teeny quantize "
+                             "build one from the experiment's [calibration] table)")
         if len({len(s) for s in calibration.samples}) != 1:
             raise TeenyError("awq: calibration samples must all have the same length")
         device = resolve_device(options.device)

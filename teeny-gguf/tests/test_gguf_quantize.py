@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from teeny_core.testing import QuantizerContract
+from teeny_core.testing import QuantizerContract, RuntimeContract
 
 pytest.importorskip("llama_cpp")
 
@@ -17,6 +17,16 @@ class TestGGUFQuantizerContract(QuantizerContract):
 
     method = "gguf"
     options = {"type": "Q4_K_M"}
+
+
+class TestLlamaCppRuntimeContract(RuntimeContract):
+    """The core's runtime checks (stop strings cut the text, length limits), run on llama.cpp with an F16 file."""
+
+    runtime = "llama.cpp"
+
+    @pytest.fixture
+    def artifact(self, gguf_tiny_hf, tmp_path):
+        return _quantize(gguf_tiny_hf("llama"), tmp_path / "f16", None, type="F16")
 
 
 def test_k_quant_rows_not_multiple_of_256_fall_back(tiny_model, tmp_path):

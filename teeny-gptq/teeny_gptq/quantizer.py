@@ -110,7 +110,8 @@ class GPTQQuantizer(Quantizer):
                  out_dir: Path) -> Artifact:
         assert isinstance(options, GPTQOptions)
         if not calibration or not calibration.samples:
-            raise TeenyError("gptq needs calibration data; give the variant a calibrator (e.g. calibrator = \"code\")")
+            raise TeenyError("gptq needs calibration data: pass a CalibrationSet (teeny run and teeny quantize "
+                             "build one from the experiment's [calibration] table)")
         if options.backend == "gptqmodel":
             from teeny_gptq.gptqmodel_backend import quantize_with_gptqmodel
 
