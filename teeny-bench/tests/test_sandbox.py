@@ -160,13 +160,14 @@ def test_processes_are_capped_at_the_limit(py):
 
 
 def test_fork_bomb_is_contained(py):
-    code = "import os\nwhile True:\n    os.fork()"
+    marker = f"teeny-bomb-{os.getpid()}-{time.monotonic_ns()}"  # other users' programs may fork too
+    code = f"import os\nwhile True:\n    os.fork()  # {marker}"
     before = len(psutil.pids())
     r = py(code, limits=Limits(processes=32, wall_seconds=5, cpu_seconds=2))
     assert r.status != "ok"
     time.sleep(0.5)
     assert len(psutil.pids()) < before + 20  # nothing of the bomb is left running
-    assert not _running("os.fork()")
+    assert not _running(marker)
     assert py("print('still works')").stdout.strip() == "still works"
 
 
@@ -254,11 +255,83 @@ def test_socket_to_the_outside_fails_when_isolated(py):
         server.close()
 
 
+REPO = Path(__file__).resolve().parents[2]
+LCB_DATA = REPO / "teeny-bench" / "tests" / "data" / "livecodebench-public" / "livecodebench.json"
+# What a program sees at the top of the view: system directories, its own scratch space, and the path down to
+# the interpreter (this checkout's venv, a pyenv under /root ...); never /home, /srv, /opt, /mnt, /data ...
+VIEW_TOP = {"bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "dev", "proc", "tmp", "var",
+            *(Path(p).parts[1] for p in (sys.executable, sys.base_prefix, os.path.realpath(sys.executable)))}
+
+
+@contextlib.contextmanager
+def _secrets():
+    """World-readable answer files outside /tmp, where a benchmark's data, caches and run store can live."""
+    root = Path(tempfile.mkdtemp(prefix=".sandbox-secrets-", dir=Path(__file__).parent))
+    try:
+        root.chmod(0o755)
+        files = {"plus": root / "HumanEvalPlus.jsonl.gz",
+                 "cache": root / "cache" / "humaneval-plus" / "0123456789abcdef" / "fedcba9876543210.json",
+                 "run": root / "runs" / "demo" / "q4" / "humaneval" / "samples.jsonl"}
+        for path in files.values():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("the expected answers")
+            path.chmod(0o644)
+            for parent in path.parents:
+                if parent == root:
+                    break
+                parent.chmod(0o755)
+        yield {**files, "lcb": LCB_DATA, "repo": REPO / "README.md", "cache_home": Path.home() / ".cache"}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_view_holds_only_what_a_program_needs(py):
+    """Benchmark data, the expected-answer cache, the run store, the repository and the home directory are not
+    in the sandbox's view of the filesystem, even world-readable; the interpreter and its libraries are."""
+    if "mount" not in capabilities():
+        pytest.skip("no mount namespace on this machine: no filesystem view (isolation says so)")
+    with _secrets() as secrets:
+        assert all(path.exists() for path in secrets.values() if path.name != ".cache")
+        code = ("import json, os, sys\nseen = {}\n"
+                f"for name, path in {json.dumps({k: str(v) for k, v in secrets.items()})}.items():\n"
+                "    try:\n        seen[name] = os.listdir(path) if os.path.isdir(path) else open(path).read(1)\n"
+                "    except OSError as exc:\n        seen[name] = exc.errno\n"
+                "import decimal, sqlite3, ssl, ctypes\n"  # the standard library and its shared libraries
+                "print(json.dumps({'seen': seen, 'top': os.listdir('/'), 'dev': os.listdir('/dev')}))")
+        r = py(code)
+    assert r.status == "ok", r
+    assert "view" in r.isolation and "readonly" in r.isolation
+    out = json.loads(r.stdout)
+    assert out["seen"] == {name: 2 for name in secrets}, out["seen"]  # ENOENT: not there at all
+    assert set(out["top"]) <= VIEW_TOP, out["top"]
+    assert {"null", "zero", "urandom", "shm"} <= set(out["dev"]) and "sda" not in out["dev"]
+
+
+def test_numpy_is_importable_in_the_view(py):
+    pytest.importorskip("numpy")
+    r = py("import numpy\nprint(numpy.arange(4).sum())", env={"OPENBLAS_NUM_THREADS": "1"})
+    assert r.status == "ok" and r.stdout.strip() == "6", r
+
+
+def test_the_cpu_limit_holds_whatever_the_program_switches_off(py):
+    """RLIMIT_CPU is the kernel's: ignoring SIGXCPU and SIGPROF and replacing the timers changes nothing."""
+    code = ("import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\n"
+            "signal.signal(signal.SIGPROF, signal.SIG_IGN)\nsignal.setitimer = lambda *a, **k: (0.0, 0.0)\n"
+            "while True:\n    pass\n")
+    start = time.monotonic()
+    r = py(code, limits=Limits(cpu_seconds=1, wall_seconds=60))
+    assert r.status == "timeout" and "CPU time limit of 1 s" in r.reason, r
+    assert r.cpu_seconds is not None and 1 <= r.cpu_seconds < 3, r
+    # a program that burns no CPU is ended by the parent's wall clock
+    r = py("import time\ntime.sleep(60)", limits=Limits(cpu_seconds=1, wall_seconds=2))
+    assert r.status == "timeout" and "wall time" in r.reason and time.monotonic() - start < 40, r
+
+
 def test_unix_sockets_of_host_daemons_are_out_of_reach(py, tmp_path):
     """A daemon's socket under /run (like a container engine's) must not be reachable without a network."""
     if "mount" not in capabilities():
         pytest.skip("no mount namespace on this machine")
-    r = py("import os\nprint(os.listdir('/run'))")
+    r = py("import os\nprint(os.listdir('/run') if os.path.isdir('/run') else [])")
     assert r.status == "ok" and r.stdout.strip() == "[]"
 
 
