@@ -107,15 +107,20 @@ def bench() -> None:
 def check(name: str, path: str | None, limit: int | None, timeout: float | None, workers: int | None,
           verbose: bool, options: tuple[str, ...]) -> None:
     """Grade the reference solutions of benchmark NAME on this machine and print passed/total."""
+    import math
+
     from teeny_core.errors import TeenyError
     from teeny_core.options import parse_cli_options
 
     if name not in CHECKS:
-        raise click.ClickException(f"unknown benchmark {name!r}; expected one of {', '.join(sorted(CHECKS))}")
-    try:
-        ok = CHECKS[name](CheckArgs(path=path, limit=limit, timeout=timeout, workers=workers, verbose=verbose,
-                                    extra=parse_cli_options(options)))
-    except TeenyError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise TeenyError(f"unknown benchmark {name!r}; expected one of {', '.join(sorted(CHECKS))}")
+    if limit is not None and limit < 1:
+        raise TeenyError(f"--limit {limit}: expected a number of problems of at least 1")
+    if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
+        raise TeenyError(f"--timeout {timeout:g}: expected a positive number of CPU seconds")
+    if workers is not None and workers < 0:
+        raise TeenyError(f"--workers {workers}: expected a number of parallel sandboxes (0: one per core)")
+    ok = CHECKS[name](CheckArgs(path=path, limit=limit, timeout=timeout, workers=workers or None, verbose=verbose,
+                                extra=parse_cli_options(options)))
     if not ok:
         raise SystemExit(1)
