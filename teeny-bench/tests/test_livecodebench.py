@@ -317,3 +317,18 @@ class TestLiveCodeBenchContract(EvaluatorContract):
     @pytest.fixture
     def loaded_model(self):
         return AnswerPrint()
+
+
+def test_a_solution_cannot_read_the_problem_file(public_problems):
+    """The tests' own data file (world-readable, in the repository) is not in the sandbox's view: a program that
+    answers right only when it can read it fails, on stdin and functional problems alike."""
+    from teeny_bench.sandbox import capabilities
+
+    if "view" not in capabilities():
+        pytest.skip("no filesystem view on this machine (no mount namespace)")
+    problems = [find(public_problems, "three cards with letters"), find(public_problems, "countSeniors")]
+    peek = f"open({str(PUBLIC)!r}).read(1)\n"
+    honest = grade_programs(problems, [oracle_program(p) for p in problems], LcbOptions())
+    assert [v["verdict"] for v in honest] == ["passed", "passed"]
+    cheats = grade_programs(problems, [peek + oracle_program(p) for p in problems], LcbOptions())
+    assert [(v["verdict"], v["error"]) for v in cheats] == [("runtime_error", "FileNotFoundError")] * 2, cheats
