@@ -13,12 +13,12 @@ Setting up a sandbox (started in a new session) does, in order:
 
 1. read the configuration (``STAGING/config.json``) and the program's files from the staging directory;
 2. ``unshare`` new mount, PID, network, IPC and UTS namespaces (each where the kernel allows);
-3. in the mount namespace: every host mount read-only; private size-limited tmpfs mounts over ``/tmp``,
-   ``/var/tmp``, ``/dev/shm`` and ``/run`` (and over the real home directory when not root); a fresh
-   size-limited tmpfs as the working directory holding the files; read-only re-binds of the
-   interpreter/toolchain directories that those masks (or a non-traversable ancestor such as a 0700
-   ``/root``) would hide from the unprivileged program;
-4. fork an init process (PID 1 of the new PID namespace, with its own ``/proc`` and ``pid_max``), which forks
+3. in the mount namespace, build the view (:func:`_build_view`): a new root holding read-only binds of the
+   allowed host paths only (``cfg["view"]``, symlinks on the way recreated), emptied Python package
+   directories, a few devices, private size-limited tmpfs mounts for ``/tmp``, ``/var/tmp``, ``/dev/shm`` and
+   a fresh size-limited tmpfs as the working directory holding the files;
+4. fork an init process (PID 1 of the new PID namespace), which mounts its own ``/proc`` in the view, pivots
+   into it (:func:`_enter_view`; the host's root is detached) and sets its ``pid_max``, then forks
    the program: only fds 0-2 (and 3-4 with a channel) kept, resource limits, ``no_new_privs``, an
    unprivileged uid/gid (when started as root), no capability, ``chdir``, then ``execve`` (cold) or the Python
    program run in place (warm);
@@ -322,7 +322,7 @@ def _drop_bounding_capabilities():
 def _drop_capabilities():
     """Leave the program no capability at all. A user namespace's creator holds every capability in it, and a
     warm program runs without the ``execve`` that would clear them for a non-root uid: with CAP_SYS_ADMIN it
-    could unmount the masks over ``/tmp`` or the home directory, or make the read-only host mounts writable."""
+    could unmount the private ``/tmp`` or make the view's read-only binds writable."""
     header = (ctypes.c_uint32 * 2)(LINUX_CAPABILITY_VERSION_3, 0)
     data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable for capabilities 0-31 and 32-63
     _check(_libc.capset(header, data), "capset")

@@ -4,10 +4,11 @@ Each program runs in its own session and process group, started by a small launc
 (``_sandbox_launcher.py``) that, where the kernel allows, puts it into new mount, PID, network, IPC and UTS
 namespaces. Inside:
 
-- every host filesystem is read-only (``mount_setattr``, Linux 5.12+); the working directory is a fresh
-  size-limited tmpfs holding only the given files, with ``HOME`` and ``TMPDIR`` pointing into it; ``/tmp``,
-  ``/var/tmp`` and ``/dev/shm`` are private size-limited tmpfs mounts and ``/run`` is empty (no daemon's
-  unix socket is reachable without a network);
+- the filesystem is an allow-list view (:func:`_view`), read-only: system directories, the interpreter or
+  toolchain and its ``PATH``, a few devices and Python's allowed packages; no home directory, benchmark
+  data, cache, run store or repository exists in it. The working directory is a fresh size-limited tmpfs
+  holding only the given files, with ``HOME`` and ``TMPDIR`` pointing into it; ``/tmp``, ``/var/tmp`` and
+  ``/dev/shm`` are private size-limited tmpfs mounts (no daemon's unix socket is reachable);
 - the network namespace has no interfaces up (not even loopback), so every connection fails;
 - the program gets CPU-time, address-space, file-size, open-file and process-count limits (``setrlimit``),
   ``no_new_privs``, no capability (not even in its own user namespace), and, when we are root, a per-sandbox
@@ -22,7 +23,7 @@ namespaces. Inside:
 Python programs can start warm: :func:`run_many` (and :func:`run_sandboxed` inside :func:`warm_sandboxes`)
 keeps a zygote per worker thread, an interpreter started once with the program's flags and environment and a
 few common modules imported, which only forks. Its forked child sets up the sandbox with the same launcher
-code as a cold start (new namespaces, read-only view, fresh tmpfs workdir, a fresh uid, rlimits) and then runs
+code as a cold start (new namespaces, the allow-list view, fresh tmpfs workdir, a fresh uid, rlimits) and then runs
 the program in its already initialised interpreter, the way ``python`` would; other programs (and Python
 called with other options, ``-m`` or another interpreter) take the cold path.
 

@@ -426,6 +426,61 @@ def test_without_root_user_namespaces_give_the_same_isolation(mode):
         shutil.rmtree(target, ignore_errors=True)
 
 
+# Run as real root: a child in a new user namespace, mapped to uid 1000 there (root on the host, like the test
+# above), that forbids further user namespaces and then runs argv[1]: a user without namespaces.
+WITHOUT_NAMESPACES = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+ready_r, ready_w = os.pipe()
+go_r, go_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    if libc.unshare(0x10000000) != 0:
+        os._exit(3)
+    os.write(ready_w, b"x")
+    os.read(go_r, 1)
+    with open("/proc/sys/user/max_user_namespaces", "w") as f:
+        f.write("0")
+    os.execv(sys.executable, [sys.executable, "-c", sys.argv[1], *sys.argv[2:]])
+os.read(ready_r, 1)
+for name, text in (("setgroups", "deny"), ("uid_map", "1000 0 1"), ("gid_map", "1000 0 1")):
+    with open(f"/proc/{pid}/{name}", "w") as f:
+        f.write(text)
+os.write(go_w, b"x")
+sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+DEGRADED_SCRIPT = """
+import contextlib, json, os, sys
+from teeny_bench.check import isolation_summary
+from teeny_bench.sandbox import Limits, run_sandboxed, warm_sandboxes
+with warm_sandboxes() if sys.argv[1] == "warm" else contextlib.nullcontext():
+    ok = run_sandboxed([sys.executable, "-I", "-c", "import os; print('hello', os.getuid())"])
+    spin = run_sandboxed([sys.executable, "-I", "-c", "while True: pass"], limits=Limits(cpu_seconds=1))
+print(json.dumps({"uid": os.getuid(), "ok": [ok.status, ok.stdout, ok.isolation, ok.network_isolated, ok.warm],
+                  "spin": [spin.status, spin.reason], "summary": isolation_summary()}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["cold", "warm"])
+def test_without_namespaces_the_sandbox_still_limits_and_says_what_it_lacks(mode):
+    """No user namespaces for a non-root user: programs run (limits, process group) and isolation is honest."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to simulate a user without user namespaces")
+    run = subprocess.run([sys.executable, "-c", WITHOUT_NAMESPACES, DEGRADED_SCRIPT, mode], capture_output=True,
+                         text=True, timeout=300)
+    if run.returncode == 3:
+        pytest.skip("user namespaces are not available here")
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["uid"] == 1000
+    status, stdout, isolation, network_isolated, warm = out["ok"]
+    assert (status, stdout.strip(), isolation, network_isolated, warm) == ("ok", "hello 1000", [], False,
+                                                                            mode == "warm")
+    assert out["spin"] == ["timeout", "CPU time limit of 1 s exceeded"]
+    assert out["summary"] == ("no isolation; NOT available: network namespace, PID namespace, private filesystem, "
+                              "allow-list filesystem view, unprivileged uid")
+
+
 def test_capabilities_are_reported():
     caps = capabilities()
     assert isinstance(caps, tuple)
