@@ -206,9 +206,12 @@ def _expose(root, path, bound, hidden, depth=0):
 
 
 def _bind_device(root, device):
+    """The host's ``device`` in the view, on a read-only bind (its node cannot be changed; reading and writing
+    the device itself still work)."""
     inside = root + device
     open(inside, "a").close()
     _mount(device, inside, None, MS_BIND)
+    _make_read_only(inside, recursive=False)
 
 
 def _build_view(cfg, files, uid, gid):

