@@ -501,8 +501,11 @@ def _init(cfg, entered, uid, gid, status_fd):
     if "pid" in entered and "mount" in entered:
         try:
             _mount("proc", cfg["root"] + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-        except OSError:
-            pass  # the view then has an empty /proc
+        except OSError:  # a kernel that refuses a new proc here (a container's masked /proc): the host's, as before
+            try:
+                _mount("/proc", cfg["root"] + "/proc", None, MS_BIND | MS_REC)
+            except OSError:
+                pass  # the view then has an empty /proc
     if "mount" in entered:
         try:
             _enter_view(cfg["root"])

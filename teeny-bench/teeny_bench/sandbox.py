@@ -153,9 +153,9 @@ def _needed_paths(argv: list[str], env: dict[str, str]) -> list[str]:
         if install not in pythons:
             paths.add(install)
     for entry in env.get("PATH", "").split(":"):
-        if entry and os.path.isabs(entry) and os.path.isdir(entry):
-            paths.add(entry)
-    return sorted(p for p in paths if p != "/" and os.path.lexists(p))
+        if entry and os.path.isabs(entry):
+            paths.add(entry)  # kept even if missing now (a cache made later): the launcher skips missing paths
+    return sorted(p for p in paths if p != "/")
 
 
 @functools.lru_cache(maxsize=64)
