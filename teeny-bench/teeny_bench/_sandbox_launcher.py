@@ -245,10 +245,10 @@ def _build_view(cfg, files, uid, gid):
     for path in hidden:
         _make_read_only(root + path, recursive=False)
     _make_read_only(root, recursive=False)
+    scratch_size = max(cfg["file_bytes"], 1 << 20)  # tmpfs pages are memory, outside RLIMIT_AS: file_bytes
     for path in cfg["scratch"]:
-        # tmpfs pages are memory, outside RLIMIT_AS: scratch space gets file_bytes
         os.makedirs(root + path, exist_ok=True)
-        _mount("tmpfs", root + path, "tmpfs", MS_NOSUID | MS_NODEV, f"size={max(cfg['file_bytes'], 1 << 20)},mode=1777")
+        _mount("tmpfs", root + path, "tmpfs", MS_NOSUID | MS_NODEV, f"size={scratch_size},mode=1777")
     work = root + cfg["workdir"]
     os.makedirs(work, mode=0o755, exist_ok=True)
     _mount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV, f"size={cfg['disk_bytes']},mode=0700")
