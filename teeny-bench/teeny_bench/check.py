@@ -34,7 +34,7 @@ def _check_humaneval(args: CheckArgs, plus: bool) -> bool:
     cache = Path(args.extra.get("cache_dir", Path.home() / ".cache" / "teeny")) if plus else None
     problems, kinds, outcomes, skipped = check_canonical(
         args.path, plus=plus, limit=args.limit, timeout=args.timeout, workers=args.workers, cache_dir=cache,
-        preamble=None if plus else str(args.extra.get("preamble") or "") or None)
+        preamble=str(args.extra.get("preamble") or "") or None)
     passed = sum(o["passed"] for o in outcomes)
     for problem, outcome in zip(problems, outcomes):
         if not outcome["passed"] or args.verbose:

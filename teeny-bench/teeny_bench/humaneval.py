@@ -510,9 +510,7 @@ class HumanEvalPlus(HumanEval):
     extra_rates = ("passed_base",)  # EvalPlus's base-tests score beside pass@k on base + plus
 
     def problems(self, options: HumanEvalOptions) -> list[Problem]:
-        if options.preamble:
-            raise TeenyError("humaneval-plus: preamble applies to HumanEval-format problem files; EvalPlus's "
-                             "problems run as EvalPlus runs them")
+        _no_plus_preamble(options.preamble)
         return load_plus_problems(options.path)
 
     def grader(self, problems: list[Problem], options: HumanEvalOptions, ctx: EvalContext | None):
@@ -522,6 +520,12 @@ class HumanEvalPlus(HumanEval):
                             time_limit_factor=options.time_limit_factor, memory_bytes=options.memory_mb << 20,
                             workers=options.workers or None)
         return grader.grade
+
+
+def _no_plus_preamble(preamble: str | None) -> None:
+    if preamble:
+        raise TeenyError(f"humaneval-plus: preamble {preamble!r} applies to HumanEval-format problem files only; "
+                         "EvalPlus's problems run as EvalPlus runs them")
 
 
 def load_plus_problems(path: str | Path) -> list[Problem]:
@@ -587,8 +591,11 @@ def check_canonical(path: str | None = None, *, plus: bool = False, limit: int |
     """Grade every canonical solution (and, for HumanEval-format sets, every answer in ``solutions``): the
     problem and kind (``"canonical"`` or ``"solutions"``) of each graded answer, its outcome, and the task ids
     skipped for having neither."""
-    problems = load_plus_problems(path or "HumanEvalPlus.jsonl.gz") if plus else load_problems(path,
-                                                                                               preamble=preamble)
+    if plus:
+        _no_plus_preamble(preamble)
+        problems = load_plus_problems(path or "HumanEvalPlus.jsonl.gz")
+    else:
+        problems = load_problems(path, preamble=preamble)
     problems = problems[:limit] if limit else problems
     if not plus:  # every known-good answer of a problem: its canonical solution and its ``solutions``
         triples = [(p, kind, answer) for p in problems

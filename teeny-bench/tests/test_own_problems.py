@@ -158,6 +158,13 @@ def test_leetcode_preamble_from_the_option_or_the_file(tmp_path):
         load_problems(wrong)
     run = _check(path, "-o", "preamble=django")
     assert run.returncode == 2 and "preamble 'django' is unknown" in run.stderr
+    plus = subprocess.run([sys.executable, "-m", "teeny_core.cli", "bench", "check", "humaneval-plus", "--path",
+                           str(path), "-o", "preamble=leetcode"], capture_output=True, text=True, timeout=300)
+    assert plus.returncode == 2 and "applies to HumanEval-format problem files only" in plus.stderr
+    from teeny_bench.humaneval import HumanEvalPlus, HumanEvalPlusOptions
+
+    with pytest.raises(TeenyError, match="applies to HumanEval-format problem files only"):
+        HumanEvalPlus().problems(HumanEvalPlusOptions(path=str(path), preamble="leetcode"))
 
 
 @pytest.mark.parametrize("completion", [
