@@ -25,6 +25,9 @@ from _json import encode_basestring_ascii as _quote  # the C string encoder: ``j
 DIGEST_ABOVE = 1 << 20
 MAX_DEPTH = 200
 SLICE = 1 << 20
+# Ints longer than this travel in hex: decimal conversion is quadratic in CPython (and refused past 4,300 digits
+# by default), hex is linear and unlimited (HumanEval/83's answer for n = 10**6 has a million digits).
+HEX_INT_BITS = 4096
 # Methods through which an object can make a wrong answer compare equal (or truthy) to anything.
 COMPARISON_METHODS = ("__eq__", "__ne__", "__bool__", "__len__", "__lt__", "__le__", "__gt__", "__ge__")
 
@@ -172,7 +175,7 @@ def tree(value, depth=0):
     if kind is bool:
         return ["B", value]
     if kind is int:
-        return ["I", str(value)]
+        return ["H", format(value, "x")] if value.bit_length() > HEX_INT_BITS else ["I", str(value)]
     if kind is float:
         return ["F", repr(value)]
     if kind is complex:
@@ -203,6 +206,8 @@ def from_tree(node):
         return bool(node[1])
     if tag == "I":
         return int(node[1])
+    if tag == "H":
+        return int(node[1], 16)
     if tag == "F":
         return float(node[1])
     if tag == "C":
@@ -268,6 +273,8 @@ def _feed(value, sink, depth=0):
             sink(part)
     elif kind in (float, complex):
         sink(b"F" + repr(value).encode() + b";")
+    elif kind is int and value.bit_length() > HEX_INT_BITS:
+        sink(b"H" + format(value, "x").encode() + b";")
     elif value is None or kind in (bool, int):
         sink(b"%s%s;" % ({type(None): b"N", bool: b"B", int: b"I"}[kind], str(value).encode()))
     else:

@@ -13,12 +13,12 @@ Setting up a sandbox (started in a new session) does, in order:
 
 1. read the configuration (``STAGING/config.json``) and the program's files from the staging directory;
 2. ``unshare`` new mount, PID, network, IPC and UTS namespaces (each where the kernel allows);
-3. in the mount namespace: every host mount read-only; private size-limited tmpfs mounts over ``/tmp``,
-   ``/var/tmp``, ``/dev/shm`` and ``/run`` (and over the real home directory when not root); a fresh
-   size-limited tmpfs as the working directory holding the files; read-only re-binds of the
-   interpreter/toolchain directories that those masks (or a non-traversable ancestor such as a 0700
-   ``/root``) would hide from the unprivileged program;
-4. fork an init process (PID 1 of the new PID namespace, with its own ``/proc`` and ``pid_max``), which forks
+3. in the mount namespace, build the view (:func:`_build_view`): a new root holding read-only binds of the
+   allowed host paths only (``cfg["view"]``, symlinks on the way recreated), emptied Python package
+   directories, a few devices, private size-limited tmpfs mounts for ``/tmp``, ``/var/tmp``, ``/dev/shm`` and
+   a fresh size-limited tmpfs as the working directory holding the files;
+4. fork an init process (PID 1 of the new PID namespace), which mounts its own ``/proc`` in the view, pivots
+   into it (:func:`_enter_view`; the host's root is detached) and sets its ``pid_max``, then forks
    the program: only fds 0-2 (and 3-4 with a channel) kept, resource limits, ``no_new_privs``, an
    unprivileged uid/gid (when started as root), no capability, ``chdir``, then ``execve`` (cold) or the Python
    program run in place (warm);
@@ -66,6 +66,8 @@ SYS_MOUNT_SETATTR = 442  # the same number on every architecture (added in Linux
 AT_FDCWD = -100
 AT_RECURSIVE = 0x8000
 MOUNT_ATTR_RDONLY = 1
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41}.get(os.uname().machine, 155)
+MNT_DETACH = 2
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -89,15 +91,6 @@ def _mount(source, target, fstype, flags, data=None):
 class _MountAttr(ctypes.Structure):
     _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64), ("propagation", ctypes.c_uint64),
                 ("userns_fd", ctypes.c_uint64)]
-
-
-def _read_only_everywhere():
-    """Make every mount of this (private) mount namespace read-only in one call; False where unsupported."""
-    attr = _MountAttr(attr_set=MOUNT_ATTR_RDONLY)
-    _libc.syscall.restype = ctypes.c_long
-    ret = _libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(AT_FDCWD), b"/",
-                        ctypes.c_uint(AT_RECURSIVE), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
-    return ret == 0
 
 
 def _read_tree(root):
@@ -161,39 +154,117 @@ def _under(path, root):
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def _setup_mounts(cfg, files, uid, gid):
-    """Private /tmp etc., the working directory as a fresh tmpfs, and read-only re-binds of needed paths."""
+def _make_read_only(path, recursive=True):
+    """Make the mount at ``path`` (and, with ``recursive``, every mount below it) read-only; False where the
+    kernel refuses. In a user namespace the original mount's locked flags must be kept."""
+    attr = _MountAttr(attr_set=MOUNT_ATTR_RDONLY)
+    _libc.syscall.restype = ctypes.c_long
+    if recursive and _libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(AT_FDCWD), path.encode(),
+                                   ctypes.c_uint(AT_RECURSIVE), ctypes.byref(attr),
+                                   ctypes.c_size_t(ctypes.sizeof(attr))) == 0:
+        return True
+    try:
+        _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | _locked_flags(path))
+    except OSError:
+        return False
+    return True
+
+
+def _covered(path, bound, hidden):
+    """Whether ``path`` is visible through a bind already made (and not under a hidden directory of it)."""
+    return any(_under(path, b) and not any(_under(path, h) and _under(h, b) for h in hidden) for b in bound)
+
+
+def _expose(root, path, bound, hidden, depth=0):
+    """Make the host's ``path`` visible at the same place under ``root``: symlinks on the way are recreated (and
+    followed), the real file or directory is bind-mounted read-only unless a directory already bound holds it.
+    Returns False where a bind could not be made read-only."""
+    if depth > 40:
+        raise OSError(f"too many symbolic links in {path}")
+    current = ""
+    parts = [part for part in path.split("/") if part]
+    for i, part in enumerate(parts):
+        current += "/" + part
+        if not os.path.islink(current):
+            continue
+        if not _covered(current, bound, hidden) and not os.path.lexists(root + current):
+            os.makedirs(os.path.dirname(root + current), exist_ok=True)
+            os.symlink(os.readlink(current), root + current)
+        target = os.path.normpath(os.path.join(os.path.dirname(current), os.readlink(current)))
+        return _expose(root, os.path.join(target, *parts[i + 1:]), bound, hidden, depth + 1)
+    if not os.path.exists(current) or _covered(current, bound, hidden):
+        return True
+    inside = root + current
+    if os.path.isdir(current):
+        os.makedirs(inside, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(inside), exist_ok=True)
+        open(inside, "a").close()
+    _mount(current, inside, None, MS_BIND | MS_REC)
+    bound.append(current)
+    return _make_read_only(inside)
+
+
+def _bind_device(root, device):
+    """The host's ``device`` in the view, on a read-only bind (its node cannot be changed; reading and writing
+    the device itself still work)."""
+    inside = root + device
+    open(inside, "a").close()
+    _mount(device, inside, None, MS_BIND)
+    _make_read_only(inside, recursive=False)
+
+
+def _build_view(cfg, files, uid, gid):
+    """A new root (a tmpfs at ``STAGING/root``) holding only what the program needs, all read-only: the host
+    paths of ``cfg["view"]`` (system directories, the interpreter and toolchain, allowed packages) bind-mounted,
+    its ``hide`` directories emptied (site-packages), a few devices, a private size-limited tmpfs for each
+    scratch directory (``/tmp``...) and the working directory holding the files. Nothing else of the host
+    (home directories, benchmark data, caches, run stores, the repository) exists in it. Returns the root and
+    whether every bind is read-only; init mounts ``/proc`` in it and pivots into it (:func:`_enter_view`)."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    masks = [os.path.realpath(m) for m in cfg["masks"] if os.path.isdir(m)]  # /dev/shm may link into /run
-    needed = sorted({os.path.realpath(p) for p in cfg["needed"] if os.path.exists(p)}, key=len)
-    needed = [p for i, p in enumerate(needed) if not any(_under(p, q) for q in needed[:i])]
-    for path in needed:
-        hidden = _hidden_ancestor(path, uid)
-        if hidden and not any(_under(hidden, m) for m in masks):
-            masks.append(hidden)
-    masks = sorted(set(masks), key=len)
-    masks = [m for i, m in enumerate(masks) if not any(_under(m, q) for q in masks[:i])]
-    rebinds = [(p, os.open(p, os.O_PATH)) for p in needed if any(_under(p, m) for m in masks)]
-    read_only = _read_only_everywhere()  # the host's filesystems; the tmpfs mounts below stay writable
-    scratch = {os.path.realpath(p) for p in ("/tmp", "/dev/shm")}
-    for mask in masks:
-        mode = "1777" if stat.S_IMODE(os.stat(mask).st_mode) & stat.S_ISVTX else "0755"
-        # tmpfs pages are memory, outside RLIMIT_AS: scratch space gets file_bytes, other masks 1 MiB
-        size = max(cfg["file_bytes"], 1 << 20) if mask in scratch else 1 << 20
-        _mount("tmpfs", mask, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode={mode}")
-    for path, fd in rebinds:
-        os.makedirs(path, mode=0o755, exist_ok=True)
-        _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-        try:  # read-only; in a user namespace the original mount's locked flags must be kept
-            _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | _locked_flags(path))
-        except OSError:
-            pass  # stays writable only where the kernel refuses (then file permissions still apply)
-        os.close(fd)
-    work = cfg["workdir"]
+    root = os.path.join(os.path.dirname(cfg["workdir"]), "root")
+    os.makedirs(root, exist_ok=True)
+    _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+    view, bound, read_only = cfg["view"], [], True
+    for path in view["bind"]:
+        read_only &= _expose(root, path, bound, [])
+    hidden = [path for path in view["hide"] if os.path.isdir(root + path) and not os.path.islink(root + path)]
+    for path in hidden:
+        _mount("tmpfs", root + path, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
+    for path in view["packages"]:
+        read_only &= _expose(root, path, bound, hidden)
+    os.makedirs(root + "/dev", exist_ok=True)
+    for device in ("null", "zero", "full", "random", "urandom"):
+        _bind_device(root, "/dev/" + device)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                         ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, f"{root}/dev/{name}")
+    writable = sorted(cfg["scratch"], key=len) + [cfg["workdir"]]
+    for path in ["/proc", *writable]:
+        os.makedirs(root + path, exist_ok=True)
+    for path in hidden:
+        _make_read_only(root + path, recursive=False)
+    _make_read_only(root, recursive=False)
+    scratch_size = max(cfg["file_bytes"], 1 << 20)  # tmpfs pages are memory, outside RLIMIT_AS: file_bytes
+    for path in cfg["scratch"]:
+        os.makedirs(root + path, exist_ok=True)
+        _mount("tmpfs", root + path, "tmpfs", MS_NOSUID | MS_NODEV, f"size={scratch_size},mode=1777")
+    work = root + cfg["workdir"]
     os.makedirs(work, mode=0o755, exist_ok=True)
     _mount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV, f"size={cfg['disk_bytes']},mode=0700")
     _write_files(work, files, uid, gid)
-    return read_only
+    return root, read_only
+
+
+def _enter_view(root):
+    """Make ``root`` this mount namespace's root and drop the host's (``pivot_root(".", ".")``, then detach the
+    old root stacked under it); ``chroot`` where the kernel refuses a pivot."""
+    os.chdir(root)
+    if _libc.syscall(ctypes.c_long(SYS_PIVOT_ROOT), b".", b".") == 0:
+        _check(_libc.umount2(b".", MNT_DETACH), "umount the host's root")
+    else:
+        os.chroot(".")
+    os.chdir("/")
 
 
 def _locked_flags(path):
@@ -254,7 +325,7 @@ def _drop_bounding_capabilities():
 def _drop_capabilities():
     """Leave the program no capability at all. A user namespace's creator holds every capability in it, and a
     warm program runs without the ``execve`` that would clear them for a non-root uid: with CAP_SYS_ADMIN it
-    could unmount the masks over ``/tmp`` or the home directory, or make the read-only host mounts writable."""
+    could unmount the private ``/tmp`` or make the view's read-only binds writable."""
     header = (ctypes.c_uint32 * 2)(LINUX_CAPABILITY_VERSION_3, 0)
     data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable for capabilities 0-31 and 32-63
     _check(_libc.capset(header, data), "capset")
@@ -425,10 +496,24 @@ def _cap_namespace_pids(count):
 
 
 def _init(cfg, entered, uid, gid, status_fd):
-    """PID 1 of the sandbox: mount /proc, run the program, reap, report; the kernel then kills the rest."""
+    """PID 1 of the sandbox: mount /proc, enter the view, run the program, reap, report; the kernel then kills
+    the rest."""
     if "pid" in entered and "mount" in entered:
         try:
-            _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            _mount("proc", cfg["root"] + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        except OSError:  # a kernel that refuses a new proc here (a container's masked /proc): the host's, as before
+            try:
+                _mount("/proc", cfg["root"] + "/proc", None, MS_BIND | MS_REC)
+            except OSError:
+                pass  # the view then has an empty /proc
+    if "mount" in entered:
+        try:
+            _enter_view(cfg["root"])
+        except OSError as exc:
+            os.write(status_fd, json.dumps({"setup_error": f"cannot enter the sandbox's view: {exc}"}).encode())
+            return
+    if "pid" in entered and "mount" in entered:
+        try:
             if _cap_namespace_pids(cfg["processes"]):
                 entered.add("pids")
         except OSError:
@@ -467,10 +552,12 @@ def _sandbox(staging, fds):
             cfg["rlimit_nproc"] = cfg["processes"] + _own_processes()
         entered = _enter_namespaces(cfg)
         if "mount" in entered:
-            if _setup_mounts(cfg, files, uid, gid):
+            cfg["root"], read_only = _build_view(cfg, files, uid, gid)
+            entered.add("view")
+            if read_only:
                 entered.add("readonly")
         else:
-            if uid is not None and any(_hidden_ancestor(os.path.realpath(p), uid) for p in cfg["needed"]):
+            if uid is not None and any(_hidden_ancestor(os.path.realpath(p), uid) for p in cfg["view"]["bind"]):
                 uid = gid = None  # without a mount namespace the unprivileged uid could not reach the interpreter
             _write_files(cfg["workdir"], [], uid, gid)
         del files

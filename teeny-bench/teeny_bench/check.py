@@ -32,17 +32,21 @@ def _check_humaneval(args: CheckArgs, plus: bool) -> bool:
 
     start = time.monotonic()
     cache = Path(args.extra.get("cache_dir", Path.home() / ".cache" / "teeny")) if plus else None
-    problems, outcomes = check_canonical(args.path, plus=plus, limit=args.limit, timeout=args.timeout,
-                                         workers=args.workers, cache_dir=cache)
+    problems, kinds, outcomes, skipped = check_canonical(
+        args.path, plus=plus, limit=args.limit, timeout=args.timeout, workers=args.workers, cache_dir=cache,
+        preamble=str(args.extra.get("preamble") or "") or None)
     passed = sum(o["passed"] for o in outcomes)
     for problem, outcome in zip(problems, outcomes):
         if not outcome["passed"] or args.verbose:
             detail = outcome["detail"].strip().splitlines()[-1] if outcome["detail"].strip() else ""
             click.echo(f"  {problem.task_id}: {outcome['category']} {detail[:200]}")
     name = "humaneval-plus" if plus else "humaneval"
+    what = " and ".join({"canonical": "canonical solutions", "solutions": "solutions"}[kind]
+                        for kind in dict.fromkeys(sorted(kinds)))
     click.echo(f"sandbox isolation: {isolation_summary()}")
-    click.echo(f"{name}: canonical solutions passed {passed}/{len(outcomes)} "
-               f"({time.monotonic() - start:.1f} s)")
+    click.echo(f"{name}: {what} passed {passed}/{len(outcomes)} ({time.monotonic() - start:.1f} s)"
+               + (f"; skipped {len(skipped)} problems without solutions ({', '.join(skipped[:3])}"
+                  f"{', ...' if len(skipped) > 3 else ''})" if skipped else ""))
     return passed == len(outcomes)
 
 
@@ -52,10 +56,10 @@ def isolation_summary() -> str:
 
     caps = set(capabilities())
     wanted = {"net": "network namespace", "pid": "PID namespace", "mount": "private filesystem",
-              "uid": "unprivileged uid"}
+              "view": "allow-list filesystem view", "uid": "unprivileged uid"}
     have = [text for key, text in wanted.items() if key in caps]
     missing = [text for key, text in wanted.items() if key not in caps]
-    return ", ".join(have) + (f"; NOT available: {', '.join(missing)}" if missing else "")
+    return (", ".join(have) or "no isolation") + (f"; NOT available: {', '.join(missing)}" if missing else "")
 
 
 def check_humaneval(args: CheckArgs) -> bool:
@@ -107,15 +111,20 @@ def bench() -> None:
 def check(name: str, path: str | None, limit: int | None, timeout: float | None, workers: int | None,
           verbose: bool, options: tuple[str, ...]) -> None:
     """Grade the reference solutions of benchmark NAME on this machine and print passed/total."""
+    import math
+
     from teeny_core.errors import TeenyError
     from teeny_core.options import parse_cli_options
 
     if name not in CHECKS:
-        raise click.ClickException(f"unknown benchmark {name!r}; expected one of {', '.join(sorted(CHECKS))}")
-    try:
-        ok = CHECKS[name](CheckArgs(path=path, limit=limit, timeout=timeout, workers=workers, verbose=verbose,
-                                    extra=parse_cli_options(options)))
-    except TeenyError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise TeenyError(f"unknown benchmark {name!r}; expected one of {', '.join(sorted(CHECKS))}")
+    if limit is not None and limit < 1:
+        raise TeenyError(f"--limit {limit}: expected a number of problems of at least 1")
+    if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
+        raise TeenyError(f"--timeout {timeout:g}: expected a positive number of CPU seconds")
+    if workers is not None and workers < 0:
+        raise TeenyError(f"--workers {workers}: expected a number of parallel sandboxes (0: one per core)")
+    ok = CHECKS[name](CheckArgs(path=path, limit=limit, timeout=timeout, workers=workers or None, verbose=verbose,
+                                extra=parse_cli_options(options)))
     if not ok:
         raise SystemExit(1)

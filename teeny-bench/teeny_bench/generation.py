@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import re
+import textwrap
 from typing import Any
 
 from teeny_core.errors import TeenyError
@@ -137,6 +138,13 @@ def solution_program(prompt: str, completion: str, entry_point: str) -> str:
         return f"{head.rstrip()}\n\n\n{completion.strip(chr(10))}\n"
     body = completion.strip("\n")
     continues_line = not prompt.endswith("\n")  # the prompt ends inside a line (a stub's indentation)
+    stub_indent = prompt[prompt.rfind("\n") + 1:]
+    if body and continues_line and not stub_indent.strip() and body.startswith((" ", "\t")):
+        # the answer brings its own indentation (after a newline or not): its block replaces the stub's last line,
+        # re-indented to the method body's level when it chose another one
+        if not body.startswith(stub_indent) or body[len(stub_indent):][:1] in (" ", "\t"):
+            body = textwrap.indent(textwrap.dedent(body), stub_indent)
+        return prompt[:len(prompt) - len(stub_indent)] + body + "\n"
     if body and not continues_line and not body.startswith((" ", "\t")):  # a body answered without indentation
         completion = "\n".join("    " + line if line.strip() else line for line in body.splitlines()) + "\n"
     return prompt + completion

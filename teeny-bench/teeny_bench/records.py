@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,17 @@ def read_jsonl(path: Path, where: str = "") -> list[dict[str, Any]]:
     opener = gzip.open if path.suffix == ".gz" else open
     prefix = f"{where}: " if where else ""
     records = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise TeenyError(f"{prefix}{path}:{number} is not valid JSON ({exc.msg})") from None
+    number = 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise TeenyError(f"{prefix}{path}:{number} is not valid JSON ({exc.msg})") from None
+    except (EOFError, OSError, UnicodeDecodeError, zlib.error) as exc:  # a truncated or corrupt .gz, not UTF-8
+        raise TeenyError(f"{prefix}{path} cannot be read after line {number} ({exc}); expected a complete "
+                         f"{'gzip-compressed ' if path.suffix == '.gz' else ''}UTF-8 JSON-lines file") from None
     return records

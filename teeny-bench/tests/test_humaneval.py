@@ -3,6 +3,8 @@ resumable and computes unbiased pass@k, driven end to end by a fake model with c
 
 from __future__ import annotations
 
+import gzip
+import json
 import math
 import subprocess
 import sys
@@ -317,3 +319,31 @@ def loaded_model():
 class TestHumanEvalContract(EvaluatorContract):
     evaluator = "humaneval"
     options = {"limit": 3, "prompt_style": "completion"}
+
+
+@pytest.mark.parametrize("args, named", [
+    (["nonsense"], "'nonsense'"),
+    (["humaneval", "--limit", "-3"], "--limit -3"),
+    (["humaneval", "--limit", "0"], "--limit 0"),
+    (["humaneval", "--timeout", "-1"], "--timeout -1"),
+    (["humaneval", "--timeout", "nan"], "--timeout nan"),
+    (["humaneval", "--workers", "-2"], "--workers -2"),
+    (["livecodebench", "--path", "GARBAGE"], "is not valid JSON"),
+    (["humaneval-plus", "--path", "TRUNCATED"], "cannot be read after line"),
+])
+def test_bench_check_refuses_bad_input_in_one_line(args, named, tmp_path):
+    """A bad name, value or file is one `Error:` line and exit status 2, before any work."""
+    garbage = tmp_path / "lcb.jsonl"
+    garbage.write_bytes(b"\x00not json at all\n")
+    whole = gzip.compress(b"".join(json.dumps({"task_id": f"T/{i}", "prompt": "def f():\n", "entry_point": "f",
+                                                "canonical_solution": "    return 1\n", "base_input": [[]],
+                                                "plus_input": [[]]}).encode() + b"\n" for i in range(200)))
+    truncated = tmp_path / "HumanEvalPlus.jsonl.gz"
+    truncated.write_bytes(whole[:len(whole) // 2])
+    args = [{"GARBAGE": str(garbage), "TRUNCATED": str(truncated)}.get(a, a) for a in args]
+    run = subprocess.run([sys.executable, "-m", "teeny_core.cli", "bench", "check", *args], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 2, (run.returncode, run.stdout, run.stderr)
+    assert run.stderr.startswith("Error: ") and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert named in run.stderr and "Traceback" not in run.stderr and "Aborted" not in run.stderr
+    assert "passed" not in run.stdout  # refused before any grading

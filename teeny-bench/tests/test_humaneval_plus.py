@@ -200,3 +200,72 @@ def test_expected_answers_over_200_mb_travel_as_digests(tmp_path):
     assert right["passed"] and right["passed_base"], right
     assert not bad["passed"] and bad["passed_base"] and bad["failed_input"] == 1, bad
     assert bad["category"] == errors.WRONG_ANSWER and "220000011 bytes, sha256" in bad["detail"]
+
+
+# Shaped like HumanEval/83 in the official file: the plus input n = 1,000,000 has an answer of a million digits,
+# which Python refuses to turn into decimal text (4,300 digits by default) on either side of the channel.
+STARTS_ONE_ENDS = {
+    "task_id": "HumanEval/83", "entry_point": "starts_one_ends", "atol": 0, "test": "", "contract": "",
+    "prompt": 'def starts_one_ends(n):\n    """How many n-digit numbers start or end with 1."""\n',
+    "canonical_solution": "    if n == 1:\n        return 1\n    return 18 * (10 ** (n - 2))\n",
+    "base_input": [[1], [2], [5]], "plus_input": [[1_000_000], [7]],
+}
+
+
+def test_an_answer_of_a_million_digits_is_graded(tmp_path):
+    path = tmp_path / "HumanEvalPlus.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write(json.dumps(STARTS_ONE_ENDS) + "\n")
+    run = subprocess.run([sys.executable, "-m", "teeny_core.cli", "bench", "check", "humaneval-plus",
+                          "--path", str(path), "-o", f"cache_dir={tmp_path}"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "passed 1/1" in run.stdout
+    problems = load_plus_problems(path)
+    grader = PlusGrader(problems, file_id(path), tmp_path)
+    off_by_one = "    if n == 1:\n        return 1\n    return 18 * (10 ** (n - 2)) + (n > 100)\n"
+    right, wrong = grader.grade([(problems[0], STARTS_ONE_ENDS["canonical_solution"]), (problems[0], off_by_one)])
+    assert right["passed"], right
+    assert not wrong["passed"] and wrong["category"] == errors.WRONG_ANSWER and wrong["failed_input"] == 3, wrong
+    assert "too long to show" in wrong["detail"]
+
+
+def test_a_solution_cannot_read_the_problem_file_or_the_answer_cache():
+    """A world-readable HumanEvalPlus.jsonl.gz and the expected-answer cache, outside /tmp, are not in the
+    sandbox's view: a solution answering from the cache (or only when it can open the file) fails."""
+    import hashlib
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from teeny_bench.sandbox import capabilities
+
+    if "view" not in capabilities():
+        pytest.skip("no filesystem view on this machine (no mount namespace)")
+    root = Path(tempfile.mkdtemp(prefix=".plus-secrets-", dir=Path(__file__).parent))
+    try:
+        root.chmod(0o755)
+        path = root / "HumanEvalPlus.jsonl.gz"
+        with gzip.open(path, "wt") as f:
+            f.write(json.dumps({**ADD, "test": "", "contract": ""}) + "\n")
+        path.chmod(0o644)
+        problems = load_plus_problems(path)
+        grader = PlusGrader(problems, file_id(path), root / "cache")
+        grader.references([problems[0].task_id])
+        cached = root / "cache" / "humaneval-plus" / file_id(path) / (
+            hashlib.sha256(b"Plus/0").hexdigest()[:16] + ".json")
+        for p in [cached, *cached.parents]:
+            if p == root:
+                break
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        from_cache = ("import json\nANSWERS, CALLS = None, [0]\n\n\ndef add(a, b):\n    global ANSWERS\n"
+                      f"    ANSWERS = ANSWERS or json.load(open({str(cached)!r}))['outputs']\n"
+                      "    CALLS[0] += 1\n    return int(ANSWERS[CALLS[0] - 1]['v'][1])\n")
+        peek = f"def add(a, b):\n    open({str(path)!r}, 'rb').read(1)\n    return a + b\n"
+        honest, cheat, peeked = grader.grade([(problems[0], "    return a + b\n"), (problems[0], from_cache),
+                                              (problems[0], peek)])
+        assert honest["passed"], honest
+        for outcome in (cheat, peeked):
+            assert not outcome["passed"] and outcome["exception"] == "FileNotFoundError", outcome
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -317,3 +317,31 @@ class TestLiveCodeBenchContract(EvaluatorContract):
     @pytest.fixture
     def loaded_model(self):
         return AnswerPrint()
+
+
+def test_a_solution_cannot_read_the_problem_file_or_the_run_store(public_problems):
+    """The tests' own data file and a run store's samples.jsonl (world-readable, outside /tmp) are not in the
+    sandbox's view: a program that answers right only when it can read them fails, on stdin and functional
+    problems alike."""
+    import shutil
+    import tempfile
+
+    from teeny_bench.sandbox import capabilities
+
+    if "view" not in capabilities():
+        pytest.skip("no filesystem view on this machine (no mount namespace)")
+    problems = [find(public_problems, "three cards with letters"), find(public_problems, "countSeniors")]
+    run_dir = Path(tempfile.mkdtemp(prefix=".lcb-run-", dir=Path(__file__).parent))
+    try:
+        run_dir.chmod(0o755)
+        samples = run_dir / "samples.jsonl"
+        samples.write_text('{"key": "abc/0", "passed": true}\n')
+        samples.chmod(0o644)
+        honest = grade_programs(problems, [oracle_program(p) for p in problems], LcbOptions())
+        assert [v["verdict"] for v in honest] == ["passed", "passed"]
+        for secret in (PUBLIC, samples):
+            peek = f"open({str(secret)!r}).read(1)\n"
+            cheats = grade_programs(problems, [peek + oracle_program(p) for p in problems], LcbOptions())
+            assert [(v["verdict"], v["error"]) for v in cheats] == [("runtime_error", "FileNotFoundError")] * 2
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)

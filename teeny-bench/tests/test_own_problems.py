@@ -108,10 +108,74 @@ def test_teeny_bench_check_grades_every_solution(tmp_path):
     assert run.returncode != 0 and "passed 0/1" in run.stdout
 
 
-def test_a_record_without_solutions_cannot_be_checked(tmp_path):
-    path = tmp_path / "bare.jsonl"
-    path.write_text(json.dumps({"task_id": "x", "prompt": "def f():\n", "test": "assert f() == 1\n"}) + "\n")
-    from teeny_bench.humaneval import check_canonical
+def _check(path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "teeny_core.cli", "bench", "check", "humaneval", "--path",
+                           str(path), *extra], capture_output=True, text=True, timeout=300)
 
-    with pytest.raises(TeenyError, match="neither a canonical_solution nor solutions"):
-        check_canonical(str(path))
+
+def test_check_skips_problems_without_solutions_and_says_how_many(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    bare = [{"task_id": f"bare/{i}", "prompt": "def f():\n", "test": "assert f() == 1\n"} for i in range(4)]
+    path.write_text("\n".join(json.dumps(r) for r in [*bare, *map(json.loads, EXAMPLE.read_text().splitlines())]))
+    run = _check(path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "canonical solutions and solutions passed 4/4" in run.stdout
+    assert "skipped 4 problems without solutions" in run.stdout
+    none = tmp_path / "bare.jsonl"
+    none.write_text(json.dumps(bare[0]) + "\n")
+    run = _check(none)
+    assert run.returncode == 2 and run.stderr.startswith("Error: humaneval: none of the 1 problems has"), run.stderr
+
+
+# Needs what LeetCode's environment imports: collections' deque and Counter, functools' reduce and cache, heapq,
+# bisect and math by module name, and typing's names.
+NEEDS_IMPORTS = {
+    "task_id": "lc/imports", "prompt": "class Solution:\n    def solve(self, nums: List[int]) -> int:\n        ",
+    "test": "assert Solution().solve([3, 1, 2, 3]) == 10\n",
+    "solutions": ["q = deque(sorted(nums))\n        heapq.heapify(h := list(q))\n"
+                  "        assert bisect.bisect_left(h, 2) == 1 and Counter(nums)[3] == 2\n"
+                  "        return reduce(lambda a, b: a + b, nums, 0) + math.floor(cache(abs)(-4) / 4)\n"],
+}
+
+
+def test_leetcode_preamble_from_the_option_or_the_file(tmp_path):
+    """DeepSeek-Coder's LeetCode harness runs every program after LeetCode's standard imports."""
+    path = tmp_path / "lc.jsonl"
+    path.write_text(json.dumps(NEEDS_IMPORTS) + "\n")
+    bare = _check(path)
+    assert bare.returncode == 1 and "name_error" in bare.stdout  # no preamble by default
+    run = _check(path, "-o", "preamble=leetcode")
+    assert run.returncode == 0 and "humaneval: solutions passed 1/1" in run.stdout, run.stdout
+    declared = tmp_path / "declared.jsonl"
+    declared.write_text(json.dumps({**NEEDS_IMPORTS, "preamble": "leetcode"}) + "\n")
+    assert _check(declared).returncode == 0
+    assert _check(declared, "-o", "preamble=none").returncode == 1  # the option overrides the field
+    problem = load_problems(declared)[0]
+    assert "deque" not in problem.prompt  # the model is shown the prompt alone, as in that harness
+    wrong = tmp_path / "wrong.jsonl"
+    wrong.write_text(json.dumps({**NEEDS_IMPORTS, "preamble": "django"}) + "\n")
+    with pytest.raises(TeenyError, match="record 1 has preamble 'django'; expected one of none, leetcode"):
+        load_problems(wrong)
+    run = _check(path, "-o", "preamble=django")
+    assert run.returncode == 2 and "preamble 'django' is unknown" in run.stderr
+    plus = subprocess.run([sys.executable, "-m", "teeny_core.cli", "bench", "check", "humaneval-plus", "--path",
+                           str(path), "-o", "preamble=leetcode"], capture_output=True, text=True, timeout=300)
+    assert plus.returncode == 2 and "applies to HumanEval-format problem files only" in plus.stderr
+    from teeny_bench.humaneval import HumanEvalPlus, HumanEvalPlusOptions
+
+    with pytest.raises(TeenyError, match="applies to HumanEval-format problem files only"):
+        HumanEvalPlus().problems(HumanEvalPlusOptions(path=str(path), preamble="leetcode"))
+
+
+@pytest.mark.parametrize("completion", [
+    "s = sorted(nums)\n        return max((b - a for a, b in zip(s, s[1:])), default=0)\n",  # continues the line
+    "\n        s = sorted(nums)\n        return max((b - a for a, b in zip(s, s[1:])), default=0)\n",
+    "        s = sorted(nums)\n        return max((b - a for a, b in zip(s, s[1:])), default=0)\n",
+    "\n    s = sorted(nums)\n    return max((b - a for a, b in zip(s, s[1:])), default=0)\n",
+    "\n\n\ts = sorted(nums)\n\treturn max((b - a for a, b in zip(s, s[1:])), default=0)\n",
+])
+def test_a_method_body_with_its_own_indentation_is_accepted(completion):
+    """Models answer a stub's open method body on the stub's line or on a new line with their own indentation."""
+    problem = next(p for p in load_problems(EXAMPLE) if p.task_id == "local/max-gap")
+    (outcome,) = grade_humaneval([(problem, completion)])
+    assert outcome["passed"], outcome

@@ -160,13 +160,14 @@ def test_processes_are_capped_at_the_limit(py):
 
 
 def test_fork_bomb_is_contained(py):
-    code = "import os\nwhile True:\n    os.fork()"
+    marker = f"teeny-bomb-{os.getpid()}-{time.monotonic_ns()}"  # other users' programs may fork too
+    code = f"import os\nwhile True:\n    os.fork()  # {marker}"
     before = len(psutil.pids())
     r = py(code, limits=Limits(processes=32, wall_seconds=5, cpu_seconds=2))
     assert r.status != "ok"
     time.sleep(0.5)
     assert len(psutil.pids()) < before + 20  # nothing of the bomb is left running
-    assert not _running("os.fork()")
+    assert not _running(marker)
     assert py("print('still works')").stdout.strip() == "still works"
 
 
@@ -254,11 +255,97 @@ def test_socket_to_the_outside_fails_when_isolated(py):
         server.close()
 
 
+REPO = Path(__file__).resolve().parents[2]
+LCB_DATA = REPO / "teeny-bench" / "tests" / "data" / "livecodebench-public" / "livecodebench.json"
+# What a program sees at the top of the view: system directories, its own scratch space, and the path down to
+# the interpreter (this checkout's venv, a pyenv under /root ...); never /home, /srv, /opt, /mnt, /data ...
+VIEW_TOP = {"bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "dev", "proc", "tmp", "var",
+            *(Path(p).parts[1] for p in (sys.executable, sys.base_prefix, os.path.realpath(sys.executable)))}
+
+
+@contextlib.contextmanager
+def _secrets():
+    """World-readable answer files outside /tmp, where a benchmark's data, caches and run store can live."""
+    root = Path(tempfile.mkdtemp(prefix=".sandbox-secrets-", dir=Path(__file__).parent))
+    try:
+        root.chmod(0o755)
+        files = {"plus": root / "HumanEvalPlus.jsonl.gz",
+                 "cache": root / "cache" / "humaneval-plus" / "0123456789abcdef" / "fedcba9876543210.json",
+                 "run": root / "runs" / "demo" / "q4" / "humaneval" / "samples.jsonl"}
+        for path in files.values():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("the expected answers")
+            path.chmod(0o644)
+            for parent in path.parents:
+                if parent == root:
+                    break
+                parent.chmod(0o755)
+        yield {**files, "lcb": LCB_DATA, "repo": REPO / "README.md", "cache_home": Path.home() / ".cache"}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_view_holds_only_what_a_program_needs(py):
+    """Benchmark data, the expected-answer cache, the run store, the repository and the home directory are not
+    in the sandbox's view of the filesystem, even world-readable; the interpreter and its libraries are."""
+    if "mount" not in capabilities():
+        pytest.skip("no mount namespace on this machine: no filesystem view (isolation says so)")
+    with _secrets() as secrets:
+        assert all(path.exists() for path in secrets.values() if path.name != ".cache")
+        code = ("import json, os, sys\nseen = {}\n"
+                f"for name, path in {json.dumps({k: str(v) for k, v in secrets.items()})}.items():\n"
+                "    try:\n        seen[name] = os.listdir(path) if os.path.isdir(path) else open(path).read(1)\n"
+                "    except OSError as exc:\n        seen[name] = exc.errno\n"
+                "import decimal, sqlite3, ssl, ctypes\n"  # the standard library and its shared libraries
+                "print(json.dumps({'seen': seen, 'top': os.listdir('/'), 'dev': os.listdir('/dev')}))")
+        r = py(code)
+    assert r.status == "ok", r
+    assert "view" in r.isolation and "readonly" in r.isolation
+    out = json.loads(r.stdout)
+    assert out["seen"] == {name: 2 for name in secrets}, out["seen"]  # ENOENT: not there at all
+    assert set(out["top"]) <= VIEW_TOP, out["top"]
+    assert {"null", "zero", "urandom", "shm"} <= set(out["dev"]) and "sda" not in out["dev"]
+
+
+def test_only_the_allowed_python_packages_are_in_the_view(py):
+    """Every site-packages directory of this interpreter and its base shows only numpy and sortedcontainers."""
+    import site
+
+    from teeny_bench.sandbox import PYTHON_PACKAGES
+
+    if "view" not in capabilities():
+        pytest.skip("no filesystem view on this machine (no mount namespace)")
+    site_dirs = [d for d in {*site.getsitepackages(), *site.getsitepackages([sys.base_prefix])} if os.path.isdir(d)]
+    assert any(len(os.listdir(d)) > 3 for d in site_dirs)  # the host's hold more (pytest and its plugins at least)
+    code = (f"import json, os\nprint(json.dumps({{d: os.listdir(d) if os.path.isdir(d) else [] "
+            f"for d in {site_dirs!r}}}))")
+    r = py(code)
+    assert r.status == "ok", r
+    assert all(set(names) <= set(PYTHON_PACKAGES) for names in json.loads(r.stdout).values()), r.stdout
+    if any(os.path.isdir(os.path.join(d, "numpy")) for d in site_dirs):
+        r = py("import numpy\nprint(numpy.arange(4).sum())", env={"OPENBLAS_NUM_THREADS": "1"})
+        assert r.status == "ok" and r.stdout.strip() == "6", r
+
+
+def test_the_cpu_limit_holds_whatever_the_program_switches_off(py):
+    """RLIMIT_CPU is the kernel's: ignoring SIGXCPU and SIGPROF and replacing the timers changes nothing."""
+    code = ("import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\n"
+            "signal.signal(signal.SIGPROF, signal.SIG_IGN)\nsignal.setitimer = lambda *a, **k: (0.0, 0.0)\n"
+            "while True:\n    pass\n")
+    start = time.monotonic()
+    r = py(code, limits=Limits(cpu_seconds=1, wall_seconds=60))
+    assert r.status == "timeout" and "CPU time limit of 1 s" in r.reason, r
+    assert r.cpu_seconds is not None and 1 <= r.cpu_seconds < 3, r
+    # a program that burns no CPU is ended by the parent's wall clock
+    r = py("import time\ntime.sleep(60)", limits=Limits(cpu_seconds=1, wall_seconds=2))
+    assert r.status == "timeout" and "wall time" in r.reason and time.monotonic() - start < 40, r
+
+
 def test_unix_sockets_of_host_daemons_are_out_of_reach(py, tmp_path):
     """A daemon's socket under /run (like a container engine's) must not be reachable without a network."""
     if "mount" not in capabilities():
         pytest.skip("no mount namespace on this machine")
-    r = py("import os\nprint(os.listdir('/run'))")
+    r = py("import os\nprint(os.listdir('/run') if os.path.isdir('/run') else [])")
     assert r.status == "ok" and r.stdout.strip() == "[]"
 
 
@@ -351,6 +438,61 @@ def test_without_root_user_namespaces_give_the_same_isolation(mode):
         assert canary.read_text() == "original"
     finally:
         shutil.rmtree(target, ignore_errors=True)
+
+
+# Run as real root: a child in a new user namespace, mapped to uid 1000 there (root on the host, like the test
+# above), that forbids further user namespaces and then runs argv[1]: a user without namespaces.
+WITHOUT_NAMESPACES = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+ready_r, ready_w = os.pipe()
+go_r, go_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    if libc.unshare(0x10000000) != 0:
+        os._exit(3)
+    os.write(ready_w, b"x")
+    os.read(go_r, 1)
+    with open("/proc/sys/user/max_user_namespaces", "w") as f:
+        f.write("0")
+    os.execv(sys.executable, [sys.executable, "-c", sys.argv[1], *sys.argv[2:]])
+os.read(ready_r, 1)
+for name, text in (("setgroups", "deny"), ("uid_map", "1000 0 1"), ("gid_map", "1000 0 1")):
+    with open(f"/proc/{pid}/{name}", "w") as f:
+        f.write(text)
+os.write(go_w, b"x")
+sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+DEGRADED_SCRIPT = """
+import contextlib, json, os, sys
+from teeny_bench.check import isolation_summary
+from teeny_bench.sandbox import Limits, run_sandboxed, warm_sandboxes
+with warm_sandboxes() if sys.argv[1] == "warm" else contextlib.nullcontext():
+    ok = run_sandboxed([sys.executable, "-I", "-c", "import os; print('hello', os.getuid())"])
+    spin = run_sandboxed([sys.executable, "-I", "-c", "while True: pass"], limits=Limits(cpu_seconds=1))
+print(json.dumps({"uid": os.getuid(), "ok": [ok.status, ok.stdout, ok.isolation, ok.network_isolated, ok.warm],
+                  "spin": [spin.status, spin.reason], "summary": isolation_summary()}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["cold", "warm"])
+def test_without_namespaces_the_sandbox_still_limits_and_says_what_it_lacks(mode):
+    """No user namespaces for a non-root user: programs run (limits, process group) and isolation is honest."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to simulate a user without user namespaces")
+    run = subprocess.run([sys.executable, "-c", WITHOUT_NAMESPACES, DEGRADED_SCRIPT, mode], capture_output=True,
+                         text=True, timeout=300)
+    if run.returncode == 3:
+        pytest.skip("user namespaces are not available here")
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["uid"] == 1000
+    status, stdout, isolation, network_isolated, warm = out["ok"]
+    assert (status, stdout.strip(), isolation, network_isolated, warm) == ("ok", "hello 1000", [], False,
+                                                                            mode == "warm")
+    assert out["spin"] == ["timeout", "CPU time limit of 1 s exceeded"]
+    assert out["summary"] == ("no isolation; NOT available: network namespace, PID namespace, private filesystem, "
+                              "allow-list filesystem view, unprivileged uid")
 
 
 def test_capabilities_are_reported():
