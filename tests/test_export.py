@@ -1,0 +1,172 @@
+"""``teeny export RUN --format lm-eval|evalplus|csv`` on a run directory whose records teeny-bench graded.
+
+The evalplus export is graded by the real evalplus package (``evalplus.evaluate``, run as a subprocess on a
+tiny HumanEval+ file via its ``HUMANEVAL_OVERRIDE_PATH``); the samples are known code written here, so it is
+safe to let evalplus execute them outside Teeny's sandbox.
+"""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from teeny_core.store import MemoryContext
+from teeny_core.types import Generation, LoadedModel
+
+ADD = {"task_id": "HumanEval/0", "entry_point": "add", "atol": 0,
+       "prompt": 'def add(a: int, b: int) -> int:\n    """Return a + b."""\n',
+       "canonical_solution": "    return a + b\n",
+       "base_input": [[1, 2], [3, 4]], "plus_input": [[10**20, 1], [-5, 5], [0, 0]]}
+MEAN = {"task_id": "HumanEval/1", "entry_point": "mean", "atol": 0,
+        "prompt": 'from typing import List\n\n\ndef mean(xs: List[float]) -> float:\n    """Arithmetic mean."""\n',
+        "canonical_solution": "    return sum(xs) / len(xs)\n",
+        "base_input": [[[1.0, 2.0, 4.0]]], "plus_input": [[[0.1] * 10], [[1e-3, 2e-3]]]}
+VOWELS = {"task_id": "HumanEval/2", "entry_point": "vowels", "atol": 0,
+          "prompt": 'def vowels(s: str) -> int:\n    """How many of the letters of s are vowels."""\n',
+          "canonical_solution": "    return sum(c in 'aeiouAEIOU' for c in s)\n",
+          "base_input": [["hello"], ["sky"]], "plus_input": [["AEIOU xyz"], [""]]}
+PROBLEMS = (ADD, MEAN, VOWELS)
+ANSWERS = {
+    "original": {p["prompt"]: p["canonical_solution"] for p in PROBLEMS},
+    # passes the base tests of add but not the plus ones (big ints), passes mean, fails vowels outright
+    "w4": {ADD["prompt"]: "    return a + b if abs(a) < 1000 else 0\n", MEAN["prompt"]: MEAN["canonical_solution"],
+           VOWELS["prompt"]: "    return len(s)\n"},
+}
+
+
+class _Model(LoadedModel):
+    def __init__(self, answers):
+        self.answers = answers
+
+    @property
+    def tokenizer(self):
+        return type("Tok", (), {"chat_template": None})()
+
+    def generate(self, prompts, **kwargs):
+        return [Generation(text=self.answers[p], tokens=5, finish_reason="stop") for p in prompts]
+
+    def logprobs(self, token_ids):
+        raise NotImplementedError
+
+
+@pytest.fixture(scope="module")
+def graded_run(tmp_path_factory):
+    """runs/exp/ with two variants whose humaneval-plus records teeny-bench generated and graded (sandboxed)."""
+    from teeny_bench.humaneval import HumanEvalPlus
+
+    root = tmp_path_factory.mktemp("export")
+    plus = root / "HumanEvalPlus.jsonl"
+    plus.write_text("".join(json.dumps({**p, "test": "", "contract": ""}) + "\n" for p in PROBLEMS))
+    run_dir = root / "runs" / "exp"
+    variants = []
+    for name, answers in ANSWERS.items():
+        evaluator = HumanEvalPlus()
+        options = HumanEvalPlus.Options.from_mapping({"path": str(plus)}, where="humaneval-plus")
+        ctx = MemoryContext(cache_dir=root / "cache")
+        evaluator.evaluate(_Model(answers), options, ctx)
+        metrics = evaluator.summarize(ctx.records, options)
+        (run_dir / name).mkdir(parents=True)
+        (run_dir / name / "samples.jsonl").write_text(
+            "".join(json.dumps({**r, "evaluator": "humaneval-plus"}) + "\n" for r in ctx.records))
+        variants.append({"name": name, "method": "none" if name == "original" else "rtn",
+                         "describe": {"bits": 4} if name == "w4" else {}, "metrics": {"humaneval-plus": metrics}})
+    (run_dir / "results.json").write_text(json.dumps({"experiment": "exp", "baseline": "original",
+                                                      "variants": variants}))
+    return run_dir, plus, {v["name"]: v["metrics"]["humaneval-plus"] for v in variants}
+
+
+@pytest.fixture
+def teeny_cli():
+    from teeny_core.cli import cli, plugins
+
+    plugins().add_commands(cli)
+    return cli
+
+
+def export(cli, run_dir, fmt, out):
+    result = CliRunner().invoke(cli, ["export", str(run_dir), "--format", fmt, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    return [Path(line) for line in result.output.splitlines()]
+
+
+def test_teeny_graded_the_fixture_as_intended(graded_run):
+    _, _, metrics = graded_run
+    assert metrics["original"]["pass@1"] == 1.0
+    assert metrics["w4"]["pass@1"] == pytest.approx(1 / 3) and metrics["w4"]["passed_base_rate"] == pytest.approx(2 / 3)
+
+
+def test_evalplus_grades_the_export_with_the_pass_at_1_teeny_printed(graded_run, teeny_cli, tmp_path):
+    pytest.importorskip("evalplus", reason="evalplus is in the test extra (pip install -e '.[test]')")
+    run_dir, plus, metrics = graded_run
+    files = export(teeny_cli, run_dir, "evalplus", tmp_path / "out")
+    assert sorted(f.relative_to(tmp_path / "out").as_posix() for f in files) == \
+        ["original/samples.jsonl", "w4/samples.jsonl"]
+    env = {**os.environ, "HUMANEVAL_OVERRIDE_PATH": str(plus), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    for name in ("original", "w4"):
+        samples = tmp_path / "out" / name / "samples.jsonl"
+        done = subprocess.run([sys.executable, "-m", "evalplus.evaluate", "--dataset", "humaneval",
+                               "--samples", str(samples), "--parallel", "1"],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        graded = json.loads((tmp_path / "out" / name / "samples_eval_results.json").read_text())["eval"]
+        assert len(graded) == 3 and all(len(samples) == 1 for samples in graded.values())
+        base = sum(s[0]["base_status"] == "pass" for s in graded.values()) / 3
+        plus_rate = sum(s[0]["base_status"] == s[0]["plus_status"] == "pass" for s in graded.values()) / 3
+        assert plus_rate == pytest.approx(metrics[name]["pass@1"])  # HumanEval+ (base + plus tests)
+        assert base == pytest.approx(metrics[name]["passed_base_rate"])  # base tests
+        assert f"pass@1:\t{metrics[name]['pass@1']:.3f}" in done.stdout  # what evalplus printed
+
+
+def test_lm_eval_export_layout_and_values(graded_run, teeny_cli, tmp_path):
+    run_dir, _, _ = graded_run
+    files = export(teeny_cli, run_dir, "lm-eval", tmp_path / "out")
+    results_file = next(f for f in files if f.parent.name == "w4" and f.name.startswith("results_"))
+    data = json.loads(results_file.read_text())
+    for key in ("results", "configs", "versions", "n-shot", "higher_is_better", "n-samples", "config"):
+        assert key in data, key
+    row = data["results"]["humaneval-plus"]
+    assert row["alias"] == "humaneval-plus" and row["pass@1,none"] == pytest.approx(1 / 3)
+    # lm-eval's stderr of a mean: sample standard deviation / sqrt(n), over the per-doc values 0, 1, 0
+    assert row["pass@1_stderr,none"] == pytest.approx(math.sqrt((2 * (1 / 3) ** 2 + (2 / 3) ** 2) / 2 / 3))
+    assert row["passed_base_rate,none"] == pytest.approx(2 / 3) and row["passed_base_rate_stderr,none"] == "N/A"
+    assert data["configs"]["humaneval-plus"]["task"] == "humaneval-plus"
+    assert data["n-samples"]["humaneval-plus"] == {"original": 3, "effective": 3}
+    assert data["model_name"] == "w4" and data["config"]["teeny"]["describe"] == {"bits": 4}
+
+    # the samples files are lm-eval --log_samples files: teeny compare reads them back, same flips
+    samples = sorted(f for f in files if f.name.startswith("samples_humaneval-plus_"))
+    assert [f.parent.name for f in samples] == ["original", "w4"]
+    lines = [json.loads(line) for line in samples[1].read_text().splitlines()]
+    assert [(x["doc_id"], x["doc"]["task_id"], x["pass@1"]) for x in lines] == \
+        [(0, "HumanEval/0", 0.0), (1, "HumanEval/1", 1.0), (2, "HumanEval/2", 0.0)]
+    result = CliRunner().invoke(teeny_cli, ["compare", *map(str, samples), "--json", str(tmp_path / "f.json")])
+    assert result.exit_code == 0, result.output
+    passed = json.loads((tmp_path / "f.json").read_text())["w4"]["pass@1,none"]["passed"]
+    assert passed["flips"] == {"right_to_wrong": 2, "wrong_to_right": 0}
+
+
+def test_csv_export_is_the_reports_tables(graded_run, teeny_cli, tmp_path):
+    run_dir, _, _ = graded_run
+    files = export(teeny_cli, run_dir, "csv", tmp_path / "out")
+    assert [f.name for f in files][0] == "results.csv"
+    rows = list(csv.reader(open(files[0], newline="")))
+    assert rows[0][:3] == ["variant", "method", "bits"]
+    assert [r[0] for r in rows[1:]] == ["original", "w4"]
+    assert not (run_dir / "plots").exists()  # the tables only: no plot drawn
+
+
+def test_export_errors_are_one_line(graded_run, teeny_cli, tmp_path):
+    run_dir, _, _ = graded_run
+    result = CliRunner().invoke(teeny_cli, ["export", str(tmp_path), "--format", "csv"])
+    assert result.exit_code == 2 and "has no results.json" in result.output
+    result = CliRunner().invoke(teeny_cli, ["export", str(run_dir), "--format", "xml"])
+    assert result.exit_code == 2 and "'xml' is not one of 'lm-eval', 'evalplus', 'csv'" in result.output
+    result = CliRunner().invoke(teeny_cli, ["export", str(run_dir), "--format", "evalplus", "--evaluator", "mbpp",
+                                            "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "no records to export as evalplus" in result.output
