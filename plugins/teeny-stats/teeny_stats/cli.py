@@ -67,8 +67,8 @@ def compare(runs: tuple[Path, ...], options: tuple[str, ...], json_out: Path | N
     """Compare results item by item; the first is the baseline, every other one is compared with it.
 
     RUNS are Teeny variant run directories, or lm-evaluation-harness --log_samples files
-    (samples_<task>_<date>.jsonl) of one task, or evalplus *_eval_results.json files. With more than two,
-    the p-values of all comparisons are Holm-corrected together."""
+    (samples_<task>_<date>.jsonl) of one task, or lm-eval output folders (every task they share), or evalplus
+    *_eval_results.json files. The p-values of all comparisons are Holm-corrected together."""
     import dataclasses
 
     from rich.console import Console
@@ -82,10 +82,13 @@ def compare(runs: tuple[Path, ...], options: tuple[str, ...], json_out: Path | N
         raise TeenyError(f"compare needs a baseline and at least one result to compare with it, got only {runs[0]}")
     raw = parse_cli_options(options)
     parsed = SignificanceAnalyzer.Options.from_mapping(raw, "significance")
-    files = [p for p in runs if p.is_file()]
+    from teeny_stats.interop import is_foreign
+
+    files = [p for p in runs if is_foreign(p)]
     if files and len(files) != len(runs):
-        raise TeenyError(f"{files[0]} is a file but {next(p for p in runs if not p.is_file())} is a run directory; "
-                         "compare Teeny runs with Teeny runs, and lm-eval or evalplus files with their own kind")
+        raise TeenyError(f"{files[0]} is lm-eval or evalplus results but {next(p for p in runs if p not in files)} "
+                         "is a Teeny run directory; compare Teeny runs with Teeny runs, and lm-eval or evalplus "
+                         "results with their own kind")
     names = _names(runs)
     if files:
         from teeny_stats.interop import check_comparable, load_foreign, to_variants

@@ -4,6 +4,8 @@
   ``doc_id``, ``doc``, ``filter``, ``metrics`` (the names of the per-sample metrics) and each metric's value.
   Every (metric, filter) becomes an evaluator named like lm-eval's results key, ``<metric>,<filter>``;
   a metric whose values are all 0/1 is pass/fail, any other numeric one is continuous (higher is better).
+- an lm-eval output folder (``--output_path``'s per-model folder): the newest samples file of each task, each
+  (task, metric, filter) an evaluator ``<task> <metric>,<filter>``, so that all tasks share one Holm family.
 - evalplus ``*_eval_results.json`` (``{"hash", "eval": {task_id: [{"base_status", "plus_status", ...}]}}``):
   the evaluators ``evalplus base`` (base tests pass) and ``evalplus plus`` (base and plus tests pass), one
   record per sample, paired by task id and sample index.
@@ -29,16 +31,35 @@ class ForeignResults:
     """One lm-eval samples file or evalplus results file: ``values[evaluator][item] = per-item value``."""
 
     path: Path
-    kind: str  # "lm-eval" or "evalplus"
+    kind: str  # "lm-eval", "lm-eval folder" or "evalplus"
     task: str | None  # the lm-eval task from the file name; the evalplus dataset hash
     values: dict[str, dict[Any, Any]] = field(default_factory=dict)
     metric_of: dict[str, str] = field(default_factory=dict)  # evaluator -> the per-item field it compares
-    fingerprints: dict[Any, str] = field(default_factory=dict)  # lm-eval doc_id -> doc_hash
+    fingerprints: dict[Any, str] = field(default_factory=dict)  # lm-eval doc_id (folder: (task, doc_id)) -> doc_hash
+
+
+def is_foreign(path: Path) -> bool:
+    """A file, or a folder of lm-eval samples files without a Teeny run's ``samples.jsonl``."""
+    path = Path(path)
+    return path.is_file() or (not (path / "samples.jsonl").exists() and bool(lm_eval_files(path)))
+
+
+def lm_eval_files(folder: Path) -> dict[str, Path]:
+    """task -> its newest ``samples_<task>_<date>.jsonl`` in an lm-eval output folder (a rerun adds a date)."""
+    newest: dict[str, tuple[str, Path]] = {}
+    for path in Path(folder).glob("samples_*.jsonl"):
+        match = LM_EVAL_NAME.match(path.name)
+        if match and (match["task"] not in newest or match["date"] > newest[match["task"]][0]):
+            newest[match["task"]] = (match["date"], path)
+    return {task: path for task, (_, path) in sorted(newest.items())}
 
 
 def load_foreign(path: Path) -> ForeignResults:
-    """Read an lm-eval ``.jsonl`` samples file or an evalplus ``.json`` results file, checking every line."""
+    """Read an lm-eval ``.jsonl`` samples file or output folder, or an evalplus ``.json`` results file,
+    checking every line."""
     path = Path(path)
+    if path.is_dir():
+        return _load_lm_eval_folder(path)
     if path.suffix == ".jsonl":
         return _load_lm_eval(path)
     if path.suffix == ".json":
@@ -80,6 +101,17 @@ def _load_lm_eval(path: Path) -> ForeignResults:
     return out
 
 
+def _load_lm_eval_folder(folder: Path) -> ForeignResults:
+    out = ForeignResults(folder, "lm-eval folder", None)
+    for task, path in lm_eval_files(folder).items():
+        one = _load_lm_eval(path)
+        for evaluator, values in one.values.items():
+            out.values[f"{task} {evaluator}"] = values
+            out.metric_of[f"{task} {evaluator}"] = one.metric_of[evaluator]
+        out.fingerprints.update({(task, doc_id): doc_hash for doc_id, doc_hash in one.fingerprints.items()})
+    return out
+
+
 def _load_evalplus(path: Path) -> ForeignResults:
     try:
         data = json.loads(path.read_bytes())
@@ -110,15 +142,16 @@ def check_comparable(files: list[ForeignResults]) -> None:
     first = files[0]
     for other in files[1:]:
         if other.kind != first.kind:
-            raise TeenyError(f"{first.path} is an {first.kind} file but {other.path} is an {other.kind} file; "
-                             "compare files of one kind")
+            raise TeenyError(f"{first.path} holds {first.kind} results but {other.path} holds {other.kind} "
+                             "results; compare results of one kind")
         if first.task and other.task and first.task != other.task:
             what = "task" if first.kind == "lm-eval" else "dataset hash"
             raise TeenyError(f"{first.path} and {other.path} are of two different tasks ({what} {first.task} vs "
                              f"{other.task}); compare results of one task")
         for doc_id, doc_hash in first.fingerprints.items():
             if other.fingerprints.get(doc_id, doc_hash) != doc_hash:
-                raise TeenyError(f"{first.path} and {other.path} are of two different tasks: doc_id {doc_id} is a "
+                where = f"{doc_id[0]} doc_id {doc_id[1]}" if isinstance(doc_id, tuple) else f"doc_id {doc_id}"
+                raise TeenyError(f"{first.path} and {other.path} are of two different tasks: {where} is a "
                                  f"different document (doc_hash {doc_hash[:12]} vs {other.fingerprints[doc_id][:12]})")
         shared = [ev for ev in first.values if ev in other.values and set(first.values[ev]) & set(other.values[ev])]
         if not shared:

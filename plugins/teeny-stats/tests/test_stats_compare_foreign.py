@@ -130,6 +130,27 @@ def test_lm_eval_filters_are_separate_comparisons_and_fractions_are_continuous(t
     assert fraction["delta"] == pytest.approx(-0.2) and fraction["verdict"] == "worse"
 
 
+def test_lm_eval_output_folders_compare_every_shared_task_in_one_holm_family(tmp_path, teeny_cli):
+    a, b = tmp_path / "org__original", tmp_path / "org__w4"
+    lm_eval_samples(a, [1.0] * 40)
+    lm_eval_samples(a, [1.0] * 30, task="mbpp", metric="pass_at_1", filter_name="none")
+    lm_eval_samples(b, [1.0] * 40, date="2026-12-01T08-00-00.000001")  # an older run of the task: not read
+    lm_eval_samples(b, [0.0] * 12 + [1.0] * 28)
+    lm_eval_samples(b, [1.0] * 29 + [0.0], task="mbpp", metric="pass_at_1", filter_name="none")
+    lm_eval_samples(b, [1.0] * 5, task="only_in_b", metric="acc", filter_name="none")
+    (a / "results_2026-12-04T20-11-05.123456.json").write_text("{}")  # lm-eval's aggregate file: ignored
+    result = CliRunner().invoke(teeny_cli, ["compare", str(a), str(b), "-o", "resamples=300", "--json",
+                                            str(tmp_path / "f.json")])
+    assert result.exit_code == 0, result.output
+    assert "org__w4 (B) vs org__original (A, baseline)" in result.output
+    assert "holm (experiment) over 2 comparisons" in result.output
+    findings = json.loads((tmp_path / "f.json").read_text())["org__w4"]
+    assert sorted(findings) == ["humaneval pass@1,create_test", "mbpp pass_at_1,none"]
+    humaneval, mbpp = findings["humaneval pass@1,create_test"]["passed"], findings["mbpp pass_at_1,none"]["passed"]
+    assert humaneval["flips"]["right_to_wrong"] == 12 and mbpp["flips"]["right_to_wrong"] == 1
+    assert humaneval["p_adjusted"] == pytest.approx(2 * 2 * 0.5 ** 12) and mbpp["p_adjusted"] == pytest.approx(1.0)
+
+
 def test_evalplus_results_base_and_plus(tmp_path, teeny_cli):
     tasks = [f"HumanEval/{i}" for i in range(30)]
     a = evalplus_results(tmp_path / "original" / "samples_eval_results.json",
@@ -197,7 +218,8 @@ def test_bad_foreign_files_are_one_line(tmp_path, teeny_cli):
     one_error_line(run(teeny_cli, a, not_a_sample), f"{not_a_sample}:2 is not an lm-eval sample")
 
     plus = evalplus_results(tmp_path / "h" / "x_eval_results.json", {"HumanEval/0": [("pass", "pass")]})
-    one_error_line(run(teeny_cli, a, plus), "is an lm-eval file but", "is an evalplus file")
+    one_error_line(run(teeny_cli, a, plus), "holds lm-eval results but", "holds evalplus results")
+    one_error_line(run(teeny_cli, a, tmp_path / "b"), "holds lm-eval results but", "holds lm-eval folder results")
     other_dataset = evalplus_results(tmp_path / "i" / "x_eval_results.json", {"HumanEval/0": [("pass", "pass")]},
                                      dataset_hash="ffff")
     one_error_line(run(teeny_cli, plus, other_dataset), "two different tasks (dataset hash 1a2b3c vs ffff)")
@@ -212,5 +234,5 @@ def test_bad_foreign_files_are_one_line(tmp_path, teeny_cli):
 
     run_dir = tmp_path / "run" / "v"
     run_dir.mkdir(parents=True)
-    one_error_line(run(teeny_cli, a, run_dir), "is a file but", "is a run directory")
+    one_error_line(run(teeny_cli, a, run_dir), "is lm-eval or evalplus results but", "is a Teeny run directory")
     one_error_line(run(teeny_cli, a), "needs a baseline and at least one result")
