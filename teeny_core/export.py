@@ -37,11 +37,12 @@ def export(run_dir: Path, results: dict[str, Any], fmt: str, out_dir: Path,
     if fmt == "csv":
         return _csv(run_dir, results, out_dir)
     written: list[Path] = []
-    date = datetime.now().isoformat().replace(":", "-")
+    now = datetime.now()
+    date = now.isoformat().replace(":", "-")  # as lm-eval dates its file names
     for variant in results["variants"]:
         records = read_records(run_dir / variant["name"] / "samples.jsonl")
         if fmt == "lm-eval":
-            written += _lm_eval(variant, records, out_dir / variant["name"], date)
+            written += _lm_eval(variant, records, out_dir / variant["name"], date, now.timestamp())
         else:
             written += _evalplus(variant, records, out_dir / variant["name"], evaluator)
     if not written:
@@ -109,7 +110,7 @@ def mean_stderr(values: list[float]) -> float | str:
 
 
 def _lm_eval(variant: dict[str, Any], records: dict[str, list[dict[str, Any]]], out: Path,
-             date: str) -> list[Path]:
+             date: str, timestamp: float) -> list[Path]:
     results: dict[str, Any] = {}
     configs: dict[str, Any] = {}
     higher: dict[str, Any] = {}
@@ -117,7 +118,7 @@ def _lm_eval(variant: dict[str, Any], records: dict[str, list[dict[str, Any]]], 
     written: list[Path] = []
     for evaluator, metrics in sorted(variant.get("metrics", {}).items()):
         graded = _graded(records.get(evaluator, []))
-        row: dict[str, Any] = {"alias": evaluator}
+        row: dict[str, Any] = {"name": evaluator, "alias": evaluator}
         if graded:
             problems = _per_problem(graded)
             per_doc = [sum(outcomes) / len(outcomes) for outcomes in problems.values()]
@@ -125,6 +126,7 @@ def _lm_eval(variant: dict[str, Any], records: dict[str, list[dict[str, Any]]], 
             row["pass@1_stderr,none"] = mean_stderr(per_doc)
             higher[evaluator] = {"pass@1": True}
             n_samples[evaluator] = {"original": len(per_doc), "effective": len(per_doc)}
+            row["sample_len"] = len(per_doc)
             repeats = max(len(outcomes) for outcomes in problems.values())
             written.append(_lm_eval_samples(out / f"samples_{evaluator}_{date}.jsonl", evaluator, problems,
                                             graded))
@@ -142,12 +144,13 @@ def _lm_eval(variant: dict[str, Any], records: dict[str, list[dict[str, Any]]], 
     if not results:
         return []
     layout = {
-        "results": results, "group_subtasks": {ev: [] for ev in results}, "configs": configs,
+        "results": results, "group_subtasks": {}, "configs": configs,
         "versions": {ev: 1.0 for ev in results}, "n-shot": {ev: 0 for ev in results},
         "higher_is_better": higher, "n-samples": n_samples,
-        "config": {"model": "teeny", "model_args": f"variant={variant['name']},method={variant.get('method', '?')}",
+        "config": {"model": "teeny", "model_args": {"variant": variant["name"], "method": variant.get("method", "?")},
                    "teeny": {"method": variant.get("method"), "describe": variant.get("describe", {})}},
-        "model_name": variant["name"], "date": date,
+        "model_name": variant["name"], "model_name_sanitized": re.sub(r"[^\w.-]", "__", variant["name"]),
+        "date": timestamp,
     }
     path = out / f"results_{date}.json"
     _write(path, json.dumps(layout, indent=2, default=str) + "\n")

@@ -139,6 +139,21 @@ def test_lm_eval_export_layout_and_values(graded_run, teeny_cli, tmp_path):
     assert data["n-samples"]["humaneval-plus"] == {"original": 3, "effective": 3}
     assert data["model_name"] == "w4" and data["config"]["teeny"]["describe"] == {"bits": 4}
 
+    # the same layout as a results file lm-eval 0.4.13 wrote (tests/data, made with its dummy model)
+    real = json.loads((Path(__file__).parent / "data" / "lm_eval_0.4.13_results.json").read_text())
+    for key in ("results", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better", "n-samples",
+                "config", "date", "model_name", "model_name_sanitized"):
+        assert type(data[key]) is type(real[key]), key
+    real_row = real["results"]["teeny_mc"]
+    assert set(real_row) == {"name", "alias", "sample_len", "acc,none", "acc_stderr,none", "acc_norm,none",
+                             "acc_norm_stderr,none"}
+    assert {"name", "alias", "sample_len", "pass@1,none", "pass@1_stderr,none"} <= set(row)
+    assert type(data["config"]["model_args"]) is type(real["config"]["model_args"])
+    assert set(data["n-samples"]["humaneval-plus"]) == set(real["n-samples"]["teeny_mc"])
+    assert set(data["higher_is_better"]["humaneval-plus"]) == {"pass@1"}
+    # and lm-eval's stderr is the one computed above: 40 docs, acc 0.7
+    assert real_row["acc,none"] == 0.7 and real_row["acc_stderr,none"] == pytest.approx(math.sqrt(0.7 * 0.3 / 39))
+
     # the samples files are lm-eval --log_samples files: teeny compare reads them back, same flips
     samples = sorted(f for f in files if f.name.startswith("samples_humaneval-plus_"))
     assert [f.parent.name for f in samples] == ["original", "w4"]

@@ -6,9 +6,14 @@ and evalplus 0.3.1 (``evalplus/evaluate.py``) write; expected p-values are compu
 
 import hashlib
 import json
+import math
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
+
+REAL = Path(__file__).parent / "data" / "lm-eval-0.4.13"  # real lm-eval output, see its README.md
 
 
 @pytest.fixture
@@ -128,6 +133,47 @@ def test_lm_eval_filters_are_separate_comparisons_and_fractions_are_continuous(t
     fraction = json.loads((tmp_path / "g.json").read_text())["d"]["pass@1,create_test"]["pass@1"]
     assert fraction["kind"] == "continuous" and fraction["higher_is_better"] is True
     assert fraction["delta"] == pytest.approx(-0.2) and fraction["verdict"] == "worse"
+
+
+def exact_mcnemar(b, c):
+    """Two-sided exact McNemar p by hand: 2 P(Binomial(b + c, 1/2) <= min(b, c)), at most 1."""
+    return min(1.0, 2 * sum(math.comb(b + c, i) for i in range(min(b, c) + 1)) / 2 ** (b + c))
+
+
+def test_real_lm_eval_output_folders(tmp_path, teeny_cli):
+    a, b = REAL / "dummy-seed1", REAL / "dummy-seed2"
+    result = CliRunner().invoke(teeny_cli, ["compare", str(a), str(b), "-o", "resamples=300", "--json",
+                                            str(tmp_path / "f.json")])
+    assert result.exit_code == 0, result.output
+    findings = json.loads((tmp_path / "f.json").read_text())["dummy-seed2"]
+    assert sorted(findings) == ["teeny_gen exact_match,none", "teeny_mc acc,none", "teeny_mc acc_norm,none"]
+    p_values = {}
+    for evaluator, (task, metric) in {"teeny_mc acc,none": ("teeny_mc", "acc"),
+                                      "teeny_mc acc_norm,none": ("teeny_mc", "acc_norm"),
+                                      "teeny_gen exact_match,none": ("teeny_gen", "exact_match")}.items():
+        lines = [[json.loads(line) for line in next(d.glob(f"samples_{task}_*.jsonl")).read_text().splitlines()]
+                 for d in (a, b)]
+        by_id = [{x["doc_id"]: x[metric] for x in side} for side in lines]
+        lost = sum(by_id[0][i] == 1 and by_id[1][i] == 0 for i in by_id[0])
+        gained = sum(by_id[0][i] == 0 and by_id[1][i] == 1 for i in by_id[0])
+        passed = findings[evaluator]["passed"]
+        assert passed["n_items"] == len(by_id[0])
+        assert passed["flips"] == {"right_to_wrong": lost, "wrong_to_right": gained}
+        assert passed["p_value"] == pytest.approx(exact_mcnemar(lost, gained), rel=1e-12)
+        assert passed["delta"] == pytest.approx((gained - lost) / len(by_id[0]))
+        p_values[evaluator] = passed["p_value"]
+    assert findings["teeny_mc acc,none"]["passed"]["flips"] == {"right_to_wrong": 14, "wrong_to_right": 6}
+    # Holm over the three: the smallest p times 3
+    smallest = min(p_values, key=p_values.get)
+    assert findings[smallest]["passed"]["p_adjusted"] == pytest.approx(min(1.0, 3 * p_values[smallest]))
+
+    # one task's two files: the same comparison
+    files = [next(d.glob("samples_teeny_mc_*.jsonl")) for d in (a, b)]
+    result = CliRunner().invoke(teeny_cli, ["compare", *map(str, files), "-o", "resamples=300", "--json",
+                                            str(tmp_path / "g.json")])
+    assert result.exit_code == 0, result.output
+    single = json.loads((tmp_path / "g.json").read_text())["dummy-seed2"]
+    assert single["acc,none"]["passed"]["p_value"] == pytest.approx(exact_mcnemar(14, 6))
 
 
 def test_lm_eval_output_folders_compare_every_shared_task_in_one_holm_family(tmp_path, teeny_cli):
