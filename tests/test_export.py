@@ -101,26 +101,39 @@ def test_teeny_graded_the_fixture_as_intended(graded_run):
     assert metrics["w4"]["pass@1"] == pytest.approx(1 / 3) and metrics["w4"]["passed_base_rate"] == pytest.approx(2 / 3)
 
 
+@pytest.mark.slow
 def test_evalplus_grades_the_export_with_the_pass_at_1_teeny_printed(graded_run, teeny_cli, tmp_path):
     pytest.importorskip("evalplus", reason="evalplus is in the test extra (pip install -e '.[test]')")
     run_dir, plus, metrics = graded_run
     files = export(teeny_cli, run_dir, "evalplus", tmp_path / "out")
     assert sorted(f.relative_to(tmp_path / "out").as_posix() for f in files) == \
         ["original/samples.jsonl", "w4/samples.jsonl"]
-    env = {**os.environ, "HUMANEVAL_OVERRIDE_PATH": str(plus), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    # each evalplus.evaluate lasts at least 20 s (its stuck-sample watcher sleeps that long): run both at once
+    graders = {}
     for name in ("original", "w4"):
-        samples = tmp_path / "out" / name / "samples.jsonl"
-        done = subprocess.run([sys.executable, "-m", "evalplus.evaluate", "--dataset", "humaneval",
-                               "--samples", str(samples), "--parallel", "1"],
-                              env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stdout + done.stderr
+        env = {**os.environ, "HUMANEVAL_OVERRIDE_PATH": str(plus), "XDG_CACHE_HOME": str(tmp_path / f"cache-{name}")}
+        graders[name] = subprocess.Popen([sys.executable, "-m", "evalplus.evaluate", "--dataset", "humaneval",
+                                          "--samples", str(tmp_path / "out" / name / "samples.jsonl"),
+                                          "--parallel", "1"], env=env, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, text=True)
+    for name, grader in graders.items():
+        output = grader.communicate(timeout=300)[0]
+        assert grader.returncode == 0, output
         graded = json.loads((tmp_path / "out" / name / "samples_eval_results.json").read_text())["eval"]
         assert len(graded) == 3 and all(len(samples) == 1 for samples in graded.values())
         base = sum(s[0]["base_status"] == "pass" for s in graded.values()) / 3
         plus_rate = sum(s[0]["base_status"] == s[0]["plus_status"] == "pass" for s in graded.values()) / 3
         assert plus_rate == pytest.approx(metrics[name]["pass@1"])  # HumanEval+ (base + plus tests)
         assert base == pytest.approx(metrics[name]["passed_base_rate"])  # base tests
-        assert f"pass@1:\t{metrics[name]['pass@1']:.3f}" in done.stdout  # what evalplus printed
+        assert f"pass@1:\t{metrics[name]['pass@1']:.3f}" in output  # what evalplus printed
+
+    # evalplus's own results files, compared by teeny compare (teeny-stats)
+    graded = [tmp_path / "out" / name / "samples_eval_results.json" for name in ("original", "w4")]
+    result = CliRunner().invoke(teeny_cli, ["compare", *map(str, graded), "--json", str(tmp_path / "f.json")])
+    assert result.exit_code == 0, result.output
+    findings = json.loads((tmp_path / "f.json").read_text())["w4"]
+    assert findings["evalplus base"]["passed"]["flips"] == {"right_to_wrong": 1, "wrong_to_right": 0}
+    assert findings["evalplus plus"]["passed"]["flips"] == {"right_to_wrong": 2, "wrong_to_right": 0}
 
 
 def test_lm_eval_export_layout_and_values(graded_run, teeny_cli, tmp_path):
