@@ -261,6 +261,8 @@ def export(run_dir: str, fmt: str, out_dir: str | None, evaluator: str | None) -
     from teeny_core.export import export as export_run
     from teeny_core.report import load_results
 
+    if evaluator and fmt != "evalplus":
+        raise TeenyError(f"--evaluator {evaluator} applies to --format evalplus only, not {fmt}")
     results = with_declarations(load_results(Path(run_dir)))
     out = Path(out_dir) if out_dir else Path(run_dir) / "export" / fmt
     for path in export_run(Path(run_dir), results, fmt, out, evaluator):

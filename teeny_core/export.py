@@ -39,8 +39,9 @@ def export(run_dir: Path, results: dict[str, Any], fmt: str, out_dir: Path,
     written: list[Path] = []
     now = datetime.now()
     date = now.isoformat().replace(":", "-")  # as lm-eval dates its file names
-    for variant in results["variants"]:
-        records = read_records(run_dir / variant["name"] / "samples.jsonl")
+    # every variant's records are read (and checked) before the first file is written
+    all_records = [read_records(run_dir / variant["name"] / "samples.jsonl") for variant in results["variants"]]
+    for variant, records in zip(results["variants"], all_records):
         if fmt == "lm-eval":
             written += _lm_eval(variant, records, out_dir / variant["name"], date, now.timestamp())
         else:

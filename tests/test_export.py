@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -198,3 +199,16 @@ def test_export_errors_are_one_line(graded_run, teeny_cli, tmp_path):
     result = CliRunner().invoke(teeny_cli, ["export", str(run_dir), "--format", "evalplus", "--evaluator", "mbpp",
                                             "-o", str(tmp_path / "o")])
     assert result.exit_code == 2 and "no records to export as evalplus" in result.output
+    result = CliRunner().invoke(teeny_cli, ["export", str(run_dir), "--format", "csv", "--evaluator", "humaneval"])
+    assert result.exit_code == 2 and "--evaluator humaneval applies to --format evalplus only" in result.output
+
+    # a garbled record in the second variant: one line naming it, and nothing written for the first either
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    with open(broken / "w4" / "samples.jsonl", "a") as f:
+        f.write("{not json\n")
+    lines = (broken / "w4" / "samples.jsonl").read_text().count("\n")
+    result = CliRunner().invoke(teeny_cli, ["export", str(broken), "--format", "lm-eval", "-o", str(tmp_path / "x")])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert f"samples.jsonl:{lines} is not a record" in result.output
+    assert not (tmp_path / "x").exists()
