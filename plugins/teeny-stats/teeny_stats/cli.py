@@ -77,13 +77,12 @@ def compare(runs: tuple[Path, ...], options: tuple[str, ...], json_out: Path | N
     from teeny_core.options import parse_cli_options
     from teeny_core.report import ANALYSIS_HEADERS, analysis_rows
     from teeny_stats.analyzer import EXPERIMENT_KEY, SignificanceAnalyzer
+    from teeny_stats.interop import check_comparable, is_foreign, load_foreign, to_variants
 
     if len(runs) < 2:
         raise TeenyError(f"compare needs a baseline and at least one result to compare with it, got only {runs[0]}")
     raw = parse_cli_options(options)
     parsed = SignificanceAnalyzer.Options.from_mapping(raw, "significance")
-    from teeny_stats.interop import is_foreign
-
     files = [p for p in runs if is_foreign(p)]
     if files and len(files) != len(runs):
         raise TeenyError(f"{files[0]} is lm-eval or evalplus results but {next(p for p in runs if p not in files)} "
@@ -91,8 +90,6 @@ def compare(runs: tuple[Path, ...], options: tuple[str, ...], json_out: Path | N
                          "results with their own kind")
     names = _names(runs)
     if files:
-        from teeny_stats.interop import check_comparable, load_foreign, to_variants
-
         loaded = [load_foreign(p) for p in runs]
         check_comparable(loaded)
         variants, continuous = to_variants(loaded, names)
@@ -126,9 +123,9 @@ def compare(runs: tuple[Path, ...], options: tuple[str, ...], json_out: Path | N
         write_json(json_out, findings)
 
 
-def _names(paths: tuple[Path, ...]) -> list[str | None]:
-    """Display names: a run directory's own variant name (None: read it from variant.json) or a file's folder;
-    where two collide, ``<folder>/<name>``, and where those collide too, the paths as given."""
+def _names(paths: tuple[Path, ...]) -> list[str]:
+    """Display names: a file's folder, else a run directory's variant name (its variant.json, else the folder);
+    where two collide, ``<parent>/<name>``, and where those collide too, the paths as given."""
     if all(p.is_file() for p in paths):
         names = [p.parent.resolve().name or str(p) for p in paths]
     else:
