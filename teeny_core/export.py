@@ -43,7 +43,8 @@ def export(run_dir: Path, results: dict[str, Any], fmt: str, out_dir: Path,
     all_records = [read_records(run_dir / variant["name"] / "samples.jsonl") for variant in results["variants"]]
     for variant, records in zip(results["variants"], all_records):
         if fmt == "lm-eval":
-            written += _lm_eval(variant, records, out_dir / variant["name"], date, now.timestamp())
+            written += _lm_eval(variant, records, results.get("evaluators") or {}, out_dir / variant["name"], date,
+                                now.timestamp())
         else:
             written += _evalplus(variant, records, out_dir / variant["name"], evaluator)
     if not written:
@@ -110,8 +111,8 @@ def mean_stderr(values: list[float]) -> float | str:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
 
 
-def _lm_eval(variant: dict[str, Any], records: dict[str, list[dict[str, Any]]], out: Path,
-             date: str, timestamp: float) -> list[Path]:
+def _lm_eval(variant: dict[str, Any], records: dict[str, list[dict[str, Any]]], declarations: dict[str, Any],
+             out: Path, date: str, timestamp: float) -> list[Path]:
     results: dict[str, Any] = {}
     configs: dict[str, Any] = {}
     higher: dict[str, Any] = {}
@@ -133,10 +134,17 @@ def _lm_eval(variant: dict[str, Any], records: dict[str, list[dict[str, Any]]], 
                                             graded))
         else:
             repeats = 1
-        for name, value in sorted(metrics.items()):
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and f"{name},none" not in row:
-                row[f"{name},none"] = value
-                row[f"{name}_stderr,none"] = "N/A"
+        declared = (declarations.get(evaluator) or {}).get("metrics") or {}
+        # every stored number, declared metrics first; a "<metric>_se" is that metric's stderr, not a row
+        names = [*declared, *(m for m in sorted(metrics) if m not in declared and not m.endswith("_se"))]
+        for name in names:
+            value = metrics.get(name)
+            if not _is_number(value) or f"{name},none" in row:
+                continue
+            row[f"{name},none"] = value
+            row[f"{name}_stderr,none"] = metrics[f"{name}_se"] if _is_number(metrics.get(f"{name}_se")) else "N/A"
+            if isinstance(declared.get(name, {}).get("higher_is_better"), bool):
+                higher.setdefault(evaluator, {})[name] = declared[name]["higher_is_better"]
         results[evaluator] = row
         configs[evaluator] = {"task": evaluator, "output_type": "generate_until" if graded else "teeny",
                               "repeats": repeats, "num_fewshot": 0,
@@ -204,6 +212,10 @@ def _csv(run_dir: Path, results: dict[str, Any], out_dir: Path) -> list[Path]:
             writer.writerows(rows)
         written.append(path)
     return written
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _sha(text: str) -> str:

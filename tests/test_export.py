@@ -138,7 +138,8 @@ def test_evalplus_grades_the_export_with_the_pass_at_1_teeny_printed(graded_run,
 
 
 def test_lm_eval_export_layout_and_values(graded_run, teeny_cli, tmp_path):
-    run_dir, _, _ = graded_run
+    run_dir, _, metrics = graded_run
+    metrics_w4 = metrics["w4"]
     files = export(teeny_cli, run_dir, "lm-eval", tmp_path / "out")
     results_file = next(f for f in files if f.parent.name == "w4" and f.name.startswith("results_"))
     data = json.loads(results_file.read_text())
@@ -149,6 +150,8 @@ def test_lm_eval_export_layout_and_values(graded_run, teeny_cli, tmp_path):
     # lm-eval's stderr of a mean: sample standard deviation / sqrt(n), over the per-doc values 0, 1, 0
     assert row["pass@1_stderr,none"] == pytest.approx(math.sqrt((2 * (1 / 3) ** 2 + (2 / 3) ** 2) / 2 / 3))
     assert row["passed_base_rate,none"] == pytest.approx(2 / 3) and row["passed_base_rate_stderr,none"] == "N/A"
+    assert "pass@1_se,none" not in row  # Teeny's own standard error is the stderr above, not a metric
+    assert row["pass@1_stderr,none"] == pytest.approx(metrics_w4["pass@1_se"])
     assert data["configs"]["humaneval-plus"]["task"] == "humaneval-plus"
     assert data["n-samples"]["humaneval-plus"] == {"original": 3, "effective": 3}
     assert data["model_name"] == "w4" and data["config"]["teeny"]["describe"] == {"bits": 4}
