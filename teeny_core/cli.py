@@ -250,6 +250,28 @@ def run(experiment: str | None, limit: int | None, fresh: bool, demo: str | None
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", required=True, type=click.Choice(["lm-eval", "evalplus", "csv"]),
+              help="lm-eval: results JSON and samples files in lm-evaluation-harness's layout; evalplus: a "
+                   "samples.jsonl per variant for evalplus.evaluate; csv: the report's tables")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False),
+              help="folder to write into (default RUN_DIR/export/<format>)")
+@click.option("--evaluator", default=None, help="evalplus: the evaluator whose completions to export "
+                                                "(default humaneval-plus, else humaneval)")
+def export(run_dir: str, fmt: str, out_dir: str | None, evaluator: str | None) -> None:
+    """Write RUN_DIR's results in files lm-evaluation-harness, evalplus or a spreadsheet read."""
+    from teeny_core.export import export as export_run
+    from teeny_core.report import load_results
+
+    if evaluator and fmt != "evalplus":
+        raise TeenyError(f"--evaluator {evaluator} applies to --format evalplus only, not {fmt}")
+    results = with_declarations(load_results(Path(run_dir)))
+    out = Path(out_dir) if out_dir else Path(run_dir) / "export" / fmt
+    for path in export_run(Path(run_dir), results, fmt, out, evaluator):
+        click.echo(str(path))
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
 def report(run_dir: str) -> None:
     """Regenerate report.md, report.html and plots/ of RUN_DIR from its stored results."""
     from teeny_core.report import load_results, write_report

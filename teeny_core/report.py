@@ -568,7 +568,27 @@ def _plots(run_dir: Path, results: dict[str, Any]) -> tuple[dict[str, Path], str
     return out, None
 
 
-def _blocks(run_dir: Path, results: dict[str, Any]) -> tuple[list[_Block], dict[str, Path]]:
+def report_tables(run_dir: Path, results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The report's tables as (name, headers, rows); a name is its headings joined, e.g.
+    ``paired-comparisons-with-the-baseline-gptq-w4``. No plot is drawn."""
+    tables, used = [], set()
+    section, subsection = "", ""
+    for block in _blocks(run_dir, results, plots=False)[0]:
+        if block.kind == "h2":
+            section, subsection = block.text, ""
+        elif block.kind == "h3":
+            subsection = block.text
+        elif block.kind == "table":
+            name = re.sub(r"[^a-z0-9]+", "-", f"{section} {subsection}".lower()).strip("-") or "table"
+            unique, n = name, 2
+            while unique in used:
+                unique, n = f"{name}-{n}", n + 1
+            used.add(unique)
+            tables.append((unique, block.headers, block.rows))
+    return tables
+
+
+def _blocks(run_dir: Path, results: dict[str, Any], plots: bool = True) -> tuple[list[_Block], dict[str, Path]]:
     blocks = [_Block("h1", f"Teeny report: {results.get('experiment', run_dir.name)}")]
     baseline = results.get("baseline", "original")
     intro = f"Every variant is compared item by item with the baseline **{baseline}**."
@@ -603,11 +623,11 @@ def _blocks(run_dir: Path, results: dict[str, Any]) -> tuple[list[_Block], dict[
                                "traceback is in `<variant>/error.log`."),
                    _Block("table", headers=["variant", "stage", "error"], rows=[
                        [v["name"], str(v.get("failed_stage") or "-"), str(v.get("error") or "-")] for v in failures])]
-    plots, missing = _plots(run_dir, results)
+    drawn, missing = _plots(run_dir, results) if plots else ({}, None)
     blocks.append(_Block("h2", "Plots"))
     if missing:
         blocks.append(_Block("p", missing))
-    for name, path in plots.items():
+    for name, path in drawn.items():
         blocks.append(_Block("img", name, path=path))
     details = [(v["name"], sig.get(v["name"])) for v in _variants(results) if isinstance(sig.get(v["name"]), dict)]
     if details:
@@ -648,7 +668,7 @@ def _blocks(run_dir: Path, results: dict[str, Any]) -> tuple[list[_Block], dict[
         blocks.append(_Block("pre", json.dumps(manifest, indent=2, sort_keys=True, default=str)))
     else:
         blocks.append(_Block("p", "No manifest in these results."))
-    return blocks, plots
+    return blocks, drawn
 
 
 def _metric_table(results: dict[str, Any]) -> tuple[list[list[str]], list[str]]:

@@ -1,4 +1,4 @@
-"""``teeny compare RUN_DIR_A RUN_DIR_B``: the significance analysis of two existing variant runs."""
+"""``teeny compare A B [C ...]``: the significance analysis of existing Teeny runs, lm-eval or evalplus results."""
 
 from __future__ import annotations
 
@@ -58,46 +58,62 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 @click.command("compare")
-@click.argument("run_a", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("run_b", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="significance analyzer option (alpha, power, resamples, seed, fields, higher_is_better, correction)")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
               help="also write the findings to this JSON file")
-def compare(run_a: Path, run_b: Path, options: tuple[str, ...], json_out: Path | None) -> None:
-    """Compare two variant run directories item by item; RUN_A is the baseline."""
+def compare(runs: tuple[Path, ...], options: tuple[str, ...], json_out: Path | None) -> None:
+    """Compare results item by item; the first is the baseline, every other one is compared with it.
+
+    RUNS are Teeny variant run directories, or lm-evaluation-harness --log_samples files
+    (samples_<task>_<date>.jsonl) of one task, or lm-eval output folders (every task they share), or evalplus
+    *_eval_results.json files. The p-values of all comparisons are Holm-corrected together."""
+    import dataclasses
+
     from rich.console import Console
     from rich.table import Table
 
     from teeny_core.options import parse_cli_options
     from teeny_core.report import ANALYSIS_HEADERS, analysis_rows
     from teeny_stats.analyzer import EXPERIMENT_KEY, SignificanceAnalyzer
+    from teeny_stats.interop import check_comparable, is_foreign, load_foreign, to_variants
 
-    parsed = SignificanceAnalyzer.Options.from_mapping(parse_cli_options(options), "significance")
-    a, b = load_variant_dir(run_a), load_variant_dir(run_b)
-    if a.name == b.name:
-        a.name, b.name = f"{run_a.parent.name}/{a.name}", f"{run_b.parent.name}/{b.name}"
-    shared = sorted(set(a.records) & set(b.records))
-    if not shared:
-        raise TeenyError(f"{run_a} and {run_b} share no evaluator (A has {', '.join(sorted(a.records)) or 'none'}, "
-                         f"B has {', '.join(sorted(b.records)) or 'none'})")
-    if not any({r["key"] for r in a.records[ev]} & {r["key"] for r in b.records[ev]} for ev in shared):
-        first = shared[0]
-        raise TeenyError(f"{run_a} and {run_b} share no item: their {', '.join(shared)} records have no key in "
-                         f"common (e.g. A {a.records[first][0]['key']!r}, B {b.records[first][0]['key']!r}); "
-                         "compare two runs of the same benchmark items")
-    findings = SignificanceAnalyzer().analyze(a, [b], parsed)
-    rows = analysis_rows(findings.get(b.name, {}))
-    table = Table(title=f"{b.name} (B) vs {a.name} (A, baseline)")
-    for header in ANALYSIS_HEADERS:
-        table.add_column(header, overflow="fold")
-    for row in rows:
-        table.add_row(*row)
+    if len(runs) < 2:
+        raise TeenyError(f"compare needs a baseline and at least one result to compare with it, got only {runs[0]}")
+    raw = parse_cli_options(options)
+    parsed = SignificanceAnalyzer.Options.from_mapping(raw, "significance")
+    files = [p for p in runs if is_foreign(p)]
+    if files and len(files) != len(runs):
+        raise TeenyError(f"{files[0]} is lm-eval or evalplus results but {next(p for p in runs if p not in files)} "
+                         "is a Teeny run directory; compare Teeny runs with Teeny runs, and lm-eval or evalplus "
+                         "results with their own kind")
+    names = _names(runs)
+    if files:
+        loaded = [load_foreign(p) for p in runs]
+        check_comparable(loaded)
+        variants, continuous = to_variants(loaded, names)
+        extra = [m for m in continuous if m not in parsed.fields]
+        parsed = dataclasses.replace(parsed, fields=[*parsed.fields, *extra], higher_is_better=
+                                     parsed.higher_is_better if "higher_is_better" in raw
+                                     else [*parsed.higher_is_better, *extra])
+    else:
+        variants = [load_variant_dir(p, name) for p, name in zip(runs, names)]
+        _check_shared(runs, variants)
+    baseline, others = variants[0], variants[1:]
+    findings = SignificanceAnalyzer().analyze(baseline, others, parsed)
     console = Console(width=200)
-    console.print(table)
-    if not rows:
-        console.print("no comparable records (no boolean 'passed' field and none of the fields "
-                      f"{', '.join(parsed.fields)})")
+    for variant in others:
+        rows = analysis_rows(findings.get(variant.name, {}))
+        table = Table(title=f"{variant.name} (B) vs {baseline.name} (A, baseline)")
+        for header in ANALYSIS_HEADERS:
+            table.add_column(header, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        if not rows:
+            console.print("no comparable records (no boolean 'passed' field and none of the fields "
+                          f"{', '.join(parsed.fields)})")
     settings = findings[EXPERIMENT_KEY]
     console.print(f"alpha {settings['alpha']}, {settings['correction']} over {settings['comparisons']} comparisons, "
                   f"{settings['resamples']} bootstrap resamples (seed {settings['seed']})")
@@ -105,3 +121,32 @@ def compare(run_a: Path, run_b: Path, options: tuple[str, ...], json_out: Path |
         from teeny_core.store import write_json
 
         write_json(json_out, findings)
+
+
+def _names(paths: tuple[Path, ...]) -> list[str]:
+    """Display names: a file's folder, else a run directory's variant name (its variant.json, else the folder);
+    where two collide, ``<parent>/<name>``, and where those collide too, the paths as given."""
+    if all(p.is_file() for p in paths):
+        names = [p.parent.resolve().name or str(p) for p in paths]
+    else:
+        names = [_read(p / "variant.json").get("name") or p.name for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{p.parent.resolve().name}/{n}" for p, n in zip(paths, names)]
+    if len(set(names)) < len(names):
+        names = [str(p) for p in paths]
+    return names
+
+
+def _check_shared(runs: tuple[Path, ...], variants: list[VariantResult]) -> None:
+    """Every run shares an evaluator and an item with the baseline, else one line saying which does not."""
+    a, run_a = variants[0], runs[0]
+    for b, run_b in zip(variants[1:], runs[1:]):
+        shared = sorted(set(a.records) & set(b.records))
+        if not shared:
+            raise TeenyError(f"{run_a} and {run_b} share no evaluator (A has {', '.join(sorted(a.records)) or 'none'}, "
+                             f"B has {', '.join(sorted(b.records)) or 'none'})")
+        if not any({r["key"] for r in a.records[ev]} & {r["key"] for r in b.records[ev]} for ev in shared):
+            first = shared[0]
+            raise TeenyError(f"{run_a} and {run_b} share no item: their {', '.join(shared)} records have no key in "
+                             f"common (e.g. A {a.records[first][0]['key']!r}, B {b.records[first][0]['key']!r}); "
+                             "compare two runs of the same benchmark items")
