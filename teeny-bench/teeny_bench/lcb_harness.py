@@ -49,10 +49,13 @@ def stripped_lines(text):
 
 
 def as_decimals(line):
+    """The line's tokens as exact decimals, or None when one is not a number (NaNs included: ``sNaN`` would
+    raise on comparison)."""
     try:
-        return [Decimal(token) for token in line.split()]
+        values = [Decimal(token) for token in line.split()]
     except (InvalidOperation, ValueError):
         return None
+    return None if any(v.is_nan() for v in values) else values
 
 
 def stdout_matches(output, expected):
@@ -159,7 +162,7 @@ def wait_with_timeout(pid, seconds):
             os.close(pidfd)
 
 
-def run_test(code, problem, test_input, index, encode):
+def run_test(code, problem, test_input, index, channel):
     """One test's outcome: {"returned" | "printed" | "printed_sha256", "error"?, "detail"?, "seconds"}."""
     in_path, out_path, err_path = f"in-{index}.txt", f"out-{index}.txt", f"err-{index}.txt"
     with open(in_path, "w", encoding="utf-8") as f:
@@ -171,8 +174,9 @@ def run_test(code, problem, test_input, index, encode):
         os.close(read_fd)
         try:
             os.close(4)  # the channel is the harness's, not the test's
+            channel.set_dumpable(True)  # its own /proc entries; the harness's stay closed to it
             child(code, problem["mode"], problem.get("func_name"), test_input, problem["timeout"], write_fd,
-                  out_path, err_path, in_path, encode)
+                  out_path, err_path, in_path, channel.encode)
         finally:
             os._exit(70)
     os.close(write_fd)
@@ -193,7 +197,9 @@ def run_test(code, problem, test_input, index, encode):
 def _outcome(problem, raw, status, timed_out, out_path, err_path, seconds):
     try:
         report = json.loads(raw.splitlines()[-1]) if raw else None
-    except ValueError:
+    except (ValueError, RecursionError):
+        report = None
+    if type(report) is not dict:  # the test's process writes this line: anything else is no result
         report = None
     if timed_out or (os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGXCPU, signal.SIGKILL)
                      and report is None):
@@ -206,10 +212,12 @@ def _outcome(problem, raw, status, timed_out, out_path, err_path, seconds):
         error = "MemoryError" if "MemoryError" in stderr or "Cannot allocate memory" in stderr else "Crash"
         return {"ok": False, "error": error, "detail": f"{how}; stderr: {stderr}", "seconds": seconds}
     if report.get("error"):
-        return {"ok": False, "error": report["error"], "detail": f"{report['error']}: {report.get('message', '')}",
+        error = str(report["error"])[:100]
+        return {"ok": False, "error": error, "detail": f"{error}: {truncate(str(report.get('message', '')), 500)}",
                 "seconds": seconds}
     if problem["mode"] == "functional":
-        return {"returned": report.get("returned", {"v": ["?", "no answer"]}), "seconds": seconds}
+        returned = report.get("returned")
+        return {"returned": returned if type(returned) is dict else {"v": ["?", "no answer"]}, "seconds": seconds}
     if os.path.getsize(out_path) > FULL_OUTPUT_BYTES:
         with open(out_path, "r", encoding="utf-8", errors="replace") as f:
             return {"printed_sha256": lines_digest(f.read()), "seconds": seconds}
@@ -230,7 +238,8 @@ def main():
     import _channel
     del sys.path[0]
 
-    guard = _channel.Guard(stop_forks=False)  # each test is a forked child; the parent compares every answer
+    _channel.set_dumpable(False)
+    guard = _channel.Guard()  # each test is a forked child; the parent compares every answer
     with open("problem.json") as f:
         problem = json.load(f)
     with open("solution.py") as f:
@@ -248,7 +257,7 @@ def main():
         return
     exec(HEADER, {"__name__": "teeny_preload"})  # load the header's modules once, before forking
     for index, test_input in enumerate(problem["inputs"]):
-        outcome = run_test(code, problem, test_input, index, _channel.encode)
+        outcome = run_test(code, problem, test_input, index, _channel)
         result["results"].append(outcome)
         if outcome.get("error") and (not problem.get("all_tests") or outcome["error"] == "Timeout"):
             break

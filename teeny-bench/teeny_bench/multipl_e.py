@@ -6,8 +6,9 @@ MultiPL-E records have ``name``, ``language``, ``prompt``, ``tests``, ``stop_tok
 HumanEval's own format (``task_id``, ``prompt``, ``test`` ending in ``check(...)``). The data is not shipped:
 MultiPL-E's terms forbid training or calibrating on it.
 
-A program is ``prompt + completion + "\\n" + tests`` (Python: a few standard imports first, as
-DeepSeek-Coder's harness adds), built and run in the sandbox with the language's toolchain
+Python is graded as ``humaneval`` is (:func:`python_job`): the solution answers calls in a process of its
+own, the tests run in a checker process it cannot reach. For the other languages a program is
+``prompt + completion + "\\n" + tests``, built and run in the sandbox with the language's toolchain
 (:mod:`teeny_bench.toolchains`). Unlike MultiPL-E, exit status 0 does not pass by itself: the program reads a
 nonce from the sandbox's channel before the solution runs and writes it back after the last test
 (:data:`CHANNEL_CODE`); a program without that report fails (``early_exit`` when it exited 0). A compiler
@@ -152,8 +153,6 @@ def load_problems(path: str, languages: list[str], limit: int | None = None) -> 
 # writes "\n<nonce> {"done": true}\n" to fd 4 (:mod:`teeny_bench._channel`): (read, write) code.
 _DONE = '{"done": true}'
 CHANNEL_CODE = {
-    "python": ("__teeny_nonce = __import__('os').read(3, 64).decode(); __import__('os').close(3)\n",
-               f"\n__import__('os').write(4, ('\\n' + __teeny_nonce + ' {_DONE}\\n').encode())\n"),
     "java": ('String teenyNonce = new String(java.nio.file.Files.readAllBytes(java.nio.file.Paths.get('
              '"/proc/self/fd/3")));\n',
              'try (java.io.FileOutputStream teenyOut = new java.io.FileOutputStream("/proc/self/fd/4")) '
@@ -179,18 +178,29 @@ _MAIN = {"java": "public static void main(String[] args) {", "cpp": "int main() 
          "cs": "public static void Main(string[] args) {"}
 
 
+def python_job(problem: MulProblem, completion: str, timeout: float, memory_bytes: int):
+    """The Python column's sandbox job, graded as ``humaneval`` is (``_call_harness.py``): the solution (standard
+    imports first, as DeepSeek-Coder's harness adds; a chat answer's whole function after the prompt) answers
+    calls in its own process; the prompt's helpers and the tests, without their final ``check(...)`` call, run
+    in the checker, which calls ``check`` with the proxy."""
+    from teeny_bench.humaneval import call_job
+    from teeny_bench.sandbox import Limits
+
+    entry_point = _entry_point(problem)
+    if not entry_point:
+        raise TeenyError(f"humaneval-mul: the Python prompt of {problem.name} defines no function")
+    solution = PYTHON_HEADER + generation.solution_program(problem.prompt, completion, entry_point)
+    tests = re.sub(r"\ncheck\(\w+\)\s*$", "\n", problem.tests)
+    limits = Limits(cpu_seconds=timeout, wall_seconds=3 * timeout + 10, memory_bytes=memory_bytes)
+    return call_job(solution, entry_point, limits, test=tests, helpers=PYTHON_HEADER + problem.prompt)
+
+
 def assemble(problem: MulProblem, completion: str) -> str:
-    """The program MultiPL-E runs: prompt + completion + tests, with the channel's nonce read first and the
-    nonce-tagged report written after the last test (:data:`CHANNEL_CODE`). Python: standard imports first, and
-    a completion that is a whole function (a chat answer) follows the prompt instead of continuing it, as in
-    ``humaneval``."""
+    """The program MultiPL-E runs for the compiled and scripted languages: prompt + completion + tests, with
+    the channel's nonce read first and the nonce-tagged report written after the last test
+    (:data:`CHANNEL_CODE`). Python is graded by :func:`python_job` instead."""
     lang = problem.language
     read, write = CHANNEL_CODE[lang]
-    if lang == "python":
-        entry_point = _entry_point(problem)
-        solution = (generation.solution_program(problem.prompt, completion, entry_point) if entry_point
-                    else problem.prompt + completion)
-        return read + PYTHON_HEADER + solution + "\n" + problem.tests + write
     tests = problem.tests
     if lang in _MAIN:
         head, main_open, body = tests.partition(_MAIN[lang])
@@ -334,7 +344,7 @@ def run_programs(items: list[tuple[MulProblem, str]], timeout: float = 10.0, *, 
     from teeny_bench.sandbox import Result
 
     chains = {lang: toolchains.prepared(toolchains.detect(lang, path)) for lang in {p.language for p, _ in items}}
-    programs = [assemble(p, c) for p, c in items]
+    programs = [assemble(p, c) if p.language != "python" else "" for p, c in items]
     ts_items = [i for i, (p, _) in enumerate(items) if p.language == "ts" and chains["ts"].available]
     precompiled: dict[int, tuple[bool, str]] = {}
     if ts_items:
@@ -354,6 +364,8 @@ def run_programs(items: list[tuple[MulProblem, str]], timeout: float = 10.0, *, 
                 continue
             node_chain = dataclasses.replace(chain, compile=None, source="test.js")
             jobs.append(node_chain.sandbox_job(text, timeout))
+        elif problem.language == "python":
+            jobs.append(python_job(problem, items[i][1], timeout, chain.memory_bytes))
         else:
             jobs.append(chain.sandbox_job(programs[i], timeout))
         where.append(i)

@@ -49,21 +49,24 @@ HUMANEVAL_CASES = {
     "os._exit(0) in the body": ("    import os\n    os._exit(0)\n", "", errors.EARLY_EXIT, False),
     "raise SystemExit(0) at top level": ("", "raise SystemExit(0)\n", errors.EARLY_EXIT, False),
     "atexit os._exit(0)": ("", "import atexit, os\natexit.register(os._exit, 0)\n", errors.WRONG_ANSWER, True),
-    "excepthook exits 0": ("", "import sys, os\nsys.excepthook = lambda *a: os._exit(0)\n", errors.EARLY_EXIT,
+    "excepthook exits 0": ("", "import sys, os\nsys.excepthook = lambda *a: os._exit(0)\n", errors.WRONG_ANSWER,
                            True),
     "forged plus marker on fd 1": ("", f"print({MARKER_LINE!r})\n", errors.WRONG_ANSWER, True),
-    "junk on fd 4": ("", "import os\nos.write(4, b'\\nx {\"done\": true}\\n')\n", errors.WRONG_ANSWER, True),
-    "guessed nonce and exit": ("", "import os\nos.write(4, b'\\n' + b'0' * 32 + b' {\"done\": true}\\n')\n"
-                                   "os._exit(0)\n", errors.EARLY_EXIT, False),
+    "junk on fd 4": ("", "import os\ntry:\n    os.write(4, b'\\nx {\"failed\": null}\\n')\nexcept OSError:\n"
+                         "    pass\n", errors.WRONG_ANSWER, True),
+    "guessed nonce and exit": ("", "import os\ntry:\n    os.write(4, b'\\n' + b'0' * 32 + b' {\"failed\": null}\\n')\n"
+                                   "except OSError:\n    pass\nos._exit(0)\n", errors.EARLY_EXIT, False),
     "fd 3 re-read": ("", "import os\ntry:\n    os.read(3, 64)\nexcept OSError:\n    pass\n", errors.WRONG_ANSWER,
                      True),
-    "closed fd 4 and exit": ("", "import os\nos.close(4)\nos._exit(0)\n", errors.EARLY_EXIT, False),
+    "closed fd 4 and exit": ("", "import os\ntry:\n    os.close(4)\nexcept OSError:\n    pass\nos._exit(0)\n",
+                             errors.EARLY_EXIT, False),
     "killed parent": ("", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n", None, False),
     "fork, parent exits 0": ("", "import os\nif os.fork():\n    os._exit(0)\n", errors.EARLY_EXIT, False),
-    "builtins.abs replaced": ("", "import builtins\nbuiltins.abs = lambda x: 0\n", errors.WRONG_ANSWER, False),
+    # builtins replaced in the solution's process: the checks, in another process, never see them
+    "builtins.abs replaced": ("", "import builtins\nbuiltins.abs = lambda x: 0\n", errors.WRONG_ANSWER, True),
     "builtins the checks use replaced": ("", "import builtins\nbuiltins.callable = lambda x: False\n"
                                              "builtins.sorted = builtins.dict = lambda *a, **k: []\n",
-                                         errors.WRONG_ANSWER, False),
+                                         errors.WRONG_ANSWER, True),
 }
 
 
@@ -91,9 +94,11 @@ def test_always_equal_object_is_rejected(has_close_elements):
     honest = "    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for b in numbers[i + 1:])\n"
     p = has_close_elements
     cheat_out, sub_out, honest_out = grade_humaneval([(p, cheat), (p, subclass), (p, honest)], timeout=5)
-    for outcome in (cheat_out, sub_out):
-        assert not outcome["passed"] and outcome["category"] == errors.WRONG_ANSWER
-        assert "__eq__" in outcome["detail"], outcome
+    assert not cheat_out["passed"] and cheat_out["category"] == errors.WRONG_ANSWER
+    assert "not a value of builtin types" in cheat_out["detail"], cheat_out
+    # the int subclass arrives as the plain int 0, which is not True
+    assert not sub_out["passed"] and sub_out["category"] == errors.WRONG_ANSWER, sub_out
+    assert sub_out["exception"] == "AssertionError", sub_out
     assert honest_out["passed"], honest_out
 
 
@@ -167,9 +172,10 @@ PLUS_CASES = {
     "forged marker from excepthook": ("import sys, os\n"
                                       f"sys.excepthook = lambda *a: (os.write(1, b{MARKER_LINE + chr(10)!r}), "
                                       "os._exit(0))\n"
-                                      "raise KeyboardInterrupt\n", errors.EARLY_EXIT, False),
+                                      "raise KeyboardInterrupt\n", errors.RUNTIME_ERROR, False),
     "forged marker, tests continue": (f"print({MARKER_LINE!r})\n", errors.WRONG_ANSWER, True),
-    "junk on fd 4": ("import os\nos.write(4, b'\\nx {\"outputs\": []}\\n')\n", errors.WRONG_ANSWER, True),
+    "junk on fd 4": ("import os\ntry:\n    os.write(4, b'\\nx {\"outputs\": []}\\n')\nexcept OSError:\n    pass\n",
+                     errors.WRONG_ANSWER, True),
     "sys.exit(0) at top level": ("import sys\nsys.exit(0)\n", errors.EARLY_EXIT, False),
 }
 
