@@ -186,7 +186,7 @@ _HEX_TEXT = frozenset("-0123456789abcdefx")
 def from_tree(node, depth=0):
     """The Python value of a :func:`tree`, built only from builtin types (``["?", ...]`` becomes an
     :class:`Opaque`, equal to nothing); anything malformed raises :class:`BadValue`."""
-    if depth > MAX_DEPTH:
+    if depth > MAX_DEPTH + 1:  # tree() ends deeper values with an opaque leaf at MAX_DEPTH + 1
         raise BadValue("a value nested too deeply")
     if type(node) is not list or not node or type(node[0]) is not str:
         raise BadValue(f"a malformed value {_clip(node)}")

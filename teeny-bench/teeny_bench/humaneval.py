@@ -387,7 +387,10 @@ def _compare(entry_point: str, inp: list, out: Any, exp: Any, atol: float) -> bo
 
 
 def _short(value: Any, length: int = 200) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's 4300-digit limit for decimal conversion
+        text = f"<a {type(value).__name__} too large to show>"
     return text if len(text) <= length else text[:length] + "..."
 
 

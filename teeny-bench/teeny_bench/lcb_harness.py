@@ -37,10 +37,14 @@ HEADER = "".join(f"from {m} import *\n" for m in HEADER_MODULES + ("builtins", "
 HEADER += "".join(f"import {m}\n" for m in HEADER_MODULES) + "sys.setrecursionlimit(50000)\n"
 HEADER_LINES = HEADER.count("\n")
 FULL_OUTPUT_BYTES = 1 << 20  # a larger printed output is reported as the digest of its stripped lines
+STATUS_BYTES = 8 << 20  # a test's report (an answer up to _channel.DIGEST_ABOVE, as a tree) is cut here
 
 
 def truncate(value, length=300):
-    text = value if isinstance(value, str) else repr(value)
+    try:
+        text = value if isinstance(value, str) else repr(value)
+    except ValueError:  # an int past Python's 4300-digit limit for decimal conversion
+        text = f"<a {type(value).__name__} too large to show>"
     return text if len(text) <= length else text[:length // 2] + "...(truncated)..." + text[-length // 2:]
 
 
@@ -136,15 +140,18 @@ def child(code, mode, func_name, test_input, cpu_seconds, status_fd, out_path, e
     os._exit(0)
 
 
-def wait_with_timeout(pid, seconds):
-    """(status, timed_out): waits for the child, killing its process group after ``seconds`` of wall time."""
+def wait_with_timeout(pid, seconds, status_fd):
+    """(status, timed_out, status bytes): waits for the child, reading what it writes on ``status_fd`` meanwhile
+    (a report larger than a pipe's buffer would otherwise block it), killing its process group after
+    ``seconds`` of wall time."""
     deadline = time.monotonic() + seconds
-    pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
+    received = bytearray()
+    watched = [status_fd]
     try:
         while True:
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
-                return status, False
+                break
             left = deadline - time.monotonic()
             if left <= 0:
                 for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
@@ -152,14 +159,21 @@ def wait_with_timeout(pid, seconds):
                         target()
                     except OSError:
                         pass
-                return os.waitpid(pid, 0)[1], True
-            if pidfd is not None:
-                select.select([pidfd], [], [], min(left, 1.0))
-            else:
-                time.sleep(min(left, 0.002))
+                return os.waitpid(pid, 0)[1], True, bytes(received)
+            if select.select(watched, [], [], min(left, 0.002 if not watched else 0.05))[0]:
+                chunk = os.read(status_fd, 1 << 16)
+                if not chunk:
+                    watched = []
+                elif len(received) < STATUS_BYTES:
+                    received += chunk
+        while watched and select.select(watched, [], [], 0)[0] and len(received) < STATUS_BYTES:
+            chunk = os.read(status_fd, 1 << 16)  # the rest, unless a leftover process holds the pipe open
+            if not chunk:
+                break
+            received += chunk
+        return status, False, bytes(received)
     finally:
-        if pidfd is not None:
-            os.close(pidfd)
+        os.close(status_fd)
 
 
 def run_test(code, problem, test_input, index, channel):
@@ -180,10 +194,9 @@ def run_test(code, problem, test_input, index, channel):
         finally:
             os._exit(70)
     os.close(write_fd)
-    status, timed_out = wait_with_timeout(pid, problem["timeout"])
+    status, timed_out, raw = wait_with_timeout(pid, problem["timeout"], read_fd)
     seconds = time.monotonic() - start
-    with os.fdopen(read_fd, "rb") as f:
-        raw = f.read(1 << 20).decode(errors="replace").strip()
+    raw = raw[:STATUS_BYTES].decode(errors="replace").strip()
     try:
         return _outcome(problem, raw, status, timed_out, out_path, err_path, seconds)
     finally:

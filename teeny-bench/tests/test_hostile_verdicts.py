@@ -257,3 +257,264 @@ def test_humaneval_mul_early_exit_fails(language):
     problem = next(p for p in load_mul(str(MUL_DATA), [language])[language] if p.problem == 53)
     (outcome,) = run_programs([(problem, EARLY_EXIT_BODIES[language])], timeout=20)
     assert not outcome["passed"] and outcome["category"] == errors.EARLY_EXIT, outcome
+
+
+# -- issue 20: HumanEval cheats that need no nonce -------------------------------------------------------------
+# The checks run in a process the solution never reaches; answers come back as plain builtin values.
+
+ALWAYS_TRUE_EQ = {  # an int subclass whose __eq__ is true whatever it is compared with, in ways that are not a
+    # plain Python function on the class (what the former in-process check looked for)
+    "C-level int.__ne__": "    class Y(int):\n        __eq__ = int.__ne__\n"
+                          "    return Y(not any(abs(a - b) < threshold for i, a in enumerate(numbers) "
+                          "for b in numbers[i + 1:]))\n",
+    "a callable instance": "    class T:\n        def __call__(self, *a):\n            return True\n"
+                           "    class Y(int):\n        __eq__ = T()\n    return Y(0)\n",
+    "functools.partial": "    import functools\n    class Y(int):\n"
+                         "        __eq__ = functools.partial(lambda *a: True)\n    return Y(0)\n",
+    "lru_cache method": "    import functools\n    class Y(int):\n        @functools.lru_cache\n"
+                        "        def __eq__(self, other):\n            return True\n        __hash__ = int.__hash__\n"
+                        "    return Y(0)\n",
+    "hidden behind a metaclass": "    class M(type):\n        def __getattribute__(cls, name):\n"
+                                 "            if name == '__eq__':\n                return int.__eq__\n"
+                                 "            return type.__getattribute__(cls, name)\n"
+                                 "    class Y(int, metaclass=M):\n        def __eq__(self, other):\n"
+                                 "            return True\n        __hash__ = int.__hash__\n    return Y(0)\n",
+}
+
+
+@pytest.mark.parametrize("name", list(ALWAYS_TRUE_EQ))
+def test_always_true_comparison_in_disguise(has_close_elements, name):
+    (outcome,) = grade_humaneval([(has_close_elements, ALWAYS_TRUE_EQ[name])], timeout=5)
+    assert not outcome["passed"] and outcome["category"] == errors.WRONG_ANSWER, outcome
+
+
+FLOAT_SUBCLASSES = {
+    "__sub__ returns 0": "    class F(float):\n        def __sub__(self, other):\n            return 0.0\n"
+                         "    return F(0.5)\n",
+    "__abs__ returns 0": "    class F(float):\n        def __sub__(self, other):\n"
+                         "            return F(float(self) - other)\n        def __abs__(self):\n"
+                         "            return 0.0\n    return F(0.5)\n",
+}
+
+
+@pytest.mark.parametrize("name", list(FLOAT_SUBCLASSES))
+def test_float_subclass_arithmetic_does_not_reach_the_checks(truncate_number, name):
+    (outcome,) = grade_humaneval([(truncate_number, FLOAT_SUBCLASSES[name])], timeout=5)
+    assert not outcome["passed"] and outcome["category"] == errors.WRONG_ANSWER, outcome
+
+
+SELF_RESTORING_CALLABLE = ("import builtins\n_real = builtins.callable\n"
+                           "def _fake(x):\n    builtins.callable = _real\n    return False\n"
+                           "builtins.callable = _fake\n")
+
+
+def test_self_restoring_builtin_cannot_skip_check(truncate_number):
+    wrong, right = grade_humaneval([(truncate_number, WRONG + "\n\n" + SELF_RESTORING_CALLABLE),
+                                    (truncate_number, RIGHT + "\n\n" + SELF_RESTORING_CALLABLE)], timeout=5)
+    assert not wrong["passed"] and wrong["category"] == errors.WRONG_ANSWER, wrong
+    assert right["passed"], right
+
+
+@pytest.fixture(scope="module")
+def find_zero():
+    """HumanEval/32: its test calls the prompt's ``poly``, ``math.fabs`` and ``random.Random(42)``."""
+    return load_problems()[32]
+
+
+FIND_ZERO_CHEATS = {  # body, top-level code after it
+    "top-level poly redefined": ("    return 0.0\n", "def poly(xs, x):\n    return 0.0\n"),
+    "math.fabs patched": ("    return 0.0\n", "import math\nmath.fabs = lambda x: 0.0\n"),
+    "fake random.Random": ("    return -1.0\n",  # all-ones coefficients of even length have the root -1
+                           "import random\nclass _R:\n    def __init__(self, *a):\n        pass\n"
+                           "    def randint(self, a, b):\n        return 1\nrandom.Random = _R\n"),
+}
+
+
+@pytest.mark.parametrize("name", list(FIND_ZERO_CHEATS))
+def test_patched_helpers_and_modules_do_not_reach_the_checks(find_zero, name):
+    body, top = FIND_ZERO_CHEATS[name]
+    (outcome,) = grade_humaneval([(find_zero, body + "\n\n" + top)], timeout=10)
+    assert not outcome["passed"] and outcome["category"] == errors.WRONG_ANSWER, outcome
+
+
+def test_find_zero_canonical_still_passes(find_zero):
+    (outcome,) = grade_humaneval([(find_zero, find_zero.canonical_solution)], timeout=10)
+    assert outcome["passed"], outcome
+
+
+def _one_problem_file(problem, tmp_path):
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps({"task_id": problem.task_id, "prompt": problem.prompt, "test": problem.test,
+                                "entry_point": problem.entry_point,
+                                "canonical_solution": problem.canonical_solution}) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("answer", [
+    "```python\nimport math\n\ndef poly(xs, x):\n    return 0.0\n\ndef find_zero(xs):\n    return 0.0\n```",
+    "```python\nimport builtins\n_real = builtins.callable\n\ndef _fake(x):\n    builtins.callable = _real\n"
+    "    return False\n\nbuiltins.callable = _fake\n\ndef find_zero(xs):\n    return 0.0\n```",
+])
+def test_evaluator_chat_answers_that_patch_the_checks(find_zero, answer, tmp_path):
+    ctx = MemoryContext(cache_dir=tmp_path)
+    options = HumanEvalOptions(prompt_style="chat", path=str(_one_problem_file(find_zero, tmp_path)))
+    HumanEval().evaluate(_Canned(answer, True), options, ctx)
+    (record,) = ctx.records
+    assert record["passed"] is False and record["category"] == errors.WRONG_ANSWER, record
+
+
+def test_a_forked_impostor_is_an_early_exit(truncate_number):
+    """The solution process forks and exits; the child, holding the pipes, answers (outside the CPU clock)."""
+    top = "import os\nif os.fork():\n    os._exit(0)\n"
+    (outcome,) = grade_humaneval([(truncate_number, RIGHT + "\n\n" + top)], timeout=5)
+    assert not outcome["passed"] and outcome["category"] == errors.EARLY_EXIT, outcome
+
+
+def test_reading_the_checkers_memory_or_fds_through_proc_fails(truncate_number):
+    """The checker is not dumpable: its /proc/<pid>/mem, environ and fd/4 are closed to the solution."""
+    top = ("import os\nopened = []\nfor path in ('/proc/%d/fd/4' % os.getppid(), '/proc/%d/mem' % os.getppid(),\n"
+           "             '/proc/%d/environ' % os.getppid()):\n    try:\n        os.close(os.open(path, os.O_RDONLY))\n"
+           "        opened.append(path)\n    except OSError:\n        pass\nassert not opened, opened\n")
+    (outcome,) = grade_humaneval([(truncate_number, RIGHT + "\n\n" + top)], timeout=5)
+    assert outcome["passed"], outcome
+
+
+def test_solution_exceptions_keep_their_category(truncate_number):
+    """A builtin exception type crosses back by name (a test's ``except ValueError`` still works); a solution
+    that catches the harness's own stop or raises BaseException still fails."""
+    bodies = ["    raise ValueError('no')\n", "    raise KeyboardInterrupt\n", "    return undefined_name\n",
+              "    class Mine(Exception):\n        pass\n    raise Mine()\n"]
+    outcomes = grade_humaneval([(truncate_number, b) for b in bodies], timeout=5)
+    assert [o["category"] for o in outcomes] == [errors.RUNTIME_ERROR, errors.RUNTIME_ERROR, errors.NAME_ERROR,
+                                                 errors.RUNTIME_ERROR], outcomes
+    assert [o["exception"] for o in outcomes] == ["ValueError", "KeyboardInterrupt", "NameError", "Mine"]
+
+
+def test_a_huge_or_deep_answer_is_a_failed_sample(truncate_number):
+    bodies = ["    return 'x' * (40 << 20)\n",
+              "    v = []\n    for _ in range(100000):\n        v = [v]\n    return v\n",
+              "    return 10 ** 100000\n"]
+    outcomes = grade_humaneval([(truncate_number, b) for b in bodies], timeout=10)
+    assert not any(o["passed"] for o in outcomes), outcomes
+    assert all(o["category"] in (errors.WRONG_ANSWER, errors.RUNTIME_ERROR) for o in outcomes), outcomes
+
+
+def test_an_endless_solution_is_killed_from_outside(truncate_number):
+    """The per-run CPU budget is read on the solution process's clock by the checker, which kills it."""
+    body = "    import signal\n    signal.signal(signal.SIGXCPU, signal.SIG_IGN)\n    while True:\n        pass\n"
+    (outcome,) = grade_humaneval([(truncate_number, body)], timeout=1)
+    assert not outcome["passed"] and outcome["category"] == errors.TIMEOUT, outcome
+
+
+# -- issue 20: HumanEval-Mul's Python column --------------------------------------------------------------------
+
+MUL_PYTHON_CHEATS = {
+    "always-equal object": "    class Yes:\n        def __eq__(self, other):\n            return True\n"
+                           "    return Yes()\n",
+    "atexit writes the nonce's report": "    return 0\n\nimport atexit, os\natexit.register(lambda: os.write(4, "
+                                        "('\\n' + __teeny_nonce + ' {\"done\": true}\\n').encode()))\n",
+    "the body writes the report": "    import os\n    os.write(4, ('\\n' + globals()['__teeny_nonce'] + "
+                                  "' {\"done\": true}\\n').encode())\n    os._exit(0)\n",
+}
+
+
+@pytest.mark.parametrize("name", list(MUL_PYTHON_CHEATS))
+def test_humaneval_mul_python_cheats_fail(name):
+    from teeny_bench.multipl_e import load_problems as load_mul, run_programs
+
+    problem = next(p for p in load_mul(str(MUL_DATA), ["python"])["python"] if p.problem == 53)
+    wrong, right = run_programs([(problem, MUL_PYTHON_CHEATS[name]), (problem, "    return x + y\n")], timeout=10)
+    assert not wrong["passed"], wrong
+    assert right["passed"], right
+
+
+# -- issue 20: the CPU limit cannot be switched off from inside ----------------------------------------------------
+
+SLOW_DOUBLE = ("    import time\n    start = time.process_time()\n    while time.process_time() - start < 0.8:\n"
+               "        pass\n    return 2 * x\n")
+TIMER_CHEATS = {
+    "setitimer replaced": "import signal\nsignal.setitimer = lambda *a, **k: (0.0, 0.0)\n",
+    "SIGPROF ignored": "import signal\nsignal.signal(signal.SIGPROF, signal.SIG_IGN)\n",
+    "SIGXCPU ignored": "import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\n",
+}
+
+
+@pytest.mark.parametrize("name", list(TIMER_CHEATS))
+def test_humaneval_plus_time_limit_holds(plus, name):
+    problem, grader = plus  # every input gets max(0.5 s, 4x the reference's time): 0.8 s is over it
+    (outcome,) = grader.grade([(problem, SLOW_DOUBLE + "\n\n" + TIMER_CHEATS[name])])
+    assert not outcome["passed"] and outcome["category"] == errors.TIMEOUT, outcome
+    assert outcome["failed_input"] == 0, outcome
+
+
+# -- issue 20: the parent parses what it is told defensively ------------------------------------------------------
+
+def _result(status="ok"):
+    from teeny_bench.sandbox import Result
+
+    return Result(status=status, returncode=0, stdout="", stderr="", seconds=0.1, network_isolated=True)
+
+
+FORGED_PLUS_REPORTS = {
+    "outputs is 5": {"outputs": 5, "times": [], "failed": None},
+    "outputs [5, ...]": {"outputs": [5, 5, 5, 5], "times": [0, 0, 0, 0], "failed": None},
+    "no outputs": {"times": [], "failed": None},
+    "returned ['F', 'abc']": {"outputs": [{"v": ["F", "abc"]}] * 4, "times": [0] * 4, "failed": None},
+    "too many outputs": {"outputs": [{"v": ["I", "2"]}] * 9, "times": [0] * 9, "failed": None},
+    "failed index out of range": {"outputs": [], "times": [], "failed": {"index": 99, "error": "X", "detail": ""}},
+    "failed is 7": {"outputs": [], "times": [], "failed": 7},
+    "times are strings": {"outputs": [{"v": ["I", "2"]}], "times": ["x"], "failed": None},
+}
+
+
+@pytest.mark.parametrize("name", list(FORGED_PLUS_REPORTS))
+def test_humaneval_plus_forged_reports_are_failed_samples(plus, name):
+    problem, grader = plus
+    grader._reference[problem.task_id] = {"outputs": [{"v": ["I", str(2 * x)]} for x in (1, 2, 10, -3)],
+                                          "times": [0.0] * 4}
+    outcome = grader._outcome(problem, _result(), FORGED_PLUS_REPORTS[name])
+    assert not outcome["passed"] and not outcome["passed_base"], outcome
+    assert outcome["category"] == errors.RUNTIME_ERROR and "malformed report" in outcome["detail"], outcome
+
+
+@pytest.mark.parametrize("report", [{"failed": 7}, {"failed": {"error": 5, "detail": ""}}, {"done": True}, {}])
+def test_humaneval_forged_reports_are_failed_samples(report):
+    category, detail = errors.classify_harness(_result(), report)
+    assert category == errors.RUNTIME_ERROR and "malformed report" in detail
+
+
+FORGED_LCB_REPORTS = {
+    "results is 7": {"results": 7},
+    "no results": {},
+    "results [5]": {"results": [5]},
+    "returned ['F', 'abc']": {"results": [{"returned": ["F", "abc"]}]},
+    "returned {'v': ['F', 'abc']}": {"results": [{"returned": {"v": ["F", "abc"]}}]},
+    "a printed number": {"results": [{"printed": 6}]},
+    "compile_error is 3": {"compile_error": 3},
+    "too many results": {"results": [{"printed": "6"}] * 5},
+}
+
+
+@pytest.mark.parametrize("name", list(FORGED_LCB_REPORTS))
+def test_livecodebench_forged_reports_are_failed_samples(name):
+    from teeny_bench.livecodebench import verdict_from_report
+
+    mode = "functional" if "returned" in name else "stdin"
+    verdict = verdict_from_report(_lcb(mode), _result(), FORGED_LCB_REPORTS[name])
+    assert verdict["verdict"] == "runtime_error" and "malformed report" in verdict["detail"], verdict
+
+
+@pytest.mark.parametrize("printed", ["sNaN", "NaN", "Infinity", "-sNaN 3", "9" * 5000, "1e999999999999"])
+def test_livecodebench_odd_numbers_are_wrong_answers(printed):
+    problem = _lcb("stdin")
+    (verdict,) = grade_programs([problem], [f"print({printed!r})\n"], LcbOptions(timeout=2.0))
+    assert verdict["verdict"] == "wrong_answer", verdict
+
+
+def test_livecodebench_sandbox_answers_that_do_not_decode_are_failed_samples():
+    problem = _lcb("functional")
+    deep = "class Solution:\n    def double(self, n):\n        v = []\n        for _ in range(10000):\n" \
+           "            v = [v]\n        return v\n"
+    huge = "class Solution:\n    def double(self, n):\n        return 10 ** 100000\n"
+    verdicts = grade_programs([problem, problem], [deep, huge], LcbOptions(timeout=5.0))
+    assert [v["verdict"] for v in verdicts] == ["wrong_answer", "wrong_answer"], verdicts
