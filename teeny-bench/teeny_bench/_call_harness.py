@@ -241,6 +241,9 @@ class Solution:
         """The raw reply to one call (an encoded answer, a handle, or ``raised``)."""
         request = {"handle": handle, "method": method, "args": [_channel.tree(a) for a in args],
                    "kwargs": {str(k): _channel.tree(v) for k, v in kwargs.items()}}
+        if '["?", ' in json.dumps([request["args"], request["kwargs"]]):  # the tag; inside a string it is escaped
+            raise Stop("UnsupportedArgument", f"{what}: the test passes an argument that is not of builtin types "
+                                              "(only those cross to the solution's process)")
         return self.exchange(request, limit, what)
 
     def value(self, reply, what):
@@ -259,14 +262,15 @@ class Solution:
 
 
 def _namespace_cpu():
-    """CPU seconds of every live process in the sandbox's PID namespace but its init (1) and this checker: the
-    solution process and whatever it started. 0 when this is not a PID namespace of our own."""
-    if os.getpid() != 2:
+    """CPU seconds of every live process in the sandbox's PID namespace but its init and this checker: the
+    solution process and whatever it started. 0 when this is not a PID namespace of our own (whose init, pid 1,
+    started this checker)."""
+    if os.getppid() != 1:
         return 0.0
-    ticks = os.sysconf("SC_CLK_TCK")
+    ticks, mine = os.sysconf("SC_CLK_TCK"), str(os.getpid())
     total = 0
     for name in os.listdir("/proc"):
-        if not name.isdigit() or name in ("1", "2"):
+        if not name.isdigit() or name in ("1", mine):
             continue
         try:
             with open(f"/proc/{name}/stat", "rb") as f:

@@ -447,6 +447,18 @@ def test_humaneval_plus_time_limit_holds(plus, name):
     assert outcome["failed_input"] == 0, outcome
 
 
+def test_humaneval_plus_time_limit_counts_work_handed_to_a_child(plus):
+    """The solution process waits, idle, while a forked child burns the CPU: the sandbox's PID namespace is
+    counted once the call is over its limit in wall time."""
+    problem, grader = plus
+    body = ("    import os, time\n    r, w = os.pipe()\n    if os.fork() == 0:\n        start = time.process_time()\n"
+            "        while time.process_time() - start < 3:\n            pass\n        os.write(w, b'x')\n"
+            "        os._exit(0)\n    os.read(r, 1)\n    return 2 * x\n")
+    (outcome,) = grader.grade([(problem, body)])
+    assert not outcome["passed"] and outcome["category"] == errors.TIMEOUT, outcome
+    assert outcome["failed_input"] == 0 and "0.50 s CPU" in outcome["detail"], outcome
+
+
 # -- issue 20: the parent parses what it is told defensively ------------------------------------------------------
 
 def _result(status="ok"):

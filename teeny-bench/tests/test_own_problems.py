@@ -115,3 +115,18 @@ def test_a_record_without_solutions_cannot_be_checked(tmp_path):
 
     with pytest.raises(TeenyError, match="neither a canonical_solution nor solutions"):
         check_canonical(str(path))
+
+
+def test_arguments_of_prompt_defined_classes_are_a_clear_failure(tmp_path):
+    """Only builtin values cross to the solution's process: a test passing an object of a prompt-defined class
+    fails with a detail that says so (not as the solution's fault)."""
+    record = {"task_id": "local/node", "prompt": "class Node:\n    def __init__(self, v):\n        self.v = v\n\n\n"
+                                                "def value(node):\n    \"\"\"The node's value.\"\"\"\n",
+              "test": "def check(candidate):\n    assert candidate(Node(3)) == 3\n",
+              "canonical_solution": "    return node.v\n"}
+    path = tmp_path / "nodes.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    (problem,) = load_problems(path)
+    (outcome,) = grade_humaneval([(problem, problem.canonical_solution)], timeout=5)
+    assert not outcome["passed"] and outcome["category"] == errors.RUNTIME_ERROR, outcome
+    assert "not of builtin types" in outcome["detail"] and outcome["exception"] == "UnsupportedArgument"
