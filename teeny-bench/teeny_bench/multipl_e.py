@@ -223,6 +223,116 @@ def assemble(problem: MulProblem, completion: str) -> str:
     return read + prompt + completion + "\n" + tests + write
 
 
+# JavaScript and TypeScript tests are regular: ``assert.deepEqual(candidate(ARGS),EXPECTED);``. Such a program
+# only records each answer (as JSON) and reports them all with the nonce; the expected values stay here.
+_JS_ASSERT = "assert.deepEqual("
+_JS_RECORD = {
+    "js": ("const __teeny_answers = [];\n"
+           "const __teeny_json = (x) => String(JSON.stringify(x === undefined ? null : x));\n"),
+    "ts": ("const __teeny_answers: string[] = [];\n"
+           "const __teeny_json = (x: any): string => String(JSON.stringify(x === undefined ? null : x));\n"),
+}
+_JS_REPORT = ("\nrequire('fs').writeSync(4, '\\n' + __teeny_nonce + ' ' + JSON.stringify({answers: __teeny_answers})"
+              " + '\\n');\n")
+
+
+def recorded_js_tests(tests: str) -> tuple[str, list[Any]] | None:
+    """JavaScript/TypeScript tests with every ``assert.deepEqual(candidate(ARGS),EXPECTED);`` replaced by a
+    line that records the answer, and the expected values (JSON, ``undefined`` as null: the legacy
+    ``deepEqual`` has ``null == undefined``); None when a test has another shape."""
+    lines, expected = [], []
+    for line in tests.split("\n"):
+        stripped = line.strip()
+        if not stripped.startswith(_JS_ASSERT):
+            if "assert" in stripped.replace("const assert = require('node:assert');", ""):
+                return None
+            lines.append(line)
+            continue
+        inner = stripped[len(_JS_ASSERT):-2] if stripped.endswith(");") else ""
+        comma = _top_level_comma(inner)
+        value = _js_literal(inner[comma + 1:]) if comma > 0 else _NOT_A_LITERAL
+        if value is _NOT_A_LITERAL:
+            return None
+        lines.append(f"{line[:len(line) - len(line.lstrip())]}__teeny_answers.push(__teeny_json({inner[:comma]}));")
+        expected.append(value)
+    return ("\n".join(lines), expected) if expected else None
+
+
+_NOT_A_LITERAL = object()
+
+
+def _top_level_comma(text: str) -> int:
+    """Where the first comma outside brackets and strings is, or -1."""
+    depth, quote, i = 0, "", 0
+    while i < len(text):
+        c = text[i]
+        if quote:
+            if c == "\\":
+                i += 1
+            elif c == quote:
+                quote = ""
+        elif c in "\"'`":
+            quote = c
+        elif c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif c == "," and depth == 0:
+            return i
+        i += 1
+    return -1
+
+
+def _js_literal(text: str) -> Any:
+    """A JavaScript literal that is JSON once ``undefined`` is null (the test data's expected values)."""
+    out, quote, i = [], "", 0
+    while i < len(text):
+        c = text[i]
+        if quote:
+            if c == "\\":
+                out.append(text[i:i + 2])
+                i += 2
+                continue
+            quote = "" if c == quote else quote
+        elif c == '"':
+            quote = c
+        elif text.startswith("undefined", i):
+            out.append("null")
+            i += len("undefined")
+            continue
+        out.append(c)
+        i += 1
+    try:
+        return json.loads("".join(out))
+    except (ValueError, RecursionError):
+        return _NOT_A_LITERAL
+
+
+def assemble_recorded(problem: MulProblem, completion: str, tests: str) -> str:
+    """A JavaScript/TypeScript program whose tests only record answers (:func:`recorded_js_tests`)."""
+    read = CHANNEL_CODE[problem.language][0]
+    return read + _JS_RECORD[problem.language] + problem.prompt + completion + "\n" + tests + _JS_REPORT
+
+
+def classify_answers(toolchain: Toolchain, result: Any, report: dict[str, Any] | None,
+                     expected: list[Any]) -> tuple[bool, str, str]:
+    """``(passed, category, detail)`` of a program that reported its answers: compared here, in order, with
+    the expected values (what the program reports is checked for shape first)."""
+    if report is None or result.status not in ("ok", "error"):
+        return classify(toolchain, result, None)
+    answers = report.get("answers")
+    if type(answers) is not list or len(answers) != len(expected) or not all(type(a) is str for a in answers):
+        return False, errors.RUNTIME_ERROR, f"malformed report: not {len(expected)} answers as JSON texts"
+    for i, (got, want) in enumerate(zip(answers, expected)):
+        try:
+            value = json.loads(got)
+        except (ValueError, RecursionError):
+            return False, errors.RUNTIME_ERROR, f"malformed report: answer #{i + 1} is not JSON"
+        if value != want:
+            return False, errors.WRONG_ANSWER, f"test {i + 1}: expected {_tail(json.dumps(want), 200)}, got {_tail(got, 200)}"
+    return True, errors.PASSED, ""
+
+
 def chat_message(problem: MulProblem) -> str:
     """The instruction for chat models: complete the function, answer in one fenced block."""
     lang = toolchains.DISPLAY_NAMES[problem.language]
@@ -344,7 +454,10 @@ def run_programs(items: list[tuple[MulProblem, str]], timeout: float = 10.0, *, 
     from teeny_bench.sandbox import Result
 
     chains = {lang: toolchains.prepared(toolchains.detect(lang, path)) for lang in {p.language for p, _ in items}}
-    programs = [assemble(p, c) if p.language != "python" else "" for p, c in items]
+    recorded = {i: recorded_js_tests(p.tests) for i, (p, _) in enumerate(items) if p.language in _JS_RECORD}
+    recorded = {i: split for i, split in recorded.items() if split is not None}
+    programs = [assemble_recorded(p, c, recorded[i][0]) if i in recorded else
+                assemble(p, c) if p.language != "python" else "" for i, (p, c) in enumerate(items)]
     ts_items = [i for i, (p, _) in enumerate(items) if p.language == "ts" and chains["ts"].available]
     precompiled: dict[int, tuple[bool, str]] = {}
     if ts_items:
@@ -378,7 +491,10 @@ def run_programs(items: list[tuple[MulProblem, str]], timeout: float = 10.0, *, 
                         "detail": f"{chain.name} toolchain not installed (missing: {', '.join(chain.missing)})"})
             continue
         result, report = results[i]
-        passed, category, detail = classify(chain, result, report)
+        if i in recorded:
+            passed, category, detail = classify_answers(chain, result, report, recorded[i][1])
+        else:
+            passed, category, detail = classify(chain, result, report)
         out.append({"passed": passed, "category": category, "detail": detail, "seconds": result.seconds})
     return out
 

@@ -530,3 +530,40 @@ def test_livecodebench_sandbox_answers_that_do_not_decode_are_failed_samples():
     huge = "class Solution:\n    def double(self, n):\n        return 10 ** 100000\n"
     verdicts = grade_programs([problem, problem], [deep, huge], LcbOptions(timeout=5.0))
     assert [v["verdict"] for v in verdicts] == ["wrong_answer", "wrong_answer"], verdicts
+
+
+# -- issue 20: HumanEval-Mul JavaScript and TypeScript: the expected values stay in the parent --------------------
+
+JS_CHEATS = {  # HumanEval 53 (add); each answers 0, which is wrong
+    "assert.deepEqual replaced": ("js", "  return 0;\n}\nrequire('node:assert').deepEqual = () => {};\n"),
+    "assert.deepEqual replaced (TypeScript)": ("ts", "  return 0;\n}\nrequire('node:assert').deepEqual = () => {};\n"),
+    "the exit handler writes the report": ("js", "  process.on('exit', () => require('fs').writeSync(4, '\\n' + "
+                                                 "__teeny_nonce + ' {\"done\": true}\\n'));\n  process.exit(0);\n"
+                                                 "}\n"),
+    "forged answers for every test": ("js", "  require('fs').writeSync(4, '\\n' + __teeny_nonce + ' ' + "
+                                            "JSON.stringify({answers: Array(9).fill('0')}) + '\\n');\n"
+                                            "  process.exit(0);\n}\n"),
+}
+
+
+@pytest.mark.parametrize("name", list(JS_CHEATS))
+def test_humaneval_mul_javascript_cheats_fail(name):
+    from teeny_bench.multipl_e import load_problems as load_mul, run_programs
+
+    language, completion = JS_CHEATS[name]
+    if not toolchains.detect(language).available:
+        pytest.skip(f"{language} toolchain not installed")
+    problem = next(p for p in load_mul(str(MUL_DATA), [language])[language] if p.problem == 53)
+    wrong, right = run_programs([(problem, completion), (problem, "  return x + y;\n}\n")], timeout=20)
+    assert not wrong["passed"], wrong
+    assert right["passed"], right
+
+
+def test_humaneval_mul_javascript_expected_values_are_not_in_the_program():
+    from teeny_bench.multipl_e import assemble_recorded, load_problems as load_mul, recorded_js_tests
+
+    problem = next(p for p in load_mul(str(MUL_DATA), ["js"])["js"] if p.problem == 53)
+    tests, expected = recorded_js_tests(problem.tests)
+    program = assemble_recorded(problem, "  return x + y;\n}\n", tests)
+    assert expected[:3] == [1, 1, 5] and "assert.deepEqual" not in program
+    assert "__teeny_answers.push(__teeny_json(candidate(0, 1)));" in program
