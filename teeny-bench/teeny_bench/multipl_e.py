@@ -7,7 +7,8 @@ HumanEval's own format (``task_id``, ``prompt``, ``test`` ending in ``check(...)
 MultiPL-E's terms forbid training or calibrating on it.
 
 Python is graded as ``humaneval`` is (:func:`python_job`): the solution answers calls in a process of its
-own, the tests run in a checker process it cannot reach. For the other languages a program is
+own, the tests run in a checker process it cannot reach. JavaScript and TypeScript programs only record their
+answers, which are compared here (:func:`recorded_js_tests`). For the other languages a program is
 ``prompt + completion + "\\n" + tests``, built and run in the sandbox with the language's toolchain
 (:mod:`teeny_bench.toolchains`). Unlike MultiPL-E, exit status 0 does not pass by itself: the program reads a
 nonce from the sandbox's channel before the solution runs and writes it back after the last test
