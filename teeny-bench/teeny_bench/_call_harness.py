@@ -423,6 +423,7 @@ def main():
     guard = _channel.Guard()
     with open("job.json") as f:
         job = json.load(f)
+    sys.path.extend(job["site_dirs"])  # installed packages a test may import (the checker started with -S)
     with open("solution.py") as f:
         source = f.read()
     test, inputs = "", []
