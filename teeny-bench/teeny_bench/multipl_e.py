@@ -330,7 +330,8 @@ def classify_answers(toolchain: Toolchain, result: Any, report: dict[str, Any] |
         except (ValueError, RecursionError):
             return False, errors.RUNTIME_ERROR, f"malformed report: answer #{i + 1} is not JSON"
         if value != want:
-            return False, errors.WRONG_ANSWER, f"test {i + 1}: expected {_tail(json.dumps(want), 200)}, got {_tail(got, 200)}"
+            return (False, errors.WRONG_ANSWER,
+                    f"test {i + 1}: expected {_tail(json.dumps(want), 200)}, got {_tail(got, 200)}")
     return True, errors.PASSED, ""
 
 
