@@ -7,8 +7,8 @@ HumanEval's own format (``task_id``, ``prompt``, ``test`` ending in ``check(...)
 MultiPL-E's terms forbid training or calibrating on it.
 
 Python is graded as ``humaneval`` is (:func:`python_job`): the solution answers calls in a process of its
-own, the tests run in a checker process it cannot reach. JavaScript and TypeScript programs only record their
-answers, which are compared here (:func:`recorded_js_tests`). For the other languages a program is
+own, the tests run in a checker process it cannot reach. JavaScript, TypeScript and PHP programs only record
+their answers, which are compared here (:func:`recorded_tests`). For the other languages a program is
 ``prompt + completion + "\\n" + tests``, built and run in the sandbox with the language's toolchain
 (:mod:`teeny_bench.toolchains`). Unlike MultiPL-E, exit status 0 does not pass by itself: the program reads a
 nonce from the sandbox's channel before the solution runs and writes it back after the last test
@@ -264,6 +264,12 @@ _NOT_A_LITERAL = object()
 
 def _top_level_comma(text: str) -> int:
     """Where the first comma outside brackets and strings is, or -1."""
+    return _top_level(text, ",")
+
+
+def _top_level(text: str, stops: str) -> int:
+    """Where the first of ``stops`` outside strings and nested brackets is (a closing bracket counts there
+    when it closes nothing opened in ``text``), or -1."""
     depth, quote, i = 0, "", 0
     while i < len(text):
         c = text[i]
@@ -274,12 +280,12 @@ def _top_level_comma(text: str) -> int:
                 quote = ""
         elif c in "\"'`":
             quote = c
+        elif depth == 0 and c in stops:
+            return i
         elif c in "([{":
             depth += 1
         elif c in ")]}":
             depth -= 1
-        elif c == "," and depth == 0:
-            return i
         i += 1
     return -1
 
@@ -309,27 +315,175 @@ def _js_literal(text: str) -> Any:
         return _NOT_A_LITERAL
 
 
+# PHP tests are regular too: ``if (candidate(ARGS) !== EXPECTED) { throw new Exception("Test failed!"); }``.
+_PHP_TEST = ("if (candidate(", ') { throw new Exception("Test failed!"); }')
+_PHP_RECORD = "$__teeny_answers = [];\n"
+_PHP_REPORT = ('\nfile_put_contents("php://fd/4", "\\n" . $__teeny_nonce . " " . '
+               'json_encode(["answers" => $__teeny_answers]) . "\\n");\n')
+
+
+def recorded_php_tests(tests: str) -> tuple[str, list[Any]] | None:
+    """PHP tests with every ``if (candidate(ARGS) !== EXPECTED) ...`` replaced by a line that records the
+    answer's ``json_encode`` (floats keep their ``.0``), and the expected values as that JSON reads
+    (:func:`_php_literal`); None when a test has another shape."""
+    lines, expected = [], []
+    for line in tests.split("\n"):
+        stripped = line.strip()
+        if not stripped.startswith(_PHP_TEST[0]):
+            if "Test failed" in stripped or ("candidate(" in stripped and "function candidate(" not in stripped):
+                return None
+            lines.append(line)
+            continue
+        rest = stripped[len(_PHP_TEST[0]):]
+        end = _top_level(rest, ")")
+        if end < 0 or not rest[end:].startswith(") !== ") or not rest.endswith(_PHP_TEST[1]):
+            return None
+        value = _php_literal(rest[end + len(") !== "):-len(_PHP_TEST[1])])
+        if value is _NOT_A_LITERAL:
+            return None
+        lines.append(f"{line[:len(line) - len(line.lstrip())]}$GLOBALS['__teeny_answers'][] = "
+                     f"json_encode(candidate({rest[:end]}), JSON_PRESERVE_ZERO_FRACTION);")
+        expected.append(value)
+    return ("\n".join(lines), expected) if expected else None
+
+
+class _PhpObject(tuple):
+    """A JSON object as ordered ``(key, value)`` pairs: PHP's ``===`` on arrays also compares the order."""
+
+
+def _php_json(text: str) -> Any:
+    return json.loads(text, object_pairs_hook=lambda pairs: _PhpObject(pairs))
+
+
+def _identical(a: Any, b: Any) -> bool:
+    """PHP's ``===`` on values read from ``json_encode``: same types (``1`` is not ``1.0``), arrays in order."""
+    if type(a) is not type(b):
+        return False
+    if type(a) in (list, _PhpObject):
+        return len(a) == len(b) and all(_identical(x, y) for x, y in zip(a, b))
+    if type(a) is tuple:  # a key and its value
+        return a[0] == b[0] and _identical(a[1], b[1])
+    return bool(a == b)
+
+
+_PHP_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "v": "\v", "e": "\x1b", "f": "\f", "\\": "\\", "$": "$", '"': '"'}
+_PHP_NUMBER = re.compile(r"-?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?")
+
+
+def _php_literal(text: str) -> Any:
+    """A PHP literal (numbers, strings, true/false/null, ``array(...)``/``[...]`` with or without keys) as its
+    ``json_encode`` reads back: a list for keys 0..n-1, else a :class:`_PhpObject` with string keys."""
+    try:
+        value, end = _php_value(text, _php_space(text, 0))
+    except (ValueError, IndexError, RecursionError):
+        return _NOT_A_LITERAL
+    return value if _php_space(text, end) == len(text) else _NOT_A_LITERAL
+
+
+def _php_space(text: str, i: int) -> int:
+    while i < len(text) and text[i].isspace():
+        i += 1
+    return i
+
+
+def _php_value(text: str, i: int) -> tuple[Any, int]:
+    for word, value in (("true", True), ("false", False), ("null", None)):
+        if text[i:i + len(word)].lower() == word and not text[i + len(word):i + len(word) + 1].isalnum():
+            return value, i + len(word)
+    if text.startswith("array(", i) or text.startswith("[", i):
+        return _php_array(text, i + (6 if text[i] == "a" else 1), ")" if text[i] == "a" else "]")
+    if text[i] in "\"'":
+        return _php_string(text, i)
+    number = _PHP_NUMBER.match(text, i)
+    if not number:
+        raise ValueError(f"not a PHP literal at {i}")
+    digits = number.group()
+    return (float(digits) if any(c in digits for c in ".eE") else int(digits)), number.end()
+
+
+def _php_array(text: str, i: int, close: str) -> tuple[Any, int]:
+    pairs: list[tuple[Any, Any]] = []
+    next_key = 0
+    i = _php_space(text, i)
+    while text[i] != close:
+        first, i = _php_value(text, i)
+        i = _php_space(text, i)
+        if text.startswith("=>", i):
+            key = int(first) if type(first) is str and re.fullmatch(r"-?[1-9]\d*|0", first) else first
+            if type(key) not in (int, str):
+                raise ValueError("an array key must be an int or a string")
+            value, i = _php_value(text, _php_space(text, i + 2))
+            i = _php_space(text, i)
+        else:
+            key, value = next_key, first
+        pairs = [p for p in pairs if p[0] != key] + [(key, value)]
+        if type(key) is int:
+            next_key = max(next_key, key + 1)
+        if text[i] == ",":
+            i = _php_space(text, i + 1)
+        elif text[i] != close:
+            raise ValueError("expected , or the array's end")
+    if [k for k, _ in pairs] == list(range(len(pairs))):
+        return [v for _, v in pairs], i + 1
+    return _PhpObject((str(k), v) for k, v in pairs), i + 1
+
+
+def _php_string(text: str, i: int) -> tuple[str, int]:
+    quote, out, i = text[i], [], i + 1
+    while text[i] != quote:
+        c = text[i]
+        if c == "\\" and quote == "'" and text[i + 1] in "\\'":
+            out.append(text[i + 1])
+            i += 2
+        elif c == "\\" and quote == '"' and text[i + 1] in _PHP_ESCAPES:
+            out.append(_PHP_ESCAPES[text[i + 1]])
+            i += 2
+        elif c == "\\" and quote == '"' and text[i + 1] in "0123456789xu":
+            raise ValueError("numeric escapes are not read")
+        elif c == "$" and quote == '"' and (text[i + 1].isalpha() or text[i + 1] in "_{"):
+            raise ValueError("an interpolated string")
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out), i + 1
+
+
+def recorded_tests(problem: MulProblem) -> tuple[str, list[Any]] | None:
+    """The problem's tests rewritten to record answers, and the expected values, for the languages whose tests
+    allow it (JavaScript, TypeScript, PHP); None otherwise."""
+    if problem.language in _JS_RECORD:
+        return recorded_js_tests(problem.tests)
+    if problem.language == "php":
+        return recorded_php_tests(problem.tests)
+    return None
+
+
 def assemble_recorded(problem: MulProblem, completion: str, tests: str) -> str:
-    """A JavaScript/TypeScript program whose tests only record answers (:func:`recorded_js_tests`)."""
+    """A program whose tests only record answers (:func:`recorded_tests`) and report them with the nonce."""
     read = CHANNEL_CODE[problem.language][0]
+    if problem.language == "php":
+        prompt = problem.prompt[len("<?php\n"):] if problem.prompt.startswith("<?php\n") else problem.prompt
+        return "<?php\n" + read + _PHP_RECORD + prompt + completion + "\n" + tests + _PHP_REPORT
     return read + _JS_RECORD[problem.language] + problem.prompt + completion + "\n" + tests + _JS_REPORT
 
 
 def classify_answers(toolchain: Toolchain, result: Any, report: dict[str, Any] | None,
                      expected: list[Any]) -> tuple[bool, str, str]:
     """``(passed, category, detail)`` of a program that reported its answers: compared here, in order, with
-    the expected values (what the program reports is checked for shape first)."""
+    the expected values (what the program reports is checked for shape first). PHP's answers must be
+    identical (``!==``); JavaScript's equal as JSON values."""
     if report is None or result.status not in ("ok", "error"):
         return classify(toolchain, result, None)
     answers = report.get("answers")
     if type(answers) is not list or len(answers) != len(expected) or not all(type(a) is str for a in answers):
         return False, errors.RUNTIME_ERROR, f"malformed report: not {len(expected)} answers as JSON texts"
+    php = toolchain.language == "php"
     for i, (got, want) in enumerate(zip(answers, expected)):
         try:
-            value = json.loads(got)
+            value = _php_json(got) if php else json.loads(got)
         except (ValueError, RecursionError):
             return False, errors.RUNTIME_ERROR, f"malformed report: answer #{i + 1} is not JSON"
-        if value != want:
+        if not (_identical(value, want) if php else value == want):
             return (False, errors.WRONG_ANSWER,
                     f"test {i + 1}: expected {_tail(json.dumps(want), 200)}, got {_tail(got, 200)}")
     return True, errors.PASSED, ""
@@ -456,7 +610,7 @@ def run_programs(items: list[tuple[MulProblem, str]], timeout: float = 10.0, *, 
     from teeny_bench.sandbox import Result
 
     chains = {lang: toolchains.prepared(toolchains.detect(lang, path)) for lang in {p.language for p, _ in items}}
-    recorded = {i: recorded_js_tests(p.tests) for i, (p, _) in enumerate(items) if p.language in _JS_RECORD}
+    recorded = {i: recorded_tests(p) for i, (p, _) in enumerate(items)}
     recorded = {i: split for i, split in recorded.items() if split is not None}
     programs = [assemble_recorded(p, c, recorded[i][0]) if i in recorded else
                 assemble(p, c) if p.language != "python" else "" for i, (p, c) in enumerate(items)]

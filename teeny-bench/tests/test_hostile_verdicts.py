@@ -567,3 +567,71 @@ def test_humaneval_mul_javascript_expected_values_are_not_in_the_program():
     program = assemble_recorded(problem, "  return x + y;\n}\n", tests)
     assert expected[:3] == [1, 1, 5] and "assert.deepEqual" not in program
     assert "__teeny_answers.push(__teeny_json(candidate(0, 1)));" in program
+
+
+# -- issue 20: HumanEval-Mul PHP: the expected values stay in the parent, compared as PHP's !== does ---------------
+
+PHP_SOLUTIONS = {  # problem: (right body, a body whose answers differ only in type or order)
+    0: ("    foreach ($numbers as $i => $a) { foreach ($numbers as $j => $b) {\n"
+        "        if ($i != $j && abs($a - $b) < $threshold) { return true; } } }\n    return false;\n}\n",
+        "    foreach ($numbers as $i => $a) { foreach ($numbers as $j => $b) {\n"
+        "        if ($i != $j && abs($a - $b) < $threshold) { return 1; } } }\n    return 0;\n}\n"),
+    2: ("    return $number - floor($number);\n}\n", "    return (string)($number - floor($number));\n}\n"),
+    27: ("    $out = '';\n    foreach (str_split($string) as $c) {\n"
+         "        $out .= ctype_upper($c) ? strtolower($c) : strtoupper($c);\n    }\n    return $out;\n}\n",
+         "    return strtoupper($string);\n}\n"),
+    111: ("    $count = array();\n    foreach (explode(' ', $test) as $w) { if ($w !== '') {\n"
+          "        $count[$w] = ($count[$w] ?? 0) + 1; } }\n    if (!$count) { return array(); }\n"
+          "    $top = max($count);\n    return array_filter($count, fn($n) => $n == $top);\n}\n",
+          "    $count = array();\n    foreach (explode(' ', $test) as $w) { if ($w !== '') {\n"
+          "        $count[$w] = ($count[$w] ?? 0) + 1; } }\n    if (!$count) { return array(); }\n"
+          "    $top = max($count);\n    $out = array_filter($count, fn($n) => $n == $top);\n"
+          "    krsort($out);\n    return $out;\n}\n"),
+}
+
+
+def test_humaneval_mul_php_answers_compared_as_identical():
+    """Right bodies pass; answers equal only loosely (1 for true, "0.5" for 0.5, keys in another order) fail,
+    as PHP's !== makes them fail."""
+    from teeny_bench.multipl_e import load_problems as load_mul, run_programs
+
+    if not toolchains.detect("php").available:
+        pytest.skip("php toolchain not installed")
+    problems = {p.problem: p for p in load_mul(str(MUL_DATA), ["php"])["php"]}
+    items = [(problems[n], body) for n, pair in PHP_SOLUTIONS.items() for body in pair]
+    outcomes = run_programs(items, timeout=20)
+    for (problem, _), outcome, right in zip(items, outcomes, [True, False] * len(PHP_SOLUTIONS)):
+        assert outcome["passed"] is right, (problem.task_id, outcome)
+        if not right:
+            assert outcome["category"] == errors.WRONG_ANSWER, (problem.task_id, outcome)
+
+
+PHP_CHEATS = {  # HumanEval 53 (add)
+    "a shutdown function writes the report": ("    register_shutdown_function(function () { file_put_contents("
+                                              "\"php://fd/4\", \"\\n\" . $GLOBALS['__teeny_nonce'] . "
+                                              "\" {\\\"done\\\": true}\\n\"); });\n    exit(0);\n}\n"),
+    "forged answers": ("    file_put_contents(\"php://fd/4\", \"\\n\" . $GLOBALS['__teeny_nonce'] . \" \" . "
+                       "json_encode([\"answers\" => array_fill(0, 9, \"0\")]) . \"\\n\");\n    exit(0);\n}\n"),
+}
+
+
+@pytest.mark.parametrize("name", list(PHP_CHEATS))
+def test_humaneval_mul_php_cheats_fail(name):
+    from teeny_bench.multipl_e import load_problems as load_mul, run_programs
+
+    if not toolchains.detect("php").available:
+        pytest.skip("php toolchain not installed")
+    problem = next(p for p in load_mul(str(MUL_DATA), ["php"])["php"] if p.problem == 53)
+    wrong, right = run_programs([(problem, PHP_CHEATS[name]), (problem, "    return $x + $y;\n}\n")], timeout=20)
+    assert not wrong["passed"], wrong
+    assert right["passed"], right
+
+
+def test_php_literals_read_as_json_encode_writes_them():
+    from teeny_bench.multipl_e import _identical, _php_json, _php_literal
+
+    assert _php_literal('array(1, 2.0, "a\\nb", true, NULL)') == [1, 2.0, "a\nb", True, None]
+    assert _identical(_php_literal('array("a" => 2, "b" => 2)'), _php_json('{"a":2,"b":2}'))
+    assert not _identical(_php_literal('array("a" => 2, "b" => 2)'), _php_json('{"b":2,"a":2}'))
+    assert _identical(_php_literal('array(1 => "x", 0 => "y")'), _php_json('{"1":"x","0":"y"}'))
+    assert not _identical(_php_literal("0.5"), _php_json('"0.5"')) and not _identical(1, 1.0)
