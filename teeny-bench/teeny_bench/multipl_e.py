@@ -7,8 +7,8 @@ HumanEval's own format (``task_id``, ``prompt``, ``test`` ending in ``check(...)
 MultiPL-E's terms forbid training or calibrating on it.
 
 Python is graded as ``humaneval`` is (:func:`python_job`): the solution answers calls in a process of its
-own, the tests run in a checker process it cannot reach. JavaScript, TypeScript and PHP programs only record
-their answers, which are compared here (:func:`recorded_tests`). For the other languages a program is
+own, the tests run in a checker process it cannot reach. JavaScript, TypeScript, PHP and Bash programs only
+record their answers, which are compared here (:func:`recorded_tests`). For the other languages a program is
 ``prompt + completion + "\\n" + tests``, built and run in the sandbox with the language's toolchain
 (:mod:`teeny_bench.toolchains`). Unlike MultiPL-E, exit status 0 does not pass by itself: the program reads a
 nonce from the sandbox's channel before the solution runs and writes it back after the last test
@@ -448,22 +448,78 @@ def _php_string(text: str, i: int) -> tuple[str, int]:
     return "".join(out), i + 1
 
 
+# Bash tests: ``[[ $(candidate ARGS) = "EXPECTED" ]]`` (a quoted right side: an exact comparison).
+_SH_TEST = ("[[ $(candidate", " ]]")
+_SH_RECORD = "__teeny_answers=()\n"
+_SH_REPORT = ("\n__teeny_hex=()\nfor __teeny_a in \"${__teeny_answers[@]}\"; do\n"
+              "    __teeny_hex+=(\"\\\"$(printf '%s' \"$__teeny_a\" | od -An -v -tx1 | tr -d ' \\n')\\\"\")\ndone\n"
+              "printf '\\n%s {\"answers\": [%s]}\\n' \"$__teeny_nonce\" \"$(IFS=,; echo \"${__teeny_hex[*]}\")\" >&4\n")
+
+
+def recorded_sh_tests(tests: str) -> tuple[str, list[Any]] | None:
+    """Bash tests with every ``[[ $(candidate ARGS) = "EXPECTED" ]]`` replaced by a line that records what the
+    call printed (as ``$(...)`` keeps it), and the expected strings; None when a test has another shape (an
+    unquoted right side is a pattern)."""
+    lines, expected = [], []
+    for line in tests.split("\n"):
+        stripped = line.strip()
+        if not stripped.startswith(_SH_TEST[0]):
+            if "$(candidate" in stripped:
+                return None
+            lines.append(line)
+            continue
+        rest = stripped[len(_SH_TEST[0]):]
+        end = _top_level(rest, ")")
+        if end < 0 or not rest[end:].startswith(") = ") or not rest.endswith(_SH_TEST[1]):
+            return None
+        value = _sh_string(rest[end + len(") = "):-len(_SH_TEST[1])])
+        if value is None:
+            return None
+        lines.append(f'{line[:len(line) - len(line.lstrip())]}__teeny_answers+=("$(candidate{rest[:end]} || true)")')
+        expected.append(value)
+    return ("\n".join(lines), expected) if expected else None
+
+
+def _sh_string(text: str) -> str | None:
+    """A quoted Bash word without expansions, or None."""
+    if len(text) >= 2 and text[0] == text[-1] == "'" and "'" not in text[1:-1]:
+        return text[1:-1]
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        return None
+    out, i, body = [], 0, text[1:-1]
+    while i < len(body):
+        c = body[i]
+        if c in "$`\"":
+            return None
+        if c == "\\" and i + 1 < len(body) and body[i + 1] in "$`\"\\":
+            out.append(body[i + 1])
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
 def recorded_tests(problem: MulProblem) -> tuple[str, list[Any]] | None:
     """The problem's tests rewritten to record answers, and the expected values, for the languages whose tests
-    allow it (JavaScript, TypeScript, PHP); None otherwise."""
+    allow it (JavaScript, TypeScript, PHP, Bash); None otherwise."""
     if problem.language in _JS_RECORD:
         return recorded_js_tests(problem.tests)
     if problem.language == "php":
         return recorded_php_tests(problem.tests)
+    if problem.language == "sh":
+        return recorded_sh_tests(problem.tests)
     return None
 
 
 def assemble_recorded(problem: MulProblem, completion: str, tests: str) -> str:
     """A program whose tests only record answers (:func:`recorded_tests`) and report them with the nonce."""
     read = CHANNEL_CODE[problem.language][0]
-    if problem.language == "php":
-        prompt = problem.prompt[len("<?php\n"):] if problem.prompt.startswith("<?php\n") else problem.prompt
-        return "<?php\n" + read + _PHP_RECORD + prompt + completion + "\n" + tests + _PHP_REPORT
+    if problem.language in ("php", "sh"):
+        first = _READ_AFTER[problem.language]
+        prompt = problem.prompt[len(first):] if problem.prompt.startswith(first) else problem.prompt
+        record, report = (_PHP_RECORD, _PHP_REPORT) if problem.language == "php" else (_SH_RECORD, _SH_REPORT)
+        return first + read + record + prompt + completion + "\n" + tests + report
     return read + _JS_RECORD[problem.language] + problem.prompt + completion + "\n" + tests + _JS_REPORT
 
 
@@ -471,18 +527,20 @@ def classify_answers(toolchain: Toolchain, result: Any, report: dict[str, Any] |
                      expected: list[Any]) -> tuple[bool, str, str]:
     """``(passed, category, detail)`` of a program that reported its answers: compared here, in order, with
     the expected values (what the program reports is checked for shape first). PHP's answers must be
-    identical (``!==``); JavaScript's equal as JSON values."""
+    identical (``!==``); JavaScript's equal as JSON values; Bash's, what the call printed (sent as hex), equal
+    as strings."""
     if report is None or result.status not in ("ok", "error"):
         return classify(toolchain, result, None)
     answers = report.get("answers")
     if type(answers) is not list or len(answers) != len(expected) or not all(type(a) is str for a in answers):
         return False, errors.RUNTIME_ERROR, f"malformed report: not {len(expected)} answers as JSON texts"
-    php = toolchain.language == "php"
+    php, sh = toolchain.language == "php", toolchain.language == "sh"
     for i, (got, want) in enumerate(zip(answers, expected)):
         try:
-            value = _php_json(got) if php else json.loads(got)
+            value = (bytes.fromhex(got).decode("utf-8", "surrogateescape") if sh else
+                     _php_json(got) if php else json.loads(got))
         except (ValueError, RecursionError):
-            return False, errors.RUNTIME_ERROR, f"malformed report: answer #{i + 1} is not JSON"
+            return False, errors.RUNTIME_ERROR, f"malformed report: answer #{i + 1} is not {'hex' if sh else 'JSON'}"
         if not (_identical(value, want) if php else value == want):
             return (False, errors.WRONG_ANSWER,
                     f"test {i + 1}: expected {_tail(json.dumps(want), 200)}, got {_tail(got, 200)}")

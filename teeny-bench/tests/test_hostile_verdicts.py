@@ -635,3 +635,33 @@ def test_php_literals_read_as_json_encode_writes_them():
     assert not _identical(_php_literal('array("a" => 2, "b" => 2)'), _php_json('{"b":2,"a":2}'))
     assert _identical(_php_literal('array(1 => "x", 0 => "y")'), _php_json('{"1":"x","0":"y"}'))
     assert not _identical(_php_literal("0.5"), _php_json('"0.5"')) and not _identical(1, 1.0)
+
+
+SH_CHEATS = {  # HumanEval 53 (add): each prints 0, which is wrong
+    "an EXIT trap writes the report": ("    echo 0\n}\ntrap 'printf \"\\n%s {\\\"done\\\": true}\\n\" "
+                                       "\"$__teeny_nonce\" >&4; exit 0' EXIT\nunused() {\n    :\n"),
+    "the body writes forged answers": ("    printf '\\n%s {\"answers\": [\"30\", \"30\", \"30\", \"30\", \"30\", "
+                                       "\"30\"]}\\n' \"$__teeny_nonce\" >&4\n    echo 0\n"),
+}
+
+
+@pytest.mark.parametrize("name", list(SH_CHEATS))
+def test_humaneval_mul_bash_cheats_fail(name):
+    from teeny_bench.multipl_e import load_problems as load_mul, run_programs
+
+    if not toolchains.detect("sh").available:
+        pytest.skip("bash toolchain not installed")
+    problem = next(p for p in load_mul(str(MUL_DATA), ["sh"])["sh"] if p.problem == 53)
+    wrong, right = run_programs([(problem, SH_CHEATS[name]), (problem, "    echo $(( $1 + $2 ))\n")], timeout=20)
+    assert not wrong["passed"], wrong
+    assert right["passed"], right
+
+
+def test_bash_tests_compare_what_the_call_printed():
+    from teeny_bench.multipl_e import _sh_string, load_problems as load_mul, recorded_sh_tests
+
+    problem = next(p for p in load_mul(str(MUL_DATA), ["sh"])["sh"] if p.problem == 53)
+    tests, expected = recorded_sh_tests(problem.tests)
+    assert expected[:2] == ["1", "1"] and "[[" not in tests
+    assert _sh_string('"a\\"b"') == 'a"b' and _sh_string("'x y'") == "x y"
+    assert _sh_string('"$HOME"') is None and _sh_string("unquoted*") is None  # an expansion, a pattern
