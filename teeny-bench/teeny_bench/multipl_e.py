@@ -543,7 +543,7 @@ def classify_answers(toolchain: Toolchain, result: Any, report: dict[str, Any] |
             return False, errors.RUNTIME_ERROR, f"malformed report: answer #{i + 1} is not {'hex' if sh else 'JSON'}"
         if not (_identical(value, want) if php else value == want):
             return (False, errors.WRONG_ANSWER,
-                    f"test {i + 1}: expected {_tail(json.dumps(want), 200)}, got {_tail(got, 200)}")
+                    f"test {i + 1}: expected {_tail(json.dumps(want), 200)}, got {_tail(json.dumps(value), 200)}")
     return True, errors.PASSED, ""
 
 
