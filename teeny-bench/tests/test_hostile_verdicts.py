@@ -668,3 +668,15 @@ def test_bash_tests_compare_what_the_call_printed():
     assert expected[:2] == ["1", "1"] and "[[" not in tests
     assert _sh_string('"a\\"b"') == 'a"b' and _sh_string("'x y'") == "x y"
     assert _sh_string('"$HOME"') is None and _sh_string("unquoted*") is None  # an expansion, a pattern
+
+
+def test_files_planted_for_the_checker_are_not_imported(find_zero):
+    """The solution shares the working directory: a ``random.py`` there (all-ones coefficients, whose root is
+    -1) must not be what the checker's ``import random`` finds, and the checker's files are gone."""
+    top = ("import os\nassert not any(os.path.exists(f) for f in ('test.py', 'job.json', 'inputs.json'))\n"
+           "for name in ('random', 'math', 'copy', 'traceback'):\n"
+           "    with open(name + '.py', 'w') as f:\n"
+           "        f.write('class Random:\\n    def __init__(self, *a):\\n        pass\\n'\n"
+           "                '    def randint(self, a, b):\\n        return 1\\nfabs = lambda x: 0.0\\n')\n")
+    (outcome,) = grade_humaneval([(find_zero, "    return -1.0\n\n\n" + top)], timeout=10)
+    assert not outcome["passed"] and outcome["category"] == errors.WRONG_ANSWER, outcome
