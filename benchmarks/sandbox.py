@@ -52,17 +52,18 @@ def teeny_run(workers: int) -> tuple[float, int]:
 
 
 def teeny_cold_run(workers: int) -> tuple[float, int]:
-    """The programs and limits of ``grade_humaneval``, each started cold; passed = exited 0."""
-    from teeny_bench import humaneval
+    """The jobs and limits of ``grade_humaneval``, each started cold; passed = the checker reported no failure."""
+    from teeny_bench import _channel, humaneval
     from teeny_bench.sandbox import run_many
 
     limits = humaneval._sandbox_limits(10.0, 2 << 30)
-    jobs = [(humaneval.python_argv("program.py"),
-             {"files": {"program.py": humaneval.humaneval_program(p, p.canonical_solution)}, "limits": limits,
-              "env": humaneval.SANDBOX_ENV}) for p in humaneval.load_problems()]
+    jobs = [humaneval.call_job(p.prompt + p.canonical_solution, p.entry_point, limits, test=p.test, helpers=p.prompt)
+            for p in humaneval.load_problems()]
+    jobs = [(argv, {**kwargs, "channel": b"cold"}) for argv, kwargs in jobs]
     start = time.perf_counter()
     results = run_many(jobs, workers, warm=False)
-    return time.perf_counter() - start, sum(r.status == "ok" for r in results)
+    passed = sum(_channel.read_report(r.channel, "cold") == {"failed": None} for r in results)
+    return time.perf_counter() - start, passed
 
 
 def start_times(count: int) -> dict[str, list[float]]:

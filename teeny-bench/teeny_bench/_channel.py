@@ -1,22 +1,22 @@
 """The verdict channel between a trusted harness inside the sandbox and the grading parent; standard library only.
 
-It is copied next to each Python harness (``_he_harness.py``, ``_plus_harness.py``, ``lcb_harness.py``) and
-imported by the parent too. The protocol (see :func:`teeny_bench.sandbox.run_sandboxed`'s ``channel``):
+It is copied next to each Python harness (``_call_harness.py``, ``lcb_harness.py``) and imported by the
+parent too. The protocol (see :func:`teeny_bench.sandbox.run_sandboxed`'s ``channel``):
 
 - the parent puts a fresh random nonce on fd 3 (:func:`new_nonce`); the harness reads it and closes fd 3
   before any solution code runs (:class:`Guard`);
 - after the last test the harness writes one line, ``<nonce> <JSON>``, to fd 4; the parent accepts only a line
   carrying its nonce (:func:`read_report`). A program that exits early, forges a marker on stdout or writes to
   fd 4 without the nonce produces no report, whatever its exit status;
-- values leave the sandbox as a type-tagged tree of builtin types (:func:`encode`), never as pickles or live
-  objects, so the parent compares trusted values (an object whose ``__eq__`` is always true arrives as
-  ``["?", "its type"]``). A value whose encoding exceeds :data:`DIGEST_ABOVE` bytes is sent as the SHA-256 of
+- values cross processes as a type-tagged tree of builtin types (:func:`encode`), never as pickles or live
+  objects: a subclass of a builtin type travels as its builtin value, any other object as ``["?", "its
+  type"]``, and :func:`from_tree` rebuilds only builtin values (or raises :class:`BadValue`), so the receiver
+  compares trusted values. A value whose encoding exceeds :data:`DIGEST_ABOVE` bytes is sent as the SHA-256 of
   its canonical encoding (:func:`measure`), computed in bounded slices, so a 200 MB answer never travels. Such
   a large answer then has to be exactly equal (floats bit for bit, ``1`` is not ``1.0``); below the threshold
   the parent compares values, ``allclose`` included.
 """
 
-import builtins
 import os
 import sys
 
@@ -25,11 +25,6 @@ from _json import encode_basestring_ascii as _quote  # the C string encoder: ``j
 DIGEST_ABOVE = 1 << 20
 MAX_DEPTH = 200
 SLICE = 1 << 20
-# Ints longer than this travel in hex: decimal conversion is quadratic in CPython (and refused past 4,300 digits
-# by default), hex is linear and unlimited (HumanEval/83's answer for n = 10**6 has a million digits).
-HEX_INT_BITS = 4096
-# Methods through which an object can make a wrong answer compare equal (or truthy) to anything.
-COMPARISON_METHODS = ("__eq__", "__ne__", "__bool__", "__len__", "__lt__", "__le__", "__gt__", "__ge__")
 
 
 def new_nonce():
@@ -49,20 +44,24 @@ def read_report(channel, nonce):
     line = channel[at + 1 + len(tag):end if end >= 0 else len(channel)]
     try:
         report = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    return report if isinstance(report, dict) else None
+    return report if type(report) is dict else None
+
+
+def set_dumpable(on):
+    """Whether processes of the same uid may ptrace this one or open its ``/proc/<pid>/mem`` and ``fd/``
+    (``PR_SET_DUMPABLE``): a harness turns it off before it holds the nonce, so solution code it forks
+    cannot reach the channel or its memory through /proc."""
+    import ctypes
+
+    ctypes.CDLL(None).prctl(4, 1 if on else 0, 0, 0, 0)
 
 
 class Guard:
-    """The harness's side: takes the nonce from fd 3 before the solution exists, reports once on fd 4.
+    """The harness's side: takes the nonce from fd 3 before any solution code exists, reports once on fd 4."""
 
-    A report is written only by the process that started the harness; with ``stop_forks`` ``os.fork`` children
-    die at once (no fork-and-guess search over answers when the harness itself checks them). Changed builtins
-    are named in the report.
-    """
-
-    def __init__(self, stop_forks=True):
+    def __init__(self):
         chunks = []
         while True:
             chunk = os.read(3, 4096)
@@ -71,31 +70,14 @@ class Guard:
             chunks.append(chunk)
         os.close(3)
         self._nonce = b"".join(chunks)
-        self._pid = os.getpid()
-        self._builtins = builtins.__dict__.copy()
-        if stop_forks:
-            os.register_at_fork(after_in_child=_forked)
-
-    # The two methods below run after the solution: they look up no builtin by name (a replaced ``sorted`` or
-    # ``dict`` cannot hide itself); every other replaced builtin is named in the report.
-    def tampering(self):
-        """Names of builtins the solution replaced or removed (a monkeypatched ``print``, ``len`` ...)."""
-        now = builtins.__dict__
-        names = [name for name, value in self._builtins.items() if now.get(name, _MISSING) is not value]
-        names.sort()
-        return names
 
     def report(self, data):
-        """Write the final report (once, from the harness's own process)."""
-        if os.getpid() != self._pid:
-            os._exit(70)
-        data = {**data, "builtins_replaced": self.tampering()}
+        """Write the final report."""
         line = b"\n" + self._nonce + b" " + dumps(data).encode() + b"\n"
         while line:
             line = line[os.write(4, line):]
 
 
-_MISSING = object()
 # Builtins bound when the harness imports this module, before any solution code: what ``dumps`` uses.
 _type, _str, _bool, _int, _float, _list, _tuple, _dict = type, str, bool, int, float, list, tuple, dict
 _INFINITIES = (float("inf"), float("-inf"))
@@ -126,33 +108,6 @@ def dumps(value):
     raise TypeError(f"cannot write a {kind.__qualname__} in a report")
 
 
-def _forked():
-    os.write(2, b"teeny harness: the solution forked; the child process is stopped\n")
-    os._exit(70)
-
-
-_FUNCTION = type(_forked)
-
-
-def suspicious(value, budget=10000):
-    """A description of the first object in ``value`` (searched through lists, tuples, sets and dicts) whose
-    type defines a comparison or truth method in Python, or ``""``."""
-    stack = [value]
-    while stack and budget > 0:
-        budget -= 1
-        item = stack.pop()
-        kind = type(item)
-        for name in COMPARISON_METHODS:
-            if isinstance(getattr(kind, name, None), _FUNCTION):
-                return f"a {kind.__qualname__} object, whose {name} is Python code"
-        if kind in (list, tuple, set, frozenset):
-            stack.extend(item)
-        elif kind is dict:
-            stack.extend(item.keys())
-            stack.extend(item.values())
-    return ""
-
-
 # -- values ---------------------------------------------------------------------------------------------------
 
 def _numpy_scalar(value):
@@ -165,17 +120,43 @@ def _numpy_scalar(value):
     return False, None
 
 
+# Subclasses of builtin types travel as their builtin value, read through the base type's own C methods (an
+# ``int`` subclass's ``__eq__``, ``__repr__`` or ``__iter__`` never runs).
+_PLAIN = ((bool, bool), (int, int.__index__), (float, float.__float__), (complex, complex.__complex__),
+          (str, str.__str__), (bytes, bytes.__bytes__), (list, lambda v: list(list.__iter__(v))),
+          (tuple, lambda v: tuple(tuple.__iter__(v))), (dict, lambda v: dict(dict.items(v))),
+          (set, lambda v: set(set.__iter__(v))), (frozenset, lambda v: frozenset(frozenset.__iter__(v))))
+_EXACT = frozenset(base for base, _ in _PLAIN) | {type(None)}
+BIG_INT_BITS = 13000  # larger ints travel in hex (Python's decimal conversion is quadratic and capped)
+
+
+def plain(value):
+    """``value`` as an exact builtin type when it is one or a subclass of one (shallow), else unchanged."""
+    kind = type(value)
+    if kind in _EXACT:
+        return value
+    for base, convert in _PLAIN:
+        if issubclass(kind, base):
+            return convert(value)
+    converted, scalar = _numpy_scalar(value)
+    return scalar if converted else value
+
+
 def tree(value, depth=0):
     """``value`` as a JSON-able type-tagged tree of builtin types; anything else becomes ``["?", type name]``."""
-    kind = type(value)
     if depth > MAX_DEPTH:
         return ["?", "nested too deeply"]
+    try:
+        value = plain(value)
+    except Exception:  # noqa: BLE001 - a value that cannot be read as a builtin is opaque
+        return ["?", type(value).__qualname__]
+    kind = type(value)
     if value is None:
         return ["N"]
     if kind is bool:
         return ["B", value]
     if kind is int:
-        return ["H", format(value, "x")] if value.bit_length() > HEX_INT_BITS else ["I", str(value)]
+        return ["H", hex(value)] if value.bit_length() > BIG_INT_BITS else ["I", str(value)]
     if kind is float:
         return ["F", repr(value)]
     if kind is complex:
@@ -191,40 +172,87 @@ def tree(value, depth=0):
         return ["E" if kind is set else "Z", items]
     if kind is dict:
         return ["D", [[tree(k, depth + 1), tree(v, depth + 1)] for k, v in value.items()]]
-    converted, plain = _numpy_scalar(value)
-    if converted:
-        return tree(plain, depth)
     return ["?", kind.__qualname__]
 
 
-def from_tree(node):
-    """The Python value of a :func:`tree` (``["?", ...]`` becomes an :class:`Opaque`, equal to nothing)."""
-    tag = node[0]
-    if tag == "N":
-        return None
-    if tag == "B":
-        return bool(node[1])
-    if tag == "I":
-        return int(node[1])
-    if tag == "H":
-        return int(node[1], 16)
-    if tag == "F":
-        return float(node[1])
-    if tag == "C":
-        return complex(float(node[1]), float(node[2]))
-    if tag == "S":
-        return str(node[1])
-    if tag == "Y":
-        return bytes.fromhex(node[1])
-    if tag in ("L", "T"):
-        items = [from_tree(v) for v in node[1]]
-        return items if tag == "L" else tuple(items)
-    if tag in ("E", "Z"):
-        items = [from_tree(v) for v in node[1]]
-        return set(items) if tag == "E" else frozenset(items)
-    if tag == "D":
-        return {from_tree(k): from_tree(v) for k, v in node[1]}
-    return Opaque(str(node[1]))
+class BadValue(ValueError):
+    """A reported value that is not a well-formed tree of :func:`tree`."""
+
+
+_INT_TEXT = frozenset("-0123456789")
+_HEX_TEXT = frozenset("-0123456789abcdefx")
+
+
+def from_tree(node, depth=0):
+    """The Python value of a :func:`tree`, built only from builtin types (``["?", ...]`` becomes an
+    :class:`Opaque`, equal to nothing); anything malformed raises :class:`BadValue`."""
+    if depth > MAX_DEPTH + 1:  # tree() ends deeper values with an opaque leaf at MAX_DEPTH + 1
+        raise BadValue("a value nested too deeply")
+    if type(node) is not list or not node or type(node[0]) is not str:
+        raise BadValue(f"a malformed value {_clip(node)}")
+    tag, args = node[0], node[1:]
+    try:
+        if tag == "N" and not args:
+            return None
+        if tag == "B" and len(args) == 1 and type(args[0]) is bool:
+            return args[0]
+        if tag == "I" and len(args) == 1 and type(args[0]) is str and len(args[0]) <= 4300 \
+                and _INT_TEXT.issuperset(args[0]):
+            return int(args[0])
+        if tag == "H" and len(args) == 1 and type(args[0]) is str and _HEX_TEXT.issuperset(args[0]):
+            return int(args[0], 16)
+        if tag == "F" and len(args) == 1 and _is_float_text(args[0]):
+            return float(args[0])
+        if tag == "C" and len(args) == 2 and all(_is_float_text(a) for a in args):
+            return complex(float(args[0]), float(args[1]))
+        if tag == "S" and len(args) == 1 and type(args[0]) is str:
+            return args[0]
+        if tag == "Y" and len(args) == 1 and type(args[0]) is str:
+            return bytes.fromhex(args[0])
+        if tag in ("L", "T", "E", "Z") and len(args) == 1 and type(args[0]) is list:
+            items = [from_tree(v, depth + 1) for v in args[0]]
+            return {"L": list, "T": tuple, "E": set, "Z": frozenset}[tag](items)
+        if tag == "D" and len(args) == 1 and type(args[0]) is list:
+            pairs = args[0]
+            if not all(type(p) is list and len(p) == 2 for p in pairs):
+                raise BadValue("a malformed dict")
+            return {from_tree(k, depth + 1): from_tree(v, depth + 1) for k, v in pairs}
+        if tag == "?" and len(args) == 1 and type(args[0]) is str:
+            return Opaque(args[0][:200])
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:  # unhashable keys, bad hex...
+        raise BadValue(f"a malformed {tag!r} value: {type(exc).__name__}") from None
+    raise BadValue(f"a malformed value {_clip(node)}")
+
+
+def _is_float_text(text):
+    return type(text) is str and 0 < len(text) <= 40 and "_" not in text
+
+
+def _clip(node):
+    text = repr(node)
+    return text if len(text) <= 80 else text[:80] + "..."
+
+
+def has_opaque(value, budget=1 << 20):
+    """True when an :class:`Opaque` is anywhere in a value built by :func:`from_tree`."""
+    stack = [value]
+    while stack and budget > 0:
+        budget -= 1
+        item = stack.pop()
+        kind = type(item)
+        if kind is Opaque:
+            return True
+        if kind in (list, tuple, set, frozenset):
+            stack.extend(item)
+        elif kind is dict:
+            stack.extend(item.keys())
+            stack.extend(item.values())
+    return budget <= 0
+
+
+def describe(value):
+    """What a value holding an :class:`Opaque` is, for a failure's detail."""
+    return repr(value) if len(repr(value)) <= 120 else repr(value)[:120] + "..."
 
 
 class Opaque:
@@ -248,6 +276,10 @@ class Opaque:
 def _feed(value, sink, depth=0):
     """Feed the canonical byte encoding of ``value`` to ``sink`` (dicts and sets in sorted order, as ``==``
     ignores their order)."""
+    try:
+        value = plain(value)
+    except Exception:  # noqa: BLE001 - encoded as an opaque value below
+        pass
     kind = type(value)
     if depth > MAX_DEPTH:
         sink(b"?deep;")
@@ -273,16 +305,12 @@ def _feed(value, sink, depth=0):
             sink(part)
     elif kind in (float, complex):
         sink(b"F" + repr(value).encode() + b";")
-    elif kind is int and value.bit_length() > HEX_INT_BITS:
-        sink(b"H" + format(value, "x").encode() + b";")
+    elif kind is int and value.bit_length() > BIG_INT_BITS:
+        sink(b"H" + hex(value).encode() + b";")
     elif value is None or kind in (bool, int):
         sink(b"%s%s;" % ({type(None): b"N", bool: b"B", int: b"I"}[kind], str(value).encode()))
     else:
-        converted, plain = _numpy_scalar(value)
-        if converted:
-            _feed(plain, sink, depth)
-        else:
-            sink(b"?" + kind.__qualname__.encode() + b";")
+        sink(b"?" + kind.__qualname__.encode() + b";")
 
 
 def measure(value):

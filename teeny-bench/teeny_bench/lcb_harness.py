@@ -37,10 +37,14 @@ HEADER = "".join(f"from {m} import *\n" for m in HEADER_MODULES + ("builtins", "
 HEADER += "".join(f"import {m}\n" for m in HEADER_MODULES) + "sys.setrecursionlimit(50000)\n"
 HEADER_LINES = HEADER.count("\n")
 FULL_OUTPUT_BYTES = 1 << 20  # a larger printed output is reported as the digest of its stripped lines
+STATUS_BYTES = 8 << 20  # a test's report (an answer up to _channel.DIGEST_ABOVE, as a tree) is cut here
 
 
 def truncate(value, length=300):
-    text = value if isinstance(value, str) else repr(value)
+    try:
+        text = value if isinstance(value, str) else repr(value)
+    except ValueError:  # an int past Python's 4300-digit limit for decimal conversion
+        text = f"<a {type(value).__name__} too large to show>"
     return text if len(text) <= length else text[:length // 2] + "...(truncated)..." + text[-length // 2:]
 
 
@@ -49,10 +53,13 @@ def stripped_lines(text):
 
 
 def as_decimals(line):
+    """The line's tokens as exact decimals, or None when one is not a number (NaNs included: ``sNaN`` would
+    raise on comparison)."""
     try:
-        return [Decimal(token) for token in line.split()]
+        values = [Decimal(token) for token in line.split()]
     except (InvalidOperation, ValueError):
         return None
+    return None if any(v.is_nan() for v in values) else values
 
 
 def stdout_matches(output, expected):
@@ -133,15 +140,18 @@ def child(code, mode, func_name, test_input, cpu_seconds, status_fd, out_path, e
     os._exit(0)
 
 
-def wait_with_timeout(pid, seconds):
-    """(status, timed_out): waits for the child, killing its process group after ``seconds`` of wall time."""
+def wait_with_timeout(pid, seconds, status_fd):
+    """(status, timed_out, status bytes): waits for the child, reading what it writes on ``status_fd`` meanwhile
+    (a report larger than a pipe's buffer would otherwise block it), killing its process group after
+    ``seconds`` of wall time."""
     deadline = time.monotonic() + seconds
-    pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
+    received = bytearray()
+    watched = [status_fd]
     try:
         while True:
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
-                return status, False
+                break
             left = deadline - time.monotonic()
             if left <= 0:
                 for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
@@ -149,17 +159,24 @@ def wait_with_timeout(pid, seconds):
                         target()
                     except OSError:
                         pass
-                return os.waitpid(pid, 0)[1], True
-            if pidfd is not None:
-                select.select([pidfd], [], [], min(left, 1.0))
-            else:
-                time.sleep(min(left, 0.002))
+                return os.waitpid(pid, 0)[1], True, bytes(received)
+            if select.select(watched, [], [], min(left, 0.002 if not watched else 0.05))[0]:
+                chunk = os.read(status_fd, 1 << 16)
+                if not chunk:
+                    watched = []
+                elif len(received) < STATUS_BYTES:
+                    received += chunk
+        while watched and select.select(watched, [], [], 0)[0] and len(received) < STATUS_BYTES:
+            chunk = os.read(status_fd, 1 << 16)  # the rest, unless a leftover process holds the pipe open
+            if not chunk:
+                break
+            received += chunk
+        return status, False, bytes(received)
     finally:
-        if pidfd is not None:
-            os.close(pidfd)
+        os.close(status_fd)
 
 
-def run_test(code, problem, test_input, index, encode):
+def run_test(code, problem, test_input, index, channel):
     """One test's outcome: {"returned" | "printed" | "printed_sha256", "error"?, "detail"?, "seconds"}."""
     in_path, out_path, err_path = f"in-{index}.txt", f"out-{index}.txt", f"err-{index}.txt"
     with open(in_path, "w", encoding="utf-8") as f:
@@ -171,15 +188,15 @@ def run_test(code, problem, test_input, index, encode):
         os.close(read_fd)
         try:
             os.close(4)  # the channel is the harness's, not the test's
+            channel.set_dumpable(True)  # its own /proc entries; the harness's stay closed to it
             child(code, problem["mode"], problem.get("func_name"), test_input, problem["timeout"], write_fd,
-                  out_path, err_path, in_path, encode)
+                  out_path, err_path, in_path, channel.encode)
         finally:
             os._exit(70)
     os.close(write_fd)
-    status, timed_out = wait_with_timeout(pid, problem["timeout"])
+    status, timed_out, raw = wait_with_timeout(pid, problem["timeout"], read_fd)
     seconds = time.monotonic() - start
-    with os.fdopen(read_fd, "rb") as f:
-        raw = f.read(1 << 20).decode(errors="replace").strip()
+    raw = raw[:STATUS_BYTES].decode(errors="replace").strip()
     try:
         return _outcome(problem, raw, status, timed_out, out_path, err_path, seconds)
     finally:
@@ -193,7 +210,9 @@ def run_test(code, problem, test_input, index, encode):
 def _outcome(problem, raw, status, timed_out, out_path, err_path, seconds):
     try:
         report = json.loads(raw.splitlines()[-1]) if raw else None
-    except ValueError:
+    except (ValueError, RecursionError):
+        report = None
+    if type(report) is not dict:  # the test's process writes this line: anything else is no result
         report = None
     if timed_out or (os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGXCPU, signal.SIGKILL)
                      and report is None):
@@ -206,10 +225,12 @@ def _outcome(problem, raw, status, timed_out, out_path, err_path, seconds):
         error = "MemoryError" if "MemoryError" in stderr or "Cannot allocate memory" in stderr else "Crash"
         return {"ok": False, "error": error, "detail": f"{how}; stderr: {stderr}", "seconds": seconds}
     if report.get("error"):
-        return {"ok": False, "error": report["error"], "detail": f"{report['error']}: {report.get('message', '')}",
+        error = str(report["error"])[:100]
+        return {"ok": False, "error": error, "detail": f"{error}: {truncate(str(report.get('message', '')), 500)}",
                 "seconds": seconds}
     if problem["mode"] == "functional":
-        return {"returned": report.get("returned", {"v": ["?", "no answer"]}), "seconds": seconds}
+        returned = report.get("returned")
+        return {"returned": returned if type(returned) is dict else {"v": ["?", "no answer"]}, "seconds": seconds}
     if os.path.getsize(out_path) > FULL_OUTPUT_BYTES:
         with open(out_path, "r", encoding="utf-8", errors="replace") as f:
             return {"printed_sha256": lines_digest(f.read()), "seconds": seconds}
@@ -230,7 +251,8 @@ def main():
     import _channel
     del sys.path[0]
 
-    guard = _channel.Guard(stop_forks=False)  # each test is a forked child; the parent compares every answer
+    _channel.set_dumpable(False)
+    guard = _channel.Guard()  # each test is a forked child; the parent compares every answer
     with open("problem.json") as f:
         problem = json.load(f)
     with open("solution.py") as f:
@@ -248,7 +270,7 @@ def main():
         return
     exec(HEADER, {"__name__": "teeny_preload"})  # load the header's modules once, before forking
     for index, test_input in enumerate(problem["inputs"]):
-        outcome = run_test(code, problem, test_input, index, _channel.encode)
+        outcome = run_test(code, problem, test_input, index, _channel)
         result["results"].append(outcome)
         if outcome.get("error") and (not problem.get("all_tests") or outcome["error"] == "Timeout"):
             break

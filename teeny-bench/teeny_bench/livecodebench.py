@@ -381,6 +381,10 @@ def verdict_from_report(problem: LcbProblem, result: Any, report: dict[str, Any]
         return {"verdict": verdict, "error": result.status, "tests_total": len(tests), "tests_run": 0,
                 "tests_passed": 0, "detail": f"the grading run ended with status {result.status!r} "
                                              f"({result.reason}) without the harness's report: {detail[-300:]}"}
+    malformed = lcb_report_problem(report, len(tests))
+    if malformed:
+        return {"verdict": "runtime_error", "error": "malformed_report", "tests_total": len(tests), "tests_run": 0,
+                "tests_passed": 0, "detail": f"malformed report: {malformed}"}
     if "compile_error" in report:
         return {"verdict": "compile_error", "tests_total": len(tests), "tests_run": 0, "tests_passed": 0,
                 **report["compile_error"]}
@@ -414,10 +418,46 @@ def verdict_from_report(problem: LcbProblem, result: Any, report: dict[str, Any]
     if verdict["verdict"] == "passed" and verdict["tests_run"] < len(tests):
         verdict.update(verdict="runtime_error", error="incomplete",
                        detail=f"the harness reported {verdict['tests_run']} of {len(tests)} tests")
-    if verdict["verdict"] == "passed" and report.get("builtins_replaced"):
-        verdict.update(verdict="wrong_answer", error="builtins",
-                       detail=f"the solution replaced builtins: {', '.join(report['builtins_replaced'][:10])}")
     return verdict
+
+
+def lcb_report_problem(report: dict[str, Any], tests: int) -> str:
+    """What is malformed in a LiveCodeBench harness report (``""`` when it is well formed): a ``compile_error``
+    of strings, or ``results``, a list of at most ``tests`` outcomes, each with a str ``error`` and ``detail``
+    or one answer: ``returned`` (a value tree that decodes, or a digest), ``printed`` or ``printed_sha256``."""
+    from teeny_bench import _channel
+    from teeny_bench.lcb_harness import truncate
+
+    if "compile_error" in report:
+        error = report["compile_error"]
+        ok = type(error) is dict and all(type(error.get(k)) is str for k in ("error", "detail"))
+        return "" if ok else "compile_error is not an error and its detail"
+    results = report.get("results")
+    if type(results) is not list or len(results) > tests:
+        return f"results is {truncate(results, 60)}, not a list of at most {tests} outcomes"
+    for i, outcome in enumerate(results):
+        if type(outcome) is not dict:
+            return f"outcome #{i} is {truncate(outcome, 60)}"
+        if outcome.get("error") is not None:
+            if type(outcome["error"]) is not str or type(outcome.get("detail", "")) is not str:
+                return f"outcome #{i} has a malformed error"
+        elif "returned" in outcome:
+            returned = outcome["returned"]
+            if type(returned) is not dict:
+                return f"outcome #{i} returned {truncate(returned, 60)}, not an encoded answer"
+            if "v" in returned:
+                try:
+                    _channel.from_tree(returned["v"])
+                except _channel.BadValue as exc:
+                    return f"outcome #{i}: {exc}"
+            elif not (type(returned.get("sha256")) is str and type(returned.get("size")) is int):
+                return f"outcome #{i} returned neither a value nor a digest"
+        elif "printed_sha256" in outcome:
+            if type(outcome["printed_sha256"]) is not str:
+                return f"outcome #{i} has a malformed digest"
+        elif type(outcome.get("printed")) is not str:
+            return f"outcome #{i} has no answer"
+    return ""
 
 
 def _answer_text(encoded: dict[str, Any]) -> str:

@@ -6,8 +6,10 @@ MultiPL-E records have ``name``, ``language``, ``prompt``, ``tests``, ``stop_tok
 HumanEval's own format (``task_id``, ``prompt``, ``test`` ending in ``check(...)``). The data is not shipped:
 MultiPL-E's terms forbid training or calibrating on it.
 
-A program is ``prompt + completion + "\\n" + tests`` (Python: a few standard imports first, as
-DeepSeek-Coder's harness adds), built and run in the sandbox with the language's toolchain
+Python is graded as ``humaneval`` is (:func:`python_job`): the solution answers calls in a process of its
+own, the tests run in a checker process it cannot reach. JavaScript, TypeScript, PHP and Bash programs only
+record their answers, which are compared here (:func:`recorded_tests`). For the other languages a program is
+``prompt + completion + "\\n" + tests``, built and run in the sandbox with the language's toolchain
 (:mod:`teeny_bench.toolchains`). Unlike MultiPL-E, exit status 0 does not pass by itself: the program reads a
 nonce from the sandbox's channel before the solution runs and writes it back after the last test
 (:data:`CHANNEL_CODE`); a program without that report fails (``early_exit`` when it exited 0). A compiler
@@ -152,8 +154,6 @@ def load_problems(path: str, languages: list[str], limit: int | None = None) -> 
 # writes "\n<nonce> {"done": true}\n" to fd 4 (:mod:`teeny_bench._channel`): (read, write) code.
 _DONE = '{"done": true}'
 CHANNEL_CODE = {
-    "python": ("__teeny_nonce = __import__('os').read(3, 64).decode(); __import__('os').close(3)\n",
-               f"\n__import__('os').write(4, ('\\n' + __teeny_nonce + ' {_DONE}\\n').encode())\n"),
     "java": ('String teenyNonce = new String(java.nio.file.Files.readAllBytes(java.nio.file.Paths.get('
              '"/proc/self/fd/3")));\n',
              'try (java.io.FileOutputStream teenyOut = new java.io.FileOutputStream("/proc/self/fd/4")) '
@@ -179,18 +179,29 @@ _MAIN = {"java": "public static void main(String[] args) {", "cpp": "int main() 
          "cs": "public static void Main(string[] args) {"}
 
 
+def python_job(problem: MulProblem, completion: str, timeout: float, memory_bytes: int):
+    """The Python column's sandbox job, graded as ``humaneval`` is (``_call_harness.py``): the solution (standard
+    imports first, as DeepSeek-Coder's harness adds; a chat answer's whole function after the prompt) answers
+    calls in its own process; the prompt's helpers and the tests, without their final ``check(...)`` call, run
+    in the checker, which calls ``check`` with the proxy."""
+    from teeny_bench.humaneval import call_job
+    from teeny_bench.sandbox import Limits
+
+    entry_point = _entry_point(problem)
+    if not entry_point:
+        raise TeenyError(f"humaneval-mul: the Python prompt of {problem.name} defines no function")
+    solution = PYTHON_HEADER + generation.solution_program(problem.prompt, completion, entry_point)
+    tests = re.sub(r"\ncheck\(\w+\)\s*$", "\n", problem.tests)
+    limits = Limits(cpu_seconds=timeout, wall_seconds=3 * timeout + 10, memory_bytes=memory_bytes)
+    return call_job(solution, entry_point, limits, test=tests, helpers=PYTHON_HEADER + problem.prompt)
+
+
 def assemble(problem: MulProblem, completion: str) -> str:
-    """The program MultiPL-E runs: prompt + completion + tests, with the channel's nonce read first and the
-    nonce-tagged report written after the last test (:data:`CHANNEL_CODE`). Python: standard imports first, and
-    a completion that is a whole function (a chat answer) follows the prompt instead of continuing it, as in
-    ``humaneval``."""
+    """The program MultiPL-E runs for the compiled and scripted languages: prompt + completion + tests, with
+    the channel's nonce read first and the nonce-tagged report written after the last test
+    (:data:`CHANNEL_CODE`). Python is graded by :func:`python_job` instead."""
     lang = problem.language
     read, write = CHANNEL_CODE[lang]
-    if lang == "python":
-        entry_point = _entry_point(problem)
-        solution = (generation.solution_program(problem.prompt, completion, entry_point) if entry_point
-                    else problem.prompt + completion)
-        return read + PYTHON_HEADER + solution + "\n" + problem.tests + write
     tests = problem.tests
     if lang in _MAIN:
         head, main_open, body = tests.partition(_MAIN[lang])
@@ -211,6 +222,329 @@ def assemble(problem: MulProblem, completion: str) -> str:
     if first and prompt.startswith(first):
         return first + read + prompt[len(first):] + completion + "\n" + tests + write
     return read + prompt + completion + "\n" + tests + write
+
+
+# JavaScript and TypeScript tests are regular: ``assert.deepEqual(candidate(ARGS),EXPECTED);``. Such a program
+# only records each answer (as JSON) and reports them all with the nonce; the expected values stay here.
+_JS_ASSERT = "assert.deepEqual("
+_JS_RECORD = {
+    "js": ("const __teeny_answers = [];\n"
+           "const __teeny_json = (x) => String(JSON.stringify(x === undefined ? null : x));\n"),
+    "ts": ("const __teeny_answers: string[] = [];\n"
+           "const __teeny_json = (x: any): string => String(JSON.stringify(x === undefined ? null : x));\n"),
+}
+_JS_REPORT = ("\nrequire('fs').writeSync(4, '\\n' + __teeny_nonce + ' ' + JSON.stringify({answers: __teeny_answers})"
+              " + '\\n');\n")
+
+
+def recorded_js_tests(tests: str) -> tuple[str, list[Any]] | None:
+    """JavaScript/TypeScript tests with every ``assert.deepEqual(candidate(ARGS),EXPECTED);`` replaced by a
+    line that records the answer, and the expected values (JSON, ``undefined`` as null: the legacy
+    ``deepEqual`` has ``null == undefined``); None when a test has another shape."""
+    lines, expected = [], []
+    for line in tests.split("\n"):
+        stripped = line.strip()
+        if not stripped.startswith(_JS_ASSERT):
+            if "assert" in stripped.replace("const assert = require('node:assert');", ""):
+                return None
+            lines.append(line)
+            continue
+        inner = stripped[len(_JS_ASSERT):-2] if stripped.endswith(");") else ""
+        comma = _top_level_comma(inner)
+        value = _js_literal(inner[comma + 1:]) if comma > 0 else _NOT_A_LITERAL
+        if value is _NOT_A_LITERAL:
+            return None
+        lines.append(f"{line[:len(line) - len(line.lstrip())]}__teeny_answers.push(__teeny_json({inner[:comma]}));")
+        expected.append(value)
+    return ("\n".join(lines), expected) if expected else None
+
+
+_NOT_A_LITERAL = object()
+
+
+def _top_level_comma(text: str) -> int:
+    """Where the first comma outside brackets and strings is, or -1."""
+    return _top_level(text, ",")
+
+
+def _top_level(text: str, stops: str) -> int:
+    """Where the first of ``stops`` outside strings and nested brackets is (a closing bracket counts there
+    when it closes nothing opened in ``text``), or -1."""
+    depth, quote, i = 0, "", 0
+    while i < len(text):
+        c = text[i]
+        if quote:
+            if c == "\\":
+                i += 1
+            elif c == quote:
+                quote = ""
+        elif c in "\"'`":
+            quote = c
+        elif depth == 0 and c in stops:
+            return i
+        elif c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        i += 1
+    return -1
+
+
+def _js_literal(text: str) -> Any:
+    """A JavaScript literal that is JSON once ``undefined`` is null (the test data's expected values)."""
+    out, quote, i = [], "", 0
+    while i < len(text):
+        c = text[i]
+        if quote:
+            if c == "\\":
+                out.append(text[i:i + 2])
+                i += 2
+                continue
+            quote = "" if c == quote else quote
+        elif c == '"':
+            quote = c
+        elif text.startswith("undefined", i):
+            out.append("null")
+            i += len("undefined")
+            continue
+        out.append(c)
+        i += 1
+    try:
+        return json.loads("".join(out))
+    except (ValueError, RecursionError):
+        return _NOT_A_LITERAL
+
+
+# PHP tests are regular too: ``if (candidate(ARGS) !== EXPECTED) { throw new Exception("Test failed!"); }``.
+_PHP_TEST = ("if (candidate(", ') { throw new Exception("Test failed!"); }')
+_PHP_RECORD = "$__teeny_answers = [];\n"
+_PHP_REPORT = ('\nfile_put_contents("php://fd/4", "\\n" . $__teeny_nonce . " " . '
+               'json_encode(["answers" => $__teeny_answers]) . "\\n");\n')
+
+
+def recorded_php_tests(tests: str) -> tuple[str, list[Any]] | None:
+    """PHP tests with every ``if (candidate(ARGS) !== EXPECTED) ...`` replaced by a line that records the
+    answer's ``json_encode`` (floats keep their ``.0``), and the expected values as that JSON reads
+    (:func:`_php_literal`); None when a test has another shape."""
+    lines, expected = [], []
+    for line in tests.split("\n"):
+        stripped = line.strip()
+        if not stripped.startswith(_PHP_TEST[0]):
+            if "Test failed" in stripped or ("candidate(" in stripped and "function candidate(" not in stripped):
+                return None
+            lines.append(line)
+            continue
+        rest = stripped[len(_PHP_TEST[0]):]
+        end = _top_level(rest, ")")
+        if end < 0 or not rest[end:].startswith(") !== ") or not rest.endswith(_PHP_TEST[1]):
+            return None
+        value = _php_literal(rest[end + len(") !== "):-len(_PHP_TEST[1])])
+        if value is _NOT_A_LITERAL:
+            return None
+        lines.append(f"{line[:len(line) - len(line.lstrip())]}$GLOBALS['__teeny_answers'][] = "
+                     f"json_encode(candidate({rest[:end]}), JSON_PRESERVE_ZERO_FRACTION);")
+        expected.append(value)
+    return ("\n".join(lines), expected) if expected else None
+
+
+class _PhpObject(tuple):
+    """A JSON object as ordered ``(key, value)`` pairs: PHP's ``===`` on arrays also compares the order."""
+
+
+def _php_json(text: str) -> Any:
+    return json.loads(text, object_pairs_hook=lambda pairs: _PhpObject(pairs))
+
+
+def _identical(a: Any, b: Any) -> bool:
+    """PHP's ``===`` on values read from ``json_encode``: same types (``1`` is not ``1.0``), arrays in order."""
+    if type(a) is not type(b):
+        return False
+    if type(a) in (list, _PhpObject):
+        return len(a) == len(b) and all(_identical(x, y) for x, y in zip(a, b))
+    if type(a) is tuple:  # a key and its value
+        return a[0] == b[0] and _identical(a[1], b[1])
+    return bool(a == b)
+
+
+_PHP_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "v": "\v", "e": "\x1b", "f": "\f", "\\": "\\", "$": "$", '"': '"'}
+_PHP_NUMBER = re.compile(r"-?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?")
+
+
+def _php_literal(text: str) -> Any:
+    """A PHP literal (numbers, strings, true/false/null, ``array(...)``/``[...]`` with or without keys) as its
+    ``json_encode`` reads back: a list for keys 0..n-1, else a :class:`_PhpObject` with string keys."""
+    try:
+        value, end = _php_value(text, _php_space(text, 0))
+    except (ValueError, IndexError, RecursionError):
+        return _NOT_A_LITERAL
+    return value if _php_space(text, end) == len(text) else _NOT_A_LITERAL
+
+
+def _php_space(text: str, i: int) -> int:
+    while i < len(text) and text[i].isspace():
+        i += 1
+    return i
+
+
+def _php_value(text: str, i: int) -> tuple[Any, int]:
+    for word, value in (("true", True), ("false", False), ("null", None)):
+        if text[i:i + len(word)].lower() == word and not text[i + len(word):i + len(word) + 1].isalnum():
+            return value, i + len(word)
+    if text.startswith("array(", i) or text.startswith("[", i):
+        return _php_array(text, i + (6 if text[i] == "a" else 1), ")" if text[i] == "a" else "]")
+    if text[i] in "\"'":
+        return _php_string(text, i)
+    number = _PHP_NUMBER.match(text, i)
+    if not number:
+        raise ValueError(f"not a PHP literal at {i}")
+    digits = number.group()
+    return (float(digits) if any(c in digits for c in ".eE") else int(digits)), number.end()
+
+
+def _php_array(text: str, i: int, close: str) -> tuple[Any, int]:
+    pairs: list[tuple[Any, Any]] = []
+    next_key = 0
+    i = _php_space(text, i)
+    while text[i] != close:
+        first, i = _php_value(text, i)
+        i = _php_space(text, i)
+        if text.startswith("=>", i):
+            key = int(first) if type(first) is str and re.fullmatch(r"-?[1-9]\d*|0", first) else first
+            if type(key) not in (int, str):
+                raise ValueError("an array key must be an int or a string")
+            value, i = _php_value(text, _php_space(text, i + 2))
+            i = _php_space(text, i)
+        else:
+            key, value = next_key, first
+        pairs = [p for p in pairs if p[0] != key] + [(key, value)]
+        if type(key) is int:
+            next_key = max(next_key, key + 1)
+        if text[i] == ",":
+            i = _php_space(text, i + 1)
+        elif text[i] != close:
+            raise ValueError("expected , or the array's end")
+    if [k for k, _ in pairs] == list(range(len(pairs))):
+        return [v for _, v in pairs], i + 1
+    return _PhpObject((str(k), v) for k, v in pairs), i + 1
+
+
+def _php_string(text: str, i: int) -> tuple[str, int]:
+    quote, out, i = text[i], [], i + 1
+    while text[i] != quote:
+        c = text[i]
+        if c == "\\" and quote == "'" and text[i + 1] in "\\'":
+            out.append(text[i + 1])
+            i += 2
+        elif c == "\\" and quote == '"' and text[i + 1] in _PHP_ESCAPES:
+            out.append(_PHP_ESCAPES[text[i + 1]])
+            i += 2
+        elif c == "\\" and quote == '"' and text[i + 1] in "0123456789xu":
+            raise ValueError("numeric escapes are not read")
+        elif c == "$" and quote == '"' and (text[i + 1].isalpha() or text[i + 1] in "_{"):
+            raise ValueError("an interpolated string")
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out), i + 1
+
+
+# Bash tests: ``[[ $(candidate ARGS) = "EXPECTED" ]]`` (a quoted right side: an exact comparison).
+_SH_TEST = ("[[ $(candidate", " ]]")
+_SH_RECORD = "__teeny_answers=()\n"
+_SH_REPORT = ("\n__teeny_hex=()\nfor __teeny_a in \"${__teeny_answers[@]}\"; do\n"
+              "    __teeny_hex+=(\"\\\"$(printf '%s' \"$__teeny_a\" | od -An -v -tx1 | tr -d ' \\n')\\\"\")\ndone\n"
+              "printf '\\n%s {\"answers\": [%s]}\\n' \"$__teeny_nonce\" \"$(IFS=,; echo \"${__teeny_hex[*]}\")\" >&4\n")
+
+
+def recorded_sh_tests(tests: str) -> tuple[str, list[Any]] | None:
+    """Bash tests with every ``[[ $(candidate ARGS) = "EXPECTED" ]]`` replaced by a line that records what the
+    call printed (as ``$(...)`` keeps it), and the expected strings; None when a test has another shape (an
+    unquoted right side is a pattern)."""
+    lines, expected = [], []
+    for line in tests.split("\n"):
+        stripped = line.strip()
+        if not stripped.startswith(_SH_TEST[0]):
+            if "$(candidate" in stripped:
+                return None
+            lines.append(line)
+            continue
+        rest = stripped[len(_SH_TEST[0]):]
+        end = _top_level(rest, ")")
+        if end < 0 or not rest[end:].startswith(") = ") or not rest.endswith(_SH_TEST[1]):
+            return None
+        value = _sh_string(rest[end + len(") = "):-len(_SH_TEST[1])])
+        if value is None:
+            return None
+        lines.append(f'{line[:len(line) - len(line.lstrip())]}__teeny_answers+=("$(candidate{rest[:end]} || true)")')
+        expected.append(value)
+    return ("\n".join(lines), expected) if expected else None
+
+
+def _sh_string(text: str) -> str | None:
+    """A quoted Bash word without expansions, or None."""
+    if len(text) >= 2 and text[0] == text[-1] == "'" and "'" not in text[1:-1]:
+        return text[1:-1]
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        return None
+    out, i, body = [], 0, text[1:-1]
+    while i < len(body):
+        c = body[i]
+        if c in "$`\"":
+            return None
+        if c == "\\" and i + 1 < len(body) and body[i + 1] in "$`\"\\":
+            out.append(body[i + 1])
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def recorded_tests(problem: MulProblem) -> tuple[str, list[Any]] | None:
+    """The problem's tests rewritten to record answers, and the expected values, for the languages whose tests
+    allow it (JavaScript, TypeScript, PHP, Bash); None otherwise."""
+    if problem.language in _JS_RECORD:
+        return recorded_js_tests(problem.tests)
+    if problem.language == "php":
+        return recorded_php_tests(problem.tests)
+    if problem.language == "sh":
+        return recorded_sh_tests(problem.tests)
+    return None
+
+
+def assemble_recorded(problem: MulProblem, completion: str, tests: str) -> str:
+    """A program whose tests only record answers (:func:`recorded_tests`) and report them with the nonce."""
+    read = CHANNEL_CODE[problem.language][0]
+    if problem.language in ("php", "sh"):
+        first = _READ_AFTER[problem.language]
+        prompt = problem.prompt[len(first):] if problem.prompt.startswith(first) else problem.prompt
+        record, report = (_PHP_RECORD, _PHP_REPORT) if problem.language == "php" else (_SH_RECORD, _SH_REPORT)
+        return first + read + record + prompt + completion + "\n" + tests + report
+    return read + _JS_RECORD[problem.language] + problem.prompt + completion + "\n" + tests + _JS_REPORT
+
+
+def classify_answers(toolchain: Toolchain, result: Any, report: dict[str, Any] | None,
+                     expected: list[Any]) -> tuple[bool, str, str]:
+    """``(passed, category, detail)`` of a program that reported its answers: compared here, in order, with
+    the expected values (what the program reports is checked for shape first). PHP's answers must be
+    identical (``!==``); JavaScript's equal as JSON values; Bash's, what the call printed (sent as hex), equal
+    as strings."""
+    if report is None or result.status not in ("ok", "error"):
+        return classify(toolchain, result, None)
+    answers = report.get("answers")
+    if type(answers) is not list or len(answers) != len(expected) or not all(type(a) is str for a in answers):
+        return False, errors.RUNTIME_ERROR, f"malformed report: not {len(expected)} answers as JSON texts"
+    php, sh = toolchain.language == "php", toolchain.language == "sh"
+    for i, (got, want) in enumerate(zip(answers, expected)):
+        try:
+            value = (bytes.fromhex(got).decode("utf-8", "surrogateescape") if sh else
+                     _php_json(got) if php else json.loads(got))
+        except (ValueError, RecursionError):
+            return False, errors.RUNTIME_ERROR, f"malformed report: answer #{i + 1} is not {'hex' if sh else 'JSON'}"
+        if not (_identical(value, want) if php else value == want):
+            return (False, errors.WRONG_ANSWER,
+                    f"test {i + 1}: expected {_tail(json.dumps(want), 200)}, got {_tail(json.dumps(value), 200)}")
+    return True, errors.PASSED, ""
 
 
 def chat_message(problem: MulProblem) -> str:
@@ -334,7 +668,10 @@ def run_programs(items: list[tuple[MulProblem, str]], timeout: float = 10.0, *, 
     from teeny_bench.sandbox import Result
 
     chains = {lang: toolchains.prepared(toolchains.detect(lang, path)) for lang in {p.language for p, _ in items}}
-    programs = [assemble(p, c) for p, c in items]
+    recorded = {i: recorded_tests(p) for i, (p, _) in enumerate(items)}
+    recorded = {i: split for i, split in recorded.items() if split is not None}
+    programs = [assemble_recorded(p, c, recorded[i][0]) if i in recorded else
+                assemble(p, c) if p.language != "python" else "" for i, (p, c) in enumerate(items)]
     ts_items = [i for i, (p, _) in enumerate(items) if p.language == "ts" and chains["ts"].available]
     precompiled: dict[int, tuple[bool, str]] = {}
     if ts_items:
@@ -354,6 +691,8 @@ def run_programs(items: list[tuple[MulProblem, str]], timeout: float = 10.0, *, 
                 continue
             node_chain = dataclasses.replace(chain, compile=None, source="test.js")
             jobs.append(node_chain.sandbox_job(text, timeout))
+        elif problem.language == "python":
+            jobs.append(python_job(problem, items[i][1], timeout, chain.memory_bytes))
         else:
             jobs.append(chain.sandbox_job(programs[i], timeout))
         where.append(i)
@@ -366,7 +705,10 @@ def run_programs(items: list[tuple[MulProblem, str]], timeout: float = 10.0, *, 
                         "detail": f"{chain.name} toolchain not installed (missing: {', '.join(chain.missing)})"})
             continue
         result, report = results[i]
-        passed, category, detail = classify(chain, result, report)
+        if i in recorded:
+            passed, category, detail = classify_answers(chain, result, report, recorded[i][1])
+        else:
+            passed, category, detail = classify(chain, result, report)
         out.append({"passed": passed, "category": category, "detail": detail, "seconds": result.seconds})
     return out
 

@@ -49,21 +49,24 @@ HUMANEVAL_CASES = {
     "os._exit(0) in the body": ("    import os\n    os._exit(0)\n", "", errors.EARLY_EXIT, False),
     "raise SystemExit(0) at top level": ("", "raise SystemExit(0)\n", errors.EARLY_EXIT, False),
     "atexit os._exit(0)": ("", "import atexit, os\natexit.register(os._exit, 0)\n", errors.WRONG_ANSWER, True),
-    "excepthook exits 0": ("", "import sys, os\nsys.excepthook = lambda *a: os._exit(0)\n", errors.EARLY_EXIT,
+    "excepthook exits 0": ("", "import sys, os\nsys.excepthook = lambda *a: os._exit(0)\n", errors.WRONG_ANSWER,
                            True),
     "forged plus marker on fd 1": ("", f"print({MARKER_LINE!r})\n", errors.WRONG_ANSWER, True),
-    "junk on fd 4": ("", "import os\nos.write(4, b'\\nx {\"done\": true}\\n')\n", errors.WRONG_ANSWER, True),
-    "guessed nonce and exit": ("", "import os\nos.write(4, b'\\n' + b'0' * 32 + b' {\"done\": true}\\n')\n"
-                                   "os._exit(0)\n", errors.EARLY_EXIT, False),
+    "junk on fd 4": ("", "import os\ntry:\n    os.write(4, b'\\nx {\"failed\": null}\\n')\nexcept OSError:\n"
+                         "    pass\n", errors.WRONG_ANSWER, True),
+    "guessed nonce and exit": ("", "import os\ntry:\n    os.write(4, b'\\n' + b'0' * 32 + b' {\"failed\": null}\\n')\n"
+                                   "except OSError:\n    pass\nos._exit(0)\n", errors.EARLY_EXIT, False),
     "fd 3 re-read": ("", "import os\ntry:\n    os.read(3, 64)\nexcept OSError:\n    pass\n", errors.WRONG_ANSWER,
                      True),
-    "closed fd 4 and exit": ("", "import os\nos.close(4)\nos._exit(0)\n", errors.EARLY_EXIT, False),
+    "closed fd 4 and exit": ("", "import os\ntry:\n    os.close(4)\nexcept OSError:\n    pass\nos._exit(0)\n",
+                             errors.EARLY_EXIT, False),
     "killed parent": ("", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n", None, False),
     "fork, parent exits 0": ("", "import os\nif os.fork():\n    os._exit(0)\n", errors.EARLY_EXIT, False),
-    "builtins.abs replaced": ("", "import builtins\nbuiltins.abs = lambda x: 0\n", errors.WRONG_ANSWER, False),
+    # builtins replaced in the solution's process: the checks, in another process, never see them
+    "builtins.abs replaced": ("", "import builtins\nbuiltins.abs = lambda x: 0\n", errors.WRONG_ANSWER, True),
     "builtins the checks use replaced": ("", "import builtins\nbuiltins.callable = lambda x: False\n"
                                              "builtins.sorted = builtins.dict = lambda *a, **k: []\n",
-                                         errors.WRONG_ANSWER, False),
+                                         errors.WRONG_ANSWER, True),
 }
 
 
@@ -91,9 +94,11 @@ def test_always_equal_object_is_rejected(has_close_elements):
     honest = "    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for b in numbers[i + 1:])\n"
     p = has_close_elements
     cheat_out, sub_out, honest_out = grade_humaneval([(p, cheat), (p, subclass), (p, honest)], timeout=5)
-    for outcome in (cheat_out, sub_out):
-        assert not outcome["passed"] and outcome["category"] == errors.WRONG_ANSWER
-        assert "__eq__" in outcome["detail"], outcome
+    assert not cheat_out["passed"] and cheat_out["category"] == errors.WRONG_ANSWER
+    assert "not a value of builtin types" in cheat_out["detail"], cheat_out
+    # the int subclass arrives as the plain int 0, which is not True
+    assert not sub_out["passed"] and sub_out["category"] == errors.WRONG_ANSWER, sub_out
+    assert sub_out["exception"] == "AssertionError", sub_out
     assert honest_out["passed"], honest_out
 
 
@@ -167,9 +172,10 @@ PLUS_CASES = {
     "forged marker from excepthook": ("import sys, os\n"
                                       f"sys.excepthook = lambda *a: (os.write(1, b{MARKER_LINE + chr(10)!r}), "
                                       "os._exit(0))\n"
-                                      "raise KeyboardInterrupt\n", errors.EARLY_EXIT, False),
+                                      "raise KeyboardInterrupt\n", errors.RUNTIME_ERROR, False),
     "forged marker, tests continue": (f"print({MARKER_LINE!r})\n", errors.WRONG_ANSWER, True),
-    "junk on fd 4": ("import os\nos.write(4, b'\\nx {\"outputs\": []}\\n')\n", errors.WRONG_ANSWER, True),
+    "junk on fd 4": ("import os\ntry:\n    os.write(4, b'\\nx {\"outputs\": []}\\n')\nexcept OSError:\n    pass\n",
+                     errors.WRONG_ANSWER, True),
     "sys.exit(0) at top level": ("import sys\nsys.exit(0)\n", errors.EARLY_EXIT, False),
 }
 
@@ -250,4 +256,427 @@ def test_humaneval_mul_early_exit_fails(language):
         pytest.skip(f"{language} toolchain not installed")
     problem = next(p for p in load_mul(str(MUL_DATA), [language])[language] if p.problem == 53)
     (outcome,) = run_programs([(problem, EARLY_EXIT_BODIES[language])], timeout=20)
+    # Bash's recorded tests no longer fail under `set -e`, so the EXIT trap only runs after the report: the
+    # answers it printed (0) are then compared, and are wrong
+    category = errors.WRONG_ANSWER if language == "sh" else errors.EARLY_EXIT
+    assert not outcome["passed"] and outcome["category"] == category, outcome
+
+
+# -- issue 20: HumanEval cheats that need no nonce -------------------------------------------------------------
+# The checks run in a process the solution never reaches; answers come back as plain builtin values.
+
+ALWAYS_TRUE_EQ = {  # an int subclass whose __eq__ is true whatever it is compared with, in ways that are not a
+    # plain Python function on the class (what the former in-process check looked for)
+    "C-level int.__ne__": "    class Y(int):\n        __eq__ = int.__ne__\n"
+                          "    return Y(not any(abs(a - b) < threshold for i, a in enumerate(numbers) "
+                          "for b in numbers[i + 1:]))\n",
+    "a callable instance": "    class T:\n        def __call__(self, *a):\n            return True\n"
+                           "    class Y(int):\n        __eq__ = T()\n    return Y(0)\n",
+    "functools.partial": "    import functools\n    class Y(int):\n"
+                         "        __eq__ = functools.partial(lambda *a: True)\n    return Y(0)\n",
+    "lru_cache method": "    import functools\n    class Y(int):\n        @functools.lru_cache\n"
+                        "        def __eq__(self, other):\n            return True\n        __hash__ = int.__hash__\n"
+                        "    return Y(0)\n",
+    "hidden behind a metaclass": "    class M(type):\n        def __getattribute__(cls, name):\n"
+                                 "            if name == '__eq__':\n                return int.__eq__\n"
+                                 "            return type.__getattribute__(cls, name)\n"
+                                 "    class Y(int, metaclass=M):\n        def __eq__(self, other):\n"
+                                 "            return True\n        __hash__ = int.__hash__\n    return Y(0)\n",
+}
+
+
+@pytest.mark.parametrize("name", list(ALWAYS_TRUE_EQ))
+def test_always_true_comparison_in_disguise(has_close_elements, name):
+    (outcome,) = grade_humaneval([(has_close_elements, ALWAYS_TRUE_EQ[name])], timeout=5)
+    assert not outcome["passed"] and outcome["category"] == errors.WRONG_ANSWER, outcome
+
+
+FLOAT_SUBCLASSES = {
+    "__sub__ returns 0": "    class F(float):\n        def __sub__(self, other):\n            return 0.0\n"
+                         "    return F(0.5)\n",
+    "__abs__ returns 0": "    class F(float):\n        def __sub__(self, other):\n"
+                         "            return F(float(self) - other)\n        def __abs__(self):\n"
+                         "            return 0.0\n    return F(0.5)\n",
+}
+
+
+@pytest.mark.parametrize("name", list(FLOAT_SUBCLASSES))
+def test_float_subclass_arithmetic_does_not_reach_the_checks(truncate_number, name):
+    (outcome,) = grade_humaneval([(truncate_number, FLOAT_SUBCLASSES[name])], timeout=5)
+    assert not outcome["passed"] and outcome["category"] == errors.WRONG_ANSWER, outcome
+
+
+SELF_RESTORING_CALLABLE = ("import builtins\n_real = builtins.callable\n"
+                           "def _fake(x):\n    builtins.callable = _real\n    return False\n"
+                           "builtins.callable = _fake\n")
+
+
+def test_self_restoring_builtin_cannot_skip_check(truncate_number):
+    wrong, right = grade_humaneval([(truncate_number, WRONG + "\n\n" + SELF_RESTORING_CALLABLE),
+                                    (truncate_number, RIGHT + "\n\n" + SELF_RESTORING_CALLABLE)], timeout=5)
+    assert not wrong["passed"] and wrong["category"] == errors.WRONG_ANSWER, wrong
+    assert right["passed"], right
+
+
+@pytest.fixture(scope="module")
+def find_zero():
+    """HumanEval/32: its test calls the prompt's ``poly``, ``math.fabs`` and ``random.Random(42)``."""
+    return load_problems()[32]
+
+
+FIND_ZERO_CHEATS = {  # body, top-level code after it
+    "top-level poly redefined": ("    return 0.0\n", "def poly(xs, x):\n    return 0.0\n"),
+    "math.fabs patched": ("    return 0.0\n", "import math\nmath.fabs = lambda x: 0.0\n"),
+    "fake random.Random": ("    return -1.0\n",  # all-ones coefficients of even length have the root -1
+                           "import random\nclass _R:\n    def __init__(self, *a):\n        pass\n"
+                           "    def randint(self, a, b):\n        return 1\nrandom.Random = _R\n"),
+}
+
+
+@pytest.mark.parametrize("name", list(FIND_ZERO_CHEATS))
+def test_patched_helpers_and_modules_do_not_reach_the_checks(find_zero, name):
+    body, top = FIND_ZERO_CHEATS[name]
+    (outcome,) = grade_humaneval([(find_zero, body + "\n\n" + top)], timeout=10)
+    assert not outcome["passed"] and outcome["category"] == errors.WRONG_ANSWER, outcome
+
+
+def test_find_zero_canonical_still_passes(find_zero):
+    (outcome,) = grade_humaneval([(find_zero, find_zero.canonical_solution)], timeout=10)
+    assert outcome["passed"], outcome
+
+
+def _one_problem_file(problem, tmp_path):
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps({"task_id": problem.task_id, "prompt": problem.prompt, "test": problem.test,
+                                "entry_point": problem.entry_point,
+                                "canonical_solution": problem.canonical_solution}) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("answer", [
+    "```python\nimport math\n\ndef poly(xs, x):\n    return 0.0\n\ndef find_zero(xs):\n    return 0.0\n```",
+    "```python\nimport builtins\n_real = builtins.callable\n\ndef _fake(x):\n    builtins.callable = _real\n"
+    "    return False\n\nbuiltins.callable = _fake\n\ndef find_zero(xs):\n    return 0.0\n```",
+])
+def test_evaluator_chat_answers_that_patch_the_checks(find_zero, answer, tmp_path):
+    ctx = MemoryContext(cache_dir=tmp_path)
+    options = HumanEvalOptions(prompt_style="chat", path=str(_one_problem_file(find_zero, tmp_path)))
+    HumanEval().evaluate(_Canned(answer, True), options, ctx)
+    (record,) = ctx.records
+    assert record["passed"] is False and record["category"] == errors.WRONG_ANSWER, record
+
+
+def test_a_forked_impostor_is_an_early_exit(truncate_number):
+    """The solution process forks and exits; the child, holding the pipes, answers (outside the CPU clock)."""
+    top = "import os\nif os.fork():\n    os._exit(0)\n"
+    (outcome,) = grade_humaneval([(truncate_number, RIGHT + "\n\n" + top)], timeout=5)
     assert not outcome["passed"] and outcome["category"] == errors.EARLY_EXIT, outcome
+
+
+def test_reading_the_checkers_memory_or_fds_through_proc_fails(truncate_number):
+    """The checker is not dumpable: its /proc/<pid>/mem, environ and fd/4 are closed to the solution."""
+    top = ("import os\nopened = []\nfor path in ('/proc/%d/fd/4' % os.getppid(), '/proc/%d/mem' % os.getppid(),\n"
+           "             '/proc/%d/environ' % os.getppid()):\n    try:\n        os.close(os.open(path, os.O_RDONLY))\n"
+           "        opened.append(path)\n    except OSError:\n        pass\nassert not opened, opened\n")
+    (outcome,) = grade_humaneval([(truncate_number, RIGHT + "\n\n" + top)], timeout=5)
+    assert outcome["passed"], outcome
+
+
+def test_solution_exceptions_keep_their_category(truncate_number):
+    """A builtin exception type crosses back by name (a test's ``except ValueError`` still works); a solution
+    that catches the harness's own stop or raises BaseException still fails."""
+    bodies = ["    raise ValueError('no')\n", "    raise KeyboardInterrupt\n", "    return undefined_name\n",
+              "    class Mine(Exception):\n        pass\n    raise Mine()\n"]
+    outcomes = grade_humaneval([(truncate_number, b) for b in bodies], timeout=5)
+    assert [o["category"] for o in outcomes] == [errors.RUNTIME_ERROR, errors.RUNTIME_ERROR, errors.NAME_ERROR,
+                                                 errors.RUNTIME_ERROR], outcomes
+    assert [o["exception"] for o in outcomes] == ["ValueError", "KeyboardInterrupt", "NameError", "Mine"]
+
+
+def test_a_huge_or_deep_answer_is_a_failed_sample(truncate_number):
+    bodies = ["    return 'x' * (40 << 20)\n",
+              "    v = []\n    for _ in range(100000):\n        v = [v]\n    return v\n",
+              "    return 10 ** 100000\n"]
+    outcomes = grade_humaneval([(truncate_number, b) for b in bodies], timeout=10)
+    assert not any(o["passed"] for o in outcomes), outcomes
+    assert all(o["category"] in (errors.WRONG_ANSWER, errors.RUNTIME_ERROR) for o in outcomes), outcomes
+
+
+def test_an_endless_solution_is_killed_from_outside(truncate_number):
+    """The per-run CPU budget is read on the solution process's clock by the checker, which kills it."""
+    body = "    import signal\n    signal.signal(signal.SIGXCPU, signal.SIG_IGN)\n    while True:\n        pass\n"
+    (outcome,) = grade_humaneval([(truncate_number, body)], timeout=1)
+    assert not outcome["passed"] and outcome["category"] == errors.TIMEOUT, outcome
+
+
+# -- issue 20: HumanEval-Mul's Python column --------------------------------------------------------------------
+
+MUL_PYTHON_CHEATS = {
+    "always-equal object": "    class Yes:\n        def __eq__(self, other):\n            return True\n"
+                           "    return Yes()\n",
+    "atexit writes the nonce's report": "    return 0\n\nimport atexit, os\natexit.register(lambda: os.write(4, "
+                                        "('\\n' + __teeny_nonce + ' {\"done\": true}\\n').encode()))\n",
+    "the body writes the report": "    import os\n    os.write(4, ('\\n' + globals()['__teeny_nonce'] + "
+                                  "' {\"done\": true}\\n').encode())\n    os._exit(0)\n",
+}
+
+
+@pytest.mark.parametrize("name", list(MUL_PYTHON_CHEATS))
+def test_humaneval_mul_python_cheats_fail(name):
+    from teeny_bench.multipl_e import load_problems as load_mul, run_programs
+
+    problem = next(p for p in load_mul(str(MUL_DATA), ["python"])["python"] if p.problem == 53)
+    wrong, right = run_programs([(problem, MUL_PYTHON_CHEATS[name]), (problem, "    return x + y\n")], timeout=10)
+    assert not wrong["passed"], wrong
+    assert right["passed"], right
+
+
+# -- issue 20: the CPU limit cannot be switched off from inside ----------------------------------------------------
+
+SLOW_DOUBLE = ("    import time\n    start = time.process_time()\n    while time.process_time() - start < 0.8:\n"
+               "        pass\n    return 2 * x\n")
+TIMER_CHEATS = {
+    "setitimer replaced": "import signal\nsignal.setitimer = lambda *a, **k: (0.0, 0.0)\n",
+    "SIGPROF ignored": "import signal\nsignal.signal(signal.SIGPROF, signal.SIG_IGN)\n",
+    "SIGXCPU ignored": "import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\n",
+}
+
+
+@pytest.mark.parametrize("name", list(TIMER_CHEATS))
+def test_humaneval_plus_time_limit_holds(plus, name):
+    problem, grader = plus  # every input gets max(0.5 s, 4x the reference's time): 0.8 s is over it
+    (outcome,) = grader.grade([(problem, SLOW_DOUBLE + "\n\n" + TIMER_CHEATS[name])])
+    assert not outcome["passed"] and outcome["category"] == errors.TIMEOUT, outcome
+    assert outcome["failed_input"] == 0, outcome
+
+
+def test_humaneval_plus_time_limit_counts_work_handed_to_a_child(plus):
+    """The solution process waits, idle, while a forked child burns the CPU: the sandbox's PID namespace is
+    counted once the call is over its limit in wall time."""
+    problem, grader = plus
+    body = ("    import os, time\n    r, w = os.pipe()\n    if os.fork() == 0:\n        start = time.process_time()\n"
+            "        while time.process_time() - start < 3:\n            pass\n        os.write(w, b'x')\n"
+            "        os._exit(0)\n    os.read(r, 1)\n    return 2 * x\n")
+    (outcome,) = grader.grade([(problem, body)])
+    assert not outcome["passed"] and outcome["category"] == errors.TIMEOUT, outcome
+    assert outcome["failed_input"] == 0 and "0.50 s CPU" in outcome["detail"], outcome
+
+
+# -- issue 20: the parent parses what it is told defensively ------------------------------------------------------
+
+def _result(status="ok"):
+    from teeny_bench.sandbox import Result
+
+    return Result(status=status, returncode=0, stdout="", stderr="", seconds=0.1, network_isolated=True)
+
+
+FORGED_PLUS_REPORTS = {
+    "outputs is 5": {"outputs": 5, "times": [], "failed": None},
+    "outputs [5, ...]": {"outputs": [5, 5, 5, 5], "times": [0, 0, 0, 0], "failed": None},
+    "no outputs": {"times": [], "failed": None},
+    "returned ['F', 'abc']": {"outputs": [{"v": ["F", "abc"]}] * 4, "times": [0] * 4, "failed": None},
+    "too many outputs": {"outputs": [{"v": ["I", "2"]}] * 9, "times": [0] * 9, "failed": None},
+    "failed index out of range": {"outputs": [], "times": [], "failed": {"index": 99, "error": "X", "detail": ""}},
+    "failed is 7": {"outputs": [], "times": [], "failed": 7},
+    "times are strings": {"outputs": [{"v": ["I", "2"]}], "times": ["x"], "failed": None},
+}
+
+
+@pytest.mark.parametrize("name", list(FORGED_PLUS_REPORTS))
+def test_humaneval_plus_forged_reports_are_failed_samples(plus, name):
+    problem, grader = plus
+    grader._reference[problem.task_id] = {"outputs": [{"v": ["I", str(2 * x)]} for x in (1, 2, 10, -3)],
+                                          "times": [0.0] * 4}
+    outcome = grader._outcome(problem, _result(), FORGED_PLUS_REPORTS[name])
+    assert not outcome["passed"] and not outcome["passed_base"], outcome
+    assert outcome["category"] == errors.RUNTIME_ERROR and "malformed report" in outcome["detail"], outcome
+
+
+@pytest.mark.parametrize("report", [{"failed": 7}, {"failed": {"error": 5, "detail": ""}}, {"done": True}, {}])
+def test_humaneval_forged_reports_are_failed_samples(report):
+    category, detail = errors.classify_harness(_result(), report)
+    assert category == errors.RUNTIME_ERROR and "malformed report" in detail
+
+
+FORGED_LCB_REPORTS = {
+    "results is 7": {"results": 7},
+    "no results": {},
+    "results [5]": {"results": [5]},
+    "returned ['F', 'abc']": {"results": [{"returned": ["F", "abc"]}]},
+    "returned {'v': ['F', 'abc']}": {"results": [{"returned": {"v": ["F", "abc"]}}]},
+    "a printed number": {"results": [{"printed": 6}]},
+    "compile_error is 3": {"compile_error": 3},
+    "too many results": {"results": [{"printed": "6"}] * 5},
+}
+
+
+@pytest.mark.parametrize("name", list(FORGED_LCB_REPORTS))
+def test_livecodebench_forged_reports_are_failed_samples(name):
+    from teeny_bench.livecodebench import verdict_from_report
+
+    mode = "functional" if "returned" in name else "stdin"
+    verdict = verdict_from_report(_lcb(mode), _result(), FORGED_LCB_REPORTS[name])
+    assert verdict["verdict"] == "runtime_error" and "malformed report" in verdict["detail"], verdict
+
+
+@pytest.mark.parametrize("printed", ["sNaN", "NaN", "Infinity", "-sNaN 3", "9" * 5000, "1e999999999999"])
+def test_livecodebench_odd_numbers_are_wrong_answers(printed):
+    problem = _lcb("stdin")
+    (verdict,) = grade_programs([problem], [f"print({printed!r})\n"], LcbOptions(timeout=2.0))
+    assert verdict["verdict"] == "wrong_answer", verdict
+
+
+def test_livecodebench_sandbox_answers_that_do_not_decode_are_failed_samples():
+    problem = _lcb("functional")
+    deep = "class Solution:\n    def double(self, n):\n        v = []\n        for _ in range(10000):\n" \
+           "            v = [v]\n        return v\n"
+    huge = "class Solution:\n    def double(self, n):\n        return 10 ** 100000\n"
+    verdicts = grade_programs([problem, problem], [deep, huge], LcbOptions(timeout=5.0))
+    assert [v["verdict"] for v in verdicts] == ["wrong_answer", "wrong_answer"], verdicts
+
+
+# -- issue 20: HumanEval-Mul JavaScript and TypeScript: the expected values stay in the parent --------------------
+
+JS_CHEATS = {  # HumanEval 53 (add); each answers 0, which is wrong
+    "assert.deepEqual replaced": ("js", "  return 0;\n}\nrequire('node:assert').deepEqual = () => {};\n"),
+    "assert.deepEqual replaced (TypeScript)": ("ts", "  return 0;\n}\nrequire('node:assert').deepEqual = () => {};\n"),
+    "the exit handler writes the report": ("js", "  process.on('exit', () => require('fs').writeSync(4, '\\n' + "
+                                                 "__teeny_nonce + ' {\"done\": true}\\n'));\n  process.exit(0);\n"
+                                                 "}\n"),
+    "forged answers for every test": ("js", "  require('fs').writeSync(4, '\\n' + __teeny_nonce + ' ' + "
+                                            "JSON.stringify({answers: Array(9).fill('0')}) + '\\n');\n"
+                                            "  process.exit(0);\n}\n"),
+}
+
+
+@pytest.mark.parametrize("name", list(JS_CHEATS))
+def test_humaneval_mul_javascript_cheats_fail(name):
+    from teeny_bench.multipl_e import load_problems as load_mul, run_programs
+
+    language, completion = JS_CHEATS[name]
+    if not toolchains.detect(language).available:
+        pytest.skip(f"{language} toolchain not installed")
+    problem = next(p for p in load_mul(str(MUL_DATA), [language])[language] if p.problem == 53)
+    wrong, right = run_programs([(problem, completion), (problem, "  return x + y;\n}\n")], timeout=20)
+    assert not wrong["passed"], wrong
+    assert right["passed"], right
+
+
+def test_humaneval_mul_javascript_expected_values_are_not_in_the_program():
+    from teeny_bench.multipl_e import assemble_recorded, load_problems as load_mul, recorded_js_tests
+
+    problem = next(p for p in load_mul(str(MUL_DATA), ["js"])["js"] if p.problem == 53)
+    tests, expected = recorded_js_tests(problem.tests)
+    program = assemble_recorded(problem, "  return x + y;\n}\n", tests)
+    assert expected[:3] == [1, 1, 5] and "assert.deepEqual" not in program
+    assert "__teeny_answers.push(__teeny_json(candidate(0, 1)));" in program
+
+
+# -- issue 20: HumanEval-Mul PHP: the expected values stay in the parent, compared as PHP's !== does ---------------
+
+PHP_SOLUTIONS = {  # problem: (right body, a body whose answers differ only in type or order)
+    0: ("    foreach ($numbers as $i => $a) { foreach ($numbers as $j => $b) {\n"
+        "        if ($i != $j && abs($a - $b) < $threshold) { return true; } } }\n    return false;\n}\n",
+        "    foreach ($numbers as $i => $a) { foreach ($numbers as $j => $b) {\n"
+        "        if ($i != $j && abs($a - $b) < $threshold) { return 1; } } }\n    return 0;\n}\n"),
+    2: ("    return $number - floor($number);\n}\n", "    return (string)($number - floor($number));\n}\n"),
+    27: ("    $out = '';\n    foreach (str_split($string) as $c) {\n"
+         "        $out .= ctype_upper($c) ? strtolower($c) : strtoupper($c);\n    }\n    return $out;\n}\n",
+         "    return strtoupper($string);\n}\n"),
+    111: ("    $count = array();\n    foreach (explode(' ', $test) as $w) { if ($w !== '') {\n"
+          "        $count[$w] = ($count[$w] ?? 0) + 1; } }\n    if (!$count) { return array(); }\n"
+          "    $top = max($count);\n    return array_filter($count, fn($n) => $n == $top);\n}\n",
+          "    $count = array();\n    foreach (explode(' ', $test) as $w) { if ($w !== '') {\n"
+          "        $count[$w] = ($count[$w] ?? 0) + 1; } }\n    if (!$count) { return array(); }\n"
+          "    $top = max($count);\n    $out = array_filter($count, fn($n) => $n == $top);\n"
+          "    krsort($out);\n    return $out;\n}\n"),
+}
+
+
+def test_humaneval_mul_php_answers_compared_as_identical():
+    """Right bodies pass; answers equal only loosely (1 for true, "0.5" for 0.5, keys in another order) fail,
+    as PHP's !== makes them fail."""
+    from teeny_bench.multipl_e import load_problems as load_mul, run_programs
+
+    if not toolchains.detect("php").available:
+        pytest.skip("php toolchain not installed")
+    problems = {p.problem: p for p in load_mul(str(MUL_DATA), ["php"])["php"]}
+    items = [(problems[n], body) for n, pair in PHP_SOLUTIONS.items() for body in pair]
+    outcomes = run_programs(items, timeout=20)
+    for (problem, _), outcome, right in zip(items, outcomes, [True, False] * len(PHP_SOLUTIONS)):
+        assert outcome["passed"] is right, (problem.task_id, outcome)
+        if not right:
+            assert outcome["category"] == errors.WRONG_ANSWER, (problem.task_id, outcome)
+
+
+PHP_CHEATS = {  # HumanEval 53 (add)
+    "a shutdown function writes the report": ("    register_shutdown_function(function () { file_put_contents("
+                                              "\"php://fd/4\", \"\\n\" . $GLOBALS['__teeny_nonce'] . "
+                                              "\" {\\\"done\\\": true}\\n\"); });\n    exit(0);\n}\n"),
+    "forged answers": ("    file_put_contents(\"php://fd/4\", \"\\n\" . $GLOBALS['__teeny_nonce'] . \" \" . "
+                       "json_encode([\"answers\" => array_fill(0, 9, \"0\")]) . \"\\n\");\n    exit(0);\n}\n"),
+}
+
+
+@pytest.mark.parametrize("name", list(PHP_CHEATS))
+def test_humaneval_mul_php_cheats_fail(name):
+    from teeny_bench.multipl_e import load_problems as load_mul, run_programs
+
+    if not toolchains.detect("php").available:
+        pytest.skip("php toolchain not installed")
+    problem = next(p for p in load_mul(str(MUL_DATA), ["php"])["php"] if p.problem == 53)
+    wrong, right = run_programs([(problem, PHP_CHEATS[name]), (problem, "    return $x + $y;\n}\n")], timeout=20)
+    assert not wrong["passed"], wrong
+    assert right["passed"], right
+
+
+def test_php_literals_read_as_json_encode_writes_them():
+    from teeny_bench.multipl_e import _identical, _php_json, _php_literal
+
+    assert _php_literal('array(1, 2.0, "a\\nb", true, NULL)') == [1, 2.0, "a\nb", True, None]
+    assert _identical(_php_literal('array("a" => 2, "b" => 2)'), _php_json('{"a":2,"b":2}'))
+    assert not _identical(_php_literal('array("a" => 2, "b" => 2)'), _php_json('{"b":2,"a":2}'))
+    assert _identical(_php_literal('array(1 => "x", 0 => "y")'), _php_json('{"1":"x","0":"y"}'))
+    assert not _identical(_php_literal("0.5"), _php_json('"0.5"')) and not _identical(1, 1.0)
+
+
+SH_CHEATS = {  # HumanEval 53 (add): each prints 0, which is wrong
+    "an EXIT trap writes the report": ("    echo 0\n}\ntrap 'printf \"\\n%s {\\\"done\\\": true}\\n\" "
+                                       "\"$__teeny_nonce\" >&4; exit 0' EXIT\nunused() {\n    :\n"),
+    "the body writes forged answers": ("    printf '\\n%s {\"answers\": [\"30\", \"30\", \"30\", \"30\", \"30\", "
+                                       "\"30\"]}\\n' \"$__teeny_nonce\" >&4\n    echo 0\n"),
+}
+
+
+@pytest.mark.parametrize("name", list(SH_CHEATS))
+def test_humaneval_mul_bash_cheats_fail(name):
+    from teeny_bench.multipl_e import load_problems as load_mul, run_programs
+
+    if not toolchains.detect("sh").available:
+        pytest.skip("bash toolchain not installed")
+    problem = next(p for p in load_mul(str(MUL_DATA), ["sh"])["sh"] if p.problem == 53)
+    wrong, right = run_programs([(problem, SH_CHEATS[name]), (problem, "    echo $(( $1 + $2 ))\n")], timeout=20)
+    assert not wrong["passed"], wrong
+    assert right["passed"], right
+
+
+def test_bash_tests_compare_what_the_call_printed():
+    from teeny_bench.multipl_e import _sh_string, load_problems as load_mul, recorded_sh_tests
+
+    problem = next(p for p in load_mul(str(MUL_DATA), ["sh"])["sh"] if p.problem == 53)
+    tests, expected = recorded_sh_tests(problem.tests)
+    assert expected[:2] == ["1", "1"] and "[[" not in tests
+    assert _sh_string('"a\\"b"') == 'a"b' and _sh_string("'x y'") == "x y"
+    assert _sh_string('"$HOME"') is None and _sh_string("unquoted*") is None  # an expansion, a pattern
+
+
+def test_files_planted_for_the_checker_are_not_imported(find_zero):
+    """The solution shares the working directory: a ``random.py`` there (all-ones coefficients, whose root is
+    -1) must not be what the checker's ``import random`` finds, and the checker's files are gone."""
+    top = ("import os\nassert not any(os.path.exists(f) for f in ('test.py', 'job.json', 'inputs.json'))\n"
+           "for name in ('random', 'math', 'copy', 'traceback'):\n"
+           "    with open(name + '.py', 'w') as f:\n"
+           "        f.write('class Random:\\n    def __init__(self, *a):\\n        pass\\n'\n"
+           "                '    def randint(self, a, b):\\n        return 1\\nfabs = lambda x: 0.0\\n')\n")
+    (outcome,) = grade_humaneval([(find_zero, "    return -1.0\n\n\n" + top)], timeout=10)
+    assert not outcome["passed"] and outcome["category"] == errors.WRONG_ANSWER, outcome

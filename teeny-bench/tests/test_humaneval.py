@@ -18,7 +18,8 @@ from teeny_core.store import MemoryContext
 from teeny_core.testing import EvaluatorContract
 from teeny_core.types import Generation, LoadedModel
 from teeny_bench import errors, generation
-from teeny_bench.humaneval import (HumanEval, grade_humaneval, humaneval_program, load_problems, pass_at_k,
+from teeny_bench.sandbox import Limits
+from teeny_bench.humaneval import (HumanEval, call_job, grade_humaneval, load_problems, pass_at_k,
                                    summarize_records)
 
 
@@ -116,13 +117,16 @@ def test_failure_categories(he_problems, body, category, exception):
         assert exception in outcome["detail"]
 
 
-def test_program_is_prompt_completion_and_test(he_problems):
+def test_solution_and_tests_go_to_separate_files(he_problems):
+    """The solution process gets prompt + completion; the prompt's helpers and the test go to the checker."""
     p = he_problems[2]
-    program = humaneval_program(p, p.canonical_solution)
-    prelude, rest = program.split("\n", 1)
-    assert prelude.startswith("__import__('sys').path.extend(")  # site-packages without binding a name
-    assert rest.startswith(p.prompt + p.canonical_solution)
-    assert program.rstrip().endswith(p.test.rstrip())  # the harness calls check(entry_point) itself
+    argv, kwargs = call_job(p.prompt + p.canonical_solution, p.entry_point, Limits(), test=p.test,
+                            helpers=p.prompt)
+    files = kwargs["files"]
+    assert argv[-1] == "harness.py" and "solution process" in files["harness.py"]
+    assert files["solution.py"] == p.prompt + p.canonical_solution and files["test.py"] == p.test
+    job = json.loads(files["job.json"])
+    assert job["mode"] == "check" and job["entry_point"] == p.entry_point and job["helpers"] == p.prompt
 
 
 def test_installed_packages_import_but_no_names_leak(he_problems):

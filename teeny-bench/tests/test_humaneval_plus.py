@@ -14,7 +14,7 @@ from teeny_core.errors import TeenyError
 from teeny_core.store import MemoryContext
 from teeny_core.types import Generation, LoadedModel
 from teeny_bench import errors
-from teeny_bench.humaneval import HumanEvalPlus, PlusGrader, file_id, load_plus_problems
+from teeny_bench.humaneval import CACHE_FORMAT, HumanEvalPlus, PlusGrader, file_id, load_plus_problems
 
 ADD = {
     "task_id": "Plus/0", "entry_point": "add", "atol": 0,
@@ -227,7 +227,7 @@ def test_an_answer_of_a_million_digits_is_graded(tmp_path):
     right, wrong = grader.grade([(problems[0], STARTS_ONE_ENDS["canonical_solution"]), (problems[0], off_by_one)])
     assert right["passed"], right
     assert not wrong["passed"] and wrong["category"] == errors.WRONG_ANSWER and wrong["failed_input"] == 3, wrong
-    assert "too long to show" in wrong["detail"]
+    assert "too large to show" in wrong["detail"]
 
 
 def test_a_solution_cannot_read_the_problem_file_or_the_answer_cache():
@@ -252,7 +252,7 @@ def test_a_solution_cannot_read_the_problem_file_or_the_answer_cache():
         problems = load_plus_problems(path)
         grader = PlusGrader(problems, file_id(path), root / "cache")
         grader.references([problems[0].task_id])
-        cached = root / "cache" / "humaneval-plus" / file_id(path) / (
+        cached = root / "cache" / "humaneval-plus" / CACHE_FORMAT / file_id(path) / (
             hashlib.sha256(b"Plus/0").hexdigest()[:16] + ".json")
         for p in [cached, *cached.parents]:
             if p == root:

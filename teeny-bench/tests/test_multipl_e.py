@@ -109,11 +109,19 @@ def test_program_is_prompt_completion_tests_between_the_channel_code():
     program = assemble(p, SOLUTIONS["js"][53])
     read, write = CHANNEL_CODE["js"]
     assert program == read + p.prompt + SOLUTIONS["js"][53] + "\n" + p.tests + write
+    assert "python" not in CHANNEL_CODE  # the Python column runs under _call_harness.py (python_job)
+
+
+def test_python_column_splits_the_solution_from_the_tests():
+    from teeny_bench.multipl_e import PYTHON_HEADER, python_job
+
     py = problems_by_number("python")[53]
-    read, write = CHANNEL_CODE["python"]
-    program = assemble(py, "    return 1\n")
-    assert program.startswith(read) and program.endswith(py.prompt + "    return 1\n\n" + py.tests + write)
     assert "check(add)" in py.tests
+    _, kwargs = python_job(py, "    return 1\n", 5.0, 1 << 30)
+    files = kwargs["files"]
+    assert files["solution.py"] == PYTHON_HEADER + py.prompt + "    return 1\n"
+    assert files["test.py"].rstrip().endswith("assert add(x, y) == x + y")  # the harness calls check once
+    assert json.loads(files["job.json"])["helpers"] == PYTHON_HEADER + py.prompt
 
 
 def test_chat_answers_are_cut_to_the_body():

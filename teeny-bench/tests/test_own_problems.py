@@ -179,3 +179,18 @@ def test_a_method_body_with_its_own_indentation_is_accepted(completion):
     problem = next(p for p in load_problems(EXAMPLE) if p.task_id == "local/max-gap")
     (outcome,) = grade_humaneval([(problem, completion)])
     assert outcome["passed"], outcome
+
+
+def test_arguments_of_prompt_defined_classes_are_a_clear_failure(tmp_path):
+    """Only builtin values cross to the solution's process: a test passing an object of a prompt-defined class
+    fails with a detail that says so (not as the solution's fault)."""
+    record = {"task_id": "local/node", "prompt": "class Node:\n    def __init__(self, v):\n        self.v = v\n\n\n"
+                                                "def value(node):\n    \"\"\"The node's value.\"\"\"\n",
+              "test": "def check(candidate):\n    assert candidate(Node(3)) == 3\n",
+              "canonical_solution": "    return node.v\n"}
+    path = tmp_path / "nodes.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    (problem,) = load_problems(path)
+    (outcome,) = grade_humaneval([(problem, problem.canonical_solution)], timeout=5)
+    assert not outcome["passed"] and outcome["category"] == errors.RUNTIME_ERROR, outcome
+    assert "not of builtin types" in outcome["detail"] and outcome["exception"] == "UnsupportedArgument"
