@@ -1,0 +1,40 @@
+"""benchmarks/gpu_bench.py's dry run: the whole GPU benchmark flow (model built in memory, bf16 and packed w4
+decode timed at two depths, weights counted, GPTQ and AWQ run in child processes, energy read or said
+unavailable) on CPU with a tiny shape, and the JSON/Markdown writers. The figures themselves are the GPU run's."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_bench.py"
+
+
+def test_the_dry_run_writes_every_key_with_its_type(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH), "--dry-run", "--out", str(tmp_path / "out"),
+                           "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=600,
+                          cwd=BENCH.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "out" / "gpu.json").read_text())
+    assert result["dry_run"] is True and result["device"] == "cpu" and isinstance(result["gpu"], str)
+    for key in ("decode_tok_s_bf16", "decode_tok_s_w4", "gptq_seconds_14b_full", "awq_seconds_14b_full"):
+        assert isinstance(result[key], float), (key, result.get(key), result.get(key.split("_")[0]))
+    assert result["gptq_seconds_14b_full"] > 0 and result["awq_seconds_14b_full"] > 0
+    assert isinstance(result["weight_bytes_bf16"], int) and isinstance(result["weight_bytes_w4"], int)
+    # the tiny shape at 48 layers: 4-bit codes plus a bf16 scale and offset per 128 columns, the embedding and
+    # lm_head kept bf16, so w4 holds well under half of bf16's bytes but more than its layers' eighth
+    assert 0.15 < result["weight_bytes_w4"] / result["weight_bytes_bf16"] < 0.5
+    assert result["w4"]["packed_linears"] == 2 * 7
+    if result["joules_per_token_w4"] is None:
+        assert result["energy_source"].startswith("unavailable: ")
+    else:
+        assert result["joules_per_token_w4"] > 0
+    assert not (tmp_path / "work").exists()  # the written model is removed
+    page = (tmp_path / "out" / "gpu.md").read_text()
+    assert "DRY RUN" in page and "decode tok/s at batch 1, w4 g128 packed" in page
