@@ -155,13 +155,13 @@ def decode_power(model, device: str, new_tokens: int) -> tuple[float | None, str
 
 
 def quantizer_seconds(method: str, shape_layers: int, work: Path, device: str, calibration: tuple[int, int],
-                      extra: dict) -> dict:
+                      extra: dict, timeout: float) -> dict:
     """Quantize the written model with ``method`` in a child process; the 48-layer seconds as scale.py does."""
     model_dir = work / f"model-{shape_layers}"
     options = {"bits": 4, "group_size": 128, "device": device, **extra}
     try:
         r = scale.child(scale.CHILD, method, str(model_dir), str(work / f"out-{method}"), json.dumps(options),
-                        json.dumps(list(calibration)))
+                        json.dumps(list(calibration)), timeout=timeout)
     except RuntimeError as exc:
         return {"error": str(exc)}
     finally:
@@ -185,6 +185,7 @@ def device_name(device: str) -> str:
 
 
 def run(args) -> dict:
+    """Measure everything, writing the results after each stage (a stage cut short leaves the others)."""
     import torch
     import transformers
 
@@ -197,13 +198,15 @@ def run(args) -> dict:
                     "shape": {k: shape[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads",
                                                     "num_key_value_heads", "vocab_size")},
                     "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                    "load_note": load_note()}
+                    "load_note": load_note(), **{k: None for k in KEYS[1:]}}
+    decode = (args.new_tokens, args.repeats)
     t0 = time.perf_counter()
     model = build_model(shape, args.layers, device)
     log("built the bf16 model")
     result["build_seconds"] = time.perf_counter() - t0
     result["weight_bytes_bf16"] = weight_bytes_at_full_depth(model)
-    result["decode_tok_s_bf16"], result["bf16_timings"] = decode_rate(model, device, args.layers, args.new_tokens, args.repeats)
+    result["decode_tok_s_bf16"], result["bf16_timings"] = decode_rate(model, device, args.layers, *decode)
+    write_results(result, args.out)
     log("bf16 decode timed")
     del model
     if device.startswith("cuda"):
@@ -214,11 +217,14 @@ def run(args) -> dict:
     result["w4"] = quantize_w4(model, device)
     result["w4"]["pack_seconds"] = time.perf_counter() - t0
     result["weight_bytes_w4"] = weight_bytes_at_full_depth(model)
+    result["weight_ratio_w4_vs_bf16"] = result["weight_bytes_w4"] / result["weight_bytes_bf16"]
     watts, source = decode_power(model, device, args.new_tokens)
-    result["decode_tok_s_w4"], result["w4_timings"] = decode_rate(model, device, args.layers, args.new_tokens, args.repeats)
+    result["decode_tok_s_w4"], result["w4_timings"] = decode_rate(model, device, args.layers, *decode)
     result["energy_source"] = source
     result["decode_watts_w4"] = watts
     result["joules_per_token_w4"] = watts / result["decode_tok_s_w4"] if watts is not None else None
+    result["speedup_w4_vs_bf16"] = result["decode_tok_s_w4"] / result["decode_tok_s_bf16"]
+    write_results(result, args.out)
     log("w4 decode timed")
     del model
     if device.startswith("cuda"):
@@ -230,14 +236,14 @@ def run(args) -> dict:
         result["quant_model_gb_written"] = written
         for method in ("gptq", "awq"):
             extra = {"grid": 2} if method == "awq" and args.dry_run else {}  # the flow, not AWQ's full search
-            r = quantizer_seconds(method, args.quant_layers, args.work, device, args.calibration, extra)
+            r = quantizer_seconds(method, args.quant_layers, args.work, device, args.calibration, extra,
+                                  args.quant_timeout)
             result[method] = r
             result[f"{method}_seconds_14b_full"] = r.get("full")
+            write_results(result, args.out)
             log(f"{method} timed")
     finally:
         shutil.rmtree(args.work, ignore_errors=True)
-    result["speedup_w4_vs_bf16"] = result["decode_tok_s_w4"] / result["decode_tok_s_bf16"]
-    result["weight_ratio_w4_vs_bf16"] = result["weight_bytes_w4"] / result["weight_bytes_bf16"]
     return result
 
 
@@ -246,6 +252,8 @@ def markdown(r: dict) -> str:
     def num(x, fmt="{:.1f}"):
         return "-" if x is None else fmt.format(x)
 
+    r = {"speedup_w4_vs_bf16": None, "weight_ratio_w4_vs_bf16": None, "energy_source": "not measured", **r}
+
     title = "GPU benchmark, 14B shape" + (" (DRY RUN on CPU, tiny shape: checks the flow, not the figures)"
                                           if r["dry_run"] else " (tiny shape)" if r["shape"]["hidden_size"] < 5120
                                           else "")
@@ -253,8 +261,8 @@ def markdown(r: dict) -> str:
         ("decode tok/s at batch 1, bf16", num(r["decode_tok_s_bf16"])),
         ("decode tok/s at batch 1, w4 g128 packed", num(r["decode_tok_s_w4"])),
         ("w4 / bf16 decode speed (target >= 1.8)", num(r["speedup_w4_vs_bf16"], "{:.2f}x")),
-        ("weights bf16", num(r["weight_bytes_bf16"] / 1e9, "{:.2f} GB")),
-        ("weights w4", num(r["weight_bytes_w4"] / 1e9, "{:.2f} GB")),
+        ("weights bf16", num(r["weight_bytes_bf16"] and r["weight_bytes_bf16"] / 1e9, "{:.2f} GB")),
+        ("weights w4", num(r["weight_bytes_w4"] and r["weight_bytes_w4"] / 1e9, "{:.2f} GB")),
         ("w4 / bf16 weights (target <= 0.30)", num(r["weight_ratio_w4_vs_bf16"], "{:.3f}")),
         ("GPTQ w4 g128, 48 layers (target <= 360 s)", num(r["gptq_seconds_14b_full"], "{:.0f} s")),
         ("AWQ w4 g128, 48 layers (target <= 600 s)", num(r["awq_seconds_14b_full"], "{:.0f} s")),
@@ -292,6 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--calibration", default="128x2048", help="samples x tokens for GPTQ/AWQ")
     ap.add_argument("--new-tokens", type=int, default=32, help="tokens generated per timed decode")
     ap.add_argument("--repeats", type=int, default=3, help="timed decodes per depth (the fastest counts)")
+    ap.add_argument("--quant-timeout", type=float, default=100, help="seconds each of GPTQ and AWQ may take")
     ap.add_argument("--work", type=Path, default=Path("/tmp/teeny-gpu-bench"))
     ap.add_argument("--out", type=Path, default=scale.ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)

@@ -149,9 +149,12 @@ print(json.dumps({"load_s": load_s, "generate_s": time.perf_counter() - start, "
 """
 
 
-def child(script: str, *argv: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True,
-                          env={**os.environ, "TEENY_NO_BAR": "1"})
+def child(script: str, *argv: str, timeout: float | None = None) -> dict:
+    try:
+        proc = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True,
+                              env={**os.environ, "TEENY_NO_BAR": "1"}, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{argv[0]} did not finish in {timeout:.0f} s") from None
     if proc.returncode:
         raise RuntimeError(f"{argv[0]} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -1,6 +1,7 @@
 """Built-in ``system`` profiler: peak RSS (and CUDA memory), wall time, energy where readable, and a
 standard generation benchmark (time to first token, decode tokens/s and joules per generated token at batch 1,
-generation throughput at the runtime's batch size). Unreadable figures are reported as ``None`` with the reason, never guessed."""
+generation throughput at the runtime's batch size). Unreadable figures are reported as ``None`` with the reason,
+never guessed."""
 
 from __future__ import annotations
 

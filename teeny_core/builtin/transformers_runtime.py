@@ -22,7 +22,8 @@ class TransformersOptions(Options):
         "auto", "compute dtype (auto: float32 on CPU, the checkpoint's on CUDA)")
     batch_size: int = option(8, "prompts or sequences per forward batch", min=1)
     kernels: Literal["packed", "dequant"] = option(
-        "packed", "hf-gptq/hf-awq on CPU or CUDA: keep weights packed and use int4 kernels, or dequantize to float on load")
+        "packed", "hf-gptq/hf-awq on CPU or CUDA: keep weights packed and use int4 kernels, or dequantize to float "
+                  "on load")
     packed_compute: Literal["bfloat16", "float32"] = option(
         "bfloat16", "activation dtype inside packed linears (bfloat16: the kernel's fast path; float32: exact, slower, "
                    "CPU only)")
