@@ -29,12 +29,12 @@ COMPUTE_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def available(device: str = "cpu") -> bool:
-    """Whether this torch build has the int4 kernel for ``device`` (cpu, cuda or cuda:N)."""
+    """Whether this torch build has the int4 kernel for ``device`` (cpu, cuda or cuda:N; no other device)."""
     if _is_cuda(device):
         from teeny_core import packed_cuda
 
         return packed_cuda.available()
-    return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+    return str(device) == "cpu" and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
 
 
 def _is_cuda(device) -> bool:
