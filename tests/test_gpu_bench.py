@@ -16,6 +16,18 @@ pytest.importorskip("transformers")
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_bench.py"
 
 
+def expected_weight_bytes(shape: dict, layers: int = 48) -> tuple[int, int]:
+    """Bytes of a Qwen2 model of ``shape`` at ``layers`` layers, counted from the shapes: bf16 everywhere, and
+    w4 g128 with 4-bit codes, a bf16 scale and offset per 128 columns and float32 q/k/v biases in the layers."""
+    h, i, v = shape["hidden_size"], shape["intermediate_size"], shape["vocab_size"]
+    kv = h // shape["num_attention_heads"] * shape["num_key_value_heads"]
+    linears = [(h, h), (kv, h), (kv, h), (h, h), (i, h), (i, h), (h, i)]  # (out, in)
+    biases, norms, outside = h + 2 * kv, 2 * h, 2 * (2 * v * h + h)
+    bf16_layer = 2 * (sum(o * n for o, n in linears) + biases + norms)
+    w4_layer = sum(o * n // 2 + (n // 128) * o * 2 * 2 for o, n in linears) + 4 * biases + 2 * norms
+    return outside + layers * bf16_layer, outside + layers * w4_layer
+
+
 def test_the_dry_run_writes_every_key_with_its_type(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH), "--dry-run", "--out", str(tmp_path / "out"),
                            "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=600,
@@ -27,9 +39,9 @@ def test_the_dry_run_writes_every_key_with_its_type(tmp_path):
         assert isinstance(result[key], float), (key, result.get(key), result.get(key.split("_")[0]))
     assert result["gptq_seconds_14b_full"] > 0 and result["awq_seconds_14b_full"] > 0
     assert isinstance(result["weight_bytes_bf16"], int) and isinstance(result["weight_bytes_w4"], int)
-    # the tiny shape at 48 layers: 4-bit codes plus a bf16 scale and offset per 128 columns, the embedding and
-    # lm_head kept bf16, so w4 holds well under half of bf16's bytes but more than its layers' eighth
-    assert 0.15 < result["weight_bytes_w4"] / result["weight_bytes_bf16"] < 0.5
+    bf16, w4 = expected_weight_bytes(result["shape"])
+    assert abs(result["weight_bytes_bf16"] - bf16) <= 1024  # the rotary embedding's float32 buffers
+    assert abs(result["weight_bytes_w4"] - w4) <= 1024
     assert result["w4"]["packed_linears"] == 2 * 7
     if result["joules_per_token_w4"] is None:
         assert result["energy_source"].startswith("unavailable: ")
