@@ -189,6 +189,8 @@ def run(args) -> dict:
     import torch
     import transformers
 
+    from teeny_core.packed import tensor_bytes
+
     shape = TINY if args.tiny else scale.SHAPE
     device = args.device
     result: dict = {"gpu": device_name(device), "dry_run": args.dry_run, "device": device,
@@ -205,6 +207,7 @@ def run(args) -> dict:
     log("built the bf16 model")
     result["build_seconds"] = time.perf_counter() - t0
     result["weight_bytes_bf16"] = weight_bytes_at_full_depth(model)
+    result["layer_bytes_bf16"] = tensor_bytes(model.model.layers[0])
     result["decode_tok_s_bf16"], result["bf16_timings"] = decode_rate(model, device, args.layers, *decode)
     write_results(result, args.out)
     log("bf16 decode timed")
@@ -217,6 +220,7 @@ def run(args) -> dict:
     result["w4"] = quantize_w4(model, device)
     result["w4"]["pack_seconds"] = time.perf_counter() - t0
     result["weight_bytes_w4"] = weight_bytes_at_full_depth(model)
+    result["layer_bytes_w4"] = tensor_bytes(model.model.layers[0])
     result["weight_ratio_w4_vs_bf16"] = result["weight_bytes_w4"] / result["weight_bytes_bf16"]
     watts, source = decode_power(model, device, args.new_tokens)
     result["decode_tok_s_w4"], result["w4_timings"] = decode_rate(model, device, args.layers, *decode)
@@ -264,6 +268,8 @@ def markdown(r: dict) -> str:
         ("weights bf16", num(r["weight_bytes_bf16"] and r["weight_bytes_bf16"] / 1e9, "{:.2f} GB")),
         ("weights w4", num(r["weight_bytes_w4"] and r["weight_bytes_w4"] / 1e9, "{:.2f} GB")),
         ("w4 / bf16 weights (target <= 0.30)", num(r["weight_ratio_w4_vs_bf16"], "{:.3f}")),
+        ("w4 / bf16, decoder layers only (embedding and lm_head stay bf16)",
+         num(r.get("layer_bytes_w4") and r["layer_bytes_w4"] / r["layer_bytes_bf16"], "{:.3f}")),
         ("GPTQ w4 g128, 48 layers (target <= 360 s)", num(r["gptq_seconds_14b_full"], "{:.0f} s")),
         ("AWQ w4 g128, 48 layers (target <= 600 s)", num(r["awq_seconds_14b_full"], "{:.0f} s")),
         ("joules per token, w4", num(r["joules_per_token_w4"], "{:.3f} J")

@@ -42,6 +42,7 @@ def test_the_dry_run_writes_every_key_with_its_type(tmp_path):
     bf16, w4 = expected_weight_bytes(result["shape"])
     assert abs(result["weight_bytes_bf16"] - bf16) <= 1024  # the rotary embedding's float32 buffers
     assert abs(result["weight_bytes_w4"] - w4) <= 1024
+    assert result["layer_bytes_w4"] / result["layer_bytes_bf16"] < 0.3  # 4.5 bits (w4 g128) against 16, biases f32
     assert result["w4"]["packed_linears"] == 2 * 7
     if result["joules_per_token_w4"] is None:
         assert result["energy_source"].startswith("unavailable: ")
