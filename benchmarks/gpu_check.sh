@@ -22,7 +22,8 @@ mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu_check.log") 2>&1
 start=$(date +%s)
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INDEX=1 TEENY_NO_BAR=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || { echo "gpu_check: no GPU (nvidia-smi)"; exit 1; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv ||
+    { echo "gpu_check: no GPU (nvidia-smi)"; exit 1; }
 
 "$PY" - "$TRANSFORMERS_FLOOR" <<'PYEOF' || exit 1
 import sys
@@ -60,8 +61,8 @@ echo "gpu_check: installed in $(( $(date +%s) - start ))s"
 FILES=(tests/test_packed_runtime.py tests/test_runtime_choice.py tests/test_rtn_fidelity_reference.py
        teeny-gptq/tests/test_gptq_quantizer.py teeny-gptq/tests/test_gptq_streaming.py
        teeny-awq/tests/test_awq_checkpoint.py teeny-awq/tests/test_awq_streaming.py)
-timeout "$TEST_LIMIT" bash -c '"$0" -m pytest -q -rs -p no:cacheprovider --timeout 120 -m cuda --continue-on-collection-errors \
-        --junitxml="$1/pytest-cuda.xml" tests teeny-gptq/tests teeny-awq/tests plugins/teeny-vllm/tests; a=$?
+timeout "$TEST_LIMIT" bash -c '"$0" -m pytest -q -rs -p no:cacheprovider --timeout 120 -m cuda \
+        --continue-on-collection-errors --junitxml="$1/pytest-cuda.xml" tests teeny-gptq/tests teeny-awq/tests plugins/teeny-vllm/tests; a=$?
     "$0" -m pytest -q -rs -p no:cacheprovider --timeout 120 --junitxml="$1/pytest-device.xml" "${@:2}"; b=$?
     exit $(( a || b ))' "$PY" "$OUT" "${FILES[@]}"
 tests=$?
