@@ -62,7 +62,8 @@ FILES=(tests/test_packed_runtime.py tests/test_runtime_choice.py tests/test_rtn_
        teeny-gptq/tests/test_gptq_quantizer.py teeny-gptq/tests/test_gptq_streaming.py
        teeny-awq/tests/test_awq_checkpoint.py teeny-awq/tests/test_awq_streaming.py)
 timeout "$TEST_LIMIT" bash -c '"$0" -m pytest -q -rs -p no:cacheprovider --timeout 120 -m cuda \
-        --continue-on-collection-errors --junitxml="$1/pytest-cuda.xml" tests teeny-gptq/tests teeny-awq/tests plugins/teeny-vllm/tests; a=$?
+        --continue-on-collection-errors --junitxml="$1/pytest-cuda.xml" \
+        tests teeny-gptq/tests teeny-awq/tests plugins/teeny-vllm/tests; a=$?
     "$0" -m pytest -q -rs -p no:cacheprovider --timeout 120 --junitxml="$1/pytest-device.xml" "${@:2}"; b=$?
     exit $(( a || b ))' "$PY" "$OUT" "${FILES[@]}"
 tests=$?
