@@ -40,22 +40,25 @@ SHAPE = dict(hidden_size=5120, intermediate_size=13824, num_attention_heads=40, 
 GiB = 2**30
 
 
-def write_model(out: Path, layers: int) -> float:
-    """Write the random bf16 model with the walker's shard writer, one tensor at a time; returns GB written."""
+def write_model(out: Path, layers: int, shape: dict | None = None) -> float:
+    """Write the random bf16 model (``shape``, default :data:`SHAPE`) with the walker's shard writer, one tensor
+    at a time; returns GB written."""
     import torch
     import transformers
 
     from teeny_core.testing import build_tokenizer
     from teeny_core.walker import ShardWriter
 
+    shape = shape or SHAPE
     tokenizer = build_tokenizer()
-    config = transformers.Qwen2Config(**SHAPE, num_hidden_layers=layers, bos_token_id=tokenizer.bos_token_id,
+    config = transformers.Qwen2Config(**shape, num_hidden_layers=layers, bos_token_id=tokenizer.bos_token_id,
                                       eos_token_id=tokenizer.eos_token_id, dtype="bfloat16")
     out.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(out)
     tokenizer.save_pretrained(out)
     gen = torch.Generator().manual_seed(0)
-    h, i, kv = SHAPE["hidden_size"], SHAPE["intermediate_size"], 1024
+    h, i, vocab = shape["hidden_size"], shape["intermediate_size"], shape["vocab_size"]
+    kv = h // shape["num_attention_heads"] * shape["num_key_value_heads"]
 
     def rand(*shape, std=0.02):
         t = torch.empty(shape, dtype=torch.bfloat16)
@@ -65,7 +68,7 @@ def write_model(out: Path, layers: int) -> float:
         return t
 
     writer = ShardWriter(out)
-    writer.add("model.embed_tokens.weight", rand(SHAPE["vocab_size"], h))
+    writer.add("model.embed_tokens.weight", rand(vocab, h))
     for n in range(layers):
         p = f"model.layers.{n}."
         for name, shape in (("self_attn.q_proj", (h, h)), ("self_attn.k_proj", (kv, h)), ("self_attn.v_proj", (kv, h)),
@@ -77,7 +80,7 @@ def write_model(out: Path, layers: int) -> float:
         for norm in ("input_layernorm", "post_attention_layernorm"):
             writer.add(f"{p}{norm}.weight", 1 + rand(h, std=0.1))
     writer.add("model.norm.weight", 1 + rand(h, std=0.1))
-    writer.add("lm_head.weight", rand(SHAPE["vocab_size"], h))
+    writer.add("lm_head.weight", rand(vocab, h))
     writer.close()
     return writer.total / 1e9
 
@@ -110,11 +113,12 @@ from teeny_core.modeling import peak_rss_bytes
 from teeny_core.plugins import Plugins
 from teeny_core.types import CalibrationSet, ModelSource
 method, path, out, options = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+samples, tokens = json.loads(sys.argv[5]) if len(sys.argv) > 5 else (4, 256)  # calibration shape
 cls = Plugins.load().get("quantizer", method)
 cal = None
 if cls.needs_calibration:
     g = torch.Generator().manual_seed(0)
-    cal = CalibrationSet("random", torch.randint(3, 500, (4, 256), generator=g).tolist())
+    cal = CalibrationSet("random", torch.randint(3, 500, (samples, tokens), generator=g).tolist())
 facts = {}
 walk = walker.walk
 walker.walk = lambda *a, **k: facts.setdefault("walk", walk(*a, **k))  # keep the walker's per-layer times
@@ -145,9 +149,12 @@ print(json.dumps({"load_s": load_s, "generate_s": time.perf_counter() - start, "
 """
 
 
-def child(script: str, *argv: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True,
-                          env={**os.environ, "TEENY_NO_BAR": "1"})
+def child(script: str, *argv: str, timeout: float | None = None) -> dict:
+    try:
+        proc = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True,
+                              env={**os.environ, "TEENY_NO_BAR": "1"}, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{argv[0]} did not finish in {timeout:.0f} s") from None
     if proc.returncode:
         raise RuntimeError(f"{argv[0]} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

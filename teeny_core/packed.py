@@ -14,7 +14,8 @@ benchmarks/results/runtimes.md). It computes ``x @ w.T`` with ``w = (q - 8) * sc
 A layout the kernel cannot express (unequal act-order groups, an input width no kernel group divides) keeps a
 float weight for that layer; :func:`pack_linears` says which and why. The kernel's fast path takes bfloat16
 activations (its float32 path is exact but several times slower above one row); the compute dtype is an option
-of the runtime. This module imports torch at import time: only runtimes import it, inside ``load``.
+of the runtime. Weights bound for a CUDA device are packed for torch's CUDA int4 kernel instead
+(:mod:`teeny_core.packed_cuda`). This module imports torch at import time: only runtimes import it, inside ``load``.
 """
 
 from __future__ import annotations
@@ -27,9 +28,17 @@ KERNEL_GROUPS = (256, 128, 64, 32)
 COMPUTE_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def available() -> bool:
-    """Whether this torch build has the CPU int4 kernel."""
-    return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+def available(device: str = "cpu") -> bool:
+    """Whether this torch build has the int4 kernel for ``device`` (cpu, cuda or cuda:N; no other device)."""
+    if _is_cuda(device):
+        from teeny_core import packed_cuda
+
+        return packed_cuda.available()
+    return str(device) == "cpu" and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+
+
+def _is_cuda(device) -> bool:
+    return str(device).split(":")[0] == "cuda"
 
 
 class PackedLinear(torch.nn.Module):
@@ -56,13 +65,16 @@ class PackedLinear(torch.nn.Module):
         flat = flat.contiguous()
         y = None
         for i in range(self.n_planes):
-            part = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, getattr(self, f"codes{i}"), self.group,
-                                                              getattr(self, f"scale_offset{i}"))
+            part = self.int4_mm(flat, getattr(self, f"codes{i}"), getattr(self, f"scale_offset{i}"))
             y = part if y is None else y + part
         y = y.to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
         return y.reshape(*shape[:-1], self.out_features)
+
+    def int4_mm(self, x, codes, scale_offset):
+        """One plane's product ``x @ w.T`` by torch's CPU int4 kernel."""
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, codes, self.group, scale_offset)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, group={self.group}, "
@@ -89,22 +101,37 @@ def _kernel_group(linear) -> tuple[int | None, Any, str]:
     return group, perm, ""
 
 
-def _plane(codes, scale, offset, group: int, width: int, dtype):
-    """Pack one plane: nibble codes [out, in] (already permuted) and per-group scale/offset [out, groups]."""
+def _plane(codes, scale, offset, group: int, width: int, dtype, device="cpu"):
+    """Pack one plane for ``device``: nibble codes [out, in] (already permuted) and per-group scale/offset
+    [out, groups]."""
     repeat = width // group  # kernel groups per checkpoint group
     scale = scale.repeat_interleave(repeat, dim=1)
     offset = offset.repeat_interleave(repeat, dim=1)
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 1)
-    scale_offset = torch.stack([scale.t(), offset.t()], dim=-1).to(dtype).contiguous()
+    if _is_cuda(device):
+        from teeny_core import packed_cuda
+
+        packed = packed_cuda.convert(codes, device)
+    else:
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 1)
+    scale_offset = torch.stack([scale.t(), offset.t()], dim=-1).to(dtype).contiguous().to(device)
     return packed, scale_offset
 
 
-def pack_linear(linear, compute: str = "bfloat16") -> tuple[PackedLinear | None, str]:
-    """A :class:`PackedLinear` for a ``QuantizedLinear``, or ``(None, reason)`` when the kernel cannot express it."""
+def pack_linear(linear, compute: str = "bfloat16", device: str = "cpu") -> tuple[PackedLinear | None, str]:
+    """A :class:`PackedLinear` for a ``QuantizedLinear`` with its planes on ``device``, or ``(None, reason)`` when
+    the kernel cannot express it."""
     dtype = COMPUTE_DTYPES[compute]
     out_features, in_features = linear.q.shape
     if linear.bits not in (2, 3, 4, 8):
         return None, f"{linear.bits}-bit codes"
+    cls = PackedLinear
+    if _is_cuda(device):
+        from teeny_core import packed_cuda
+
+        reason = packed_cuda.unsupported(out_features, in_features)
+        if reason:
+            return None, reason
+        cls = packed_cuda.CudaPackedLinear
     group, perm, reason = _kernel_group(linear)
     if group is None:
         return None, reason
@@ -112,16 +139,19 @@ def pack_linear(linear, compute: str = "bfloat16") -> tuple[PackedLinear | None,
     q = linear.q if perm is None else linear.q[:, perm]
     scale, zero = linear.scale.float(), linear.zero.float()
     if linear.bits <= 4:
-        planes = [_plane(q, scale, scale * (8 - zero), group, width, dtype)]
+        planes = [_plane(q, scale, scale * (8 - zero), group, width, dtype, device)]
     else:  # q = 16 * hi + lo: (hi - 8) * 16s + s * (136 - zero) plus (lo - 8) * s + 0
-        planes = [_plane(q >> 4, 16 * scale, scale * (136 - zero), group, width, dtype),
-                  _plane(q & 15, scale, torch.zeros_like(scale), group, width, dtype)]
-    bias = None if linear.bias is None else linear.bias.float()
-    return PackedLinear(planes, group, in_features, out_features, perm=perm, bias=bias), ""
+        planes = [_plane(q >> 4, 16 * scale, scale * (136 - zero), group, width, dtype, device),
+                  _plane(q & 15, scale, torch.zeros_like(scale), group, width, dtype, device)]
+    bias = None if linear.bias is None else linear.bias.float().to(device)
+    perm = None if perm is None else perm.to(device)
+    return cls(planes, group, in_features, out_features, perm=perm, bias=bias), ""
 
 
-def pack_linears(model, linears, compute: str = "bfloat16") -> tuple[list[str], dict[str, Any], dict[str, str]]:
-    """Put a :class:`PackedLinear` in place of each quantized linear of ``model`` that the kernel can express.
+def pack_linears(model, linears, compute: str = "bfloat16",
+                 device: str = "cpu") -> tuple[list[str], dict[str, Any], dict[str, str]]:
+    """Put a :class:`PackedLinear` (planes on ``device``) in place of each quantized linear of ``model`` that the
+    kernel can express.
 
     ``linears`` yields ``(name, QuantizedLinear)`` pairs, consumed one at a time. Returns ``(packed names,
     fallback weights by tensor name, {linear name: why it stays float})``: the caller loads the fallback weights
@@ -134,7 +164,8 @@ def pack_linears(model, linears, compute: str = "bfloat16") -> tuple[list[str], 
         if not isinstance(_submodule(model, name), torch.nn.Linear):
             packed, reason = None, "not a linear in memory (routed experts are fused into one parameter)"
         else:
-            packed, reason = pack_linear(linear, compute) if available() else (None, "no int4 CPU kernel in this torch")
+            packed, reason = (pack_linear(linear, compute, device) if available(device) else
+                              (None, f"no int4 {'CUDA' if _is_cuda(device) else 'CPU'} kernel in this torch"))
         if packed is None:
             reasons[name] = reason
             fallback[f"{name}.weight"] = linear.dequantize()

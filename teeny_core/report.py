@@ -378,7 +378,7 @@ def results_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         delta_label = f"delta mean {primary.analysis_metric} vs original"
     alpha = _alpha(results)
     headers = ["variant", "method", "bits", f"{label} [{100 * (1 - alpha):g}% CI]", f"{delta_label} [CI] (p Holm)", "verdict",
-               "flips (-/+)", "artifact", "peak memory", "tokens/s", "energy", "weights in memory", "TTFT",
+               "flips (-/+)", "artifact", "peak memory", "tokens/s", "energy", "J/token", "weights in memory", "TTFT",
                "throughput (batch)", "runtime"]
     rows = []
     for v in _variants(results):
@@ -386,7 +386,7 @@ def results_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         r = comparison(results, v["name"], primary)
         if failed(v):
             rows.append([v["name"], _method(v), _bits(v), "-", "-", "FAILED", "", "-", "-", "-", "-", "-", "-", "-",
-                         runtime_of(v)])
+                         "-", runtime_of(v)])
             continue
         if v["name"] == results.get("baseline"):
             delta, verdict, flips = "(baseline)", "", ""
@@ -413,6 +413,7 @@ def results_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         rows.append([name, _method(v), _bits(v), score,
                      delta, verdict, flips, size, format_bytes(mem) if mem and "artifact" not in how else "-",
                      _num(bench.get("decode_tokens_per_s"), 3), f"{energy:.1f} J" if energy is not None else "-",
+                     _num(bench.get("joules_per_token"), 3),
                      format_bytes(weight_bytes(v)), _seconds(bench.get("ttft_s")), _throughput(bench), runtime_of(v)])
     return headers, rows
 
@@ -614,7 +615,8 @@ def _blocks(run_dir: Path, results: dict[str, Any], plots: bool = True) -> tuple
                    if memory_of(v)[0] and "artifact" not in memory_of(v)[1]}
     if memory_note:
         blocks.append(_Block("p", "Peak memory is the " + " / ".join(sorted(memory_note)) + ". Memory, "
-                             "weights in memory, tokens/s (decode at batch 1), TTFT and throughput are those of the "
+                             "weights in memory, tokens/s (decode at batch 1), J/token (energy per generated token at batch 1, "
+                             "where NVML or RAPL is readable), TTFT and throughput are those of the "
                              "runtime named in each row, each variant measured in a worker process of its own."))
     failures = [v for v in _variants(results) if failed(v)]
     if failures:

@@ -161,7 +161,10 @@ def test_transformers_runtime_ranks_packed_cpu_formats_as_native():
 
     native = TransformersRuntime.priority("hf", "cpu")
     assert TransformersRuntime.priority("hf-gptq", "cpu") == TransformersRuntime.priority("hf-awq", "cpu") == native
-    assert TransformersRuntime.priority("hf-awq", "cuda") == 0  # dequantized on load: loads, not native
+    from teeny_core.packed import available
+
+    # on CUDA: packed where torch has the CUDA int4 kernel and a device, else dequantized on load (not native)
+    assert TransformersRuntime.priority("hf-awq", "cuda") == (native if available("cuda") else 0)
     assert TransformersRuntime.priority("gguf", "cpu") == 0
     assert TransformersRuntime.priority("onnx", "cpu") is None
 

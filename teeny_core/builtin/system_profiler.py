@@ -1,6 +1,7 @@
 """Built-in ``system`` profiler: peak RSS (and CUDA memory), wall time, energy where readable, and a
-standard generation benchmark (time to first token, decode tokens/s at batch 1, generation throughput at the
-runtime's batch size). Unreadable figures are reported as ``None`` with the reason, never guessed."""
+standard generation benchmark (time to first token, decode tokens/s and joules per generated token at batch 1,
+generation throughput at the runtime's batch size). Unreadable figures are reported as ``None`` with the reason,
+never guessed."""
 
 from __future__ import annotations
 
@@ -83,6 +84,14 @@ class _Energy:
                 out["nvml"] = sum(pynvml.nvmlDeviceGetTotalEnergyConsumption(h) for h in items) / 1e3
         return out
 
+    def since(self, before: dict[str, float]) -> dict[str, Any]:
+        """``energy_joules`` used since ``before`` (a :meth:`read`) and ``energy_source``; None and the reason
+        where no source is readable."""
+        if not self.sources:
+            return {"energy_joules": None, "energy_source": "unavailable: " + "; ".join(self.why_not)}
+        return {"energy_joules": self.delta(before, self.read()),
+                "energy_source": "+".join(k for k, _ in self.sources)}
+
     def delta(self, before: dict[str, float], after: dict[str, float]) -> float:
         total = 0.0
         for kind, value in after.items():
@@ -143,12 +152,7 @@ class SystemProfiler(HardwareProfiler):
         result["peak_rss_bytes"] = rss.peak
         if cuda is not None:
             result["peak_cuda_bytes"] = cuda.max_memory_allocated()
-        if energy.sources:
-            result["energy_joules"] = energy.delta(e0, energy.read())
-            result["energy_source"] = "+".join(k for k, _ in energy.sources)
-        else:
-            result["energy_joules"] = None
-            result["energy_source"] = "unavailable: " + "; ".join(energy.why_not)
+        result.update(energy.since(e0))
 
     def benchmark(self, model: LoadedModel, artifact: Artifact, options: Options) -> dict[str, Any]:
         assert isinstance(options, SystemOptions)
@@ -165,12 +169,19 @@ class SystemProfiler(HardwareProfiler):
         t0 = time.perf_counter()
         model.generate([prompt], max_new_tokens=1)
         ttft = time.perf_counter() - t0
+        energy = _Energy()
+        e0 = energy.read()
         t0 = time.perf_counter()
         [gen] = model.generate([prompt], max_new_tokens=options.new_tokens)
         total = time.perf_counter() - t0
+        used = energy.since(e0)
         decoded = max(gen.tokens - 1, 0)
         out.update({"ttft_s": ttft, "prompt_tokens": len(ids), "decode_tokens": decoded,
-                    "decode_tokens_per_s": decoded / max(total - ttft, 1e-9) if decoded else None})
+                    "decode_tokens_per_s": decoded / max(total - ttft, 1e-9) if decoded else None,
+                    # the whole batch-1 generation (prefill included) over the tokens it generated
+                    "joules_per_token": used["energy_joules"] / gen.tokens
+                    if used["energy_joules"] is not None and gen.tokens else None,
+                    "joules_per_token_source": used["energy_source"]})
         batch = options.batch or getattr(model, "batch_size", None) or 1
         # distinct prompts of one length, as a batch of real requests would be
         prompts = [model.tokenizer.decode(text_ids[k * n:(k + 1) * n]) for k in range(batch)]

@@ -1,5 +1,6 @@
 """Built-in ``transformers`` runtime: hf and gguf artifacts as float models; hf-gptq / hf-awq with packed int4
-kernels on CPU (``kernels="packed"``, see :mod:`teeny_core.packed`) or dequantized to float on load."""
+kernels on CPU or CUDA (``kernels="packed"``, see :mod:`teeny_core.packed` and :mod:`teeny_core.packed_cuda`)
+or dequantized to float on load."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ class TransformersOptions(Options):
         "auto", "compute dtype (auto: float32 on CPU, the checkpoint's on CUDA)")
     batch_size: int = option(8, "prompts or sequences per forward batch", min=1)
     kernels: Literal["packed", "dequant"] = option(
-        "packed", "hf-gptq/hf-awq on CPU: keep weights packed and use int4 kernels, or dequantize to float on load")
+        "packed", "hf-gptq/hf-awq on CPU or CUDA: keep weights packed and use int4 kernels, or dequantize to float "
+                  "on load")
     packed_compute: Literal["bfloat16", "float32"] = option(
-        "bfloat16", "activation dtype inside packed linears (bfloat16: the kernel's fast path; float32: exact, slower)")
+        "bfloat16", "activation dtype inside packed linears (bfloat16: the kernel's fast path; float32: exact, slower, "
+                   "CPU only)")
 
 
 def truncate_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
@@ -151,8 +154,8 @@ def load_dequantized(artifact: Artifact, dtype):
     return model.to(dtype)
 
 
-def load_packed(artifact: Artifact, dtype, compute: str):
-    """Build the model from an hf-gptq / hf-awq checkpoint with its quantized linears packed for the CPU int4
+def load_packed(artifact: Artifact, dtype, compute: str, device: str = "cpu"):
+    """Build the model from an hf-gptq / hf-awq checkpoint with its quantized linears packed for ``device``'s int4
     kernel (float weights only where the kernel cannot express a layer). Returns ``(model, facts)``."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
@@ -163,7 +166,7 @@ def load_packed(artifact: Artifact, dtype, compute: str):
     linears, rest = _format_module(artifact).read_quantized(artifact.path)
     with init_empty_weights():  # no float copy of the quantized weights is ever allocated
         model = AutoModelForCausalLM.from_config(_config_without_quantization(artifact), dtype=dtype)
-    packed_names, fallback, reasons = pack_linears(model, linears, compute)
+    packed_names, fallback, reasons = pack_linears(model, linears, compute, device)
     state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in {**rest, **fallback}.items()}
     state = fuse_model_experts(state, model.config.model_type)
     packed = set(packed_names)
@@ -173,23 +176,23 @@ def load_packed(artifact: Artifact, dtype, compute: str):
         raise TeenyError(f"{artifact.path}: no weights in the checkpoint for {meta[:3]}")
     facts = {"kernels": "packed", "packed_compute": compute, "packed_layers": len(packed),
              "float_layers": reasons}
-    return model.eval(), facts
+    return model.to(device).eval(), facts
 
 
-def packed_available() -> bool:
-    """Whether torch has the CPU int4 kernel (imported lazily)."""
+def packed_available(device: str = "cpu") -> bool:
+    """Whether torch has the int4 kernel for ``device`` (imported lazily)."""
     from teeny_core.packed import available
 
-    return available()
+    return available(device)
 
 
 class TransformersRuntime(Runtime):
-    """PyTorch + transformers on CPU or CUDA; GPTQ/AWQ checkpoints run packed on CPU (int4 kernels) or dequantized."""
+    """PyTorch + transformers on CPU or CUDA; GPTQ/AWQ checkpoints run packed (int4 kernels) or dequantized."""
 
     name = "transformers"
     Options = TransformersOptions
     formats = ("hf", "hf-gptq", "hf-awq", "gguf")
-    native = {("hf", "*"): 10, ("hf-gptq", "cpu"): 10, ("hf-awq", "cpu"): 10}  # packed on CPU; see priority()
+    native = {("hf", "*"): 10, ("hf-gptq", "*"): 10, ("hf-awq", "*"): 10}  # packed; see priority()
 
     @classmethod
     def import_libraries(cls) -> None:
@@ -211,8 +214,12 @@ class TransformersRuntime(Runtime):
             model, tokenizer = load_hf_model(source, dtype=dtype, device=device)
         else:
             compute = torch_dtype(dtype if dtype != "auto" else "float16")
-            if options.kernels == "packed" and device == "cpu" and packed_available():
-                model, facts = load_packed(artifact, compute, options.packed_compute)
+            if options.kernels == "packed" and packed_available(device):
+                if device != "cpu" and options.packed_compute != "bfloat16":
+                    raise TeenyError(f"packed_compute={options.packed_compute} on {device}: the CUDA int4 kernel "
+                                     "takes bfloat16 activations only (use packed_compute=bfloat16 or "
+                                     "kernels=dequant)")
+                model, facts = load_packed(artifact, compute, options.packed_compute, device)
             else:
                 model = load_dequantized(artifact, compute)
                 model.to(device).eval()
@@ -222,9 +229,9 @@ class TransformersRuntime(Runtime):
 
     @classmethod
     def priority(cls, fmt: str, device: str) -> int | None:
-        """hf anywhere, and hf-gptq/hf-awq on CPU where torch has the packed int4 kernel, run natively; the
-        rest (hf-gptq/hf-awq on CUDA, gguf) is dequantized to float on load."""
-        if fmt in ("hf-gptq", "hf-awq") and not packed_available():
+        """hf anywhere, and hf-gptq/hf-awq where torch has the packed int4 kernel for the device, run natively;
+        the rest (hf-gptq/hf-awq without the kernel, gguf) is dequantized to float on load."""
+        if fmt in ("hf-gptq", "hf-awq") and not packed_available(device):
             return 0
         return super().priority(fmt, device)
 
