@@ -75,9 +75,9 @@ def compare(runs: tuple[Path, ...], options: tuple[str, ...], json_out: Path | N
     from rich.table import Table
 
     from teeny_core.options import parse_cli_options
-    from teeny_core.report import ANALYSIS_HEADERS, analysis_rows
     from teeny_stats.analyzer import EXPERIMENT_KEY, SignificanceAnalyzer
     from teeny_stats.interop import check_comparable, is_foreign, load_foreign, to_variants
+    from teeny_stats.report import ANALYSIS_HEADERS, analysis_rows
 
     if len(runs) < 2:
         raise TeenyError(f"compare needs a baseline and at least one result to compare with it, got only {runs[0]}")
