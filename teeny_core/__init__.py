@@ -42,6 +42,8 @@ _PUBLIC = {
     "Executor": "teeny_core.executor",
     "VariantTask": "teeny_core.executor",
     "Outcome": "teeny_core.executor",
+    "ReportSection": "teeny_core.report",
+    "Block": "teeny_core.report",
 }
 
 __all__ = ["hookimpl", "__version__", *_PUBLIC]

@@ -260,13 +260,13 @@ def run(experiment: str | None, limit: int | None, fresh: bool, demo: str | None
 def export(run_dir: str, fmt: str, out_dir: str | None, evaluator: str | None) -> None:
     """Write RUN_DIR's results in files lm-evaluation-harness, evalplus or a spreadsheet read."""
     from teeny_core.export import export as export_run
-    from teeny_core.report import load_results
+    from teeny_core.results import load_results
 
     if evaluator and fmt != "evalplus":
         raise TeenyError(f"--evaluator {evaluator} applies to --format evalplus only, not {fmt}")
     results = with_declarations(load_results(Path(run_dir)))
     out = Path(out_dir) if out_dir else Path(run_dir) / "export" / fmt
-    for path in export_run(Path(run_dir), results, fmt, out, evaluator):
+    for path in export_run(Path(run_dir), results, fmt, out, evaluator, plugins()):
         click.echo(str(path))
 
 
@@ -274,11 +274,12 @@ def export(run_dir: str, fmt: str, out_dir: str | None, evaluator: str | None) -
 @click.argument("run_dir", type=click.Path(file_okay=False))
 def report(run_dir: str) -> None:
     """Regenerate report.md, report.html and plots/ of RUN_DIR from its stored results."""
-    from teeny_core.report import load_results, write_report
+    from teeny_core.report import write_report
+    from teeny_core.results import load_results
 
     results = with_declarations(load_results(Path(run_dir)))
     print_results(results)
-    for name, path in write_report(Path(run_dir), results).items():
+    for name, path in write_report(Path(run_dir), results, plugins()).items():
         click.echo(f"{name}: {path}")
 
 
@@ -288,7 +289,7 @@ def report(run_dir: str) -> None:
 def recommend(run_dir: str, memory: str) -> None:
     """Name the best variant of RUN_DIR that fits a memory budget, and say why."""
     from teeny_core.recommend import recommend as pick
-    from teeny_core.report import load_results
+    from teeny_core.results import load_results
 
     variant, why = pick(with_declarations(load_results(Path(run_dir))), memory)
     click.echo(f"{variant['name']}: {why}")
@@ -358,7 +359,7 @@ def print_results(results: dict[str, Any]) -> None:
     """The results table: one row per variant, headline metrics per evaluator, size, memory, speed, runtime."""
     from rich.table import Table
 
-    from teeny_core.report import memory_of, runtime_of, weight_bytes
+    from teeny_core.results import memory_of, runtime_of, weight_bytes
 
     variants = results["variants"]
     declared = results.get("evaluators") or {}

@@ -28,14 +28,15 @@ EVALPLUS_EVALUATORS = ("humaneval-plus", "humaneval")  # whose records carry Hum
 
 
 def export(run_dir: Path, results: dict[str, Any], fmt: str, out_dir: Path,
-           evaluator: str | None = None) -> list[Path]:
+           evaluator: str | None = None, plugins: Any = None) -> list[Path]:
     """Write ``fmt`` files of the experiment run ``run_dir`` (its ``results.json`` read by
-    :func:`teeny_core.report.load_results`) into ``out_dir``; returns the files written."""
+    :func:`teeny_core.results.load_results`) into ``out_dir``; returns the files written. ``csv`` writes the
+    report's tables, those of ``plugins``' report sections included."""
     if fmt not in FORMATS:
         raise TeenyError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if fmt == "csv":
-        return _csv(run_dir, results, out_dir)
+        return _csv(run_dir, results, out_dir, plugins)
     written: list[Path] = []
     now = datetime.now()
     date = now.isoformat().replace(":", "-")  # as lm-eval dates its file names
@@ -199,11 +200,11 @@ def _evalplus(variant: dict[str, Any], records: dict[str, list[dict[str, Any]]],
     return [path]
 
 
-def _csv(run_dir: Path, results: dict[str, Any], out_dir: Path) -> list[Path]:
+def _csv(run_dir: Path, results: dict[str, Any], out_dir: Path, plugins: Any) -> list[Path]:
     from teeny_core.report import report_tables
 
     written = []
-    for name, headers, rows in report_tables(run_dir, results):
+    for name, headers, rows in report_tables(run_dir, results, plugins):
         path = out_dir / f"{name}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="", encoding="utf-8") as f:

@@ -48,3 +48,12 @@ def teeny_register_executors(register):
 @hookspec
 def teeny_register_commands(cli):
     """Add click commands or groups to the ``teeny`` CLI with ``cli.add_command(...)``."""
+
+
+@hookspec
+def teeny_report_sections(results, run_dir, plots):
+    """Return a list of :class:`~teeny_core.report.ReportSection`: what this plugin shows in the run's report.
+
+    ``results`` is the run's results dict (``results.json``), ``run_dir`` its directory; draw plots (PNG files
+    under ``run_dir / "plots"``) only when ``plots`` is true. A renderer that raises gets one line in its place.
+    """

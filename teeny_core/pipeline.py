@@ -85,7 +85,7 @@ class Pipeline:
                 outcomes += found
             results = self.collect(manifest, {o.variant: o for o in outcomes})
             write_json(self.root / "results.json", results)
-            write_report(self.root, results)
+            write_report(self.root, results, self.plugins)
         return results
 
     def prepare(self) -> None:

@@ -11,8 +11,9 @@ import math
 from typing import Any
 
 from teeny_core.errors import TeenyError
-from teeny_core.report import (PASS_FAIL, _bits, _ci, _num, _rate, _variants, comparison, failed, format_bytes,
-                               memory_of, parse_size, primary_metric, runtime_of, score_of)
+from teeny_core.results import (PASS_FAIL, bits_of, comparison, failed, memory_of, primary_metric, runtime_of,
+                                score_of, variants_of)
+from teeny_core.units import format_bytes, format_ci, format_number, format_rate, parse_size
 
 VERDICT_TIER = {"better": 2, "no significant difference": 1, "worse": 0}
 
@@ -27,7 +28,7 @@ def recommend(results: dict[str, Any], memory_bytes: int | str) -> tuple[dict[st
     without an analysis, the highest primary score wins, ties to the smaller memory.
     """
     budget = parse_size(memory_bytes)
-    variants = [v for v in _variants(results) if not failed(v)]
+    variants = [v for v in variants_of(results) if not failed(v)]
     if not variants:
         raise TeenyError("the results hold no finished variants to recommend from")
     primary = primary_metric(results)
@@ -71,11 +72,12 @@ def recommend(results: dict[str, Any], memory_bytes: int | str) -> tuple[dict[st
 
 def _why(results, primary, best, mem, how, budget, analyzed, fitting, sized, unmeasured) -> str:
     runtime = f" under {runtime_of(best)}" if runtime_of(best) != "-" else ""
-    parts = [f"{best['name']} ({best.get('method', '?')}, bits {_bits(best)}) fits {format_bytes(budget)} "
+    parts = [f"{best['name']} ({best.get('method', '?')}, bits {bits_of(best)}) fits {format_bytes(budget)} "
              f"with {format_bytes(mem)} ({how}{runtime})"]
     s, ci = score_of(results, best, primary)
     if primary is not None and s is not None:
-        shown = _rate(s, ci) if primary.analysis_metric == PASS_FAIL and 0 <= s <= 1 else _num(s) + _ci(ci)
+        as_rate = primary.analysis_metric == PASS_FAIL and 0 <= s <= 1
+        shown = format_rate(s, ci) if as_rate else format_number(s) + format_ci(ci)
         parts.append(f"its {primary.label} is {shown}")
     if analyzed:
         if best["name"] == results.get("baseline"):
@@ -83,7 +85,7 @@ def _why(results, primary, best, mem, how, budget, analyzed, fitting, sized, unm
         else:
             r = comparison(results, best["name"], primary) or {}
             verdict = str(r.get("verdict", ""))
-            p = f"Holm-adjusted p={_num(r.get('p_adjusted'), 3)}"
+            p = f"Holm-adjusted p={format_number(r.get('p_adjusted'), 3)}"
             if verdict.startswith("no significant difference"):
                 parts.append(f"it is not significantly different from the original ({p}, {verdict}) and it is the "
                              f"smallest such variant that fits")
@@ -99,7 +101,7 @@ def _why(results, primary, best, mem, how, budget, analyzed, fitting, sized, unm
         parts.append("too large: " + ", ".join(too_big))
     if unmeasured:
         parts.append("not considered (no memory measured): " + ", ".join(unmeasured))
-    broken = [v["name"] for v in _variants(results) if failed(v)]
+    broken = [v["name"] for v in variants_of(results) if failed(v)]
     if broken:
         parts.append("not considered (failed): " + ", ".join(broken))
     return "; ".join(parts) + "."

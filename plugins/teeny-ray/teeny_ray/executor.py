@@ -83,7 +83,7 @@ class RayExecutor(Executor):
 def _resources(options: RayOptions) -> dict[str, Any]:
     out: dict[str, Any] = {"num_cpus": options.cpus_per_variant, "num_gpus": options.gpus_per_variant}
     if options.memory_per_variant:
-        from teeny_core.report import parse_size
+        from teeny_core.units import parse_size
 
         out["memory"] = parse_size(options.memory_per_variant)
     return out

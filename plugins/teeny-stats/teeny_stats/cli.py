@@ -15,13 +15,15 @@ from teeny_core.types import VariantResult
 def load_variant_dir(path: Path, name: str | None = None) -> VariantResult:
     """Read a variant run directory (``runs/<experiment>/<variant>/``) without modifying it.
 
-    Each (evaluator, key) counts once, the first record winning, as in the run store."""
+    As in the run store, an evaluator's records are those written under its current options (the ``config`` of
+    its last record; records of earlier options stay in the file but are not counted), each key once, the first
+    record winning. The artifact size is the one the run recorded in ``results.json``, else the size of the
+    variant's ``artifact/`` directory."""
     path = Path(path)
     samples = path / "samples.jsonl"
     if not samples.is_file():
         raise TeenyError(f"{path} has no samples.jsonl; expected a variant run directory runs/<experiment>/<variant>/")
-    records: dict[str, list[dict[str, Any]]] = {}
-    seen: set[tuple[str, str]] = set()
+    found: list[dict[str, Any]] = []
     with open(samples, "rb") as f:
         for number, line in enumerate(f, 1):
             if not line.endswith(b"\n"):
@@ -33,16 +35,36 @@ def load_variant_dir(path: Path, name: str | None = None) -> VariantResult:
             if not isinstance(record, dict) or "key" not in record:
                 raise TeenyError(f"{samples}:{number} is not a record (expected a JSON object with a 'key', "
                                  f"found {line[:40].decode(errors='replace').strip()})")
-            evaluator = str(record.get("evaluator", "unknown"))
-            ident = (evaluator, json.dumps(record["key"], sort_keys=True, default=str))
-            if ident not in seen:
-                seen.add(ident)
-                records.setdefault(evaluator, []).append(record)
+            found.append(record)
+    current = {str(r.get("evaluator", "unknown")): r.get("config") for r in found}  # the last record's options
+    records: dict[str, list[dict[str, Any]]] = {}
+    seen: set[tuple[str, str]] = set()
+    for record in found:
+        evaluator = str(record.get("evaluator", "unknown"))
+        ident = (evaluator, json.dumps(record["key"], sort_keys=True, default=str))
+        if record.get("config") == current[evaluator] and ident not in seen:
+            seen.add(ident)
+            records.setdefault(evaluator, []).append(record)
     meta = _read(path / "variant.json")
-    return VariantResult(name=name or meta.get("name") or path.name, method=meta.get("method", "?"),
+    stored_name = meta.get("name") or path.name
+    return VariantResult(name=name or stored_name, method=meta.get("method", "?"),
                          describe=meta.get("describe", {}), records=records,
                          metrics=_read(path / "metrics.json"), profile=_read(path / "profile.json"),
-                         artifact_bytes=meta.get("artifact_bytes"))
+                         artifact_bytes=_artifact_bytes(path, stored_name))
+
+
+def _artifact_bytes(path: Path, name: str) -> int | None:
+    """The variant's artifact size as its run recorded it (``../results.json``), else measured from ``artifact/``."""
+    from teeny_core import ARTIFACT_MANIFEST, Artifact
+    from teeny_core.results import positive_bytes, variants_of
+
+    recorded = next((v.get("artifact_bytes") for v in variants_of(_read(path.parent / "results.json"))
+                     if v["name"] == name), None)
+    if positive_bytes(recorded):
+        return positive_bytes(recorded)
+    if (path / "artifact" / ARTIFACT_MANIFEST).is_file():
+        return Artifact.open(path / "artifact").size_bytes()
+    return None
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -75,9 +97,9 @@ def compare(runs: tuple[Path, ...], options: tuple[str, ...], json_out: Path | N
     from rich.table import Table
 
     from teeny_core.options import parse_cli_options
-    from teeny_core.report import ANALYSIS_HEADERS, analysis_rows
     from teeny_stats.analyzer import EXPERIMENT_KEY, SignificanceAnalyzer
     from teeny_stats.interop import check_comparable, is_foreign, load_foreign, to_variants
+    from teeny_stats.report import ANALYSIS_HEADERS, analysis_rows
 
     if len(runs) < 2:
         raise TeenyError(f"compare needs a baseline and at least one result to compare with it, got only {runs[0]}")

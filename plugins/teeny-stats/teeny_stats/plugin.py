@@ -15,3 +15,10 @@ def teeny_register_commands(cli):
     from teeny_stats.cli import compare
 
     cli.add_command(compare)
+
+
+@hookimpl
+def teeny_report_sections(results, run_dir):
+    from teeny_stats.report import report_sections
+
+    return report_sections(results, run_dir)

@@ -121,3 +121,64 @@ def test_compare_counts_a_duplicated_key_once(tmp_path, teeny_cli):
     assert passed["unpaired"] == {"baseline_only": 0, "variant_only": 0, "skipped": 0}
     assert passed["n_items"] == 6 and passed["variant"]["score"] == 1.0  # the first copy of each key counted
     assert passed["flips"] == {"right_to_wrong": 0, "wrong_to_right": 0}
+
+
+def test_a_variant_dir_counts_only_records_of_its_current_options(tmp_path):
+    """The store keeps records of earlier evaluator options (another ``config``) in samples.jsonl; like the
+    store, compare counts only those of the options the variant was last evaluated with."""
+    from teeny_stats.cli import load_variant_dir
+
+    run = tmp_path / "exp" / "q4"
+    run.mkdir(parents=True)
+    old = [{"evaluator": "humaneval", "config": "humaneval-old", "key": f"HumanEval/{i}#0", "passed": True}
+           for i in range(10)]
+    new = [{"evaluator": "humaneval", "config": "humaneval-new", "key": f"HumanEval/{i}#0", "passed": i % 2 == 0}
+           for i in range(6)]
+    fid = [{"evaluator": "fidelity", "config": "fidelity-1", "key": f"chunk-{i}", "nll": 1.0} for i in range(3)]
+    (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old + fid + new))
+    loaded = load_variant_dir(run)
+    assert [r["key"] for r in loaded.records["humaneval"]] == [f"HumanEval/{i}#0" for i in range(6)]
+    assert [r["passed"] for r in loaded.records["humaneval"]] == [True, False] * 3
+    assert len(loaded.records["fidelity"]) == 3
+
+
+def test_a_variant_dir_has_the_artifact_size_its_run_recorded(tmp_path):
+    from teeny_stats.cli import load_variant_dir
+
+    run = write_run(tmp_path / "exp" / "q4", [True, False], [1.0])
+    assert load_variant_dir(run).artifact_bytes is None  # nothing recorded, no artifact/: unknown, not guessed
+    (tmp_path / "exp" / "results.json").write_text(json.dumps({"variants": [
+        {"name": "original", "artifact_bytes": 999}, {"name": "q4", "artifact_bytes": 12345}]}))
+    assert load_variant_dir(run).artifact_bytes == 12345
+    assert load_variant_dir(run, name="shown as B").artifact_bytes == 12345
+
+
+@pytest.mark.slow
+def test_a_real_run_store_loads_as_the_run_counted_it(tiny_model, tmp_path):
+    """`teeny run` twice with other fidelity options: compare reads the second run's records and the artifact
+    size results.json holds (measured from artifact/ when results.json is gone)."""
+    from teeny_core.cli import cli
+    from teeny_stats.cli import load_variant_dir
+
+    def run(chunks):
+        lines = ['name = "store"', f'model = "{tiny_model("llama")}"', f'output_dir = "{tmp_path}"',
+                 'device = "cpu"', "[evaluators.fidelity]", f"chunks = {chunks}", "chunk_len = 16",
+                 "[profilers.system]", "benchmark = false",
+                 "[[variants]]", 'name = "w8"', 'method = "rtn"', "bits = 8", 'granularity = "channel"']
+        (tmp_path / "exp.toml").write_text("\n".join(lines) + "\n")
+        out = CliRunner().invoke(cli, ["run", str(tmp_path / "exp.toml")])
+        assert out.exit_code == 0, out.output
+
+    run(3)
+    run(5)
+    store = tmp_path / "store"
+    results = json.loads((store / "results.json").read_text())
+    w8 = next(v for v in results["variants"] if v["name"] == "w8")
+    lines = [json.loads(line) for line in (store / "w8" / "samples.jsonl").read_text().splitlines()]
+    assert len({r["config"] for r in lines}) == 2 and len(lines) == 8  # both runs' records are in the store
+    loaded = load_variant_dir(store / "w8")
+    assert len(loaded.records["fidelity"]) == 5 == w8["metrics"]["fidelity"]["chunks"]
+    assert {r["config"] for r in loaded.records["fidelity"]} == {lines[-1]["config"]}  # none of the first run's
+    assert loaded.artifact_bytes == w8["artifact_bytes"] > 0
+    (store / "results.json").unlink()
+    assert load_variant_dir(store / "w8").artifact_bytes == w8["artifact_bytes"]

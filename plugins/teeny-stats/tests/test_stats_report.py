@@ -10,11 +10,22 @@ import pytest
 
 from teeny_core.errors import TeenyError
 from teeny_core.recommend import recommend
-from teeny_core.report import parse_size, primary_metric, write_report
+import teeny_stats.plugin
+from teeny_core.plugins import Plugins
+from teeny_core.report import write_report as core_write_report
+from teeny_core.results import primary_metric
+from teeny_core.units import parse_size
 from teeny_core.types import VariantResult
 from teeny_stats.analyzer import SignificanceAnalyzer, SignificanceOptions
 
 GiB = 2**30
+
+
+def write_report(run_dir, results):
+    """The report with teeny-stats' sections, as `teeny run` and `teeny report` write it."""
+    plugins = Plugins()
+    plugins.pm.register(teeny_stats.plugin, name="stats")
+    return core_write_report(run_dir, results, plugins)
 
 
 def records(outcomes):
@@ -220,7 +231,7 @@ def test_error_categories_from_records_when_metrics_lack_them(tmp_path):
 def test_load_results_errors(tmp_path):
     import json
 
-    from teeny_core.report import load_results
+    from teeny_core.results import load_results
 
     with pytest.raises(TeenyError, match="has no results.json"):
         load_results(tmp_path)
