@@ -40,6 +40,9 @@ class TeenyGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a bad option value of a command: one line too
+            click.echo(f"Error: {exc.format_message()}", err=True)
+            ctx.exit(2)
         except TeenyError as exc:
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(2)
@@ -136,7 +139,7 @@ def quantize(model: str, method: str, opts: tuple[str, ...], out: str, calibrato
     options = q_cls.Options.from_mapping(parse_cli_options(opts), where=method)
     resolve_device(device)
     target = Path(out)
-    check_writable(target.parent, "--out")
+    check_writable(target, "--out")
     if target.exists() and any(target.iterdir()):
         raise TeenyError(f"--out {out!r} exists and is not empty; choose a new directory")
     source = resolve_source(model, dtype=dtype, device=device)

@@ -74,6 +74,10 @@ def compare(run_a: Path, run_b: Path, options: tuple[str, ...], json_out: Path |
     from teeny_stats.analyzer import EXPERIMENT_KEY, SignificanceAnalyzer
 
     parsed = SignificanceAnalyzer.Options.from_mapping(parse_cli_options(options), "significance")
+    if json_out:
+        from teeny_core.store import check_writable
+
+        check_writable(json_out.parent, "--json")
     a, b = load_variant_dir(run_a), load_variant_dir(run_b)
     if a.name == b.name:
         a.name, b.name = f"{run_a.parent.name}/{a.name}", f"{run_b.parent.name}/{b.name}"

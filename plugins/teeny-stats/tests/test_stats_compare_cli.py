@@ -121,3 +121,15 @@ def test_compare_counts_a_duplicated_key_once(tmp_path, teeny_cli):
     assert passed["unpaired"] == {"baseline_only": 0, "variant_only": 0, "skipped": 0}
     assert passed["n_items"] == 6 and passed["variant"]["score"] == 1.0  # the first copy of each key counted
     assert passed["flips"] == {"right_to_wrong": 0, "wrong_to_right": 0}
+
+
+def test_compare_json_into_a_read_only_directory_is_one_line_before_work(tmp_path, teeny_cli, read_only):
+    a = write_run(tmp_path / "exp" / "original", [True, False] * 10, [1.0] * 5, method="none")
+    b = write_run(tmp_path / "exp" / "q4", [True, True] * 10, [1.5] * 5)
+    (tmp_path / "ro").mkdir()
+    read_only(tmp_path / "ro")
+    result = CliRunner().invoke(teeny_cli, ["compare", str(a), str(b), "--json", str(tmp_path / "ro" / "f.json")])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: --json") and "is not writable" in lines[0], result.output
+    assert list((tmp_path / "ro").iterdir()) == []
