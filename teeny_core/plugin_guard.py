@@ -159,9 +159,13 @@ def _signals_kept(what: str) -> Iterator[None]:
 
 # -- tampering -----------------------------------------------------------------------------------------
 
+WATCHED = ("builtins", "sys", "os", "posix", "atexit", "signal", "json", "click")
+"""Besides every ``teeny_*`` package: the modules whose functions decide what the CLI prints and how it exits."""
+
+
 def _watched(module: str, owner: str) -> bool:
     top = module.split(".", 1)[0]
-    return (top == "builtins" or top.startswith("teeny_")) and not _owned(module, owner)
+    return (top in WATCHED or top.startswith("teeny_")) and not _owned(module, owner)
 
 
 def _owned(module: Any, owner: str) -> bool:
@@ -212,9 +216,9 @@ def _tampering(before: dict[tuple, tuple[Any, Any]], owner: str) -> list[str]:
         elif place in after and after[place][1] is not old:
             setattr(holder, place[1], old)
             found.append(f"{place[0]}.{place[1]}")
+    known = {place[0] for place in before}
     for name, module in list(sys.modules.items()):
-        if (not isinstance(module, types.ModuleType) or not _watched(name, owner)
-                or any(p[0] == name for p in before)):
+        if not isinstance(module, types.ModuleType) or not _watched(name, owner) or name in known:
             continue
         planted = [attr for attr, value in list(vars(module).items())
                    if _is_code(value) and _owned(getattr(value, "__module__", None), owner)]

@@ -435,3 +435,11 @@ def test_each_hostile_plugin_alone_leaves_an_error_one_line_with_status_2(hostil
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
     assert "Error: experiment file 'missing.toml' does not exist" in out.stderr.splitlines()
     assert "Traceback" not in out.stderr
+
+
+def test_a_plugin_that_replaces_sys_exit_cannot_turn_an_error_into_success(tmp_path):
+    install(tmp_path, "teeny-tp-noexit", "tp-noexit", "teeny_tp_noexit", "import sys\nsys.exit = lambda *args: None\n")
+    out = teeny(tmp_path, "run", "missing.toml", TEENY_LOAD_PLUGINS="tp-noexit")
+    assert out.returncode == 2, out.stdout + out.stderr
+    listed = {i["name"]: i for i in json.loads(teeny(tmp_path, "plugins", "--json", TEENY_LOAD_PLUGINS="tp-noexit").stdout)}
+    assert "replaced sys.exit" in listed["tp-noexit"]["error"]
