@@ -431,6 +431,7 @@ def main() -> None:
     import os
     import posix
     import sys
+    import threading
 
     try:
         cli(prog_name="teeny")
@@ -447,6 +448,9 @@ def main() -> None:
     def refuse(status: int = 0) -> None:
         raise RuntimeError(f"an exit handler called os._exit({status!r}); ignored, teeny exits with {code}")
 
+    for thread in threading.enumerate():  # what the interpreter waits for before its exit handlers
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
     os._exit = posix._exit = refuse  # type: ignore[assignment]
     atexit._run_exitfuncs()  # type: ignore[attr-defined]
     for stream in (sys.stdout, sys.stderr):
