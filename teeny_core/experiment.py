@@ -117,6 +117,8 @@ def build_experiment(data: dict[str, Any], plugins: Plugins, where: str = "exper
             if not isinstance(data[key], typ) or isinstance(data[key], bool):
                 raise err(f"{key}={data[key]!r} is not valid; expected {typ.__name__}")
             setattr(exp, key, data[key])
+    if "\x00" in exp.output_dir or "\x00" in exp.model:
+        raise err(f"{'output_dir' if chr(0) in exp.output_dir else 'model'} holds a NUL character; expected a path")
     if not 0 <= exp.seed <= MAX_SEED:
         raise err(f"seed={exp.seed} is not valid; expected an int in 0..{MAX_SEED}")
     if exp.limit < 0:
