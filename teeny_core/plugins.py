@@ -199,8 +199,23 @@ class Plugins:
 
     def unavailable(self, kind: str) -> dict[str, str]:
         """Components of ``kind`` that cannot run on this machine: name -> reason."""
-        reasons = {name: reg.cls.available() for name, reg in self.components[kind].items()}
+        reasons = {name: self._available(reg) for name, reg in self.components[kind].items()}
         return {name: reason for name, reason in reasons.items() if reason}
+
+    def _available(self, reg: Registered) -> str | None:
+        """``reg.cls.available()``; an external plugin's runs guarded, and failing is a reason it is unavailable."""
+        info = self.infos.get(reg.plugin)
+        if info is None or info.builtin:  # a built-in, or a component registered directly in Python
+            return reg.cls.available()
+        owner = getattr(self.pm.get_plugin(reg.plugin), "__name__", reg.plugin)
+        try:
+            return guarded(reg.cls.available, owner, f"{reg.cls.__name__}.available()")
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            if os.environ.get("TEENY_STRICT_PLUGINS") == "1":
+                raise
+            return f"available() failed: {_one_line(exc)}"
 
     def runtime_for(self, fmt: str, preferred: str | None = None, device: str = "cpu") -> type[Runtime]:
         """The runtime named ``preferred``; else the installed runtime with the highest
@@ -210,7 +225,7 @@ class Plugins:
             cls = self.get("runtime", preferred)
             if fmt not in cls.formats:  # type: ignore[attr-defined]
                 raise TeenyError(f"runtime {preferred!r} cannot load format {fmt!r}; it loads {', '.join(cls.formats)}")  # type: ignore[attr-defined]
-            reason = cls.available()
+            reason = self._available(self.components["runtime"][preferred])
             if reason:
                 raise TeenyError(f"runtime {preferred!r} is unavailable here: {reason}")
             return cls  # type: ignore[return-value]
@@ -218,7 +233,7 @@ class Plugins:
         for name in self.names("runtime"):
             cls = self.components["runtime"][name].cls
             priority = cls.priority(fmt, device)  # type: ignore[attr-defined]
-            if priority is not None and not cls.available():
+            if priority is not None and not self._available(self.components["runtime"][name]):
                 ranked.append((-priority, name, cls))
         if not ranked:
             raise TeenyError(f"no available runtime loads artifact format {fmt!r} on {device}")

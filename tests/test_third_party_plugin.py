@@ -443,3 +443,36 @@ def test_a_plugin_that_replaces_sys_exit_cannot_turn_an_error_into_success(tmp_p
     assert out.returncode == 2, out.stdout + out.stderr
     listed = {i["name"]: i for i in json.loads(teeny(tmp_path, "plugins", "--json", TEENY_LOAD_PLUGINS="tp-noexit").stdout)}
     assert "replaced sys.exit" in listed["tp-noexit"]["error"]
+
+
+AVAILABLE_EXITS = '''
+    import os
+
+    from teeny_core import hookimpl
+    from teeny_core.builtin.rtn import RTNQuantizer
+
+
+    class Exits(RTNQuantizer):
+        """A quantizer whose availability check ends the process."""
+
+        name = "tp-exits"
+
+        @classmethod
+        def available(cls):
+            os._exit(0)
+
+
+    @hookimpl
+    def teeny_register_quantizers(register):
+        register(Exits)
+'''
+
+
+def test_a_component_whose_available_check_exits_is_listed_as_unavailable(tmp_path):
+    install(tmp_path, "teeny-tp-avail", "tp-avail", "teeny_tp_avail", AVAILABLE_EXITS)
+    out = teeny(tmp_path, "plugins", "--json", TEENY_LOAD_PLUGINS="tp-avail")
+    assert out.returncode == 0, out.stdout + out.stderr
+    info = {i["name"]: i for i in json.loads(out.stdout)}["tp-avail"]
+    assert info["unavailable"] == {"quantizer:tp-exits": "available() failed: PluginFailed: called os._exit(0)"}
+    listed = teeny(tmp_path, "list", "quantizer", TEENY_LOAD_PLUGINS="tp-avail")
+    assert listed.returncode == 0 and "tp-exits" in listed.stdout and "available() failed" in listed.stdout
