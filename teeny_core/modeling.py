@@ -83,9 +83,9 @@ def _resolve_hub_config(model: str) -> None:
 def check_model_files(path: Path, gguf_file: str | None = None) -> None:
     """Raise :class:`BadFileError` naming the file when a model directory cannot be loaded: a ``config.json``
     that is not a JSON object, names a ``model_type`` transformers does not know or gives a size out of
-    :data:`CONFIG_SIZES`, a tokenizer or generation JSON file that is not a JSON object, a shard index without a ``weight_map`` or
-    listing a missing shard, a ``.safetensors`` file whose header is broken or that is cut short, or a GGUF
-    file that is not a complete GGUF."""
+    :data:`CONFIG_SIZES`, a tokenizer or generation JSON file that is not a JSON object, a shard index without
+    a ``weight_map`` or listing a missing shard, a ``.safetensors`` file whose header is broken or that is cut
+    short, or a GGUF file that is not a complete GGUF."""
     from teeny_core.store import read_json
 
     if gguf_file:

@@ -5,8 +5,9 @@ change what the core does.
 ``os._exit`` turned into an exception, its standard output sent to standard error (``--json`` stays clean),
 ``KeyboardInterrupt`` it raises itself treated as a failure (a real Ctrl-C still stops teeny), the SIGINT and
 SIGTERM handlers put back afterwards, and each exit handler it registers (``atexit``) run so that whatever it
-does (exit, raise) is one line on standard error and leaves teeny's exit status alone. A step that replaces a function, class attribute or click command callback of
-the core, of another plugin, or a builtin is undone and fails with :class:`PluginTampered`.
+does (exit, raise) is one line on standard error and leaves teeny's exit status alone. A step that replaces a
+function, class attribute or click command callback of the core, of another plugin, of a builtin or of the
+modules in :data:`WATCHED` is undone and fails with :class:`PluginTampered`.
 """
 
 from __future__ import annotations
@@ -212,7 +213,8 @@ def _tampering(before: dict[tuple, tuple[Any, Any]], owner: str) -> list[str]:
         elif place[-1] == "callback" or place[-2:-1] == ("commands",):
             if holder.callback is not old:
                 holder.callback = old
-                found.append(f"the callback of {'command ' + repr(place[-1]) if place[-2] == 'commands' else '.'.join(place[:2])}")
+                command = f"command {place[-1]!r}" if place[-2] == "commands" else ".".join(place[:2])
+                found.append(f"the callback of {command}")
         elif place in after and after[place][1] is not old:
             setattr(holder, place[1], old)
             found.append(f"{place[0]}.{place[1]}")

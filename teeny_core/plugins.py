@@ -3,8 +3,8 @@
 A plugin that fails to import or to register (any exception, ``sys.exit()``, ``os._exit()``, its own
 ``KeyboardInterrupt`` or a hang past ``TEENY_PLUGIN_TIMEOUT`` included; see :mod:`teeny_core.plugin_guard`) is
 recorded with its error and skipped (``TEENY_STRICT_PLUGINS=1`` re-raises), and so is one that adds a CLI command
-whose name is taken or that replaces code of the core, another plugin or a builtin. ``TEENY_LOAD_PLUGINS=a,b`` loads only those external
-plugins; ``TEENY_DISABLE_PLUGINS=a,b`` skips plugins by name, built-ins included.
+whose name is taken or that replaces code of the core, another plugin or a builtin. ``TEENY_LOAD_PLUGINS=a,b``
+loads only those external plugins; ``TEENY_DISABLE_PLUGINS=a,b`` skips plugins by name, built-ins included.
 """
 
 from __future__ import annotations

@@ -107,14 +107,15 @@ def test_a_cuda_device_that_does_not_exist_is_one_line(tiny_model, tmp_path):
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     device = f"cuda:{count}"
-    one_line_error(["quantize", str(tiny_model("llama")), "-m", "rtn", "--device", device, "--out", str(tmp_path / "q")],
-                   f"device {device!r} asked for")
+    one_line_error(["quantize", str(tiny_model("llama")), "-m", "rtn", "--device", device,
+                    "--out", str(tmp_path / "q")], f"device {device!r} asked for")
 
 
 def test_read_only_targets_are_one_line_before_any_work(tiny_model, tmp_path, read_only):
     model = str(tiny_model("llama"))
     art = tmp_path / "art"
-    assert CliRunner().invoke(cli, ["quantize", model, "-m", "rtn", "-o", "group_size=64", "--out", str(art)]).exit_code == 0
+    made = CliRunner().invoke(cli, ["quantize", model, "-m", "rtn", "-o", "group_size=64", "--out", str(art)])
+    assert made.exit_code == 0, made.output
     ro = tmp_path / "ro"
     ro.mkdir()
     read_only(ro)

@@ -441,7 +441,8 @@ def test_a_plugin_that_replaces_sys_exit_cannot_turn_an_error_into_success(tmp_p
     install(tmp_path, "teeny-tp-noexit", "tp-noexit", "teeny_tp_noexit", "import sys\nsys.exit = lambda *args: None\n")
     out = teeny(tmp_path, "run", "missing.toml", TEENY_LOAD_PLUGINS="tp-noexit")
     assert out.returncode == 2, out.stdout + out.stderr
-    listed = {i["name"]: i for i in json.loads(teeny(tmp_path, "plugins", "--json", TEENY_LOAD_PLUGINS="tp-noexit").stdout)}
+    listing = teeny(tmp_path, "plugins", "--json", TEENY_LOAD_PLUGINS="tp-noexit")
+    listed = {i["name"]: i for i in json.loads(listing.stdout)}
     assert "replaced sys.exit" in listed["tp-noexit"]["error"]
 
 
