@@ -11,25 +11,50 @@ import click
 
 from teeny_core.errors import TeenyError, is_disk_full
 from teeny_core.experiment import MAX_SEED
-from teeny_core.modeling import quiet_libraries
+from teeny_core.modeling import DTYPES, quiet_libraries
 from teeny_core.options import parse_cli_options
 from teeny_core.plugins import KINDS, Plugins
 
 
 class TeenyGroup(click.Group):
-    """Turns :class:`TeenyError` (and a full disk, whoever hit it) into one ``Error:`` line and exit status 2."""
+    """Turns :class:`TeenyError` (and a full disk, whoever hit it) into one ``Error:`` line and exit status 2.
+    Plugins' commands are added only when a name that is not a core command is asked for, or all are listed."""
+
+    _plugin_commands_added = False
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            self.add_plugin_commands()
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self.add_plugin_commands()
+        return super().list_commands(ctx)
+
+    def add_plugin_commands(self) -> None:
+        """Let the installed plugins add their commands (once)."""
+        if not self._plugin_commands_added:
+            self._plugin_commands_added = True
+            plugins().add_commands(self)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a bad option value of a command: one line too
+            click.echo(f"Error: {exc.format_message()}", err=True)
+            ctx.exit(2)
         except TeenyError as exc:
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(2)
         except Exception as exc:
-            if not is_disk_full(exc):
+            if is_disk_full(exc):
+                click.echo(f"Error: no space left on the device ({' '.join(str(exc).split())[:160]}); free some "
+                           "space and run the same command again (finished work is kept)", err=True)
+            elif isinstance(exc, OSError):  # what no check before the work foresaw: still one line
+                where = f"{str(exc.filename)[:120]}: " if exc.filename is not None else ""
+                click.echo(f"Error: {where}{exc.strerror or exc}", err=True)
+            else:
                 raise
-            click.echo(f"Error: no space left on the device ({' '.join(str(exc).split())[:160]}); free some space "
-                       "and run the same command again (finished work is kept)", err=True)
             ctx.exit(2)
 
 
@@ -54,6 +79,7 @@ _PLUGINS: Plugins | None = None
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins_cmd(as_json: bool) -> None:
     """Installed plugins: name, distribution and version, hooks, components; broken ones with their error."""
+    cli.add_plugin_commands()  # a plugin whose command hook fails is broken too
     infos = list(plugins().infos.values())
     unavailable = {f"{kind}:{name}": reason for kind in KINDS for name, reason in plugins().unavailable(kind).items()}
     if as_json:
@@ -100,19 +126,21 @@ def list_cmd(kind: str | None) -> None:
 @click.option("--calibrator", default="code", show_default=True, help="Calibrator for methods that need one.")
 @click.option("--calibration-option", "-c", "cal_opts", multiple=True, help="Calibrator option key=value.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED))
-@click.option("--device", default="auto", show_default=True)
-@click.option("--dtype", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--dtype", default="auto", show_default=True, type=click.Choice(DTYPES))
 def quantize(model: str, method: str, opts: tuple[str, ...], out: str, calibrator: str,
              cal_opts: tuple[str, ...], seed: int, device: str, dtype: str) -> None:
     """Quantize MODEL (HF directory, hub id or .gguf file) with one method into --out."""
-    from teeny_core.modeling import resolve_source
-    from teeny_core.store import staging_dir
+    from teeny_core.modeling import resolve_device, resolve_source
+    from teeny_core.store import check_writable, staging_dir
     from teeny_core.types import ARTIFACT_MANIFEST
 
     quiet_libraries()
     q_cls = plugins().get("quantizer", method)
     options = q_cls.Options.from_mapping(parse_cli_options(opts), where=method)
+    resolve_device(device)
     target = Path(out)
+    check_writable(target, "--out")
     if target.exists() and any(target.iterdir()):
         raise TeenyError(f"--out {out!r} exists and is not empty; choose a new directory")
     source = resolve_source(model, dtype=dtype, device=device)
@@ -141,13 +169,13 @@ def open_artifact(model: str):
 @click.option("--option", "-o", "opts", multiple=True, help="Evaluator option name.key=value or key=value.")
 @click.option("--reference", help="Baseline model for comparisons (fidelity's KL and top-1).")
 @click.option("--runtime", help="Runtime to load MODEL with (default: by artifact format).")
-@click.option("--limit", default=0, help="Items per evaluator (0 = all).")
+@click.option("--limit", default=0, type=click.IntRange(min=0), help="Items per evaluator (0 = all).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED))
 @click.option("--out", type=click.Path(file_okay=False), help="Where records go (default runs/eval/<hash>).")
 def eval_cmd(model: str, benches: tuple[str, ...], opts: tuple[str, ...], reference: str | None,
              runtime: str | None, limit: int, seed: int, out: str | None) -> None:
     """Evaluate MODEL_OR_ARTIFACT with one or more evaluators; resumable, records kept in --out."""
-    from teeny_core.store import SampleLog, StoreContext, options_signature, write_json
+    from teeny_core.store import RunLock, SampleLog, check_writable, write_json
 
     quiet_libraries()
     parsed = parse_cli_options(opts)
@@ -167,9 +195,27 @@ def eval_cmd(model: str, benches: tuple[str, ...], opts: tuple[str, ...], refere
     digest = hashlib.sha256(json.dumps([str(artifact.location), str(ref_artifact and ref_artifact.location),
                                         {b: o.to_dict() for b, o in options.items()}, limit, seed]).encode())
     out_dir = Path(out) if out else Path("runs") / "eval" / digest.hexdigest()[:12]
+    check_writable(out_dir, "--out")
     from teeny_core.modeling import resolve_device
 
     rt_cls = plugins().runtime_for(artifact.format, runtime, resolve_device("auto"))
+    with RunLock(out_dir):  # two evals into one --out would both write every record
+        samples = SampleLog(out_dir / "samples.jsonl")  # read (and repaired) before the model loads
+        metrics = _evaluate(rt_cls, artifact, ref_artifact, evaluators, options, samples, limit, seed)
+        write_json(out_dir / "metrics.json", metrics)
+    for bench, values in metrics.items():
+        click.echo(f"{bench}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in values.items() if not isinstance(v, dict)))
+    click.echo(f"records: {out_dir / 'samples.jsonl'}")
+
+
+def _evaluate(rt_cls, artifact, ref_artifact, evaluators: dict[str, Any], options: dict[str, Any], samples,
+              limit: int, seed: int) -> dict[str, Any]:
+    """``teeny eval``'s work, under the run lock of its --out: each evaluator's records (into ``samples``, a
+    :class:`~teeny_core.store.SampleLog`) and metrics."""
+    from teeny_core.modeling import resolve_device
+    from teeny_core.store import StoreContext, options_signature
+
+    out_dir = samples.path.parent
     loaded = rt_cls().load(artifact, rt_cls.Options())
 
     def load_reference():
@@ -177,7 +223,6 @@ def eval_cmd(model: str, benches: tuple[str, ...], opts: tuple[str, ...], refere
         cls = plugins().runtime_for(ref_artifact.format, device=resolve_device("auto"))
         return cls().load(ref_artifact, cls.Options())
 
-    samples = SampleLog(out_dir / "samples.jsonl")
     metrics = {}
     with _progress() as progress:
         for bench, cls in evaluators.items():
@@ -193,10 +238,7 @@ def eval_cmd(model: str, benches: tuple[str, ...], opts: tuple[str, ...], refere
                 ctx.close()
             metrics[bench] = cls().summarize(samples.for_evaluator(bench, config), options[bench])
     loaded.close()
-    write_json(out_dir / "metrics.json", metrics)
-    for bench, values in metrics.items():
-        click.echo(f"{bench}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in values.items() if not isinstance(v, dict)))
-    click.echo(f"records: {out_dir / 'samples.jsonl'}")
+    return metrics
 
 
 @cli.command()
@@ -276,8 +318,10 @@ def report(run_dir: str) -> None:
     """Regenerate report.md, report.html and plots/ of RUN_DIR from its stored results."""
     from teeny_core.report import write_report
     from teeny_core.results import load_results
+    from teeny_core.store import check_writable
 
     results = with_declarations(load_results(Path(run_dir)))
+    check_writable(Path(run_dir), "RUN_DIR")
     print_results(results)
     for name, path in write_report(Path(run_dir), results, plugins()).items():
         click.echo(f"{name}: {path}")
@@ -405,10 +449,43 @@ def print_verdicts(results: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    """Entry point: load plugin commands, then run the CLI."""
-    plugins().add_commands(cli)
-    cli(prog_name="teeny")
+    """Entry point: run the CLI, then exit with its status whatever exit handlers a plugin registered (one that
+    calls ``os._exit(0)`` runs as an error instead; the others run as usual)."""
+    import atexit
+    import os
+    import posix
+    import sys
+    import threading
+
+    try:
+        cli(prog_name="teeny")
+        code: Any = 0
+    except SystemExit as exc:
+        code = exc.code
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    real_exit = os._exit
+
+    def refuse(status: int = 0) -> None:
+        raise RuntimeError(f"an exit handler called os._exit({status!r}); ignored, teeny exits with {code}")
+
+    for thread in threading.enumerate():  # what the interpreter waits for before its exit handlers
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    os._exit = posix._exit = refuse  # type: ignore[assignment]
+    atexit._run_exitfuncs()  # type: ignore[attr-defined]
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    real_exit(code)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m teeny_core.cli: run the importable module's CLI, the one plugins see
+    from teeny_core.cli import main as importable_main
+
+    importable_main()

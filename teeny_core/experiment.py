@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from teeny_core.errors import TeenyError
-from teeny_core.modeling import DTYPES
+from teeny_core.modeling import DEVICE_RE, DTYPES
 from teeny_core.plugins import Plugins
 
 BASELINE = "original"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # used with fullmatch
+NAME_RULE = "use letters, digits, '.', '_' and '-', at most 100 characters (it names a directory)"
 TOP_KEYS = {"name": "experiment name", "model": "model to quantize", "seed": "random seed",
             "output_dir": "run store root", "device": "auto|cpu|cuda", "dtype": "source load dtype",
             "limit": "items per evaluator (0 = all)", "calibration": "calibrator table",
@@ -87,7 +88,10 @@ def load_experiment(path: str | Path, plugins: Plugins, overrides: dict[str, Any
     if not path.is_file():
         raise TeenyError(f"experiment file {str(path)!r} does not exist")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise TeenyError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                         "save the TOML file as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise TeenyError(f"{path}: not valid TOML: {exc}") from None
     data.update(overrides or {})
@@ -105,21 +109,23 @@ def build_experiment(data: dict[str, Any], plugins: Plugins, where: str = "exper
     for key in ("name", "model"):
         if not isinstance(data.get(key), str) or not data[key]:
             raise err(f"{key!r} is required (a string)")
-    if not NAME_RE.match(data["name"]):
-        raise err(f"name {data['name']!r} is not valid; use letters, digits, '.', '_' and '-'")
+    if not NAME_RE.fullmatch(data["name"]):
+        raise err(f"name {_shown(data['name'])} is not valid; {NAME_RULE}")
     exp = Experiment(name=data["name"], model=data["model"])
     for key, typ in (("seed", int), ("limit", int), ("output_dir", str), ("device", str), ("dtype", str)):
         if key in data:
             if not isinstance(data[key], typ) or isinstance(data[key], bool):
                 raise err(f"{key}={data[key]!r} is not valid; expected {typ.__name__}")
             setattr(exp, key, data[key])
+    if "\x00" in exp.output_dir or "\x00" in exp.model:
+        raise err(f"{'output_dir' if chr(0) in exp.output_dir else 'model'} holds a NUL character; expected a path")
     if not 0 <= exp.seed <= MAX_SEED:
         raise err(f"seed={exp.seed} is not valid; expected an int in 0..{MAX_SEED}")
     if exp.limit < 0:
         raise err(f"limit={exp.limit} is not valid; expected 0 (all) or a positive number")
     if exp.dtype not in DTYPES:
         raise err(f"dtype={exp.dtype!r} is not valid; expected one of {', '.join(DTYPES)}")
-    if exp.device != "auto" and not re.match(r"^(cpu|cuda(:\d+)?)$", exp.device):
+    if not DEVICE_RE.fullmatch(exp.device):
         raise err(f"device={exp.device!r} is not valid; expected auto, cpu, cuda or cuda:N")
 
     calibration = dict(_table(data, "calibration", err) or {"method": "code"})
@@ -162,8 +168,8 @@ def build_experiment(data: dict[str, Any], plugins: Plugins, where: str = "exper
         name, method = raw.pop("name", None), raw.pop("method", None)
         runtime = raw.pop("runtime", None)
         evaluators, checkpoint = raw.pop("evaluators", None), raw.pop("checkpoint", None)
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            raise err(f"variant #{n}: name {name!r} is not valid; use letters, digits, '.', '_' and '-'")
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            raise err(f"variant #{n}: name {_shown(name)} is not valid; {NAME_RULE}")
         if name in seen:
             raise err(f"variant #{n}: name {name!r} is used twice (or is the reserved baseline name)")
         seen.add(name)
@@ -220,6 +226,13 @@ def _checkpoint_variant(name: str, method: Any, checkpoint: Any, runtime: Any, r
     except TeenyError as exc:
         raise err(f"variant {name!r}: {exc}") from None
     return Variant(name, CHECKPOINT, {}, runtime, checkpoint=checkpoint)
+
+
+def _shown(name: Any) -> str:
+    """A name for an error message: ``repr``, long ones cut to their start and length."""
+    if isinstance(name, str) and len(name) > 40:
+        return f"{name[:20]!r}... ({len(name)} characters)"
+    return repr(name)
 
 
 def _table(data: dict[str, Any], key: str, err) -> dict[str, Any] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,17 +15,21 @@ if TYPE_CHECKING:
     from teeny_core.types import ModelSource
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")  # used with fullmatch
 
 
 def resolve_source(model: str, dtype: str = "auto", device: str = "cpu") -> "ModelSource":
     """Interpret a MODEL argument: an HF directory, a ``.gguf`` file, a directory with one ``.gguf``, or a hub id.
 
-    The model's files are checked (:func:`check_model_files`) and a hub id must resolve (from the hub's cache
-    under ``HF_HUB_OFFLINE=1``), so a bad model fails here, before a run changes anything on disk.
+    The model's files are checked (:func:`check_model_files`, :func:`check_tokenizer_files`) and a hub id must
+    resolve (from the hub's cache under ``HF_HUB_OFFLINE=1``), so a bad model fails here, before a run changes
+    anything on disk.
     """
     source = _interpret(model, dtype, device)
     if Path(source.path).is_dir():
         check_model_files(Path(source.path), source.gguf_file)
+        if not source.gguf_file:
+            check_tokenizer_files(Path(source.path))
     else:
         _resolve_hub_config(model)
     return source
@@ -77,10 +82,10 @@ def _resolve_hub_config(model: str) -> None:
 
 def check_model_files(path: Path, gguf_file: str | None = None) -> None:
     """Raise :class:`BadFileError` naming the file when a model directory cannot be loaded: a ``config.json``
-    that is not a JSON object or names a ``model_type`` transformers does not know, a tokenizer or generation
-    JSON file that is not a JSON object, a shard index without a ``weight_map`` or listing a missing shard, a
-    ``.safetensors`` file whose header is broken or that is cut short, or a GGUF file that is not a complete
-    GGUF."""
+    that is not a JSON object, names a ``model_type`` transformers does not know or gives a size out of
+    :data:`CONFIG_SIZES`, a tokenizer or generation JSON file that is not a JSON object, a shard index without
+    a ``weight_map`` or listing a missing shard, a ``.safetensors`` file whose header is broken or that is cut
+    short, or a GGUF file that is not a complete GGUF."""
     from teeny_core.store import read_json
 
     if gguf_file:
@@ -94,6 +99,13 @@ def check_model_files(path: Path, gguf_file: str | None = None) -> None:
         if model_type not in CONFIG_MAPPING:
             raise BadFileError(path / "config.json", f"model_type {model_type!r} is not one transformers knows; "
                                                      "expected e.g. llama, qwen2, gemma3")
+        for where in (config, config.get("text_config")):
+            for key, most in CONFIG_SIZES.items():
+                value = where.get(key) if isinstance(where, dict) else None
+                if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                          or not 1 <= value <= most):
+                    raise BadFileError(path / "config.json", f"{key}={str(value)[:30]} is not valid; expected an "
+                                                             f"int in 1..{most}")
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         read_json(path / name, expect=dict)  # a garbled one would otherwise be copied into every artifact
     index = read_json(path / "model.safetensors.index.json", expect=dict)
@@ -114,6 +126,27 @@ def check_model_files(path: Path, gguf_file: str | None = None) -> None:
                 pass
         except Exception as exc:  # safetensors raises its own error type for every kind of damage
             raise BadFileError(file, f"not a readable safetensors file ({_one_line(exc)})") from None
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
+CONFIG_SIZES = {"vocab_size": 2**24, "hidden_size": 2**20, "num_hidden_layers": 2**12, "num_attention_heads": 2**12}
+"""Sizes a config.json may give, each an int from 1 to this (far above any real model: a typo, not a model)."""
+
+
+def check_tokenizer_files(path: Path) -> None:
+    """Raise :class:`BadFileError` unless the HF directory ``path`` has tokenizer files, and its
+    ``tokenizer.json`` (if any) is one the tokenizers library loads."""
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise BadFileError(path, f"has no tokenizer; expected one of {', '.join(TOKENIZER_FILES)} beside "
+                                 "config.json")
+    if (path / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        try:
+            Tokenizer.from_file(str(path / "tokenizer.json"))
+        except Exception as exc:  # the tokenizers library raises its own error type for any bad content
+            raise BadFileError(path / "tokenizer.json", f"not a tokenizer the tokenizers library loads "
+                                                        f"({_one_line(exc)})") from None
 
 
 def check_gguf(path: Path) -> None:
@@ -137,12 +170,19 @@ def torch_dtype(name: str):
 
 
 def resolve_device(device: str) -> str:
+    """``device`` checked against this machine ("auto": cuda when there is a GPU, else cpu)."""
+    if not DEVICE_RE.fullmatch(device):
+        raise TeenyError(f"device={device!r} is not valid; expected auto, cpu, cuda or cuda:N")
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise TeenyError(f"device {device!r} asked for, but CUDA is not available; use device='cpu'")
+    index = int(device.partition(":")[2] or 0)
+    if device.startswith("cuda") and index >= torch.cuda.device_count():
+        raise TeenyError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s): cuda:0..cuda:{torch.cuda.device_count() - 1}")
     return device
 
 

@@ -28,8 +28,8 @@ from teeny_core.errors import TeenyError
 from teeny_core.experiment import BASELINE, CHECKPOINT, Experiment, Variant
 from teeny_core.plugins import Plugins
 from teeny_core.source_match import source_match
-from teeny_core.store import (RunLock, SampleLog, StoreContext, build_once, options_signature, read_json,
-                              staging_dir, write_json)
+from teeny_core.store import (RunLock, SampleLog, StoreContext, build_once, check_writable, options_signature,
+                              read_json, staging_dir, write_json)
 from teeny_core.types import ARTIFACT_MANIFEST, Artifact, CalibrationSet, ModelSource, VariantResult
 
 log = logging.getLogger("teeny")
@@ -89,14 +89,23 @@ class Pipeline:
         return results
 
     def prepare(self) -> None:
-        """Everything that can fail before any work, without writing anything: the output directory, the model
-        (resolved and its files readable) and every variant's key and description."""
-        for parent in [self.root, *self.root.parents]:
-            if parent.exists():
-                if not parent.is_dir():
-                    raise TeenyError(f"output_dir {self.exp.output_dir!r}: {parent} is a file; expected a directory")
-                break
+        """Everything that can fail before any work, without writing anything: the output directory (writable),
+        the device, the model (resolved, its config, tokenizer and weights readable), every checkpoint
+        variant's files, every runtime a variant names (available here) and every variant's key and
+        description."""
+        from teeny_core.modeling import check_model_files, check_tokenizer_files, resolve_device
+
+        check_writable(self.root, f"output_dir {self.exp.output_dir!r}:")
+        if self.exp.device.startswith("cuda"):
+            resolve_device(self.exp.device)
         for variant in self.exp.all_variants():
+            runtime = variant.runtime or (self.exp.baseline_runtime if variant.name == BASELINE else None)
+            reason = self.plugins.get("runtime", runtime).available() if runtime else None
+            if reason:
+                raise TeenyError(f"variant {variant.name!r}: runtime {runtime!r} is unavailable here: {reason}")
+            if variant.checkpoint and (Path(variant.checkpoint).expanduser() / "config.json").is_file():
+                check_model_files(Path(variant.checkpoint).expanduser())
+                check_tokenizer_files(Path(variant.checkpoint).expanduser())
             key = self.variant_key(variant)
             self.describe(variant)
             self._check_stored(self.root / variant.name, key)
@@ -108,6 +117,7 @@ class Pipeline:
             return  # nothing stored, or old settings that run_variant moves aside untouched
         for name in ("done.json", "profile.json", "metrics.json"):
             read_json(vdir / name, expect=dict)
+        SampleLog.check(vdir / "samples.jsonl")
         if (vdir / "artifact").exists():
             Artifact.open(vdir / "artifact")
 

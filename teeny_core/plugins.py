@@ -1,9 +1,10 @@
 """Plugin discovery: built-ins and entry points of group ``teeny``, each loaded on its own.
 
-A plugin that fails to import or to register (any exception, ``sys.exit()`` included) is recorded with its
-error and skipped (``TEENY_STRICT_PLUGINS=1`` re-raises), and so is one that adds a CLI command whose name is
-taken. ``TEENY_LOAD_PLUGINS=a,b`` loads only those external
-plugins; ``TEENY_DISABLE_PLUGINS=a,b`` skips plugins by name, built-ins included.
+A plugin that fails to import or to register (any exception, ``sys.exit()``, ``os._exit()``, its own
+``KeyboardInterrupt`` or a hang past ``TEENY_PLUGIN_TIMEOUT`` included; see :mod:`teeny_core.plugin_guard`) is
+recorded with its error and skipped (``TEENY_STRICT_PLUGINS=1`` re-raises), and so is one that adds a CLI command
+whose name is taken or that replaces code of the core, another plugin or a builtin. ``TEENY_LOAD_PLUGINS=a,b``
+loads only those external plugins; ``TEENY_DISABLE_PLUGINS=a,b`` skips plugins by name, built-ins included.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pluggy
 from teeny_core import hookspecs
 from teeny_core.errors import TeenyError
 from teeny_core.executor import Executor
+from teeny_core.plugin_guard import guarded
 from teeny_core.types import (Analyzer, Calibrator, Component, Evaluator, HardwareProfiler, Quantizer,
                               Runtime)
 
@@ -83,18 +85,18 @@ class Plugins:
         for module_name in BUILTIN_PLUGINS:
             short = module_name.rsplit(".", 1)[1]
             if short not in disabled:
-                plugins._add(short, lambda m=module_name: importlib.import_module(m), builtin=True)
+                plugins._add(short, lambda m=module_name: importlib.import_module(m), builtin=True, module=module_name)
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
             if ep.name in disabled or (only is not None and ep.name not in only):
                 continue
             version = ep.dist.version if ep.dist else "?"
             dist = ep.dist.metadata["Name"] if ep.dist else "?"
-            plugins._add(ep.name, ep.load, builtin=False, version=version, distribution=dist)
+            plugins._add(ep.name, ep.load, builtin=False, version=version, distribution=dist, module=ep.module)
         plugins._register_all()
         return plugins
 
     def _add(self, name: str, loader, *, builtin: bool, version: str | None = None,
-             distribution: str = "teeny-core") -> None:
+             distribution: str = "teeny-core", module: str = "") -> None:
         from teeny_core import __version__
 
         key = name if name not in self.infos else f"{name}~{len(self.infos)}"
@@ -104,7 +106,7 @@ class Plugins:
             if key != name:
                 taken = "a built-in plugin" if self.infos[name].builtin else "another plugin"
                 raise TeenyError(f"plugin name {name!r} is already taken by {taken}; rename the entry point")
-            self.pm.register(loader(), name=name)
+            self.pm.register(loader() if builtin else guarded(loader, module, "import"), name=name)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # a broken plugin never takes the host down, not even with sys.exit()
@@ -126,7 +128,7 @@ class Plugins:
                     for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                         if impl.plugin_name == plugin_name:
                             info.hooks.append(hook_name)
-                            impl.function(self._registrar(kind, interface, plugin_name, pending))
+                            self._call(impl, hook_name, self._registrar(kind, interface, plugin_name, pending))
             except KeyboardInterrupt:
                 raise
             except BaseException as exc:
@@ -139,6 +141,13 @@ class Plugins:
                 info.components.append(f"{kind}:{name}")
             if any(i.plugin_name == plugin_name for i in self.pm.hook.teeny_register_commands.get_hookimpls()):
                 info.hooks.append("teeny_register_commands")
+
+    def _call(self, impl, hook_name: str, argument) -> None:
+        """One plugin's hook implementation; an external plugin's under :func:`~teeny_core.plugin_guard.guarded`."""
+        if self.infos[impl.plugin_name].builtin:
+            impl.function(argument)
+        else:
+            guarded(lambda: impl.function(argument), getattr(impl.plugin, "__name__", impl.plugin_name), hook_name)
 
     def _registrar(self, kind: str, interface: type[Component], plugin: str,
                    pending: list[tuple[str, str, type[Component]]]):
@@ -163,7 +172,7 @@ class Plugins:
         for impl in self.pm.hook.teeny_register_commands.get_hookimpls():
             before = dict(cli.commands)
             try:
-                impl.function(cli)
+                self._call(impl, "teeny_register_commands", cli)
                 taken = sorted(n for n, cmd in cli.commands.items() if n in before and cmd is not before[n])
                 if taken:
                     raise TeenyError(f"command {taken[0]!r} is already a teeny command; rename the plugin's command")
@@ -190,8 +199,23 @@ class Plugins:
 
     def unavailable(self, kind: str) -> dict[str, str]:
         """Components of ``kind`` that cannot run on this machine: name -> reason."""
-        reasons = {name: reg.cls.available() for name, reg in self.components[kind].items()}
+        reasons = {name: self._available(reg) for name, reg in self.components[kind].items()}
         return {name: reason for name, reason in reasons.items() if reason}
+
+    def _available(self, reg: Registered) -> str | None:
+        """``reg.cls.available()``; an external plugin's runs guarded, and failing is a reason it is unavailable."""
+        info = self.infos.get(reg.plugin)
+        if info is None or info.builtin:  # a built-in, or a component registered directly in Python
+            return reg.cls.available()
+        owner = getattr(self.pm.get_plugin(reg.plugin), "__name__", reg.plugin)
+        try:
+            return guarded(reg.cls.available, owner, f"{reg.cls.__name__}.available()")
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            if os.environ.get("TEENY_STRICT_PLUGINS") == "1":
+                raise
+            return f"available() failed: {_one_line(exc)}"
 
     def runtime_for(self, fmt: str, preferred: str | None = None, device: str = "cpu") -> type[Runtime]:
         """The runtime named ``preferred``; else the installed runtime with the highest
@@ -201,7 +225,7 @@ class Plugins:
             cls = self.get("runtime", preferred)
             if fmt not in cls.formats:  # type: ignore[attr-defined]
                 raise TeenyError(f"runtime {preferred!r} cannot load format {fmt!r}; it loads {', '.join(cls.formats)}")  # type: ignore[attr-defined]
-            reason = cls.available()
+            reason = self._available(self.components["runtime"][preferred])
             if reason:
                 raise TeenyError(f"runtime {preferred!r} is unavailable here: {reason}")
             return cls  # type: ignore[return-value]
@@ -209,7 +233,7 @@ class Plugins:
         for name in self.names("runtime"):
             cls = self.components["runtime"][name].cls
             priority = cls.priority(fmt, device)  # type: ignore[attr-defined]
-            if priority is not None and not cls.available():
+            if priority is not None and not self._available(self.components["runtime"][name]):
                 ranked.append((-priority, name, cls))
         if not ranked:
             raise TeenyError(f"no available runtime loads artifact format {fmt!r} on {device}")

@@ -2,9 +2,9 @@
 
 Layout: ``runs/<experiment>/<variant>/{artifact/, samples.jsonl, metrics.json, profile.json, variant.json}``
 and ``runs/<experiment>/manifest.json``. ``samples.jsonl`` holds one JSON record per finished item (all
-evaluators; each record has ``evaluator`` and a unique ``key``); a torn last line from a crash is cut off
-on the next open, so a resumed run redoes only the item that was in flight. A garbled line anywhere else is
-moved to ``samples.jsonl.quarantine`` and the good lines after it are kept. Readers count each
+evaluators; each record has ``evaluator`` and a unique ``key``); a garbled line anywhere, a torn last line
+from a crash included, is moved to ``samples.jsonl.quarantine`` on the next open and the good lines after it
+are kept, so a resumed run redoes only those items. Readers count each
 (evaluator, config, key) once. ``runs/<experiment>/.lock`` keeps two runs off one directory.
 """
 
@@ -52,6 +52,27 @@ def _nearly_full(path: Path) -> bool:
     return False
 
 
+def check_writable(path: Path, what: str) -> None:
+    """Raise :class:`TeenyError` before any work when ``path`` (a directory to create or write in, ``what`` names
+    it for the user) cannot be written: its nearest existing ancestor is a file, or is on a read-only file system
+    or not writable by this user (root included: ``os.access`` sees a read-only mount)."""
+    path = Path(path)
+    too_long = [part for part in path.parts if len(os.fsencode(part)) > 255]
+    if too_long:
+        raise TeenyError(f"{what} {str(path)[:60]!r}...: the name {too_long[0][:20]!r}... is {len(too_long[0])} "
+                         "characters; file systems allow 255 bytes")
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            break
+    else:
+        return
+    if not parent.is_dir():
+        raise TeenyError(f"{what} {str(path)!r}: {parent} is a file; expected a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise TeenyError(f"{what} {str(path)!r}: {parent} is not writable (a read-only file system or no "
+                         "permission); choose a directory you can write")
+
+
 def read_json(path: Path, default: Any = None, expect: type | None = None) -> Any:
     """``path`` parsed, or ``default`` when it does not exist; a garbled file, a directory (or, with
     ``expect``, a file holding another JSON type) raises :class:`BadFileError` naming it, so nothing is
@@ -80,9 +101,9 @@ def _umask() -> int:
 class SampleLog:
     """An append-only JSONL file of finished records; each append is flushed and fsynced.
 
-    Opening repairs the file: a torn last line (a crash mid-write) is dropped, and any other line that is not
-    a JSON object with a ``key`` is moved to ``<file>.quarantine`` (counted in :attr:`quarantined`); the good
-    lines after it are kept, so only the quarantined items are redone.
+    Opening repairs the file: every line that is not a JSON object with a ``key``, a torn last line (a crash
+    mid-write, or a file cut short) included, is moved to ``<file>.quarantine`` (counted in :attr:`quarantined`);
+    the good lines after it are kept, so only the quarantined items are redone.
     """
 
     def __init__(self, path: Path) -> None:
@@ -93,13 +114,20 @@ class SampleLog:
         self.quarantine_path = self.path.with_name(self.path.name + ".quarantine")
         self._repair_and_read()
 
+    @staticmethod
+    def check(path: Path) -> None:
+        """Raise :class:`BadFileError` if ``path`` is where a sample log should be but is a directory."""
+        if Path(path).is_dir():
+            raise BadFileError(path, "is a directory; expected the JSONL file of finished records")
+
     def _repair_and_read(self) -> None:
+        self.check(self.path)
         if not self.path.exists():
             return
         data = self.path.read_bytes()
         *lines, torn = data.split(b"\n")  # ``torn`` is what follows the last newline: b"" unless a write tore
         good: list[bytes] = []
-        bad: list[bytes] = []
+        bad: list[bytes] = [torn] if torn else []
         for line in lines:
             record = _parse_record(line)
             if record is None:
@@ -114,9 +142,6 @@ class SampleLog:
                 os.fsync(f.fileno())
             self.quarantined = len(bad)
             _write_bytes(self.path, b"".join(line + b"\n" for line in good))
-        elif torn:
-            with open(self.path, "r+b") as f:
-                f.truncate(len(data) - len(torn))
 
     def append(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, sort_keys=True, default=str) + "\n"

@@ -5,6 +5,8 @@ Installed with teeny-core (entry point ``pytest11``). Fixtures:
 - ``tiny_model(arch="llama"|"qwen2"|"gemma3")`` -> path of a saved HF model (random weights, 2 layers,
   a byte-level BPE tokenizer trained in the test, no download). Built once per session per architecture.
 - ``tiny_tokenizer`` -> that tokenizer.
+- ``read_only(path)`` makes a directory unwritable for this process, root included (a read-only bind mount as
+  root, ``chmod 0555`` otherwise), until the test ends.
 
 :func:`build_quantized_checkpoint` writes an hf-gptq or hf-awq checkpoint of such a model.
 
@@ -187,6 +189,35 @@ def tiny_model(tmp_path_factory, tiny_tokenizer) -> Callable[..., Path]:
         return built[arch]
 
     return make
+
+
+@pytest.fixture
+def read_only() -> Any:
+    """``read_only(directory)``: nothing under ``directory`` can be written until the test ends. As root (whom
+    ``chmod`` does not stop) it becomes a read-only bind mount of itself; fails if the mount is refused."""
+    import os
+    import subprocess
+
+    undo: list[Callable[[], Any]] = []
+
+    def make(directory: Path) -> Path:
+        directory = Path(directory)
+        if os.geteuid() != 0:
+            mode = directory.stat().st_mode
+            directory.chmod(0o555)
+            undo.append(lambda: directory.chmod(mode))
+            return directory
+        for args in (["--bind", str(directory), str(directory)], ["-o", "remount,bind,ro", str(directory)]):
+            done = subprocess.run(["mount", *args], capture_output=True, text=True)
+            if done.returncode:
+                pytest.fail(f"cannot make {directory} read-only as root: mount {' '.join(args)}: {done.stderr}")
+            if args[0] == "--bind":
+                undo.append(lambda: subprocess.run(["umount", str(directory)], check=True))
+        return directory
+
+    yield make
+    for step in reversed(undo):
+        step()
 
 
 @pytest.fixture(scope="session")

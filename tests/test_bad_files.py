@@ -99,6 +99,19 @@ def case(name: str, tmp: Path, tiny_model) -> list[str]:
             return ["run", str(experiment(tmp, model))]
         elif name == "config-not-json":
             (model / "config.json").write_text("garbage")
+        elif name == "config-vocab-size-huge":
+            config = json.loads((model / "config.json").read_text())
+            (model / "config.json").write_text(json.dumps({**config, "vocab_size": 10**12}))
+            return ["run", str(experiment(tmp, model))]
+        elif name == "tokenizer-model-a-number":
+            (model / "tokenizer.json").write_text('{"model": 5}')
+            return ["run", str(experiment(tmp, model))]
+        elif name == "tokenizer-files-missing":
+            for file in model.glob("tokenizer*"):
+                file.unlink()
+            for file in ("vocab.json", "merges.txt", "special_tokens_map.json"):
+                (model / file).unlink(missing_ok=True)
+            return ["run", str(experiment(tmp, model))]
         elif name == "config-unknown-model-type":
             (model / "config.json").write_text(json.dumps({"model_type": "nonsense"}))
         elif name == "safetensors-random-bytes":
@@ -107,6 +120,10 @@ def case(name: str, tmp: Path, tiny_model) -> list[str]:
             halve(model / "model.safetensors")
             return ["run", str(experiment(tmp, model))]
         return ["quantize", str(model), "-m", "rtn", "--out", str(tmp / "out")]
+    if name == "toml-not-utf8":
+        exp = experiment(tmp, model_copy(tmp, tiny_model))
+        exp.write_bytes(exp.read_bytes().replace(b'name = "t"', b'name = "t\xe9"'))  # Latin-1, not UTF-8
+        return ["run", str(exp)]
     if name == "gguf-truncated-200kb":
         path = write_gguf(tmp / "m.gguf")
         path.write_bytes(path.read_bytes()[:200_000])

@@ -78,3 +78,70 @@ def test_quantizing_an_unsupported_architecture_is_one_line_naming_the_supported
     assert r.exit_code == 2, r.output
     assert r.output.strip() == ("Error: architecture 'gpt2' is not supported for layer-by-layer quantization; "
                                 "supported: gemma3, gemma3_text, llama, mistral, phi3, qwen2, qwen2_moe"), r.output
+
+
+def one_line_error(args, *fragments):
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 2, (args, r.output)
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), r.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_bad_values_are_one_line_before_any_work(tiny_model, tmp_path):
+    model = str(tiny_model("llama"))
+    one_line_error(["eval", model, "--bench", "fidelity", "--limit", "-1", "--out", str(tmp_path / "ev")],
+                   "--limit", "-1 is not in the range x>=0")
+    one_line_error(["quantize", model, "-m", "rtn", "--device", "tpu", "--out", str(tmp_path / "q")],
+                   "device='tpu' is not valid; expected auto, cpu, cuda or cuda:N")
+    one_line_error(["quantize", model, "-m", "rtn", "--dtype", "float8", "--out", str(tmp_path / "q")],
+                   "--dtype", "'float8' is not one of")
+    one_line_error(["quantize", model, "-m", "rtn", "--out", str(tmp_path / ("a" * 300))],
+                   "is 300 characters; file systems allow 255 bytes")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cuda_device_that_does_not_exist_is_one_line(tiny_model, tmp_path):
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device = f"cuda:{count}"
+    one_line_error(["quantize", str(tiny_model("llama")), "-m", "rtn", "--device", device,
+                    "--out", str(tmp_path / "q")], f"device {device!r} asked for")
+
+
+def test_read_only_targets_are_one_line_before_any_work(tiny_model, tmp_path, read_only):
+    model = str(tiny_model("llama"))
+    art = tmp_path / "art"
+    made = CliRunner().invoke(cli, ["quantize", model, "-m", "rtn", "-o", "group_size=64", "--out", str(art)])
+    assert made.exit_code == 0, made.output
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    read_only(ro)
+    one_line_error(["quantize", model, "-m", "rtn", "--out", str(ro / "q")], "--out", f"{ro} is not writable")
+    one_line_error(["eval", str(art), "--bench", "fidelity", "-o", "chunks=2", "--out", str(ro / "ev")],
+                   "--out", f"{ro} is not writable")
+    assert list(ro.iterdir()) == []
+
+
+def test_eval_takes_the_run_lock_of_its_out(tiny_model, tmp_path):
+    import os
+    import time
+
+    from teeny_core.store import RunLock
+
+    model = str(tiny_model("llama"))
+    args = ["eval", model, "--bench", "fidelity", "-o", "chunks=6", "-o", "chunk_len=32", "--out", str(tmp_path / "ev")]
+    with RunLock(tmp_path / "ev"):
+        one_line_error(args, f"pid {os.getpid()}", "is in use by another teeny run")
+    assert not (tmp_path / "ev" / "samples.jsonl").exists()
+    teeny = [sys.executable, "-m", "teeny_core.cli"]
+    first = subprocess.Popen(teeny + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    second = subprocess.run(teeny + args, capture_output=True, text=True, timeout=600)
+    first.communicate(timeout=600)
+    assert first.returncode == 0 and second.returncode in (0, 2), second.stderr
+    assert second.returncode == 0 or "is in use by another teeny run" in second.stderr
+    lines = (tmp_path / "ev" / "samples.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["key"] for line in lines) == [f"chunk-{i}" for i in range(6)]

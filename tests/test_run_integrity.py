@@ -178,3 +178,71 @@ def test_disk_full_while_writing_an_artifact_or_a_cache_then_the_rerun_recovers(
             assert sorted(keys(disk / "t" / variant / "samples.jsonl")) == sorted(f"chunk-{i}" for i in range(CHUNKS))
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=True)  # lazy: a failed write may still hold a file
+
+
+def test_a_torn_last_line_of_a_finished_variant_is_quarantined_and_redone(done_run):
+    exp, root = done_run
+    samples = root / "w4" / "samples.jsonl"
+    data = samples.read_bytes()
+    last = data.rstrip(b"\n").rsplit(b"\n", 1)[1]
+    kept = last[:len(last) // 2]
+    samples.write_bytes(data[:len(data) - len(last) - 1] + kept)  # the last record cut in half
+    result = run(exp)
+    assert result.exit_code == 0, result.output
+    assert "1 unreadable line(s) of samples.jsonl moved to" in result.output
+    assert "w4: already complete" not in result.output
+    assert sorted(keys(samples)) == sorted(f"chunk-{i}" for i in range(CHUNKS))
+    assert (root / "w4" / "samples.jsonl.quarantine").read_bytes() == kept + b"\n"
+    assert json.loads((root / "w4" / "metrics.json").read_text())["fidelity"]["chunks"] == CHUNKS
+
+
+def test_a_samples_file_that_is_a_directory_is_one_error_and_kept(done_run):
+    exp, root = done_run
+    (root / "w4" / "samples.jsonl").unlink()
+    (root / "w4" / "samples.jsonl").mkdir()
+    before = snapshot(root)
+    one_error(run(exp), "samples.jsonl: is a directory; expected the JSONL file of finished records")
+    assert snapshot(root) == before and (root / "w4" / "samples.jsonl").is_dir()
+
+
+def test_a_finished_run_on_a_read_only_mount_is_one_error_for_run_and_report(done_run, read_only):
+    exp, root = done_run
+    before = snapshot(root)
+    read_only(root.parent)
+    one_error(run(exp), "is not writable (a read-only file system or no permission)")
+    one_error(run(exp, "--fresh"), "is not writable")
+    one_error(CliRunner().invoke(cli, ["report", str(root)]), "RUN_DIR", "is not writable")
+    assert snapshot(root) == before
+
+
+def test_a_new_run_under_a_read_only_directory_is_one_error(tmp_path, tiny_model, read_only):
+    (tmp_path / "ro").mkdir()
+    read_only(tmp_path / "ro")
+    exp = experiment(tmp_path, tiny_model("llama"), output_dir=str(tmp_path / "ro" / "runs"))
+    one_error(run(exp), f"{tmp_path / 'ro'} is not writable")
+    assert list((tmp_path / "ro").iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["name", "variant"])
+def test_a_300_character_name_is_one_error(tmp_path, tiny_model, where):
+    exp = experiment(tmp_path, tiny_model("llama"), **({"name": "a" * 300} if where == "name" else {}))
+    if where == "variant":
+        exp.write_text(exp.read_text().replace('name = "w4"', f'name = "{"w" * 300}"'))
+    one_error(run(exp), "... (300 characters) is not valid", "at most 100 characters")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_unavailable_runtime_is_caught_before_any_work(tmp_path, tiny_model):
+    exp = experiment(tmp_path, tiny_model("llama"))
+    exp.write_text(exp.read_text() + 'runtime = "vllm"\n')  # the w4 variant's; this machine has no GPU
+    one_error(run(exp), "variant 'w4': runtime 'vllm' is unavailable here")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_cuda_device_on_a_machine_without_one_is_caught_before_any_work(tmp_path, tiny_model):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    one_error(run(experiment(tmp_path, tiny_model("llama"), device="cuda")), "CUDA is not available")
+    assert not (tmp_path / "runs").exists()

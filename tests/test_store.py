@@ -1,4 +1,4 @@
-"""The run store survives crashes: torn JSONL lines are cut, JSON writes are atomic, staging never leaks."""
+"""The run store survives crashes: torn JSONL lines are quarantined, JSON writes are atomic, staging never leaks."""
 
 import json
 
@@ -7,13 +7,22 @@ import pytest
 from teeny_core.store import SampleLog, StoreContext, read_json, staging_dir, write_json
 
 
-def test_torn_last_line_is_cut_and_the_rest_kept(tmp_path):
+def test_torn_last_line_is_quarantined_and_the_rest_kept(tmp_path):
     path = tmp_path / "samples.jsonl"
     path.write_text('{"key": "a", "evaluator": "e"}\n{"key": "b", "evaluator": "e"}\n{"key": "c", "eva')
     log = SampleLog(path)
     assert [r["key"] for r in log.records] == ["a", "b"]
+    assert log.quarantined == 1 and log.quarantine_path.read_text() == '{"key": "c", "eva\n'
     log.append({"key": "c", "evaluator": "e"})
     assert [json.loads(x)["key"] for x in path.read_text().splitlines()] == ["a", "b", "c"]
+
+
+def test_a_samples_file_that_is_a_directory_is_named(tmp_path):
+    from teeny_core.errors import BadFileError
+
+    (tmp_path / "samples.jsonl").mkdir()
+    with pytest.raises(BadFileError, match="samples.jsonl: is a directory; expected the JSONL file"):
+        SampleLog(tmp_path / "samples.jsonl")
 
 
 def test_context_skips_done_keys_and_requires_a_key(tmp_path):
@@ -164,9 +173,9 @@ def test_a_garbled_middle_line_is_quarantined_and_the_lines_after_it_kept(tmp_pa
     path.write_text("\n".join(lines) + "\n" + '{"key": "z", "eva')
     log = SampleLog(path)
     assert [r["key"] for r in log.records] == list("abcdefghij")
-    assert log.quarantined == 2
-    assert log.quarantine_path.read_text() == "garbage\nnull\n"
-    assert path.read_text() == "\n".join(good) + "\n"  # repaired on disk; the torn last line is dropped too
+    assert log.quarantined == 3
+    assert log.quarantine_path.read_text() == '{"key": "z", "eva\ngarbage\nnull\n'
+    assert path.read_text() == "\n".join(good) + "\n"  # repaired on disk
     assert SampleLog(path).quarantined == 0  # quarantined once, not again on the next open
 
 

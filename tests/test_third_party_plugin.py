@@ -327,3 +327,153 @@ def test_an_entry_point_named_like_a_builtin_does_not_remove_the_builtin(tmp_pat
     assert plugins.infos["rtn"].builtin and plugins.infos["rtn"].error is None
     [clash] = [i for i in plugins.infos.values() if i.name.startswith("rtn~")]
     assert "plugin name 'rtn' is already taken by a built-in plugin" in clash.error
+
+
+# --- hostile plugins: none can stop a core command, change its exit status or patch the core -----------
+
+HOSTILE = {
+    "exit-import": ("import os\nos._exit(0)\n", "PluginFailed: called os._exit(0)"),
+    "exit-hook": ('''
+        import os
+
+        from teeny_core import hookimpl
+
+
+        @hookimpl
+        def teeny_register_quantizers(register):
+            os._exit(0)
+        ''', "teeny_register_quantizers failed: PluginFailed: called os._exit(0)"),
+    "interrupt": ("raise KeyboardInterrupt\n", "PluginFailed: import raised KeyboardInterrupt"),
+    "sleeps": ("import time\ntime.sleep(3600)\n", "import took longer than 3 s (TEENY_PLUGIN_TIMEOUT)"),
+    "prints": ('import os\nprint("hello from a plugin")\nos.write(1, b"raw bytes on fd 1\\n")\n', None),
+    "atexit": ("import atexit, os\natexit.register(os._exit, 0)\n", None),
+    "nosigint": ("import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n", None),
+    "run-callback": ('''
+        from teeny_core.cli import cli
+
+        cli.commands["run"].callback = lambda **kwargs: print("hijacked")
+        ''', "replaced the callback of command 'run'"),
+    "grader": ('''
+        import teeny_bench.humaneval
+
+        teeny_bench.humaneval.grade_humaneval = lambda *args, **kwargs: [True] * len(args[0])
+        ''', "replaced teeny_bench.humaneval.grade_humaneval"),
+    "error-str": ('''
+        from teeny_core import TeenyError
+
+        TeenyError.__str__ = lambda self: "all is well"
+        ''', "replaced teeny_core.errors.TeenyError.__str__"),
+}
+
+
+@pytest.fixture(scope="module")
+def hostile_site(tmp_path_factory) -> Path:
+    site = tmp_path_factory.mktemp("hostile") / "site"
+    for name, (source, _) in HOSTILE.items():
+        install(site, f"teeny-tp-{name}", f"tp-{name}", f"teeny_tp_{name.replace('-', '_')}", source)
+    return site
+
+
+def test_hostile_plugins_are_listed_as_broken_and_json_stays_clean(hostile_site):
+    out = teeny(hostile_site, "plugins", "--json", TEENY_PLUGIN_TIMEOUT="3")
+    assert out.returncode == 0, out.stdout + out.stderr
+    infos = {info["name"]: info for info in json.loads(out.stdout)}  # nothing the plugins printed mixed in
+    assert "hello from a plugin" in out.stderr and "raw bytes on fd 1" in out.stderr
+    for name, (_, error) in HOSTILE.items():
+        if error is not None:
+            assert error in (infos[f"tp-{name}"]["error"] or ""), infos[f"tp-{name}"]
+    for name in BUILTINS:
+        assert infos[name]["error"] is None
+
+
+@pytest.mark.parametrize("args,status,says", [
+    (["--help"], 0, "Commands:"),
+    (["list", "quantizer"], 0, "rtn"),
+    (["run", "missing.toml"], 2, "Error: experiment file 'missing.toml' does not exist"),
+    (["quantize", "missing-model", "-m", "nope", "--out", "o"], 2, "Error: unknown quantizer 'nope'"),
+])
+def test_hostile_plugins_do_not_stop_core_commands_or_change_their_exit_status(hostile_site, args, status, says):
+    out = teeny(hostile_site, *args, TEENY_PLUGIN_TIMEOUT="3")
+    assert out.returncode == status, out.stdout[-2000:] + out.stderr[-2000:]
+    assert says in out.stdout + out.stderr
+
+
+def test_a_plugin_ignoring_sigint_leaves_ctrl_c_working(tmp_path, load):
+    import signal
+
+    install(tmp_path, "teeny-tp-nosigint", "tp-nosigint", "teeny_tp_nosigint", HOSTILE["nosigint"][0])
+    before = signal.getsignal(signal.SIGINT)
+    load(tmp_path, TEENY_LOAD_PLUGINS="tp-nosigint")
+    assert signal.getsignal(signal.SIGINT) is before is signal.default_int_handler
+
+
+@pytest.mark.parametrize("name", ["run-callback", "grader", "error-str"])
+def test_a_plugin_that_patches_the_core_is_broken_and_undone(tmp_path, load, name):
+    import teeny_bench.humaneval
+    from teeny_core.cli import cli
+    from teeny_core.errors import TeenyError
+
+    originals = (cli.commands["run"].callback, teeny_bench.humaneval.grade_humaneval)
+    install(tmp_path, f"teeny-tp-{name}", f"tp-{name}", f"teeny_tp_{name.replace('-', '_')}", HOSTILE[name][0])
+    plugins = load(tmp_path, TEENY_LOAD_PLUGINS=f"tp-{name}")
+    assert HOSTILE[name][1] in plugins.infos[f"tp-{name}"].error
+    assert (cli.commands["run"].callback, teeny_bench.humaneval.grade_humaneval) == originals
+    assert str(TeenyError("a real problem")) == "a real problem"
+
+
+def test_strict_plugins_still_reraises_what_the_guard_caught(tmp_path, load):
+    from teeny_core.plugin_guard import PluginFailed
+
+    install(tmp_path, "teeny-tp-exit-import", "tp-exit-import", "teeny_tp_exit_import", HOSTILE["exit-import"][0])
+    with pytest.raises(PluginFailed, match=r"called os._exit\(0\)"):
+        load(tmp_path, TEENY_STRICT_PLUGINS="1", TEENY_LOAD_PLUGINS="tp-exit-import")
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_each_hostile_plugin_alone_leaves_an_error_one_line_with_status_2(hostile_site, name):
+    out = teeny(hostile_site, "run", "missing.toml", TEENY_PLUGIN_TIMEOUT="3", TEENY_LOAD_PLUGINS=f"tp-{name}")
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "Error: experiment file 'missing.toml' does not exist" in out.stderr.splitlines()
+    assert "Traceback" not in out.stderr
+
+
+def test_a_plugin_that_replaces_sys_exit_cannot_turn_an_error_into_success(tmp_path):
+    install(tmp_path, "teeny-tp-noexit", "tp-noexit", "teeny_tp_noexit", "import sys\nsys.exit = lambda *args: None\n")
+    out = teeny(tmp_path, "run", "missing.toml", TEENY_LOAD_PLUGINS="tp-noexit")
+    assert out.returncode == 2, out.stdout + out.stderr
+    listing = teeny(tmp_path, "plugins", "--json", TEENY_LOAD_PLUGINS="tp-noexit")
+    listed = {i["name"]: i for i in json.loads(listing.stdout)}
+    assert "replaced sys.exit" in listed["tp-noexit"]["error"]
+
+
+AVAILABLE_EXITS = '''
+    import os
+
+    from teeny_core import hookimpl
+    from teeny_core.builtin.rtn import RTNQuantizer
+
+
+    class Exits(RTNQuantizer):
+        """A quantizer whose availability check ends the process."""
+
+        name = "tp-exits"
+
+        @classmethod
+        def available(cls):
+            os._exit(0)
+
+
+    @hookimpl
+    def teeny_register_quantizers(register):
+        register(Exits)
+'''
+
+
+def test_a_component_whose_available_check_exits_is_listed_as_unavailable(tmp_path):
+    install(tmp_path, "teeny-tp-avail", "tp-avail", "teeny_tp_avail", AVAILABLE_EXITS)
+    out = teeny(tmp_path, "plugins", "--json", TEENY_LOAD_PLUGINS="tp-avail")
+    assert out.returncode == 0, out.stdout + out.stderr
+    info = {i["name"]: i for i in json.loads(out.stdout)}["tp-avail"]
+    assert info["unavailable"] == {"quantizer:tp-exits": "available() failed: PluginFailed: called os._exit(0)"}
+    listed = teeny(tmp_path, "list", "quantizer", TEENY_LOAD_PLUGINS="tp-avail")
+    assert listed.returncode == 0 and "tp-exits" in listed.stdout and "available() failed" in listed.stdout

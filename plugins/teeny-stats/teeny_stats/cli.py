@@ -105,6 +105,10 @@ def compare(runs: tuple[Path, ...], options: tuple[str, ...], json_out: Path | N
         raise TeenyError(f"compare needs a baseline and at least one result to compare with it, got only {runs[0]}")
     raw = parse_cli_options(options)
     parsed = SignificanceAnalyzer.Options.from_mapping(raw, "significance")
+    if json_out:
+        from teeny_core.store import check_writable
+
+        check_writable(json_out.parent, "--json")
     files = [p for p in runs if is_foreign(p)]
     if files and len(files) != len(runs):
         raise TeenyError(f"{files[0]} is lm-eval or evalplus results but {next(p for p in runs if p not in files)} "

@@ -182,3 +182,15 @@ def test_a_real_run_store_loads_as_the_run_counted_it(tiny_model, tmp_path):
     assert loaded.artifact_bytes == w8["artifact_bytes"] > 0
     (store / "results.json").unlink()
     assert load_variant_dir(store / "w8").artifact_bytes == w8["artifact_bytes"]
+
+
+def test_compare_json_into_a_read_only_directory_is_one_line_before_work(tmp_path, teeny_cli, read_only):
+    a = write_run(tmp_path / "exp" / "original", [True, False] * 10, [1.0] * 5, method="none")
+    b = write_run(tmp_path / "exp" / "q4", [True, True] * 10, [1.5] * 5)
+    (tmp_path / "ro").mkdir()
+    read_only(tmp_path / "ro")
+    result = CliRunner().invoke(teeny_cli, ["compare", str(a), str(b), "--json", str(tmp_path / "ro" / "f.json")])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: --json") and "is not writable" in lines[0], result.output
+    assert list((tmp_path / "ro").iterdir()) == []
