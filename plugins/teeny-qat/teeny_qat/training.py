@@ -175,7 +175,7 @@ def qat_solver(settings: QatSettings, on_linear: Callable[[str, FrozenLinear, An
                     loss = loss_of(i)
                     if not torch.isfinite(loss):
                         raise TeenyError(f"qat: block {work.index} diverged at step {step}: the loss is "
-                                         f"{float(loss)}; lower lr_scale ({settings.lr_scale}) or lr_weight "
+                                         f"{float(loss.detach())}; lower lr_scale ({settings.lr_scale}) or lr_weight "
                                          f"({settings.lr_weight})")
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
