@@ -161,21 +161,22 @@ class QatQuantizer(Quantizer):
         out_dir = Path(out_dir)
         writer = ShardWriter(out_dir)
         copy_side_files(path, out_dir)  # first: a source without a tokenizer fails before any work
+        e2e = None
         try:
             facts = walk(path, qat_solver(settings_from(options), on_linear, init, curves), writer,
                          calibration_ids=calibration.tensor(), batch_size=options.batch_size, device=device,
                          compute_dtype="float32", store_dtype=store_dtype, keep=blocks)
+            files = writer.close()
+            excluded = sorted(set(inside) - set(targets)) + sorted(kept)
+            write_checkpoint_config(facts["config"], None, out_dir, quantization_config(options, excluded),
+                                    store_dtype)
+            if options.e2e_steps:
+                from teeny_qat.end_to_end import train_end_to_end
+
+                e2e = train_end_to_end(source, out_dir, calibration, options)
         except TeenyError:
             shutil.rmtree(blocks, ignore_errors=True)  # a refused run leaves nothing behind
             raise
-        files = writer.close()
-        excluded = sorted(set(inside) - set(targets)) + sorted(kept)
-        write_checkpoint_config(facts["config"], None, out_dir, quantization_config(options, excluded), store_dtype)
-        e2e = None
-        if options.e2e_steps:
-            from teeny_qat.end_to_end import train_end_to_end
-
-            e2e = train_end_to_end(source, out_dir, calibration, options)
         shutil.rmtree(blocks, ignore_errors=True)
         n_params = facts["params"]
         quant_params = sum(rows * cols for rows, cols in targets.values())

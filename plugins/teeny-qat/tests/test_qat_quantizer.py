@@ -151,3 +151,43 @@ def test_bad_input_is_one_error_line_and_nothing_is_written(tiny_model, tmp_path
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], r.output
     assert not out.exists() and not list(tmp_path.glob(".staging-*"))
     assert not (own_cache / "qat-blocks").exists() or not any((own_cache / "qat-blocks").iterdir())
+
+
+def test_end_to_end_phase_lowers_the_kl_and_the_checkpoint_holds_what_it_trained(teeny_plugins, tiny_model,
+                                                                                 tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from teeny_core.formats.gptq import dequantized_state_dict
+
+    path = tiny_model("llama")
+    source = ModelSource(str(path))
+    cal = calibration(teeny_plugins, source)
+    blocks = quantize(teeny_plugins, "qat", source, cal, QUICK, tmp_path / "blocks")
+    both = quantize(teeny_plugins, "qat", source, cal, {**QUICK, "e2e_steps": 8, "e2e_lr": 1e-3}, tmp_path / "e2e")
+    e2e = both.meta["end_to_end"]
+    assert e2e["steps"] == 8 and e2e["kl_after"] < 0.95 * e2e["kl_before"]
+    before, after = dequantized_state_dict(blocks.path), dequantized_state_dict(both.path)
+    for key in before:  # codes and zero points frozen: a weight moves only with its group's scale
+        if key.endswith("proj.weight"):
+            moved = before[key] != 0
+            ratio = (after[key] / torch.where(moved, before[key], 1)).reshape(before[key].shape[0], -1, 32)
+            moved = moved.reshape(ratio.shape)
+            spread = torch.where(moved, ratio, -torch.inf).amax(-1) - torch.where(moved, ratio, torch.inf).amin(-1)
+            assert float(spread[moved.any(-1)].max()) < 1e-5, key
+            assert not torch.equal(after[key], before[key])
+        elif "norm" not in key:
+            assert torch.equal(after[key], before[key]), key
+    assert any(not torch.equal(after[k], before[k]) for k in before if "norm" in k)
+
+    ids = cal.tensor()
+
+    def float64_kl(state):  # the written checkpoint's KL on the calibration windows, recomputed in float64
+        original = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64).eval()
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64).eval()
+        model.load_state_dict({k: v.double() for k, v in state.items()}, strict=False)
+        with torch.no_grad():
+            p, q = (torch.log_softmax(m(ids).logits, -1) for m in (original, model))
+        return float((p.exp() * (p - q)).sum(-1).mean())
+
+    assert float64_kl(before) == pytest.approx(e2e["kl_before"], rel=1e-3)
+    assert float64_kl(after) == pytest.approx(e2e["kl_after"], rel=1e-3)
