@@ -134,6 +134,7 @@ class QatQuantizer(Quantizer):
 
         from teeny_core.formats.checkpoint import write_checkpoint_config
         from teeny_core.formats.gptq import default_g_idx, pack_linear
+        from teeny_core.arch import spec_for
         from teeny_core.builtin.rtn import _source_dtype as source_dtype
         from teeny_core.modeling import peak_rss_bytes, resolve_device, torch_dtype
         from teeny_core.walker import ShardWriter, copy_side_files, layer_matrices, safetensors_dir, walk
@@ -143,6 +144,12 @@ class QatQuantizer(Quantizer):
         start = time.perf_counter()
         path = safetensors_dir(source)
         inside, kept = layer_matrices(path)
+        spec = spec_for(json.loads((path / "config.json").read_text()).get("model_type"))
+        if spec.experts:  # trained are the dense linears; routed experts are written as they are
+            pattern = f"*.{spec.experts.module}.*"
+            options = dataclasses.replace(options, skip=[*options.skip, pattern])
+            kept.update({n: "a routed expert: qat trains the dense linears only, so it stays in full precision"
+                         for n in inside if skipped(n, [pattern])})
         targets = {n: shape for n, shape in inside.items() if not skipped(n, options.skip)}
         check_inputs(options, calibration, targets)
         assert calibration is not None
@@ -167,7 +174,7 @@ class QatQuantizer(Quantizer):
                          calibration_ids=calibration.tensor(), batch_size=options.batch_size, device=device,
                          compute_dtype="float32", store_dtype=store_dtype, keep=blocks)
             files = writer.close()
-            excluded = sorted(set(inside) - set(targets)) + sorted(kept)
+            excluded = sorted(set(inside) - set(targets) | set(kept))
             write_checkpoint_config(facts["config"], None, out_dir, quantization_config(options, excluded),
                                     store_dtype)
             if options.e2e_steps:
@@ -185,7 +192,7 @@ class QatQuantizer(Quantizer):
         meta: dict[str, Any] = {
             "method": "qat", **options.to_dict(), "device": device, "checkpoint_format": CHECKPOINT_FORMAT,
             "stored_dtype": store_dtype, "files": files, "quantized_layers": sorted(targets),
-            "skipped_layers": sorted(set(inside) - set(targets)), "kept_full_precision": kept,
+            "skipped_layers": sorted(set(inside) - set(targets) - set(kept)), "kept_full_precision": kept,
             "calibration": {"name": calibration.name, "fingerprint": calibration.fingerprint(),
                             "samples": len(calibration.samples), "seq_len": len(calibration.samples[0])},
             "quantized_params": quant_params, "total_params": n_params,

@@ -19,6 +19,16 @@ class TestQatContract(QuantizerContract):
     options = {"bits": 2, "group_size": 32, "epochs": 1}
 
 
+class TestQatContractMoe(TestQatContract):
+    """Routed experts stay in full precision (excluded in the checkpoint's config); the rest is trained."""
+
+    arch = "qwen2_moe"
+
+
+class TestQatContractGemma(TestQatContract):
+    arch = "gemma3"
+
+
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path, monkeypatch):
     """Finished blocks are kept under Teeny's cache until the artifact is complete: one cache per test."""
