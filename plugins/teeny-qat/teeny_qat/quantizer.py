@@ -132,10 +132,10 @@ class QatQuantizer(Quantizer):
         each finished block is kept in Teeny's cache so a killed run resumes at the next block."""
         import torch
 
-        from teeny_core.formats.checkpoint import write_checkpoint_config
-        from teeny_core.formats.gptq import default_g_idx, pack_linear
         from teeny_core.arch import spec_for
         from teeny_core.builtin.rtn import _source_dtype as source_dtype
+        from teeny_core.formats.checkpoint import write_checkpoint_config
+        from teeny_core.formats.gptq import default_g_idx, pack_linear
         from teeny_core.modeling import peak_rss_bytes, resolve_device, torch_dtype
         from teeny_core.walker import ShardWriter, copy_side_files, layer_matrices, safetensors_dir, walk
         from teeny_qat.training import qat_solver, skipped
@@ -156,7 +156,7 @@ class QatQuantizer(Quantizer):
         device = resolve_device(options.device)
         store_dtype = source_dtype(source)
 
-        def on_linear(name: str, frozen, bias) -> dict[str, Any]:
+        def on_linear(name: str, frozen) -> dict[str, Any]:
             group = options.group_size if options.group_size > 0 else -1
             tensors = pack_linear(frozen.q, frozen.scale, frozen.zero, default_g_idx(frozen.q.shape[1], group),
                                   options.bits, CHECKPOINT_FORMAT)

@@ -121,13 +121,14 @@ def _deterministic():
         torch.use_deterministic_algorithms(before)
 
 
-def qat_solver(settings: QatSettings, on_linear: Callable[[str, FrozenLinear, Any], dict[str, Any]],
+def qat_solver(settings: QatSettings, on_linear: Callable[[str, FrozenLinear], dict[str, Any]],
                init: Callable[[Any], dict[str, tuple[Any, Any, Any]]] | None = None,
                curves: dict[int, dict[str, Any]] | None = None):
     """A walker solver training each block's fake-quantized linears, then freezing them in place.
 
     ``init(work)`` -> linear name -> (latent weight, scale, zero) to start from (default: round-to-nearest on
-    the original weights). ``on_linear(name, frozen, bias)`` returns the tensors to write for that linear.
+    the original weights). ``on_linear(name, frozen)`` returns the tensors to write for that linear (its bias,
+    like every other tensor of the block, the walker writes).
     ``curves[block]`` receives the block's loss before training, per epoch and after.
     """
 
@@ -188,7 +189,6 @@ def qat_solver(settings: QatSettings, on_linear: Callable[[str, FrozenLinear, An
                                      f"({settings.lr_scale}) or lr_weight ({settings.lr_weight})")
             with torch.no_grad():
                 after = sum(float(loss_of(i)) for i in range(batches)) / batches
-        del optimizer, targets
         if not after <= start_loss:
             raise TeenyError(f"qat: block {work.index} diverged by step {step}: its loss rose from "
                              f"{start_loss:.4g} to {after:.4g}; lower lr_scale ({settings.lr_scale}) or lr_weight "
@@ -199,8 +199,7 @@ def qat_solver(settings: QatSettings, on_linear: Callable[[str, FrozenLinear, An
                 module = layer.get_submodule(name)
                 frozen = quant.freeze()
                 module.weight.copy_(quant.weight_hat().to(module.weight.dtype))  # the next block sees these
-                bias = module.bias.detach().cpu().clone() if module.bias is not None else None
-                for suffix, tensor in on_linear(f"{prefix}.{name}", frozen, bias).items():
+                for suffix, tensor in on_linear(f"{prefix}.{name}", frozen).items():
                     solved.tensors[f"{name}.{suffix}"] = tensor
                 solved.replaced.add(name)
         if curves is not None:
