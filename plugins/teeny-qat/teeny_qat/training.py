@@ -30,8 +30,8 @@ class QatSettings:
     group_size: int = 64
     sym: bool = False
     epochs: int = 4
-    lr_scale: float = 1e-4
-    lr_weight: float = 1e-5
+    lr_scale: float = 1e-3
+    lr_weight: float = 1e-4
     train_weights: bool = True
     seed: int = 0
     skip: tuple[str, ...] = ("lm_head",)

@@ -18,8 +18,7 @@ def test_qat_beats_rtn_at_2_bits_and_its_checkpoint_loads_packed(tiny_model, tmp
         "[calibration]", 'method = "code"', "samples = 8", "seq_len = 64",
         "[evaluators.fidelity]", "chunks = 4", "chunk_len = 64", "[profilers.system]", "benchmark = false",
         "[[variants]]", 'name = "rtn-w2"', 'method = "rtn"', 'scheme = "asym"', *GRID,
-        "[[variants]]", 'name = "qat-w2"', 'method = "qat"', *GRID, "epochs = 8", "lr_scale = 1e-3",
-        "lr_weight = 1e-4",
+        "[[variants]]", 'name = "qat-w2"', 'method = "qat"', *GRID, "epochs = 8",
     ]) + "\n")
     r = CliRunner().invoke(cli, ["run", str(tmp_path / "exp.toml")])
     assert r.exit_code == 0, r.output

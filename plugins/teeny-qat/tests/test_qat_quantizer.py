@@ -11,7 +11,7 @@ from teeny_core.cli import cli
 from teeny_core.testing import QuantizerContract
 from teeny_core.types import Artifact, CalibrationSet, ModelSource
 
-QUICK = {"bits": 2, "group_size": 32, "epochs": 2, "lr_scale": 1e-3, "lr_weight": 1e-4}
+QUICK = {"bits": 2, "group_size": 32, "epochs": 2}
 
 
 class TestQatContract(QuantizerContract):
