@@ -475,11 +475,15 @@ def capture_inputs(model, layers, batches, device: str, budget: int):
 def walk(path: str | Path, solve: Callable[[LayerWork], Solved], writer: ShardWriter, *,
          calibration_ids=None, batch_size: int = 8, device: str = "cpu", compute_dtype: str = "float32",
          store_dtype: str = "float32", activation_budget: int = 2 * 2**30,
-         outside: Callable[[str, Any], dict[str, Any] | None] | None = None, progress: bool = True) -> dict:
+         outside: Callable[[str, Any], dict[str, Any] | None] | None = None, progress: bool = True,
+         keep: str | Path | None = None) -> dict:
     """Stream the model at ``path`` through ``solve`` one layer at a time, writing every output tensor.
 
     ``outside(key, tensor)`` may replace a tensor outside the layers (e.g. round ``lm_head``); returning None
-    keeps it. Floating tensors are written in ``store_dtype``. Returns facts for the artifact's metadata.
+    keeps it. Floating tensors are written in ``store_dtype``. ``keep``: a directory (see :class:`KeptLayers`)
+    where each finished layer is also kept, so a walk killed midway and started again with the same directory
+    resumes at the next layer; the caller keys it by everything that determines the result and removes it once
+    the artifact is complete. Returns facts for the artifact's metadata.
     """
     import torch
     from transformers import AutoConfig
@@ -500,6 +504,11 @@ def walk(path: str | Path, solve: Callable[[LayerWork], Solved], writer: ShardWr
         batches = list(torch.split(calibration_ids, batch_size))
         acts, per_layer = capture_inputs(model, layers, batches, device, activation_budget)
     _module(model, spec.embed).to_empty(device="meta")
+    kept = KeptLayers(keep, len(layers)) if keep is not None else None
+    resume_at = kept.finished if kept else 0
+    if kept and acts is not None and 0 < resume_at < len(layers):
+        for i, tensor in enumerate(kept.inputs(resume_at)):
+            acts[i] = tensor
 
     def cast(t):
         return t.to(store) if t.is_floating_point() else t
@@ -508,6 +517,19 @@ def walk(path: str | Path, solve: Callable[[LayerWork], Solved], writer: ShardWr
     errors, seconds = [], []
     params = 0
     for index, layer in enumerate(layers):
+        if index < resume_at:  # finished by an earlier, interrupted walk
+            assert kept is not None
+            tensors, info = kept.layer(index)
+            for key, value in tensors.items():
+                writer.add(key, value)
+            writer.end_of_layer()
+            if per_layer:
+                per_layer[index] = []
+            params += info["params"]
+            errors.append(info["error"])
+            seconds.append(info["seconds"])
+            bar.update(1)
+            continue
         started = time.perf_counter()
         load_layer(layer, spec, index, reader, dtype, device)
         prefix = spec.layer_prefix(index)
@@ -520,19 +542,26 @@ def walk(path: str | Path, solve: Callable[[LayerWork], Solved], writer: ShardWr
         state = {k: v.detach() for k, v in layer.state_dict().items()}
         if spec.experts:
             state = split_experts(state, spec)
-        params += sum(v.numel() for v in state.values())
+        layer_params = sum(v.numel() for v in state.values())
+        params += layer_params
+        written = {}
         for key, value in state.items():
             module, _, leaf = key.rpartition(".")
             if leaf != "weight" or module not in solved.replaced:
-                writer.add(f"{prefix}.{key}", cast(value))
-        for key, value in solved.tensors.items():
-            writer.add(f"{prefix}.{key}", value)
+                written[f"{prefix}.{key}"] = cast(value)
+        written.update({f"{prefix}.{key}": value for key, value in solved.tensors.items()})
+        for key, value in written.items():
+            writer.add(key, value)
         writer.end_of_layer()
         layer.to_empty(device="meta")
         if per_layer:
             per_layer[index] = []
         errors.append(solved.error)
         seconds.append(time.perf_counter() - started)
+        if kept:
+            kept.finish(index, written, acts if acts is not None and index + 1 < len(layers) else None,
+                        {"params": layer_params, "error": solved.error, "seconds": seconds[-1]})
+        del written
         bar.update(1)
         if solved.error is not None:
             bar.set_postfix_str(f"layer {index} err {solved.error:.4g}")
@@ -552,6 +581,54 @@ def walk(path: str | Path, solve: Callable[[LayerWork], Solved], writer: ShardWr
         del tensor, replaced
     return {"config": config, "spec": spec, "layer_errors": errors, "layer_seconds": seconds, "params": params,
             "spilled_batches": spilled}
+
+
+class KeptLayers:
+    """A walk's finished layers on disk, so that a walk killed midway resumes at the next layer.
+
+    Per finished layer ``i``: ``layer-i.safetensors`` (its output tensors as written), ``inputs-(i+1).safetensors``
+    (the calibration activations entering the next layer) and, last, ``layer-i.json`` (its facts), whose presence
+    marks the layer finished. Inputs of earlier layers are deleted as the walk advances."""
+
+    def __init__(self, directory: str | Path, n_layers: int):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        finished = 0
+        while finished < n_layers and (self.dir / f"layer-{finished}.json").exists():
+            finished += 1
+        self.finished = finished
+
+    def inputs(self, index: int) -> list[Any]:
+        """The calibration activations entering layer ``index``, one tensor per batch."""
+        from safetensors.torch import load_file
+
+        stored = load_file(str(self.dir / f"inputs-{index}.safetensors"))
+        return [stored[f"batch-{i}"] for i in range(len(stored))]
+
+    def layer(self, index: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Layer ``index``'s output tensors and its facts (params, error, seconds)."""
+        from safetensors.torch import load_file
+
+        info = json.loads((self.dir / f"layer-{index}.json").read_text())
+        return load_file(str(self.dir / f"layer-{index}.safetensors")), info
+
+    def finish(self, index: int, tensors: dict[str, Any], next_inputs: Activations | None,
+               info: dict[str, Any]) -> None:
+        """Keep layer ``index`` (its tensors, the next layer's inputs unless it is the last, its facts)."""
+        from safetensors.torch import save_file
+
+        def atomically(name: str, write: Callable[[Path], None]) -> None:
+            tmp = self.dir / f".{name}.tmp"
+            write(tmp)
+            os.replace(tmp, self.dir / name)
+
+        atomically(f"layer-{index}.safetensors", lambda p: save_file(
+            {k: v.contiguous() for k, v in tensors.items()}, str(p)))
+        if next_inputs is not None:
+            atomically(f"inputs-{index + 1}.safetensors", lambda p: save_file(
+                {f"batch-{i}": t.contiguous() for i, t in enumerate(next_inputs)}, str(p)))
+        atomically(f"layer-{index}.json", lambda p: p.write_text(json.dumps(info)))
+        (self.dir / f"inputs-{index}.safetensors").unlink(missing_ok=True)
 
 
 def _bar(total: int, enabled: bool):

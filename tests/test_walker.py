@@ -191,3 +191,36 @@ def test_a_source_without_a_tokenizer_fails_before_any_layer_is_quantized(teeny_
                        tmp_path / "out")
     assert str(source) in str(err.value) and "\n" not in str(err.value)
     assert not list((tmp_path / "out").glob("*.safetensors"))
+
+
+def test_a_walk_killed_midway_resumes_at_the_next_layer_with_the_same_inputs_and_output(tiny_model, tmp_path):
+    from teeny_core.walker import ShardWriter, Solved, walk
+
+    path = tiny_model("llama")
+    ids = torch.randint(0, 300, (4, 16), generator=torch.Generator().manual_seed(0))
+    seen: dict[str, list] = {}
+
+    def solver(run: str, die_at: int | None = None):
+        def solve(work):
+            if work.index == die_at:
+                raise KeyboardInterrupt
+            seen.setdefault(run, []).append((work.index, torch.cat(list(work.inputs))))
+            with torch.no_grad():  # changes what the next layer sees, so its inputs must come from the kept ones
+                work.layer.mlp.down_proj.weight.mul_(0.5)
+            return Solved(error=float(work.index))
+        return solve
+
+    def run(name: str, keep, die_at=None):
+        writer = ShardWriter(tmp_path / name)
+        facts = walk(path, solver(name, die_at), writer, calibration_ids=ids, batch_size=2, keep=keep, progress=False)
+        writer.close()
+        return facts, (tmp_path / name / "model.safetensors").read_bytes()
+
+    whole, whole_bytes = run("whole", None)
+    with pytest.raises(KeyboardInterrupt):
+        run("killed", tmp_path / "kept", die_at=1)
+    resumed, resumed_bytes = run("resumed", tmp_path / "kept")
+    assert [i for i, _ in seen["resumed"]] == [1]  # layer 0 was not solved again
+    assert torch.equal(seen["resumed"][0][1], seen["whole"][1][1])
+    assert resumed_bytes == whole_bytes
+    assert resumed["layer_errors"] == whole["layer_errors"] == [0.0, 1.0] and resumed["params"] == whole["params"]
