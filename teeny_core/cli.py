@@ -170,6 +170,7 @@ def eval_cmd(model: str, benches: tuple[str, ...], opts: tuple[str, ...], refere
 
     rt_cls = plugins().runtime_for(artifact.format, runtime, resolve_device("auto"))
     loaded = rt_cls().load(artifact, rt_cls.Options())
+    facts = getattr(loaded, "load_facts", dict)()  # which kernels run the weights, as in a run's profile.json
 
     def load_reference():
         assert ref_artifact is not None
@@ -193,6 +194,8 @@ def eval_cmd(model: str, benches: tuple[str, ...], opts: tuple[str, ...], refere
             metrics[bench] = cls().summarize(samples.for_evaluator(bench, config), options[bench])
     loaded.close()
     write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / "profile.json", {"runtime": rt_cls.name, "load": {"runtime": {"name": rt_cls.name, **facts}}})
+    click.echo(f"runtime: {rt_cls.name}, kernels: {facts.get('kernel_layers') or facts.get('kernels', 'float')}")
     for bench, values in metrics.items():
         click.echo(f"{bench}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in values.items() if not isinstance(v, dict)))
     click.echo(f"records: {out_dir / 'samples.jsonl'}")
