@@ -174,6 +174,7 @@ def test_w8a8_checkpoint_runs_int8_products_with_the_weights_transformers_reads(
     model = _load(ct_dirs[kind])
     facts = model.load_facts()
     assert facts["kernel_layers"] == {"torch._int_mm": 14} and facts["float_layers"] == {}
+    assert facts["scheme"] == "int8"
     reference = _reference_model(ct_dirs[kind])
     ours = dict(model.model.named_modules())
     for name, module in reference.named_modules():

@@ -211,11 +211,11 @@ def load(artifact, dtype, device: str, compute: str):
     linears, rest = read_linears(artifact.path, model)
     kernels: dict[str, int] = {}
     reasons: dict[str, str] = {}
-    for name, (kind, state, scheme) in linears.items():
-        module, why = build_module(kind, state, scheme, device, compute)
+    for name, (kind, state, qscheme) in linears.items():
+        module, why = build_module(kind, state, qscheme, device, compute)
         if module is None:
             reasons[name] = why
-            rest[f"{name}.weight"] = dequantize(kind, state, scheme)
+            rest[f"{name}.weight"] = dequantize(kind, state, qscheme)
             if state.get("bias") is not None:
                 rest[f"{name}.bias"] = state["bias"]
             continue
