@@ -245,3 +245,22 @@ def test_teeny_eval_runs_a_w8a8_checkpoint_with_int8_products(ct_dirs, tiny_mode
     assert 0 < metrics["kl_mean"] < 1
     profile = json.loads((tmp_path / "eval" / "profile.json").read_text())
     assert profile["load"]["runtime"]["kernel_layers"] == {"torch._int_mm": 14}
+
+
+def test_checkpoint_variants_of_compressed_tensors_run_packed(ct_dirs, tiny_model, tmp_path):
+    root = tmp_path / "runs"
+    (tmp_path / "exp.toml").write_text("\n".join([
+        'name = "ct"', f'model = "{tiny_model("llama")}"', f'output_dir = "{root}"', 'device = "cpu"',
+        "[evaluators.fidelity]", "chunks = 2", "chunk_len = 32", "[profilers.system]", "benchmark = false",
+        "[[variants]]", 'name = "w8a8"', f'checkpoint = "{ct_dirs["w8a8"]}"',
+        "[[variants]]", 'name = "w4a16"', f'checkpoint = "{ct_dirs["w4a16"]}"',
+    ]) + "\n")
+    r = CliRunner().invoke(cli, ["run", str(tmp_path / "exp.toml")])
+    assert r.exit_code == 0, r.output
+    by_name = {v["name"]: v for v in json.loads((root / "ct" / "results.json").read_text())["variants"]}
+    assert by_name["w8a8"]["describe"]["format"] == "compressed-tensors"
+    assert by_name["w8a8"]["profile"]["load"]["runtime"]["kernel_layers"] == {"torch._int_mm": 14}
+    assert by_name["w4a16"]["profile"]["load"]["runtime"]["kernel_layers"] == {
+        "torch.ops.aten._weight_int4pack_mm_for_cpu": 14}
+    for name in ("w8a8", "w4a16"):
+        assert 0 < by_name[name]["metrics"]["fidelity"]["kl_mean"] < 1
