@@ -9,7 +9,8 @@ their artifact format, detected from the checkpoint's own metadata.
 - a hub id (``org/name``): downloaded into the hub cache, then as a directory.
 
 Layouts no runtime here reads (GPTQ marlin/bitblas checkpoint formats, non-int32 packing, AWQ gemv,
-compressed-tensors schemes without a kernel, bitsandbytes) are refused with one line naming the value and what is supported.
+compressed-tensors schemes without a kernel, bitsandbytes) are refused with one line naming the value and what is
+supported.
 """
 
 from __future__ import annotations

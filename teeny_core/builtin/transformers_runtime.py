@@ -189,7 +189,8 @@ class TransformersRuntime(Runtime):
     name = "transformers"
     Options = TransformersOptions
     formats = ("hf", "hf-gptq", "hf-awq", "gguf", "compressed-tensors")
-    native = {("hf", "*"): 10, ("hf-gptq", "cpu"): 10, ("hf-awq", "cpu"): 10, ("compressed-tensors", "*"): 10}  # packed on CPU; see priority()
+    # packed on CPU (see priority()); compressed-tensors W8A8 runs torch._int_mm on CPU and CUDA
+    native = {("hf", "*"): 10, ("hf-gptq", "cpu"): 10, ("hf-awq", "cpu"): 10, ("compressed-tensors", "*"): 10}
 
     @classmethod
     def import_libraries(cls) -> None:
