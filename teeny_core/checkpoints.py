@@ -4,11 +4,13 @@ their artifact format, detected from the checkpoint's own metadata.
 - a ``.gguf`` file (or a directory holding exactly one, and no config.json): ``gguf``, checked by its header;
 - a directory with a Teeny manifest: that artifact;
 - a directory with config.json: ``quantization_config.quant_method`` (or AutoGPTQ/GPTQModel's
-  ``quantize_config.json``) ``gptq`` -> ``hf-gptq``, ``awq`` -> ``hf-awq``, none -> ``hf``;
+  ``quantize_config.json``) ``gptq`` -> ``hf-gptq``, ``awq`` -> ``hf-awq``, ``compressed-tensors`` ->
+  ``compressed-tensors`` (see :mod:`teeny_core.formats.compressed_tensors`), none -> ``hf``;
 - a hub id (``org/name``): downloaded into the hub cache, then as a directory.
 
 Layouts no runtime here reads (GPTQ marlin/bitblas checkpoint formats, non-int32 packing, AWQ gemv,
-compressed-tensors, bitsandbytes, fp8) are refused with one line naming the value and what is supported.
+compressed-tensors schemes without a kernel, bitsandbytes) are refused with one line naming the value and what is
+supported.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from teeny_core.errors import TeenyError
 from teeny_core.types import ARTIFACT_MANIFEST, Artifact
 
 GGUF_MAGIC = b"GGUF"
-SUPPORTED = "gptq (checkpoint_format gptq or gptq_v2, int32 packing), awq (version gemm), or none (float)"
+SUPPORTED = ("gptq (checkpoint_format gptq or gptq_v2, int32 packing), awq (version gemm), compressed-tensors, "
+             "or none (float)")
 
 
 def is_hub_id(location: str) -> bool:
@@ -54,6 +57,10 @@ def detect_format(directory: Path) -> tuple[str, dict[str, Any]]:
         return "hf", {}
     method = str(qcfg.get("quant_method", "gptq")).lower()
     where = f"{directory / origin}: quantization_config"
+    if method == "compressed-tensors":
+        from teeny_core.formats.compressed_tensors import FORMAT, describe
+
+        return FORMAT, {**describe(qcfg, where), "detected_from": origin}
     if method == "gptq":
         layout = str(qcfg.get("checkpoint_format") or qcfg.get("format") or "gptq").lower()
         if layout not in ("gptq", "gptq_v2"):

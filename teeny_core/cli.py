@@ -201,22 +201,26 @@ def eval_cmd(model: str, benches: tuple[str, ...], opts: tuple[str, ...], refere
     rt_cls = plugins().runtime_for(artifact.format, runtime, resolve_device("auto"))
     with RunLock(out_dir):  # two evals into one --out would both write every record
         samples = SampleLog(out_dir / "samples.jsonl")  # read (and repaired) before the model loads
-        metrics = _evaluate(rt_cls, artifact, ref_artifact, evaluators, options, samples, limit, seed)
+        metrics, facts = _evaluate(rt_cls, artifact, ref_artifact, evaluators, options, samples, limit, seed)
         write_json(out_dir / "metrics.json", metrics)
+        write_json(out_dir / "profile.json", {"runtime": rt_cls.name,
+                                              "load": {"runtime": {"name": rt_cls.name, **facts}}})
+    click.echo(f"runtime: {rt_cls.name}, kernels: {facts.get('kernel_layers') or facts.get('kernels', 'float')}")
     for bench, values in metrics.items():
         click.echo(f"{bench}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in values.items() if not isinstance(v, dict)))
     click.echo(f"records: {out_dir / 'samples.jsonl'}")
 
 
 def _evaluate(rt_cls, artifact, ref_artifact, evaluators: dict[str, Any], options: dict[str, Any], samples,
-              limit: int, seed: int) -> dict[str, Any]:
+              limit: int, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """``teeny eval``'s work, under the run lock of its --out: each evaluator's records (into ``samples``, a
-    :class:`~teeny_core.store.SampleLog`) and metrics."""
+    :class:`~teeny_core.store.SampleLog`); returns its metrics and the runtime's load facts (which kernels ran)."""
     from teeny_core.modeling import resolve_device
     from teeny_core.store import StoreContext, options_signature
 
     out_dir = samples.path.parent
     loaded = rt_cls().load(artifact, rt_cls.Options())
+    facts = getattr(loaded, "load_facts", dict)()  # which kernels run the weights, as in a run's profile.json
 
     def load_reference():
         assert ref_artifact is not None
@@ -238,7 +242,7 @@ def _evaluate(rt_cls, artifact, ref_artifact, evaluators: dict[str, Any], option
                 ctx.close()
             metrics[bench] = cls().summarize(samples.for_evaluator(bench, config), options[bench])
     loaded.close()
-    return metrics
+    return metrics, facts
 
 
 @cli.command()

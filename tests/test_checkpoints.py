@@ -72,7 +72,8 @@ def test_teeny_eval_accepts_a_gptqmodel_directory_as_is(gptqmodel_dir, tiny_mode
 @pytest.mark.parametrize("change,message", [
     ({"checkpoint_format": "marlin"}, "checkpoint_format='marlin' is not supported; expected gptq"),
     ({"pack_dtype": "int16"}, "pack_dtype='int16' is not supported"),
-    ({"quant_method": "compressed-tensors"}, "quant_method='compressed-tensors' is not supported"),
+    ({"quant_method": "compressed-tensors"}, "quantization_config.format='' is not supported; expected one of"),
+    ({"quant_method": "bitsandbytes"}, "quant_method='bitsandbytes' is not supported"),
     ({"quant_method": "awq", "version": "gemv"}, "version='gemv' is not supported"),
 ])
 def test_layouts_no_runtime_reads_are_refused_in_one_line(gptqmodel_dir, tmp_path, change, message):

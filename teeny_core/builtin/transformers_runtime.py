@@ -191,8 +191,9 @@ class TransformersRuntime(Runtime):
 
     name = "transformers"
     Options = TransformersOptions
-    formats = ("hf", "hf-gptq", "hf-awq", "gguf")
-    native = {("hf", "*"): 10, ("hf-gptq", "*"): 10, ("hf-awq", "*"): 10}  # packed; see priority()
+    formats = ("hf", "hf-gptq", "hf-awq", "gguf", "compressed-tensors")
+    # packed (see priority()); compressed-tensors W8A8 runs torch._int_mm on CPU and CUDA
+    native = {("hf", "*"): 10, ("hf-gptq", "*"): 10, ("hf-awq", "*"): 10, ("compressed-tensors", "*"): 10}
 
     @classmethod
     def import_libraries(cls) -> None:
@@ -212,6 +213,12 @@ class TransformersRuntime(Runtime):
         if artifact.format in ("hf", "gguf"):
             source = ModelSource(str(artifact.path), gguf_file=artifact.file if artifact.format == "gguf" else None)
             model, tokenizer = load_hf_model(source, dtype=dtype, device=device)
+        elif artifact.format == "compressed-tensors":  # int8/FP8 products and int4 kernels, see that module
+            from teeny_core.formats.compressed_tensors import load
+
+            compute = torch_dtype(dtype if dtype != "auto" else "bfloat16")
+            model, facts = load(artifact, compute, device, options.packed_compute)
+            tokenizer = AutoTokenizer.from_pretrained(artifact.path)
         else:
             compute = torch_dtype(dtype if dtype != "auto" else "float16")
             if options.kernels == "packed" and packed_available(device):

@@ -34,7 +34,8 @@ def checkpoint_tensors(model, packed: dict[str, dict[str, Any]], store_dtype) ->
 
 
 SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
-                      "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+                      "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+                      "F8_E4M3": "float8_e4m3fn"}
 
 
 def read_safetensors(path: Path) -> dict[str, Any]:
