@@ -116,7 +116,7 @@ def pack_linear(linear, compute: str = "bfloat16") -> tuple[PackedLinear | None,
     else:  # q = 16 * hi + lo: (hi - 8) * 16s + s * (136 - zero) plus (lo - 8) * s + 0
         planes = [_plane(q >> 4, 16 * scale, scale * (136 - zero), group, width, dtype),
                   _plane(q & 15, scale, torch.zeros_like(scale), group, width, dtype)]
-    bias = None if linear.bias is None else linear.bias.float()
+    bias = linear.bias  # as the checkpoint holds it (16 bits): only the kernel's inputs are converted
     return PackedLinear(planes, group, in_features, out_features, perm=perm, bias=bias), ""
 
 
