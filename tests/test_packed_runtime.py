@@ -145,7 +145,7 @@ def test_rtn_writes_hf_gptq_when_its_grid_fits_and_runs_packed(teeny_plugins, ti
     out = tmp_path / "lifted"
     out.mkdir()
     lifted = rtn().quantize(ModelSource(str(positive)), None,
-                            rtn.Options.from_mapping({"bits": 4, "group_size": 32}), out)
+                            rtn.Options.from_mapping({"bits": 4, "group_size": 32, "scheme": "asym"}), out)
     assert lifted.format == "hf-gptq" and lifted.meta["zero_points_lifted"] > 0
     packed = load(Artifact.open(lifted.path), packed_compute="float32")
     reference = load(Artifact.open(lifted.path), kernels="dequant")

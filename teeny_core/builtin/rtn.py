@@ -24,7 +24,9 @@ from teeny_core.types import Artifact, CalibrationSet, ModelSource, Quantizer
 class RTNOptions(Options):
     bits: int = option(4, "bits per weight: 2..8 quantize to integers; 16 only casts to `dtype`",
                        choices=(2, 3, 4, 5, 6, 7, 8, 16))
-    scheme: Literal["sym", "asym"] = option("asym", "symmetric (zero fixed at the middle) or asymmetric")
+    scheme: Literal["sym", "asym"] = option(
+        "sym", "symmetric (zero fixed at the middle: the GPTQ checkpoint every loader reads) or asymmetric "
+               "(a GPTQ v1 checkpoint that GPTQModel refuses, see docs/formats.md)")
     granularity: Literal["tensor", "channel", "group"] = option("group", "one scale per tensor, row or group")
     group_size: int = option(128, "input columns per group (granularity=group)", min=1)
     skip: list[str] = option(["lm_head"], "glob patterns of linear layers kept in full precision")
