@@ -43,7 +43,9 @@ def main() -> None:
     code = plugins.get("calibrator", "code")
     calibration = code().samples(source.load_tokenizer(), code.Options.from_mapping({"samples": 16, "seq_len": 128}),
                                  seed=0)  # the demo's calibration
-    rows = []
+    print("\n| variant | unquantized tensors | quantize s | artifact MiB | weights in memory MiB | "
+          f"vs Q4_K_M's {ORIGINAL_MIB} MiB | packed linears |")
+    print("|---|---|---:|---:|---:|---:|---:|", flush=True)
     for method in args.methods:
         cls = plugins.get("quantizer", method)
         with tempfile.TemporaryDirectory(prefix=f"teeny-{method}-") as tmp:
@@ -57,12 +59,8 @@ def main() -> None:
             facts = loaded.load_facts()
             loaded.close()
         held = facts["weight_bytes"] / MIB
-        rows.append(f"| {method}-w4-g128 | {made.meta['stored_dtype']} | {seconds:.0f} | {disk / MIB:.0f} | "
-                    f"{held:.0f} | {held / ORIGINAL_MIB:.3f}x | {facts['packed_layers']} |")
-    print("\n| variant | unquantized tensors | quantize s | artifact MiB | weights in memory MiB | "
-          f"vs Q4_K_M's {ORIGINAL_MIB} MiB | packed linears |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    print("\n".join(rows))
+        print(f"| {method}-w4-g128 | {made.meta['stored_dtype']} | {seconds:.0f} | {disk / MIB:.0f} | {held:.0f} | "
+              f"{held / ORIGINAL_MIB:.3f}x | {facts['packed_layers']} |", flush=True)  # one row per variant
 
 
 if __name__ == "__main__":
