@@ -127,7 +127,8 @@ def list_cmd(kind: str | None) -> None:
 @click.option("--calibration-option", "-c", "cal_opts", multiple=True, help="Calibrator option key=value.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED))
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--dtype", default="auto", show_default=True, type=click.Choice(DTYPES))
+@click.option("--dtype", default="auto", show_default=True, type=click.Choice(DTYPES),
+              help="A .gguf MODEL's float copy, which the method reads: bfloat16 (auto), float16 or float32.")
 def quantize(model: str, method: str, opts: tuple[str, ...], out: str, calibrator: str,
              cal_opts: tuple[str, ...], seed: int, device: str, dtype: str) -> None:
     """Quantize MODEL (HF directory, hub id or .gguf file) with one method into --out."""

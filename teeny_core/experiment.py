@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from teeny_core.errors import TeenyError
-from teeny_core.modeling import DEVICE_RE, DTYPES
+from teeny_core.modeling import DEVICE_RE, DTYPES, check_baseline_dtype
 from teeny_core.plugins import Plugins
 
 BASELINE = "original"
@@ -22,7 +22,8 @@ TOP_KEYS = {"name": "experiment name", "model": "model to quantize", "seed": "ra
             "limit": "items per evaluator (0 = all)", "calibration": "calibrator table",
             "evaluators": "evaluator tables", "profilers": "profiler tables", "analyzers": "analyzer tables",
             "runtimes": "runtime option tables", "executor": "executor table", "variants": "array of variant tables",
-            "baseline_runtime": "runtime that scores the original (a GGUF source: the file as published)"}
+            "baseline_runtime": "runtime that scores the original (a GGUF source: the file as published)",
+            "baseline_dtype": "dtype of the float copy of a GGUF source: bfloat16 (default), float16 or float32"}
 VARIANT_KEYS = ("name", "method", "runtime", "evaluators", "checkpoint")
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeding range
 CHECKPOINT = "checkpoint"
@@ -59,6 +60,7 @@ class Experiment:
     executor: str = "local"  # where variants run; never changes a result
     executor_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # name -> options
     baseline_runtime: str | None = None
+    baseline_dtype: str = "bfloat16"  # a GGUF source's float copy, which every variant is quantized from
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -158,6 +160,11 @@ def build_experiment(data: dict[str, Any], plugins: Plugins, where: str = "exper
     if "baseline_runtime" in data:
         exp.baseline_runtime = data["baseline_runtime"]
         _component(plugins, "runtime", exp.baseline_runtime, err, "baseline_runtime")
+    if "baseline_dtype" in data:
+        try:
+            exp.baseline_dtype = check_baseline_dtype(data["baseline_dtype"])
+        except TeenyError as exc:
+            raise err(str(exc)) from None
 
     raw_variants = data.get("variants", [])
     if not isinstance(raw_variants, list) or not all(isinstance(v, dict) for v in raw_variants):

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")  # used with fullmatch
+BASELINE_DTYPES = ("bfloat16", "float16", "float32")
+"""Dtypes of the float copy of a GGUF source (bfloat16 by default: what real checkpoints keep unquantized)."""
 
 
 def resolve_source(model: str, dtype: str = "auto", device: str = "cpu") -> "ModelSource":
@@ -198,14 +200,15 @@ def load_tokenizer(source: "ModelSource"):
 
 
 def load_hf_model(source: "ModelSource", dtype: str = "auto", device: str = "cpu"):
-    """A fresh ``(model, tokenizer)``, in eval mode, on ``device``. GGUF weights are dequantized to float32."""
+    """A fresh ``(model, tokenizer)``, in eval mode, on ``device``. GGUF weights are dequantized to ``dtype``
+    (``auto``: bfloat16)."""
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {}
     if source.gguf_file:
         kwargs["gguf_file"] = source.gguf_file
         if dtype == "auto":
-            dtype = "float32"
+            dtype = "bfloat16"
     if dtype != "auto":
         kwargs["dtype"] = torch_dtype(dtype)
     else:
@@ -252,9 +255,16 @@ def linear_layers(module, prefix: str = "") -> dict[str, Any]:
     return {f"{prefix}{name}": m for name, m in module.named_modules() if isinstance(m, torch.nn.Linear)}
 
 
-def dequantize_gguf(source, out_dir: Path) -> None:
-    """Write the float32 HF copy of a GGUF ``source`` (weights, config, tokenizer) into ``out_dir``."""
-    model, tokenizer = source.load(dtype="float32", device="cpu")
+def check_baseline_dtype(dtype: str, where: str = "baseline_dtype") -> str:
+    """``dtype`` if it is one of :data:`BASELINE_DTYPES`, else a one-line :class:`TeenyError`."""
+    if dtype not in BASELINE_DTYPES:
+        raise TeenyError(f"{where}={dtype!r} is not valid; expected one of {', '.join(BASELINE_DTYPES)}")
+    return dtype
+
+
+def dequantize_gguf(source, out_dir: Path, dtype: str = "bfloat16") -> None:
+    """Write the HF copy of a GGUF ``source`` (weights in ``dtype``, config, tokenizer) into ``out_dir``."""
+    model, tokenizer = source.load(dtype=check_baseline_dtype(dtype), device="cpu")
     save_hf_model(model, tokenizer, out_dir)
 
 

@@ -143,7 +143,8 @@ def pack_linear(linear, compute: str = "bfloat16", device: str = "cpu") -> tuple
     else:  # q = 16 * hi + lo: (hi - 8) * 16s + s * (136 - zero) plus (lo - 8) * s + 0
         planes = [_plane(q >> 4, 16 * scale, scale * (136 - zero), group, width, dtype, device),
                   _plane(q & 15, scale, torch.zeros_like(scale), group, width, dtype, device)]
-    bias = None if linear.bias is None else linear.bias.float().to(device)
+    # the bias as the checkpoint holds it (16 bits): only the kernel's inputs are converted
+    bias = None if linear.bias is None else linear.bias.to(device)
     perm = None if perm is None else perm.to(device)
     return cls(planes, group, in_features, out_features, perm=perm, bias=bias), ""
 

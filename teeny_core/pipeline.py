@@ -150,20 +150,25 @@ class Pipeline:
         return self._baseline
 
     def float_artifact(self) -> Artifact:
-        """The original as an hf directory quantizers read; a GGUF source is dequantized once."""
+        """The original as an hf directory quantizers read; a GGUF source is dequantized once, to the
+        experiment's ``baseline_dtype``."""
         src = self.source
         if not src.gguf_file:
             return Artifact("hf", Path(src.path), {"method": "none", "source": src.path})
+        dtype = self.exp.baseline_dtype
 
         def dequantize(tmp: Path) -> None:
             from teeny_core.modeling import dequantize_gguf
 
-            self.say(f"dequantizing {src.gguf_file} to a float baseline (once)")
-            dequantize_gguf(src, tmp)
-            Artifact("hf", tmp, {"method": "none", "source": f"{src.path}/{src.gguf_file}"}).save()
+            self.say(f"dequantizing {src.gguf_file} to a {dtype} float baseline (once)")
+            dequantize_gguf(src, tmp, dtype)
+            Artifact("hf", tmp, {"method": "none", "source": f"{src.path}/{src.gguf_file}", "dtype": dtype}).save()
 
-        target = build_once(self.root / "_baseline" / src.identity(), ARTIFACT_MANIFEST, dequantize)
-        return Artifact.open(target)
+        return Artifact.open(build_once(self.float_dir(), ARTIFACT_MANIFEST, dequantize))
+
+    def float_dir(self) -> Path:
+        """Where a GGUF source's float copy is kept (one per baseline dtype)."""
+        return self.root / "_baseline" / self.baseline_id()
 
     # -- a worker ----------------------------------------------------------------------------------
     def variant(self, name: str) -> Variant:
@@ -341,7 +346,9 @@ class Pipeline:
 
     # -- keys and descriptions ---------------------------------------------------------------------
     def baseline_id(self) -> str:
-        return self.source.identity()
+        """The source's identity, and for a GGUF source the dtype of the float copy variants are made from."""
+        identity = self.source.identity()
+        return f"{identity}-{self.exp.baseline_dtype}" if self.source.gguf_file else identity
 
     def variant_key(self, variant: Variant) -> str:
         parts: list[Any] = [self.baseline_id(), variant.method, variant.options, variant.runtime]
@@ -405,7 +412,7 @@ class Pipeline:
 
     def needs_preparation(self) -> bool:
         """Whether :meth:`prepare_shared` has work to do (a GGUF source to dequantize, a calibration set)."""
-        if self.source.gguf_file and not (self.root / "_baseline" / self.source.identity() / ARTIFACT_MANIFEST).exists():
+        if self.source.gguf_file and not (self.float_dir() / ARTIFACT_MANIFEST).exists():
             return True
         return any(self.needs_calibration(v) for v in self.exp.variants) and not self.calibration_path().exists()
 

@@ -83,19 +83,29 @@ class ShardReader:
 
 def safetensors_dir(source) -> Path:
     """The local directory of a safetensors model source (hub ids are fetched into the hub's cache; a GGUF file
-    is dequantized once to a float32 copy in Teeny's cache, as ``teeny run`` does for its baseline)."""
+    is dequantized once to a float copy in Teeny's cache, as ``teeny run`` does for its baseline: in the
+    source's ``dtype`` when that is a float dtype, else bfloat16)."""
     if source.gguf_file:
-        from teeny_core.modeling import cache_dir, dequantize_gguf
+        from teeny_core.modeling import BASELINE_DTYPES, cache_dir, dequantize_gguf
         from teeny_core.store import build_once
 
-        return build_once(cache_dir() / "gguf-float" / source.identity(), "config.json",
-                          lambda tmp: dequantize_gguf(source, tmp))
+        dtype = source.dtype if source.dtype in BASELINE_DTYPES else "bfloat16"
+        return build_once(cache_dir() / "gguf-float" / f"{source.identity()}-{dtype}", "config.json",
+                          lambda tmp: dequantize_gguf(source, tmp, dtype))
     path = Path(source.path)
     if path.is_dir():
         return path
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(source.path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+
+
+def stored_dtype(path: str | Path) -> str:
+    """The float dtype the model at ``path`` stores (its config.json's ``dtype``, float32 where it names none):
+    the dtype artifacts keep their unquantized tensors in."""
+    config = json.loads((Path(path) / "config.json").read_text())
+    found = config.get("dtype") or config.get("torch_dtype")
+    return found if found in ("float32", "float16", "bfloat16") else "float32"
 
 
 def layer_matrices(path: str | Path) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:

@@ -92,7 +92,7 @@ def test_streamed_rtn_equals_rounding_the_whole_model(teeny_plugins, tiny_model,
     from teeny_core.arch import spec_for
 
     def rounded(w):
-        return dequantize_weight(*quantize_weight(w, 4, "asym", "group", 32))
+        return dequantize_weight(*quantize_weight(w, 4, "sym", "group", 32))
 
     path = tiny_model(arch)
     art = rtn(teeny_plugins, path, tmp_path / "rtn", bits=4, group_size=32, skip=[], format="hf")
@@ -144,7 +144,7 @@ def test_rtn_packs_a_moe_model_as_hf_gptq_with_its_gates_in_full_precision(teeny
     codes = dict(linears)
     assert packed.meta["zero_points_lifted"] == 0
     for name in ("model.layers.0.mlp.experts.3.up_proj", "model.layers.1.self_attn.k_proj"):
-        q, _, _ = quantize_weight(source[f"{name}.weight"], 4, "asym", "group", 32)
+        q, _, _ = quantize_weight(source[f"{name}.weight"], 4, "sym", "group", 32)
         assert torch.equal(codes[name].q, q), name
 
     def logprobs(artifact, **options):

@@ -45,9 +45,8 @@ class AwqQuantizer(Quantizer):
 
         from teeny_awq.algorithm import AwqSettings, awq_solver, quantize_grouped
         from teeny_awq.export import hf_awq_tensors, packed_bytes, packed_linear_bytes, quantization_config
-        from teeny_core.builtin.rtn import _source_dtype
         from teeny_core.modeling import resolve_device, torch_dtype
-        from teeny_core.walker import ShardWriter, copy_side_files, safetensors_dir, walk
+        from teeny_core.walker import ShardWriter, copy_side_files, safetensors_dir, stored_dtype, walk
 
         assert isinstance(options, AwqOptions)
         if options.format == "hf-awq" and options.bits != 4:
@@ -66,7 +65,7 @@ class AwqQuantizer(Quantizer):
         shapes, others = linear_shapes(path)
         targets = {n: shape for n, shape in shapes.items() if not is_skipped(n, settings.skip)}
         _check_shapes(targets, settings, packed=options.format == "hf-awq")
-        store_dtype = _source_dtype(source)
+        store_dtype = stored_dtype(path)
         store = torch_dtype(store_dtype)
         packed = options.format == "hf-awq"
         weights: dict[str, int] = {}  # quantized linear -> its packed bytes (the codes themselves are written)

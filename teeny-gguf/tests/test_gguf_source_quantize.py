@@ -8,8 +8,9 @@ pytest.importorskip("gguf")
 
 
 def test_teeny_quantize_takes_a_gguf_file_for_a_walker_method(gguf_tiny_hf, tmp_path, monkeypatch):
-    """The layer walker streams safetensors: a GGUF source is dequantized once into Teeny's cache, and RTN on it
-    gives the same codes as RTN on the HF model the (lossless F32) GGUF was written from."""
+    """The layer walker streams safetensors: a GGUF source is dequantized once into Teeny's cache (in float32
+    with ``--dtype float32``), and RTN on it gives the same codes as RTN on the HF model the (lossless F32) GGUF
+    was written from."""
     from click.testing import CliRunner
     from safetensors.torch import load_file
 
@@ -25,7 +26,7 @@ def test_teeny_quantize_takes_a_gguf_file_for_a_walker_method(gguf_tiny_hf, tmp_
     for name, model in (("from-gguf", gguf_file), ("from-hf", model_dir)):
         out = tmp_path / name
         result = runner.invoke(cli, ["quantize", str(model), "--method", "rtn", "-o", "bits=4", "-o", "group_size=64",
-                                     "--out", str(out)])
+                                     "--dtype", "float32", "--out", str(out)])  # a float32 copy: exact
         assert result.exit_code == 0, result.output
         assert "wrote hf-gptq artifact" in result.output
         outs[name] = load_file(next(out.glob("*.safetensors")))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -89,16 +88,6 @@ def check_shapes(linears: dict[str, tuple[int, int]], options: GPTQOptions) -> N
             raise TeenyError(f"gptq: {name} has {why}; choose another group_size or add {name!r} to skip")
 
 
-def source_dtype(source: ModelSource) -> str:
-    """The dtype the source stores its weights in (float32 for GGUF, whose weights load dequantized)."""
-    cfg = Path(source.path) / "config.json"
-    if source.gguf_file or not cfg.exists():
-        return "float32"
-    data = json.loads(cfg.read_text())
-    found = data.get("dtype") or data.get("torch_dtype")
-    return found if found in ("float32", "float16", "bfloat16") else "float32"
-
-
 class GPTQQuantizer(Quantizer):
     """GPTQ: second-order error-compensated rounding, layer by layer; writes a standard GPTQ checkpoint."""
 
@@ -139,14 +128,15 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
     from teeny_core.formats.checkpoint import write_checkpoint_config
     from teeny_core.formats.gptq import pack_linear
     from teeny_core.modeling import peak_rss_bytes, resolve_device
-    from teeny_core.walker import ShardWriter, copy_side_files, layer_matrices, safetensors_dir, walk
+    from teeny_core.walker import (ShardWriter, copy_side_files, layer_matrices, safetensors_dir, stored_dtype,
+                                   walk)
     from teeny_gptq.solver import gptq_solver, skipped
 
     start = time.perf_counter()
     device = resolve_device(options.device)
-    store_dtype = source_dtype(source)
-    compute_dtype = "float32" if device == "cpu" else store_dtype
     path = safetensors_dir(source)
+    store_dtype = stored_dtype(path)
+    compute_dtype = "float32" if device == "cpu" else store_dtype
     inside, kept = layer_matrices(path)
     targets = {n: shape for n, shape in inside.items() if not skipped(n, options.skip)}
     if not targets:

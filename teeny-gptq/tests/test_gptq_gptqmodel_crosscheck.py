@@ -5,6 +5,7 @@ Runs only where gptqmodel is importable (the optional extra teeny-gptq[gptqmodel
 """
 
 import importlib.util
+import json
 
 import pytest
 import torch
@@ -85,3 +86,65 @@ def test_gptqmodel_backend_writes_a_checkpoint_our_runtime_loads(teeny_plugins, 
         reference = torch.log_softmax(original(input_ids=torch.tensor(ids)).logits.double(), dim=-1)
     kl = float((reference.exp() * (reference - got)).sum(-1).mean())
     assert 0 < kl < 0.05  # a working 4-bit model, not a misread checkpoint (those give KL of order 1)
+
+
+def _kl(p, q) -> float:
+    return float((p.exp() * (p - q)).sum(-1).mean())
+
+
+def _rtn(teeny_plugins, path, out, **options):
+    rtn = teeny_plugins.get("quantizer", "rtn")
+    out.mkdir()
+    return rtn().quantize(ModelSource(str(path)), None, rtn.Options.from_mapping({"group_size": 32, **options}), out)
+
+
+def _ours_and_reference(teeny_plugins, artifact, path, ids):
+    from transformers import AutoModelForCausalLM
+
+    runtime = teeny_plugins.get("runtime", "transformers")
+    ours = runtime().load(Artifact.open(artifact.path), runtime.Options.from_mapping({"device": "cpu"}))
+    expected = ours.logprobs(ids).double()
+    ours.close()
+    with torch.no_grad():
+        original = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        reference = torch.log_softmax(original(input_ids=torch.tensor(ids)).logits.double(), dim=-1)
+    return expected, reference
+
+
+IDS = [[(7 * i + 3) % 500 + 1 for i in range(48)], [(11 * i + 5) % 500 + 1 for i in range(48)]]
+
+
+@pytest.mark.parametrize("loader", ["gptqmodel", "transformers"])
+def test_rtn_default_checkpoint_loads_with_our_distributions(teeny_plugins, tiny_model, tmp_path, loader):
+    """RTN's default (symmetric, GPTQ v1) is read by GPTQModel itself and by transformers (which loads GPTQ
+    checkpoints through GPTQModel and optimum), each giving our distributions up to its bfloat16 rounding."""
+    path = tiny_model("qwen2")
+    artifact = _rtn(teeny_plugins, path, tmp_path / "rtn")
+    config = json.loads((artifact.path / "config.json").read_text())["quantization_config"]
+    assert config["sym"] is True and config["checkpoint_format"] == "gptq"
+    expected, reference = _ours_and_reference(teeny_plugins, artifact, path, IDS)
+    quantization_kl = _kl(reference, expected)
+    assert quantization_kl > 0
+    if loader == "gptqmodel":
+        from gptqmodel import BACKEND, GPTQModel
+
+        model = GPTQModel.load(str(artifact.path), device="cpu", backend=BACKEND.TORCH).model
+    else:
+        pytest.importorskip("optimum", reason="transformers loads GPTQ checkpoints only with optimum installed")
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(artifact.path, device_map="cpu").eval()
+    with torch.no_grad():
+        got = torch.log_softmax(model(input_ids=torch.tensor(IDS)).logits.double(), dim=-1)
+    assert _kl(expected, got) < 0.1 * quantization_kl
+
+
+def test_gptqmodel_refuses_an_asymmetric_v1_checkpoint_it_did_not_write(teeny_plugins, tiny_model, tmp_path):
+    """Why RTN's default is symmetric: GPTQModel 7.6 loads ``sym: false`` with ``checkpoint_format: gptq`` only
+    from its own ``meta.quantizer`` (its guard against AutoGPTQ's zero-point bug), and transformers reads GPTQ
+    through GPTQModel; ``scheme=asym`` stays available for Teeny's own runtime, which decodes it exactly."""
+    from gptqmodel import BACKEND, GPTQModel
+
+    artifact = _rtn(teeny_plugins, tiny_model("llama"), tmp_path / "asym", scheme="asym")
+    with pytest.raises(ValueError, match="sym=False"):
+        GPTQModel.load(str(artifact.path), device="cpu", backend=BACKEND.TORCH)

@@ -24,7 +24,9 @@ from teeny_core.types import Artifact, CalibrationSet, ModelSource, Quantizer
 class RTNOptions(Options):
     bits: int = option(4, "bits per weight: 2..8 quantize to integers; 16 only casts to `dtype`",
                        choices=(2, 3, 4, 5, 6, 7, 8, 16))
-    scheme: Literal["sym", "asym"] = option("asym", "symmetric (zero fixed at the middle) or asymmetric")
+    scheme: Literal["sym", "asym"] = option(
+        "sym", "symmetric (zero fixed at the middle: the GPTQ checkpoint every loader reads) or asymmetric "
+               "(a GPTQ v1 checkpoint that GPTQModel refuses, see docs/formats.md)")
     granularity: Literal["tensor", "channel", "group"] = option("group", "one scale per tensor, row or group")
     group_size: int = option(128, "input columns per group (granularity=group)", min=1)
     skip: list[str] = option(["lm_head"], "glob patterns of linear layers kept in full precision")
@@ -55,15 +57,16 @@ class RTNQuantizer(Quantizer):
         from teeny_core.formats.checkpoint import write_checkpoint_config
         from teeny_core.formats.gptq import dynamic_exclusions
         from teeny_core.modeling import torch_dtype
-        from teeny_core.walker import ShardWriter, copy_side_files, layer_matrices, safetensors_dir, walk
+        from teeny_core.walker import (ShardWriter, copy_side_files, layer_matrices, safetensors_dir, stored_dtype,
+                                       walk)
 
         assert isinstance(options, RTNOptions)
         dtype = options.dtype
         if options.bits == 16 and dtype == "auto":
             dtype = "float16"
-        store_dtype = dtype if dtype != "auto" else _source_dtype(source)
-        store = torch_dtype(store_dtype)
         path = safetensors_dir(source)
+        store_dtype = dtype if dtype != "auto" else stored_dtype(path)
+        store = torch_dtype(store_dtype)
         config = json.loads((path / "config.json").read_text())
         spec = spec_for(config.get("model_type"))
         linears, kept = layer_matrices(path)
@@ -221,18 +224,6 @@ def gptq_misfit(options: RTNOptions, shapes: dict[str, tuple[int, int]]) -> str:
         if why:
             return f"{name} has {why}"
     return ""
-
-
-def _source_dtype(source: ModelSource) -> str:
-    if source.gguf_file:
-        return "float32"
-    cfg = Path(source.path) / "config.json"
-    if cfg.exists():
-        data = json.loads(cfg.read_text())
-        found = data.get("dtype") or data.get("torch_dtype")
-        if found in ("float32", "float16", "bfloat16"):
-            return found
-    return "float32"
 
 
 @hookimpl

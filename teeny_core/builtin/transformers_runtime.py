@@ -19,7 +19,7 @@ from teeny_core.types import Artifact, Generation, LoadedModel, Runtime
 class TransformersOptions(Options):
     device: str = option("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = option(
-        "auto", "compute dtype (auto: float32 on CPU, the checkpoint's on CUDA)")
+        "auto", "dtype the weights are held and computed in (auto: the checkpoint's; a GGUF file's: bfloat16)")
     batch_size: int = option(8, "prompts or sequences per forward batch", min=1)
     kernels: Literal["packed", "dequant"] = option(
         "packed", "hf-gptq/hf-awq on CPU or CUDA: keep weights packed and use int4 kernels, or dequantize to float "
@@ -143,15 +143,15 @@ def _load_state(model, state: dict[str, Any], artifact: Artifact, owned: set[str
 
 def load_dequantized(artifact: Artifact, dtype):
     """Build the model from an hf-gptq / hf-awq checkpoint with float weights from its packed tensors."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     from teeny_core.walker import fuse_model_experts
 
-    model = AutoModelForCausalLM.from_config(_config_without_quantization(artifact), dtype=torch.float32)
-    state = fuse_model_experts(_format_module(artifact).dequantized_state_dict(artifact.path), model.config.model_type)
-    _load_state(model, state, artifact, set(), False)
-    return model.to(dtype)
+    model = AutoModelForCausalLM.from_config(_config_without_quantization(artifact), dtype=dtype)
+    state = {k: (v.to(dtype) if v.is_floating_point() else v)
+             for k, v in _format_module(artifact).dequantized_state_dict(artifact.path).items()}
+    _load_state(model, fuse_model_experts(state, model.config.model_type), artifact, set(), False)
+    return model
 
 
 def load_packed(artifact: Artifact, dtype, compute: str, device: str = "cpu"):
@@ -205,10 +205,11 @@ class TransformersRuntime(Runtime):
 
         from teeny_core.modeling import load_hf_model, resolve_device, torch_dtype
         from teeny_core.types import ModelSource
+        from teeny_core.walker import stored_dtype
 
         assert isinstance(options, TransformersOptions)
         device = resolve_device(options.device)
-        dtype = options.dtype if options.dtype != "auto" else ("float32" if device == "cpu" else "auto")
+        dtype = options.dtype
         facts: dict[str, Any] = {"kernels": "float"}
         if artifact.format in ("hf", "gguf"):
             source = ModelSource(str(artifact.path), gguf_file=artifact.file if artifact.format == "gguf" else None)
@@ -220,7 +221,7 @@ class TransformersRuntime(Runtime):
             model, facts = load(artifact, compute, device, options.packed_compute)
             tokenizer = AutoTokenizer.from_pretrained(artifact.path)
         else:
-            compute = torch_dtype(dtype if dtype != "auto" else "float16")
+            compute = torch_dtype(dtype if dtype != "auto" else stored_dtype(artifact.path))
             if options.kernels == "packed" and packed_available(device):
                 if device != "cpu" and options.packed_compute != "bfloat16":
                     raise TeenyError(f"packed_compute={options.packed_compute} on {device}: the CUDA int4 kernel "

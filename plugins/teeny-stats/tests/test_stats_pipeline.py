@@ -16,7 +16,7 @@ def test_run_analyzes_fidelity_records_and_reports(tiny_model, tmp_path):
              "[profilers.system]", "benchmark = false",
              "[analyzers.significance]", "resamples = 500", 'fields = ["nll", "kl", "top1"]']
     for name, bits in (("w8", 8), ("w2", 2)):
-        lines += ["[[variants]]", f'name = "{name}"', 'method = "rtn"', f"bits = {bits}", 'granularity = "channel"']
+        lines += ["[[variants]]", f'name = "{name}"', 'method = "rtn"', f"bits = {bits}", 'granularity = "channel"', 'scheme = "asym"']
     (tmp_path / "exp.toml").write_text("\n".join(lines) + "\n")
     out = CliRunner().invoke(cli, ["run", str(tmp_path / "exp.toml")])
     assert out.exit_code == 0, out.output

@@ -1,0 +1,62 @@
+"""Every quantizer's default checkpoint carries the quantization config the named loaders parse.
+
+Config level (the real loaders run in teeny-gptq/tests/test_gptq_gptqmodel_crosscheck.py and
+teeny-awq/tests/test_awq_interop.py where GPTQModel installs): transformers' own ``GPTQConfig``/``AwqConfig``
+accept the config, and it has every key vLLM's GPTQ/AWQ config parsers read without a default (``bits``,
+``group_size``, ``desc_act``, ``sym``; ``zero_point`` for AWQ), with a symmetric 4/8-bit grid that vLLM's
+Marlin kernels serve (its asymmetric GPTQ path is the slower exllama kernel) and ``dynamic`` exclusions that
+compile as the regular expressions GPTQModel and vLLM match module names with.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from teeny_core.types import ModelSource
+
+VLLM_GPTQ_KEYS = ("bits", "group_size", "desc_act", "sym")
+
+
+def make(teeny_plugins, tiny_model, tmp_path, method: str, **options):
+    cls = teeny_plugins.get("quantizer", method)
+    source = ModelSource(str(tiny_model("qwen2")))
+    calibration = None
+    if cls.needs_calibration:
+        code = teeny_plugins.get("calibrator", "code")
+        calibration = code().samples(source.load_tokenizer(), code.Options.from_mapping({"samples": 4, "seq_len": 32}),
+                                     seed=0)
+    out = tmp_path / method
+    out.mkdir()
+    artifact = cls().quantize(source, calibration, cls.Options.from_mapping({"group_size": 32, **options}), out)
+    return artifact, json.loads((out / "config.json").read_text())["quantization_config"]
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_gptq_defaults_parse_in_transformers_and_vllm(teeny_plugins, tiny_model, tmp_path, method):
+    from transformers import GPTQConfig
+
+    artifact, config = make(teeny_plugins, tiny_model, tmp_path, method, skip=["lm_head", "*.down_proj"])
+    assert artifact.format == "hf-gptq"
+    assert config["quant_method"] == "gptq" and all(key in config for key in VLLM_GPTQ_KEYS)
+    assert config["bits"] in (4, 8) and config["sym"] is True  # Marlin's (bits, sym) pairs in vLLM
+    assert config["checkpoint_format"] == "gptq"  # v1: what vLLM's kernels and GPTQModel read
+    parsed = GPTQConfig.from_dict(config)
+    assert (parsed.bits, parsed.group_size, parsed.sym, parsed.desc_act) == (config["bits"], 32, True, False)
+    rules = [rule[2:] for rule in config["dynamic"] if rule.startswith("-:")]
+    assert any(re.match(rule, "model.layers.1.mlp.down_proj") for rule in rules)
+    assert not any(re.match(rule, "model.layers.1.mlp.up_proj") for rule in rules)
+
+
+def test_awq_default_parses_in_transformers_and_vllm(teeny_plugins, tiny_model, tmp_path):
+    from transformers import AwqConfig
+
+    artifact, config = make(teeny_plugins, tiny_model, tmp_path, "awq")
+    assert artifact.format == "hf-awq"
+    assert config["quant_method"] == "awq" and config["version"] == "gemm"
+    assert (config["bits"], config["group_size"], config["zero_point"]) == (4, 32, True)  # vLLM's required keys
+    parsed = AwqConfig.from_dict(config)
+    assert (parsed.bits, parsed.group_size, parsed.zero_point) == (4, 32, True)
+    assert isinstance(config.get("modules_to_not_convert", []), list)
