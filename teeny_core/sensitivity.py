@@ -379,6 +379,14 @@ def mixed_precision(source, calibration, *, method: str, shapes: dict[str, tuple
     reachable target, the sensitivity file), then the sensitivity is read from ``sensitivity`` or measured with
     ``method`` on ``calibration``, then :func:`plan_bits`. The full-model KL is the damage where the file has it,
     else the block output error."""
+    import json
+
+    from teeny_core.arch import spec_for
+    from teeny_core.walker import safetensors_dir
+
+    model_type = json.loads((safetensors_dir(source) / "config.json").read_text()).get("model_type")
+    if spec_for(model_type).experts:
+        raise TeenyError(f"{where}: target_bits does not plan routed experts yet ({model_type}); use bits")
     check_target(shapes, allowed, target, group_size, writable, where)
     if sensitivity:
         data = load_sensitivity(sensitivity, source, group_size, allowed, shapes)

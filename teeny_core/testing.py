@@ -174,6 +174,29 @@ def build_quantized_checkpoint(src, out, kind: str, bits: int = 4, group: int = 
     return artifact
 
 
+def checkpoint_bits_per_weight(artifact_dir) -> tuple[float, dict[str, int]]:
+    """``(stored bits per quantized weight, {linear: bits})`` of an hf-gptq checkpoint, counted from its tensors'
+    bytes (qweight, qzeros, scales, g_idx) and shapes, independently of the writer's own accounting."""
+    from teeny_core.formats.gptq import safetensors_files
+    from teeny_core.formats.checkpoint import read_safetensors
+
+    tensors: dict[str, Any] = {}
+    for f in safetensors_files(artifact_dir):
+        tensors.update(read_safetensors(f))
+    stored = weights = 0
+    bits_of = {}
+    for key in tensors:
+        if not key.endswith(".qweight"):
+            continue
+        name = key[: -len(".qweight")]
+        in_features, out_features = tensors[f"{name}.g_idx"].shape[0], tensors[key].shape[1]
+        bits_of[name] = tensors[key].shape[0] * 32 // in_features
+        weights += in_features * out_features
+        stored += 8 * sum(tensors[f"{name}.{s}"].numel() * tensors[f"{name}.{s}"].element_size()
+                          for s in ("qweight", "qzeros", "scales", "g_idx"))
+    return stored / weights, bits_of
+
+
 # --- fixtures -----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
