@@ -67,7 +67,7 @@ def rounder(method: str, group_size: int, sym: bool = False) -> Callable[[Any, A
 
 def _proxy(weight, q, hessian) -> float:
     delta = (weight.double() - q.double())
-    return float(((delta @ hessian) * delta).sum() / weight.shape[0])
+    return float(((delta @ hessian.double()) * delta).sum() / weight.shape[0])
 
 
 def _solver(names_of: Callable[[Any], list[str]], round_trip, bits_list, table: dict, layers: dict, keep: dict | None):
@@ -79,13 +79,13 @@ def _solver(names_of: Callable[[Any], list[str]], round_trip, bits_list, table: 
     def solve(work) -> Solved:
         names = names_of(work)
         modules = {n: work.layer.get_submodule(n) for n in names}
-        hessians = {n: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for n, m in modules.items()}
+        hessians = {n: torch.zeros(m.in_features, m.in_features) for n, m in modules.items()}
         rows = dict.fromkeys(names, 0)
         outputs = []
 
         def hook(module, args, name):
-            x = args[0].reshape(-1, module.in_features).double()
-            hessians[name] += x.t() @ x
+            x = args[0].reshape(-1, module.in_features).float()
+            hessians[name].addmm_(x.t(), x)
             rows[name] += x.shape[0]
 
         handles = [m.register_forward_pre_hook(lambda mod, a, n=n: hook(mod, a, n)) for n, m in modules.items()]
@@ -97,32 +97,34 @@ def _solver(names_of: Callable[[Any], list[str]], round_trip, bits_list, table: 
                 for h in handles:
                     h.remove()
             originals = {n: m.weight.detach().clone() for n, m in modules.items()}
-            quantized: dict[int, dict[str, Any]] = {b: {} for b in bits_list}
-            for name, module in modules.items():
-                hessian = hessians[name] / max(rows[name], 1)
-                entry = table.setdefault(f"{work.prefix}.{name}", {"shape": list(module.weight.shape), "proxy": {}})
-                for bits in bits_list:
-                    q = round_trip(originals[name].float(), hessian.float(), bits)
-                    entry["proxy"][str(bits)] = _proxy(originals[name], q, hessian)
-                    quantized[bits][name] = q
-                    if keep is not None:
-                        keep[(f"{work.prefix}.{name}", bits)] = q.to(torch.bfloat16)
             reference = sum(float((y.double() ** 2).sum()) for y in outputs)
 
-            def block_error(replaced: list[str], bits: int) -> float:
-                for name in replaced:
-                    modules[name].weight.copy_(quantized[bits][name].to(modules[name].weight.dtype))
+            def block_error(replacements: dict[str, Any]) -> float:
+                for name, q in replacements.items():
+                    modules[name].weight.copy_(q.to(modules[name].weight.dtype))
                 err = 0.0
                 for i in range(len(work.inputs)):
                     y = run_layer(work.layer, work.inputs[i].to(work.device), work.args[i])
                     err += float(((y.double() - outputs[i].double()) ** 2).sum())
-                for name in replaced:
+                for name in replacements:
                     modules[name].weight.copy_(originals[name])
                 return err / max(reference, 1e-30)
 
-            errors = {str(bits): block_error(names, bits) for bits in bits_list}
-            for name in names:
-                table[f"{work.prefix}.{name}"]["block"] = {str(b): block_error([name], b) for b in bits_list}
+            errors = {}
+            for bits in bits_list:  # one layer's quantized copies at a time: the walker's memory bound holds
+                quantized = {}
+                for name, module in modules.items():
+                    hessian = hessians[name] / max(rows[name], 1)
+                    entry = table.setdefault(f"{work.prefix}.{name}",
+                                             {"shape": list(module.weight.shape), "proxy": {}, "block": {}})
+                    q = round_trip(originals[name].float(), hessian, bits)
+                    entry["proxy"][str(bits)] = _proxy(originals[name], q, hessian)
+                    entry["block"][str(bits)] = block_error({name: q})
+                    quantized[name] = q
+                    if keep is not None:  # float16: its rounding stays well below an 8-bit grid step
+                        keep[(f"{work.prefix}.{name}", bits)] = q.to(torch.float16)
+                errors[str(bits)] = block_error(quantized)
+                del quantized
         layers[str(work.index)] = errors
         return Solved()
 
