@@ -195,22 +195,24 @@ def model_kl(source, windows, quantized: dict, table: dict) -> None:
 
     model, _ = source.load(dtype="float32")
     model.eval()
-    ids = torch.tensor(windows)
 
-    def logprobs():
+    def logits(window):
         with torch.no_grad():
-            return torch.log_softmax(model(input_ids=ids).logits.double(), dim=-1)
+            return model(input_ids=torch.tensor([window])).logits[0].float()
 
-    reference = logprobs()
+    references = [logits(w) for w in windows]  # float32 logits, one window at a time: vocabularies are large
     for (name, bits), q in quantized.items():
         module = model.get_submodule(name)
         original = module.weight.detach().clone()
+        total = 0.0
         with torch.no_grad():
             module.weight.copy_(q.float())
-            got = logprobs()
+            for window, ref in zip(windows, references):
+                ref = torch.log_softmax(ref.double(), dim=-1)  # float64: tiny KLs stay non-negative
+                got = torch.log_softmax(logits(window).double(), dim=-1)
+                total += float((ref.exp() * (ref - got)).sum(-1).sum())
             module.weight.copy_(original)
-        kl = float((reference.exp() * (reference - got)).sum(-1).mean())
-        table[name].setdefault("kl", {})[str(bits)] = kl
+        table[name].setdefault("kl", {})[str(bits)] = total / sum(len(w) for w in windows)
 
 
 def spearman(a: list[float], b: list[float]) -> float:
