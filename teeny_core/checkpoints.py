@@ -68,6 +68,9 @@ def detect_format(directory: Path) -> tuple[str, dict[str, Any]]:
         pack = str(qcfg.get("pack_dtype", "int32")).replace("torch.", "")
         if pack != "int32":
             raise TeenyError(f"{where}.pack_dtype={pack!r} is not supported; expected {SUPPORTED}")
+        from teeny_core.formats.gptq import header_names, module_layouts, safetensors_files
+
+        module_layouts(qcfg, header_names(safetensors_files(directory)), where)  # per-module bits, checked now
         fmt = "hf-gptq"
     elif method == "awq":
         version = str(qcfg.get("version", "gemm")).lower()

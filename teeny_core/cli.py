@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +147,7 @@ def quantize(model: str, method: str, opts: tuple[str, ...], out: str, calibrato
         raise TeenyError(f"--out {out!r} exists and is not empty; choose a new directory")
     source = resolve_source(model, dtype=dtype, device=device)
     calibration = None
-    if q_cls.needs_calibration:
+    if q_cls.calibrates(options):
         c_cls = plugins().get("calibrator", calibrator)
         c_opts = c_cls.Options.from_mapping(parse_cli_options(cal_opts), where=calibrator)
         calibration = c_cls().samples(source.load_tokenizer(), c_opts, seed=seed)
@@ -155,6 +156,61 @@ def quantize(model: str, method: str, opts: tuple[str, ...], out: str, calibrato
         if not (tmp / ARTIFACT_MANIFEST).exists():
             made.save()
     click.echo(f"wrote {made.format} artifact to {target}")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--method", "-m", type=click.Choice(["rtn", "gptq"]), default="rtn", show_default=True,
+              help="How each module is quantized while measuring.")
+@click.option("--option", "-o", "opts", multiple=True, help="bits=2,3,4,8, group_size=128, sym=false.")
+@click.option("--calibrator", default="code", show_default=True, help="Calibrator giving the Hessian inputs.")
+@click.option("--calibration-option", "-c", "cal_opts", multiple=True, help="Calibrator option key=value.")
+@click.option("--fidelity-option", "-f", "fid_opts", multiple=True,
+              help="Fidelity windows for the KL run: chunks=, chunk_len=, path=.")
+@click.option("--kl/--no-kl", default=None, help="Also the full-model KL per module and bits (default: on for "
+              "models under 100M parameters) and its rank correlation with the proxy.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON file to write (heatmap: .png).")
+def sensitivity(model: str, method: str, opts: tuple[str, ...], calibrator: str, cal_opts: tuple[str, ...],
+                fid_opts: tuple[str, ...], kl: bool | None, seed: int, out: str) -> None:
+    """Per-module sensitivity of MODEL: damage per quantizable linear, decoder layer and bit-width."""
+    from teeny_core.builtin.fidelity import FidelityOptions, token_chunks
+    from teeny_core.modeling import resolve_source
+    from teeny_core.sensitivity import SensitivityOptions, heatmap, measure
+    from teeny_core.store import write_json
+
+    quiet_libraries()
+    options = SensitivityOptions.from_mapping(parse_cli_options(opts), where="sensitivity")
+    fidelity = FidelityOptions.from_mapping(parse_cli_options(fid_opts), where="fidelity")
+    c_cls = plugins().get("calibrator", calibrator)
+    c_opts = c_cls.Options.from_mapping(parse_cli_options(cal_opts), where=calibrator)
+    target = Path(out)
+    if not target.parent.is_dir():
+        raise TeenyError(f"--out {out!r}: directory {str(target.parent)!r} does not exist")
+    source = resolve_source(model)
+    tokenizer = source.load_tokenizer()
+    calibration = c_cls().samples(tokenizer, c_opts, seed=seed)
+    if kl is None:
+        kl = source_parameters(source) < 100_000_000
+    windows = token_chunks(tokenizer, fidelity) if kl else None
+    result = measure(source, calibration, method=method, bits_list=sorted(set(options.bits)),
+                     group_size=options.group_size, windows=windows, seed=seed, kl=kl, sym=options.sym)
+    write_json(target, result)
+    heatmap(result, target.with_suffix(".png"))
+    line = f"measured {len(result['modules'])} modules x {len(result['bits'])} bit-widths in {result['seconds']} s"
+    if "spearman_proxy_kl" in result:
+        line += (f"; Spearman rank correlation with the full-model KL: Hessian proxy "
+                 f"{result['spearman_proxy_kl']:.3f}, block output error {result['spearman_block_kl']:.3f}")
+    click.echo(line)
+    click.echo(f"wrote {target} and {target.with_suffix('.png')}")
+
+
+def source_parameters(source) -> int:
+    """Parameters of a safetensors source, counted from its shard headers."""
+    from teeny_core.walker import ShardReader, safetensors_dir
+
+    reader = ShardReader(safetensors_dir(source))
+    return sum(math.prod(reader.shape(k)) for k in reader.keys())
 
 
 def open_artifact(model: str):

@@ -306,7 +306,7 @@ class Pipeline:
             return Artifact.open(target)
         q_cls = self.plugins.get("quantizer", variant.method)
         quantizer, options = q_cls(), q_cls.Options.from_mapping(variant.options)
-        calibration = self.calibration() if q_cls.needs_calibration else None
+        calibration = self.calibration() if q_cls.calibrates(options) else None
         source = self.baseline_source()
         self.say(f"{variant.name}: quantizing with {variant.method}")
         with self.measure("quantize", profile), staging_dir(target) as tmp:
@@ -418,8 +418,10 @@ class Pipeline:
 
     def needs_calibration(self, variant: Variant) -> bool:
         """Whether the variant's quantizer calibrates (the baseline and existing checkpoints have none)."""
-        return variant.method not in ("none", CHECKPOINT) and \
-            self.plugins.get("quantizer", variant.method).needs_calibration
+        if variant.method in ("none", CHECKPOINT):
+            return False
+        q_cls = self.plugins.get("quantizer", variant.method)
+        return q_cls.calibrates(q_cls.Options.from_mapping(variant.options))
 
     # -- results -----------------------------------------------------------------------------------
     def variant_result(self, variant: Variant) -> VariantResult:

@@ -134,10 +134,11 @@ def _quantized_codes(weight, bits: int, group: int, sym: bool, perm):
 
 
 def build_quantized_checkpoint(src, out, kind: str, bits: int = 4, group: int = 32, sym: bool = False,
-                               act_order: bool = False, g_idx_override=None):
+                               act_order: bool = False, g_idx_override=None, dynamic: dict | None = None):
     """Write an hf-gptq (``kind="gptq"``) or hf-awq checkpoint of every linear but lm_head of the model at ``src``
     into ``out``, with RTN codes; ``act_order`` shuffles each layer's groups over its columns (GPTQ ``g_idx``),
-    ``g_idx_override`` replaces ``g_idx`` where the widths match. Returns the saved Artifact."""
+    ``g_idx_override`` replaces ``g_idx`` where the widths match; GPTQModel ``dynamic`` rules (gptq only) give
+    modules their own ``bits``/``group_size`` or keep them float. Returns the saved Artifact."""
     import torch
 
     from teeny_core.formats import awq, gptq
@@ -151,24 +152,51 @@ def build_quantized_checkpoint(src, out, kind: str, bits: int = 4, group: int = 
     for name, linear in linear_layers(model).items():
         if name == "lm_head":
             continue
+        rule = gptq.dynamic_rule(dynamic, name)
+        if rule is None:
+            continue
         w = linear.weight.detach()
         perm = torch.randperm(w.shape[1], generator=gen) if act_order else torch.arange(w.shape[1])
-        q, scale, zero, g_idx = _quantized_codes(w, bits, group, sym, perm)
+        module_bits, module_group = rule.get("bits", bits), rule.get("group_size", group)
+        q, scale, zero, g_idx = _quantized_codes(w, module_bits, module_group, sym, perm)
         if kind == "gptq":
             if g_idx_override is not None and len(g_idx_override) == len(g_idx):
                 g_idx = g_idx_override.clone()
-            packed[name] = gptq.pack_linear(q, scale, zero, g_idx, bits)
+            packed[name] = gptq.pack_linear(q, scale, zero, g_idx, module_bits)
         else:
             packed[name] = {"qweight": awq.pack_awq(q), "qzeros": awq.pack_zeros(zero),
                             "scales": awq.pack_scales(scale)}
     config = ({"quant_method": "gptq", "bits": bits, "group_size": group, "desc_act": act_order, "sym": sym,
-               "checkpoint_format": "gptq"} if kind == "gptq" else
+               "checkpoint_format": "gptq", **({"dynamic": dynamic} if dynamic else {})} if kind == "gptq" else
               {"quant_method": "awq", "bits": 4, "group_size": group, "version": "gemm", "zero_point": True})
     out.mkdir()
     write_checkpoint(model, tokenizer, packed, out, config, "float16")
     artifact = Artifact(f"hf-{kind}", out, {})
     artifact.save()
     return artifact
+
+
+def checkpoint_bits_per_weight(artifact_dir) -> tuple[float, dict[str, int]]:
+    """``(stored bits per quantized weight, {linear: bits})`` of an hf-gptq checkpoint, counted from its tensors'
+    bytes (qweight, qzeros, scales, g_idx) and shapes, independently of the writer's own accounting."""
+    from teeny_core.formats.gptq import safetensors_files
+    from teeny_core.formats.checkpoint import read_safetensors
+
+    tensors: dict[str, Any] = {}
+    for f in safetensors_files(artifact_dir):
+        tensors.update(read_safetensors(f))
+    stored = weights = 0
+    bits_of = {}
+    for key in tensors:
+        if not key.endswith(".qweight"):
+            continue
+        name = key[: -len(".qweight")]
+        in_features, out_features = tensors[f"{name}.g_idx"].shape[0], tensors[key].shape[1]
+        bits_of[name] = tensors[key].shape[0] * 32 // in_features
+        weights += in_features * out_features
+        stored += 8 * sum(tensors[f"{name}.{s}"].numel() * tensors[f"{name}.{s}"].element_size()
+                          for s in ("qweight", "qzeros", "scales", "g_idx"))
+    return stored / weights, bits_of
 
 
 # --- fixtures -----------------------------------------------------------------------------------

@@ -189,6 +189,11 @@ class Quantizer(Component):
         """Short facts for reports (e.g. ``{"bits": 4, "group_size": 128}``); default: the options."""
         return options.to_dict()
 
+    @classmethod
+    def calibrates(cls, options: Options) -> bool:
+        """Whether quantizing with these options uses calibration data (default: ``needs_calibration``)."""
+        return cls.needs_calibration
+
 
 class Calibrator(Component):
     """Produces calibration token windows for a tokenizer."""

@@ -39,6 +39,11 @@ class GPTQOptions(Options):
     batch_size: int = option(8, "calibration sequences per forward pass", min=1)
     device: str = option("auto", "where blocks are quantized: auto (cuda when available), cpu, cuda, cuda:N")
     backend: Literal["native", "gptqmodel"] = option("native", "native torch GPTQ, or the gptqmodel package")
+    target_bits: float | None = option(None, "mixed precision: average stored bits per quantized weight (scales and "
+                                             "zero points included), each linear's bits from allowed_bits")
+    allowed_bits: list[int] = option([2, 3, 4, 8], "bit-widths target_bits chooses from")
+    sensitivity: str = option("", "target_bits: a `teeny sensitivity` JSON of this model (default: measured on "
+                                  "the calibration data, method gptq)")
 
 
 def settings_from(options: GPTQOptions):
@@ -53,14 +58,18 @@ def settings_from(options: GPTQOptions):
                         mse=mse, skip=tuple(options.skip), batch_size=options.batch_size)
 
 
-def quantization_config(options: GPTQOptions, skipped_inside: list[str]) -> dict[str, Any]:
-    """The ``quantization_config`` transformers, GPTQModel and vLLM read."""
+def quantization_config(options: GPTQOptions, skipped_inside: list[str],
+                        plan: dict[str, int] | None = None) -> dict[str, Any]:
+    """The ``quantization_config`` transformers, GPTQModel and vLLM read (per-module bits of ``plan`` as
+    ``dynamic`` rules over the most common bit-width)."""
     from teeny_core.formats.gptq import dynamic_exclusions
+    from teeny_core.sensitivity import dynamic_rules, most_common
     from teeny_gptq import __version__
 
+    bits = most_common(plan) if plan else options.bits
     cfg: dict[str, Any] = {
         "quant_method": "gptq",
-        "bits": options.bits,
+        "bits": bits,
         "group_size": options.group_size if options.group_size > 0 else -1,
         "desc_act": options.desc_act,
         "sym": options.sym,
@@ -73,17 +82,19 @@ def quantization_config(options: GPTQOptions, skipped_inside: list[str]) -> dict
         "lm_head": False,
         "meta": {"quantizer": [f"teeny-gptq:{__version__}"], "mse": options.mse},
     }
-    if skipped_inside:
-        cfg["dynamic"] = dynamic_exclusions(skipped_inside)
+    if skipped_inside or plan:
+        cfg["dynamic"] = {**dynamic_exclusions(skipped_inside), **dynamic_rules(plan or {}, bits)}
     return cfg
 
 
-def check_shapes(linears: dict[str, tuple[int, int]], options: GPTQOptions) -> None:
-    """Fail before any work when a linear (name -> (out, in) features) cannot be grouped or packed."""
+def check_shapes(linears: dict[str, tuple[int, int]], options: GPTQOptions, bits_list=None) -> None:
+    """Fail before any work when a linear (name -> (out, in) features) cannot be grouped or packed (at every
+    bit-width of ``bits_list``, default ``options.bits``)."""
     from teeny_core.formats.gptq import misfit
 
     for name, (out_features, in_features) in linears.items():
-        why = misfit(out_features, in_features, options.bits, options.group_size)
+        why = next((w for b in (bits_list or [options.bits])
+                    if (w := misfit(out_features, in_features, b, options.group_size))), "")
         if why:
             raise TeenyError(f"gptq: {name} has {why}; choose another group_size or add {name!r} to skip")
 
@@ -102,6 +113,8 @@ class GPTQQuantizer(Quantizer):
             raise TeenyError("gptq needs calibration data: pass a CalibrationSet (teeny run and teeny quantize "
                              "build one from the experiment's [calibration] table)")
         if options.backend == "gptqmodel":
+            if options.target_bits is not None:
+                raise TeenyError("gptq: target_bits needs backend='native' (the gptqmodel backend writes one bits)")
             from teeny_gptq.gptqmodel_backend import quantize_with_gptqmodel
 
             return quantize_with_gptqmodel(source, calibration, options, Path(out_dir))
@@ -109,7 +122,9 @@ class GPTQQuantizer(Quantizer):
 
     def describe(self, options: Options) -> dict[str, Any]:
         assert isinstance(options, GPTQOptions)
-        facts: dict[str, Any] = {"bits": options.bits,
+        bits: dict[str, Any] = {"bits": options.bits} if options.target_bits is None else \
+            {"target_bits": options.target_bits, "allowed_bits": options.allowed_bits}
+        facts: dict[str, Any] = {**bits,
                                  "group_size": options.group_size if options.group_size > 0 else "channel",
                                  "sym": options.sym, "desc_act": options.desc_act}
         if options.backend != "native":
@@ -141,7 +156,19 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
     targets = {n: shape for n, shape in inside.items() if not skipped(n, options.skip)}
     if not targets:
         raise TeenyError(f"gptq: skip={options.skip} leaves no linear layer to quantize")
-    check_shapes(targets, options)
+    mixed = options.target_bits is not None
+    group = options.group_size if options.group_size > 0 else -1
+    if mixed:
+        from teeny_core.formats.gptq import BITS
+        from teeny_core.sensitivity import check_target, mixed_precision
+
+        check_target(targets, options.allowed_bits, options.target_bits, group, BITS, "gptq")
+    check_shapes(targets, options, options.allowed_bits if mixed else None)
+    plan, used = None, None
+    if mixed:
+        plan, used = mixed_precision(source, calibration, method="gptq", shapes=targets,
+                                     allowed=options.allowed_bits, target=options.target_bits, group_size=group,
+                                     sym=options.sym, sensitivity=options.sensitivity, writable=BITS, where="gptq")
 
     stats: dict[str, dict[str, Any]] = {}
     fallback: dict[str, str] = {}
@@ -150,7 +177,7 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
     def keep(name: str, outcome) -> dict[str, Any]:
         nonlocal packed_bits
         r = outcome.result
-        packed = pack_linear(r.q, r.scale, r.zero, r.g_idx, options.bits, CHECKPOINT_FORMAT)
+        packed = pack_linear(r.q, r.scale, r.zero, r.g_idx, (plan or {}).get(name, options.bits), CHECKPOINT_FORMAT)
         packed_bits += sum(t.numel() * t.element_size() * 8 for t in packed.values())
         stats[name] = {"loss": r.loss, "damp": r.damp, "escalations": r.escalations,
                        "seconds": round(outcome.seconds, 3)}
@@ -166,13 +193,14 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
     writer = ShardWriter(out_dir)
     copy_side_files(path, out_dir)  # first: a source without a tokenizer fails before any work
     settings = settings_from(options)
+    settings.module_bits = plan or {}
     facts = walk(path, gptq_solver(settings, keep), writer, calibration_ids=calibration.tensor(),
                  batch_size=settings.batch_size, device=device, compute_dtype=compute_dtype, store_dtype=store_dtype)
     files = writer.close()
     quantize_seconds = time.perf_counter() - start
     skipped_inside = sorted(set(inside) - set(targets))
     write_checkpoint_config(facts["config"], None, out_dir,
-                            quantization_config(options, skipped_inside + sorted(kept)), store_dtype)
+                            quantization_config(options, skipped_inside + sorted(kept), plan), store_dtype)
     if fallback:
         log.warning("gptq: calibration never reached %d linear(s), rounded to nearest on the same grid: %s",
                     len(fallback), ", ".join(sorted(fallback)))
@@ -196,6 +224,10 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
     }
     if device.startswith("cuda"):
         meta["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
+    if plan:
+        from teeny_core.sensitivity import mixed_facts
+
+        meta.update(mixed_facts(out_dir, plan, targets, used, settings.group_size))
     artifact = Artifact(format="hf-gptq", path=out_dir, meta=meta)
     artifact.save()
     return artifact

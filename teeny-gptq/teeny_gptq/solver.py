@@ -35,6 +35,8 @@ class GPTQSettings:
     mse: MSESearch | None = None
     skip: tuple[str, ...] = ("lm_head",)
     batch_size: int = 8
+    module_bits: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Per qualified linear name, a bit-width other than ``bits`` (mixed precision)."""
 
 
 def skipped(name: str, patterns) -> bool:
@@ -61,7 +63,8 @@ def gptq_solver(settings: GPTQSettings, on_linear: Callable[[str, "QuantizedLine
             modules = {n: layer.get_submodule(n) for n in group}
             later = [n for g in groups[k + 1:] for n in g]
             memo.watch(group if later or work.spec.experts else [], later)  # only worth it when replays follow
-            for name, outcome in _quantize_group(layer, modules, work.inputs, work.args, settings, memo):
+            bits = {n: settings.module_bits.get(f"{prefix}.{n}", settings.bits) for n in group}
+            for name, outcome in _quantize_group(layer, modules, work.inputs, work.args, settings, memo, bits):
                 for suffix, tensor in on_linear(f"{prefix}.{name}", outcome).items():
                     solved.tensors[f"{name}.{suffix}"] = tensor
                 solved.replaced.add(name)
@@ -91,8 +94,10 @@ class QuantizedLinear:
     solved: calibration never reached it. None when GPTQ solved it."""
 
 
-def _quantize_group(layer, group: dict[str, Any], hidden, layer_args, settings: GPTQSettings, memo: "_Memo"):
-    """Accumulate the Hessians of one group's linears over all batches, then GPTQ each of them."""
+def _quantize_group(layer, group: dict[str, Any], hidden, layer_args, settings: GPTQSettings, memo: "_Memo",
+                    bits: dict[str, int] | None = None):
+    """Accumulate the Hessians of one group's linears over all batches, then GPTQ each of them (at ``bits[name]``,
+    default ``settings.bits``)."""
     import torch
 
     if not group:
@@ -137,7 +142,8 @@ def _quantize_group(layer, group: dict[str, Any], hidden, layer_args, settings: 
         act_order = settings.act_order and not fallback
         factor = acc.factor(act_order=act_order, damp_percent=settings.damp_percent,
                             damp_increment=settings.damp_increment, dtype=torch.float32, name=name)
-        result = gptq_quantize(module.weight, None, bits=settings.bits, group_size=settings.group_size,
+        result = gptq_quantize(module.weight, None, bits=(bits or {}).get(name, settings.bits),
+                               group_size=settings.group_size,
                                sym=settings.sym, act_order=act_order, static_groups=settings.static_groups,
                                block_size=settings.block_size, mse=settings.mse, name=name, factor=factor)
         del acc, factor  # the last linear sharing the accumulator lets its factor go

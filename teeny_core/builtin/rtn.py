@@ -34,6 +34,11 @@ class RTNOptions(Options):
         "auto", "dtype the artifact stores (auto: the source's; bits=16 defaults to float16)")
     format: Literal["auto", "hf-gptq", "hf"] = option(
         "auto", "auto: hf-gptq (packed codes) when the grid fits a GPTQ checkpoint, else hf (dequantized floats)")
+    target_bits: float | None = option(None, "mixed precision: average stored bits per quantized weight (scales and "
+                                             "zero points included), each linear's bits from allowed_bits")
+    allowed_bits: list[int] = option([2, 3, 4, 8], "bit-widths target_bits chooses from")
+    sensitivity: str = option("", "target_bits: a `teeny sensitivity` JSON of this model (default: measured on "
+                                  "the calibration data, method rtn)")
 
 
 def skipped(name: str, patterns: list[str]) -> bool:
@@ -48,6 +53,11 @@ class RTNQuantizer(Quantizer):
     name = "rtn"
     Options = RTNOptions
 
+    @classmethod
+    def calibrates(cls, options: Options) -> bool:
+        """Only ``target_bits`` without a sensitivity file calibrates (to measure the sensitivity)."""
+        return getattr(options, "target_bits", None) is not None and not getattr(options, "sensitivity", "")
+
     def quantize(self, source: ModelSource, calibration: CalibrationSet | None, options: Options,
                  out_dir: Path) -> Artifact:
         """Streamed by the core's layer walker: one decoder layer in memory at a time. Rounds the architecture
@@ -57,6 +67,7 @@ class RTNQuantizer(Quantizer):
         from teeny_core.formats.checkpoint import write_checkpoint_config
         from teeny_core.formats.gptq import dynamic_exclusions
         from teeny_core.modeling import torch_dtype
+        from teeny_core.sensitivity import dynamic_rules, mixed_facts, most_common
         from teeny_core.walker import (ShardWriter, copy_side_files, layer_matrices, safetensors_dir, stored_dtype,
                                        walk)
 
@@ -76,11 +87,14 @@ class RTNQuantizer(Quantizer):
         untie = head and config.get("tie_word_embeddings", False)
         if head:
             targets[spec.lm_head] = (config["vocab_size"], config["hidden_size"])
-        why_not = gptq_misfit(options, targets)
+        plan, measured = None, None
+        if options.target_bits is not None:
+            plan, measured = _mixed_plan(source, calibration, options, targets, head)
+        why_not = gptq_misfit(options, targets, plan)
         if options.format == "hf-gptq" and why_not:
             raise TeenyError(f"rtn: format='hf-gptq' cannot hold this grid: {why_not}; use format='hf' or 'auto'")
         fmt = "hf-gptq" if rounding and options.format != "hf" and not why_not else "hf"
-        rounder = _Rounder(options, fmt == "hf-gptq", store)
+        rounder = _Rounder(options, fmt == "hf-gptq", store, plan)
 
         def outside(key: str, tensor):
             if head and key == f"{spec.lm_head}.weight":
@@ -104,12 +118,13 @@ class RTNQuantizer(Quantizer):
         quant_config = None
         if fmt == "hf-gptq":
             group = options.group_size if options.granularity == "group" else -1
-            quant_config = {"quant_method": "gptq", "bits": options.bits, "group_size": group, "desc_act": False,
+            global_bits = most_common(plan) if plan else options.bits
+            quant_config = {"quant_method": "gptq", "bits": global_bits, "group_size": group, "desc_act": False,
                             "sym": options.scheme == "sym", "checkpoint_format": "gptq", "pack_dtype": "int32",
                             "lm_head": head, "meta": {"quantizer": ["teeny-rtn"]}}
             inner = sorted((set(linears) - set(targets)) | set(kept))
-            if inner:
-                quant_config["dynamic"] = dynamic_exclusions(inner)
+            if inner or plan:
+                quant_config["dynamic"] = {**dynamic_exclusions(inner), **dynamic_rules(plan or {}, global_bits)}
         write_checkpoint_config(cfg, None, out_dir, quant_config, store_dtype,
                                 extra_config={"teeny_quantization": record})
         if rounder.shapes and why_not:
@@ -117,10 +132,12 @@ class RTNQuantizer(Quantizer):
         n_params = facts["params"] + (cfg.hidden_size * cfg.vocab_size if untie else 0)
         if rounder.shapes:  # quantized weights at `bits` plus a fp16 scale and zero per group; the rest as stored
             packed = (writer.total - rounder.written + rounder.scale_count * 4
-                      + sum(r * c * options.bits // 8 for r, c in rounder.shapes.values()))
+                      + sum(r * c * rounder.bits(n) // 8 for n, (r, c) in rounder.shapes.items()))
         else:
             packed = n_params * 2
         meta: dict[str, Any] = {**record, "packed_bytes": packed, "bits_per_weight": 8 * packed / n_params}
+        if plan:
+            meta.update(mixed_facts(out_dir, plan, targets, measured, quant_config["group_size"]))
         artifact = Artifact(format=fmt, path=out_dir, meta=meta)
         artifact.save()
         return artifact
@@ -130,6 +147,9 @@ class RTNQuantizer(Quantizer):
         if options.bits == 16:
             return {"bits": 16, "dtype": options.dtype if options.dtype != "auto" else "float16"}
         gran = f"g{options.group_size}" if options.granularity == "group" else options.granularity
+        if options.target_bits is not None:
+            return {"target_bits": options.target_bits, "allowed_bits": options.allowed_bits,
+                    "scheme": options.scheme, "granularity": gran}
         return {"bits": options.bits, "scheme": options.scheme, "granularity": gran}
 
 
@@ -137,24 +157,28 @@ class _Rounder:
     """Rounds linears for one RTN run and tallies what it wrote: packed hf-gptq tensors (``packed``) or the
     dequantized weight in the store dtype."""
 
-    def __init__(self, options: RTNOptions, packed: bool, store):
-        self.options, self.packed, self.store = options, packed, store
+    def __init__(self, options: RTNOptions, packed: bool, store, plan: dict[str, int] | None = None):
+        self.options, self.packed, self.store, self.plan = options, packed, store, plan or {}
         self.shapes: dict[str, tuple[int, int]] = {}
         self.scale_count = self.lifted = 0
         self.written = 0
         """Bytes written for the rounded weights (packed tensors, or dequantized floats)."""
+
+    def bits(self, name: str) -> int:
+        """The bit-width of linear ``name``: its planned one under target_bits, else ``bits``."""
+        return self.plan.get(name, self.options.bits)
 
     def codes(self, name: str, weight):
         """Codes, scale and zero of ``weight`` (float32); a zero point of 0, which GPTQ v1 cannot store, lifts
         its group's grid one step when packing."""
         from teeny_core.quant import quantize_weight, quantize_with
 
-        o = self.options
-        q, scale, zero = quantize_weight(weight, o.bits, o.scheme, o.granularity, o.group_size)
+        o, bits = self.options, self.bits(name)
+        q, scale, zero = quantize_weight(weight, bits, o.scheme, o.granularity, o.group_size)
         if self.packed and int(zero.min()) < 1:
             self.lifted += int((zero < 1).sum())
             zero = zero.clamp(min=1)
-            q = quantize_with(weight, scale, zero, o.bits)
+            q = quantize_with(weight, scale, zero, bits)
         self.shapes[name] = tuple(weight.shape)
         self.scale_count += scale.numel()
         return q, scale, zero
@@ -171,7 +195,7 @@ class _Rounder:
         if self.packed:
             group = self.options.group_size if self.options.granularity == "group" else -1
             out = {f"{module}.{k}": v.contiguous() for k, v in
-                   pack_linear(q, scale, zero, default_g_idx(q.shape[1], group), self.options.bits).items()}
+                   pack_linear(q, scale, zero, default_g_idx(q.shape[1], group), self.bits(name)).items()}
         else:
             out = {f"{module}.weight": weight.to(self.store)}
         self.written += sum(t.numel() * t.element_size() for t in out.values())
@@ -208,22 +232,40 @@ class _Rounder:
         return solve
 
 
-def gptq_misfit(options: RTNOptions, shapes: dict[str, tuple[int, int]]) -> str:
-    """Why linears of these shapes (name -> (out, in)) cannot be an hf-gptq checkpoint at these options, or ""."""
+def gptq_misfit(options: RTNOptions, shapes: dict[str, tuple[int, int]], plan: dict[str, int] | None = None) -> str:
+    """Why linears of these shapes (name -> (out, in)) cannot be an hf-gptq checkpoint at these options (and
+    per-module bits ``plan``), or ""."""
     from teeny_core.formats.gptq import BITS, misfit
 
     if not shapes:
         return "no layer was quantized"
-    if options.bits not in BITS:
+    if options.bits not in BITS and not plan:
         return f"bits={options.bits} is not one of {BITS}"
     if options.granularity == "tensor":
         return "granularity='tensor' (GPTQ checkpoints hold per-channel or per-group scales)"
     group = options.group_size if options.granularity == "group" else -1
     for name, (rows, cols) in shapes.items():
-        why = misfit(rows, cols, options.bits, group)
+        why = misfit(rows, cols, (plan or {}).get(name, options.bits), group)
         if why:
             return f"{name} has {why}"
     return ""
+
+
+def _mixed_plan(source: ModelSource, calibration: CalibrationSet | None, options: RTNOptions,
+                targets: dict[str, tuple[int, int]], head: bool):
+    """Per-linear bits for ``target_bits`` (see :func:`teeny_core.sensitivity.mixed_precision`)."""
+    from teeny_core.formats.gptq import BITS
+    from teeny_core.sensitivity import mixed_precision
+
+    if options.format == "hf" or options.granularity == "tensor" or options.bits == 16:
+        raise TeenyError("rtn: target_bits writes an hf-gptq checkpoint with per-module bits; it needs "
+                         "format='auto' or 'hf-gptq' and granularity 'group' or 'channel'")
+    if head:
+        raise TeenyError("rtn: target_bits plans the linears inside the decoder layers; keep lm_head in skip")
+    group = options.group_size if options.granularity == "group" else -1
+    return mixed_precision(source, calibration, method="rtn", shapes=targets, allowed=options.allowed_bits,
+                           target=options.target_bits, group_size=group, sym=options.scheme == "sym",
+                           sensitivity=options.sensitivity, writable=BITS, where="rtn")
 
 
 @hookimpl

@@ -56,6 +56,70 @@ def dynamic_exclusions(names) -> dict[str, dict]:
     return {f"-:^{re.escape(name)}$": {} for name in sorted(names)}
 
 
+def dynamic_rule(dynamic: dict[str, dict] | None, module: str) -> dict | None:
+    """The overrides GPTQModel's ``dynamic`` rules give ``module`` (its full name, e.g.
+    ``model.layers.0.mlp.down_proj``): the first rule in order whose regex ``re.match``-es the name (anchored at
+    its start only, as GPTQModel's ``dynamic_get`` and vLLM's ``get_dynamic_override`` match); ``-:regex`` ->
+    None (excluded: kept float), ``+:regex`` or a bare regex -> its overrides; ``{}`` when no rule matches."""
+    import re
+
+    for pattern, overrides in (dynamic or {}).items():
+        if pattern.startswith("-:"):
+            if re.match(pattern[2:], module):
+                return None
+        elif re.match(pattern.removeprefix("+:"), module):
+            return dict(overrides or {})
+    return {}
+
+
+def module_layouts(cfg: dict[str, Any], tensor_names, where: str) -> dict[str, tuple[int, int]]:
+    """``{quantized linear: (bits, group_size)}`` of a checkpoint with this ``quantization_config`` and these
+    tensor names: the global ``bits``/``group_size`` with each module's ``dynamic`` overrides (only ``bits`` and
+    ``group_size`` change how tensors unpack; ``sym``/``desc_act`` are carried by the zero points and ``g_idx``).
+    A rule that is not a valid regex or matches no module, a bit-width outside :data:`BITS`, or a packed module
+    that a ``-:`` rule excludes is one line naming it."""
+    import re
+
+    dynamic = cfg.get("dynamic") or {}
+    if not isinstance(dynamic, dict):
+        raise TeenyError(f"{where}.dynamic must be a mapping of regex -> overrides, not {type(dynamic).__name__}")
+    names = list(tensor_names)
+    quantized = sorted(n[: -len(".qweight")] for n in names if n.endswith(".qweight"))
+    modules = sorted({n.rpartition(".")[0] for n in names})
+    for pattern, overrides in dynamic.items():
+        regex = pattern[2:] if pattern.startswith(("-:", "+:")) else pattern
+        try:
+            compiled = re.compile(regex)
+        except re.error as exc:
+            raise TeenyError(f"{where}.dynamic rule '{pattern}' is not a valid regex ({exc})") from None
+        if not any(compiled.match(m) for m in modules):
+            raise TeenyError(f"{where}.dynamic rule '{pattern}' matches no module of the checkpoint (modules are "
+                             f"named like {quantized[0] if quantized else modules[0]!r})")
+        if not isinstance(overrides, dict):
+            raise TeenyError(f"{where}.dynamic rule '{pattern}' must map to a dict of overrides, not {overrides!r}")
+    layouts = {}
+    for name in quantized:
+        rule = dynamic_rule(dynamic, name)
+        if rule is None:
+            raise TeenyError(f"{where}.dynamic excludes {name!r} (kept float), but the checkpoint stores it packed")
+        bits, group = int(rule.get("bits", cfg.get("bits", 4))), int(rule.get("group_size", cfg.get("group_size", -1)))
+        if bits not in BITS:
+            raise TeenyError(f"{where}: {name!r} has bits={bits} (global bits and dynamic rules); GPTQ "
+                             f"checkpoints hold bits {BITS}")
+        layouts[name] = (bits, group)
+    return layouts
+
+
+def header_names(files) -> list[str]:
+    """Tensor names of safetensors files, read from their headers only (no tensor data, no torch)."""
+    names: list[str] = []
+    for file in files:
+        with open(file, "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        names += [k for k in header if k != "__metadata__"]
+    return names
+
+
 def _pack_rows(codes, bits: int):
     """Pack int codes ``[n, m]`` along dim 0 into int32 ``[n * bits / 32, m]`` (little-endian bit stream)."""
     import torch
@@ -206,19 +270,19 @@ def read_quantized(artifact_dir: str | Path) -> tuple[Iterator[tuple[str, Any]],
     from teeny_core.quant import QuantizedLinear
 
     cfg = quantization_config(artifact_dir)
-    bits = int(cfg["bits"])
-    _check_bits(bits)
+    _check_bits(int(cfg["bits"]))
     fmt = cfg.get("checkpoint_format") or cfg.get("format") or "gptq"
-    group_size = int(cfg.get("group_size", -1))
     raw: dict[str, Any] = {}
     for f in safetensors_files(artifact_dir):
         raw.update(read_safetensors(f))
-    names = sorted(k[: -len(".qweight")] for k in raw if k.endswith(".qweight"))
+    layouts = module_layouts(cfg, raw, f"{artifact_dir}: quantization_config")
+    names = sorted(layouts)
     stored = {name: {s: raw.pop(f"{name}.{s}", None) for s in (*_SUFFIXES, "bias")} for name in names}
 
     def linears() -> Iterator[tuple[str, Any]]:
         for name in names:
             t = stored.pop(name)
+            bits, group_size = layouts[name]
             in_features = t["qweight"].shape[0] * 32 // bits
             g_idx = t["g_idx"] if t["g_idx"] is not None else default_g_idx(in_features, group_size)
             if g_idx.shape[0] != in_features or int(g_idx.max()) >= t["scales"].shape[0] or int(g_idx.min()) < 0:

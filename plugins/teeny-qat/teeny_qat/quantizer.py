@@ -66,7 +66,8 @@ def check_inputs(options: QatOptions, calibration: CalibrationSet | None, target
     from teeny_core.formats.gptq import misfit
 
     if not calibration or not calibration.samples:
-        raise TeenyError("qat needs calibration data; give the variant a calibrator (e.g. calibrator = \"code\")")
+        raise TeenyError("qat needs calibration data: pass a CalibrationSet (teeny run and teeny quantize build "
+                         "one from the experiment's [calibration] table)")
     if len({len(s) for s in calibration.samples}) != 1:
         raise TeenyError("qat: calibration samples must all have the same length")
     if len(calibration.samples) < options.batch_size:
@@ -133,11 +134,11 @@ class QatQuantizer(Quantizer):
         import torch
 
         from teeny_core.arch import spec_for
-        from teeny_core.builtin.rtn import _source_dtype as source_dtype
         from teeny_core.formats.checkpoint import write_checkpoint_config
         from teeny_core.formats.gptq import default_g_idx, pack_linear
         from teeny_core.modeling import peak_rss_bytes, resolve_device, torch_dtype
-        from teeny_core.walker import ShardWriter, copy_side_files, layer_matrices, safetensors_dir, walk
+        from teeny_core.walker import (ShardWriter, copy_side_files, layer_matrices, safetensors_dir, stored_dtype,
+                                       walk)
         from teeny_qat.training import qat_solver, skipped
 
         assert isinstance(options, QatOptions)
@@ -154,7 +155,7 @@ class QatQuantizer(Quantizer):
         check_inputs(options, calibration, targets)
         assert calibration is not None
         device = resolve_device(options.device)
-        store_dtype = source_dtype(source)
+        store_dtype = stored_dtype(path)
 
         def on_linear(name: str, frozen) -> dict[str, Any]:
             group = options.group_size if options.group_size > 0 else -1

@@ -84,24 +84,24 @@ class W8A8Quantizer(Quantizer):
         from compressed_tensors.quantization import QuantizationConfig
 
         from teeny_core.arch import spec_for
-        from teeny_core.builtin.rtn import _source_dtype
         from teeny_core.formats.checkpoint import write_checkpoint_config
         from teeny_core.modeling import resolve_device
-        from teeny_core.walker import ShardWriter, copy_side_files, safetensors_dir, walk
+        from teeny_core.walker import ShardWriter, copy_side_files, safetensors_dir, stored_dtype, walk
         from teeny_w8a8.smooth import SmoothSettings, w8a8_solver
 
         assert isinstance(options, W8A8Options)
         device = resolve_device(options.device)
         alpha = self.check(options, device)
         if calibration is None or not calibration.samples:
-            raise TeenyError("w8a8 needs calibration data; give the variant a calibrator (e.g. calibrator = \"code\")")
+            raise TeenyError("w8a8 needs calibration data: pass a CalibrationSet (teeny run and teeny quantize "
+                             "build one from the experiment's [calibration] table)")
         path = safetensors_dir(source)
         config = json.loads((path / "config.json").read_text())
         spec = spec_for(config.get("model_type"))
         if spec.experts:
             raise TeenyError(f"w8a8: mixture-of-experts layers ({config.get('model_type')}) are not supported; "
                              "use a dense model")
-        store_dtype = _source_dtype(source)
+        store_dtype = stored_dtype(path)
         scheme = compressed_tensors_scheme(options)
         compression = "float-quantized" if options.format == "fp8" else "int-quantized"
         compressor = BaseCompressor.get_value_from_registry(compression)
