@@ -83,7 +83,7 @@ def test_per_module_bits_run_packed_and_match_a_float64_reference(tiny_model, tm
                           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
     assert layouts == {k: v for k, v in expected.items() if v is not None}
 
-    options = TransformersRuntime.Options.from_mapping({"device": "cpu", "kernels": "packed",
+    options = TransformersRuntime.Options.from_mapping({"device": "cpu", "kernels": "packed", "dtype": "float32",
                                                         "packed_compute": "float32"})
     packed = TransformersRuntime().load(artifact, options)
     facts = packed.load_facts()

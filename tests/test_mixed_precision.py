@@ -52,7 +52,8 @@ def test_rtn_target_bits_from_a_sensitivity_file_runs_packed(tiny_model, tmp_pat
     src = tiny_model("llama")
     out = tmp_path / "mixed"
     done = CliRunner().invoke(cli, ["quantize", str(src), "--method", "rtn", "-o", "target_bits=3.5",
-                                    "-o", "group_size=32", "-o", f"sensitivity={sensitivity_file}", "--out", str(out)])
+                                    "-o", "group_size=32", "-o", "scheme=asym", "-o", f"sensitivity={sensitivity_file}",
+                                    "--out", str(out)])
     assert done.exit_code == 0, done.output
     config = json.loads((out / "config.json").read_text())["quantization_config"]
     average, bits_of = checkpoint_bits_per_weight(out)
