@@ -123,6 +123,9 @@ def load_problems(path: str | Path | None = None, *, plus: bool = False,
         if missing:
             raise TeenyError(f"{path}: record {number} lacks {', '.join(missing)}; "
                              f"expected {'HumanEval+' if plus else 'HumanEval'} records")
+        bad = _bad_field(record, plus)
+        if bad:
+            raise TeenyError(f"{path}: record {number} has {bad}")
         prompt = record["prompt"]
         if not plus and LEETCODE_STUB.search(prompt):
             prompt = LEETCODE_HEADER + prompt
@@ -143,6 +146,27 @@ def load_problems(path: str | Path | None = None, *, plus: bool = False,
     if not problems:
         raise TeenyError(f"{path}: no problems in the file")
     return problems
+
+
+def _bad_field(record: dict[str, Any], plus: bool) -> str:
+    """What is wrong with a problem record's field types ("" when nothing): text fields must be strings,
+    ``solutions`` a string or a list of strings, ``atol`` a finite number of at least 0."""
+    for key in ("task_id", "prompt", "test", "entry_point", "canonical_solution", "preamble"):
+        value = record.get(key)
+        if value is not None and not isinstance(value, str) and not (key == "task_id" and type(value) is int):
+            return f"{key} of type {type(value).__name__}; expected a string"
+    if record.get("entry_point") and not record["entry_point"].isidentifier():
+        return f"entry_point {_short(record['entry_point'], 40)}; expected the name of a function or class"
+    solutions = record.get("solutions")
+    if solutions is not None and not isinstance(solutions, str) and not (
+            isinstance(solutions, list) and all(isinstance(s, str) for s in solutions)):
+        return "solutions that are not a string or a list of strings"
+    if plus and not all(isinstance(record[k], list) for k in ("base_input", "plus_input")):
+        return "base_input or plus_input that is not a list; expected a list of argument lists"
+    atol = record.get("atol")
+    if atol is not None and (type(atol) not in (int, float) or not 0 <= atol < math.inf):
+        return f"atol {_short(atol, 40)}; expected a finite number of at least 0"
+    return ""
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -11,6 +11,7 @@ builtins, an always-equal object).
 from __future__ import annotations
 
 import gzip
+import re
 import json
 from pathlib import Path
 
@@ -680,3 +681,66 @@ def test_files_planted_for_the_checker_are_not_imported(find_zero):
            "                '    def randint(self, a, b):\\n        return 1\\nfabs = lambda x: 0.0\\n')\n")
     (outcome,) = grade_humaneval([(find_zero, "    return -1.0\n\n\n" + top)], timeout=10)
     assert not outcome["passed"] and outcome["category"] == errors.WRONG_ANSWER, outcome
+
+
+# -- a fresh hostile pass: problem files, solutions and outputs the graders must survive -------------------------
+
+GOOD_RECORD = {"task_id": "T/0", "prompt": "def f(x):\n    \"\"\"Double x.\"\"\"\n", "entry_point": "f",
+               "test": "def check(c):\n    assert c(2) == 4\n", "canonical_solution": "    return 2 * x\n"}
+HOSTILE_PROBLEM_LINES = {  # one line of a problem file -> what the one-line error names
+    "nested 100,000 deep": ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    "a JSON list": ("[1, 2]", "is a JSON list; expected an object"),
+    "a JSON number": ("5", "is a JSON int; expected an object"),
+    "prompt 5": (json.dumps({**GOOD_RECORD, "prompt": 5}), "prompt of type int; expected a string"),
+    "test 5": (json.dumps({**GOOD_RECORD, "test": 5}), "test of type int"),
+    "canonical_solution 5": (json.dumps({**GOOD_RECORD, "canonical_solution": 5}), "canonical_solution of type int"),
+    "task_id a dict": (json.dumps({**GOOD_RECORD, "task_id": {"a": 1}}), "task_id of type dict"),
+    "entry_point 5": (json.dumps({**GOOD_RECORD, "entry_point": 5}), "entry_point of type int"),
+    "entry_point code": (json.dumps({**GOOD_RECORD, "entry_point": "__import__('os')"}),
+                         "expected the name of a function or class"),
+    "preamble a list": (json.dumps({**GOOD_RECORD, "preamble": [1]}), "preamble of type list"),
+    "solutions 5": (json.dumps({**GOOD_RECORD, "solutions": 5}), "solutions that are not a string or a list"),
+    "solutions [5]": (json.dumps({**GOOD_RECORD, "solutions": [5]}), "solutions that are not a string or a list"),
+    "atol 'abc'": (json.dumps({**GOOD_RECORD, "atol": "abc"}), "atol 'abc'; expected a finite number"),
+    "atol [1]": (json.dumps({**GOOD_RECORD, "atol": [1]}), "atol [1]"),
+    "atol 1e400": (json.dumps({**GOOD_RECORD, "atol": 1e400}), "atol inf"),
+    "atol -1": (json.dumps({**GOOD_RECORD, "atol": -1}), "atol -1"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_PROBLEM_LINES))
+def test_hostile_problem_files_are_one_line_errors(name, tmp_path):
+    """Each of these raised TypeError, ValueError or RecursionError out of `teeny bench check` (a traceback)."""
+    from teeny_core.errors import TeenyError
+
+    line, named = HOSTILE_PROBLEM_LINES[name]
+    path = tmp_path / "mine.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(TeenyError, match=re.escape(named)):
+        load_problems(path)
+
+
+def test_bench_check_on_a_hostile_problem_file_prints_one_error_line(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "mine.jsonl"
+    path.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    run = subprocess.run([sys.executable, "-m", "teeny_core.cli", "bench", "check", "humaneval", "--path",
+                          str(path)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, (run.returncode, run.stderr[-500:])
+    assert run.stderr.startswith("Error: ") and len(run.stderr.strip().splitlines()) == 1, run.stderr[-500:]
+
+
+def test_a_solution_holding_a_lone_surrogate_fails_alone(truncate_number):
+    """`'\\ud800'` in a solution (JSON lets a samples file or a problem file carry one) made every grader raise
+    UnicodeEncodeError while writing the sandbox's files: the whole batch was lost."""
+    p = truncate_number
+    cheat, honest = grade_humaneval([(p, "    return '\ud800'\n"), (p, RIGHT)], timeout=5)
+    assert not cheat["passed"], cheat
+    assert honest["passed"], honest
+    problem = _lcb("stdin")
+    lcb_cheat, lcb_honest = grade_programs([problem, problem], ["print('\ud800')\n", "print(2 * int(input()))\n"],
+                                           LcbOptions(timeout=2.0))
+    assert lcb_cheat["verdict"] != "passed", lcb_cheat
+    assert lcb_honest["verdict"] == "passed", lcb_honest
