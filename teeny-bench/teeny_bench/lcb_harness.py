@@ -54,7 +54,10 @@ def stripped_lines(text):
 
 def as_decimals(line):
     """The line's tokens as exact decimals, or None when one is not a number (NaNs included: ``sNaN`` would
-    raise on comparison)."""
+    raise on comparison). Only ASCII digits count: ``Decimal`` also reads ``1_0`` and Arabic-Indic or
+    full-width digits, which no judge accepts for ``10``."""
+    if not line.isascii() or "_" in line:
+        return None
     try:
         values = [Decimal(token) for token in line.split()]
     except (InvalidOperation, ValueError):

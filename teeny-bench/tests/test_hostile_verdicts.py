@@ -744,3 +744,21 @@ def test_a_solution_holding_a_lone_surrogate_fails_alone(truncate_number):
                                            LcbOptions(timeout=2.0))
     assert lcb_cheat["verdict"] != "passed", lcb_cheat
     assert lcb_honest["verdict"] == "passed", lcb_honest
+
+
+LOOKALIKE_NUMBERS = {  # stdin programs printing 2n in a form Decimal() reads but no judge accepts
+    "Arabic-Indic digits": "print(str(2 * int(input())).translate(str.maketrans('0123456789', '٠١٢٣٤٥٦٧٨٩')))\n",
+    "full-width digits": "print(str(2 * int(input())).translate(str.maketrans('0123456789', '０１２３４５６７８９')))\n",
+    "an underscore": "s = str(2 * int(input()))\nprint(s[0] + '_' + s[1:] if len(s) > 1 else s)\n",
+}
+
+
+@pytest.mark.parametrize("name", list(LOOKALIKE_NUMBERS))
+def test_livecodebench_lookalike_numbers_are_wrong_answers(name):
+    """`Decimal('١٢') == Decimal('12')` and `Decimal('1_0') == 10`: these were graded passed."""
+    from teeny_bench.lcb_harness import stdout_matches
+
+    problem = _lcb("stdin")
+    (verdict,) = grade_programs([problem], [LOOKALIKE_NUMBERS[name]], LcbOptions(timeout=2.0))
+    assert verdict["verdict"] == "wrong_answer", verdict
+    assert stdout_matches("10.0 \n", "10\n") == (True, "")  # numbers still compare as decimals
