@@ -762,3 +762,51 @@ def test_livecodebench_lookalike_numbers_are_wrong_answers(name):
     (verdict,) = grade_programs([problem], [LOOKALIKE_NUMBERS[name]], LcbOptions(timeout=2.0))
     assert verdict["verdict"] == "wrong_answer", verdict
     assert stdout_matches("10.0 \n", "10\n") == (True, "")  # numbers still compare as decimals
+
+
+def _lcb_record(**fields):
+    record = {"question_id": "q1", "question_title": "t", "question_content": "c", "platform": "atcoder",
+              "contest_id": "c", "contest_date": "2024-01-01", "difficulty": "easy", "starter_code": "",
+              "metadata": "{}", "private_test_cases": "",
+              "public_test_cases": json.dumps([{"input": "1\n", "output": "2\n", "testtype": "stdin"}])}
+    return json.dumps({**record, **fields})
+
+
+def _pickled(value):
+    import base64
+    import pickle
+    import zlib
+
+    return base64.b64encode(zlib.compress(pickle.dumps(value))).decode()
+
+
+HOSTILE_LCB_FILES = {  # file name -> (content, what the one-line error names)
+    "array.json": ("[garbage", "is not valid JSON text"),
+    "deep.json": ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    "items.json": ("[[1], 5]", "holds an item that is not an object"),
+    "no-tests.json": (json.dumps([{"problem": "x"}]), "lacks field 'tests'"),
+    "not-utf8.jsonl": (b"\xff\xfe\n", "cannot be read"),
+    "meta-list.jsonl": (_lcb_record(metadata="[1]"), "metadata [1]; expected a JSON object"),
+    "meta-int.jsonl": (_lcb_record(metadata=5), "metadata is not valid JSON text"),
+    "public-deep.jsonl": (_lcb_record(public_test_cases="[" * 100_000), "public_test_cases is not valid JSON"),
+    "public-int.jsonl": (_lcb_record(public_test_cases=5), "public_test_cases is not valid JSON"),
+    "private-garbage.jsonl": (_lcb_record(private_test_cases="[garbage"), "private_test_cases is not valid JSON"),
+    "private-pickled-text.jsonl": (_lcb_record(private_test_cases=_pickled("not json")),
+                                   "the pickled private_test_cases is not valid JSON"),
+    "private-pickled-bytes.jsonl": (_lcb_record(private_test_cases=_pickled(b"\xff\xfe")),
+                                    "the pickled private_test_cases is not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_LCB_FILES))
+def test_hostile_livecodebench_files_are_one_line_errors(name, tmp_path):
+    """Each raised JSONDecodeError, RecursionError, AttributeError, KeyError, TypeError or UnicodeDecodeError out
+    of `teeny bench check livecodebench` (a traceback)."""
+    from teeny_core.errors import TeenyError
+    from teeny_bench.livecodebench import load_problems as load_lcb
+
+    content, named = HOSTILE_LCB_FILES[name]
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(TeenyError, match=re.escape(named)):
+        [problem.tests for problem in load_lcb(str(path))]  # private tests decode on first use
