@@ -288,7 +288,8 @@ def _exception(reply, what):
     if name in ("SystemExit", "KeyboardInterrupt", "GeneratorExit"):
         return Stop("EarlyExit" if name == "SystemExit" else name, f"{what}: {detail[-300:]}")
     kind = getattr(builtins, name, None)
-    if isinstance(kind, type) and issubclass(kind, Exception):
+    # StopIteration raised here would silently end the test's ``map``/``filter`` loop (``all(map(...))`` true)
+    if isinstance(kind, type) and issubclass(kind, Exception) and not issubclass(kind, StopIteration):
         return kind(f"raised by the solution during {what}:\n{detail[-500:]}")
     return SolutionError(f"{name} raised by the solution during {what}:\n{detail[-500:]}", name)
 

@@ -810,3 +810,19 @@ def test_hostile_livecodebench_files_are_one_line_errors(name, tmp_path):
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(TeenyError, match=re.escape(named)):
         [problem.tests for problem in load_lcb(str(path))]  # private tests decode on first use
+
+
+def test_stop_iteration_cannot_end_a_tests_map_early(tmp_path):
+    """A test written `assert all(map(lambda p: candidate(p[0]) == p[1], pairs))`: StopIteration re-raised in the
+    checker ended the `map` at once, `all([])` was true and the sample passed."""
+    record = {"task_id": "Mine/0", "prompt": 'def double(x):\n    """2x."""\n', "entry_point": "double",
+              "test": "def check(candidate):\n"
+                      "    assert all(map(lambda p: candidate(p[0]) == p[1], [(2, 4), (3, 6)]))\n"}
+    path = tmp_path / "mine.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    (problem,) = load_problems(path)
+    cheat, wrong, honest = grade_humaneval([(problem, "    raise StopIteration\n"), (problem, "    return x\n"),
+                                            (problem, "    return 2 * x\n")], timeout=5)
+    assert not cheat["passed"] and cheat["category"] == errors.RUNTIME_ERROR, cheat
+    assert not wrong["passed"], wrong
+    assert honest["passed"], honest
