@@ -161,8 +161,9 @@ def _bad_field(record: dict[str, Any], plus: bool) -> str:
     if solutions is not None and not isinstance(solutions, str) and not (
             isinstance(solutions, list) and all(isinstance(s, str) for s in solutions)):
         return "solutions that are not a string or a list of strings"
-    if plus and not all(isinstance(record[k], list) for k in ("base_input", "plus_input")):
-        return "base_input or plus_input that is not a list; expected a list of argument lists"
+    if plus and not all(isinstance(record[k], list) and all(isinstance(args, list) for args in record[k])
+                        for k in ("base_input", "plus_input")):
+        return "base_input or plus_input that is not a list of argument lists"
     atol = record.get("atol")
     if atol is not None and (type(atol) not in (int, float) or not 0 <= atol < math.inf):
         return f"atol {_short(atol, 40)}; expected a finite number of at least 0"
@@ -283,9 +284,8 @@ class PlusGrader:
         for task_id in dict.fromkeys(task_ids):
             if task_id in self._reference:
                 continue
-            cached = self._cache_file(task_id)
-            data = json.loads(cached.read_text()) if cached and cached.is_file() else {}
-            if "outputs" in data:  # caches of the former format (pickled outputs) are recomputed
+            data = self._cached(task_id)
+            if data:
                 self._reference[task_id] = data
             else:
                 todo.append(self.problems[task_id])
@@ -298,8 +298,9 @@ class PlusGrader:
             if report is None or malformed or report["failed"] or len(report["outputs"]) != inputs:
                 why = (report or {}).get("failed") or {}
                 detail = malformed or (why.get("detail") if isinstance(why, dict) else "") or result.reason
+                last = str(detail or result.stderr[-300:]).strip().splitlines() or [""]  # one line: the error
                 raise TeenyError(f"humaneval-plus: the canonical solution of {problem.task_id} failed in the sandbox "
-                                 f"({result.status}: {detail or result.stderr[-300:]})")
+                                 f"({result.status}: {last[-1][:300]})")
             data = {"outputs": report["outputs"], "times": report["times"]}
             self._reference[problem.task_id] = data
             cached = self._cache_file(problem.task_id)
@@ -308,6 +309,21 @@ class PlusGrader:
                 from teeny_core.store import write_json
 
                 write_json(cached, data)
+
+    def _cached(self, task_id: str) -> dict[str, Any]:
+        """The cached expected answers of ``task_id``; {} when there are none or the file is unreadable or of
+        another shape (a former format's pickled outputs, a garbled file): they are then recomputed."""
+        cached = self._cache_file(task_id)
+        try:
+            data = json.loads(cached.read_bytes()) if cached and cached.is_file() else {}
+        except (OSError, ValueError, RecursionError):
+            return {}
+        problem = self.problems[task_id]
+        inputs = len(problem.base_input or []) + len(problem.plus_input or [])
+        if not isinstance(data, dict) or plus_report_problem({**data, "failed": None}, inputs) \
+                or len(data["outputs"]) != inputs:
+            return {}
+        return data
 
     def _cache_file(self, task_id: str) -> Path | None:
         if self.cache is None:

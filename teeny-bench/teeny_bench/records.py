@@ -29,6 +29,8 @@ def read_jsonl(path: Path, where: str = "") -> list[dict[str, Any]]:
                     raise TeenyError(f"{prefix}{path}:{number} is not valid JSON ({exc.msg})") from None
                 except RecursionError:
                     raise TeenyError(f"{prefix}{path}:{number} is nested too deeply to be a record") from None
+                except ValueError as exc:  # an int of over 4300 digits
+                    raise TeenyError(f"{prefix}{path}:{number} cannot be read ({str(exc)[:80]})") from None
                 if not isinstance(record, dict):
                     raise TeenyError(f"{prefix}{path}:{number} is a JSON {type(record).__name__}; expected an "
                                      "object (one record per line)")

@@ -826,3 +826,57 @@ def test_stop_iteration_cannot_end_a_tests_map_early(tmp_path):
     assert not cheat["passed"] and cheat["category"] == errors.RUNTIME_ERROR, cheat
     assert not wrong["passed"], wrong
     assert honest["passed"], honest
+
+
+HOSTILE_PLUS_RECORDS = {  # a HumanEval+ record -> what the one-line error names
+    "flat base_input": ({**DOUBLE, "base_input": [1, 2]}, "not a list of argument lists"),
+    "plus_input of dicts": ({**DOUBLE, "plus_input": [{"a": 1}]}, "not a list of argument lists"),
+    "base_input null": ({**DOUBLE, "base_input": None}, "not a list of argument lists"),
+    "a 5,000-digit input": (json.dumps(DOUBLE).replace("[[1], [2]]", "[[" + "9" * 5000 + "]]"), "cannot be read"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_PLUS_RECORDS))
+def test_hostile_humaneval_plus_records_are_one_line_errors(name, tmp_path):
+    """A flat base_input reached the harness (TypeError in the sandbox, a multi-line error); a 5,000-digit int
+    raised ValueError out of the reader."""
+    from teeny_core.errors import TeenyError
+
+    record, named = HOSTILE_PLUS_RECORDS[name]
+    path = tmp_path / "HumanEvalPlus.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write((record if isinstance(record, str) else json.dumps(record)) + "\n")
+    with pytest.raises(TeenyError, match=re.escape(named)):
+        load_plus_problems(path)
+
+
+def test_a_failing_canonical_solution_is_one_error_line(tmp_path):
+    from teeny_core.errors import TeenyError
+
+    path = tmp_path / "HumanEvalPlus.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write(json.dumps({**DOUBLE, "canonical_solution": "    raise ValueError('no')\n"}) + "\n")
+    problems = load_plus_problems(path)
+    grader = PlusGrader(problems, file_id(path), None, min_time_limit=0.5)
+    with pytest.raises(TeenyError) as caught:
+        grader.references([problems[0].task_id])
+    assert "\n" not in str(caught.value) and "ValueError: no" in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize("content", [b"{garbled", b"[1]", b'{"outputs": 5, "times": []}',
+                                     b'{"outputs": [{"v": ["I", "4"]}], "times": [0.0]}'])
+def test_an_unreadable_answer_cache_is_recomputed(tmp_path, content):
+    """A garbled cache file raised JSONDecodeError out of the grader; one of another shape (answers missing,
+    malformed) would have been trusted."""
+    path = tmp_path / "HumanEvalPlus.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write(json.dumps(DOUBLE) + "\n")
+    problems = load_plus_problems(path)
+    first = PlusGrader(problems, file_id(path), tmp_path / "cache", min_time_limit=0.5)
+    first.references([problems[0].task_id])
+    (cached,) = (tmp_path / "cache").rglob("*.json")
+    cached.write_bytes(content)
+    grader = PlusGrader(problems, file_id(path), tmp_path / "cache", min_time_limit=0.5)
+    right, wrong = grader.grade([(problems[0], "    return 2 * x\n"), (problems[0], "    return 4\n")])
+    assert right["passed"] and not wrong["passed"], (right, wrong)
+    assert len(json.loads(cached.read_text())["outputs"]) == 4  # rewritten whole
