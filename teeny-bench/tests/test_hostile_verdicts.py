@@ -880,3 +880,50 @@ def test_an_unreadable_answer_cache_is_recomputed(tmp_path, content):
     right, wrong = grader.grade([(problems[0], "    return 2 * x\n"), (problems[0], "    return 4\n")])
     assert right["passed"] and not wrong["passed"], (right, wrong)
     assert len(json.loads(cached.read_text())["outputs"]) == 4  # rewritten whole
+
+
+def _mul_js_record(**fields):
+    with open(MUL_DATA / "humaneval-js.jsonl") as f:
+        return json.dumps({**json.loads(f.readline()), **fields})
+
+
+HOSTILE_MUL_FILES = {  # one line of humaneval-js.jsonl -> what the one-line error names
+    "garbage": ("{garbage", "is not valid JSON"),
+    "nested 100,000 deep": ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    "a JSON list": ("[1]", "is a JSON list; expected an object"),
+    "tests 5": (_mul_js_record(tests=5), "tests is a int; expected a string"),
+    "prompt 5": (_mul_js_record(prompt=5), "prompt is a int"),
+    "stop_tokens 5": (_mul_js_record(stop_tokens=5), "stop_tokens is 5; expected a list of strings"),
+    "language [1]": (_mul_js_record(language=[1]), "language is a list"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_MUL_FILES))
+def test_hostile_humaneval_mul_files_are_one_line_errors(name, tmp_path):
+    """Each raised JSONDecodeError, RecursionError, AttributeError or TypeError out of `teeny bench check
+    humaneval-mul --path FILE` (a traceback)."""
+    from teeny_core.errors import TeenyError
+    from teeny_bench.multipl_e import load_problems as load_mul
+
+    line, named = HOSTILE_MUL_FILES[name]
+    path = tmp_path / "humaneval-js.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(TeenyError, match=re.escape(named)):
+        load_mul(str(path), ["js"])
+
+
+def _lcb_functional(output):
+    tests = [{"input": "3", "output": output, "testtype": "functional"}]
+    return LcbProblem("q3", "big", "Return 10**5000 - 1.", "leetcode", "c1", None, "easy",
+                      "class Solution:\n    def big(self, n: int) -> int:\n        ", "big", tests)
+
+
+def test_livecodebench_expected_outputs_python_refuses_do_not_crash_the_grader():
+    """A functional test whose expected output is garbled, nested 100,000 deep or a 5,000-digit int raised
+    JSONDecodeError, RecursionError or ValueError out of grade_programs; the last is a legitimate answer."""
+    right = "class Solution:\n    def big(self, n):\n        return 10 ** 5000 - 1\n"
+    wrong = "class Solution:\n    def big(self, n):\n        return 10 ** 5000\n"
+    problems = [_lcb_functional("9" * 5000)] * 2 + [_lcb_functional("{garbage"),
+                                                    _lcb_functional("[" * 100_000 + "]" * 100_000)]
+    verdicts = grade_programs(problems, [right, wrong, right, right], LcbOptions(timeout=5.0))
+    assert [v["verdict"] for v in verdicts] == ["passed"] + ["wrong_answer"] * 3, verdicts
