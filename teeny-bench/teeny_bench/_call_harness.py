@@ -318,6 +318,14 @@ class Proxy:
             raise Stop("MalformedAnswer", f"{what}: no object where the prompt's class was instantiated")
         return Instance(self._solution, reply["handle"], self.__name__)
 
+    def __bool__(self):
+        """A method proxy read as a value is a test reading a data attribute of the solution's object, which
+        stays in the solution's process: always true, it would pass ``assert obj.is_on``."""
+        if self._method is None:
+            return True
+        raise Stop("UnsupportedArgument", f"the test reads {self.__name__} as a value; only methods of the "
+                                          "solution's objects can be called from the checker")
+
 
 class Instance:
     """An object of the solution's class, living in the solution process: its methods are proxies."""
