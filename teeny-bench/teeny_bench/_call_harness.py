@@ -318,13 +318,22 @@ class Proxy:
             raise Stop("MalformedAnswer", f"{what}: no object where the prompt's class was instantiated")
         return Instance(self._solution, reply["handle"], self.__name__)
 
-    def __bool__(self):
+    def _read_as_value(self):
         """A method proxy read as a value is a test reading a data attribute of the solution's object, which
-        stays in the solution's process: always true, it would pass ``assert obj.is_on``."""
-        if self._method is None:
-            return True
+        stays in the solution's process: as a proxy it would pass ``assert obj.is_on`` or ``obj.items != []``."""
         raise Stop("UnsupportedArgument", f"the test reads {self.__name__} as a value; only methods of the "
                                           "solution's objects can be called from the checker")
+
+    def __bool__(self):
+        return True if self._method is None else self._read_as_value()
+
+    def __eq__(self, other):
+        return self is other if self._method is None else self._read_as_value()
+
+    def __ne__(self, other):
+        return self is not other if self._method is None else self._read_as_value()
+
+    __hash__ = object.__hash__
 
 
 class Instance:

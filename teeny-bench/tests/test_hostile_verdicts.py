@@ -929,12 +929,14 @@ def test_livecodebench_expected_outputs_python_refuses_do_not_crash_the_grader()
     assert [v["verdict"] for v in verdicts] == ["passed"] + ["wrong_answer"] * 3, verdicts
 
 
-def test_a_data_attribute_of_the_solutions_object_is_not_always_true(tmp_path):
-    """`s = candidate(); s.on(); assert s.is_on`: the attribute came back as a method proxy, always true, so a
-    solution whose on() does nothing passed. Now such a test fails for every solution, saying why."""
+@pytest.mark.parametrize("check", ["assert s.is_on", "assert s.is_on != False"])
+def test_a_data_attribute_of_the_solutions_object_is_not_always_true(tmp_path, check):
+    """`s = candidate(); s.on(); assert s.is_on`: the attribute came back as a method proxy, always true (and
+    unequal to anything), so a solution whose on() does nothing passed. Now such a test fails for every
+    solution, saying why."""
     record = {"task_id": "Mine/1", "entry_point": "Switch",
               "prompt": 'class Switch:\n    """on() turns it on."""\n    def __init__(self):\n        self.is_on = False\n',
-              "test": "def check(candidate):\n    s = candidate()\n    s.on()\n    assert s.is_on\n"}
+              "test": f"def check(candidate):\n    s = candidate()\n    s.on()\n    {check}\n"}
     path = tmp_path / "mine.jsonl"
     path.write_text(json.dumps(record) + "\n")
     (problem,) = load_problems(path)
