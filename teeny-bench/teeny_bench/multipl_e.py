@@ -60,7 +60,7 @@ class MulOptions(generation.SamplingOptions):
     prompt_style: str = option("auto", "completion: continue the prompt (base models); chat: ask for the whole "
                                        "function in a code block (instruct models); auto: chat when the tokenizer "
                                        "has a chat template", choices=("auto", "completion", "chat"))
-    timeout: float = option(10.0, "seconds a program may run (compiling gets the toolchain's own budget)", min=0.1)
+    timeout: float = option(10.0, "seconds a program may run (compiling gets the toolchain's own budget)", min=0.1, max=86400)
 
 
 @dataclasses.dataclass

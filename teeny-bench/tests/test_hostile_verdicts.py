@@ -945,3 +945,16 @@ def test_a_data_attribute_of_the_solutions_object_is_not_always_true(tmp_path, c
     for outcome in (cheat, right):
         assert not outcome["passed"] and outcome["exception"] == "UnsupportedArgument", outcome
         assert "reads Switch().is_on as a value" in outcome["detail"], outcome
+
+
+@pytest.mark.parametrize("value", [1e30, float("inf"), float("nan"), "nan"])
+def test_an_absurd_timeout_is_refused_before_work(value):
+    """`timeout = 1e30` was accepted and every sample then failed as an early exit ("Python int too large to
+    convert to C long" in the sandbox); NaN passed every bound."""
+    from teeny_core.options import OptionsError
+    from teeny_bench.humaneval import HumanEvalPlusOptions
+    from teeny_bench.multipl_e import MulOptions
+
+    for options in (HumanEvalOptions, HumanEvalPlusOptions, LcbOptions, MulOptions):
+        with pytest.raises(OptionsError, match="option timeout="):
+            options.from_mapping({"timeout": value}, where="bench")
