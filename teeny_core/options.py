@@ -144,6 +144,8 @@ def _coerce(prefix: str, key: str, value: Any, tp: Any, f: dataclasses.Field) ->
             out = float(value)
         except (TypeError, ValueError):
             raise bad() from None
+        if out != out:  # NaN passes every bound
+            raise bad()
     elif tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise bad()

@@ -33,6 +33,9 @@ def load_results(run_dir: Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise TeenyError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except (ValueError, RecursionError) as exc:  # not UTF-8, an int of over 4300 digits, deep nesting
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:120]
+        raise TeenyError(f"{path} is not valid JSON ({reason})") from None
     if not isinstance(data, dict) or not isinstance(data.get("variants"), list):
         raise TeenyError(f"{path} is not a Teeny results file (no 'variants' list)")
     for n, v in enumerate(data["variants"], 1):
@@ -311,8 +314,8 @@ def category_counts(results: dict[str, Any], run_dir: Path) -> dict[str, dict[st
             for line in samples.read_text(errors="replace").splitlines():
                 try:
                     record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a torn last line of an interrupted run
+                except (ValueError, RecursionError):
+                    continue  # a torn last line of an interrupted run, or a line the store quarantines
                 category = str(record.get("category") or "") if isinstance(record, dict) else ""
                 if category and record.get("passed") is not True and _is_error_category(category):
                     per = counts.setdefault(str(record.get("evaluator", "?")), {})

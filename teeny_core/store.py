@@ -84,8 +84,9 @@ def read_json(path: Path, default: Any = None, expect: type | None = None) -> An
         raise BadFileError(path, "is a directory; expected a JSON file")
     try:
         data = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadFileError(path, f"not valid JSON ({getattr(exc, 'msg', exc)}); fix or delete it") from None
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, an int of over 4300 digits, deep nesting
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else getattr(exc, "msg", exc)
+        raise BadFileError(path, f"not valid JSON ({reason}); fix or delete it") from None
     if expect is not None and not isinstance(data, expect):
         wanted = {dict: "a JSON object", list: "a JSON array"}.get(expect, expect.__name__)
         raise BadFileError(path, f"expected {wanted}, found {json.dumps(data)[:40]}; fix or delete it")
@@ -171,7 +172,7 @@ class SampleLog:
 def _parse_record(line: bytes) -> dict[str, Any] | None:
     try:
         record = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # bad JSON or UTF-8, an int of over 4300 digits, deep nesting
         return None
     return record if isinstance(record, dict) and "key" in record else None
 

@@ -37,6 +37,8 @@ def test_defaults_are_not_shared_between_instances():
     ({"bits": "four"}, "demo: option bits='four' is not valid; expected 2|3|4|8"),
     ({"bits": True}, "option bits=True is not valid"),
     ({"ratio": 2.0}, "demo: option ratio=2.0 is out of range; expected float in 0.0..1.0"),
+    ({"ratio": float("nan")}, "demo: option ratio=nan is not valid"),
+    ({"ratio": "nan"}, "demo: option ratio='nan' is not valid"),
     ({"sym": "maybe"}, "demo: option sym='maybe' is not valid; expected bool"),
     ({"scheme": "both"}, "demo: option scheme='both' is not valid; expected sym|asym"),
     ({"group": "big"}, "demo: option group='big' is not valid; expected int or none"),

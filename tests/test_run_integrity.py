@@ -88,6 +88,24 @@ def test_a_garbled_middle_line_is_quarantined_and_only_that_item_redone(done_run
     assert json.loads((root / "w4" / "metrics.json").read_text())["fidelity"]["chunks"] == CHUNKS
 
 
+@pytest.mark.parametrize("line", ["[" * 100_000 + "]" * 100_000, '{"key": "chunk-2", "kl": ' + "9" * 5000 + "}"],
+                         ids=["nested 100,000 deep", "a 5,000-digit int"])
+def test_a_hostile_middle_line_is_quarantined_and_redone(done_run, line):
+    """JSON that Python refuses (RecursionError, the 4300-digit int limit) was a traceback from run and report."""
+    exp, root = done_run
+    samples = root / "w4" / "samples.jsonl"
+    lines = samples.read_text().splitlines()
+    lines[2] = line
+    samples.write_text("\n".join(lines) + "\n")
+    result = run(exp)
+    assert result.exit_code == 0, result.output
+    assert "1 unreadable line(s) of samples.jsonl moved to" in result.output
+    assert sorted(keys(samples)) == sorted(f"chunk-{i}" for i in range(CHUNKS))
+    assert (root / "w4" / "samples.jsonl.quarantine").read_text() == line + "\n"
+    report = CliRunner().invoke(cli, ["report", str(root)])
+    assert report.exit_code == 0, report.output
+
+
 def test_duplicated_records_are_counted_once(done_run):
     exp, root = done_run
     samples = root / "w4" / "samples.jsonl"

@@ -288,7 +288,8 @@ def _exception(reply, what):
     if name in ("SystemExit", "KeyboardInterrupt", "GeneratorExit"):
         return Stop("EarlyExit" if name == "SystemExit" else name, f"{what}: {detail[-300:]}")
     kind = getattr(builtins, name, None)
-    if isinstance(kind, type) and issubclass(kind, Exception):
+    # StopIteration raised here would silently end the test's ``map``/``filter`` loop (``all(map(...))`` true)
+    if isinstance(kind, type) and issubclass(kind, Exception) and not issubclass(kind, StopIteration):
         return kind(f"raised by the solution during {what}:\n{detail[-500:]}")
     return SolutionError(f"{name} raised by the solution during {what}:\n{detail[-500:]}", name)
 
@@ -316,6 +317,23 @@ class Proxy:
         if type(reply.get("handle")) is not int:
             raise Stop("MalformedAnswer", f"{what}: no object where the prompt's class was instantiated")
         return Instance(self._solution, reply["handle"], self.__name__)
+
+    def _read_as_value(self):
+        """A method proxy read as a value is a test reading a data attribute of the solution's object, which
+        stays in the solution's process: as a proxy it would pass ``assert obj.is_on`` or ``obj.items != []``."""
+        raise Stop("UnsupportedArgument", f"the test reads {self.__name__} as a value; only methods of the "
+                                          "solution's objects can be called from the checker")
+
+    def __bool__(self):
+        return True if self._method is None else self._read_as_value()
+
+    def __eq__(self, other):
+        return self is other if self._method is None else self._read_as_value()
+
+    def __ne__(self, other):
+        return self is not other if self._method is None else self._read_as_value()
+
+    __hash__ = object.__hash__
 
 
 class Instance:

@@ -111,8 +111,6 @@ def bench() -> None:
 def check(name: str, path: str | None, limit: int | None, timeout: float | None, workers: int | None,
           verbose: bool, options: tuple[str, ...]) -> None:
     """Grade the reference solutions of benchmark NAME on this machine and print passed/total."""
-    import math
-
     from teeny_core.errors import TeenyError
     from teeny_core.options import parse_cli_options
 
@@ -120,8 +118,8 @@ def check(name: str, path: str | None, limit: int | None, timeout: float | None,
         raise TeenyError(f"unknown benchmark {name!r}; expected one of {', '.join(sorted(CHECKS))}")
     if limit is not None and limit < 1:
         raise TeenyError(f"--limit {limit}: expected a number of problems of at least 1")
-    if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
-        raise TeenyError(f"--timeout {timeout:g}: expected a positive number of CPU seconds")
+    if timeout is not None and not 0 < timeout <= 86400:
+        raise TeenyError(f"--timeout {timeout:g}: expected a positive number of CPU seconds, at most 86400")
     if workers is not None and workers < 0:
         raise TeenyError(f"--workers {workers}: expected a number of parallel sandboxes (0: one per core)")
     ok = CHECKS[name](CheckArgs(path=path, limit=limit, timeout=timeout, workers=workers or None, verbose=verbose,

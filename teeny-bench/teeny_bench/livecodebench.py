@@ -78,7 +78,7 @@ class LcbOptions(generation.SamplingOptions):
     prompt_style: str = option("auto", "chat: LiveCodeBench's chat prompt (instruct models); completion: its "
                                        "one-shot prompt for base models; auto: chat when the tokenizer has a "
                                        "chat template", choices=("auto", "chat", "completion"))
-    timeout: float = option(6.0, "wall seconds per test (LiveCodeBench uses 6)", min=0.1)
+    timeout: float = option(6.0, "wall seconds per test (LiveCodeBench uses 6)", min=0.1, max=86400)
     all_tests: bool = option(False, "count every test's result and run on after a crash (default: the verdict "
                                     "stops at the first failing test)")
     memory_gb: float = option(4.0, "address-space limit of a solution, GiB", min=0.25)
@@ -131,7 +131,7 @@ def decode_private_tests(payload: str) -> list[dict[str, str]]:
     if not text:
         return []
     if text[0] in "[{":
-        return _tests_from_json(json.loads(text))
+        return _tests_from_json(_json(text, "private_test_cases"))
     try:
         compressed = base64.b64decode(text, validate=False)
         inflater = zlib.decompressobj()
@@ -146,11 +146,19 @@ def decode_private_tests(payload: str) -> list[dict[str, str]]:
         raise TeenyError(f"livecodebench: refusing an unsafe private_test_cases pickle: {exc}") from None
     except Exception as exc:
         raise TeenyError(f"livecodebench: private_test_cases is not a valid pickle ({exc})") from None
-    if isinstance(value, bytes):
-        value = value.decode()
-    if isinstance(value, str):
-        value = json.loads(value)
+    if isinstance(value, (bytes, str)):
+        value = _json(value, "the pickled private_test_cases")
     return _tests_from_json(value)
+
+
+def _json(text: Any, what: str) -> Any:
+    """``text`` parsed as JSON; anything else (not text, not UTF-8, malformed, nested too deeply) is a one-line
+    :class:`TeenyError` naming ``what``."""
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise TeenyError(f"livecodebench: {what} is not valid JSON text ({reason})") from None
 
 
 def _tests_from_json(value: Any) -> list[dict[str, str]]:
@@ -170,8 +178,11 @@ def problem_from_record(record: dict[str, Any]) -> LcbProblem:
     """A code_generation_lite record (its JSON-string fields decoded; private tests when first used) as an
     :class:`LcbProblem`."""
     try:
-        public = _tests_from_json(json.loads(record.get("public_test_cases") or "[]"))
-        metadata = json.loads(record.get("metadata") or "{}")
+        public = _tests_from_json(_json(record.get("public_test_cases") or "[]", "public_test_cases"))
+        metadata = _json(record.get("metadata") or "{}", "metadata")
+        if not isinstance(metadata, dict):
+            raise TeenyError(f"livecodebench: record {record.get('question_id')!r} has metadata "
+                             f"{str(metadata)[:60]}; expected a JSON object")
         date = record.get("contest_date")
         return LcbProblem(
             question_id=str(record["question_id"]), title=str(record.get("question_title", "")),
@@ -182,13 +193,12 @@ def problem_from_record(record: dict[str, Any]) -> LcbProblem:
             private_payload=str(record.get("private_test_cases") or ""))
     except KeyError as exc:
         raise TeenyError(f"livecodebench: record lacks field {exc.args[0]!r}") from None
-    except json.JSONDecodeError as exc:
-        raise TeenyError(f"livecodebench: record {record.get('question_id')!r} has a malformed JSON field "
-                         f"({exc})") from None
 
 
 def problem_from_public(record: dict[str, Any]) -> LcbProblem:
     """A record of the public-tests-only file ({problem, starter_code, tests}); its id hashes the text."""
+    if "tests" not in record:
+        raise TeenyError("livecodebench: a public-tests record lacks field 'tests'")
     content, starter = str(record["problem"]), str(record.get("starter_code") or "")
     tests = _tests_from_json(record["tests"])
     functional = bool(tests) and tests[0]["testtype"] == "functional"
@@ -229,9 +239,11 @@ def _hub_files(names: list[str]) -> list[Path]:
 
 def _read_file(path: Path) -> list[LcbProblem]:
     """A JSON array (the public-tests file) or JSONL records."""
-    with open(path, encoding="utf-8") as f:
-        is_array = f.read(4096).lstrip().startswith("[")
-    data = json.loads(path.read_text(encoding="utf-8")) if is_array else records.read_jsonl(path, "livecodebench")
+    with open(path, "rb") as f:
+        is_array = f.read(4096).lstrip().startswith(b"[")
+    data = _json(path.read_bytes(), str(path)) if is_array else records.read_jsonl(path, "livecodebench")
+    if not all(isinstance(r, dict) for r in data):
+        raise TeenyError(f"livecodebench: {path} holds an item that is not an object; expected problem records")
     return [problem_from_public(r) if isinstance(r, dict) and "problem" in r else problem_from_record(r)
             for r in data]
 

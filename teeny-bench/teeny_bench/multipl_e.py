@@ -60,7 +60,7 @@ class MulOptions(generation.SamplingOptions):
     prompt_style: str = option("auto", "completion: continue the prompt (base models); chat: ask for the whole "
                                        "function in a code block (instruct models); auto: chat when the tokenizer "
                                        "has a chat template", choices=("auto", "completion", "chat"))
-    timeout: float = option(10.0, "seconds a program may run (compiling gets the toolchain's own budget)", min=0.1)
+    timeout: float = option(10.0, "seconds a program may run (compiling gets the toolchain's own budget)", min=0.1, max=86400)
 
 
 @dataclasses.dataclass
@@ -86,6 +86,12 @@ def _humaneval_number(task_id: str) -> int | None:
 
 def problem_from_record(record: dict[str, Any], language: str | None = None) -> MulProblem:
     """A MultiPL-E or HumanEval-format record as a :class:`MulProblem`."""
+    for key in ("language", "prompt", "tests", "test", "entry_point"):
+        if record.get(key) is not None and not isinstance(record[key], str):
+            raise TeenyError(f"humaneval-mul: a record's {key} is a {type(record[key]).__name__}; expected a string")
+    stops = record.get("stop_tokens")
+    if stops is not None and not (isinstance(stops, list) and all(isinstance(t, str) for t in stops)):
+        raise TeenyError(f"humaneval-mul: a record's stop_tokens is {str(stops)[:40]}; expected a list of strings")
     prefix = str(record.get("task_id", "")).split("/")[0]
     lang = toolchains.canonical_language(record.get("language") or language or
                                          ("python" if prefix == "HumanEval" else prefix))
@@ -112,7 +118,7 @@ def language_files(path: str, languages: list[str]) -> dict[str, Path]:
     root = Path(path).expanduser()
     wanted = [toolchains.canonical_language(lang) for lang in languages]
     if root.is_file():
-        first = next((json.loads(l) for l in root.read_text(encoding="utf-8").splitlines() if l.strip()), None)
+        first = next(iter(records.read_jsonl(root, "humaneval-mul")), None)
         if first is None:
             raise TeenyError(f"humaneval-mul: {root} is empty")
         lang = problem_from_record(first, _language_from_name(root.name)).language

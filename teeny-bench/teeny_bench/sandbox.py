@@ -225,7 +225,8 @@ def run_sandboxed(argv: list[str], *, files: dict[str, str | bytes] | None = Non
         for name, content in (files or {}).items():
             path = workdir / _safe_relative(name)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(content.encode() if isinstance(content, str) else content)
+            # surrogatepass: a solution holding a lone surrogate fails alone (it cannot be decoded inside)
+            path.write_bytes(content.encode("utf-8", "surrogatepass") if isinstance(content, str) else content)
         environment.update(HOME=str(workdir), TMPDIR=str(workdir / ".tmp"))
         uid, gid = _sandbox_uid()
         config = {
@@ -246,7 +247,7 @@ def run_sandboxed(argv: list[str], *, files: dict[str, str | bytes] | None = Non
             stdin_fd = os.open(os.devnull, os.O_RDONLY)
             fds.append(stdin_fd)
         else:
-            stdin_fd = _read_only_copy(stack, stdin.encode() if isinstance(stdin, str) else stdin, scratch)
+            stdin_fd = _read_only_copy(stack, stdin.encode("utf-8", "surrogatepass") if isinstance(stdin, str) else stdin, scratch)
         pipes = [os.pipe() for _ in range(3 if channel is None else 4)]  # stdout, stderr, status, channel
         fds.extend(fd for pipe in pipes for fd in pipe)
         sandbox_fds = [stdin_fd, pipes[0][1], pipes[1][1], pipes[2][1]]

@@ -11,6 +11,7 @@ builtins, an always-equal object).
 from __future__ import annotations
 
 import gzip
+import re
 import json
 from pathlib import Path
 
@@ -680,3 +681,280 @@ def test_files_planted_for_the_checker_are_not_imported(find_zero):
            "                '    def randint(self, a, b):\\n        return 1\\nfabs = lambda x: 0.0\\n')\n")
     (outcome,) = grade_humaneval([(find_zero, "    return -1.0\n\n\n" + top)], timeout=10)
     assert not outcome["passed"] and outcome["category"] == errors.WRONG_ANSWER, outcome
+
+
+# -- a fresh hostile pass: problem files, solutions and outputs the graders must survive -------------------------
+
+GOOD_RECORD = {"task_id": "T/0", "prompt": "def f(x):\n    \"\"\"Double x.\"\"\"\n", "entry_point": "f",
+               "test": "def check(c):\n    assert c(2) == 4\n", "canonical_solution": "    return 2 * x\n"}
+HOSTILE_PROBLEM_LINES = {  # one line of a problem file -> what the one-line error names
+    "nested 100,000 deep": ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    "a JSON list": ("[1, 2]", "is a JSON list; expected an object"),
+    "a JSON number": ("5", "is a JSON int; expected an object"),
+    "prompt 5": (json.dumps({**GOOD_RECORD, "prompt": 5}), "prompt of type int; expected a string"),
+    "test 5": (json.dumps({**GOOD_RECORD, "test": 5}), "test of type int"),
+    "canonical_solution 5": (json.dumps({**GOOD_RECORD, "canonical_solution": 5}), "canonical_solution of type int"),
+    "task_id a dict": (json.dumps({**GOOD_RECORD, "task_id": {"a": 1}}), "task_id of type dict"),
+    "entry_point 5": (json.dumps({**GOOD_RECORD, "entry_point": 5}), "entry_point of type int"),
+    "entry_point code": (json.dumps({**GOOD_RECORD, "entry_point": "__import__('os')"}),
+                         "expected the name of a function or class"),
+    "preamble a list": (json.dumps({**GOOD_RECORD, "preamble": [1]}), "preamble of type list"),
+    "solutions 5": (json.dumps({**GOOD_RECORD, "solutions": 5}), "solutions that are not a string or a list"),
+    "solutions [5]": (json.dumps({**GOOD_RECORD, "solutions": [5]}), "solutions that are not a string or a list"),
+    "atol 'abc'": (json.dumps({**GOOD_RECORD, "atol": "abc"}), "atol 'abc'; expected a finite number"),
+    "atol [1]": (json.dumps({**GOOD_RECORD, "atol": [1]}), "atol [1]"),
+    "atol 1e400": (json.dumps({**GOOD_RECORD, "atol": 1e400}), "atol inf"),
+    "atol -1": (json.dumps({**GOOD_RECORD, "atol": -1}), "atol -1"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_PROBLEM_LINES))
+def test_hostile_problem_files_are_one_line_errors(name, tmp_path):
+    """Each of these raised TypeError, ValueError or RecursionError out of `teeny bench check` (a traceback)."""
+    from teeny_core.errors import TeenyError
+
+    line, named = HOSTILE_PROBLEM_LINES[name]
+    path = tmp_path / "mine.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(TeenyError, match=re.escape(named)):
+        load_problems(path)
+
+
+def test_bench_check_on_a_hostile_problem_file_prints_one_error_line(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "mine.jsonl"
+    path.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    run = subprocess.run([sys.executable, "-m", "teeny_core.cli", "bench", "check", "humaneval", "--path",
+                          str(path)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, (run.returncode, run.stderr[-500:])
+    assert run.stderr.startswith("Error: ") and len(run.stderr.strip().splitlines()) == 1, run.stderr[-500:]
+
+
+def test_a_solution_holding_a_lone_surrogate_fails_alone(truncate_number):
+    """`'\\ud800'` in a solution (JSON lets a samples file or a problem file carry one) made every grader raise
+    UnicodeEncodeError while writing the sandbox's files: the whole batch was lost."""
+    p = truncate_number
+    cheat, honest = grade_humaneval([(p, "    return '\ud800'\n"), (p, RIGHT)], timeout=5)
+    assert not cheat["passed"], cheat
+    assert honest["passed"], honest
+    problem = _lcb("stdin")
+    lcb_cheat, lcb_honest = grade_programs([problem, problem], ["print('\ud800')\n", "print(2 * int(input()))\n"],
+                                           LcbOptions(timeout=2.0))
+    assert lcb_cheat["verdict"] != "passed", lcb_cheat
+    assert lcb_honest["verdict"] == "passed", lcb_honest
+
+
+LOOKALIKE_NUMBERS = {  # stdin programs printing 2n in a form Decimal() reads but no judge accepts
+    "Arabic-Indic digits": "print(str(2 * int(input())).translate(str.maketrans('0123456789', '٠١٢٣٤٥٦٧٨٩')))\n",
+    "full-width digits": "print(str(2 * int(input())).translate(str.maketrans('0123456789', '０１２３４５６７８９')))\n",
+    "an underscore": "s = str(2 * int(input()))\nprint(s[0] + '_' + s[1:] if len(s) > 1 else s)\n",
+}
+
+
+@pytest.mark.parametrize("name", list(LOOKALIKE_NUMBERS))
+def test_livecodebench_lookalike_numbers_are_wrong_answers(name):
+    """`Decimal('١٢') == Decimal('12')` and `Decimal('1_0') == 10`: these were graded passed."""
+    from teeny_bench.lcb_harness import stdout_matches
+
+    problem = _lcb("stdin")
+    (verdict,) = grade_programs([problem], [LOOKALIKE_NUMBERS[name]], LcbOptions(timeout=2.0))
+    assert verdict["verdict"] == "wrong_answer", verdict
+    assert stdout_matches("10.0 \n", "10\n") == (True, "")  # numbers still compare as decimals
+
+
+def _lcb_record(**fields):
+    record = {"question_id": "q1", "question_title": "t", "question_content": "c", "platform": "atcoder",
+              "contest_id": "c", "contest_date": "2024-01-01", "difficulty": "easy", "starter_code": "",
+              "metadata": "{}", "private_test_cases": "",
+              "public_test_cases": json.dumps([{"input": "1\n", "output": "2\n", "testtype": "stdin"}])}
+    return json.dumps({**record, **fields})
+
+
+def _pickled(value):
+    import base64
+    import pickle
+    import zlib
+
+    return base64.b64encode(zlib.compress(pickle.dumps(value))).decode()
+
+
+HOSTILE_LCB_FILES = {  # file name -> (content, what the one-line error names)
+    "array.json": ("[garbage", "is not valid JSON text"),
+    "deep.json": ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    "items.json": ("[[1], 5]", "holds an item that is not an object"),
+    "no-tests.json": (json.dumps([{"problem": "x"}]), "lacks field 'tests'"),
+    "not-utf8.jsonl": (b"\xff\xfe\n", "cannot be read"),
+    "meta-list.jsonl": (_lcb_record(metadata="[1]"), "metadata [1]; expected a JSON object"),
+    "meta-int.jsonl": (_lcb_record(metadata=5), "metadata is not valid JSON text"),
+    "public-deep.jsonl": (_lcb_record(public_test_cases="[" * 100_000), "public_test_cases is not valid JSON"),
+    "public-int.jsonl": (_lcb_record(public_test_cases=5), "public_test_cases is not valid JSON"),
+    "private-garbage.jsonl": (_lcb_record(private_test_cases="[garbage"), "private_test_cases is not valid JSON"),
+    "private-pickled-text.jsonl": (_lcb_record(private_test_cases=_pickled("not json")),
+                                   "the pickled private_test_cases is not valid JSON"),
+    "private-pickled-bytes.jsonl": (_lcb_record(private_test_cases=_pickled(b"\xff\xfe")),
+                                    "the pickled private_test_cases is not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_LCB_FILES))
+def test_hostile_livecodebench_files_are_one_line_errors(name, tmp_path):
+    """Each raised JSONDecodeError, RecursionError, AttributeError, KeyError, TypeError or UnicodeDecodeError out
+    of `teeny bench check livecodebench` (a traceback)."""
+    from teeny_core.errors import TeenyError
+    from teeny_bench.livecodebench import load_problems as load_lcb
+
+    content, named = HOSTILE_LCB_FILES[name]
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(TeenyError, match=re.escape(named)):
+        [problem.tests for problem in load_lcb(str(path))]  # private tests decode on first use
+
+
+def test_stop_iteration_cannot_end_a_tests_map_early(tmp_path):
+    """A test written `assert all(map(lambda p: candidate(p[0]) == p[1], pairs))`: StopIteration re-raised in the
+    checker ended the `map` at once, `all([])` was true and the sample passed."""
+    record = {"task_id": "Mine/0", "prompt": 'def double(x):\n    """2x."""\n', "entry_point": "double",
+              "test": "def check(candidate):\n"
+                      "    assert all(map(lambda p: candidate(p[0]) == p[1], [(2, 4), (3, 6)]))\n"}
+    path = tmp_path / "mine.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    (problem,) = load_problems(path)
+    cheat, wrong, honest = grade_humaneval([(problem, "    raise StopIteration\n"), (problem, "    return x\n"),
+                                            (problem, "    return 2 * x\n")], timeout=5)
+    assert not cheat["passed"] and cheat["category"] == errors.RUNTIME_ERROR, cheat
+    assert not wrong["passed"], wrong
+    assert honest["passed"], honest
+
+
+HOSTILE_PLUS_RECORDS = {  # a HumanEval+ record -> what the one-line error names
+    "flat base_input": ({**DOUBLE, "base_input": [1, 2]}, "not a list of argument lists"),
+    "plus_input of dicts": ({**DOUBLE, "plus_input": [{"a": 1}]}, "not a list of argument lists"),
+    "base_input null": ({**DOUBLE, "base_input": None}, "not a list of argument lists"),
+    "a 5,000-digit input": (json.dumps(DOUBLE).replace("[[1], [2]]", "[[" + "9" * 5000 + "]]"), "cannot be read"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_PLUS_RECORDS))
+def test_hostile_humaneval_plus_records_are_one_line_errors(name, tmp_path):
+    """A flat base_input reached the harness (TypeError in the sandbox, a multi-line error); a 5,000-digit int
+    raised ValueError out of the reader."""
+    from teeny_core.errors import TeenyError
+
+    record, named = HOSTILE_PLUS_RECORDS[name]
+    path = tmp_path / "HumanEvalPlus.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write((record if isinstance(record, str) else json.dumps(record)) + "\n")
+    with pytest.raises(TeenyError, match=re.escape(named)):
+        load_plus_problems(path)
+
+
+def test_a_failing_canonical_solution_is_one_error_line(tmp_path):
+    from teeny_core.errors import TeenyError
+
+    path = tmp_path / "HumanEvalPlus.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write(json.dumps({**DOUBLE, "canonical_solution": "    raise ValueError('no')\n"}) + "\n")
+    problems = load_plus_problems(path)
+    grader = PlusGrader(problems, file_id(path), None, min_time_limit=0.5)
+    with pytest.raises(TeenyError) as caught:
+        grader.references([problems[0].task_id])
+    assert "\n" not in str(caught.value) and "ValueError: no" in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize("content", [b"{garbled", b"[1]", b'{"outputs": 5, "times": []}',
+                                     b'{"outputs": [{"v": ["I", "4"]}], "times": [0.0]}'])
+def test_an_unreadable_answer_cache_is_recomputed(tmp_path, content):
+    """A garbled cache file raised JSONDecodeError out of the grader; one of another shape (answers missing,
+    malformed) would have been trusted."""
+    path = tmp_path / "HumanEvalPlus.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write(json.dumps(DOUBLE) + "\n")
+    problems = load_plus_problems(path)
+    first = PlusGrader(problems, file_id(path), tmp_path / "cache", min_time_limit=0.5)
+    first.references([problems[0].task_id])
+    (cached,) = (tmp_path / "cache").rglob("*.json")
+    cached.write_bytes(content)
+    grader = PlusGrader(problems, file_id(path), tmp_path / "cache", min_time_limit=0.5)
+    right, wrong = grader.grade([(problems[0], "    return 2 * x\n"), (problems[0], "    return 4\n")])
+    assert right["passed"] and not wrong["passed"], (right, wrong)
+    assert len(json.loads(cached.read_text())["outputs"]) == 4  # rewritten whole
+
+
+def _mul_js_record(**fields):
+    with open(MUL_DATA / "humaneval-js.jsonl") as f:
+        return json.dumps({**json.loads(f.readline()), **fields})
+
+
+HOSTILE_MUL_FILES = {  # one line of humaneval-js.jsonl -> what the one-line error names
+    "garbage": ("{garbage", "is not valid JSON"),
+    "nested 100,000 deep": ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    "a JSON list": ("[1]", "is a JSON list; expected an object"),
+    "tests 5": (_mul_js_record(tests=5), "tests is a int; expected a string"),
+    "prompt 5": (_mul_js_record(prompt=5), "prompt is a int"),
+    "stop_tokens 5": (_mul_js_record(stop_tokens=5), "stop_tokens is 5; expected a list of strings"),
+    "language [1]": (_mul_js_record(language=[1]), "language is a list"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_MUL_FILES))
+def test_hostile_humaneval_mul_files_are_one_line_errors(name, tmp_path):
+    """Each raised JSONDecodeError, RecursionError, AttributeError or TypeError out of `teeny bench check
+    humaneval-mul --path FILE` (a traceback)."""
+    from teeny_core.errors import TeenyError
+    from teeny_bench.multipl_e import load_problems as load_mul
+
+    line, named = HOSTILE_MUL_FILES[name]
+    path = tmp_path / "humaneval-js.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(TeenyError, match=re.escape(named)):
+        load_mul(str(path), ["js"])
+
+
+def _lcb_functional(output):
+    tests = [{"input": "3", "output": output, "testtype": "functional"}]
+    return LcbProblem("q3", "big", "Return 10**5000 - 1.", "leetcode", "c1", None, "easy",
+                      "class Solution:\n    def big(self, n: int) -> int:\n        ", "big", tests)
+
+
+def test_livecodebench_expected_outputs_python_refuses_do_not_crash_the_grader():
+    """A functional test whose expected output is garbled, nested 100,000 deep or a 5,000-digit int raised
+    JSONDecodeError, RecursionError or ValueError out of grade_programs; the last is a legitimate answer."""
+    right = "class Solution:\n    def big(self, n):\n        return 10 ** 5000 - 1\n"
+    wrong = "class Solution:\n    def big(self, n):\n        return 10 ** 5000\n"
+    problems = [_lcb_functional("9" * 5000)] * 2 + [_lcb_functional("{garbage"),
+                                                    _lcb_functional("[" * 100_000 + "]" * 100_000)]
+    verdicts = grade_programs(problems, [right, wrong, right, right], LcbOptions(timeout=5.0))
+    assert [v["verdict"] for v in verdicts] == ["passed"] + ["wrong_answer"] * 3, verdicts
+
+
+@pytest.mark.parametrize("check", ["assert s.is_on", "assert s.is_on != False"])
+def test_a_data_attribute_of_the_solutions_object_is_not_always_true(tmp_path, check):
+    """`s = candidate(); s.on(); assert s.is_on`: the attribute came back as a method proxy, always true (and
+    unequal to anything), so a solution whose on() does nothing passed. Now such a test fails for every
+    solution, saying why."""
+    record = {"task_id": "Mine/1", "entry_point": "Switch",
+              "prompt": 'class Switch:\n    """on() turns it on."""\n    def __init__(self):\n        self.is_on = False\n',
+              "test": f"def check(candidate):\n    s = candidate()\n    s.on()\n    {check}\n"}
+    path = tmp_path / "mine.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    (problem,) = load_problems(path)
+    cheat, right = grade_humaneval([(problem, "    def on(self):\n        pass\n"),
+                                    (problem, "    def on(self):\n        self.is_on = True\n")], timeout=5)
+    for outcome in (cheat, right):
+        assert not outcome["passed"] and outcome["exception"] == "UnsupportedArgument", outcome
+        assert "reads Switch().is_on as a value" in outcome["detail"], outcome
+
+
+@pytest.mark.parametrize("value", [1e30, float("inf"), float("nan"), "nan"])
+def test_an_absurd_timeout_is_refused_before_work(value):
+    """`timeout = 1e30` was accepted and every sample then failed as an early exit ("Python int too large to
+    convert to C long" in the sandbox); NaN passed every bound."""
+    from teeny_core.options import OptionsError
+    from teeny_bench.humaneval import HumanEvalPlusOptions
+    from teeny_bench.multipl_e import MulOptions
+
+    for options in (HumanEvalOptions, HumanEvalPlusOptions, LcbOptions, MulOptions):
+        with pytest.raises(OptionsError, match="option timeout="):
+            options.from_mapping({"timeout": value}, where="bench")

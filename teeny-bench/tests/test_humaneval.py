@@ -331,6 +331,7 @@ class TestHumanEvalContract(EvaluatorContract):
     (["humaneval", "--limit", "0"], "--limit 0"),
     (["humaneval", "--timeout", "-1"], "--timeout -1"),
     (["humaneval", "--timeout", "nan"], "--timeout nan"),
+    (["humaneval", "--timeout", "1e30"], "--timeout 1e+30"),
     (["humaneval", "--workers", "-2"], "--workers -2"),
     (["livecodebench", "--path", "GARBAGE"], "is not valid JSON"),
     (["humaneval-plus", "--path", "TRUNCATED"], "cannot be read after line"),
