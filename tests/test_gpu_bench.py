@@ -18,13 +18,13 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_bench.py"
 
 def expected_weight_bytes(shape: dict, layers: int = 48) -> tuple[int, int]:
     """Bytes of a Qwen2 model of ``shape`` at ``layers`` layers, counted from the shapes: bf16 everywhere, and
-    w4 g128 with 4-bit codes, a bf16 scale and offset per 128 columns and float32 q/k/v biases in the layers."""
+    w4 g128 with 4-bit codes, a bf16 scale and offset per 128 columns and the q/k/v biases kept in bf16."""
     h, i, v = shape["hidden_size"], shape["intermediate_size"], shape["vocab_size"]
     kv = h // shape["num_attention_heads"] * shape["num_key_value_heads"]
     linears = [(h, h), (kv, h), (kv, h), (h, h), (i, h), (i, h), (h, i)]  # (out, in)
     biases, norms, outside = h + 2 * kv, 2 * h, 2 * (2 * v * h + h)
     bf16_layer = 2 * (sum(o * n for o, n in linears) + biases + norms)
-    w4_layer = sum(o * n // 2 + (n // 128) * o * 2 * 2 for o, n in linears) + 4 * biases + 2 * norms
+    w4_layer = sum(o * n // 2 + (n // 128) * o * 2 * 2 for o, n in linears) + 2 * biases + 2 * norms
     return outside + layers * bf16_layer, outside + layers * w4_layer
 
 

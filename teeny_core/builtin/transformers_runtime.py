@@ -217,16 +217,16 @@ class TransformersRuntime(Runtime):
         elif artifact.format == "compressed-tensors":  # int8/FP8 products and int4 kernels, see that module
             from teeny_core.formats.compressed_tensors import load
 
-            compute = torch_dtype(dtype if dtype != "auto" else "bfloat16")
+            compute = torch_dtype(dtype if dtype != "auto" else stored_dtype(artifact.path))
             model, facts = load(artifact, compute, device, options.packed_compute)
             tokenizer = AutoTokenizer.from_pretrained(artifact.path)
         else:
+            packed = options.kernels == "packed" and packed_available(device)
+            if packed and device != "cpu" and options.packed_compute != "bfloat16":
+                raise TeenyError(f"packed_compute={options.packed_compute} on {device}: the CUDA int4 kernel "
+                                 "takes bfloat16 activations only (use packed_compute=bfloat16 or kernels=dequant)")
             compute = torch_dtype(dtype if dtype != "auto" else stored_dtype(artifact.path))
-            if options.kernels == "packed" and packed_available(device):
-                if device != "cpu" and options.packed_compute != "bfloat16":
-                    raise TeenyError(f"packed_compute={options.packed_compute} on {device}: the CUDA int4 kernel "
-                                     "takes bfloat16 activations only (use packed_compute=bfloat16 or "
-                                     "kernels=dequant)")
+            if packed:
                 model, facts = load_packed(artifact, compute, options.packed_compute, device)
             else:
                 model = load_dequantized(artifact, compute)
