@@ -199,6 +199,21 @@ def checkpoint_bits_per_weight(artifact_dir) -> tuple[float, dict[str, int]]:
     return stored / weights, bits_of
 
 
+def header_dtypes(directory) -> dict[str, str]:
+    """Tensor name -> safetensors dtype code (``F32``, ``BF16``, ``I32`` ...) of every shard in ``directory``, read
+    from the shard headers alone: what an artifact stores, independently of any loader."""
+    import struct
+
+    out = {}
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        with open(file, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+        header.pop("__metadata__", None)
+        out.update({name: info["dtype"] for name, info in header.items()})
+    return out
+
+
 # --- fixtures -----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,11 @@ and 5x), far below what a tensor read wrongly or a dropped bias would cost.
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import pytest
+
+from teeny_core.testing import header_dtypes
 
 torch = pytest.importorskip("torch")
 
@@ -23,18 +24,6 @@ from teeny_core.types import Artifact, ModelSource  # noqa: E402
 IDS = [[(7 * i + 3) % 500 + 1 for i in range(40)], [(11 * i + 5) % 500 + 1 for i in range(40)]]
 METHODS = [("rtn", {"bits": 4, "group_size": 32}), ("gptq", {"bits": 4, "group_size": 32}),
            ("awq", {"bits": 4, "group_size": 32})]
-
-
-def header_dtypes(directory: Path) -> dict[str, str]:
-    """Tensor name -> safetensors dtype code (``F32``, ``BF16``, ``I32`` ...) of every shard in ``directory``."""
-    out = {}
-    for file in sorted(directory.glob("*.safetensors")):
-        with open(file, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(size))
-        header.pop("__metadata__", None)
-        out.update({name: info["dtype"] for name, info in header.items()})
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -5,25 +5,12 @@ Dtypes are read from the safetensors headers themselves."""
 
 from __future__ import annotations
 
-import json
-import struct
-from pathlib import Path
 
 import pytest
 
+from teeny_core.testing import header_dtypes
+
 pytest.importorskip("gguf")
-
-
-def header_dtypes(directory: Path) -> dict[str, str]:
-    """Tensor name -> safetensors dtype code of every shard in ``directory``."""
-    out = {}
-    for file in sorted(directory.glob("*.safetensors")):
-        with open(file, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(size))
-        header.pop("__metadata__", None)
-        out.update({name: info["dtype"] for name, info in header.items()})
-    return out
 
 
 @pytest.fixture(scope="module")
