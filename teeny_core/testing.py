@@ -214,6 +214,25 @@ def header_dtypes(directory) -> dict[str, str]:
     return out
 
 
+def answering_model(answers: dict[str, str]):
+    """A :class:`~teeny_core.types.LoadedModel` whose completion of each prompt is ``answers[prompt]``: an
+    evaluator's grading path tested without a model (it has no chat template and cannot score)."""
+    from teeny_core.types import Generation, LoadedModel
+
+    class Answering(LoadedModel):
+        @property
+        def tokenizer(self):
+            return type("Tok", (), {"chat_template": None})()
+
+        def generate(self, prompts, **kwargs):
+            return [Generation(text=answers[p], tokens=5, finish_reason="stop") for p in prompts]
+
+        def logprobs(self, token_ids):
+            raise NotImplementedError
+
+    return Answering()
+
+
 # --- fixtures -----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")

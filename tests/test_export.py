@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from teeny_core.store import MemoryContext
-from teeny_core.types import Generation, LoadedModel
+from teeny_core.testing import answering_model
 
 ADD = {"task_id": "HumanEval/0", "entry_point": "add", "atol": 0,
        "prompt": 'def add(a: int, b: int) -> int:\n    """Return a + b."""\n',
@@ -41,21 +41,6 @@ ANSWERS = {
 }
 
 
-class _Model(LoadedModel):
-    def __init__(self, answers):
-        self.answers = answers
-
-    @property
-    def tokenizer(self):
-        return type("Tok", (), {"chat_template": None})()
-
-    def generate(self, prompts, **kwargs):
-        return [Generation(text=self.answers[p], tokens=5, finish_reason="stop") for p in prompts]
-
-    def logprobs(self, token_ids):
-        raise NotImplementedError
-
-
 @pytest.fixture(scope="module")
 def graded_run(tmp_path_factory):
     """runs/exp/ with two variants whose humaneval-plus records teeny-bench generated and graded (sandboxed)."""
@@ -70,7 +55,7 @@ def graded_run(tmp_path_factory):
         evaluator = HumanEvalPlus()
         options = HumanEvalPlus.Options.from_mapping({"path": str(plus)}, where="humaneval-plus")
         ctx = MemoryContext(cache_dir=root / "cache")
-        evaluator.evaluate(_Model(answers), options, ctx)
+        evaluator.evaluate(answering_model(answers), options, ctx)
         metrics = evaluator.summarize(ctx.records, options)
         (run_dir / name).mkdir(parents=True)
         (run_dir / name / "samples.jsonl").write_text(

@@ -12,7 +12,7 @@ import pytest
 
 from teeny_core.errors import TeenyError
 from teeny_core.store import MemoryContext
-from teeny_core.types import Generation, LoadedModel
+from teeny_core.testing import answering_model
 from teeny_bench import errors
 from teeny_bench.humaneval import CACHE_FORMAT, HumanEvalPlus, PlusGrader, file_id, load_plus_problems
 
@@ -120,28 +120,13 @@ def test_missing_file_says_where_to_download(tmp_path):
         load_plus_problems(bad)
 
 
-class _Model(LoadedModel):
-    def __init__(self, answers):
-        self.answers = answers
-
-    @property
-    def tokenizer(self):
-        return type("Tok", (), {"chat_template": None})()
-
-    def generate(self, prompts, **kwargs):
-        return [Generation(text=self.answers[p], tokens=5, finish_reason="stop") for p in prompts]
-
-    def logprobs(self, token_ids):
-        raise NotImplementedError
-
-
 def test_evaluator_end_to_end(plus_file, tmp_path):
     answers = {ADD["prompt"]: "    return a + b if abs(a) < 1000 else 0\n", MEAN["prompt"]: MEAN["canonical_solution"],
                FIND_ZERO["prompt"]: "    return 0.0\n"}
     ev = HumanEvalPlus()
     opts = HumanEvalPlus.Options.from_mapping({"path": str(plus_file)}, where="humaneval-plus")
     ctx = MemoryContext(cache_dir=tmp_path)
-    ev.evaluate(_Model(answers), opts, ctx)
+    ev.evaluate(answering_model(answers), opts, ctx)
     by_task = {r["task_id"]: r for r in ctx.records}
     assert by_task["Plus/0"]["passed_base"] and not by_task["Plus/0"]["passed"]
     assert by_task["Plus/1"]["passed"]
