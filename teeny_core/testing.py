@@ -216,15 +216,20 @@ def header_dtypes(directory) -> dict[str, str]:
 
 def answering_model(answers: dict[str, str]):
     """A :class:`~teeny_core.types.LoadedModel` whose completion of each prompt is ``answers[prompt]``: an
-    evaluator's grading path tested without a model (it has no chat template and cannot score)."""
+    evaluator's grading path tested without a model (it has no chat template and cannot score). Its ``calls``
+    list holds each ``generate()`` call's prompts and keyword arguments (``seed``, ``stop`` ...)."""
     from teeny_core.types import Generation, LoadedModel
 
     class Answering(LoadedModel):
+        def __init__(self) -> None:
+            self.calls: list[tuple[list[str], dict[str, Any]]] = []
+
         @property
         def tokenizer(self):
             return type("Tok", (), {"chat_template": None})()
 
         def generate(self, prompts, **kwargs):
+            self.calls.append((list(prompts), kwargs))
             return [Generation(text=answers[p], tokens=5, finish_reason="stop") for p in prompts]
 
         def logprobs(self, token_ids):

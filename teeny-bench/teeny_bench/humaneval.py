@@ -29,15 +29,13 @@ import json
 import math
 import re
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable
 
-from teeny_core.errors import TeenyError
-from teeny_core.options import Options, option
-from teeny_core.types import EvalContext, Evaluator, Generation, LoadedModel, Metric
+from teeny_core import EvalContext, Evaluator, LoadedModel, Metric, Options, TeenyError, option
 
 from teeny_bench import _channel, errors, generation, records
+from teeny_bench.loop import CodeTask, generate_and_grade
 
 PASS_AT_K = (1, 10, 100)
 LEETCODE_STUB = re.compile(r"^class Solution\b", re.M)
@@ -520,56 +518,10 @@ class HumanEval(Evaluator):
         limits = [x for x in (options.limit, ctx.limit) if x]
         if limits:
             problems = problems[:min(limits)]
-        done = ctx.done()
-        todo = [(p, s) for s in range(options.n) for p in problems if f"{p.task_id}/{s}" not in done]
-        if not todo:
-            return
-        style = generation.resolve_style(options.prompt_style, model.tokenizer, self.name)
-        grade = self.grader(problems, options, ctx)
-        pending: tuple[Future, list] | None = None
-        with ctx.progress(len(todo), self.name) as bar, ThreadPoolExecutor(max_workers=1) as grading:
-            for batch in _batches(todo, options.batch_size):
-                sample = batch[0][1]
-                prompts = [self._prompt(p, style, model) for p, _ in batch]
-                gens = model.generate(prompts, max_new_tokens=options.max_new_tokens,
-                                      temperature=options.temperature, top_p=options.top_p,
-                                      stop=list(generation.STOP_STRINGS) if style == "completion" else None,
-                                      seed=ctx.seed * 100_003 + sample)
-                rows = [self._row(p, s, prompt, gen, style) for (p, s), prompt, gen in zip(batch, prompts, gens)]
-                future = grading.submit(grade, [(row["problem"], row["completion"]) for row in rows])
-                if pending is not None:  # grade the previous batch while this one was generating
-                    bar.advance(self._write(ctx, *pending))
-                pending = (future, rows)
-            if pending is not None:
-                bar.advance(self._write(ctx, *pending))
-
-    @staticmethod
-    def _prompt(problem: Problem, style: str, model: LoadedModel) -> str:
-        return generation.chat_prompt(model.tokenizer, problem.prompt) if style == "chat" else problem.prompt
-
-    @staticmethod
-    def _row(problem: Problem, sample: int, prompt: str, gen: Generation, style: str) -> dict[str, Any]:
-        if style == "chat":
-            completion = generation.chat_completion(gen.text, problem.entry_point)
-        else:
-            completion = generation.truncate_at_stop(gen.text)
-        return {"problem": problem, "sample": sample, "prompt": prompt, "raw": gen.text, "completion": completion,
-                "gen": gen}
-
-    def _write(self, ctx: EvalContext, future: Future, rows: list[dict[str, Any]]) -> int:
-        for row, outcome in zip(rows, future.result()):
-            gen: Generation = row["gen"]
-            problem: Problem = row["problem"]
-            category = errors.refine_for_generation(outcome["category"], row["completion"], gen.finish_reason)
-            record = {
-                "key": f"{problem.task_id}/{row['sample']}", "task_id": problem.task_id, "sample": row["sample"],
-                "prompt": row["prompt"], "completion": row["completion"], **outcome, "category": category,
-                "gen_tokens": gen.tokens, "gen_seconds": round(gen.seconds, 4), "finish_reason": gen.finish_reason,
-            }
-            if row["raw"] != row["completion"]:
-                record["raw"] = row["raw"]
-            ctx.write(record)
-        return len(rows)
+        task = CodeTask(name=self.name, problem_id=lambda p: p.task_id, prompt=_prompt,
+                        stop=lambda p: generation.STOP_STRINGS, program=_program,
+                        grade=self.grader(problems, options, ctx), fields=lambda p: {"task_id": p.task_id})
+        generate_and_grade(task, model, options, options.prompt_style, ctx, problems)
 
     def summarize(self, records: list[dict[str, Any]], options: Options) -> dict[str, Any]:
         return summarize_records(records, extra_rates=self.extra_rates)
@@ -601,6 +553,17 @@ def _no_plus_preamble(preamble: str | None) -> None:
                          "EvalPlus's problems run as EvalPlus runs them")
 
 
+def _prompt(problem: Problem, style: str, tokenizer: Any) -> str:
+    return generation.chat_prompt(tokenizer, problem.prompt) if style == "chat" else problem.prompt
+
+
+def _program(problem: Problem, text: str, style: str) -> str:
+    """The completion graded: a chat answer's function, or the text up to the first stop string."""
+    if style == "chat":
+        return generation.chat_completion(text, problem.entry_point)
+    return generation.truncate_at_stop(text)
+
+
 def load_plus_problems(path: str | Path) -> list[Problem]:
     """HumanEval+ problems; a missing file is a one-line error saying where to get it."""
     path = Path(path).expanduser()
@@ -608,18 +571,6 @@ def load_plus_problems(path: str | Path) -> list[Problem]:
         raise TeenyError(f"humaneval-plus: {str(path)!r} not found; download HumanEvalPlus.jsonl.gz from "
                          f"{PLUS_RELEASE_URL} and pass -o path=/path/to/HumanEvalPlus.jsonl.gz")
     return load_problems(path, plus=True)
-
-
-def _batches(items: list, size: int) -> Iterable[list]:
-    """Consecutive batches of ``size`` that never mix sample indices (one seed per generate call)."""
-    batch: list = []
-    for item in items:
-        if batch and (len(batch) == size or item[1] != batch[0][1]):
-            yield batch
-            batch = []
-        batch.append(item)
-    if batch:
-        yield batch
 
 
 def summarize_records(records: list[dict[str, Any]], extra_rates: tuple[str, ...] = ()) -> dict[str, Any]:

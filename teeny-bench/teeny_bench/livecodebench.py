@@ -28,15 +28,13 @@ import re
 import sys
 import time
 import zlib
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable
 
-from teeny_core.errors import TeenyError
-from teeny_core.options import Options, option
-from teeny_core.types import EvalContext, Evaluator, LoadedModel, Metric
+from teeny_core import EvalContext, Evaluator, LoadedModel, Metric, Options, TeenyError, option
 
 from teeny_bench import errors, generation, records
+from teeny_bench.loop import CodeTask, generate_and_grade
 
 HUB_REPO = "livecodebench/code_generation_lite"
 RELEASE_FILES = ["test.jsonl", "test2.jsonl", "test3.jsonl", "test4.jsonl", "test5.jsonl", "test6.jsonl"]
@@ -515,6 +513,23 @@ def grade_programs(problems: list[LcbProblem], codes: list[str], options: LcbOpt
     return out
 
 
+def grade_answers(items: list[tuple[LcbProblem, str]], options: LcbOptions) -> list[dict[str, Any]]:
+    """The outcome of each ``(problem, code)`` answer for its record: graded in the sandbox, or ``empty`` when
+    the answer held no code."""
+    codes = [(p, c) for p, c in items if c.strip()]
+    verdicts = iter(grade_programs([p for p, _ in codes], [c for _, c in codes], options))
+    out = []
+    for problem, code in items:
+        verdict = next(verdicts) if code.strip() else {
+            "verdict": "empty", "tests_run": 0, "tests_passed": 0, "seconds": 0.0,
+            "detail": "no fenced code block in the answer"}
+        out.append({"passed": verdict["verdict"] == "passed", "verdict": verdict["verdict"],
+                     "category": categorize(verdict, code, None), "detail": verdict.get("detail", ""),
+                     "tests_total": len(problem.tests), "tests_run": verdict.get("tests_run", 0),
+                     "tests_passed": verdict.get("tests_passed", 0), "seconds": verdict.get("seconds")})
+    return out
+
+
 class LiveCodeBenchEvaluator(Evaluator):
     """LiveCodeBench code generation (stdin and LeetCode-style problems), pass@1 and pass@5, sandboxed."""
 
@@ -534,60 +549,12 @@ class LiveCodeBenchEvaluator(Evaluator):
     def evaluate(self, model: LoadedModel, options: Options, ctx: EvalContext) -> None:
         assert isinstance(options, LcbOptions)
         options.check_sampling(self.name)
-        problems = self.problems(options, ctx.limit)
-        done = ctx.done()
-        todo = [(p, s) for s in range(options.n) for p in problems if f"{p.question_id}/{s}" not in done]
-        if not todo:
-            return
-        style = generation.resolve_style(options.prompt_style, model.tokenizer, self.name)
-        stop = BASE_STOP if style == "completion" else None
-        with ctx.progress(len(todo), self.name) as bar, ThreadPoolExecutor(max_workers=1) as grading:
-            pending: tuple[Future, list[tuple]] | None = None  # grade one batch while generating the next
-            for start in range(0, len(todo), options.batch_size):
-                rows = self._generate(model, todo[start:start + options.batch_size], style, stop, options, ctx.seed)
-                graded = [row for row in rows if row[4].strip()]
-                future = grading.submit(grade_programs, [row[0] for row in graded], [row[4] for row in graded],
-                                        options)
-                if pending is not None:
-                    bar.advance(self._write_graded(ctx, *pending))
-                pending = (future, rows)
-            if pending is not None:
-                bar.advance(self._write_graded(ctx, *pending))
-
-    @staticmethod
-    def _generate(model: LoadedModel, batch: list[tuple[LcbProblem, int]], style: str, stop: list[str] | None,
-                  options: LcbOptions, seed: int) -> list[tuple]:
-        """``(problem, sample, prompt, generation, code)`` for each item of the batch."""
-        prompts = [build_prompt(p, style, model.tokenizer) for p, _ in batch]
-        generations: list[Any] = [None] * len(batch)
-        by_sample: dict[int, list[int]] = {}
-        for i, (_, s) in enumerate(batch):
-            by_sample.setdefault(s, []).append(i)
-        for s, idx in by_sample.items():
-            outs = model.generate([prompts[i] for i in idx], max_new_tokens=options.max_new_tokens,
-                                  temperature=options.temperature, top_p=options.top_p, stop=stop,
-                                  seed=seed * 100_003 + s)
-            for i, g in zip(idx, outs):
-                generations[i] = g
-        return [(p, s, prompt, g, extract_code(g.text)) for (p, s), prompt, g in zip(batch, prompts, generations)]
-
-    @staticmethod
-    def _write_graded(ctx: EvalContext, future: Future, rows: list[tuple]) -> int:
-        verdicts = iter(future.result())
-        for problem, s, prompt, gen, code in rows:
-            verdict = next(verdicts) if code.strip() else {
-                "verdict": "empty", "tests_run": 0, "tests_passed": 0, "seconds": 0.0,
-                "detail": "no fenced code block in the answer"}
-            ctx.write({
-                "key": f"{problem.question_id}/{s}", "task_id": problem.question_id, "title": problem.title,
-                "platform": problem.platform, "contest_date": problem.contest_date, "difficulty": problem.difficulty,
-                "mode": problem.mode, "sample": s, "prompt": prompt, "completion": code, "raw": gen.text,
-                "passed": verdict["verdict"] == "passed", "verdict": verdict["verdict"],
-                "category": categorize(verdict, code, gen.finish_reason), "detail": verdict.get("detail", ""),
-                "tests_total": len(problem.tests), "tests_run": verdict.get("tests_run", 0),
-                "tests_passed": verdict.get("tests_passed", 0), "seconds": verdict.get("seconds"),
-                "gen_tokens": gen.tokens, "gen_seconds": round(gen.seconds, 4), "finish_reason": gen.finish_reason})
-        return len(rows)
+        task = CodeTask(
+            name=self.name, problem_id=lambda p: p.question_id, prompt=build_prompt, stop=lambda p: BASE_STOP,
+            program=lambda p, text, style: extract_code(text), grade=lambda items: grade_answers(items, options),
+            fields=lambda p: {"task_id": p.question_id, "title": p.title, "platform": p.platform,
+                              "contest_date": p.contest_date, "difficulty": p.difficulty, "mode": p.mode})
+        generate_and_grade(task, model, options, options.prompt_style, ctx, self.problems(options, ctx.limit))
 
     def summarize(self, records: list[dict[str, Any]], options: Options) -> dict[str, Any]:
         """pass@1 and pass@5 (unbiased, where n allows), per-difficulty pass@1, error categories."""

@@ -23,15 +23,13 @@ import dataclasses
 import json
 import re
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from teeny_core.errors import TeenyError
-from teeny_core.options import Options, option
-from teeny_core.types import EvalContext, Evaluator, LoadedModel, Metric
+from teeny_core import EvalContext, Evaluator, LoadedModel, Metric, Options, TeenyError, option
 
 from teeny_bench import errors, generation, records, toolchains
+from teeny_bench.loop import CodeTask, generate_and_grade
 from teeny_bench.toolchains import LANGUAGES, Toolchain
 
 FILE_NAMES = {"python": ["humaneval-python.jsonl", "humaneval-py.jsonl", "humaneval-py-reworded.jsonl"],
@@ -665,6 +663,19 @@ def classify(toolchain: Toolchain, result: Any, report: dict[str, Any] | None) -
     return False, errors.WRONG_ANSWER, detail
 
 
+def _not_installed(chain: Toolchain) -> dict[str, Any]:
+    """The outcome of a program this machine has no toolchain for (it counts nowhere)."""
+    return {"passed": False, "category": SKIPPED, "seconds": 0.0,
+            "detail": f"{chain.name} toolchain not installed (missing: {', '.join(chain.missing)})"}
+
+
+def _prompt(problem: MulProblem, style: str, tokenizer: Any) -> str:
+    if style == "completion":
+        return problem.prompt
+    return tokenizer.apply_chat_template([{"role": "user", "content": chat_message(problem)}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
 def run_programs(items: list[tuple[MulProblem, str]], timeout: float = 10.0, *, path: str | None = None,
                  workers: int | None = None) -> list[dict[str, Any]]:
     """Grade ``(problem, completion)`` pairs in parallel sandboxes: passed, category, detail, seconds.
@@ -707,8 +718,7 @@ def run_programs(items: list[tuple[MulProblem, str]], timeout: float = 10.0, *, 
     for i, (problem, _) in enumerate(items):
         chain = chains[problem.language]
         if i not in results:
-            out.append({"passed": False, "category": SKIPPED, "seconds": 0.0,
-                        "detail": f"{chain.name} toolchain not installed (missing: {', '.join(chain.missing)})"})
+            out.append(_not_installed(chain))
             continue
         result, report = results[i]
         if i in recorded:
@@ -733,81 +743,16 @@ class HumanEvalMulEvaluator(Evaluator):
         options.check_sampling(self.name)
         limits = [c for c in (ctx.limit, options.limit) if c]
         by_lang = load_problems(options.path, options.languages, min(limits) if limits else None)
-        done = ctx.done()
-        todo = [(p, s) for s in range(options.n) for problems in by_lang.values() for p in problems
-                if f"{p.key_id}/{s}" not in done]
-        if not todo:
-            return
         chains = {lang: toolchains.detect(lang) for lang in by_lang}
-        with ctx.progress(len(todo), self.name) as bar:
-            for problem, s in [(p, s) for p, s in todo if not chains[p.language].available]:
-                chain = chains[problem.language]  # nothing to generate: this machine cannot grade the language
-                self._write(ctx, problem, s, "", "", None, {
-                    "passed": False, "category": SKIPPED, "seconds": 0.0,
-                    "detail": f"{chain.name} toolchain not installed (missing: {', '.join(chain.missing)})"})
-                bar.advance(1)
-            runnable = [(p, s) for p, s in todo if chains[p.language].available]
-            if not runnable:
-                return
-            style = generation.resolve_style(options.prompt_style, model.tokenizer, self.name)
-            with ThreadPoolExecutor(max_workers=1) as grading:  # grade one batch while generating the next
-                pending: tuple[Future, list[tuple]] | None = None
-                for start in range(0, len(runnable), options.batch_size):
-                    batch = runnable[start:start + options.batch_size]
-                    rows = self._generate(model, batch, style, options, ctx.seed)
-                    future = grading.submit(run_programs, [(row[0], row[4]) for row in rows], options.timeout,
-                                            workers=options.workers or None)
-                    if pending is not None:
-                        bar.advance(self._write_graded(ctx, *pending))
-                    pending = (future, rows)
-                if pending is not None:
-                    bar.advance(self._write_graded(ctx, *pending))
-
-    def _generate(self, model: LoadedModel, batch: list[tuple[MulProblem, int]], style: str, options: MulOptions,
-                  seed: int) -> list[tuple]:
-        """``(problem, sample, prompt, generation, completion)`` for each item of the batch."""
-        prompts = [self._prompt(p, style, model) for p, _ in batch]
-        generations: list[Any] = [None] * len(batch)
-        groups: dict[tuple[int, tuple[str, ...]], list[int]] = {}  # one generate() per seed and stop set
-        for i, (p, s) in enumerate(batch):
-            groups.setdefault((s, tuple(p.stop_tokens) if style == "completion" else ()), []).append(i)
-        for (s, stop), idx in groups.items():
-            outs = model.generate([prompts[i] for i in idx], max_new_tokens=options.max_new_tokens,
-                                  temperature=options.temperature, top_p=options.top_p, stop=list(stop) or None,
-                                  seed=seed * 100_003 + s)
-            for i, g in zip(idx, outs):
-                generations[i] = g
-        completions = [generation.truncate_at_stop(g.text, p.stop_tokens) if style == "completion"
-                       else completion_from_chat(p, g.text) for (p, _), g in zip(batch, generations)]
-        return [(p, s, prompt, g, c) for (p, s), prompt, g, c in zip(batch, prompts, generations, completions)]
-
-    def _write_graded(self, ctx: EvalContext, future: Future, rows: list[tuple]) -> int:
-        for (problem, sample, prompt, gen, completion), outcome in zip(rows, future.result()):
-            self._write(ctx, problem, sample, prompt, completion, gen, outcome)
-        return len(rows)
-
-    @staticmethod
-    def _prompt(problem: MulProblem, style: str, model: LoadedModel) -> str:
-        if style == "completion":
-            return problem.prompt
-        return model.tokenizer.apply_chat_template([{"role": "user", "content": chat_message(problem)}],
-                                                   tokenize=False, add_generation_prompt=True)
-
-    @staticmethod
-    def _write(ctx: EvalContext, problem: MulProblem, sample: int, prompt: str, completion: str, gen: Any,
-               outcome: dict[str, Any]) -> None:
-        category = outcome["category"]
-        if gen is not None:
-            category = errors.refine_for_generation(category, completion, gen.finish_reason)
-        record = {"key": f"{problem.key_id}/{sample}", "task_id": problem.task_id, "language": problem.language,
-                  "problem": problem.problem, "sample": sample, "prompt": prompt, "completion": completion,
-                  "passed": outcome["passed"], "category": category, "detail": outcome["detail"],
-                  "seconds": outcome["seconds"]}
-        if gen is not None:
-            record.update(gen_tokens=gen.tokens, gen_seconds=round(gen.seconds, 4), finish_reason=gen.finish_reason)
-            if gen.text != completion:
-                record["raw"] = gen.text
-        ctx.write(record)
+        task = CodeTask(
+            name=self.name, problem_id=lambda p: p.key_id, prompt=_prompt, stop=lambda p: p.stop_tokens,
+            program=lambda p, text, style: (generation.truncate_at_stop(text, p.stop_tokens) if style == "completion"
+                                            else completion_from_chat(p, text)),
+            grade=lambda items: run_programs(items, options.timeout, workers=options.workers or None),
+            fields=lambda p: {"task_id": p.task_id, "language": p.language, "problem": p.problem},
+            unavailable=lambda p: None if chains[p.language].available else _not_installed(chains[p.language]))
+        generate_and_grade(task, model, options, options.prompt_style, ctx,
+                           [p for problems in by_lang.values() for p in problems])
 
     def summarize(self, records: list[dict[str, Any]], options: Options) -> dict[str, Any]:
         """Per language: pass@k, problems, error counts (``<metric>/<language>``); overall: the mean pass@k over
