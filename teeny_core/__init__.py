@@ -44,6 +44,14 @@ _PUBLIC = {
     "Outcome": "teeny_core.executor",
     "ReportSection": "teeny_core.report",
     "Block": "teeny_core.report",
+    "Emit": "teeny_core.executor",
+    "run_variant_task": "teeny_core.executor",
+    "describe_exit": "teeny_core.executor",
+    # helpers quantizer plugins share
+    "skipped": "teeny_core.quant",
+    "stored_dtype": "teeny_core.walker",
+    "safetensors_files": "teeny_core.formats.gptq",
+    "write_checkpoint_config": "teeny_core.formats.checkpoint",
 }
 
 __all__ = ["hookimpl", "__version__", *_PUBLIC]

@@ -9,10 +9,16 @@ split the input dimension (granularity "group"), or are one per row ("channel") 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+import fnmatch
+from typing import Any, Iterable, Literal
 
 Granularity = Literal["tensor", "channel", "group"]
 Scheme = Literal["sym", "asym"]
+
+
+def skipped(name: str, patterns: Iterable[str]) -> bool:
+    """Whether a module's qualified name matches one of the skip glob patterns (or equals one)."""
+    return any(fnmatch.fnmatchcase(name, p) or name == p for p in patterns)
 
 
 def qparams(w, bits: int, scheme: Scheme = "asym", *, clip: float = 1.0):

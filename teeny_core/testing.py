@@ -31,8 +31,9 @@ _CHAT_TEMPLATE = (
 )
 
 
-def _corpus() -> list[str]:
-    """Deterministic training text for the tiny tokenizer: a few standard-library modules."""
+def tiny_corpus() -> list[str]:
+    """Deterministic text the tiny tokenizer is trained on (a few standard-library modules): calibration
+    text that tokenizes well with it."""
     import inspect
     import json as json_mod
     import textwrap
@@ -43,7 +44,7 @@ def _corpus() -> list[str]:
 
 
 def build_tokenizer(vocab_size: int = 512):
-    """A byte-level BPE tokenizer (GPT-2 style) trained on :func:`_corpus`; deterministic."""
+    """A byte-level BPE tokenizer (GPT-2 style) trained on :func:`tiny_corpus`; deterministic."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -52,7 +53,7 @@ def build_tokenizer(vocab_size: int = 512):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[_SPECIAL], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_corpus(), trainer)
+    tok.train_from_iterator(tiny_corpus(), trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=_SPECIAL, eos_token=_SPECIAL,
                                    pad_token=_SPECIAL, unk_token=None)
     fast.chat_template = _CHAT_TEMPLATE

@@ -182,8 +182,8 @@ class Quantizer(Component):
     @abstractmethod
     def quantize(self, source: ModelSource, calibration: CalibrationSet | None, options: Options,
                  out_dir: Path) -> Artifact:
-        """Write the quantized model into ``out_dir`` (an empty directory) and return its :class:`Artifact`; the
-        caller adds its own facts to ``meta`` and writes the manifest (:meth:`Artifact.save`)."""
+        """Write the quantized model and its manifest (:meth:`Artifact.save`) into ``out_dir`` (an empty
+        directory) and return the :class:`Artifact`."""
 
     def describe(self, options: Options) -> dict[str, Any]:
         """Short facts for reports (e.g. ``{"bits": 4, "group_size": 128}``); default: the options."""

@@ -1,5 +1,6 @@
-"""docs/hooks.md stays true: every hookspec with its signature, every abstract method of every component
-interface with its signature, the interfaces' class attributes, and no hook that does not exist."""
+"""docs/hooks.md stays true: every hookspec with its signature, every abstract method of every public
+interface (each abstract class in ``teeny_core.__all__``) with its signature, the interfaces' class attributes,
+every public name, and no hook that does not exist."""
 
 import inspect
 import re
@@ -7,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from teeny_core import hookspecs, types
+import teeny_core
+from teeny_core import hookspecs
 from teeny_core.plugins import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, KINDS
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "hooks.md"
@@ -27,9 +29,9 @@ def hookspec_functions() -> dict:
 
 
 def interfaces() -> dict:
-    """Every abstract class of teeny_core.types (the interfaces plugins implement or receive)."""
-    return {name: cls for name, cls in inspect.getmembers(types, inspect.isclass)
-            if cls.__module__ == types.__name__ and inspect.isabstract(cls)}
+    """Every abstract class of the public API (the interfaces plugins implement or receive)."""
+    return {name: getattr(teeny_core, name) for name in teeny_core.__all__
+            if inspect.isclass(getattr(teeny_core, name)) and inspect.isabstract(getattr(teeny_core, name))}
 
 
 def render(name: str, func) -> str:
@@ -78,7 +80,7 @@ def test_doc_names_no_hook_that_does_not_exist():
 
 def test_the_interfaces_are_found():
     assert {"Quantizer", "Calibrator", "Evaluator", "HardwareProfiler", "Runtime", "Analyzer", "LoadedModel",
-            "EvalContext"} <= set(interfaces())
+            "EvalContext", "Executor"} <= set(interfaces())
 
 
 @pytest.mark.parametrize("cls_name,cls,member", list(abstract_members()),
@@ -99,10 +101,15 @@ def test_every_abstract_method_is_documented_with_its_signature(cls_name, cls, m
 
 @pytest.mark.parametrize("cls_name", sorted(interfaces()) + ["Component"])
 def test_interface_class_attributes_are_documented(cls_name):
-    cls = getattr(types, cls_name)
+    cls = getattr(teeny_core, cls_name)
     text = doc_text()
     for attr in vars(cls).get("__annotations__", {}):
         assert re.search(rf"\b{attr}\b", text), f"{cls_name}.{attr} is not documented"
+
+
+@pytest.mark.parametrize("name", sorted(set(teeny_core.__all__) - {"__version__"}))
+def test_every_public_name_is_documented(name):
+    assert re.search(rf"`{name}\b", doc_text()), f"docs/hooks.md does not name the public `{name}`"
 
 
 def test_hook_table_pairs_each_hook_with_its_interface():

@@ -13,11 +13,10 @@ torch is imported inside the functions, so importing this module is light.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import logging
 from typing import Any, Callable
 
-from teeny_core.errors import TeenyError
+from teeny_core import TeenyError, skipped
 
 log = logging.getLogger("teeny.awq")
 
@@ -66,10 +65,6 @@ class _Group:
     name: str
     linears: list[tuple[str, Any]]
     inspect: Callable[[int, Any], Any]  # (chunk index, input) -> output of the scored block
-
-
-def is_skipped(name: str, patterns) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) or name == p for p in patterns)
 
 
 # --- quantization on the checkpoint's grid ---------------------------------------------------------
@@ -137,7 +132,7 @@ def search_scales(group: _Group, feats: list, settings: AwqSettings, kv_heads: t
     """
     import torch
 
-    to_quantize = [(n, m) for n, m in group.linears if not is_skipped(n, settings.skip)]
+    to_quantize = [(n, m) for n, m in group.linears if not skipped(n, settings.skip)]
     x_mean = torch.stack([f.abs().reshape(-1, f.shape[-1]).float().mean(0) for f in feats]).mean(0)
     w_mean = _weight_mean([m.weight.float() for _, m in group.linears], settings.group_size)
     if kv_heads is not None:  # average over the heads that share a value head, then repeat back
@@ -267,7 +262,7 @@ def _solve_layer(work, settings: AwqSettings, quantize: bool, solved, on_linear)
     losses = []
     for group in spec.groups:
         names = [f"{prefix}.{n}" for n in group.linears]
-        if all(is_skipped(n, settings.skip) for n in names):
+        if all(skipped(n, settings.skip) for n in names):
             continue
         feed = group.linears[0]
         linears = [(full, layer.get_submodule(n)) for full, n in zip(names, group.linears)]
@@ -307,7 +302,7 @@ def _solve_layer(work, settings: AwqSettings, quantize: bool, solved, on_linear)
             x = _clip_tokens(feats[group.linears[0]])
             for name in group.linears:
                 full = f"{prefix}.{name}"
-                if is_skipped(full, settings.skip):
+                if skipped(full, settings.skip):
                     continue
                 m = layer.get_submodule(name)
                 w = m.weight.float()

@@ -6,10 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
-from teeny_awq.algorithm import is_skipped
-from teeny_core.errors import TeenyError
-from teeny_core.options import Options, option
-from teeny_core.types import Artifact, CalibrationSet, ModelSource, Quantizer
+from teeny_core import Artifact, CalibrationSet, ModelSource, Options, Quantizer, TeenyError, option
 
 
 @dataclasses.dataclass
@@ -46,7 +43,8 @@ class AwqQuantizer(Quantizer):
         from teeny_awq.algorithm import AwqSettings, awq_solver, quantize_grouped
         from teeny_awq.export import hf_awq_tensors, packed_bytes, packed_linear_bytes, quantization_config
         from teeny_core.modeling import resolve_device, torch_dtype
-        from teeny_core.walker import ShardWriter, copy_side_files, safetensors_dir, stored_dtype, walk
+        from teeny_core import skipped, stored_dtype
+        from teeny_core.walker import ShardWriter, copy_side_files, safetensors_dir, walk
 
         assert isinstance(options, AwqOptions)
         if options.format == "hf-awq" and options.bits != 4:
@@ -63,7 +61,7 @@ class AwqQuantizer(Quantizer):
                                clip=options.clip, skip=tuple(options.skip), batch_size=options.batch_size)
         path = safetensors_dir(source)
         shapes, others = linear_shapes(path)
-        targets = {n: shape for n, shape in shapes.items() if not is_skipped(n, settings.skip)}
+        targets = {n: shape for n, shape in shapes.items() if not skipped(n, settings.skip)}
         _check_shapes(targets, settings, packed=options.format == "hf-awq")
         store_dtype = stored_dtype(path)
         store = torch_dtype(store_dtype)

@@ -5,10 +5,9 @@ import json
 import pytest
 import torch
 
-from teeny_core.errors import TeenyError
+from teeny_core import Artifact, CalibrationSet, ModelSource, TeenyError
 from teeny_core.formats.awq import dequantized_state_dict
 from teeny_core.testing import QuantizerContract
-from teeny_core.types import Artifact, CalibrationSet, ModelSource
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -21,9 +20,9 @@ def awq_checkpoint_one_thread():
 
 @pytest.fixture(scope="module")
 def awq_calibration(tiny_tokenizer):
-    from teeny_core.testing import _corpus
+    from teeny_core.testing import tiny_corpus
 
-    ids = tiny_tokenizer.encode("".join(_corpus()))[: 8 * 64]
+    ids = tiny_tokenizer.encode("".join(tiny_corpus()))[: 8 * 64]
     return CalibrationSet(name="corpus", samples=[ids[i:i + 64] for i in range(0, len(ids), 64)])
 
 
@@ -93,7 +92,7 @@ def test_hf_awq_and_fake_quant_hf_load_to_the_same_model(teeny_plugins, tiny_mod
 
 
 def test_option_errors_are_one_line(teeny_plugins, tiny_model, awq_calibration, tmp_path):
-    from teeny_core.options import OptionsError
+    from teeny_core import OptionsError
 
     cls = teeny_plugins.get("quantizer", "awq")
     with pytest.raises(OptionsError, match=r"bits=9 is out of range; expected int in 2..8"):

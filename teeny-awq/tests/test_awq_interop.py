@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from teeny_core.types import CalibrationSet, ModelSource
+from teeny_core import CalibrationSet, ModelSource
 
 IDS = [[5, 17, 80, 3, 44, 250, 9, 31, 120, 7, 66, 2, 300, 41, 18, 95]]
 
@@ -28,11 +28,11 @@ def awq_python() -> str | None:
 @pytest.fixture(scope="module")
 def awq_interop_checkpoint(tiny_model, tiny_tokenizer, teeny_plugins, tmp_path_factory):
     """A 4-bit g32 hf-awq checkpoint of the tiny Qwen2 model (biases, tied embeddings) and our logits for IDS."""
-    from teeny_core.testing import _corpus
+    from teeny_core.testing import tiny_corpus
 
     if awq_python() is None and importlib.util.find_spec("gptqmodel") is None:
         pytest.skip("neither autoawq (or TEENY_AWQ_REFERENCE_PYTHON) nor gptqmodel is available")
-    ids = tiny_tokenizer.encode("".join(_corpus()))[: 4 * 64]
+    ids = tiny_tokenizer.encode("".join(tiny_corpus()))[: 4 * 64]
     calibration = CalibrationSet(name="corpus", samples=[ids[i:i + 64] for i in range(0, len(ids), 64)])
     cls = teeny_plugins.get("quantizer", "awq")
     out = tmp_path_factory.mktemp("awq-interop")

@@ -25,9 +25,9 @@ def awq_method_one_thread():
 @pytest.fixture(scope="module")
 def awq_windows(tiny_tokenizer):
     """Windows of 128 tokens of the tokenizer's own corpus: even ones calibrate, odd ones are held out."""
-    from teeny_core.testing import _corpus
+    from teeny_core.testing import tiny_corpus
 
-    ids = tiny_tokenizer.encode("".join(_corpus()))[: 32 * 128]
+    ids = tiny_tokenizer.encode("".join(tiny_corpus()))[: 32 * 128]
     windows = torch.tensor(ids).reshape(32, 128)
     return windows[0::2][:8], windows[1::2][:8]
 

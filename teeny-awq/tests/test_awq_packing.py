@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from teeny_core.errors import TeenyError
+from teeny_core import TeenyError
 from teeny_core.formats import awq as fmt
 
 

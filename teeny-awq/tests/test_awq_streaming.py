@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from teeny_awq.algorithm import AwqSettings, _clip_tokens, _Group, quantize_grouped, search_clip, search_scales
-from teeny_core.types import CalibrationSet, ModelSource
+from teeny_core import CalibrationSet, ModelSource
 
 
 class _Stop(Exception):

@@ -111,8 +111,7 @@ def bench() -> None:
 def check(name: str, path: str | None, limit: int | None, timeout: float | None, workers: int | None,
           verbose: bool, options: tuple[str, ...]) -> None:
     """Grade the reference solutions of benchmark NAME on this machine and print passed/total."""
-    from teeny_core.errors import TeenyError
-    from teeny_core.options import parse_cli_options
+    from teeny_core import TeenyError, parse_cli_options
 
     if name not in CHECKS:
         raise TeenyError(f"unknown benchmark {name!r}; expected one of {', '.join(sorted(CHECKS))}")

@@ -15,8 +15,7 @@ import re
 import textwrap
 from typing import Any
 
-from teeny_core.errors import TeenyError
-from teeny_core.options import Options, option
+from teeny_core import Options, TeenyError, option
 
 STOP_STRINGS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 CHAT_INSTRUCTION = ("Complete the following Python function. Reply with the complete function, including its "

@@ -8,7 +8,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from teeny_core.errors import TeenyError
+from teeny_core import TeenyError
 
 
 def read_jsonl(path: Path, where: str = "") -> list[dict[str, Any]]:

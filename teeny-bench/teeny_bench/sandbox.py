@@ -55,7 +55,7 @@ import time
 import typing
 from pathlib import Path
 
-from teeny_core.errors import TeenyError
+from teeny_core import TeenyError
 
 GiB = 1 << 30
 MiB = 1 << 20

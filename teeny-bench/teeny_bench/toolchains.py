@@ -36,7 +36,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from teeny_core.errors import TeenyError
+from teeny_core import TeenyError
 
 GiB = 1 << 30
 

@@ -23,7 +23,7 @@ from teeny_bench.humaneval import (HumanEval, HumanEvalOptions, PlusGrader, file
                                    load_plus_problems, load_problems)
 from teeny_bench.livecodebench import LcbOptions, LcbProblem, grade_programs
 
-from teeny_core.types import Generation, LoadedModel
+from teeny_core import Generation, LoadedModel
 
 MARKER_LINE = '@@teeny-plus@@ {"failed_index": null}'
 
@@ -711,7 +711,7 @@ HOSTILE_PROBLEM_LINES = {  # one line of a problem file -> what the one-line err
 @pytest.mark.parametrize("name", list(HOSTILE_PROBLEM_LINES))
 def test_hostile_problem_files_are_one_line_errors(name, tmp_path):
     """Each of these raised TypeError, ValueError or RecursionError out of `teeny bench check` (a traceback)."""
-    from teeny_core.errors import TeenyError
+    from teeny_core import TeenyError
 
     line, named = HOSTILE_PROBLEM_LINES[name]
     path = tmp_path / "mine.jsonl"
@@ -802,7 +802,7 @@ HOSTILE_LCB_FILES = {  # file name -> (content, what the one-line error names)
 def test_hostile_livecodebench_files_are_one_line_errors(name, tmp_path):
     """Each raised JSONDecodeError, RecursionError, AttributeError, KeyError, TypeError or UnicodeDecodeError out
     of `teeny bench check livecodebench` (a traceback)."""
-    from teeny_core.errors import TeenyError
+    from teeny_core import TeenyError
     from teeny_bench.livecodebench import load_problems as load_lcb
 
     content, named = HOSTILE_LCB_FILES[name]
@@ -840,7 +840,7 @@ HOSTILE_PLUS_RECORDS = {  # a HumanEval+ record -> what the one-line error names
 def test_hostile_humaneval_plus_records_are_one_line_errors(name, tmp_path):
     """A flat base_input reached the harness (TypeError in the sandbox, a multi-line error); a 5,000-digit int
     raised ValueError out of the reader."""
-    from teeny_core.errors import TeenyError
+    from teeny_core import TeenyError
 
     record, named = HOSTILE_PLUS_RECORDS[name]
     path = tmp_path / "HumanEvalPlus.jsonl.gz"
@@ -851,7 +851,7 @@ def test_hostile_humaneval_plus_records_are_one_line_errors(name, tmp_path):
 
 
 def test_a_failing_canonical_solution_is_one_error_line(tmp_path):
-    from teeny_core.errors import TeenyError
+    from teeny_core import TeenyError
 
     path = tmp_path / "HumanEvalPlus.jsonl.gz"
     with gzip.open(path, "wt") as f:
@@ -902,7 +902,7 @@ HOSTILE_MUL_FILES = {  # one line of humaneval-js.jsonl -> what the one-line err
 def test_hostile_humaneval_mul_files_are_one_line_errors(name, tmp_path):
     """Each raised JSONDecodeError, RecursionError, AttributeError or TypeError out of `teeny bench check
     humaneval-mul --path FILE` (a traceback)."""
-    from teeny_core.errors import TeenyError
+    from teeny_core import TeenyError
     from teeny_bench.multipl_e import load_problems as load_mul
 
     line, named = HOSTILE_MUL_FILES[name]
@@ -951,7 +951,7 @@ def test_a_data_attribute_of_the_solutions_object_is_not_always_true(tmp_path, c
 def test_an_absurd_timeout_is_refused_before_work(value):
     """`timeout = 1e30` was accepted and every sample then failed as an early exit ("Python int too large to
     convert to C long" in the sandbox); NaN passed every bound."""
-    from teeny_core.options import OptionsError
+    from teeny_core import OptionsError
     from teeny_bench.humaneval import HumanEvalPlusOptions
     from teeny_bench.multipl_e import MulOptions
 

@@ -12,11 +12,9 @@ from collections import Counter
 
 import pytest
 
-from teeny_core.errors import TeenyError
-from teeny_core.options import OptionsError
+from teeny_core import Generation, LoadedModel, OptionsError, TeenyError
 from teeny_core.store import MemoryContext
 from teeny_core.testing import EvaluatorContract
-from teeny_core.types import Generation, LoadedModel
 from teeny_bench import errors, generation
 from teeny_bench.sandbox import Limits
 from teeny_bench.humaneval import (HumanEval, call_job, grade_humaneval, load_problems, pass_at_k,

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from teeny_core.errors import TeenyError
+from teeny_core import TeenyError
 from teeny_core.store import MemoryContext
 from teeny_core.testing import answering_model
 from teeny_bench import errors

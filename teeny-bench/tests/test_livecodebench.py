@@ -15,11 +15,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from teeny_core.errors import TeenyError
-from teeny_core.options import OptionsError
+from teeny_core import Generation, LoadedModel, OptionsError, TeenyError
 from teeny_core.store import MemoryContext
 from teeny_core.testing import EvaluatorContract
-from teeny_core.types import Generation, LoadedModel
 from teeny_bench import errors
 from teeny_bench.lcb_harness import stdout_matches
 from teeny_bench.livecodebench import (LcbOptions, LcbProblem, LiveCodeBenchEvaluator, build_prompt, check_command,

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from teeny_core.errors import TeenyError
+from teeny_core import Generation, LoadedModel, TeenyError
 from teeny_core.store import MemoryContext
 from teeny_core.testing import EvaluatorContract
-from teeny_core.types import Generation, LoadedModel
 from teeny_bench import errors, toolchains
 from teeny_bench.multipl_e import (CHECK_BODIES, SKIPPED, HumanEvalMulEvaluator, MulOptions, assemble,
                                    check_toolchains, completion_from_chat, load_problems, problem_from_record,

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from teeny_core.errors import TeenyError
+from teeny_core import Generation, LoadedModel, TeenyError
 from teeny_core.store import MemoryContext
-from teeny_core.types import Generation, LoadedModel
 from teeny_bench import errors
 from teeny_bench.humaneval import HumanEval, HumanEvalOptions, grade_humaneval, load_problems
 

@@ -14,8 +14,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from teeny_core.errors import TeenyError
-from teeny_core.types import ModelSource
+from teeny_core import ModelSource, TeenyError
 
 OUT_TYPES = ("F32", "F16", "BF16")
 

@@ -22,7 +22,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from teeny_core.errors import TeenyError
+from teeny_core import TeenyError
 
 GGUF_MAGIC = b"GGUF"
 

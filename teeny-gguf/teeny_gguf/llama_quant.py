@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from teeny_core.errors import TeenyError
+from teeny_core import TeenyError
 
 # llama.cpp file types a user can ask for (names as llama-quantize spells them)
 FILE_TYPES = (

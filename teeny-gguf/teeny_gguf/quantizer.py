@@ -8,9 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from teeny_core.errors import TeenyError
-from teeny_core.options import Options, option
-from teeny_core.types import Artifact, CalibrationSet, ModelSource, Quantizer
+from teeny_core import Artifact, CalibrationSet, ModelSource, Options, Quantizer, TeenyError, option
 from teeny_gguf.llama_quant import FILE_TYPES, FLOAT_TYPES, REQUIRES_IMATRIX, TENSOR_TYPES
 
 # types for which imatrix="auto" computes an importance matrix: every i-quant and the 2-3 bit k-quants

@@ -6,7 +6,7 @@ import collections
 from pathlib import Path
 from typing import Any
 
-from teeny_core.errors import TeenyError
+from teeny_core import TeenyError
 
 
 def gguf_stats(path: str | Path) -> dict[str, Any]:
@@ -39,7 +39,7 @@ def gguf_to_hf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "float16
     """Dequantize a GGUF file into an HF model directory (safetensors + tokenizer) through transformers'
     GGUF loader, so it can serve as a float baseline for the transformers runtime or be re-converted."""
     from teeny_core.modeling import save_hf_model
-    from teeny_core.types import ModelSource
+    from teeny_core import ModelSource
 
     gguf_path = Path(gguf_path)
     if not gguf_path.is_file():

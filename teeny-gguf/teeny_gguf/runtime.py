@@ -7,9 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from teeny_core.errors import TeenyError
-from teeny_core.options import Options, option
-from teeny_core.types import Artifact, Generation, LoadedModel, Runtime
+from teeny_core import Artifact, Generation, LoadedModel, Options, Runtime, TeenyError, option
 
 
 @dataclasses.dataclass

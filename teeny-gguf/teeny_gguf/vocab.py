@@ -12,8 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from teeny_core.errors import TeenyError
-from teeny_core.types import ModelSource
+from teeny_core import ModelSource, TeenyError
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ pytest.importorskip("gguf")
 def f32_gguf(gguf_tiny_hf, tmp_path_factory):
     """A float32 GGUF of a tiny Qwen2 (random q/k/v biases, tied embeddings): a source that dequantizes to
     float32, as a Q4_K_M file does."""
-    from teeny_core.types import ModelSource
+    from teeny_core import ModelSource
     from teeny_gguf.convert import convert_to_gguf
 
     return convert_to_gguf(ModelSource(str(gguf_tiny_hf("qwen2"))), tmp_path_factory.mktemp("src") / "q.gguf", "F32")
@@ -69,7 +69,7 @@ def test_baseline_dtype_float32_keeps_float32(f32_gguf, tmp_path, teeny_plugins)
 
 @pytest.mark.parametrize("value", ["float64", "fp16", 16])
 def test_a_bad_baseline_dtype_is_one_line(f32_gguf, tmp_path, teeny_plugins, value):
-    from teeny_core.errors import TeenyError
+    from teeny_core import TeenyError
     from teeny_core.experiment import build_experiment
 
     with pytest.raises(TeenyError) as err:

@@ -37,7 +37,7 @@ def test_k_quant_rows_not_multiple_of_256_fall_back(tiny_model, tmp_path):
 
 
 def _quantize(source_dir, out_dir, calibration=None, **options):
-    from teeny_core.types import ModelSource
+    from teeny_core import ModelSource
     from teeny_gguf.quantizer import GGUFQuantizer
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -157,15 +157,14 @@ def test_gguf_tokenizer_adapter_matches_hf(quantized, tiny_tokenizer):
     assert tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == \
         tiny_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     model.close()
-    from teeny_core.errors import TeenyError
+    from teeny_core import TeenyError
 
     with pytest.raises(TeenyError, match="model behind this tokenizer was closed"):
         tok.encode("x")  # not a crash on freed memory
 
 
 def test_bad_type_is_a_one_line_error():
-    from teeny_core.errors import TeenyError
-    from teeny_core.options import OptionsError
+    from teeny_core import TeenyError, OptionsError
     from teeny_gguf.llama_quant import ftype_value
     from teeny_gguf.quantizer import GGUFQuantizer
 
@@ -177,7 +176,7 @@ def test_bad_type_is_a_one_line_error():
 
 
 def test_failed_quantization_names_type_and_reason(gguf_tiny_hf, tmp_path):
-    from teeny_core.errors import TeenyError
+    from teeny_core import TeenyError
 
     with pytest.raises(TeenyError) as err:
         _quantize(gguf_tiny_hf("llama"), tmp_path / "a", None, type="IQ2_XS", imatrix="off")
@@ -232,7 +231,7 @@ def test_imatrix_lowers_activation_weighted_error(gguf_tiny_hf, gguf_calibration
 
 
 def test_imatrix_files_round_trip_and_feed_llama_cpp(quantized, gguf_tiny_hf, tmp_path):
-    from teeny_core.errors import TeenyError
+    from teeny_core import TeenyError
     from teeny_gguf.imatrix import ImportanceMatrix, read_imatrix, write_imatrix
 
     ours = read_imatrix(quantized["IQ2_XS"].path / "imatrix.gguf")
@@ -255,7 +254,7 @@ def test_imatrix_files_round_trip_and_feed_llama_cpp(quantized, gguf_tiny_hf, tm
 
 
 def test_scoring_longer_than_context_is_an_error(quantized):
-    from teeny_core.errors import TeenyError
+    from teeny_core import TeenyError
 
     model = _load(quantized["Q8_0"], n_ctx=32)
     with pytest.raises(TeenyError, match="sequence of 40 tokens is longer than n_ctx=32"):
@@ -267,7 +266,7 @@ def test_float_gguf_source_is_quantized_as_is(quantized, tmp_path):
     """A F16 GGUF source skips conversion: llama.cpp quantizes the file itself, to the same tensors."""
     import gguf
 
-    from teeny_core.types import ModelSource
+    from teeny_core import ModelSource
     from teeny_gguf.quantizer import GGUFQuantizer
 
     f16 = quantized["F16"]

@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from teeny_core.errors import TeenyError
-from teeny_core.types import Artifact, CalibrationSet, ModelSource
+from teeny_core import Artifact, CalibrationSet, ModelSource, TeenyError
 
 
 def import_gptqmodel():

@@ -8,9 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from teeny_core.errors import TeenyError
-from teeny_core.options import Options, option
-from teeny_core.types import Artifact, CalibrationSet, ModelSource, Quantizer
+from teeny_core import Artifact, CalibrationSet, ModelSource, Options, Quantizer, TeenyError, option
 
 CHECKPOINT_FORMAT = "gptq"
 log = logging.getLogger("teeny_gptq")
@@ -140,12 +138,11 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
     grid, listed in ``meta["rtn_fallback"]`` and reported in one warning."""
     import torch
 
-    from teeny_core.formats.checkpoint import write_checkpoint_config
+    from teeny_core import skipped, stored_dtype, write_checkpoint_config
     from teeny_core.formats.gptq import pack_linear
     from teeny_core.modeling import peak_rss_bytes, resolve_device
-    from teeny_core.walker import (ShardWriter, copy_side_files, layer_matrices, safetensors_dir, stored_dtype,
-                                   walk)
-    from teeny_gptq.solver import gptq_solver, skipped
+    from teeny_core.walker import ShardWriter, copy_side_files, layer_matrices, safetensors_dir, walk
+    from teeny_gptq.solver import gptq_solver
 
     start = time.perf_counter()
     device = resolve_device(options.device)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fnmatch
 import time
 from typing import Any, Callable
 
+from teeny_core import skipped
 from teeny_gptq.gptq import GPTQResult, HessianAccumulator, MSESearch, gptq_quantize
 
 
@@ -37,11 +37,6 @@ class GPTQSettings:
     batch_size: int = 8
     module_bits: dict[str, int] = dataclasses.field(default_factory=dict)
     """Per qualified linear name, a bit-width other than ``bits`` (mixed precision)."""
-
-
-def skipped(name: str, patterns) -> bool:
-    """Whether a module's qualified name matches one of the glob patterns (or equals one)."""
-    return any(fnmatch.fnmatchcase(name, p) or name == p for p in patterns)
 
 
 def gptq_solver(settings: GPTQSettings, on_linear: Callable[[str, "QuantizedLinear"], dict[str, Any]]):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from teeny_core.errors import TeenyError
+from teeny_core import TeenyError
 from teeny_core.formats.gptq import (dequantize_linear, pack_linear, pack_qweight, pack_zeros, unpack_qweight,
                                      unpack_zeros)
 

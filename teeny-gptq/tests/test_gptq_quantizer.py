@@ -6,11 +6,9 @@ import json
 import pytest
 import torch
 
-from teeny_core.errors import TeenyError
-from teeny_core.options import OptionsError
+from teeny_core import Artifact, CalibrationSet, ModelSource, OptionsError, TeenyError
 from teeny_core.quant import dequantize_weight, quantize_weight
 from teeny_core.testing import QuantizerContract
-from teeny_core.types import Artifact, CalibrationSet, ModelSource
 
 
 def calibration_for(teeny_plugins, tokenizer, samples=16, seq_len=64, seed=0) -> CalibrationSet:

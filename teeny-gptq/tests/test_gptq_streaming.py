@@ -6,7 +6,7 @@ activation passing or writing."""
 import pytest
 import torch
 
-from teeny_core.types import CalibrationSet, ModelSource
+from teeny_core import CalibrationSet, ModelSource
 
 
 def whole_model_reference(path, ids, batch_size, bits, group_size, sym):

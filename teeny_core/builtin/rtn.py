@@ -9,7 +9,6 @@ model streams through the core's layer walker, one decoder layer in memory at a 
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +16,7 @@ from typing import Any, Literal
 from teeny_core import hookimpl
 from teeny_core.errors import TeenyError
 from teeny_core.options import Options, option
+from teeny_core.quant import skipped
 from teeny_core.types import Artifact, CalibrationSet, ModelSource, Quantizer
 
 
@@ -39,11 +39,6 @@ class RTNOptions(Options):
     allowed_bits: list[int] = option([2, 3, 4, 8], "bit-widths target_bits chooses from")
     sensitivity: str = option("", "target_bits: a `teeny sensitivity` JSON of this model (default: measured on "
                                   "the calibration data, method rtn)")
-
-
-def skipped(name: str, patterns: list[str]) -> bool:
-    """Whether a module name matches one of the skip glob patterns (or equals one)."""
-    return any(fnmatch.fnmatchcase(name, p) or name == p for p in patterns)
 
 
 class RTNQuantizer(Quantizer):

@@ -84,7 +84,7 @@ def _rewrite(out_dir: Path, updated: dict[str, Any]) -> None:
 
     from safetensors.torch import load_file, save_file
 
-    from teeny_core.formats.gptq import safetensors_files
+    from teeny_core import safetensors_files
 
     for file in safetensors_files(out_dir):
         tensors = load_file(str(file))

@@ -134,12 +134,11 @@ class QatQuantizer(Quantizer):
         import torch
 
         from teeny_core.arch import spec_for
-        from teeny_core.formats.checkpoint import write_checkpoint_config
+        from teeny_core import skipped, stored_dtype, write_checkpoint_config
         from teeny_core.formats.gptq import default_g_idx, pack_linear
         from teeny_core.modeling import peak_rss_bytes, resolve_device, torch_dtype
-        from teeny_core.walker import (ShardWriter, copy_side_files, layer_matrices, safetensors_dir, stored_dtype,
-                                       walk)
-        from teeny_qat.training import qat_solver, skipped
+        from teeny_core.walker import ShardWriter, copy_side_files, layer_matrices, safetensors_dir, walk
+        from teeny_qat.training import qat_solver
 
         assert isinstance(options, QatOptions)
         start = time.perf_counter()

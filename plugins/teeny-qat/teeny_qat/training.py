@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fnmatch
 from typing import Any, Callable
 
-from teeny_core import TeenyError
+from teeny_core import TeenyError, skipped
 
 FP16_TINY, FP16_MAX = 2.0**-24, 65504.0
 
@@ -45,11 +44,6 @@ class FrozenLinear:
     q: Any
     scale: Any
     zero: Any
-
-
-def skipped(name: str, patterns) -> bool:
-    """Whether a module's qualified name matches one of the glob patterns (or equals one)."""
-    return any(fnmatch.fnmatchcase(name, p) or name == p for p in patterns)
 
 
 def _ste(rounded, x):

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from teeny_core.cli import cli
 from teeny_core.testing import QuantizerContract
-from teeny_core.types import Artifact, CalibrationSet, ModelSource
+from teeny_core import Artifact, CalibrationSet, ModelSource
 
 QUICK = {"bits": 2, "group_size": 32, "epochs": 2}
 

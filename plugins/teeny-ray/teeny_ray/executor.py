@@ -20,9 +20,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from teeny_core.errors import TeenyError
-from teeny_core.executor import Emit, Executor, Outcome, VariantTask
-from teeny_core.options import Options, option
+from teeny_core import Emit, Executor, Options, Outcome, TeenyError, VariantTask, option
 
 TOKEN_PREFIX = ".teeny-ray-"
 
@@ -132,7 +130,7 @@ def _ray_error(exc: Exception) -> str:
 
 def _run_on_worker(task_data: dict[str, Any], token: str, events) -> dict[str, Any]:
     """The Ray task: run one variant on this node, sending its progress events (tagged with the node)."""
-    from teeny_core.executor import run_variant_task
+    from teeny_core import run_variant_task
 
     task = VariantTask(**task_data)
     node = socket.gethostname()

@@ -18,9 +18,8 @@ ray = pytest.importorskip("ray", reason="ray is not installed (pip install teeny
 BOOM = '''
     """A quantizer that always fails: its variant must be reported failed, the others must finish."""
     import dataclasses
-    from teeny_core import hookimpl
+    from teeny_core import hookimpl, Quantizer
     from teeny_core.options import NoOptions
-    from teeny_core.types import Quantizer
 
     class Boom(Quantizer):
         name = "boom"

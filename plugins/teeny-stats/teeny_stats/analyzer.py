@@ -14,8 +14,7 @@ import dataclasses
 import math
 from typing import Any
 
-from teeny_core.options import Options, option
-from teeny_core.types import Analyzer, VariantResult
+from teeny_core import Analyzer, Options, VariantResult, option
 from teeny_stats import stats
 
 PASS_AT_K = (1, 5, 10, 100)

@@ -8,8 +8,7 @@ from typing import Any
 
 import click
 
-from teeny_core.errors import TeenyError
-from teeny_core.types import VariantResult
+from teeny_core import TeenyError, VariantResult
 
 
 def load_variant_dir(path: Path, name: str | None = None) -> VariantResult:
@@ -96,7 +95,7 @@ def compare(runs: tuple[Path, ...], options: tuple[str, ...], json_out: Path | N
     from rich.console import Console
     from rich.table import Table
 
-    from teeny_core.options import parse_cli_options
+    from teeny_core import parse_cli_options
     from teeny_stats.analyzer import EXPERIMENT_KEY, SignificanceAnalyzer
     from teeny_stats.interop import check_comparable, is_foreign, load_foreign, to_variants
     from teeny_stats.report import ANALYSIS_HEADERS, analysis_rows

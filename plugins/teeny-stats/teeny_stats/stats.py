@@ -16,7 +16,7 @@ import math
 from statistics import NormalDist
 from typing import Hashable, Sequence
 
-from teeny_core.errors import TeenyError
+from teeny_core import TeenyError
 
 
 def _z(q: float) -> float:

@@ -5,9 +5,8 @@ import random
 
 import pytest
 
-from teeny_core.options import OptionsError
+from teeny_core import OptionsError, VariantResult
 from teeny_core.plugins import Plugins
-from teeny_core.types import VariantResult
 from teeny_stats import stats
 from teeny_stats.analyzer import SignificanceAnalyzer, SignificanceOptions
 

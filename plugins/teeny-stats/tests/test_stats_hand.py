@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import pytest
 
-from teeny_core.errors import TeenyError
+from teeny_core import TeenyError
 from teeny_stats import stats
 
 

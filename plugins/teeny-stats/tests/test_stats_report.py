@@ -8,14 +8,13 @@ import zlib
 
 import pytest
 
-from teeny_core.errors import TeenyError
+from teeny_core import TeenyError, VariantResult
 from teeny_core.recommend import recommend
 import teeny_stats.plugin
 from teeny_core.plugins import Plugins
 from teeny_core.report import write_report as core_write_report
 from teeny_core.results import primary_metric
 from teeny_core.units import parse_size
-from teeny_core.types import VariantResult
 from teeny_stats.analyzer import SignificanceAnalyzer, SignificanceOptions
 
 GiB = 2**30

@@ -15,9 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from teeny_core.errors import TeenyError
-from teeny_core.options import Options, option
-from teeny_core.types import Artifact, Generation, LoadedModel, Runtime
+from teeny_core import Artifact, Generation, LoadedModel, Options, Runtime, TeenyError, option
 
 MARLIN_GROUP_SIZES = (-1, 32, 64, 128)
 NO_LOGPROBS = ("the vllm runtime returns top-k logprobs, not full distributions: score fidelity (KL) "

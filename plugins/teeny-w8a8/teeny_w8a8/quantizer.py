@@ -84,9 +84,9 @@ class W8A8Quantizer(Quantizer):
         from compressed_tensors.quantization import QuantizationConfig
 
         from teeny_core.arch import spec_for
-        from teeny_core.formats.checkpoint import write_checkpoint_config
+        from teeny_core import stored_dtype, write_checkpoint_config
         from teeny_core.modeling import resolve_device
-        from teeny_core.walker import ShardWriter, copy_side_files, safetensors_dir, stored_dtype, walk
+        from teeny_core.walker import ShardWriter, copy_side_files, safetensors_dir, walk
         from teeny_w8a8.smooth import SmoothSettings, w8a8_solver
 
         assert isinstance(options, W8A8Options)

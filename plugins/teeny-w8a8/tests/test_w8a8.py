@@ -21,7 +21,7 @@ class TestW8A8Contract(QuantizerContract):
 
 def _calibration(source_dir, samples: int = 8, seq_len: int = 48):
     from teeny_core.plugins import Plugins
-    from teeny_core.types import ModelSource
+    from teeny_core import ModelSource
 
     cls = Plugins.load().get("calibrator", "random-tokens")
     tok = ModelSource(str(source_dir)).load_tokenizer()
@@ -29,7 +29,7 @@ def _calibration(source_dir, samples: int = 8, seq_len: int = 48):
 
 
 def _quantize(source_dir, out, **options):
-    from teeny_core.types import ModelSource
+    from teeny_core import ModelSource
     from teeny_w8a8.quantizer import W8A8Options, W8A8Quantizer
 
     out.mkdir()
@@ -185,7 +185,7 @@ def test_a_group_with_no_norm_or_linear_before_it_is_refused(tiny_model):
     from transformers import AutoModelForCausalLM
 
     from teeny_core.arch import Group, spec_for
-    from teeny_core.errors import TeenyError
+    from teeny_core import TeenyError
     from teeny_w8a8.smooth import _producer
 
     orphan = Group(("self_attn.q_proj",), "self_attn.no_such_module", "self_attn")
