@@ -21,13 +21,12 @@ import math
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from gemma import CACHE, load_note, original_model_dir, score
+from gemma import CACHE, load_note, original_model_dir, quantize_variant, reference, run_child, score
 from teeny_core.modeling import peak_rss_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,32 +51,10 @@ def variants(bits_list: list[int]) -> list[tuple[str, str, dict]]:
 
 def quantize_child(spec: dict) -> dict:
     """In the child process: quantize one variant; report wall time, this process's peak RSS and the size."""
-    from teeny_core.plugins import Plugins
-    from teeny_core.types import ModelSource
-
-    plugins = Plugins.load()
-    cls = plugins.get("quantizer", spec["method"])
-    source = ModelSource(spec["model"])
-    calibration = None
-    if cls.needs_calibration:
-        code = plugins.get("calibrator", "code")
-        calibration = code().samples(source.load_tokenizer(), code.Options.from_mapping(
-            {"samples": spec["samples"], "seq_len": spec["seq_len"]}), seed=0)
-    out = Path(spec["out"])
-    out.mkdir(parents=True)
-    start = time.perf_counter()
-    artifact = cls().quantize(source, calibration, cls.Options.from_mapping(spec["options"]), out)
-    seconds = time.perf_counter() - start
+    artifact, seconds, _ = quantize_variant(spec)
     return {"seconds": seconds, "peak_rss": peak_rss_bytes(),
             "bytes": artifact.size_bytes(), "format": artifact.format,
             "bits_per_weight": artifact.meta.get("bits_per_weight")}
-
-
-def run_child(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], stdout=subprocess.PIPE, text=True)
-    if proc.returncode:  # the child's stderr (with its traceback) went straight to ours
-        raise RuntimeError(f"{spec['method']} {spec['options']} failed with exit status {proc.returncode}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -95,19 +72,9 @@ def main() -> None:
         print(json.dumps(quantize_child(json.loads(args.child))))
         return
 
-    from teeny_core.builtin.fidelity import FidelityOptions, reference_stats, token_chunks
-    from teeny_core.plugins import Plugins
-    from teeny_core.types import Artifact
-
     CACHE.mkdir(parents=True, exist_ok=True)
     model_dir = original_model_dir()
-    fid = FidelityOptions.from_mapping({"chunks": args.chunks, "chunk_len": 256})
-    runtime = Plugins.load().get("runtime", "transformers")
-    reference = runtime().load(Artifact(format="hf", path=model_dir),
-                               runtime.Options.from_mapping({"device": "cpu", "dtype": "float32"}))
-    chunks = token_chunks(reference.tokenizer, fid)
-    refs = [reference_stats(reference.logprobs([ids])[0], ids, fid.kl_top_k) for ids in chunks]
-    reference.close()
+    chunks, refs = reference(model_dir, args.chunks)
     original = {"seconds": float("nan"), "peak_rss": float("nan"), "bits_per_weight": 32.0,
                 "bytes": sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))}
     rows = [("original (f32)", original, score(model_dir, "hf", chunks, refs))]
@@ -117,7 +84,7 @@ def main() -> None:
             out = work / label.split(" (")[0].replace(" ", "-")
             spec = {"method": method, "options": options, "model": str(model_dir), "out": str(out),
                     "samples": args.samples, "seq_len": args.seq_len}
-            made = run_child(spec)
+            made = run_child(__file__, spec)
             rows.append((label, made, score(out, made["format"], chunks, refs)))
             shutil.rmtree(out)
             print(f"done: {label} ({made['seconds']:.0f} s)", file=sys.stderr, flush=True)

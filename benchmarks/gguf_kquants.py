@@ -79,7 +79,7 @@ def main() -> None:
 
     from teeny_core.builtin.calibrators import CodeCalibrator
     from teeny_core.builtin.fidelity import FidelityOptions, token_chunks
-    from teeny_core.types import Artifact, ModelSource
+    from teeny_core import ARTIFACT_MANIFEST, Artifact, ModelSource
     from teeny_gguf.imatrix import write_imatrix
     from teeny_gguf.quantizer import GGUFQuantizer, imatrix_for
     from teeny_gguf.runtime import LlamaCppRuntime
@@ -93,7 +93,7 @@ def main() -> None:
 
     def quantize(name: str, source: ModelSource, options: dict) -> Artifact:
         out = work / name
-        if (out / "teeny-artifact.json").exists():
+        if (out / ARTIFACT_MANIFEST).exists():
             return Artifact.open(out)
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()

@@ -22,7 +22,6 @@ import math
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +31,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
 
-from gemma import CACHE, load_note, original_model_dir, score, write_section  # noqa: E402
+from gemma import (CACHE, load_note, original_model_dir, quantize_variant, reference,  # noqa: E402
+                   run_child, score, write_section)
 from teeny_core.modeling import peak_rss_bytes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,40 +40,14 @@ RESULTS = ROOT / "benchmarks" / "results" / "gptq.md"
 GROUP = 128
 
 
-def calibration(model_dir: Path, samples: int, seq_len: int):
-    from teeny_core.plugins import Plugins
-    from teeny_core.types import ModelSource
-
-    code = Plugins.load().get("calibrator", "code")
-    tokenizer = ModelSource(str(model_dir)).load_tokenizer()
-    return code().samples(tokenizer, code.Options.from_mapping({"samples": samples, "seq_len": seq_len}), seed=0)
-
-
 def quantize_one(spec: dict) -> dict:
     """Child process: quantize one variant and report its wall time and this process's peak RSS."""
-    from teeny_core.plugins import Plugins
-    from teeny_core.types import ModelSource
-
-    cls = Plugins.load().get("quantizer", spec["method"])
-    cal = calibration(Path(spec["model"]), spec["samples"], spec["seq_len"]) if cls.needs_calibration else None
-    out = Path(spec["out"])
-    out.mkdir(parents=True)
-    start, cpu = time.perf_counter(), time.process_time()
-    artifact = cls().quantize(ModelSource(spec["model"]), cal, cls.Options.from_mapping(spec["options"]), out)
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    artifact, seconds, cpu = quantize_variant(spec)
     return {"seconds": seconds, "cpu_seconds": cpu,
             "peak_rss": peak_rss_bytes(),
             "bytes": artifact.size_bytes(), "format": artifact.format,
             "escalated": len(artifact.meta.get("damp_escalated", {})),
             "tool": f"gptqmodel {artifact.meta['gptqmodel_version']}" if "gptqmodel_version" in artifact.meta else ""}
-
-
-def run_child(spec: dict, python: str = sys.executable) -> dict:
-    env = {**os.environ, "GPTQMODEL_CPU_WORKERS": str(os.cpu_count() or 1)}
-    proc = subprocess.run([python, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, env=env)
-    if proc.returncode:
-        raise RuntimeError(f"{spec['method']} {spec['options']} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def variants(bits_list: list[int], gptqmodel: bool) -> list[tuple[str, str, dict]]:
@@ -113,18 +87,8 @@ def main() -> None:
         print(render_profile(profile_slice(args.profile_layers, args.samples, args.seq_len), args))
         return
 
-    from teeny_core.builtin.fidelity import FidelityOptions, reference_stats, token_chunks
-    from teeny_core.plugins import Plugins
-    from teeny_core.types import Artifact
-
     model_dir = original_model_dir()
-    fid = FidelityOptions.from_mapping({"chunks": args.chunks, "chunk_len": 256})
-    runtime = Plugins.load().get("runtime", "transformers")
-    reference = runtime().load(Artifact(format="hf", path=model_dir),
-                               runtime.Options.from_mapping({"device": "cpu", "dtype": "float32"}))
-    chunks = token_chunks(reference.tokenizer, fid)
-    refs = [reference_stats(reference.logprobs([ids])[0], ids, fid.kl_top_k) for ids in chunks]
-    reference.close()
+    chunks, refs = reference(model_dir, args.chunks)
     base = score(model_dir, "hf", chunks, refs)
 
     rows = [("original (f32)", {"seconds": float("nan"), "cpu_seconds": float("nan"), "peak_rss": float("nan"),
@@ -136,7 +100,8 @@ def main() -> None:
             spec = {"method": method, "options": options, "model": str(model_dir),
                     "out": str(work / label.replace(" ", "-")), "samples": args.samples, "seq_len": args.seq_len}
             theirs = options.get("backend") == "gptqmodel" and args.gptqmodel_python
-            made = run_child(spec, args.gptqmodel_python if theirs else sys.executable)
+            made = run_child(__file__, spec, args.gptqmodel_python if theirs else sys.executable,
+                             env={**os.environ, "GPTQMODEL_CPU_WORKERS": str(os.cpu_count() or 1)})
             rows.append((label, made, score(Path(spec["out"]), made["format"], chunks, refs)))
             shutil.rmtree(spec["out"])
             print(f"done: {label}", file=sys.stderr, flush=True)

@@ -30,7 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-from gemma import CACHE, load_note, original_model_dir, write_section
+from gemma import CACHE, best_ms, load_note, original_model_dir, quantize_variant, write_section
+from teeny_core import ARTIFACT_MANIFEST
 from teeny_core.modeling import peak_rss_bytes
 
 # benchmarks/gguf.py must not shadow the gguf package (transformers and the llama.cpp row import it)
@@ -77,7 +78,7 @@ def build(name: str, model_dir: Path, samples: int, seq_len: int) -> Path:
     """Quantize one variant into the cache (in a child process, once); return its artifact directory."""
     method, options = VARIANTS[name]
     out = CACHE / f"runtimes-{model_dir.name}-s{samples}x{seq_len}" / name.replace(" ", "-")
-    if not (out / "teeny-artifact.json").exists():
+    if not (out / ARTIFACT_MANIFEST).exists():
         spec = {"model": str(model_dir), "method": method, "options": options, "out": str(out),
                 "samples": samples, "seq_len": seq_len}
         print(f"quantizing {name} ...", flush=True)
@@ -86,22 +87,11 @@ def build(name: str, model_dir: Path, samples: int, seq_len: int) -> Path:
 
 
 def quantize_one(spec: dict) -> None:
-    from teeny_core.plugins import Plugins
     from teeny_core.store import staging_dir
-    from teeny_core.types import ModelSource
 
-    plugins = Plugins.load()
-    cls = plugins.get("quantizer", spec["method"])
-    cal = None
-    if cls.needs_calibration:
-        code = plugins.get("calibrator", "code")
-        cal = code().samples(ModelSource(spec["model"]).load_tokenizer(),
-                             code.Options.from_mapping({"samples": spec["samples"], "seq_len": spec["seq_len"]}),
-                             seed=0)
-    start = time.perf_counter()
     with staging_dir(Path(spec["out"])) as tmp:
-        artifact = cls().quantize(ModelSource(spec["model"]), cal, cls.Options.from_mapping(spec["options"]), tmp)
-        artifact.meta["benchmark_quantize_seconds"] = round(time.perf_counter() - start, 1)
+        artifact, seconds, _ = quantize_variant({**spec, "out": str(tmp)})
+        artifact.meta["benchmark_quantize_seconds"] = round(seconds, 1)
         artifact.save()
 
 
@@ -190,15 +180,6 @@ def kernel_table(rows_m: list[int], repeats: int) -> str:
 
     torch.manual_seed(0)
 
-    def timed(fn) -> float:
-        fn()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return 1e3 * min(times)  # the least-disturbed run: the machine is shared
-
     try:  # torchao's CPU int4 layout (Int4OpaqueTensor) where torchao is importable
         from torchao.prototype.quantization.int4.inference_workflow import PrototypeInt4WeightOnlyConfig
         from torchao.quantization import quantize_ as ao_quantize
@@ -243,7 +224,7 @@ def kernel_table(rows_m: list[int], repeats: int) -> str:
                 ref = x.double() @ w_ref.double().t()
                 with torch.no_grad():
                     err = float((fn(xa).double() - ref).abs().max() / ref.abs().max())
-                    ms = timed(lambda: fn(xa))
+                    ms = best_ms(lambda: fn(xa), repeats)
                 lines.append(f"| {out_f} x {in_f} | {m_rows} | {kernel} | {act} | {ms:.2f} | {err:.1e} |")
     return "\n".join(lines) + "\n"
 

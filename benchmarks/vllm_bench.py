@@ -24,7 +24,7 @@ def measure(artifact_dir: str) -> dict:
     """Runs in a child process: load one artifact in vLLM and time it."""
     from teeny_bench.generation import chat_prompt
     from teeny_bench.humaneval import load_problems
-    from teeny_core.types import Artifact
+    from teeny_core import Artifact
     from teeny_vllm.runtime import VllmOptions, VllmRuntime, vllm_quantization
 
     artifact = Artifact.open(artifact_dir)
@@ -47,18 +47,18 @@ def measure(artifact_dir: str) -> dict:
 
 def demo_artifacts(work: Path) -> list[Path]:
     """The demo GGUF as published and its float copy (dequantized once), as Teeny artifact directories."""
+    from teeny_core import ARTIFACT_MANIFEST, Artifact
     from teeny_core.demo import qwen_model
     from teeny_core.modeling import resolve_source, save_hf_model
-    from teeny_core.types import Artifact
 
     gguf = Path(qwen_model())
     published, floats = work / "q4_k_m", work / "float"
-    if not (published / "teeny-artifact.json").exists():
+    if not (published / ARTIFACT_MANIFEST).exists():
         published.mkdir(parents=True, exist_ok=True)
         (published / gguf.name).unlink(missing_ok=True)
         (published / gguf.name).symlink_to(gguf)
         Artifact("gguf", published, {"method": "none"}, file=gguf.name).save()
-    if not (floats / "teeny-artifact.json").exists():
+    if not (floats / ARTIFACT_MANIFEST).exists():
         model, tokenizer = resolve_source(str(gguf)).load(dtype="float16", device="cpu")
         save_hf_model(model, tokenizer, floats)
         Artifact("hf", floats, {"method": "none"}).save()

@@ -19,13 +19,12 @@ import argparse
 import importlib.util
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from gemma import CACHE, load_note, score, write_section
+from gemma import CACHE, best_ms, load_note, quantize_variant, reference, run_child, score, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "w8a8.md"
@@ -54,38 +53,8 @@ def source_dir(model: str) -> Path:
 
 
 def quantize_child(spec: dict) -> dict:
-    from teeny_core.plugins import Plugins
-    from teeny_core.types import ModelSource
-
-    plugins = Plugins.load()
-    cls = plugins.get("quantizer", spec["method"])
-    source = ModelSource(spec["model"])
-    code = plugins.get("calibrator", "code")
-    calibration = code().samples(source.load_tokenizer(), code.Options.from_mapping(
-        {"samples": spec["samples"], "seq_len": spec["seq_len"]}), seed=0)
-    out = Path(spec["out"])
-    out.mkdir(parents=True)
-    start = time.perf_counter()
-    artifact = cls().quantize(source, calibration, cls.Options.from_mapping(spec["options"]), out)
-    return {"seconds": time.perf_counter() - start, "format": artifact.format,
-            "smoothing": artifact.meta.get("smoothing", {})}
-
-
-def run_child(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], stdout=subprocess.PIPE, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"{spec['method']} {spec['options']} failed with exit status {proc.returncode}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _best_ms(fn, repeat: int = 7) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * min(times)
+    artifact, seconds, _ = quantize_variant(spec)
+    return {"seconds": seconds, "format": artifact.format, "smoothing": artifact.meta.get("smoothing", {})}
 
 
 def linear_speed(model_dir: Path) -> list[tuple[str, int, float, float]]:
@@ -110,7 +79,7 @@ def linear_speed(model_dir: Path) -> list[tuple[str, int, float, float]]:
             x = torch.randn(rows, in_f)
             xb = x.bfloat16()
             with torch.no_grad():
-                rows_out.append((f"{out_f}x{in_f}", rows, _best_ms(lambda: int8(xb)), _best_ms(lambda: xb @ wb.t())))
+                rows_out.append((f"{out_f}x{in_f}", rows, best_ms(lambda: int8(xb)), best_ms(lambda: xb @ wb.t())))
     return rows_out
 
 
@@ -129,7 +98,7 @@ def prefill_speed(artifact_dir: Path, model_dir: Path, tokens: int = 64) -> tupl
                                 runtime.Options.from_mapping({"device": "cpu", "dtype": "bfloat16"}))
         ids = torch.arange(100, 100 + tokens).reshape(1, -1)
         with torch.no_grad():
-            ms = _best_ms(lambda: loaded.model(input_ids=ids), repeat=3)
+            ms = best_ms(lambda: loaded.model(input_ids=ids), repeat=3)
         out.append(tokens / (ms / 1000))
         loaded.close()
     return out[0], out[1]
@@ -167,26 +136,16 @@ def main() -> None:
         print(json.dumps(quantize_child(json.loads(args.child))))
         return
 
-    from teeny_core.builtin.fidelity import FidelityOptions, reference_stats, token_chunks
-    from teeny_core.plugins import Plugins
-    from teeny_core.types import Artifact
-
     model_dir = source_dir(args.model)
-    fid = FidelityOptions.from_mapping({"chunks": args.chunks, "chunk_len": 256})
-    runtime = Plugins.load().get("runtime", "transformers")
-    reference = runtime().load(Artifact(format="hf", path=model_dir),
-                               runtime.Options.from_mapping({"device": "cpu", "dtype": "float32"}))
-    chunks = token_chunks(reference.tokenizer, fid)
-    refs = [reference_stats(reference.logprobs([ids])[0], ids, fid.kl_top_k) for ids in chunks]
-    reference.close()
+    chunks, refs = reference(model_dir, args.chunks)
     CACHE.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="teeny-w8a8-bench-", dir=CACHE))
     rows, smoothing, prefill = [], {}, None
     try:
         for label, method, options in variants(args.only):
             out = work / label.split(",")[-1].strip().replace(" ", "-")
-            made = run_child({"method": method, "options": options, "model": str(model_dir), "out": str(out),
-                              "samples": args.samples, "seq_len": args.seq_len})
+            made = run_child(__file__, {"method": method, "options": options, "model": str(model_dir),
+                                        "out": str(out), "samples": args.samples, "seq_len": args.seq_len})
             rows.append((label, made, score(out, made["format"], chunks, refs)))
             print(f"done: {label} ({made['seconds']:.0f} s) KL {rows[-1][2]['kl']:.5f}", file=sys.stderr, flush=True)
             if options.get("alpha") == "auto":

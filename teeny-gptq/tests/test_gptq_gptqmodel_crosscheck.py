@@ -1,7 +1,7 @@
 """Interoperability: GPTQModel loads our hf-gptq checkpoint and computes the same next-token distributions.
 
 Runs only where gptqmodel is importable (the optional extra teeny-gptq[gptqmodel], usually its own venv):
-    /work/venvs/gptqmodel/bin/python -m pytest teeny-gptq/tests/test_gptq_gptqmodel_crosscheck.py -q
+    GPTQMODEL_VENV/bin/python -m pytest teeny-gptq/tests/test_gptq_gptqmodel_crosscheck.py -q
 """
 
 import importlib.util
@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from teeny_core.types import Artifact, ModelSource
+from teeny_core import Artifact, ModelSource
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("gptqmodel") is None,
                                 reason="gptqmodel is not installed (optional extra teeny-gptq[gptqmodel])")
