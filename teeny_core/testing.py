@@ -43,6 +43,13 @@ def tiny_corpus() -> list[str]:
     return texts
 
 
+def corpus_windows(tokenizer, count: int, length: int) -> list[list[int]]:
+    """``count`` consecutive windows of ``length`` token ids of :func:`tiny_corpus` (calibration that
+    tokenizes well with the tiny tokenizer)."""
+    ids = tokenizer.encode("".join(tiny_corpus()))[: count * length]
+    return [ids[i:i + length] for i in range(0, len(ids), length)]
+
+
 def build_tokenizer(vocab_size: int = 512):
     """A byte-level BPE tokenizer (GPT-2 style) trained on :func:`tiny_corpus`; deterministic."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -215,11 +222,23 @@ def header_dtypes(directory) -> dict[str, str]:
     return out
 
 
-def answering_model(answers: dict[str, str]):
-    """A :class:`~teeny_core.types.LoadedModel` whose completion of each prompt is ``answers[prompt]``: an
-    evaluator's grading path tested without a model (it has no chat template and cannot score). Its ``calls``
-    list holds each ``generate()`` call's prompts and keyword arguments (``seed``, ``stop`` ...)."""
+class _ChatTokenizer:
+    """A chat template that is the messages' contents, one after the other."""
+
+    chat_template = "{{ messages }}"
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        return "".join(m["content"] for m in messages)
+
+
+def answering_model(answers: dict[str, str] | Callable[[str], str], chat: bool = False):
+    """A :class:`~teeny_core.types.LoadedModel` whose completion of each prompt is ``answers[prompt]`` (or
+    ``answers(prompt)``): an evaluator's grading path tested without a model. It cannot score; with ``chat``
+    its tokenizer has a chat template (the messages' text), else none. Its ``calls`` list holds each
+    ``generate()`` call's prompts and keyword arguments (``seed``, ``stop`` ...)."""
     from teeny_core.types import Generation, LoadedModel
+
+    answer = answers if callable(answers) else answers.__getitem__
 
     class Answering(LoadedModel):
         def __init__(self) -> None:
@@ -227,16 +246,39 @@ def answering_model(answers: dict[str, str]):
 
         @property
         def tokenizer(self):
-            return type("Tok", (), {"chat_template": None})()
+            return _ChatTokenizer() if chat else type("Tok", (), {"chat_template": None})()
 
         def generate(self, prompts, **kwargs):
             self.calls.append((list(prompts), kwargs))
-            return [Generation(text=answers[p], tokens=5, finish_reason="stop") for p in prompts]
+            return [Generation(text=answer(p), tokens=5, finish_reason="stop") for p in prompts]
 
         def logprobs(self, token_ids):
             raise NotImplementedError
 
     return Answering()
+
+
+def experiment_toml(name: str, model: Any, output_dir: Any, *, chunks: int, chunk_len: int,
+                    profile: bool = True, body: str = "") -> str:
+    """An experiment file's text for a quick ``teeny run``: ``model`` on the CPU, results under ``output_dir``,
+    the fidelity evaluator on ``chunks`` windows of ``chunk_len`` tokens, the system profiler without its
+    active benchmark (no profiler table when not ``profile``), then ``body`` (variants and other tables)."""
+    profiler = "[profilers.system]\nbenchmark = false\n" if profile else ""
+    return (f'name = "{name}"\nmodel = "{model}"\noutput_dir = "{output_dir}"\ndevice = "cpu"\n'
+            f"[evaluators.fidelity]\nchunks = {chunks}\nchunk_len = {chunk_len}\n{profiler}{body}")
+
+
+def flipped(outcomes: list[bool], right_to_wrong: int, wrong_to_right: int) -> list[bool]:
+    """Pass/fail ``outcomes`` with the first ``right_to_wrong`` passes failed and the first ``wrong_to_right``
+    failures passed: a variant that lost and won known items, for analyzer tests."""
+    out = list(outcomes)
+    passed = [i for i, p in enumerate(outcomes) if p]
+    failed = [i for i, p in enumerate(outcomes) if not p]
+    for i in passed[:right_to_wrong]:
+        out[i] = False
+    for i in failed[:wrong_to_right]:
+        out[i] = True
+    return out
 
 
 # --- fixtures -----------------------------------------------------------------------------------
@@ -401,3 +443,76 @@ class EvaluatorContract:
         metrics = ev.summarize(ctx.records, opts)
         assert metrics and all(isinstance(k, str) for k in metrics)
         json.dumps(metrics)
+
+
+class ProfilerContract:
+    """Checks every hardware profiler must pass. Set ``profiler`` (registered name) and ``options``."""
+
+    profiler: str = ""
+    options: dict[str, Any] = {}
+
+    def test_measure_fills_its_dict_with_json_numbers_when_the_stage_ends(self, teeny_plugins):
+        cls = teeny_plugins.get("profiler", self.profiler)
+        opts = cls.Options.from_mapping(self.options, where=self.profiler)
+        with cls().measure("evaluate:contract", opts) as measured:
+            assert isinstance(measured, dict)
+            held = bytearray(8 << 20)  # some work for the stage to measure
+        del held
+        assert measured and all(isinstance(k, str) for k in measured)
+        assert json.loads(json.dumps(measured, allow_nan=False)) == measured  # results.json is strict JSON
+
+
+class AnalyzerContract:
+    """Checks every analyzer must pass: findings for each variant under its name, as strict JSON, from the
+    pass/fail records of a variant equal to the baseline and of one that lost items. Set ``analyzer`` and
+    ``options``."""
+
+    analyzer: str = ""
+    options: dict[str, Any] = {}
+
+    @staticmethod
+    def _variant(name: str, passed: list[bool]):
+        from teeny_core.types import VariantResult
+
+        records = [{"key": f"P/{i}/0", "task_id": f"P/{i}", "sample": 0, "passed": p,
+                    "category": "passed" if p else "wrong_answer"} for i, p in enumerate(passed)]
+        return VariantResult(name=name, method="rtn", describe={}, records={"humaneval": records},
+                             metrics={"humaneval": {"pass@1": sum(passed) / len(passed)}}, profile={})
+
+    def test_findings_are_keyed_by_variant_and_strict_json(self, teeny_plugins):
+        cls = teeny_plugins.get("analyzer", self.analyzer)
+        opts = cls.Options.from_mapping(self.options, where=self.analyzer)
+        outcomes = [i % 3 != 0 for i in range(60)]
+        baseline = self._variant("original", outcomes)
+        same, worse = self._variant("same", outcomes), self._variant("worse", flipped(outcomes, 30, 0))
+        found = cls().analyze(baseline, [same, worse], opts)
+        assert {"same", "worse"} <= set(found)
+        assert json.loads(json.dumps(found, allow_nan=False)) == found  # results.json is strict JSON
+        alone = cls().analyze(baseline, [], opts)  # a run with no variant yet
+        assert isinstance(alone, dict) and not {"same", "worse"} & set(alone)
+
+
+class ExecutorContract:
+    """Checks every executor must pass: no tasks, no outcomes; one :class:`Outcome` per task in task order,
+    a variant that fails returned as a failed outcome with a one-line error, never raised. Set ``executor``
+    and ``options``."""
+
+    executor: str = ""
+    options: dict[str, Any] = {}
+
+    def _run(self, teeny_plugins, tasks):
+        cls = teeny_plugins.get("executor", self.executor)
+        return cls().run(tasks, cls.Options.from_mapping(self.options, where=self.executor), lambda event: None)
+
+    def test_no_tasks_no_outcomes(self, teeny_plugins):
+        assert self._run(teeny_plugins, []) == []
+
+    def test_failing_variants_are_outcomes_in_task_order(self, teeny_plugins, tmp_path):
+        from teeny_core.executor import VariantTask
+
+        names = ["b-variant", "a-variant"]  # not in sorted order: the outcomes follow the tasks
+        tasks = [VariantTask(run_dir=str(tmp_path), experiment={"name": "contract"}, variant=n) for n in names]
+        outcomes = self._run(teeny_plugins, tasks)
+        assert [o.variant for o in outcomes] == names
+        assert not any(o.ok for o in outcomes)
+        assert all(o.error and "\n" not in o.error for o in outcomes), [o.error for o in outcomes]

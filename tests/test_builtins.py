@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from teeny_core.testing import CalibratorContract, QuantizerContract, RuntimeContract
+from teeny_core.testing import (CalibratorContract, ExecutorContract, ProfilerContract, QuantizerContract,
+                                RuntimeContract)
 from teeny_core.types import Artifact, ModelSource
 
 
@@ -35,6 +36,20 @@ class TestTransformersRuntime(RuntimeContract):
     @pytest.fixture
     def artifact(self, tiny_model):
         return Artifact("hf", tiny_model("qwen2"))
+
+
+class TestSystemProfiler(ProfilerContract):
+    profiler = "system"
+    options = {"benchmark": False}
+
+
+class TestLocalExecutor(ExecutorContract):
+    executor = "local"
+    options = {"workers": 2}
+
+
+class TestInlineExecutor(ExecutorContract):
+    executor = "inline"
 
 
 def quantize(teeny_plugins, model_dir, tmp_path, **options):
@@ -137,3 +152,27 @@ def test_profiler_reads_rapl_counters(teeny_plugins, tmp_path, monkeypatch):
         (zone / "energy_uj").write_text("500000\n")  # wrapped: 4 J to the top, then 0.5 J
     assert result["energy_joules"] == pytest.approx(4.5)
     assert result["energy_source"].startswith("rapl")
+
+
+def test_the_jsonl_calibrator_reads_plain_and_gzipped_files_and_names_a_bad_line(teeny_plugins, tiny_tokenizer,
+                                                                                 tmp_path):
+    import gzip
+
+    from teeny_core import TeenyError
+
+    cls = teeny_plugins.get("calibrator", "jsonl")
+    lines = "".join(json.dumps({"text": f"def f{i}(a, b):\n    return a + {i} * b\n"}) + "\n\n" for i in range(40))
+    (tmp_path / "code.jsonl").write_text(lines)
+    (tmp_path / "code.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
+
+    def samples(name: str):
+        options = cls.Options.from_mapping({"path": str(tmp_path / name), "samples": 3, "seq_len": 16})
+        return cls().samples(tiny_tokenizer, options, seed=0).samples
+
+    assert samples("code.jsonl") == samples("code.jsonl.gz") and len(samples("code.jsonl")) == 3
+    (tmp_path / "bad.jsonl").write_text('{"text": "x = 1"}\n\n{oops\n')
+    with pytest.raises(TeenyError, match=r"^calibrator jsonl: .*bad.jsonl:3 is not valid JSON"):
+        samples("bad.jsonl")
+    (tmp_path / "other.jsonl").write_text('{"body": "x = 1"}\n')
+    with pytest.raises(TeenyError, match=r"other.jsonl:1: record has no text field 'text'"):
+        samples("other.jsonl")

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from teeny_core.checkpoints import open_checkpoint
 from teeny_core.cli import cli
 from teeny_core.errors import TeenyError
-from teeny_core.testing import build_quantized_checkpoint
+from teeny_core.testing import build_quantized_checkpoint, experiment_toml
 from teeny_core.types import ARTIFACT_MANIFEST
 
 GPTQMODEL_CONFIG = {
@@ -105,12 +105,11 @@ def test_a_gguf_file_is_recognised_by_its_header(tmp_path):
 
 def test_a_checkpoint_variant_runs_next_to_quantized_ones(gptqmodel_dir, tiny_model, tmp_path):
     root = tmp_path / "runs"
-    (tmp_path / "exp.toml").write_text("\n".join([
-        'name = "ckpt"', f'model = "{tiny_model("llama")}"', f'output_dir = "{root}"', 'device = "cpu"',
-        "[evaluators.fidelity]", "chunks = 2", "chunk_len = 32", "[profilers.system]", "benchmark = false",
+    (tmp_path / "exp.toml").write_text(experiment_toml("ckpt", tiny_model("llama"), root, chunks=2, chunk_len=32,
+                                                       body="\n".join([
         "[[variants]]", 'name = "vendor-gptq"', f'checkpoint = "{gptqmodel_dir}"',
         "[[variants]]", 'name = "rtn-w4"', 'method = "rtn"', "bits = 4", "group_size = 32",
-    ]) + "\n")
+    ]) + "\n"))
     r = CliRunner().invoke(cli, ["run", str(tmp_path / "exp.toml")])
     assert r.exit_code == 0, r.output
     results = json.loads((root / "ckpt" / "results.json").read_text())

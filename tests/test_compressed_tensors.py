@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from teeny_core.checkpoints import open_checkpoint
 from teeny_core.cli import cli
 from teeny_core.errors import TeenyError
+from teeny_core.testing import experiment_toml
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("compressed_tensors")
@@ -249,12 +250,11 @@ def test_teeny_eval_runs_a_w8a8_checkpoint_with_int8_products(ct_dirs, tiny_mode
 
 def test_checkpoint_variants_of_compressed_tensors_run_packed(ct_dirs, tiny_model, tmp_path):
     root = tmp_path / "runs"
-    (tmp_path / "exp.toml").write_text("\n".join([
-        'name = "ct"', f'model = "{tiny_model("llama")}"', f'output_dir = "{root}"', 'device = "cpu"',
-        "[evaluators.fidelity]", "chunks = 2", "chunk_len = 32", "[profilers.system]", "benchmark = false",
+    (tmp_path / "exp.toml").write_text(experiment_toml("ct", tiny_model("llama"), root, chunks=2, chunk_len=32,
+                                                       body="\n".join([
         "[[variants]]", 'name = "w8a8"', f'checkpoint = "{ct_dirs["w8a8"]}"',
         "[[variants]]", 'name = "w4a16"', f'checkpoint = "{ct_dirs["w4a16"]}"',
-    ]) + "\n")
+    ]) + "\n"))
     r = CliRunner().invoke(cli, ["run", str(tmp_path / "exp.toml")])
     assert r.exit_code == 0, r.output
     by_name = {v["name"]: v for v in json.loads((root / "ct" / "results.json").read_text())["variants"]}

@@ -11,21 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from teeny_core.testing import experiment_toml
+
 CHUNKS = 24
 
 
 def write_experiment(root: Path, model: Path) -> Path:
     exp = root / "exp.toml"
-    exp.write_text(f'''name = "resume"
-model = "{model}"
-output_dir = "{root / 'runs'}"
-device = "cpu"
-[evaluators.fidelity]
-chunks = {CHUNKS}
-chunk_len = 128
-[profilers.system]
-benchmark = false
-[[variants]]
+    exp.write_text(experiment_toml("resume", model, root / "runs", chunks=CHUNKS, chunk_len=128, body='''[[variants]]
 name = "w4"
 method = "rtn"
 bits = 4
@@ -35,7 +28,7 @@ name = "w3"
 method = "rtn"
 bits = 3
 group_size = 64
-''')
+'''))
     return exp
 
 

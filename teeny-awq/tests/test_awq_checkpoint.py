@@ -7,23 +7,15 @@ import torch
 
 from teeny_core import Artifact, CalibrationSet, ModelSource, TeenyError
 from teeny_core.formats.awq import dequantized_state_dict
-from teeny_core.testing import QuantizerContract
+from teeny_core.testing import QuantizerContract, corpus_windows
 
 
-@pytest.fixture(scope="module", autouse=True)
-def awq_checkpoint_one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def awq_calibration(tiny_tokenizer):
-    from teeny_core.testing import tiny_corpus
-
-    ids = tiny_tokenizer.encode("".join(tiny_corpus()))[: 8 * 64]
-    return CalibrationSet(name="corpus", samples=[ids[i:i + 64] for i in range(0, len(ids), 64)])
+    return CalibrationSet(name="corpus", samples=corpus_windows(tiny_tokenizer, 8, 64))
 
 
 def quantize(teeny_plugins, path, calibration, out_dir, **options):

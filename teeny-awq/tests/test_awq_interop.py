@@ -28,12 +28,11 @@ def awq_python() -> str | None:
 @pytest.fixture(scope="module")
 def awq_interop_checkpoint(tiny_model, tiny_tokenizer, teeny_plugins, tmp_path_factory):
     """A 4-bit g32 hf-awq checkpoint of the tiny Qwen2 model (biases, tied embeddings) and our logits for IDS."""
-    from teeny_core.testing import tiny_corpus
+    from teeny_core.testing import corpus_windows
 
     if awq_python() is None and importlib.util.find_spec("gptqmodel") is None:
         pytest.skip("neither autoawq (or TEENY_AWQ_REFERENCE_PYTHON) nor gptqmodel is available")
-    ids = tiny_tokenizer.encode("".join(tiny_corpus()))[: 4 * 64]
-    calibration = CalibrationSet(name="corpus", samples=[ids[i:i + 64] for i in range(0, len(ids), 64)])
+    calibration = CalibrationSet(name="corpus", samples=corpus_windows(tiny_tokenizer, 4, 64))
     cls = teeny_plugins.get("quantizer", "awq")
     out = tmp_path_factory.mktemp("awq-interop")
     artifact = cls().quantize(ModelSource(str(tiny_model("qwen2"))), calibration,

@@ -10,25 +10,17 @@ from teeny_awq.algorithm import AwqSettings, awq_solver
 from teeny_core.arch import spec_for
 from teeny_core.modeling import decoder_layers
 from teeny_core.quant import dequantize_weight, quantize_weight
+from teeny_core.testing import corpus_windows
 
 ARCHS = ("llama", "qwen2", "gemma3", "mistral", "phi3", "qwen2_moe")
 
-@pytest.fixture(scope="module", autouse=True)
-def awq_method_one_thread():
-    """Tiny matrices: one thread is faster and immune to other jobs contending for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def awq_windows(tiny_tokenizer):
     """Windows of 128 tokens of the tokenizer's own corpus: even ones calibrate, odd ones are held out."""
-    from teeny_core.testing import tiny_corpus
-
-    ids = tiny_tokenizer.encode("".join(tiny_corpus()))[: 32 * 128]
-    windows = torch.tensor(ids).reshape(32, 128)
+    windows = torch.tensor(corpus_windows(tiny_tokenizer, 32, 128))
     return windows[0::2][:8], windows[1::2][:8]
 
 

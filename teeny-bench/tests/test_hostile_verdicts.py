@@ -18,12 +18,11 @@ from pathlib import Path
 import pytest
 
 from teeny_core.store import MemoryContext
+from teeny_core.testing import answering_model
 from teeny_bench import errors, toolchains
 from teeny_bench.humaneval import (HumanEval, HumanEvalOptions, PlusGrader, file_id, grade_humaneval,
                                    load_plus_problems, load_problems)
 from teeny_bench.livecodebench import LcbOptions, LcbProblem, grade_programs
-
-from teeny_core import Generation, LoadedModel
 
 MARKER_LINE = '@@teeny-plus@@ {"failed_index": null}'
 
@@ -105,34 +104,14 @@ def test_always_equal_object_is_rejected(has_close_elements):
 
 # -- through the evaluator -----------------------------------------------------------------------------------
 
-class _Tokenizer:
-    def __init__(self, chat: bool) -> None:
-        self.chat_template = "{{ messages }}" if chat else None
-
-    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
-        return "".join(m["content"] for m in messages)
-
-
-class _Canned(LoadedModel):
-    """Gives the same answer to every prompt."""
-
-    def __init__(self, answer: str, chat: bool) -> None:
-        self.answer, self._tokenizer = answer, _Tokenizer(chat)
-
-    @property
-    def tokenizer(self):
-        return self._tokenizer
-
-    def generate(self, prompts, *, max_new_tokens=256, temperature=0.0, top_p=1.0, stop=None, seed=0):
-        return [Generation(text=self.answer, tokens=5, finish_reason="stop", seconds=0.0) for _ in prompts]
-
-    def logprobs(self, token_ids):
-        raise NotImplementedError
+def _canned(answer: str, chat: bool):
+    """A model that gives the same answer to every prompt."""
+    return answering_model(lambda prompt: answer, chat=chat)
 
 
 def _run(answer, chat, tmp_path):
     ctx = MemoryContext(cache_dir=tmp_path, limit=1)
-    model = _Canned(answer, chat)
+    model = _canned(answer, chat)
     HumanEval().evaluate(model, HumanEvalOptions(prompt_style="chat" if chat else "completion"), ctx)
     return ctx.records[0]
 
@@ -286,12 +265,6 @@ ALWAYS_TRUE_EQ = {  # an int subclass whose __eq__ is true whatever it is compar
 }
 
 
-@pytest.mark.parametrize("name", list(ALWAYS_TRUE_EQ))
-def test_always_true_comparison_in_disguise(has_close_elements, name):
-    (outcome,) = grade_humaneval([(has_close_elements, ALWAYS_TRUE_EQ[name])], timeout=5)
-    assert not outcome["passed"] and outcome["category"] == errors.WRONG_ANSWER, outcome
-
-
 FLOAT_SUBCLASSES = {
     "__sub__ returns 0": "    class F(float):\n        def __sub__(self, other):\n            return 0.0\n"
                          "    return F(0.5)\n",
@@ -300,10 +273,15 @@ FLOAT_SUBCLASSES = {
                          "            return 0.0\n    return F(0.5)\n",
 }
 
+DISGUISED = {**{name: ("has_close_elements", body) for name, body in ALWAYS_TRUE_EQ.items()},
+             **{name: ("truncate_number", body) for name, body in FLOAT_SUBCLASSES.items()}}
 
-@pytest.mark.parametrize("name", list(FLOAT_SUBCLASSES))
-def test_float_subclass_arithmetic_does_not_reach_the_checks(truncate_number, name):
-    (outcome,) = grade_humaneval([(truncate_number, FLOAT_SUBCLASSES[name])], timeout=5)
+
+@pytest.mark.parametrize("name", list(DISGUISED))
+def test_answers_in_disguise_do_not_reach_the_checks(request, name):
+    """An always-true comparison in disguise, or a float subclass whose arithmetic lies, is a wrong answer."""
+    problem, body = DISGUISED[name]
+    (outcome,) = grade_humaneval([(request.getfixturevalue(problem), body)], timeout=5)
     assert not outcome["passed"] and outcome["category"] == errors.WRONG_ANSWER, outcome
 
 
@@ -362,7 +340,7 @@ def _one_problem_file(problem, tmp_path):
 def test_evaluator_chat_answers_that_patch_the_checks(find_zero, answer, tmp_path):
     ctx = MemoryContext(cache_dir=tmp_path)
     options = HumanEvalOptions(prompt_style="chat", path=str(_one_problem_file(find_zero, tmp_path)))
-    HumanEval().evaluate(_Canned(answer, True), options, ctx)
+    HumanEval().evaluate(_canned(answer, True), options, ctx)
     (record,) = ctx.records
     assert record["passed"] is False and record["category"] == errors.WRONG_ANSWER, record
 
@@ -422,12 +400,18 @@ MUL_PYTHON_CHEATS = {
 }
 
 
-@pytest.mark.parametrize("name", list(MUL_PYTHON_CHEATS))
-def test_humaneval_mul_python_cheats_fail(name):
+RIGHT_ADD = {"python": "    return x + y\n", "js": "  return x + y;\n}\n", "ts": "  return x + y;\n}\n",
+             "php": "    return $x + $y;\n}\n", "sh": "    echo $(( $1 + $2 ))\n"}
+
+
+def _cheat_fails(language: str, cheat: str) -> None:
+    """HumanEval 53 (add) in ``language``: the cheating completion fails, the honest one passes."""
     from teeny_bench.multipl_e import load_problems as load_mul, run_programs
 
-    problem = next(p for p in load_mul(str(MUL_DATA), ["python"])["python"] if p.problem == 53)
-    wrong, right = run_programs([(problem, MUL_PYTHON_CHEATS[name]), (problem, "    return x + y\n")], timeout=10)
+    if not toolchains.detect(language).available:
+        pytest.skip(f"{language} toolchain not installed")
+    problem = next(p for p in load_mul(str(MUL_DATA), [language])[language] if p.problem == 53)
+    wrong, right = run_programs([(problem, cheat), (problem, RIGHT_ADD[language])], timeout=20)
     assert not wrong["passed"], wrong
     assert right["passed"], right
 
@@ -550,19 +534,6 @@ JS_CHEATS = {  # HumanEval 53 (add); each answers 0, which is wrong
 }
 
 
-@pytest.mark.parametrize("name", list(JS_CHEATS))
-def test_humaneval_mul_javascript_cheats_fail(name):
-    from teeny_bench.multipl_e import load_problems as load_mul, run_programs
-
-    language, completion = JS_CHEATS[name]
-    if not toolchains.detect(language).available:
-        pytest.skip(f"{language} toolchain not installed")
-    problem = next(p for p in load_mul(str(MUL_DATA), [language])[language] if p.problem == 53)
-    wrong, right = run_programs([(problem, completion), (problem, "  return x + y;\n}\n")], timeout=20)
-    assert not wrong["passed"], wrong
-    assert right["passed"], right
-
-
 def test_humaneval_mul_javascript_expected_values_are_not_in_the_program():
     from teeny_bench.multipl_e import assemble_recorded, load_problems as load_mul, recorded_js_tests
 
@@ -619,18 +590,6 @@ PHP_CHEATS = {  # HumanEval 53 (add)
 }
 
 
-@pytest.mark.parametrize("name", list(PHP_CHEATS))
-def test_humaneval_mul_php_cheats_fail(name):
-    from teeny_bench.multipl_e import load_problems as load_mul, run_programs
-
-    if not toolchains.detect("php").available:
-        pytest.skip("php toolchain not installed")
-    problem = next(p for p in load_mul(str(MUL_DATA), ["php"])["php"] if p.problem == 53)
-    wrong, right = run_programs([(problem, PHP_CHEATS[name]), (problem, "    return $x + $y;\n}\n")], timeout=20)
-    assert not wrong["passed"], wrong
-    assert right["passed"], right
-
-
 def test_php_literals_read_as_json_encode_writes_them():
     from teeny_bench.multipl_e import _identical, _php_json, _php_literal
 
@@ -649,16 +608,15 @@ SH_CHEATS = {  # HumanEval 53 (add): each prints 0, which is wrong
 }
 
 
-@pytest.mark.parametrize("name", list(SH_CHEATS))
-def test_humaneval_mul_bash_cheats_fail(name):
-    from teeny_bench.multipl_e import load_problems as load_mul, run_programs
+MUL_CHEATS = {**{name: ("python", code) for name, code in MUL_PYTHON_CHEATS.items()}, **JS_CHEATS,
+              **{name: ("php", code) for name, code in PHP_CHEATS.items()},
+              **{name: ("sh", code) for name, code in SH_CHEATS.items()}}
 
-    if not toolchains.detect("sh").available:
-        pytest.skip("bash toolchain not installed")
-    problem = next(p for p in load_mul(str(MUL_DATA), ["sh"])["sh"] if p.problem == 53)
-    wrong, right = run_programs([(problem, SH_CHEATS[name]), (problem, "    echo $(( $1 + $2 ))\n")], timeout=20)
-    assert not wrong["passed"], wrong
-    assert right["passed"], right
+
+@pytest.mark.parametrize("name", list(MUL_CHEATS))
+def test_humaneval_mul_cheats_fail(name):
+    """Each language's cheats (issue 20): the cheating completion of HumanEval 53 fails, the honest one passes."""
+    _cheat_fails(*MUL_CHEATS[name])
 
 
 def test_bash_tests_compare_what_the_call_printed():

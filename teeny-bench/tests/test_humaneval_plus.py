@@ -215,42 +215,33 @@ def test_an_answer_of_a_million_digits_is_graded(tmp_path):
     assert "too large to show" in wrong["detail"]
 
 
-def test_a_solution_cannot_read_the_problem_file_or_the_answer_cache():
+def test_a_solution_cannot_read_the_problem_file_or_the_answer_cache(outside_tmp):
     """A world-readable HumanEvalPlus.jsonl.gz and the expected-answer cache, outside /tmp, are not in the
     sandbox's view: a solution answering from the cache (or only when it can open the file) fails."""
     import hashlib
-    import shutil
-    import tempfile
-    from pathlib import Path
 
     from teeny_bench.sandbox import capabilities
 
     if "view" not in capabilities():
         pytest.skip("no filesystem view on this machine (no mount namespace)")
-    root = Path(tempfile.mkdtemp(prefix=".plus-secrets-", dir=Path(__file__).parent))
-    try:
-        root.chmod(0o755)
-        path = root / "HumanEvalPlus.jsonl.gz"
-        with gzip.open(path, "wt") as f:
-            f.write(json.dumps({**ADD, "test": "", "contract": ""}) + "\n")
-        path.chmod(0o644)
-        problems = load_plus_problems(path)
-        grader = PlusGrader(problems, file_id(path), root / "cache")
-        grader.references([problems[0].task_id])
-        cached = root / "cache" / "humaneval-plus" / CACHE_FORMAT / file_id(path) / (
-            hashlib.sha256(b"Plus/0").hexdigest()[:16] + ".json")
-        for p in [cached, *cached.parents]:
-            if p == root:
-                break
-            p.chmod(0o755 if p.is_dir() else 0o644)
-        from_cache = ("import json\nANSWERS, CALLS = None, [0]\n\n\ndef add(a, b):\n    global ANSWERS\n"
-                      f"    ANSWERS = ANSWERS or json.load(open({str(cached)!r}))['outputs']\n"
-                      "    CALLS[0] += 1\n    return int(ANSWERS[CALLS[0] - 1]['v'][1])\n")
-        peek = f"def add(a, b):\n    open({str(path)!r}, 'rb').read(1)\n    return a + b\n"
-        honest, cheat, peeked = grader.grade([(problems[0], "    return a + b\n"), (problems[0], from_cache),
-                                              (problems[0], peek)])
-        assert honest["passed"], honest
-        for outcome in (cheat, peeked):
-            assert not outcome["passed"] and outcome["exception"] == "FileNotFoundError", outcome
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    record = json.dumps({**ADD, "test": "", "contract": ""}) + "\n"
+    root = outside_tmp(0o755, {"HumanEvalPlus.jsonl.gz": (gzip.compress(record.encode()), 0o644)})
+    path = root / "HumanEvalPlus.jsonl.gz"
+    problems = load_plus_problems(path)
+    grader = PlusGrader(problems, file_id(path), root / "cache")
+    grader.references([problems[0].task_id])
+    cached = root / "cache" / "humaneval-plus" / CACHE_FORMAT / file_id(path) / (
+        hashlib.sha256(b"Plus/0").hexdigest()[:16] + ".json")
+    for p in [cached, *cached.parents]:
+        if p == root:
+            break
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    from_cache = ("import json\nANSWERS, CALLS = None, [0]\n\n\ndef add(a, b):\n    global ANSWERS\n"
+                  f"    ANSWERS = ANSWERS or json.load(open({str(cached)!r}))['outputs']\n"
+                  "    CALLS[0] += 1\n    return int(ANSWERS[CALLS[0] - 1]['v'][1])\n")
+    peek = f"def add(a, b):\n    open({str(path)!r}, 'rb').read(1)\n    return a + b\n"
+    honest, cheat, peeked = grader.grade([(problems[0], "    return a + b\n"), (problems[0], from_cache),
+                                          (problems[0], peek)])
+    assert honest["passed"], honest
+    for outcome in (cheat, peeked):
+        assert not outcome["passed"] and outcome["exception"] == "FileNotFoundError", outcome

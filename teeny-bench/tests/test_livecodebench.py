@@ -17,7 +17,7 @@ import pytest
 
 from teeny_core import Generation, LoadedModel, OptionsError, TeenyError
 from teeny_core.store import MemoryContext
-from teeny_core.testing import EvaluatorContract
+from teeny_core.testing import EvaluatorContract, answering_model
 from teeny_bench import errors
 from teeny_bench.lcb_harness import stdout_matches
 from teeny_bench.livecodebench import (LcbOptions, LcbProblem, LiveCodeBenchEvaluator, build_prompt, check_command,
@@ -295,51 +295,28 @@ def test_release_downloads_the_release_files_from_the_hub_cache(monkeypatch, tmp
         load_problems()
 
 
-class AnswerPrint(LoadedModel):
-    @property
-    def tokenizer(self):
-        return SimpleNamespace(chat_template="x", apply_chat_template=lambda m, tokenize, add_generation_prompt:
-                               m[-1]["content"])
-
-    def generate(self, prompts, **kwargs):
-        return [Generation(text="```python\nprint(1)\n```", tokens=5, finish_reason="stop") for _ in prompts]
-
-    def logprobs(self, token_ids):
-        raise NotImplementedError
-
-
 class TestLiveCodeBenchContract(EvaluatorContract):
     evaluator = "livecodebench"
     options = {"path": str(PUBLIC), "limit": 2}
 
     @pytest.fixture
     def loaded_model(self):
-        return AnswerPrint()
+        return answering_model(lambda prompt: "```python\nprint(1)\n```", chat=True)
 
 
-def test_a_solution_cannot_read_the_problem_file_or_the_run_store(public_problems):
+def test_a_solution_cannot_read_the_problem_file_or_the_run_store(public_problems, outside_tmp):
     """The tests' own data file and a run store's samples.jsonl (world-readable, outside /tmp) are not in the
     sandbox's view: a program that answers right only when it can read them fails, on stdin and functional
     problems alike."""
-    import shutil
-    import tempfile
-
     from teeny_bench.sandbox import capabilities
 
     if "view" not in capabilities():
         pytest.skip("no filesystem view on this machine (no mount namespace)")
     problems = [find(public_problems, "three cards with letters"), find(public_problems, "countSeniors")]
-    run_dir = Path(tempfile.mkdtemp(prefix=".lcb-run-", dir=Path(__file__).parent))
-    try:
-        run_dir.chmod(0o755)
-        samples = run_dir / "samples.jsonl"
-        samples.write_text('{"key": "abc/0", "passed": true}\n')
-        samples.chmod(0o644)
-        honest = grade_programs(problems, [oracle_program(p) for p in problems], LcbOptions())
-        assert [v["verdict"] for v in honest] == ["passed", "passed"]
-        for secret in (PUBLIC, samples):
-            peek = f"open({str(secret)!r}).read(1)\n"
-            cheats = grade_programs(problems, [peek + oracle_program(p) for p in problems], LcbOptions())
-            assert [(v["verdict"], v["error"]) for v in cheats] == [("runtime_error", "FileNotFoundError")] * 2
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    samples = outside_tmp(0o755, {"samples.jsonl": ('{"key": "abc/0", "passed": true}\n', 0o644)}) / "samples.jsonl"
+    honest = grade_programs(problems, [oracle_program(p) for p in problems], LcbOptions())
+    assert [v["verdict"] for v in honest] == ["passed", "passed"]
+    for secret in (PUBLIC, samples):
+        peek = f"open({str(secret)!r}).read(1)\n"
+        cheats = grade_programs(problems, [peek + oracle_program(p) for p in problems], LcbOptions())
+        assert [(v["verdict"], v["error"]) for v in cheats] == [("runtime_error", "FileNotFoundError")] * 2

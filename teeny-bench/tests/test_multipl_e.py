@@ -11,7 +11,7 @@ import pytest
 
 from teeny_core import Generation, LoadedModel, TeenyError
 from teeny_core.store import MemoryContext
-from teeny_core.testing import EvaluatorContract
+from teeny_core.testing import EvaluatorContract, answering_model
 from teeny_bench import errors, toolchains
 from teeny_bench.multipl_e import (CHECK_BODIES, SKIPPED, HumanEvalMulEvaluator, MulOptions, assemble,
                                    check_toolchains, completion_from_chat, load_problems, problem_from_record,
@@ -265,25 +265,13 @@ def test_check_bodies_cover_every_language():
     assert set(CHECK_BODIES) == set(toolchains.LANGUAGES)
 
 
-class ReturnNone(LoadedModel):
-    @property
-    def tokenizer(self):
-        return CannedTokenizer()
-
-    def generate(self, prompts, **kwargs):
-        return [Generation(text="    return None\n", tokens=3, finish_reason="stop") for _ in prompts]
-
-    def logprobs(self, token_ids):
-        raise NotImplementedError
-
-
 class TestHumanEvalMulContract(EvaluatorContract):
     evaluator = "humaneval-mul"
     options = {"path": str(DATA), "languages": ["python", "sh"], "limit": 2}
 
     @pytest.fixture
     def loaded_model(self):
-        return ReturnNone()
+        return answering_model(lambda prompt: "    return None\n")
 
 
 def test_python_canonical_solutions_pass():

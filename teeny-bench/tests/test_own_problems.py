@@ -10,48 +10,24 @@ from pathlib import Path
 
 import pytest
 
-from teeny_core import Generation, LoadedModel, TeenyError
+from teeny_core import TeenyError
 from teeny_core.store import MemoryContext
+from teeny_core.testing import answering_model
 from teeny_bench import errors
 from teeny_bench.humaneval import HumanEval, HumanEvalOptions, grade_humaneval, load_problems
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "own-problems.jsonl"
 
 
-class _Tokenizer:
-    def __init__(self, chat: bool) -> None:
-        self.chat_template = "{{ messages }}" if chat else None
-
-    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
-        return "".join(m["content"] for m in messages)
-
-
-class _Answers(LoadedModel):
-    """Answers each prompt with ``answers[task]`` (the task found by its prompt's text)."""
-
-    def __init__(self, problems, answers: dict[str, str], chat: bool) -> None:
-        self.problems, self.answers, self._tokenizer = problems, answers, _Tokenizer(chat)
-
-    @property
-    def tokenizer(self):
-        return self._tokenizer
-
-    def generate(self, prompts, *, max_new_tokens=256, temperature=0.0, top_p=1.0, stop=None, seed=0):
-        out = []
-        for prompt in prompts:
-            task = next(p.task_id for p in self.problems if p.prompt.strip() in prompt
-                        or p.prompt.strip().replace("from typing import *", "").strip() in prompt)
-            out.append(Generation(text=self.answers[task], tokens=5, finish_reason="stop", seconds=0.0))
-        return out
-
-    def logprobs(self, token_ids):
-        raise NotImplementedError
-
-
 def _evaluate(answers: dict[str, str], chat: bool, tmp_path) -> dict[str, dict]:
     problems = load_problems(EXAMPLE)
+
+    def answer(prompt: str) -> str:  # the task found by its prompt's text
+        return answers[next(p.task_id for p in problems if p.prompt.strip() in prompt
+                            or p.prompt.strip().replace("from typing import *", "").strip() in prompt)]
+
     ctx = MemoryContext(cache_dir=tmp_path)
-    HumanEval().evaluate(_Answers(problems, answers, chat),
+    HumanEval().evaluate(answering_model(answer, chat=chat),
                          HumanEvalOptions(path=str(EXAMPLE), prompt_style="chat" if chat else "completion"), ctx)
     return {r["task_id"]: r for r in ctx.records}
 

@@ -210,26 +210,20 @@ def test_writing_outside_its_directory_fails(py, tmp_path):
     assert not os.path.exists("/tmp/teeny-sandbox-escape.txt")
 
 
-def test_world_writable_directory_elsewhere_stays_intact(py):
+def test_world_writable_directory_elsewhere_stays_intact(py, outside_tmp):
     """Outside /tmp, in a directory anyone may write to: only a read-only filesystem view protects it."""
     if "readonly" not in capabilities():
         pytest.skip("this kernel cannot make the sandbox's view of the filesystem read-only (mount_setattr)")
-    target = Path(tempfile.mkdtemp(prefix=".sandbox-canary-", dir=Path(__file__).parent))
-    try:
-        target.chmod(0o777)
-        canary = target / "canary.txt"
-        canary.write_text("original")
-        canary.chmod(0o666)
-        code = (f"import os\nopen({str(canary)!r}, 'w').write('overwritten')\n")
-        assert py(code).status == "error"
-        code = (f"import os\ntry:\n    os.remove({str(canary)!r})\nexcept OSError:\n    pass\n"
-                f"open({str(target / 'new.txt')!r}, 'w').write('x')\n")
-        r = py(code)
-        # read-only view (EROFS), or, when the repo itself lives under /tmp, the sandbox's private /tmp (ENOENT)
-        assert r.status == "error" and ("Read-only file system" in r.stderr or "No such file" in r.stderr)
-        assert canary.read_text() == "original" and sorted(p.name for p in target.iterdir()) == ["canary.txt"]
-    finally:
-        shutil.rmtree(target, ignore_errors=True)
+    target = outside_tmp(0o777, {"canary.txt": ("original", 0o666)})
+    canary = target / "canary.txt"
+    code = (f"import os\nopen({str(canary)!r}, 'w').write('overwritten')\n")
+    assert py(code).status == "error"
+    code = (f"import os\ntry:\n    os.remove({str(canary)!r})\nexcept OSError:\n    pass\n"
+            f"open({str(target / 'new.txt')!r}, 'w').write('x')\n")
+    r = py(code)
+    # read-only view (EROFS), or, when the repo itself lives under /tmp, the sandbox's private /tmp (ENOENT)
+    assert r.status == "error" and ("Read-only file system" in r.stderr or "No such file" in r.stderr)
+    assert canary.read_text() == "original" and sorted(p.name for p in target.iterdir()) == ["canary.txt"]
 
 
 def test_socket_to_the_outside_fails_when_isolated(py):
@@ -405,39 +399,32 @@ stack.close()
 
 
 @pytest.mark.parametrize("mode", ["cold", "warm"])
-def test_without_root_user_namespaces_give_the_same_isolation(mode):
+def test_without_root_user_namespaces_give_the_same_isolation(mode, outside_tmp):
     """A laptop user is not root: simulated here by running the harness in a user namespace as uid 1000."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare(1) to simulate an unprivileged user")
     probe = subprocess.run(["unshare", "--user", "--map-user=1000", "--map-group=1000", "true"], capture_output=True)
     if probe.returncode != 0:
         pytest.skip("user namespaces are not available here")
-    target = Path(tempfile.mkdtemp(prefix=".sandbox-canary-", dir=Path(__file__).parent))
-    try:
-        target.chmod(0o777)
-        canary = target / "canary.txt"
-        canary.write_text("original")
-        canary.chmod(0o666)
-        run = subprocess.run(["unshare", "--user", "--map-user=1000", "--map-group=1000", sys.executable, "-c",
-                              NON_ROOT_SCRIPT, str(canary), mode, BOMB], capture_output=True, text=True, timeout=300)
-        assert run.returncode == 0, run.stderr
-        out = json.loads(run.stdout.strip().splitlines()[-1])
-        assert out["status"] == "ok", out
-        assert {"user", "net", "pid", "mount", "readonly"} <= set(out["isolation"])
-        assert "net 101" in out["stdout"]  # ENETUNREACH
-        assert "write 30" in out["stdout"] or "write 2" in out["stdout"]  # EROFS, or ENOENT under a private /tmp
-        assert "uid 1000" in out["stdout"]
-        # no capability left in its user namespace (a warm program runs without the execve that clears them),
-        # so it cannot unmount the private /tmp over the real one
-        assert "caps 0000000000000000" in out["stdout"] and "umount -1 1" in out["stdout"]
-        # RLIMIT_NPROC does not bind here (the "user" is root on the host); the PID namespace's own cap does
-        if "pids" in out["isolation"]:
-            forks, errno = map(int, out["bomb"].split())
-            assert forks <= 16 and errno == 11, out
-        assert set(out["warm"]) == {mode == "warm"}
-        assert canary.read_text() == "original"
-    finally:
-        shutil.rmtree(target, ignore_errors=True)
+    canary = outside_tmp(0o777, {"canary.txt": ("original", 0o666)}) / "canary.txt"
+    run = subprocess.run(["unshare", "--user", "--map-user=1000", "--map-group=1000", sys.executable, "-c",
+                          NON_ROOT_SCRIPT, str(canary), mode, BOMB], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["status"] == "ok", out
+    assert {"user", "net", "pid", "mount", "readonly"} <= set(out["isolation"])
+    assert "net 101" in out["stdout"]  # ENETUNREACH
+    assert "write 30" in out["stdout"] or "write 2" in out["stdout"]  # EROFS, or ENOENT under a private /tmp
+    assert "uid 1000" in out["stdout"]
+    # no capability left in its user namespace (a warm program runs without the execve that clears them),
+    # so it cannot unmount the private /tmp over the real one
+    assert "caps 0000000000000000" in out["stdout"] and "umount -1 1" in out["stdout"]
+    # RLIMIT_NPROC does not bind here (the "user" is root on the host); the PID namespace's own cap does
+    if "pids" in out["isolation"]:
+        forks, errno = map(int, out["bomb"].split())
+        assert forks <= 16 and errno == 11, out
+    assert set(out["warm"]) == {mode == "warm"}
+    assert canary.read_text() == "original"
 
 
 # Run as real root: a child in a new user namespace, mapped to uid 1000 there (root on the host, like the test

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from teeny_core.source_match import compare_layouts, gguf_layout, source_match
+from teeny_core.testing import experiment_toml
 
 pytest.importorskip("llama_cpp")
 
@@ -79,14 +80,8 @@ def test_run_of_a_q4_k_m_source_flags_its_q4_k_m_variant_in_results_and_report(t
     # qwen2: transformers reads this tiny GGUF's special tokens back for qwen2 (not for a llama-arch gpt2 vocab)
     q4 = _gguf(tiny_model("qwen2"), tmp_path / "src", type="Q4_K_M")
     exp = tmp_path / "exp.toml"
-    exp.write_text(f'''name = "bias"
-model = "{q4.location}"
-output_dir = "{tmp_path / 'runs'}"
-device = "cpu"
-[evaluators.fidelity]
-chunks = 2
-chunk_len = 32
-[[variants]]
+    exp.write_text(experiment_toml("bias", q4.location, tmp_path / "runs", chunks=2, chunk_len=32, profile=False,
+                                   body='''[[variants]]
 name = "same-q4"
 method = "gguf"
 type = "Q4_K_M"
@@ -94,7 +89,7 @@ type = "Q4_K_M"
 name = "q8"
 method = "gguf"
 type = "Q8_0"
-''')
+'''))
     result = CliRunner().invoke(cli, ["run", str(exp)])
     assert result.exit_code == 0, result.output
     run = tmp_path / "runs" / "bias"

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from teeny_core.testing import ExecutorContract, experiment_toml
+
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install teeny-ray)")
 
 BOOM = '''
@@ -56,6 +58,14 @@ def cluster(tmp_path_factory):
             os.environ["PYTHONPATH"] = old
 
 
+class TestRayExecutorContract(ExecutorContract):
+    executor = "ray"
+
+    @pytest.fixture(autouse=True)
+    def _on_the_cluster(self, cluster):
+        """The contract's tasks run on this module's local cluster."""
+
+
 def experiment(root: Path, model: Path, name: str, chunks: int, boom: bool = False) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     exp = root / f"{name}.toml"
@@ -68,18 +78,8 @@ group_size = 64
 ''' for bits in (8, 4))
     if boom:
         variants += '\n[[variants]]\nname = "boom"\nmethod = "boom"\n'
-    exp.write_text(f'''name = "{name}"
-model = "{model}"
-output_dir = "{root / 'runs'}"
-device = "cpu"
-[evaluators.fidelity]
-chunks = {chunks}
-chunk_len = 64
-[profilers.system]
-benchmark = false
-[executor.ray]
-cpus_per_variant = 1
-{variants}''')
+    exp.write_text(experiment_toml(name, model, root / "runs", chunks=chunks, chunk_len=64,
+                                   body="[executor.ray]\ncpus_per_variant = 1\n" + variants))
     return exp
 
 

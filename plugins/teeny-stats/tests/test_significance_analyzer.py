@@ -7,8 +7,14 @@ import pytest
 
 from teeny_core import OptionsError, VariantResult
 from teeny_core.plugins import Plugins
+from teeny_core.testing import AnalyzerContract, flipped
 from teeny_stats import stats
 from teeny_stats.analyzer import SignificanceAnalyzer, SignificanceOptions
+
+
+class TestSignificanceContract(AnalyzerContract):
+    analyzer = "significance"
+    options = {"resamples": 200}
 
 
 def bench_records(outcomes, samples=1, evaluator="humaneval"):
@@ -27,17 +33,6 @@ def baseline_outcomes(n=120, seed=0):
     return [rng.random() < 0.6 for _ in range(n)]
 
 
-def flip(outcomes, right_to_wrong, wrong_to_right):
-    out = list(outcomes)
-    passed = [i for i, p in enumerate(out) if p]
-    failed = [i for i, p in enumerate(out) if not p]
-    for i in passed[:right_to_wrong]:
-        out[i] = False
-    for i in failed[:wrong_to_right]:
-        out[i] = True
-    return out
-
-
 def analyze(base, variants, **opts):
     options = SignificanceOptions.from_mapping({"resamples": 2000, **opts})
     out = SignificanceAnalyzer().analyze(base, variants, options)
@@ -49,7 +44,7 @@ def analyze(base, variants, **opts):
 def test_flipping_many_items_is_worse_and_identical_is_no_difference():
     b = baseline_outcomes()
     base = variant("original", {"humaneval": bench_records(b)}, method="none")
-    bad = variant("q2", {"humaneval": bench_records(flip(b, 20, 2))})
+    bad = variant("q2", {"humaneval": bench_records(flipped(b, 20, 2))})
     same = variant("q8", {"humaneval": bench_records(b)})
     out = analyze(base, [bad, same], fields=[])
     worse = out["q2"]["humaneval"]["passed"]
@@ -72,7 +67,7 @@ def test_flipping_many_items_is_worse_and_identical_is_no_difference():
 def test_more_wins_than_losses_is_better():
     b = baseline_outcomes()
     base = variant("original", {"humaneval": bench_records(b)})
-    good = variant("awq", {"humaneval": bench_records(flip(b, 1, 15))})
+    good = variant("awq", {"humaneval": bench_records(flipped(b, 1, 15))})
     r = analyze(base, [good], fields=[])["awq"]["humaneval"]["passed"]
     assert r["verdict"] == "better" and r["delta"] > 0
 
@@ -80,7 +75,7 @@ def test_more_wins_than_losses_is_better():
 def test_holm_is_applied_across_variants():
     b = baseline_outcomes(200, seed=1)
     base = variant("original", {"humaneval": bench_records(b)})
-    variants = [variant(f"v{i}", {"humaneval": bench_records(flip(b, rw, 0))}) for i, rw in enumerate((7, 9, 3))]
+    variants = [variant(f"v{i}", {"humaneval": bench_records(flipped(b, rw, 0))}) for i, rw in enumerate((7, 9, 3))]
     out = analyze(base, variants, fields=[])
     raw = [stats.mcnemar_exact(rw, 0) for rw in (7, 9, 3)]
     expected = stats.holm(raw)
@@ -96,7 +91,7 @@ def test_holm_can_turn_a_raw_significance_into_no_difference():
     b = baseline_outcomes(200, seed=2)
     base = variant("original", {"humaneval": bench_records(b)})
     # 6 one-way flips: raw p = 0.03125; with two more comparisons in the family Holm gives 3 x 0.03125 > 0.05
-    variants = [variant("a", {"humaneval": bench_records(flip(b, 6, 0))}),
+    variants = [variant("a", {"humaneval": bench_records(flipped(b, 6, 0))}),
                 variant("b", {"humaneval": bench_records(b)}), variant("c", {"humaneval": bench_records(b)})]
     out = analyze(base, variants, fields=[])
     r = out["a"]["humaneval"]["passed"]

@@ -14,6 +14,7 @@ import teeny_stats.plugin
 from teeny_core.plugins import Plugins
 from teeny_core.report import write_report as core_write_report
 from teeny_core.results import primary_metric
+from teeny_core.testing import flipped
 from teeny_core.units import parse_size
 from teeny_stats.analyzer import SignificanceAnalyzer, SignificanceOptions
 
@@ -31,17 +32,6 @@ def records(outcomes):
     return [{"key": f"HumanEval/{i}#0", "task_id": f"HumanEval/{i}", "sample": 0, "passed": p,
              "category": "passed" if p else ("syntax_error" if i % 5 == 0 else "wrong_answer")}
             for i, p in enumerate(outcomes)]
-
-
-def flipped(outcomes, right_to_wrong, wrong_to_right):
-    out = list(outcomes)
-    passed = [i for i, p in enumerate(outcomes) if p]
-    failed = [i for i, p in enumerate(outcomes) if not p]
-    for i in passed[:right_to_wrong]:
-        out[i] = False
-    for i in failed[:wrong_to_right]:
-        out[i] = True
-    return out
 
 
 # name, method, bits, (right->wrong, wrong->right), artifact bytes, peak load RSS, tokens/s, energy
