@@ -52,6 +52,7 @@ _PUBLIC = {
     "stored_dtype": "teeny_core.walker",
     "safetensors_files": "teeny_core.formats.gptq",
     "write_checkpoint_config": "teeny_core.formats.checkpoint",
+    "read_jsonl": "teeny_core.store",
 }
 
 __all__ = ["hookimpl", "__version__", *_PUBLIC]

@@ -59,21 +59,33 @@ def _int_mm(codes, weight_t):
     return torch._int_mm(codes, weight_t)
 
 
-class Int8Linear(torch.nn.Module):
-    """``y = x @ w.T + b`` with int8 weight codes and activations quantized per token (or statically)."""
-
-    kernel = INT8_KERNEL
+class _ScaledLinear(torch.nn.Module):
+    """A linear of 8-bit weight codes with a float scale per output channel (or one for the tensor), and one
+    static activation scale or none (dynamic per token)."""
 
     def __init__(self, weight, weight_scale, input_scale=None, bias=None) -> None:
         super().__init__()
-        if weight.dtype != torch.int8 or weight.dim() != 2:
-            raise ValueError(f"Int8Linear needs an int8 weight [out, in], got {weight.dtype} {tuple(weight.shape)}")
         self.out_features, self.in_features = weight.shape
         self.register_buffer("weight", weight.contiguous())
         self.register_buffer("weight_scale", weight_scale.float().reshape(1, -1).expand(1, self.out_features)
                              .contiguous())
         self.register_buffer("input_scale", None if input_scale is None else input_scale.float().reshape(1))
         self.register_buffer("bias", bias)
+
+    def extra_repr(self) -> str:
+        mode = "dynamic per-token" if self.input_scale is None else "static per-tensor"
+        return f"in_features={self.in_features}, out_features={self.out_features}, activations={mode}"
+
+
+class Int8Linear(_ScaledLinear):
+    """``y = x @ w.T + b`` with int8 weight codes and activations quantized per token (or statically)."""
+
+    kernel = INT8_KERNEL
+
+    def __init__(self, weight, weight_scale, input_scale=None, bias=None) -> None:
+        if weight.dtype != torch.int8 or weight.dim() != 2:
+            raise ValueError(f"Int8Linear needs an int8 weight [out, in], got {weight.dtype} {tuple(weight.shape)}")
+        super().__init__(weight, weight_scale, input_scale, bias)
 
     def forward(self, x):
         shape = x.shape
@@ -84,25 +96,15 @@ class Int8Linear(torch.nn.Module):
             y = y + self.bias.float()
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
 
-    def extra_repr(self) -> str:
-        mode = "dynamic per-token" if self.input_scale is None else "static per-tensor"
-        return f"in_features={self.in_features}, out_features={self.out_features}, activations={mode}"
 
-
-class Fp8Linear(torch.nn.Module):
+class Fp8Linear(_ScaledLinear):
     """``y = x @ w.T + b`` with FP8 E4M3 weights (scale per output channel or tensor) and activations quantized
     to FP8 per token (or statically), multiplied by torch._scaled_mm on CUDA (compute capability 8.9+)."""
 
     kernel = FP8_KERNEL
 
     def __init__(self, weight, weight_scale, input_scale=None, bias=None) -> None:
-        super().__init__()
-        self.out_features, self.in_features = weight.shape
-        self.register_buffer("weight", weight.to(torch.float8_e4m3fn).contiguous())
-        self.register_buffer("weight_scale", weight_scale.float().reshape(1, -1).expand(1, self.out_features)
-                             .contiguous())
-        self.register_buffer("input_scale", None if input_scale is None else input_scale.float().reshape(1))
-        self.register_buffer("bias", bias)
+        super().__init__(weight.to(torch.float8_e4m3fn), weight_scale, input_scale, bias)
 
     def forward(self, x):
         shape = x.shape

@@ -135,3 +135,13 @@ class QuantizedLinear:
     def dequantize(self):
         """The float32 weight [out, in]."""
         return dequantize_weight(self.q, self.scale, self.zero, self.g_idx)
+
+
+def with_dequantized(linears: Iterable[tuple[str, Any]], tensors: dict[str, Any]) -> dict[str, Any]:
+    """``tensors`` with each ``(name, QuantizedLinear)`` of ``linears`` added back as its float32
+    ``<name>.weight`` (and ``<name>.bias`` where it has one): a checkpoint's plain state dict."""
+    for name, linear in linears:
+        tensors[f"{name}.weight"] = linear.dequantize()
+        if linear.bias is not None:
+            tensors[f"{name}.bias"] = linear.bias
+    return tensors

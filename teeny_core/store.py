@@ -73,6 +73,43 @@ def check_writable(path: Path, what: str) -> None:
                          "permission); choose a directory you can write")
 
 
+def jsonl_records(path: Path, where: str = "") -> Iterator[tuple[int, dict[str, Any]]]:
+    """The line number and record (a JSON object) of each line of a ``.jsonl`` or ``.jsonl.gz`` file, read as
+    they are asked for (blank lines skipped); a one-line error, prefixed with ``where``, names a malformed line
+    or a file that cannot be read."""
+    import gzip
+    import zlib
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    prefix = f"{where}: " if where else ""
+    number = 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise TeenyError(f"{prefix}{path}:{number} is not valid JSON ({exc.msg})") from None
+                except RecursionError:
+                    raise TeenyError(f"{prefix}{path}:{number} is nested too deeply to be a record") from None
+                except ValueError as exc:  # an int of over 4300 digits
+                    raise TeenyError(f"{prefix}{path}:{number} cannot be read ({str(exc)[:80]})") from None
+                if not isinstance(record, dict):
+                    raise TeenyError(f"{prefix}{path}:{number} is a JSON {type(record).__name__}; expected an "
+                                     "object (one record per line)")
+                yield number, record
+    except (EOFError, OSError, UnicodeDecodeError, zlib.error) as exc:  # a truncated or corrupt .gz, not UTF-8
+        raise TeenyError(f"{prefix}{path} cannot be read after line {number} ({exc}); expected a complete "
+                         f"{'gzip-compressed ' if path.suffix == '.gz' else ''}UTF-8 JSON-lines file") from None
+
+
+def read_jsonl(path: Path, where: str = "") -> list[dict[str, Any]]:
+    """Every record of a ``.jsonl`` or ``.jsonl.gz`` file (see :func:`jsonl_records`)."""
+    return [record for _, record in jsonl_records(Path(path), where)]
+
+
 def read_json(path: Path, default: Any = None, expect: type | None = None) -> Any:
     """``path`` parsed, or ``default`` when it does not exist; a garbled file, a directory (or, with
     ``expect``, a file holding another JSON type) raises :class:`BadFileError` naming it, so nothing is

@@ -340,6 +340,22 @@ def encode(value, digest_above=DIGEST_ABOVE):
         return {"v": ["?", "nested too deeply"]}
 
 
+def encoding_problem(encoded):
+    """What is malformed in an answer as :func:`encode` writes it (``""`` when it is well formed): a value tree
+    that decodes, or a digest and size."""
+    if type(encoded) is not dict:
+        return "not an encoded answer"
+    if "v" in encoded and len(encoded) == 1:
+        try:
+            from_tree(encoded["v"])
+        except BadValue as exc:
+            return str(exc)
+        return ""
+    if type(encoded.get("sha256")) is str and type(encoded.get("size")) is int and len(encoded) == 2:
+        return ""
+    return "neither a value nor a digest"
+
+
 def same_digest(a, b):
     """True when both encodings are digests of the same value; None when either is a full value."""
     if "v" in a or "v" in b:

@@ -32,9 +32,9 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from teeny_core import EvalContext, Evaluator, LoadedModel, Metric, Options, TeenyError, option
+from teeny_core import EvalContext, Evaluator, LoadedModel, Metric, Options, TeenyError, option, read_jsonl
 
-from teeny_bench import _channel, errors, generation, records
+from teeny_bench import _channel, errors, generation
 from teeny_bench.loop import CodeTask, generate_and_grade
 
 PASS_AT_K = (1, 10, 100)
@@ -116,7 +116,7 @@ def load_problems(path: str | Path | None = None, *, plus: bool = False,
     required = ["task_id", "prompt"] + (["entry_point", "canonical_solution", "base_input", "plus_input"] if plus
                                         else ["test"])
     problems = []
-    for number, record in enumerate(records.read_jsonl(path, 'humaneval'), 1):
+    for number, record in enumerate(read_jsonl(path, 'humaneval'), 1):
         missing = [k for k in required if k not in record]
         if missing:
             raise TeenyError(f"{path}: record {number} lacks {', '.join(missing)}; "
@@ -386,14 +386,9 @@ def plus_report_problem(report: dict[str, Any], inputs: int) -> str:
             type(t) in (int, float) and 0 <= t < 1e9 for t in times):
         return "times is not one CPU time per answer"
     for i, out in enumerate(outputs):
-        if type(out) is not dict or not (("v" in out and len(out) == 1) or (
-                type(out.get("sha256")) is str and type(out.get("size")) is int and len(out) == 2)):
-            return f"answer #{i} is neither a value nor a digest"
-        if "v" in out:
-            try:
-                _channel.from_tree(out["v"])
-            except _channel.BadValue as exc:
-                return f"answer #{i}: {exc}"
+        problem = _channel.encoding_problem(out)
+        if problem:
+            return f"answer #{i}: {problem}"
     if failed is not None and not (type(failed) is dict and type(failed.get("index")) is int
                                    and 0 <= failed["index"] < max(inputs, 1)
                                    and type(failed.get("error")) is str and type(failed.get("detail")) is str):

@@ -31,9 +31,9 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterable
 
-from teeny_core import EvalContext, Evaluator, LoadedModel, Metric, Options, TeenyError, option
+from teeny_core import EvalContext, Evaluator, LoadedModel, Metric, Options, TeenyError, option, read_jsonl
 
-from teeny_bench import errors, generation, records
+from teeny_bench import errors, generation
 from teeny_bench.loop import CodeTask, generate_and_grade
 
 HUB_REPO = "livecodebench/code_generation_lite"
@@ -239,7 +239,7 @@ def _read_file(path: Path) -> list[LcbProblem]:
     """A JSON array (the public-tests file) or JSONL records."""
     with open(path, "rb") as f:
         is_array = f.read(4096).lstrip().startswith(b"[")
-    data = _json(path.read_bytes(), str(path)) if is_array else records.read_jsonl(path, "livecodebench")
+    data = _json(path.read_bytes(), str(path)) if is_array else read_jsonl(path, "livecodebench")
     if not all(isinstance(r, dict) for r in data):
         raise TeenyError(f"livecodebench: {path} holds an item that is not an object; expected problem records")
     return [problem_from_public(r) if isinstance(r, dict) and "problem" in r else problem_from_record(r)
@@ -452,16 +452,9 @@ def lcb_report_problem(report: dict[str, Any], tests: int) -> str:
             if type(outcome["error"]) is not str or type(outcome.get("detail", "")) is not str:
                 return f"outcome #{i} has a malformed error"
         elif "returned" in outcome:
-            returned = outcome["returned"]
-            if type(returned) is not dict:
-                return f"outcome #{i} returned {truncate(returned, 60)}, not an encoded answer"
-            if "v" in returned:
-                try:
-                    _channel.from_tree(returned["v"])
-                except _channel.BadValue as exc:
-                    return f"outcome #{i}: {exc}"
-            elif not (type(returned.get("sha256")) is str and type(returned.get("size")) is int):
-                return f"outcome #{i} returned neither a value nor a digest"
+            problem = _channel.encoding_problem(outcome["returned"])
+            if problem:
+                return f"outcome #{i} returned {truncate(outcome['returned'], 60)}: {problem}"
         elif "printed_sha256" in outcome:
             if type(outcome["printed_sha256"]) is not str:
                 return f"outcome #{i} has a malformed digest"

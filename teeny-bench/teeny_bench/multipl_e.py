@@ -24,11 +24,11 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from teeny_core import EvalContext, Evaluator, LoadedModel, Metric, Options, TeenyError, option
+from teeny_core import EvalContext, Evaluator, LoadedModel, Metric, Options, TeenyError, option, read_jsonl
 
-from teeny_bench import errors, generation, records, toolchains
+from teeny_bench import errors, generation, toolchains
 from teeny_bench.loop import CodeTask, generate_and_grade
 from teeny_bench.toolchains import LANGUAGES, Toolchain
 
@@ -116,7 +116,7 @@ def language_files(path: str, languages: list[str]) -> dict[str, Path]:
     root = Path(path).expanduser()
     wanted = [toolchains.canonical_language(lang) for lang in languages]
     if root.is_file():
-        first = next(iter(records.read_jsonl(root, "humaneval-mul")), None)
+        first = next(iter(read_jsonl(root, "humaneval-mul")), None)
         if first is None:
             raise TeenyError(f"humaneval-mul: {root} is empty")
         lang = problem_from_record(first, _language_from_name(root.name)).language
@@ -147,7 +147,7 @@ def load_problems(path: str, languages: list[str], limit: int | None = None) -> 
     """``{language: problems}`` (at most ``limit`` per language), in the files' order."""
     out = {}
     for lang, file in language_files(path, languages).items():
-        problems = [p for p in (problem_from_record(r, lang) for r in records.read_jsonl(file, 'humaneval-mul'))
+        problems = [p for p in (problem_from_record(r, lang) for r in read_jsonl(file, 'humaneval-mul'))
                     if p.language == lang]
         out[lang] = problems[:limit] if limit else problems
     return out
@@ -330,23 +330,33 @@ def recorded_php_tests(tests: str) -> tuple[str, list[Any]] | None:
     """PHP tests with every ``if (candidate(ARGS) !== EXPECTED) ...`` replaced by a line that records the
     answer's ``json_encode`` (floats keep their ``.0``), and the expected values as that JSON reads
     (:func:`_php_literal`); None when a test has another shape."""
+    return _recorded_calls(
+        tests, _PHP_TEST, ") !== ", _php_literal,
+        lambda line: "Test failed" in line or ("candidate(" in line and "function candidate(" not in line),
+        lambda args: f"$GLOBALS['__teeny_answers'][] = json_encode(candidate({args}), JSON_PRESERVE_ZERO_FRACTION);")
+
+
+def _recorded_calls(tests: str, test: tuple[str, str], compare: str, literal: Callable[[str], Any],
+                    stray: Callable[[str], bool], record: Callable[[str], str]) -> tuple[str, list[Any]] | None:
+    """``tests`` with each line ``{test[0]}ARGS){compare}EXPECTED{test[1]}`` replaced by ``record(ARGS)`` (at its
+    indentation), and the ``literal`` of each expected value; None when a test has another shape (a line where
+    ``stray`` holds, or an expected value that is not a literal)."""
     lines, expected = [], []
     for line in tests.split("\n"):
         stripped = line.strip()
-        if not stripped.startswith(_PHP_TEST[0]):
-            if "Test failed" in stripped or ("candidate(" in stripped and "function candidate(" not in stripped):
+        if not stripped.startswith(test[0]):
+            if stray(stripped):
                 return None
             lines.append(line)
             continue
-        rest = stripped[len(_PHP_TEST[0]):]
+        rest = stripped[len(test[0]):]
         end = _top_level(rest, ")")
-        if end < 0 or not rest[end:].startswith(") !== ") or not rest.endswith(_PHP_TEST[1]):
+        if end < 0 or not rest[end:].startswith(compare) or not rest.endswith(test[1]):
             return None
-        value = _php_literal(rest[end + len(") !== "):-len(_PHP_TEST[1])])
+        value = literal(rest[end + len(compare):-len(test[1])])
         if value is _NOT_A_LITERAL:
             return None
-        lines.append(f"{line[:len(line) - len(line.lstrip())]}$GLOBALS['__teeny_answers'][] = "
-                     f"json_encode(candidate({rest[:end]}), JSON_PRESERVE_ZERO_FRACTION);")
+        lines.append(line[:len(line) - len(line.lstrip())] + record(rest[:end]))
         expected.append(value)
     return ("\n".join(lines), expected) if expected else None
 
@@ -464,24 +474,10 @@ def recorded_sh_tests(tests: str) -> tuple[str, list[Any]] | None:
     """Bash tests with every ``[[ $(candidate ARGS) = "EXPECTED" ]]`` replaced by a line that records what the
     call printed (as ``$(...)`` keeps it), and the expected strings; None when a test has another shape (an
     unquoted right side is a pattern)."""
-    lines, expected = [], []
-    for line in tests.split("\n"):
-        stripped = line.strip()
-        if not stripped.startswith(_SH_TEST[0]):
-            if "$(candidate" in stripped:
-                return None
-            lines.append(line)
-            continue
-        rest = stripped[len(_SH_TEST[0]):]
-        end = _top_level(rest, ")")
-        if end < 0 or not rest[end:].startswith(") = ") or not rest.endswith(_SH_TEST[1]):
-            return None
-        value = _sh_string(rest[end + len(") = "):-len(_SH_TEST[1])])
-        if value is None:
-            return None
-        lines.append(f'{line[:len(line) - len(line.lstrip())]}__teeny_answers+=("$(candidate{rest[:end]} || true)")')
-        expected.append(value)
-    return ("\n".join(lines), expected) if expected else None
+    return _recorded_calls(tests, _SH_TEST, ") = ",
+                           lambda text: _NOT_A_LITERAL if (word := _sh_string(text)) is None else word,
+                           lambda line: "$(candidate" in line,
+                           lambda args: f'__teeny_answers+=("$(candidate{args} || true)")')
 
 
 def _sh_string(text: str) -> str | None:

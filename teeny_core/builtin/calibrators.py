@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import sysconfig
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any, Iterable
 from teeny_core import hookimpl
 from teeny_core.errors import TeenyError
 from teeny_core.options import Options, option
+from teeny_core.store import jsonl_records
 from teeny_core.types import CalibrationSet, Calibrator
 from teeny_core.windows import document_prefix, document_stream, random_windows, window_body
 from teeny_core.windows import record as window_record
@@ -107,14 +107,8 @@ class JsonlCalibrator(Calibrator):
         path = _existing(options.path, "JSONL file")
 
         def texts():
-            for n, line in enumerate(path.read_text().splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise TeenyError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-                if not isinstance(record, dict) or not isinstance(record.get(options.field), str):
+            for n, record in jsonl_records(path, "calibrator jsonl"):
+                if not isinstance(record.get(options.field), str):
                     raise TeenyError(f"{path}:{n}: record has no text field {options.field!r}")
                 yield record[options.field]
 

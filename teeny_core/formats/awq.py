@@ -182,9 +182,6 @@ def dequantized_state_dict(artifact_dir: str | Path) -> dict:
     Quantized linears (``<name>.qweight``/``.qzeros``/``.scales``) become float32 ``[out, in]`` weights, exactly
     ``scale * (q - zero)``; all other tensors (norms, embeddings, biases, unquantized layers) are returned as stored.
     """
-    linears, out = read_quantized(artifact_dir)
-    for name, linear in linears:
-        out[f"{name}.weight"] = linear.dequantize()
-        if linear.bias is not None:
-            out[f"{name}.bias"] = linear.bias
-    return out
+    from teeny_core.quant import with_dequantized
+
+    return with_dequantized(*read_quantized(artifact_dir))

@@ -299,9 +299,6 @@ def read_quantized(artifact_dir: str | Path) -> tuple[Iterator[tuple[str, Any]],
 def dequantized_state_dict(artifact_dir: str | Path) -> dict[str, Any]:
     """A plain state dict of a GPTQ checkpoint: float32 ``<name>.weight`` for every quantized linear, every other
     tensor (biases, norms, embeddings, unquantized linears) as stored."""
-    linears, out = read_quantized(artifact_dir)
-    for name, linear in linears:
-        out[f"{name}.weight"] = linear.dequantize()
-        if linear.bias is not None:
-            out[f"{name}.bias"] = linear.bias
-    return out
+    from teeny_core.quant import with_dequantized
+
+    return with_dequantized(*read_quantized(artifact_dir))
