@@ -16,18 +16,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
-import math
-import os
-import platform
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from gemma import CACHE, load_note, original_model_dir, quantize_variant, reference, run_child, score
-from teeny_core.modeling import peak_rss_bytes
+from gemma import (CACHE, cell, fidelity_cells, machine_line, method_note, original_model_dir, reference, run_child,
+                   score)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "awq.md"
@@ -49,28 +44,13 @@ def variants(bits_list: list[int]) -> list[tuple[str, str, dict]]:
     return out
 
 
-def quantize_child(spec: dict) -> dict:
-    """In the child process: quantize one variant; report wall time, this process's peak RSS and the size."""
-    artifact, seconds, _ = quantize_variant(spec)
-    return {"seconds": seconds, "peak_rss": peak_rss_bytes(),
-            "bytes": artifact.size_bytes(), "format": artifact.format,
-            "bits_per_weight": artifact.meta.get("bits_per_weight")}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=32, help="calibration windows (code calibrator)")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window")
     parser.add_argument("--chunks", type=int, default=8, help="held-out windows of 256 tokens scored")
     parser.add_argument("--bits", type=int, nargs="+", default=[4, 3])
-    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        import logging
-
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-        print(json.dumps(quantize_child(json.loads(args.child))))
-        return
 
     CACHE.mkdir(parents=True, exist_ok=True)
     model_dir = original_model_dir()
@@ -84,7 +64,7 @@ def main() -> None:
             out = work / label.split(" (")[0].replace(" ", "-")
             spec = {"method": method, "options": options, "model": str(model_dir), "out": str(out),
                     "samples": args.samples, "seq_len": args.seq_len}
-            made = run_child(__file__, spec)
+            made = run_child(spec)
             rows.append((label, made, score(out, made["format"], chunks, refs)))
             shutil.rmtree(out)
             print(f"done: {label} ({made['seconds']:.0f} s)", file=sys.stderr, flush=True)
@@ -97,23 +77,13 @@ def main() -> None:
 
 
 def render(rows, args) -> str:
-    from teeny_core import windows
-
-    cpu = platform.processor() or platform.machine()
     lines = [
         "# AWQ vs RTN (and GPTQ) on Gemma 3 270M",
         "",
         f"Command: `python benchmarks/awq.py --samples {args.samples} --seq-len {args.seq_len} "
         f"--chunks {args.chunks} --bits {' '.join(map(str, args.bits))}`  ",
-        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {os.cpu_count()} CPU threads ({cpu}), "
-        f"CPU only; {load_note()}.  ",
-        "Original: the gemma3-270m Q4_K_M GGUF dequantized to float32. Calibration (AWQ, GPTQ): `code` calibrator, "
-        f"{args.samples} x {args.seq_len} tokens, seed 0. Every window, calibration and evaluation, starts like a "
-        f"document (BOS, then text: rule {windows.RULE} of teeny_core/windows.py). "
-        f"Evaluation: {args.chunks} x 256 tokens of pydoc topic "
-        "help (held out); KL is the mean KL(original || variant) per token over the original's top-256 tokens plus "
-        "a rest bucket (the fidelity evaluator's measure) ± its standard error over windows. Peak RSS is the "
-        "quantizing process's own. Asymmetric grids (zero point per group), group size 128, lm_head and embeddings "
+        machine_line(),
+        method_note(args.samples, args.seq_len, args.chunks, "AWQ, GPTQ") + "Asymmetric grids (zero point per group), group size 128, lm_head and embeddings "
         "kept; 4-bit AWQ is scored from its packed hf-awq checkpoint, 3-bit AWQ from a dequantized hf checkpoint. "
         "bits/weight counts codes, fp16 scales, zeros and all unquantized tensors (the 168M-parameter embedding "
         "dominates this small model).",
@@ -122,12 +92,8 @@ def render(rows, args) -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for label, made, s in rows:
-        secs = "-" if math.isnan(made["seconds"]) else f"{made['seconds']:.0f}"
-        rss = "-" if math.isnan(made["peak_rss"]) else f"{made['peak_rss'] / 2**30:.2f}"
-        bpw = made.get("bits_per_weight")
-        bpw_text = f"{bpw:.2f}" if isinstance(bpw, (int, float)) else "-"
-        lines.append(f"| {label} | {secs} | {rss} | {bpw_text} | {s['ppl']:.3f} | "
-                     f"{s['kl']:.5f} ± {s['kl_se']:.5f} | {s['top1']:.3f} |")
+        lines.append(f"| {label} | {cell(made['seconds'], '.0f')} | {cell(made['peak_rss'], '.2f', 2**30)} | "
+                     f"{cell(made.get('bits_per_weight'), '.2f')} | {fidelity_cells(s)} |")
     if importlib.util.find_spec("teeny_gptq") is None:
         lines += ["", "teeny-gptq is not installed in this environment, so its rows are absent."]
     return "\n".join(lines) + "\n"

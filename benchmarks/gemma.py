@@ -4,7 +4,9 @@ process of its own, timing, a note of the machine's load for each table, and wri
 file."""
 
 import json
+import math
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -72,11 +74,24 @@ def quantize_variant(spec: dict):
     return artifact, time.perf_counter() - start, time.process_time() - cpu
 
 
-def run_child(script: str, spec: dict, python: str = sys.executable, env: dict | None = None) -> dict:
-    """Run ``script --child SPEC`` in a process of its own (so its peak RSS is its own; its stderr goes to ours)
-    and return the JSON object it prints last."""
-    proc = subprocess.run([python, script, "--child", json.dumps(spec)], stdout=subprocess.PIPE, text=True,
-                          env=env)
+def quantized_facts(spec: dict) -> dict:
+    """In a variant's own process: quantize ``spec`` (:func:`quantize_variant`) and report what the tables show:
+    wall and CPU seconds, this process's peak RSS, the artifact's size and format and facts from its meta."""
+    from teeny_core.modeling import peak_rss_bytes
+
+    artifact, seconds, cpu = quantize_variant(spec)
+    meta = artifact.meta
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss": peak_rss_bytes(), "bytes": artifact.size_bytes(),
+            "format": artifact.format, "bits_per_weight": meta.get("bits_per_weight"),
+            "escalated": len(meta.get("damp_escalated", {})),
+            "tool": f"gptqmodel {meta['gptqmodel_version']}" if "gptqmodel_version" in meta else "",
+            "smoothing": meta.get("smoothing", {})}
+
+
+def run_child(spec: dict, python: str = sys.executable, env: dict | None = None) -> dict:
+    """:func:`quantized_facts` of ``spec`` from a process of its own (``python benchmarks/gemma.py SPEC``, so its
+    peak RSS is its own; its stderr goes to ours)."""
+    proc = subprocess.run([python, __file__, json.dumps(spec)], stdout=subprocess.PIPE, text=True, env=env)
     if proc.returncode:
         raise RuntimeError(f"{spec['method']} {spec['options']} failed with exit status {proc.returncode}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -112,11 +127,44 @@ def score(artifact_path: Path, fmt: str, chunks, refs) -> dict:
     return {"ppl": m["perplexity"], "kl": m["kl_mean"], "kl_se": m["kl_se"], "top1": m["top1_mean"]}
 
 
+def cell(value, spec: str, scale: float = 1.0) -> str:
+    """A table cell: ``value / scale`` formatted by ``spec``, or ``-`` where nothing was measured (None, NaN)."""
+    if not isinstance(value, (int, float)) or math.isnan(value):
+        return "-"
+    return format(value / scale, spec)
+
+
+def fidelity_cells(scored: dict) -> str:
+    """The perplexity, KL ± its standard error and top-1 agreement cells of a :func:`score`."""
+    return f"{scored['ppl']:.3f} | {scored['kl']:.5f} ± {scored['kl_se']:.5f} | {scored['top1']:.3f}"
+
+
 def load_note() -> str:
     """The machine's load when a table is written (a benchmark on 2 cores keeps the load near 2 by itself)."""
     one, five, _ = os.getloadavg()
     return (f"load average {one:.1f} (1 min) / {five:.1f} (5 min) when written, with {os.cpu_count()} cores "
             "(the benchmark itself accounts for up to one per thread)")
+
+
+def machine_line() -> str:
+    """A results table's date, machine and load line."""
+    cpu = platform.processor() or platform.machine()
+    return (f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {os.cpu_count()} CPU threads "
+            f"({cpu}), CPU only; {load_note()}.  ")
+
+
+def method_note(samples: int, seq_len: int, chunks: int, calibrated: str = "") -> str:
+    """How a Gemma table was measured: the original, the calibration (of the ``calibrated`` methods) and the
+    held-out windows, and what KL and peak RSS mean."""
+    from teeny_core import windows
+
+    return ("Original: the gemma3-270m Q4_K_M GGUF dequantized to float32. "
+            f"Calibration{f' ({calibrated})' if calibrated else ''}: `code` calibrator, {samples} x {seq_len} "
+            "tokens, seed 0. Every window, calibration and evaluation, starts like a document (BOS, then text: "
+            f"rule {windows.RULE} of teeny_core/windows.py). Evaluation: {chunks} x 256 tokens of pydoc topic help "
+            "(held out); KL is the mean KL(original || variant) per token over the original's top-256 tokens plus "
+            "a rest bucket (the fidelity evaluator's measure) ± its standard error over windows. Peak RSS is the "
+            "quantizing process's own (VmHWM). ")
 
 
 def write_section(path: Path, name: str, text: str) -> None:
@@ -131,3 +179,10 @@ def write_section(path: Path, name: str, text: str) -> None:
         new = old + ("\n" if old else "") + block
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(new)
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    print(json.dumps(quantized_facts(json.loads(sys.argv[1]))))

@@ -17,10 +17,7 @@ wall-time ratio. The table is printed and written to benchmarks/results/gptq.md.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -31,23 +28,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
 
-from gemma import (CACHE, load_note, original_model_dir, quantize_variant, reference,  # noqa: E402
-                   run_child, score, write_section)
-from teeny_core.modeling import peak_rss_bytes  # noqa: E402
+from gemma import (CACHE, cell, fidelity_cells, machine_line, method_note, original_model_dir,  # noqa: E402
+                   reference, run_child, score, write_section)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "gptq.md"
 GROUP = 128
-
-
-def quantize_one(spec: dict) -> dict:
-    """Child process: quantize one variant and report its wall time and this process's peak RSS."""
-    artifact, seconds, cpu = quantize_variant(spec)
-    return {"seconds": seconds, "cpu_seconds": cpu,
-            "peak_rss": peak_rss_bytes(),
-            "bytes": artifact.size_bytes(), "format": artifact.format,
-            "escalated": len(artifact.meta.get("damp_escalated", {})),
-            "tool": f"gptqmodel {artifact.meta['gptqmodel_version']}" if "gptqmodel_version" in artifact.meta else ""}
 
 
 def variants(bits_list: list[int], gptqmodel: bool) -> list[tuple[str, str, dict]]:
@@ -78,11 +64,7 @@ def main() -> None:
                         help="only time GPTQ w4 g128's phases on N random layers of Gemma 3 270M's shape")
     parser.add_argument("--gptqmodel-python", metavar="PYTHON",
                         help="interpreter of an environment with gptqmodel, teeny-core and teeny-gptq installed")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        print(json.dumps(quantize_one(json.loads(args.child))))
-        return
     if args.profile_layers:
         print(render_profile(profile_slice(args.profile_layers, args.samples, args.seq_len), args))
         return
@@ -100,7 +82,7 @@ def main() -> None:
             spec = {"method": method, "options": options, "model": str(model_dir),
                     "out": str(work / label.replace(" ", "-")), "samples": args.samples, "seq_len": args.seq_len}
             theirs = options.get("backend") == "gptqmodel" and args.gptqmodel_python
-            made = run_child(__file__, spec, args.gptqmodel_python if theirs else sys.executable,
+            made = run_child(spec, args.gptqmodel_python if theirs else sys.executable,
                              env={**os.environ, "GPTQMODEL_CPU_WORKERS": str(os.cpu_count() or 1)})
             rows.append((label, made, score(Path(spec["out"]), made["format"], chunks, refs)))
             shutil.rmtree(spec["out"])
@@ -191,25 +173,15 @@ def render_profile(made: dict, args) -> str:
 
 
 def render(rows, args) -> str:
-    from teeny_core import windows
-
-    cpu = platform.processor() or platform.machine()
     lines = [
         "## The latest run",
         "",
         f"Command: `python benchmarks/gptq.py --samples {args.samples} --seq-len {args.seq_len} "
         f"--chunks {args.chunks} --bits {' '.join(map(str, args.bits))}"
         f"{' --gptqmodel-python ' + args.gptqmodel_python if args.gptqmodel_python else ''}`  ",
-        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {os.cpu_count()} CPU threads ({cpu}), "
-        f"CPU only; {load_note()}.  ",
-        "Original: the gemma3-270m Q4_K_M GGUF dequantized to float32. Calibration: `code` calibrator, "
-        f"{args.samples} x {args.seq_len} tokens, seed 0. Every window, calibration and evaluation, starts like a "
-        f"document (BOS, then text: rule {windows.RULE} of teeny_core/windows.py). "
-        f"Evaluation: {args.chunks} x 256 tokens of pydoc topic "
-        "help (held out); KL is mean KL(original || variant) per token over the original's top-256 tokens plus a "
-        "rest bucket (the fidelity evaluator's measure), with its standard error over windows. Peak RSS is the "
-        "quantizing process's own (VmHWM). "
-        "Symmetric grids, group size 128, lm_head/embeddings kept; artifacts store unquantized tensors in "
+        machine_line(),
+        method_note(args.samples, args.seq_len, args.chunks)
+        + "Symmetric grids, group size 128, lm_head/embeddings kept; artifacts store unquantized tensors in "
         "float32 like the original. Quantize s is the child's wall time, CPU s its process CPU time (all threads; "
         "less sensitive to other jobs on the machine).",
         "",
@@ -217,11 +189,8 @@ def render(rows, args) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, made, s in rows:
-        secs = "-" if math.isnan(made["seconds"]) else f"{made['seconds']:.0f}"
-        cpu = "-" if math.isnan(made["cpu_seconds"]) else f"{made['cpu_seconds']:.0f}"
-        rss = "-" if math.isnan(made["peak_rss"]) else f"{made['peak_rss'] / 2**30:.2f}"
-        lines.append(f"| {label} | {secs} | {cpu} | {rss} | {made['bytes'] / 2**20:.0f} | {s['ppl']:.3f} | "
-                     f"{s['kl']:.5f} ± {s['kl_se']:.5f} | {s['top1']:.3f} |")
+        lines.append(f"| {label} | {cell(made['seconds'], '.0f')} | {cell(made['cpu_seconds'], '.0f')} | "
+                     f"{cell(made['peak_rss'], '.2f', 2**30)} | {made['bytes'] / 2**20:.0f} | {fidelity_cells(s)} |")
     walls = {label: made["seconds"] for label, made, _ in rows}
     ratios = [f"w{b}: Teeny {walls[f'gptq w{b} g{GROUP}']:.0f} s / GPTQModel {walls[f'gptqmodel w{b} g{GROUP}']:.0f} s "
               f"= {walls[f'gptq w{b} g{GROUP}'] / walls[f'gptqmodel w{b} g{GROUP}']:.2f}x"

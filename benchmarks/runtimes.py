@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from gemma import CACHE, best_ms, load_note, original_model_dir, quantize_variant, write_section
+from gemma import CACHE, best_ms, load_note, machine_line, original_model_dir, quantize_variant, write_section
 from teeny_core import ARTIFACT_MANIFEST
 from teeny_core.modeling import peak_rss_bytes
 
@@ -309,8 +307,7 @@ def write_table(rows, args, gguf_file: Path) -> None:
     header = [
         f"## Variants as deployed: {gguf_file.name}", "",
         f"Command: `python benchmarks/runtimes.py {' '.join(sys.argv[1:])}`  ",
-        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {os.cpu_count()} CPU threads "
-        f"({platform.machine()}), CPU only; {load_note()}.  ",
+        machine_line(),
         f"Calibration (gptq, awq): `code`, {args.samples} x {args.seq_len} tokens. Generation: greedy, "
         f"{args.new_tokens} new tokens, batch {args.batch} for throughput. Each row is its own process.", "",
     ]

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gemma import CACHE, best_ms, load_note, quantize_variant, reference, run_child, score, write_section
+from gemma import CACHE, best_ms, fidelity_cells, load_note, reference, run_child, score, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "w8a8.md"
@@ -50,11 +50,6 @@ def source_dir(model: str) -> Path:
 
     gguf = Path(qwen_model() if model == "qwen" else gemma_model())
     return safetensors_dir(ModelSource(str(gguf.parent), gguf_file=gguf.name))
-
-
-def quantize_child(spec: dict) -> dict:
-    artifact, seconds, _ = quantize_variant(spec)
-    return {"seconds": seconds, "format": artifact.format, "smoothing": artifact.meta.get("smoothing", {})}
 
 
 def linear_speed(model_dir: Path) -> list[tuple[str, int, float, float]]:
@@ -130,11 +125,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=4)
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                         help="variants to run (each takes minutes on a 0.5B model on 2 cores)")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        print(json.dumps(quantize_child(json.loads(args.child))))
-        return
 
     model_dir = source_dir(args.model)
     chunks, refs = reference(model_dir, args.chunks)
@@ -144,7 +135,7 @@ def main() -> None:
     try:
         for label, method, options in variants(args.only):
             out = work / label.split(",")[-1].strip().replace(" ", "-")
-            made = run_child(__file__, {"method": method, "options": options, "model": str(model_dir),
+            made = run_child({"method": method, "options": options, "model": str(model_dir),
                                         "out": str(out), "samples": args.samples, "seq_len": args.seq_len})
             rows.append((label, made, score(out, made["format"], chunks, refs)))
             print(f"done: {label} ({made['seconds']:.0f} s) KL {rows[-1][2]['kl']:.5f}", file=sys.stderr, flush=True)
@@ -169,8 +160,7 @@ def render(rows, smoothing, speed, prefill, args) -> str:
              f"{load_note()}.", "",
              "| variant | quantize s | perplexity | KL (nats) | top-1 agree |", "|---|---:|---:|---:|---:|"]
     for label, made, s in rows:
-        lines.append(f"| {label} | {made['seconds']:.0f} | {s['ppl']:.3f} | {s['kl']:.5f} ± {s['kl_se']:.5f} | "
-                     f"{s['top1']:.3f} |")
+        lines.append(f"| {label} | {made['seconds']:.0f} | {fidelity_cells(s)} |")
     auto, plain = kl.get("w8a8, SmoothQuant alpha auto"), kl.get("w8a8, no smoothing")
     gptq = kl.get("gptq w8 per channel (W8A16)")
     lines.append("")
