@@ -140,16 +140,13 @@ def read_quantized(artifact_dir: str | Path) -> tuple[Iterator[tuple[str, Any]],
     linears are unpacked one at a time as the iterator advances."""
     import torch
     from teeny_core.formats.checkpoint import read_safetensors
-
+    from teeny_core.formats.gptq import safetensors_files
     from teeny_core.quant import QuantizedLinear
 
     qcfg = read_quantization_config(artifact_dir)
     bits = int(qcfg.get("bits", qcfg.get("w_bit", 4)))
-    files = sorted(Path(artifact_dir).glob("*.safetensors"))
-    if not files:
-        raise TeenyError(f"{artifact_dir} has no .safetensors files")
     tensors: dict = {}
-    for f in files:
+    for f in safetensors_files(artifact_dir):
         tensors.update(read_safetensors(f))
     names = sorted(k[: -len(".qweight")] for k in list(tensors) if k.endswith(".qweight"))
     for name in names:
