@@ -121,21 +121,13 @@ class SampleLog:
         if Path(path).is_dir():
             raise BadFileError(path, "is a directory; expected the JSONL file of finished records")
 
+    @staticmethod
+    def readable(path: Path) -> bool:
+        """Whether every line of the log at ``path`` (absent: none) is a record, without repairing anything."""
+        return not _split(Path(path))[2]
+
     def _repair_and_read(self) -> None:
-        self.check(self.path)
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        *lines, torn = data.split(b"\n")  # ``torn`` is what follows the last newline: b"" unless a write tore
-        good: list[bytes] = []
-        bad: list[bytes] = [torn] if torn else []
-        for line in lines:
-            record = _parse_record(line)
-            if record is None:
-                bad.append(line)
-            else:
-                good.append(line)
-                self.records.append(record)
+        good, self.records, bad = _split(self.path)
         if bad:
             with open(self.quarantine_path, "ab") as f:
                 f.write(b"".join(line + b"\n" for line in bad))
@@ -167,6 +159,25 @@ class SampleLog:
                     seen.add(ident)
                     found.append(r)
         return found
+
+
+def _split(path: Path) -> tuple[list[bytes], list[dict[str, Any]], list[bytes]]:
+    """A sample log's good lines, their records and its unreadable lines (a torn last line included)."""
+    SampleLog.check(path)
+    if not path.exists():
+        return [], [], []
+    *lines, torn = path.read_bytes().split(b"\n")  # ``torn`` follows the last newline: b"" unless a write tore
+    good: list[bytes] = []
+    records: list[dict[str, Any]] = []
+    bad: list[bytes] = [torn] if torn else []
+    for line in lines:
+        record = _parse_record(line)
+        if record is None:
+            bad.append(line)
+        else:
+            good.append(line)
+            records.append(record)
+    return good, records, bad
 
 
 def _parse_record(line: bytes) -> dict[str, Any] | None:

@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from teeny_core import hookimpl
-from teeny_core.executor import (Emit, Executor, Outcome, VariantTask, describe_exit, run_variant_task,
-                                 spawn_and_relay, worker_main)
+from teeny_core.executor import Emit, Executor, Outcome, VariantTask
+from teeny_core.worker import describe_exit, run_variant_task, spawn_and_relay, worker_main
 from teeny_core.options import NoOptions, Options, option
 
 
