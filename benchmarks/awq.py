@@ -58,15 +58,16 @@ def quantize_child(spec: dict) -> dict:
     plugins = Plugins.load()
     cls = plugins.get("quantizer", spec["method"])
     source = ModelSource(spec["model"])
+    options = cls.Options.from_mapping(spec["options"])
     calibration = None
-    if cls.needs_calibration:
+    if cls.needs_calibration(options):
         code = plugins.get("calibrator", "code")
         calibration = code().samples(source.load_tokenizer(), code.Options.from_mapping(
             {"samples": spec["samples"], "seq_len": spec["seq_len"]}), seed=0)
     out = Path(spec["out"])
     out.mkdir(parents=True)
     start = time.perf_counter()
-    artifact = cls().quantize(source, calibration, cls.Options.from_mapping(spec["options"]), out)
+    artifact = cls().quantize(source, calibration, options, out)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "peak_rss": peak_rss_bytes(),
             "bytes": artifact.size_bytes(), "format": artifact.format,

@@ -55,11 +55,12 @@ def quantize_one(spec: dict) -> dict:
     from teeny_core.types import ModelSource
 
     cls = Plugins.load().get("quantizer", spec["method"])
-    cal = calibration(Path(spec["model"]), spec["samples"], spec["seq_len"]) if cls.needs_calibration else None
+    options = cls.Options.from_mapping(spec["options"])
+    cal = calibration(Path(spec["model"]), spec["samples"], spec["seq_len"]) if cls.needs_calibration(options) else None
     out = Path(spec["out"])
     out.mkdir(parents=True)
     start, cpu = time.perf_counter(), time.process_time()
-    artifact = cls().quantize(ModelSource(spec["model"]), cal, cls.Options.from_mapping(spec["options"]), out)
+    artifact = cls().quantize(ModelSource(spec["model"]), cal, options, out)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     return {"seconds": seconds, "cpu_seconds": cpu,
             "peak_rss": peak_rss_bytes(),

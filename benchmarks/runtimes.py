@@ -91,16 +91,17 @@ def quantize_one(spec: dict) -> None:
     from teeny_core.types import ModelSource
 
     plugins = Plugins.load()
+    options = cls.Options.from_mapping(spec["options"])
     cls = plugins.get("quantizer", spec["method"])
     cal = None
-    if cls.needs_calibration:
+    if cls.needs_calibration(options):
         code = plugins.get("calibrator", "code")
         cal = code().samples(ModelSource(spec["model"]).load_tokenizer(),
                              code.Options.from_mapping({"samples": spec["samples"], "seq_len": spec["seq_len"]}),
                              seed=0)
     start = time.perf_counter()
     with staging_dir(Path(spec["out"])) as tmp:
-        artifact = cls().quantize(ModelSource(spec["model"]), cal, cls.Options.from_mapping(spec["options"]), tmp)
+        artifact = cls().quantize(ModelSource(spec["model"]), cal, options, tmp)
         artifact.meta["benchmark_quantize_seconds"] = round(time.perf_counter() - start, 1)
         artifact.save()
 

@@ -50,8 +50,8 @@ def main() -> None:
         cls = plugins.get("quantizer", method)
         with tempfile.TemporaryDirectory(prefix=f"teeny-{method}-") as tmp:
             started = time.perf_counter()
-            made = cls().quantize(source, calibration if cls.needs_calibration else None,
-                                  cls.Options.from_mapping(VARIANTS[method]), Path(tmp))
+            options = cls.Options.from_mapping(VARIANTS[method])
+            made = cls().quantize(source, calibration if cls.needs_calibration(options) else None, options, Path(tmp))
             seconds = time.perf_counter() - started
             disk = sum(p.stat().st_size for p in Path(tmp).glob("*.safetensors"))
             loaded = TransformersRuntime().load(Artifact.open(made.path),

@@ -149,7 +149,7 @@ def quantize(model: str, method: str, opts: tuple[str, ...], out: str, calibrato
         raise TeenyError(f"--out {out!r} exists and is not empty; choose a new directory")
     source = resolve_source(model, dtype=dtype, device=device)
     calibration = None
-    if q_cls.calibrates(options):
+    if q_cls.needs_calibration(options):
         c_cls = plugins().get("calibrator", calibrator)
         c_opts = c_cls.Options.from_mapping(parse_cli_options(cal_opts), where=calibrator)
         calibration = c_cls().samples(source.load_tokenizer(), c_opts, seed=seed)

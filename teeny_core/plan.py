@@ -99,7 +99,7 @@ class Plan:
         if variant.method in ("none", CHECKPOINT):
             return False
         q_cls = self.plugins.get("quantizer", variant.method)
-        return q_cls.calibrates(q_cls.Options.from_mapping(variant.options))
+        return q_cls.needs_calibration(q_cls.Options.from_mapping(variant.options))
 
     def needs_preparation(self) -> bool:
         """Whether the shared inputs are still to build (a GGUF source's float copy, a calibration set)."""

@@ -307,7 +307,7 @@ class QuantizerContract:
         opts = cls.Options.from_mapping(self.options, where=self.method)
         source = ModelSource(str(tiny_model(self.arch)))
         calibration = None
-        if cls.needs_calibration:
+        if cls.needs_calibration(opts):
             tok = source.load_tokenizer()
             calibration = teeny_plugins.get("calibrator", "random-tokens")().samples(
                 tok, teeny_plugins.get("calibrator", "random-tokens").Options.from_mapping({"samples": 4, "seq_len": 32}), seed=0)

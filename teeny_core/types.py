@@ -177,8 +177,6 @@ class LoadedModel(ABC):
 class Quantizer(Component):
     """Turns a model source into an :class:`Artifact` in ``out_dir``."""
 
-    needs_calibration: ClassVar[bool] = False
-
     @abstractmethod
     def quantize(self, source: ModelSource, calibration: CalibrationSet | None, options: Options,
                  out_dir: Path) -> Artifact:
@@ -190,9 +188,10 @@ class Quantizer(Component):
         return options.to_dict()
 
     @classmethod
-    def calibrates(cls, options: Options) -> bool:
-        """Whether quantizing with these options uses calibration data (default: ``needs_calibration``)."""
-        return cls.needs_calibration
+    def needs_calibration(cls, options: Options) -> bool:
+        """Whether quantizing with these options uses a calibration set (default: no). A variant that needs none
+        gets none (``calibration`` is None) and its key does not depend on the calibration settings."""
+        return False
 
 
 class Calibrator(Component):

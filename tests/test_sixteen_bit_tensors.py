@@ -47,7 +47,7 @@ def bf16_model(tiny_model, tmp_path_factory):
 def quantize(plugins, method: str, options: dict, source: ModelSource, out: Path) -> Artifact:
     cls = plugins.get("quantizer", method)
     calibration = None
-    if cls.needs_calibration:
+    if cls.needs_calibration(cls.Options.from_mapping(options)):
         code = plugins.get("calibrator", "code")
         calibration = code().samples(source.load_tokenizer(), code.Options.from_mapping({"samples": 4, "seq_len": 32}),
                                      seed=0)

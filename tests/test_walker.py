@@ -166,9 +166,10 @@ def test_streamed_artifacts_carry_the_source_tokenizer_byte_for_byte(teeny_plugi
 
     path = tiny_model("llama")
     cls = teeny_plugins.get("quantizer", method)
-    calibration = CalibrationSet("ids", [[5, 6, 7, 8] * 8] * 2) if cls.needs_calibration else None
+    options = cls.Options.from_mapping({"bits": 4, "group_size": 32})
+    calibration = CalibrationSet("ids", [[5, 6, 7, 8] * 8] * 2) if cls.needs_calibration(options) else None
     out = tmp_path / method
-    cls().quantize(ModelSource(str(path)), calibration, cls.Options.from_mapping({"bits": 4, "group_size": 32}), out)
+    cls().quantize(ModelSource(str(path)), calibration, options, out)
     copied = [name for name in TOKENIZER_FILES if (path / name).is_file()]
     assert "tokenizer.json" in copied
     for name in copied:

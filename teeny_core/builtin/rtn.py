@@ -54,7 +54,7 @@ class RTNQuantizer(Quantizer):
     Options = RTNOptions
 
     @classmethod
-    def calibrates(cls, options: Options) -> bool:
+    def needs_calibration(cls, options: Options) -> bool:
         """Only ``target_bits`` without a sensitivity file calibrates (to measure the sensitivity)."""
         return getattr(options, "target_bits", None) is not None and not getattr(options, "sensitivity", "")
 
