@@ -52,8 +52,8 @@ def variants(bits_list: list[int]) -> list[tuple[str, str, dict]]:
 
 def quantize_child(spec: dict) -> dict:
     """In the child process: quantize one variant; report wall time, this process's peak RSS and the size."""
+    from teeny_core.modeling import ModelSource
     from teeny_core.plugins import Plugins
-    from teeny_core.types import ModelSource
 
     plugins = Plugins.load()
     cls = plugins.get("quantizer", spec["method"])
@@ -97,8 +97,8 @@ def main() -> None:
         return
 
     from teeny_core.builtin.fidelity import FidelityOptions, reference_stats, token_chunks
+    from teeny_core.modeling import Artifact
     from teeny_core.plugins import Plugins
-    from teeny_core.types import Artifact
 
     CACHE.mkdir(parents=True, exist_ok=True)
     model_dir = original_model_dir()

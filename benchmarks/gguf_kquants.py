@@ -79,7 +79,7 @@ def main() -> None:
 
     from teeny_core.builtin.calibrators import CodeCalibrator
     from teeny_core.builtin.fidelity import FidelityOptions, token_chunks
-    from teeny_core.types import Artifact, ModelSource
+    from teeny_core.modeling import Artifact, ModelSource
     from teeny_gguf.imatrix import write_imatrix
     from teeny_gguf.quantizer import GGUFQuantizer, imatrix_for
     from teeny_gguf.runtime import LlamaCppRuntime

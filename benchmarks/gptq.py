@@ -41,8 +41,8 @@ GROUP = 128
 
 
 def calibration(model_dir: Path, samples: int, seq_len: int):
+    from teeny_core.modeling import ModelSource
     from teeny_core.plugins import Plugins
-    from teeny_core.types import ModelSource
 
     code = Plugins.load().get("calibrator", "code")
     tokenizer = ModelSource(str(model_dir)).load_tokenizer()
@@ -51,8 +51,8 @@ def calibration(model_dir: Path, samples: int, seq_len: int):
 
 def quantize_one(spec: dict) -> dict:
     """Child process: quantize one variant and report its wall time and this process's peak RSS."""
+    from teeny_core.modeling import ModelSource
     from teeny_core.plugins import Plugins
-    from teeny_core.types import ModelSource
 
     cls = Plugins.load().get("quantizer", spec["method"])
     options = cls.Options.from_mapping(spec["options"])
@@ -115,8 +115,8 @@ def main() -> None:
         return
 
     from teeny_core.builtin.fidelity import FidelityOptions, reference_stats, token_chunks
+    from teeny_core.modeling import Artifact
     from teeny_core.plugins import Plugins
-    from teeny_core.types import Artifact
 
     model_dir = original_model_dir()
     fid = FidelityOptions.from_mapping({"chunks": args.chunks, "chunk_len": 256})

@@ -109,14 +109,14 @@ CHILD = r"""
 import json, sys, time
 import torch
 import teeny_core.walker as walker
-from teeny_core.modeling import peak_rss_bytes
+from teeny_core.modeling import ModelSource, peak_rss_bytes
 from teeny_core.plugins import Plugins
-from teeny_core.types import CalibrationSet, ModelSource
+from teeny_core.types import CalibrationSet
 method, path, out, options = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 samples, tokens = json.loads(sys.argv[5]) if len(sys.argv) > 5 else (4, 256)  # calibration shape
 cls = Plugins.load().get("quantizer", method)
-cal = None
 quantizer_options = cls.Options.from_mapping(options)
+cal = None
 if cls.needs_calibration(quantizer_options):
     g = torch.Generator().manual_seed(0)
     cal = CalibrationSet("random", torch.randint(3, 500, (samples, tokens), generator=g).tolist())
@@ -134,9 +134,8 @@ print(json.dumps({"seconds": seconds, "peak": peak_rss_bytes(),
 LOAD = r"""
 import json, sys, time
 from pathlib import Path
-from teeny_core.modeling import peak_rss_bytes
+from teeny_core.modeling import Artifact, peak_rss_bytes
 from teeny_core.plugins import Plugins
-from teeny_core.types import Artifact
 runtime_name, path, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 runtime = Plugins.load().get("runtime", runtime_name)
 start = time.perf_counter()

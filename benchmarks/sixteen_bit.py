@@ -29,9 +29,8 @@ def main() -> None:
 
     from teeny_core.builtin.transformers_runtime import TransformersRuntime
     from teeny_core.demo import qwen_model
-    from teeny_core.modeling import quiet_libraries, resolve_source
+    from teeny_core.modeling import Artifact, ModelSource, quiet_libraries, resolve_source
     from teeny_core.plugins import Plugins
-    from teeny_core.types import Artifact, ModelSource
     from teeny_core.walker import safetensors_dir
 
     quiet_libraries()

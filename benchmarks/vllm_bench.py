@@ -24,7 +24,7 @@ def measure(artifact_dir: str) -> dict:
     """Runs in a child process: load one artifact in vLLM and time it."""
     from teeny_bench.generation import chat_prompt
     from teeny_bench.humaneval import load_problems
-    from teeny_core.types import Artifact
+    from teeny_core.modeling import Artifact
     from teeny_vllm.runtime import VllmOptions, VllmRuntime, vllm_quantization
 
     artifact = Artifact.open(artifact_dir)
@@ -48,8 +48,7 @@ def measure(artifact_dir: str) -> dict:
 def demo_artifacts(work: Path) -> list[Path]:
     """The demo GGUF as published and its float copy (dequantized once), as Teeny artifact directories."""
     from teeny_core.demo import qwen_model
-    from teeny_core.modeling import resolve_source, save_hf_model
-    from teeny_core.types import Artifact
+    from teeny_core.modeling import Artifact, resolve_source, save_hf_model
 
     gguf = Path(qwen_model())
     published, floats = work / "q4_k_m", work / "float"

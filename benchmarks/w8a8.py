@@ -46,7 +46,7 @@ def variants(only: list[str]) -> list[tuple[str, str, dict]]:
 
 def source_dir(model: str) -> Path:
     from teeny_core.demo import gemma_model, qwen_model
-    from teeny_core.types import ModelSource
+    from teeny_core.modeling import ModelSource
     from teeny_core.walker import safetensors_dir
 
     gguf = Path(qwen_model() if model == "qwen" else gemma_model())
@@ -54,8 +54,8 @@ def source_dir(model: str) -> Path:
 
 
 def quantize_child(spec: dict) -> dict:
+    from teeny_core.modeling import ModelSource
     from teeny_core.plugins import Plugins
-    from teeny_core.types import ModelSource
 
     plugins = Plugins.load()
     cls = plugins.get("quantizer", spec["method"])
@@ -119,8 +119,8 @@ def prefill_speed(artifact_dir: Path, model_dir: Path, tokens: int = 64) -> tupl
     original in bfloat16."""
     import torch
 
+    from teeny_core.modeling import Artifact
     from teeny_core.plugins import Plugins
-    from teeny_core.types import Artifact
 
     runtime = Plugins.load().get("runtime", "transformers")
     out = []
@@ -168,8 +168,8 @@ def main() -> None:
         return
 
     from teeny_core.builtin.fidelity import FidelityOptions, reference_stats, token_chunks
+    from teeny_core.modeling import Artifact
     from teeny_core.plugins import Plugins
-    from teeny_core.types import Artifact
 
     model_dir = source_dir(args.model)
     fid = FidelityOptions.from_mapping({"chunks": args.chunks, "chunk_len": 256})

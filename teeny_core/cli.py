@@ -134,9 +134,8 @@ def list_cmd(kind: str | None) -> None:
 def quantize(model: str, method: str, opts: tuple[str, ...], out: str, calibrator: str,
              cal_opts: tuple[str, ...], seed: int, device: str, dtype: str) -> None:
     """Quantize MODEL (HF directory, hub id or .gguf file) with one method into --out."""
-    from teeny_core.modeling import resolve_device, resolve_source
+    from teeny_core.modeling import Artifact, resolve_device, resolve_source
     from teeny_core.store import check_writable
-    from teeny_core.types import Artifact
     from teeny_core.worker import build_artifact
 
     quiet_libraries()

@@ -21,11 +21,12 @@ from teeny_core.errors import TeenyError
 from teeny_core.executor import Emit, Outcome, VariantTask
 from teeny_core.experiment import BASELINE, Experiment, Variant
 from teeny_core.manifest import build_manifest
+from teeny_core.modeling import ARTIFACT_MANIFEST, Artifact
 from teeny_core.plan import Plan
 from teeny_core.plugins import Plugins
 from teeny_core.source_match import source_match
 from teeny_core.store import RunLock, SampleLog, check_writable, read_json, write_json
-from teeny_core.types import ARTIFACT_MANIFEST, Artifact, VariantResult
+from teeny_core.types import VariantResult
 from teeny_core.worker import VariantRunner
 
 

@@ -15,9 +15,9 @@ from typing import Any
 from teeny_core import windows
 from teeny_core.checkpoints import checkpoint_key, open_checkpoint
 from teeny_core.experiment import BASELINE, CHECKPOINT, Experiment, Variant
+from teeny_core.modeling import ARTIFACT_MANIFEST, Artifact, ModelSource
 from teeny_core.plugins import Plugins
 from teeny_core.store import SampleLog, options_signature, read_json
-from teeny_core.types import ARTIFACT_MANIFEST, Artifact, ModelSource
 
 
 class Plan:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from teeny_core.errors import BadFileError, DiskFullError, TeenyError, is_disk_full
+from teeny_core.jsonfile import read_json  # noqa: F401 (the store's reader, imported from here by its users)
 from teeny_core.types import EvalContext, LoadedModel
 
 
@@ -71,26 +72,6 @@ def check_writable(path: Path, what: str) -> None:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise TeenyError(f"{what} {str(path)!r}: {parent} is not writable (a read-only file system or no "
                          "permission); choose a directory you can write")
-
-
-def read_json(path: Path, default: Any = None, expect: type | None = None) -> Any:
-    """``path`` parsed, or ``default`` when it does not exist; a garbled file, a directory (or, with
-    ``expect``, a file holding another JSON type) raises :class:`BadFileError` naming it, so nothing is
-    overwritten by mistake."""
-    path = Path(path)
-    if not path.exists():
-        return default
-    if path.is_dir():
-        raise BadFileError(path, "is a directory; expected a JSON file")
-    try:
-        data = json.loads(path.read_bytes())
-    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, an int of over 4300 digits, deep nesting
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else getattr(exc, "msg", exc)
-        raise BadFileError(path, f"not valid JSON ({reason}); fix or delete it") from None
-    if expect is not None and not isinstance(data, expect):
-        wanted = {dict: "a JSON object", list: "a JSON array"}.get(expect, expect.__name__)
-        raise BadFileError(path, f"expected {wanted}, found {json.dumps(data)[:40]}; fix or delete it")
-    return data
 
 
 def _umask() -> int:

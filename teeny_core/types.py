@@ -1,6 +1,9 @@
 """The component interfaces plugins implement, and the small data types that flow between them.
 
-Nothing here imports torch: components import heavy libraries inside their methods.
+Nothing here imports torch, nor any behaviour: components import heavy libraries inside their methods. The
+model handles they pass around, :class:`~teeny_core.modeling.ModelSource` and
+:class:`~teeny_core.modeling.Artifact`, live with the code that resolves and loads them, in
+:mod:`teeny_core.modeling` (``from teeny_core import ModelSource, Artifact``).
 """
 
 from __future__ import annotations
@@ -11,12 +14,12 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 from teeny_core.options import NoOptions, Options
 
-ARTIFACT_MANIFEST = "teeny-artifact.json"
-
+if TYPE_CHECKING:
+    from teeny_core.modeling import Artifact, ModelSource
 
 class Component(ABC):
     """Base of every component: a registered name, a one-line summary (the docstring) and an Options class."""
@@ -35,82 +38,6 @@ class Component(ABC):
         Checked when listing and choosing components, so keep it cheap: no heavy imports.
         """
         return None
-
-
-@dataclasses.dataclass
-class ModelSource:
-    """Where a model comes from: a local HF directory, a hub id, or a GGUF file (optionally inside a directory).
-
-    ``load()`` returns a fresh float ``(model, tokenizer)`` through transformers every time it is called.
-    """
-
-    path: str
-    gguf_file: str | None = None
-    dtype: str = "auto"
-    device: str = "cpu"
-
-    def load(self, dtype: str | None = None, device: str | None = None):
-        from teeny_core.modeling import load_hf_model
-
-        return load_hf_model(self, dtype=dtype or self.dtype, device=device or self.device)
-
-    def load_tokenizer(self):
-        from teeny_core.modeling import load_tokenizer
-
-        return load_tokenizer(self)
-
-    def identity(self) -> str:
-        """A string that changes when the model's files change (used in cache keys)."""
-        from teeny_core.modeling import source_identity
-
-        return source_identity(self)
-
-
-@dataclasses.dataclass
-class Artifact:
-    """A quantized (or original) model on disk, in a named format that a runtime can load.
-
-    Formats: ``hf`` (safetensors), ``hf-gptq``, ``hf-awq``, ``gguf``. ``path`` is a directory
-    (``gguf``: the directory holding ``file``). ``meta`` records method, options, bits and calibration.
-    """
-
-    format: str
-    path: Path
-    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
-    file: str | None = None
-
-    @property
-    def location(self) -> Path:
-        """The file a runtime opens (gguf) or the directory (hf*)."""
-        return self.path / self.file if self.file else self.path
-
-    def save(self) -> None:
-        """Write the artifact manifest into its directory."""
-        data = {"format": self.format, "file": self.file, "meta": self.meta}
-        (self.path / ARTIFACT_MANIFEST).write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-
-    @classmethod
-    def open(cls, path: str | Path) -> "Artifact":
-        """Read an artifact directory written by :meth:`save`."""
-        from teeny_core.errors import BadFileError
-        from teeny_core.modeling import check_model_files
-        from teeny_core.store import read_json
-
-        path = Path(path)
-        data = read_json(path / ARTIFACT_MANIFEST, expect=dict)
-        if data is None:
-            raise BadFileError(path, f"not an artifact directory (no {ARTIFACT_MANIFEST})")
-        if not isinstance(data.get("format"), str) or not isinstance(data.get("meta", {}), dict):
-            raise BadFileError(path / ARTIFACT_MANIFEST, "expected an object with a 'format' string and a 'meta' "
-                                                         "object; fix or delete it")
-        check_model_files(path, data.get("file"))
-        return cls(format=data["format"], path=path, meta=data.get("meta", {}), file=data.get("file"))
-
-    def size_bytes(self) -> int:
-        target = self.location
-        if target.is_file():
-            return target.stat().st_size
-        return sum(p.stat().st_size for p in target.rglob("*") if p.is_file() and p.name != ARTIFACT_MANIFEST)
 
 
 @dataclasses.dataclass

@@ -16,10 +16,11 @@ from typing import Any, Callable, Iterator
 
 from teeny_core.executor import Emit, Event, Outcome, VariantTask
 from teeny_core.experiment import BASELINE, Variant, experiment_from_dict
+from teeny_core.modeling import ARTIFACT_MANIFEST, Artifact, ModelSource
 from teeny_core.plan import Plan
 from teeny_core.plugins import Plugins
 from teeny_core.store import SampleLog, StoreContext, build_once, read_json, staging_dir, write_json
-from teeny_core.types import ARTIFACT_MANIFEST, Artifact, CalibrationSet, LoadedModel, ModelSource
+from teeny_core.types import CalibrationSet, LoadedModel
 
 
 def run_variant_task(task: VariantTask, emit: Emit | None = None) -> Outcome:

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from teeny_core.modeling import Artifact, ModelSource
 from teeny_core.testing import CalibratorContract, QuantizerContract, RuntimeContract
-from teeny_core.types import Artifact, ModelSource
 
 
 class TestRTNContract(QuantizerContract):

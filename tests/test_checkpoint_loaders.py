@@ -15,7 +15,7 @@ import re
 
 import pytest
 
-from teeny_core.types import ModelSource
+from teeny_core.modeling import ModelSource
 
 VLLM_GPTQ_KEYS = ("bits", "group_size", "desc_act", "sym")
 

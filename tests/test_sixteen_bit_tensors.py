@@ -19,7 +19,7 @@ from teeny_core.testing import header_dtypes
 
 torch = pytest.importorskip("torch")
 
-from teeny_core.types import Artifact, ModelSource  # noqa: E402
+from teeny_core.modeling import Artifact, ModelSource
 
 IDS = [[(7 * i + 3) % 500 + 1 for i in range(40)], [(11 * i + 5) % 500 + 1 for i in range(40)]]
 METHODS = [("rtn", {"bits": 4, "group_size": 32}), ("gptq", {"bits": 4, "group_size": 32}),

@@ -44,9 +44,9 @@ OPTIONS = {
 CHILD = r"""
 import json, sys
 import torch
-from teeny_core.modeling import peak_rss_bytes
+from teeny_core.modeling import ModelSource, peak_rss_bytes
 from teeny_core.plugins import Plugins
-from teeny_core.types import CalibrationSet, ModelSource
+from teeny_core.types import CalibrationSet
 method, path, out, options = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 cls = Plugins.load().get("quantizer", method)
 ids = torch.randint(3, 500, (%d, %d), generator=torch.Generator().manual_seed(0)).tolist()

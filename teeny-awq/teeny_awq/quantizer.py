@@ -8,8 +8,9 @@ from typing import Any, Literal
 
 from teeny_awq.algorithm import is_skipped
 from teeny_core.errors import TeenyError
+from teeny_core.modeling import Artifact, ModelSource
 from teeny_core.options import Options, option
-from teeny_core.types import Artifact, CalibrationSet, ModelSource, Quantizer
+from teeny_core.types import CalibrationSet, Quantizer
 
 
 @dataclasses.dataclass

@@ -7,8 +7,9 @@ import torch
 
 from teeny_core.errors import TeenyError
 from teeny_core.formats.awq import dequantized_state_dict
+from teeny_core.modeling import Artifact, ModelSource
 from teeny_core.testing import QuantizerContract
-from teeny_core.types import Artifact, CalibrationSet, ModelSource
+from teeny_core.types import CalibrationSet
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from teeny_core.types import CalibrationSet, ModelSource
+from teeny_core.modeling import ModelSource
+from teeny_core.types import CalibrationSet
 
 IDS = [[5, 17, 80, 3, 44, 250, 9, 31, 120, 7, 66, 2, 300, 41, 18, 95]]
 

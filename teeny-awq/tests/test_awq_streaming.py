@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from teeny_awq.algorithm import AwqSettings, _clip_tokens, _Group, quantize_grouped, search_clip, search_scales
-from teeny_core.types import CalibrationSet, ModelSource
+from teeny_core.modeling import ModelSource
+from teeny_core.types import CalibrationSet
 
 
 class _Stop(Exception):

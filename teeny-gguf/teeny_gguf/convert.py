@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from teeny_core.errors import TeenyError
-from teeny_core.types import ModelSource
+from teeny_core.modeling import ModelSource
 
 OUT_TYPES = ("F32", "F16", "BF16")
 

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from teeny_core.errors import TeenyError
+from teeny_core.modeling import Artifact, ModelSource
 from teeny_core.options import Options, option
-from teeny_core.types import Artifact, CalibrationSet, ModelSource, Quantizer
+from teeny_core.types import CalibrationSet, Quantizer
 from teeny_gguf.llama_quant import FILE_TYPES, FLOAT_TYPES, REQUIRES_IMATRIX, TENSOR_TYPES
 
 # types for which imatrix="auto" computes an importance matrix: every i-quant and the 2-3 bit k-quants

@@ -38,8 +38,7 @@ def gguf_metadata(path: str | Path, prefix: str = "") -> dict[str, Any]:
 def gguf_to_hf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "float16") -> Path:
     """Dequantize a GGUF file into an HF model directory (safetensors + tokenizer) through transformers'
     GGUF loader, so it can serve as a float baseline for the transformers runtime or be re-converted."""
-    from teeny_core.modeling import save_hf_model
-    from teeny_core.types import ModelSource
+    from teeny_core.modeling import ModelSource, save_hf_model
 
     gguf_path = Path(gguf_path)
     if not gguf_path.is_file():

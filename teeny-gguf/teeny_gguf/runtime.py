@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from teeny_core.errors import TeenyError
+from teeny_core.modeling import Artifact
 from teeny_core.options import Options, option
-from teeny_core.types import Artifact, Generation, LoadedModel, Runtime
+from teeny_core.types import Generation, LoadedModel, Runtime
 
 
 @dataclasses.dataclass

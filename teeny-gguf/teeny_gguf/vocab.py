@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from teeny_core.errors import TeenyError
-from teeny_core.types import ModelSource
+from teeny_core.modeling import ModelSource
 
 log = logging.getLogger(__name__)
 

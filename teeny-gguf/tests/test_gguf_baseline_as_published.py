@@ -9,7 +9,7 @@ pytest.importorskip("llama_cpp")
 
 @pytest.fixture(scope="module")
 def gguf_source(gguf_tiny_hf, tmp_path_factory):
-    from teeny_core.types import ModelSource
+    from teeny_core.modeling import ModelSource
     from teeny_gguf.quantizer import GGUFQuantizer
 
     out = tmp_path_factory.mktemp("published")

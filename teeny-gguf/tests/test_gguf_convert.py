@@ -48,7 +48,7 @@ TOLERANCE = {"F32": 3e-3, "F16": 1e-2, "BF16": 5e-2}
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
 @pytest.mark.parametrize("outtype", ["F32", "F16"])
 def test_llama_cpp_logits_match_transformers(arch, outtype, gguf_tiny_hf, tmp_path, tiny_tokenizer):
-    from teeny_core.types import ModelSource
+    from teeny_core.modeling import ModelSource
     from teeny_gguf.convert import convert_to_gguf
 
     model_dir = gguf_tiny_hf(arch)
@@ -65,7 +65,7 @@ def test_llama_cpp_logits_match_transformers(arch, outtype, gguf_tiny_hf, tmp_pa
 
 
 def test_bf16_file_with_biases(gguf_tiny_hf, tmp_path, tiny_tokenizer):
-    from teeny_core.types import ModelSource
+    from teeny_core.modeling import ModelSource
     from teeny_gguf.convert import convert_to_gguf
     from teeny_gguf.reader import gguf_stats
 
@@ -81,7 +81,7 @@ def test_layout_tied_embeddings_gemma_norms_and_metadata(gguf_tiny_hf, tmp_path,
     import gguf
     from safetensors import safe_open
 
-    from teeny_core.types import ModelSource
+    from teeny_core.modeling import ModelSource
     from teeny_gguf.convert import convert_to_gguf
 
     names = {}
@@ -105,7 +105,7 @@ def test_layout_tied_embeddings_gemma_norms_and_metadata(gguf_tiny_hf, tmp_path,
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_llama_cpp_tokenizes_like_hf(arch, gguf_tiny_hf, tmp_path):
     """The tokenizer HF loads for the model (Qwen2's class brings its own split regex) and llama.cpp's agree."""
-    from teeny_core.types import ModelSource
+    from teeny_core.modeling import ModelSource
     from teeny_gguf.convert import convert_to_gguf
 
     source = ModelSource(str(gguf_tiny_hf(arch)))
@@ -125,7 +125,7 @@ def test_gguf_source_round_trip(gguf_tiny_hf, tmp_path, tiny_tokenizer):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from teeny_core.types import ModelSource
+    from teeny_core.modeling import ModelSource
     from teeny_gguf.convert import convert_to_gguf
     from teeny_gguf.reader import gguf_to_hf
 
@@ -147,7 +147,7 @@ def test_unsupported_model_and_type_are_one_line_errors(tmp_path, gguf_tiny_hf):
     import transformers
 
     from teeny_core.errors import TeenyError
-    from teeny_core.types import ModelSource
+    from teeny_core.modeling import ModelSource
     from teeny_gguf.convert import convert_to_gguf
 
     with pytest.raises(TeenyError, match="GGUF output type 'Q4_K' is not valid; expected one of F32, F16, BF16"):
@@ -183,8 +183,8 @@ def test_sentencepiece_vocabularies_tokenize_like_sentencepiece(dummy_prefix, tm
     from transformers import AutoTokenizer
 
     spm = pytest.importorskip("sentencepiece")
+    from teeny_core.modeling import ModelSource
     from teeny_core.testing import _corpus
-    from teeny_core.types import ModelSource
     from teeny_gguf.vocab import write_sentencepiece_vocab, write_tokenizer
 
     corpus = tmp_path / "corpus.txt"

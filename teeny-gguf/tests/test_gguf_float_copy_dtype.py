@@ -17,7 +17,7 @@ pytest.importorskip("gguf")
 def f32_gguf(gguf_tiny_hf, tmp_path_factory):
     """A float32 GGUF of a tiny Qwen2 (random q/k/v biases, tied embeddings): a source that dequantizes to
     float32, as a Q4_K_M file does."""
-    from teeny_core.types import ModelSource
+    from teeny_core.modeling import ModelSource
     from teeny_gguf.convert import convert_to_gguf
 
     return convert_to_gguf(ModelSource(str(gguf_tiny_hf("qwen2"))), tmp_path_factory.mktemp("src") / "q.gguf", "F32")

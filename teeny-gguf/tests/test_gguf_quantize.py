@@ -37,7 +37,7 @@ def test_k_quant_rows_not_multiple_of_256_fall_back(tiny_model, tmp_path):
 
 
 def _quantize(source_dir, out_dir, calibration=None, **options):
-    from teeny_core.types import ModelSource
+    from teeny_core.modeling import ModelSource
     from teeny_gguf.quantizer import GGUFQuantizer
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -267,7 +267,7 @@ def test_float_gguf_source_is_quantized_as_is(quantized, tmp_path):
     """A F16 GGUF source skips conversion: llama.cpp quantizes the file itself, to the same tensors."""
     import gguf
 
-    from teeny_core.types import ModelSource
+    from teeny_core.modeling import ModelSource
     from teeny_gguf.quantizer import GGUFQuantizer
 
     f16 = quantized["F16"]

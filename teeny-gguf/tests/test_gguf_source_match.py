@@ -13,7 +13,7 @@ pytest.importorskip("llama_cpp")
 
 
 def _gguf(source_dir, out_dir, **options):
-    from teeny_core.types import ModelSource
+    from teeny_core.modeling import ModelSource
     from teeny_gguf.quantizer import GGUFQuantizer
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -47,7 +47,7 @@ def test_real_files_same_type_flagged_other_type_not(tiny_model, tmp_path):
     import gguf
 
     from teeny_core.errors import TeenyError
-    from teeny_core.types import ModelSource
+    from teeny_core.modeling import ModelSource
 
     q4 = _gguf(tiny_model("llama"), tmp_path / "q4", type="Q4_K_M")
     source = ModelSource(str(q4.path), gguf_file=q4.file)

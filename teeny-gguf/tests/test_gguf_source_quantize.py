@@ -15,7 +15,7 @@ def test_teeny_quantize_takes_a_gguf_file_for_a_walker_method(gguf_tiny_hf, tmp_
     from safetensors.torch import load_file
 
     from teeny_core.cli import cli
-    from teeny_core.types import ModelSource
+    from teeny_core.modeling import ModelSource
     from teeny_gguf.convert import convert_to_gguf
 
     monkeypatch.setenv("TEENY_CACHE", str(tmp_path / "cache"))

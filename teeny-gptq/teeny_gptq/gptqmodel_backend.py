@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from teeny_core.errors import TeenyError
-from teeny_core.types import Artifact, CalibrationSet, ModelSource
+from teeny_core.modeling import Artifact, ModelSource
+from teeny_core.types import CalibrationSet
 
 
 def import_gptqmodel():

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from teeny_core.errors import TeenyError
+from teeny_core.modeling import Artifact, ModelSource
 from teeny_core.options import Options, option
-from teeny_core.types import Artifact, CalibrationSet, ModelSource, Quantizer
+from teeny_core.types import CalibrationSet, Quantizer
 
 CHECKPOINT_FORMAT = "gptq"
 log = logging.getLogger("teeny_gptq")

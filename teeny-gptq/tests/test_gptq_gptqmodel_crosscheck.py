@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from teeny_core.types import Artifact, ModelSource
+from teeny_core.modeling import Artifact, ModelSource
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("gptqmodel") is None,
                                 reason="gptqmodel is not installed (optional extra teeny-gptq[gptqmodel])")

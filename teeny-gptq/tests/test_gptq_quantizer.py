@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from teeny_core.errors import TeenyError
+from teeny_core.modeling import Artifact, ModelSource
 from teeny_core.options import OptionsError
 from teeny_core.quant import dequantize_weight, quantize_weight
 from teeny_core.testing import QuantizerContract
-from teeny_core.types import Artifact, CalibrationSet, ModelSource
+from teeny_core.types import CalibrationSet
 
 
 def calibration_for(teeny_plugins, tokenizer, samples=16, seq_len=64, seed=0) -> CalibrationSet:

@@ -6,7 +6,8 @@ activation passing or writing."""
 import pytest
 import torch
 
-from teeny_core.types import CalibrationSet, ModelSource
+from teeny_core.modeling import ModelSource
+from teeny_core.types import CalibrationSet
 
 
 def whole_model_reference(path, ids, batch_size, bits, group_size, sym):

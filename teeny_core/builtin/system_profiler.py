@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from teeny_core import hookimpl
+from teeny_core.modeling import Artifact
 from teeny_core.options import Options, option
-from teeny_core.types import Artifact, HardwareProfiler, LoadedModel
+from teeny_core.types import HardwareProfiler, LoadedModel
 
 RAPL_ROOT = Path("/sys/class/powercap")
 

@@ -11,8 +11,9 @@ from typing import Any, Literal
 
 from teeny_core import hookimpl
 from teeny_core.errors import TeenyError
+from teeny_core.modeling import Artifact
 from teeny_core.options import Options, option
-from teeny_core.types import Artifact, Generation, LoadedModel, Runtime
+from teeny_core.types import Generation, LoadedModel, Runtime
 
 
 @dataclasses.dataclass
@@ -122,8 +123,8 @@ def load_dequantized(artifact: Artifact, dtype):
     """Build the model from an hf-gptq / hf-awq checkpoint with float weights from its packed tensors."""
     from transformers import AutoModelForCausalLM
 
-    from teeny_core.formats.checkpoint import config_without_quantization, load_state
     from teeny_core.experts import fuse_model_experts
+    from teeny_core.formats.checkpoint import config_without_quantization, load_state
 
     model = AutoModelForCausalLM.from_config(config_without_quantization(artifact), dtype=dtype)
     state = {k: (v.to(dtype) if v.is_floating_point() else v)
@@ -138,9 +139,9 @@ def load_packed(artifact: Artifact, dtype, compute: str, device: str = "cpu"):
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
+    from teeny_core.experts import fuse_model_experts
     from teeny_core.formats.checkpoint import config_without_quantization, load_state
     from teeny_core.packed import pack_linears
-    from teeny_core.experts import fuse_model_experts
 
     linears, rest = _format_module(artifact).read_quantized(artifact.path)
     with init_empty_weights():  # no float copy of the quantized weights is ever allocated
@@ -182,8 +183,7 @@ class TransformersRuntime(Runtime):
     def load(self, artifact: Artifact, options: Options) -> LoadedModel:
         from transformers import AutoTokenizer
 
-        from teeny_core.modeling import load_hf_model, resolve_device, torch_dtype
-        from teeny_core.types import ModelSource
+        from teeny_core.modeling import ModelSource, load_hf_model, resolve_device, torch_dtype
         from teeny_core.walker import stored_dtype
 
         assert isinstance(options, TransformersOptions)

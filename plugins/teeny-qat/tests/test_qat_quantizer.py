@@ -8,8 +8,9 @@ import torch
 from click.testing import CliRunner
 
 from teeny_core.cli import cli
+from teeny_core.modeling import Artifact, ModelSource
 from teeny_core.testing import QuantizerContract
-from teeny_core.types import Artifact, CalibrationSet, ModelSource
+from teeny_core.types import CalibrationSet
 
 QUICK = {"bits": 2, "group_size": 32, "epochs": 2}
 

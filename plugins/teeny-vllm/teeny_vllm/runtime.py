@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from teeny_core.errors import TeenyError
+from teeny_core.modeling import Artifact
 from teeny_core.options import Options, option
-from teeny_core.types import Artifact, Generation, LoadedModel, Runtime
+from teeny_core.types import Generation, LoadedModel, Runtime
 
 MARLIN_GROUP_SIZES = (-1, 32, 64, 128)
 NO_LOGPROBS = ("the vllm runtime returns top-k logprobs, not full distributions: score fidelity (KL) "

@@ -4,7 +4,7 @@ checkpoint loads through Marlin with its weights packed."""
 
 import pytest
 
-from teeny_core.types import Artifact
+from teeny_core.modeling import Artifact
 from teeny_vllm.runtime import VllmOptions, VllmRuntime
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(bool(VllmRuntime.available()),
@@ -48,8 +48,9 @@ def test_greedy_generation_matches_transformers_in_float32(float_model):
 def test_gptq_checkpoint_runs_on_marlin_with_packed_weights(tmp_path, tiny_model):
     """A teeny-gptq w4 g128 checkpoint: vLLM serves it with gptq_marlin and holds far fewer weight bytes."""
     pytest.importorskip("teeny_gptq")
+    from teeny_core.modeling import ModelSource
     from teeny_core.plugins import Plugins
-    from teeny_core.types import CalibrationSet, ModelSource
+    from teeny_core.types import CalibrationSet
 
     src = tiny_model("qwen2")
     q = Plugins.load().get("quantizer", "gptq")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from teeny_core.errors import TeenyError
-from teeny_core.types import Artifact
+from teeny_core.modeling import Artifact
 from teeny_vllm import runtime as rt
 from teeny_vllm.runtime import VllmOptions, VllmRuntime, engine_args, sampling_params, vllm_quantization
 

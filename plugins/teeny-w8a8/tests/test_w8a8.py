@@ -20,8 +20,8 @@ class TestW8A8Contract(QuantizerContract):
 
 
 def _calibration(source_dir, samples: int = 8, seq_len: int = 48):
+    from teeny_core.modeling import ModelSource
     from teeny_core.plugins import Plugins
-    from teeny_core.types import ModelSource
 
     cls = Plugins.load().get("calibrator", "random-tokens")
     tok = ModelSource(str(source_dir)).load_tokenizer()
@@ -29,7 +29,7 @@ def _calibration(source_dir, samples: int = 8, seq_len: int = 48):
 
 
 def _quantize(source_dir, out, **options):
-    from teeny_core.types import ModelSource
+    from teeny_core.modeling import ModelSource
     from teeny_w8a8.quantizer import W8A8Options, W8A8Quantizer
 
     out.mkdir()
