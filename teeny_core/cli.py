@@ -329,9 +329,9 @@ def run(experiment: str | None, limit: int | None, fresh: bool, demo: str | None
         ex_cls = plugins().get("executor", exp.executor)
         if "address" not in {f.name for f in ex_cls.Options.fields()}:
             raise TeenyError(f"--address {address!r}: the {exp.executor!r} executor takes no cluster address")
-        opts = {**exp.executor_options.get(exp.executor, {}), "address": address}
-        ex_cls.Options.from_mapping(opts, where=f"executor {exp.executor}")
-        exp.executor_options[exp.executor] = opts
+        opts = exp.executor_options.get(exp.executor) or ex_cls.Options()
+        exp.executor_options[exp.executor] = ex_cls.Options.from_mapping({**opts.to_dict(), "address": address},
+                                                                         where=f"executor {exp.executor}")
     with _progress() as progress:
         display = Display(progress)
         results = Pipeline(exp, plugins(), say=progress.console.print, on_event=display.event,

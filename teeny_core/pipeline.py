@@ -74,7 +74,7 @@ class Pipeline:
                                       previous=read_json(self.root / "manifest.json", expect=dict))
             write_json(self.root / "manifest.json", manifest)
             ex_cls = self.plugins.get("executor", self.exp.executor)
-            ex_opts = ex_cls.Options.from_mapping(self.exp.executor_options.get(self.exp.executor, {}))
+            ex_opts = self.exp.executor_options.get(self.exp.executor) or ex_cls.Options()
             run_dir, data = str(self.root.resolve()), self.exp.to_dict()
             tasks = [VariantTask(run_dir, data, v.name, prepare=v.name == BASELINE) for v in self.exp.all_variants()]
             todo, outcomes = [], []
@@ -143,8 +143,7 @@ class Pipeline:
         analysis: dict[str, Any] = {}
         if done and done[0].name == BASELINE:
             for name, opts in self.exp.analyzers.items():
-                cls = self.plugins.get("analyzer", name)
-                analysis[name] = cls().analyze(done[0], done[1:], cls.Options.from_mapping(opts))
+                analysis[name] = self.plugins.get("analyzer", name)().analyze(done[0], done[1:], opts)
         write_json(self.root / "analysis.json", analysis)
         by_name = {r.name: r for r in done}
         entries = []

@@ -50,23 +50,23 @@ class Plan:
     def variant_key(self, variant: Variant) -> str:
         """What the variant's stored results were made with: the source, method, options, runtime and, for a
         quantizer that calibrates with these options, the calibration set's settings."""
-        parts: list[Any] = [self.baseline_id(), variant.method, variant.options, variant.runtime]
+        parts: list[Any] = [self.baseline_id(), variant.method, variant.options.to_dict(), variant.runtime]
         if variant.checkpoint:
             return checkpoint_key(parts, variant.checkpoint)
         if self.needs_calibration(variant):
-            parts += [self.exp.calibration, self.exp.seed, windows.RULE]
+            parts += [self.exp.calibration_table(), self.exp.seed, windows.RULE]
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     def evaluator_config(self, name: str) -> str:
         """The ``config`` stamped on an evaluator's records: records under other options are not reused."""
         cls = self.plugins.get("evaluator", name)
-        return options_signature(name, cls.Options.from_mapping(self.exp.evaluators[name]).to_dict(),
-                                 cls.records_version)
+        return options_signature(name, self.exp.evaluators[name].to_dict(), cls.records_version)
 
     def evaluation_signature(self, variant: Variant) -> str:
         """The evaluators, profilers, limit and seed a variant's metrics were written for (``done.json``)."""
-        evaluators = {n: o for n, o in self.exp.evaluators.items() if variant.evaluators is None or n in variant.evaluators}
-        parts = [evaluators, self.exp.profilers, self.exp.limit, self.exp.seed]
+        evaluators = {n: o.to_dict() for n, o in self.exp.evaluators.items()
+                      if variant.evaluators is None or n in variant.evaluators}
+        parts = [evaluators, {n: o.to_dict() for n, o in self.exp.profilers.items()}, self.exp.limit, self.exp.seed]
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     def describe(self, variant: Variant) -> dict[str, Any]:
@@ -77,16 +77,13 @@ class Plan:
             artifact = open_checkpoint(variant.checkpoint)
             return {"checkpoint": variant.checkpoint, "format": artifact.format,
                     **{k: v for k, v in artifact.meta.items() if k in ("bits", "group_size", "sym", "desc_act")}}
-        q_cls = self.plugins.get("quantizer", variant.method)
-        return q_cls().describe(q_cls.Options.from_mapping(variant.options))
+        return self.plugins.get("quantizer", variant.method)().describe(variant.options)
 
     # -- paths -----------------------------------------------------------------------------------
     def calibration_path(self) -> Path:
         """Where the calibration set is cached, by a key of the baseline, the calibrator, its options and the seed."""
-        cfg = dict(self.exp.calibration)
-        method = cfg.pop("method")
-        key = hashlib.sha256(json.dumps([self.baseline_id(), method, cfg, self.exp.seed, windows.RULE],
-                                        sort_keys=True).encode()).hexdigest()[:16]
+        parts = [self.baseline_id(), self.exp.calibrator, self.exp.calibration.to_dict(), self.exp.seed, windows.RULE]
+        key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
         return self.cache_dir / "calibration" / f"{key}.json"
 
     def float_dir(self) -> Path:
@@ -98,8 +95,7 @@ class Plan:
         """Whether the variant's quantizer calibrates with its options (the baseline and checkpoints do not)."""
         if variant.method in ("none", CHECKPOINT):
             return False
-        q_cls = self.plugins.get("quantizer", variant.method)
-        return q_cls.needs_calibration(q_cls.Options.from_mapping(variant.options))
+        return self.plugins.get("quantizer", variant.method).needs_calibration(variant.options)
 
     def needs_preparation(self) -> bool:
         """Whether the shared inputs are still to build (a GGUF source's float copy, a calibration set)."""

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 
 from teeny_core.executor import Emit, Event, Outcome, VariantTask
 from teeny_core.experiment import BASELINE, Variant, experiment_from_dict
+from teeny_core.options import Options
 from teeny_core.modeling import ARTIFACT_MANIFEST, Artifact, ModelSource
 from teeny_core.plan import Plan
 from teeny_core.plugins import Plugins
@@ -119,7 +120,7 @@ class VariantRunner:
     def for_task(cls, task: VariantTask, emit: Emit) -> "VariantRunner":
         """The runner of a task's experiment, with the installed plugins, writing into the task's run directory."""
         plugins = Plugins.load()
-        return cls(Plan(experiment_from_dict(task.experiment), plugins, root=Path(task.run_dir)), emit)
+        return cls(Plan(experiment_from_dict(task.experiment, plugins), plugins, root=Path(task.run_dir)), emit)
 
     def say(self, text: str) -> None:
         self.emit({"message": text})
@@ -175,16 +176,14 @@ class VariantRunner:
 
     def calibration(self) -> CalibrationSet:
         """The experiment's calibration set, made once and shared by every variant through the cache."""
-        cfg = dict(self.exp.calibration)
-        method = cfg.pop("method")
+        method, options = self.exp.calibrator, self.exp.calibration
         path = self.plan.calibration_path()
         cached = read_json(path, expect=dict)
         if cached is not None:
             return CalibrationSet(**cached)
-        cal_cls = self.plugins.get("calibrator", method)
-        self.say(f"calibration: {method} {cfg}")
-        cal = cal_cls().samples(self.baseline_source().load_tokenizer(), cal_cls.Options.from_mapping(cfg),
-                                seed=self.exp.seed)
+        self.say(f"calibration: {method} {options.to_dict()}")
+        cal = self.plugins.get("calibrator", method)().samples(self.baseline_source().load_tokenizer(), options,
+                                                               seed=self.exp.seed)
         write_json(path, {"name": cal.name, "samples": cal.samples, "meta": cal.meta})
         return cal
 
@@ -201,7 +200,7 @@ class VariantRunner:
             vdir.rename(stale)
         vdir.mkdir(parents=True, exist_ok=True)
         write_json(vdir / "variant.json", {"key": key, "name": name, "method": variant.method,
-                                           "options": variant.options, "runtime": variant.runtime,
+                                           "options": variant.options.to_dict(), "runtime": variant.runtime,
                                            "describe": self.plan.describe(variant)})
         return vdir
 
@@ -221,13 +220,12 @@ class VariantRunner:
         target = vdir / "artifact"
         if (target / ARTIFACT_MANIFEST).exists():
             return Artifact.open(target)
-        q_cls = self.plugins.get("quantizer", variant.method)
-        options = q_cls.Options.from_mapping(variant.options)
+        quantizer = self.plugins.get("quantizer", variant.method)()
         calibration = self.calibration() if self.plan.needs_calibration(variant) else None
         source = self.baseline_source()
         self.say(f"{variant.name}: quantizing with {variant.method}")
         with self.measure("quantize", profile):
-            build_artifact(q_cls(), source, calibration, options, target)
+            build_artifact(quantizer, source, calibration, variant.options, target)
         write_json(vdir / "profile.json", profile)
         return Artifact.open(target)
 
@@ -245,7 +243,7 @@ class VariantRunner:
             return
         device = self.exp.device if self.exp.device != "auto" else resolve_device("auto")
         runtime_cls = self.plugins.runtime_for(artifact.format, variant.runtime, device)
-        runtime_opts = runtime_cls.Options.from_mapping(self._runtime_options(runtime_cls.name))
+        runtime_opts = self._runtime_options(runtime_cls)
         self.say(f"{variant.name}: loading with {runtime_cls.name}")
         self.emit({"stage": "load", "done": 0, "total": 1})
         runtime_cls.import_libraries()
@@ -264,7 +262,7 @@ class VariantRunner:
                 ev_cls = self.plugins.get("evaluator", name_)
                 with self.measure(f"evaluate:{name_}", profile):
                     metrics[name_] = evaluate(
-                        model, name_, ev_cls(), ev_cls.Options.from_mapping(opts), samples,
+                        model, name_, ev_cls(), opts, samples,
                         config=self.plan.evaluator_config(name_), seed=self.exp.seed, limit=self.exp.limit,
                         cache_dir=self.plan.cache_dir,
                         reference_loader=None if variant.name == BASELINE else self._load_reference,
@@ -272,8 +270,7 @@ class VariantRunner:
             for prof, opts in self.exp.profilers.items():
                 prof_cls = self.plugins.get("profiler", prof)
                 self.emit({"stage": f"benchmark:{prof}", "done": 0, "total": 1})
-                profile.setdefault("benchmark", {}).update(
-                    prof_cls().benchmark(model, artifact, prof_cls.Options.from_mapping(opts)))
+                profile.setdefault("benchmark", {}).update(prof_cls().benchmark(model, artifact, opts))
         finally:
             model.close()
         profile["worker"] = {**worker, **peak_memory()}
@@ -293,19 +290,20 @@ class VariantRunner:
         (samples.path.parent / "done.json").unlink(missing_ok=True)
         return True
 
-    def _runtime_options(self, runtime: str) -> dict[str, Any]:
-        opts = dict(self.exp.runtimes.get(runtime, {}))
-        cls = self.plugins.get("runtime", runtime)
-        if "device" in {f.name for f in cls.Options.fields()} and "device" not in opts:
-            opts["device"] = self.exp.device
-        return opts
+    def _runtime_options(self, cls) -> Options:
+        """The experiment's options for a runtime; one it does not configure gets its defaults and the
+        experiment's device."""
+        if cls.name in self.exp.runtimes:
+            return self.exp.runtimes[cls.name]
+        takes_device = "device" in {f.name for f in cls.Options.fields()}
+        return cls.Options.from_mapping({"device": self.exp.device} if takes_device else {})
 
     def _load_reference(self) -> LoadedModel:
         from teeny_core.modeling import resolve_device
 
         base = self.baseline_artifact()
         cls = self.plugins.runtime_for(base.format, self.exp.baseline_runtime, device=resolve_device(self.exp.device))
-        return cls().load(base, cls.Options.from_mapping(self._runtime_options(cls.name)))
+        return cls().load(base, self._runtime_options(cls))
 
     @contextlib.contextmanager
     def measure(self, stage: str, profile: dict[str, Any]) -> Iterator[None]:
@@ -313,8 +311,7 @@ class VariantRunner:
         with contextlib.ExitStack() as stack:
             found = []
             for name, opts in self.exp.profilers.items():
-                cls = self.plugins.get("profiler", name)
-                found.append(stack.enter_context(cls().measure(stage, cls.Options.from_mapping(opts))))
+                found.append(stack.enter_context(self.plugins.get("profiler", name)().measure(stage, opts)))
             yield
         merged: dict[str, Any] = {}
         for m in found:

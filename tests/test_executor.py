@@ -3,6 +3,7 @@ failed variant (with the reason) while the others finish; running again complete
 the worker-process results equal those of the in-process path; the profile holds the worker's memory, the
 runtime and the weights it held; tasks are plain picklable data run by a module-level function."""
 
+import dataclasses
 import json
 import os
 import pickle
@@ -175,8 +176,8 @@ def test_profile_holds_the_worker_memory_runtime_and_weights(tmp_path, tiny_mode
     model = tiny_model("llama")
     plugins = Plugins.load()
     exp = load_experiment(experiment(tmp_path, model, "prof", "", extra=""), plugins)
-    exp.profilers = {"system": {**exp.profilers["system"], "benchmark": True, "prompt_tokens": 8,
-                                "new_tokens": 3, "batch": 2}}
+    exp.profilers = {"system": dataclasses.replace(exp.profilers["system"], benchmark=True, prompt_tokens=8,
+                                                   new_tokens=3, batch=2)}
     task = VariantTask(str(exp.root.resolve()), exp.to_dict(), "original", prepare=True)
     events = []
     outcome = run_variant_task(pickle.loads(pickle.dumps(task)), events.append)
