@@ -18,7 +18,7 @@ import dataclasses
 from abc import abstractmethod
 from typing import Any, Callable
 
-from teeny_core.types import Component
+from teeny_core.types import Component, OptionsT
 
 Event = dict[str, Any]
 Emit = Callable[[Event], None]
@@ -54,11 +54,11 @@ class Outcome:
         return cls(variant, False, one_line(exc), stage, fatal=isinstance(exc, DiskFullError))
 
 
-class Executor(Component):
+class Executor(Component[OptionsT]):
     """Runs variant tasks and returns one :class:`Outcome` per task, in task order."""
 
     @abstractmethod
-    def run(self, tasks: list[VariantTask], options: Any, on_event: Emit) -> list[Outcome]:
+    def run(self, tasks: list[VariantTask], options: OptionsT, on_event: Emit) -> list[Outcome]:
         """Run every task (concurrently if the executor can) through :func:`teeny_core.worker.run_variant_task`; never raise for a
         task that fails or whose worker dies: that is a failed :class:`Outcome`. ``on_event`` may be called
         from any thread."""

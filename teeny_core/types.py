@@ -14,15 +14,22 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Iterator, TypeVar
 
 from teeny_core.options import NoOptions, Options
 
 if TYPE_CHECKING:
     from teeny_core.modeling import Artifact, ModelSource
 
-class Component(ABC):
-    """Base of every component: a registered name, a one-line summary (the docstring) and an Options class."""
+OptionsT = TypeVar("OptionsT", bound=Options)
+"""A component's own Options class: ``class RTNQuantizer(Quantizer[RTNOptions])`` gets ``RTNOptions`` instances."""
+
+class Component(ABC, Generic[OptionsT]):
+    """Base of every component: a registered name, a one-line summary (the docstring) and an Options class.
+
+    Generic over that class: the pipeline parses a component's options once, into ``Options``, and passes that
+    instance to every method, so ``class GPTQQuantizer(Quantizer[GPTQOptions])`` declares ``options: GPTQOptions``
+    and needs no ``isinstance`` check."""
 
     name: ClassVar[str]
     Options: ClassVar[type[Options]] = NoOptions
@@ -101,35 +108,35 @@ class LoadedModel(ABC):
         return None
 
 
-class Quantizer(Component):
+class Quantizer(Component[OptionsT]):
     """Turns a model source into an :class:`Artifact` in ``out_dir``."""
 
     @abstractmethod
-    def quantize(self, source: ModelSource, calibration: CalibrationSet | None, options: Options,
+    def quantize(self, source: ModelSource, calibration: CalibrationSet | None, options: OptionsT,
                  out_dir: Path) -> Artifact:
         """Write the quantized model into ``out_dir`` (an empty directory) and return its :class:`Artifact`; the
         caller adds its own facts to ``meta`` and writes the manifest (:meth:`Artifact.save`)."""
 
-    def describe(self, options: Options) -> dict[str, Any]:
+    def describe(self, options: OptionsT) -> dict[str, Any]:
         """Short facts for reports (e.g. ``{"bits": 4, "group_size": 128}``); default: the options."""
         return options.to_dict()
 
     @classmethod
-    def needs_calibration(cls, options: Options) -> bool:
+    def needs_calibration(cls, options: OptionsT) -> bool:
         """Whether quantizing with these options uses a calibration set (default: no). A variant that needs none
         gets none (``calibration`` is None) and its key does not depend on the calibration settings."""
         return False
 
 
-class Calibrator(Component):
+class Calibrator(Component[OptionsT]):
     """Produces calibration token windows for a tokenizer."""
 
     @abstractmethod
-    def samples(self, tokenizer: Any, options: Options, seed: int) -> CalibrationSet:
+    def samples(self, tokenizer: Any, options: OptionsT, seed: int) -> CalibrationSet:
         """Return a deterministic calibration set for this seed."""
 
 
-class Runtime(Component):
+class Runtime(Component[OptionsT]):
     """Loads artifacts of the formats it lists."""
 
     formats: ClassVar[tuple[str, ...]] = ()
@@ -146,7 +153,7 @@ class Runtime(Component):
         return cls.native.get((fmt, device.split(":")[0]), cls.native.get((fmt, "*"), 0))
 
     @abstractmethod
-    def load(self, artifact: Artifact, options: Options) -> LoadedModel:
+    def load(self, artifact: Artifact, options: OptionsT) -> LoadedModel:
         """Load the artifact for generation and scoring."""
 
     @classmethod
@@ -196,7 +203,7 @@ class Metric:
         return dataclasses.asdict(self)
 
 
-class Evaluator(Component):
+class Evaluator(Component[OptionsT]):
     """Measures a loaded model: writes one record per finished item, then summarizes all records."""
 
     metrics: ClassVar[dict[str, Metric]] = {}  # metric name (a key of summarize()'s dict) -> its meaning
@@ -212,23 +219,23 @@ class Evaluator(Component):
     records_version: ClassVar[str] = ""
 
     @abstractmethod
-    def evaluate(self, model: LoadedModel, options: Options, ctx: EvalContext) -> None:
+    def evaluate(self, model: LoadedModel, options: OptionsT, ctx: EvalContext) -> None:
         """Evaluate items not in ``ctx.done()``, calling ``ctx.write(record)`` as each finishes."""
 
     @abstractmethod
-    def summarize(self, records: list[dict[str, Any]], options: Options) -> dict[str, Any]:
+    def summarize(self, records: list[dict[str, Any]], options: OptionsT) -> dict[str, Any]:
         """Metrics (name -> number) from all records of this evaluator."""
 
 
-class HardwareProfiler(Component):
+class HardwareProfiler(Component[OptionsT]):
     """Measures resources around a stage ("load", "evaluate:<name>") and, optionally, a standard benchmark."""
 
     @abstractmethod
     @contextlib.contextmanager
-    def measure(self, stage: str, options: Options) -> Iterator[dict[str, Any]]:
+    def measure(self, stage: str, options: OptionsT) -> Iterator[dict[str, Any]]:
         """Yield a dict the profiler fills with measurements when the stage ends."""
 
-    def benchmark(self, model: LoadedModel, artifact: Artifact, options: Options) -> dict[str, Any]:
+    def benchmark(self, model: LoadedModel, artifact: Artifact, options: OptionsT) -> dict[str, Any]:
         """Active measurements (e.g. time to first token, decode tokens/s); default none."""
         return {}
 
@@ -246,9 +253,9 @@ class VariantResult:
     artifact_bytes: int | None = None
 
 
-class Analyzer(Component):
+class Analyzer(Component[OptionsT]):
     """Compares every variant with the baseline, item by item."""
 
     @abstractmethod
-    def analyze(self, baseline: VariantResult, variants: list[VariantResult], options: Options) -> dict[str, Any]:
+    def analyze(self, baseline: VariantResult, variants: list[VariantResult], options: OptionsT) -> dict[str, Any]:
         """Findings keyed by variant name (and anything experiment-wide)."""

@@ -166,7 +166,7 @@ def packed_available(device: str = "cpu") -> bool:
     return available(device)
 
 
-class TransformersRuntime(Runtime):
+class TransformersRuntime(Runtime[TransformersOptions]):
     """PyTorch + transformers on CPU or CUDA; GPTQ/AWQ checkpoints run packed (int4 kernels) or dequantized."""
 
     name = "transformers"
@@ -180,13 +180,12 @@ class TransformersRuntime(Runtime):
         import torch  # noqa: F401
         from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
-    def load(self, artifact: Artifact, options: Options) -> LoadedModel:
+    def load(self, artifact: Artifact, options: TransformersOptions) -> LoadedModel:
         from transformers import AutoTokenizer
 
         from teeny_core.modeling import ModelSource, load_hf_model, resolve_device, torch_dtype
         from teeny_core.walker import stored_dtype
 
-        assert isinstance(options, TransformersOptions)
         device = resolve_device(options.device)
         dtype = options.dtype
         facts: dict[str, Any] = {"kernels": "float"}
