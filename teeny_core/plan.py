@@ -122,10 +122,12 @@ class Plan:
             and self.has_metrics(name) and SampleLog.readable(self.root / name / "samples.jsonl")
 
     def check_stored(self, name: str) -> None:
-        """Raise naming the file if a variant's stored results that this run would reuse are garbled."""
+        """Raise naming the file if the model's files, or a variant's stored results that this run would reuse,
+        are garbled."""
         vdir = self.root / name
+        key = self.variant_key(self.variant(name))  # resolves the model (its files checked) and a checkpoint's
         info = read_json(vdir / "variant.json", expect=dict)
-        if info is None or info.get("key") != self.variant_key(self.variant(name)):
+        if info is None or info.get("key") != key:
             return  # nothing stored, or old settings that the worker moves aside untouched
         for file in ("done.json", "profile.json", "metrics.json"):
             read_json(vdir / file, expect=dict)
