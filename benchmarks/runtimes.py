@@ -62,9 +62,8 @@ def original_dir(gguf: Path | None) -> Path:
         return original_model_dir()
     target = CACHE / f"{gguf.stem}-f32"
     if not (target / "config.json").exists():
-        from teeny_core.modeling import save_hf_model
+        from teeny_core.modeling import ModelSource, save_hf_model
         from teeny_core.store import staging_dir
-        from teeny_core.types import ModelSource
 
         model, tokenizer = ModelSource(str(gguf.parent), gguf_file=gguf.name).load(dtype="float32")
         with staging_dir(target) as tmp:
@@ -101,9 +100,8 @@ def rss() -> int:
 
 def measure_one(spec: dict) -> dict:
     """Child process: load one artifact with one runtime and time it."""
-    from teeny_core.modeling import return_freed_memory
+    from teeny_core.modeling import Artifact, return_freed_memory
     from teeny_core.plugins import Plugins
-    from teeny_core.types import Artifact
 
     return_freed_memory()  # as the pipeline's workers do
     plugins = Plugins.load()

@@ -109,21 +109,22 @@ CHILD = r"""
 import json, sys, time
 import torch
 import teeny_core.walker as walker
-from teeny_core.modeling import peak_rss_bytes
+from teeny_core.modeling import ModelSource, peak_rss_bytes
 from teeny_core.plugins import Plugins
-from teeny_core.types import CalibrationSet, ModelSource
+from teeny_core.types import CalibrationSet
 method, path, out, options = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 samples, tokens = json.loads(sys.argv[5]) if len(sys.argv) > 5 else (4, 256)  # calibration shape
 cls = Plugins.load().get("quantizer", method)
+quantizer_options = cls.Options.from_mapping(options)
 cal = None
-if cls.needs_calibration:
+if cls.needs_calibration(quantizer_options):
     g = torch.Generator().manual_seed(0)
     cal = CalibrationSet("random", torch.randint(3, 500, (samples, tokens), generator=g).tolist())
 facts = {}
 walk = walker.walk
 walker.walk = lambda *a, **k: facts.setdefault("walk", walk(*a, **k))  # keep the walker's per-layer times
 start = time.perf_counter()
-artifact = cls().quantize(ModelSource(path), cal, cls.Options.from_mapping(options), __import__("pathlib").Path(out))
+artifact = cls().quantize(ModelSource(path), cal, quantizer_options, __import__("pathlib").Path(out))
 seconds = time.perf_counter() - start
 layer_seconds = facts["walk"]["layer_seconds"] if "walk" in facts else []
 print(json.dumps({"seconds": seconds, "peak": peak_rss_bytes(),
@@ -133,9 +134,8 @@ print(json.dumps({"seconds": seconds, "peak": peak_rss_bytes(),
 LOAD = r"""
 import json, sys, time
 from pathlib import Path
-from teeny_core.modeling import peak_rss_bytes
+from teeny_core.modeling import Artifact, peak_rss_bytes
 from teeny_core.plugins import Plugins
-from teeny_core.types import Artifact
 runtime_name, path, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 runtime = Plugins.load().get("runtime", runtime_name)
 start = time.perf_counter()

@@ -29,9 +29,8 @@ def main() -> None:
 
     from teeny_core.builtin.transformers_runtime import TransformersRuntime
     from teeny_core.demo import qwen_model
-    from teeny_core.modeling import quiet_libraries, resolve_source
+    from teeny_core.modeling import Artifact, ModelSource, quiet_libraries, resolve_source
     from teeny_core.plugins import Plugins
-    from teeny_core.types import Artifact, ModelSource
     from teeny_core.walker import safetensors_dir
 
     quiet_libraries()
@@ -50,8 +49,8 @@ def main() -> None:
         cls = plugins.get("quantizer", method)
         with tempfile.TemporaryDirectory(prefix=f"teeny-{method}-") as tmp:
             started = time.perf_counter()
-            made = cls().quantize(source, calibration if cls.needs_calibration else None,
-                                  cls.Options.from_mapping(VARIANTS[method]), Path(tmp))
+            options = cls.Options.from_mapping(VARIANTS[method])
+            made = cls().quantize(source, calibration if cls.needs_calibration(options) else None, options, Path(tmp))
             seconds = time.perf_counter() - started
             disk = sum(p.stat().st_size for p in Path(tmp).glob("*.safetensors"))
             loaded = TransformersRuntime().load(Artifact.open(made.path),

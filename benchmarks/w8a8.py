@@ -45,7 +45,7 @@ def variants(only: list[str]) -> list[tuple[str, str, dict]]:
 
 def source_dir(model: str) -> Path:
     from teeny_core.demo import gemma_model, qwen_model
-    from teeny_core.types import ModelSource
+    from teeny_core.modeling import ModelSource
     from teeny_core.walker import safetensors_dir
 
     gguf = Path(qwen_model() if model == "qwen" else gemma_model())
@@ -83,8 +83,8 @@ def prefill_speed(artifact_dir: Path, model_dir: Path, tokens: int = 64) -> tupl
     original in bfloat16."""
     import torch
 
+    from teeny_core.modeling import Artifact
     from teeny_core.plugins import Plugins
-    from teeny_core.types import Artifact
 
     runtime = Plugins.load().get("runtime", "transformers")
     out = []

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from teeny_core.errors import TeenyError
-from teeny_core.types import ARTIFACT_MANIFEST, Artifact
+from teeny_core.modeling import ARTIFACT_MANIFEST, Artifact, ModelSource
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED = ("gptq (checkpoint_format gptq or gptq_v2, int32 packing), awq (version gemm), compressed-tensors, "
@@ -125,8 +125,6 @@ def open_checkpoint(location: str) -> Artifact:
 def checkpoint_key(parts: list[Any], location: str) -> str:
     """A variant key that changes when the checkpoint's files change (a hub id: when the id changes)."""
     import hashlib
-
-    from teeny_core.types import ModelSource
 
     path = Path(location).expanduser()
     identity = ModelSource(str(path.parent), gguf_file=path.name).identity() if path.is_file() else \

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -133,9 +134,9 @@ def list_cmd(kind: str | None) -> None:
 def quantize(model: str, method: str, opts: tuple[str, ...], out: str, calibrator: str,
              cal_opts: tuple[str, ...], seed: int, device: str, dtype: str) -> None:
     """Quantize MODEL (HF directory, hub id or .gguf file) with one method into --out."""
-    from teeny_core.modeling import resolve_device, resolve_source
-    from teeny_core.store import check_writable, staging_dir
-    from teeny_core.types import ARTIFACT_MANIFEST
+    from teeny_core.modeling import Artifact, resolve_device, resolve_source
+    from teeny_core.store import check_writable
+    from teeny_core.worker import build_artifact
 
     quiet_libraries()
     q_cls = plugins().get("quantizer", method)
@@ -147,15 +148,12 @@ def quantize(model: str, method: str, opts: tuple[str, ...], out: str, calibrato
         raise TeenyError(f"--out {out!r} exists and is not empty; choose a new directory")
     source = resolve_source(model, dtype=dtype, device=device)
     calibration = None
-    if q_cls.calibrates(options):
+    if q_cls.needs_calibration(options):
         c_cls = plugins().get("calibrator", calibrator)
         c_opts = c_cls.Options.from_mapping(parse_cli_options(cal_opts), where=calibrator)
         calibration = c_cls().samples(source.load_tokenizer(), c_opts, seed=seed)
-    with staging_dir(target) as tmp:
-        made = q_cls().quantize(source, calibration, options, tmp)
-        if not (tmp / ARTIFACT_MANIFEST).exists():
-            made.save()
-    click.echo(f"wrote {made.format} artifact to {target}")
+    build_artifact(q_cls(), source, calibration, options, target)
+    click.echo(f"wrote {Artifact.open(target).format} artifact to {target}")
 
 
 @cli.command()
@@ -273,7 +271,8 @@ def _evaluate(rt_cls, artifact, ref_artifact, evaluators: dict[str, Any], option
     """``teeny eval``'s work, under the run lock of its --out: each evaluator's records (into ``samples``, a
     :class:`~teeny_core.store.SampleLog`); returns its metrics and the runtime's load facts (which kernels ran)."""
     from teeny_core.modeling import resolve_device
-    from teeny_core.store import StoreContext, options_signature
+    from teeny_core.store import options_signature
+    from teeny_core.worker import evaluate
 
     out_dir = samples.path.parent
     loaded = rt_cls().load(artifact, rt_cls.Options())
@@ -287,17 +286,12 @@ def _evaluate(rt_cls, artifact, ref_artifact, evaluators: dict[str, Any], option
     metrics = {}
     with _progress() as progress:
         for bench, cls in evaluators.items():
-            config = options_signature(bench, options[bench].to_dict(), cls.records_version)
-            ctx = StoreContext(samples, bench, seed=seed, limit=limit or None, cache_dir=out_dir / "_cache",
-                               config=config,
-                               reference_loader=load_reference if ref_artifact else None,
-                               reference_id=str(ref_artifact.location) if ref_artifact else str(artifact.location),
-                               progress_factory=_bar_factory(progress))
-            try:
-                cls().evaluate(loaded, options[bench], ctx)
-            finally:
-                ctx.close()
-            metrics[bench] = cls().summarize(samples.for_evaluator(bench, config), options[bench])
+            metrics[bench] = evaluate(
+                loaded, bench, cls(), options[bench], samples,
+                config=options_signature(bench, options[bench].to_dict(), cls.records_version), seed=seed,
+                limit=limit, cache_dir=out_dir / "_cache", reference_loader=load_reference if ref_artifact else None,
+                reference_id=str(ref_artifact.location) if ref_artifact else str(artifact.location),
+                progress_factory=_bar_factory(progress))
     loaded.close()
     return metrics, facts
 
@@ -335,11 +329,13 @@ def run(experiment: str | None, limit: int | None, fresh: bool, demo: str | None
         ex_cls = plugins().get("executor", exp.executor)
         if "address" not in {f.name for f in ex_cls.Options.fields()}:
             raise TeenyError(f"--address {address!r}: the {exp.executor!r} executor takes no cluster address")
-        opts = {**exp.executor_options.get(exp.executor, {}), "address": address}
-        ex_cls.Options.from_mapping(opts, where=f"executor {exp.executor}")
-        exp.executor_options[exp.executor] = opts
+        opts = exp.executor_options.get(exp.executor) or ex_cls.Options()
+        exp.executor_options[exp.executor] = ex_cls.Options.from_mapping({**opts.to_dict(), "address": address},
+                                                                         where=f"executor {exp.executor}")
     with _progress() as progress:
-        results = Pipeline(exp, plugins(), progress=progress, say=progress.console.print).run(fresh=fresh)
+        display = Display(progress)
+        results = Pipeline(exp, plugins(), say=progress.console.print, on_event=display.event,
+                           on_outcome=display.finished).run(fresh=fresh)
     print_results(results)
     print_verdicts(results)
     report = exp.root / "report.md"
@@ -407,9 +403,53 @@ def _progress():
 
 
 def _bar_factory(progress):
-    from teeny_core.pipeline import _Bar
-
     return lambda total, description: _Bar(progress, progress.add_task(description, total=total))
+
+
+class _Bar:
+    """An evaluator's progress bar on this process's display (removed when done)."""
+
+    def __init__(self, progress, task) -> None:
+        self.progress, self.task = progress, task
+
+    def __enter__(self) -> "_Bar":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.remove_task(self.task)
+
+    def advance(self, n: int = 1) -> None:
+        self.progress.advance(self.task, n)
+
+
+class Display:
+    """``teeny run``'s view: one progress line per variant (stage, items done/total) fed by worker events, the
+    workers' messages, and a line per failed variant."""
+
+    def __init__(self, progress) -> None:
+        self.progress, self.say = progress, progress.console.print
+        self.lock = threading.Lock()  # executors may report from several threads
+        self.tasks: dict[str, Any] = {}
+
+    def event(self, event: dict[str, Any]) -> None:
+        variant = event.get("variant", "?")
+        with self.lock:
+            if "message" in event:
+                self.say(str(event["message"]))
+                return
+            if variant not in self.tasks:
+                self.tasks[variant] = self.progress.add_task(f"{variant}: waiting", total=None)
+            node = f" on {event['node']}" if event.get("node") else ""
+            self.progress.update(self.tasks[variant], description=f"{variant}: {event.get('stage')}{node}",
+                                 completed=event.get("done") or 0, total=event.get("total"))
+
+    def finished(self, outcome) -> None:
+        with self.lock:
+            if not outcome.ok:
+                if outcome.variant in self.tasks:
+                    self.progress.update(self.tasks[outcome.variant], description=f"{outcome.variant}: FAILED")
+                where = f" during {outcome.stage}" if outcome.stage else ""
+                self.say(f"{outcome.variant}: failed{where}: {outcome.error}")
 
 
 def console():

@@ -38,3 +38,9 @@ def is_disk_full(exc: BaseException) -> bool:
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1  # type: ignore[assignment]
     return False
+
+
+def one_line(exc: BaseException) -> str:
+    """``TypeName: message`` on one line (a failed plugin's or variant's reason)."""
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
+    return f"{type(exc).__name__}: {text}".rstrip(": ")

@@ -12,6 +12,7 @@ from typing import Any
 
 from teeny_core.errors import TeenyError
 from teeny_core.modeling import DEVICE_RE, DTYPES, check_baseline_dtype
+from teeny_core.options import NoOptions, Options
 from teeny_core.plugins import Plugins
 
 BASELINE = "original"
@@ -34,7 +35,7 @@ CHECKPOINT = "checkpoint"
 class Variant:
     name: str
     method: str  # a quantizer name, or "none" for the baseline
-    options: dict[str, Any]
+    options: Options  # the quantizer's, parsed (NoOptions for the baseline and an existing checkpoint)
     runtime: str | None = None
     evaluators: list[str] | None = None  # the experiment's evaluators this variant runs (None: all)
     checkpoint: str | None = None  # an existing checkpoint (directory, .gguf file or hub id) instead of a method
@@ -42,7 +43,8 @@ class Variant:
 
 @dataclasses.dataclass
 class Experiment:
-    """A validated experiment; component options are validated mappings (JSON-serialisable)."""
+    """A validated experiment: every component's options parsed once, into its Options class.
+    :meth:`to_dict` is the JSON form (what the config hash, the manifest and a worker's task hold)."""
 
     name: str
     model: str
@@ -51,19 +53,28 @@ class Experiment:
     device: str = "auto"
     dtype: str = "auto"
     limit: int = 0
-    calibration: dict[str, Any] = dataclasses.field(default_factory=lambda: {"method": "code"})
-    evaluators: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {"fidelity": {}})
-    profilers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    analyzers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    runtimes: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    calibrator: str = "code"
+    calibration: Options = dataclasses.field(default_factory=NoOptions)  # the calibrator's
+    evaluators: dict[str, Options] = dataclasses.field(default_factory=dict)
+    profilers: dict[str, Options] = dataclasses.field(default_factory=dict)
+    analyzers: dict[str, Options] = dataclasses.field(default_factory=dict)
+    runtimes: dict[str, Options] = dataclasses.field(default_factory=dict)
     variants: list[Variant] = dataclasses.field(default_factory=list)
     executor: str = "local"  # where variants run; never changes a result
-    executor_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # name -> options
+    executor_options: dict[str, Options] = dataclasses.field(default_factory=dict)  # name -> options
     baseline_runtime: str | None = None
     baseline_dtype: str = "bfloat16"  # a GGUF source's float copy, which every variant is quantized from
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The experiment as JSON data, options as mappings (the ``[calibration]`` table with its ``method``)."""
+        data = dataclasses.asdict(self)  # Options are dataclasses: asdict turns them into their mappings
+        data["calibration"] = self.calibration_table()
+        del data["calibrator"]
+        return data
+
+    def calibration_table(self) -> dict[str, Any]:
+        """``{"method": <calibrator>, **its options}``, as the ``[calibration]`` table reads."""
+        return {"method": self.calibrator, **self.calibration.to_dict()}
 
     def config_hash(self) -> str:
         """A hash of everything that can change a result (so not the executor)."""
@@ -76,12 +87,29 @@ class Experiment:
 
     def all_variants(self) -> list[Variant]:
         """The baseline first, then the variants in file order."""
-        return [Variant(BASELINE, "none", {}, self.baseline_runtime)] + self.variants
+        return [Variant(BASELINE, "none", NoOptions(), self.baseline_runtime)] + self.variants
 
 
-def experiment_from_dict(data: dict[str, Any]) -> Experiment:
-    """Rebuild an :class:`Experiment` from :meth:`Experiment.to_dict` (already validated: no checks)."""
-    return Experiment(**{**data, "variants": [Variant(**v) for v in data.get("variants", [])]})
+def experiment_from_dict(data: dict[str, Any], plugins: Plugins) -> Experiment:
+    """Rebuild an :class:`Experiment` from :meth:`Experiment.to_dict` (already validated: each options mapping
+    is parsed into its component's Options class, nothing else is checked)."""
+    def parsed(kind: str, tables: dict[str, dict[str, Any]]) -> dict[str, Options]:
+        return {name: plugins.get(kind, name).Options.from_mapping(opts) for name, opts in tables.items()}
+
+    def variant(v: dict[str, Any]) -> Variant:
+        quantizer = v["method"] not in ("none", CHECKPOINT)
+        options = plugins.get("quantizer", v["method"]).Options.from_mapping(v["options"]) if quantizer else NoOptions()
+        return Variant(**{**v, "options": options})
+
+    calibration = dict(data["calibration"])
+    calibrator = calibration.pop("method")
+    return Experiment(**{
+        **data, "calibrator": calibrator,
+        "calibration": plugins.get("calibrator", calibrator).Options.from_mapping(calibration),
+        **{attr: parsed(kind, data[attr]) for kind, attr in (("evaluator", "evaluators"), ("profiler", "profilers"),
+                                                             ("analyzer", "analyzers"), ("runtime", "runtimes"),
+                                                             ("executor", "executor_options"))},
+        "variants": [variant(v) for v in data.get("variants", [])]})
 
 
 def load_experiment(path: str | Path, plugins: Plugins, overrides: dict[str, Any] | None = None) -> Experiment:
@@ -133,7 +161,7 @@ def build_experiment(data: dict[str, Any], plugins: Plugins, where: str = "exper
     calibration = dict(_table(data, "calibration", err) or {"method": "code"})
     method = calibration.pop("method", "code")
     cal_cls = _component(plugins, "calibrator", method, err, "calibration.method")
-    exp.calibration = {"method": method, **_validated(cal_cls, calibration, f"{where}: calibration ({method})")}
+    exp.calibrator, exp.calibration = method, _validated(cal_cls, calibration, f"{where}: calibration ({method})")
 
     for kind, attr in (("evaluator", "evaluators"), ("profiler", "profilers"), ("analyzer", "analyzers"),
                        ("runtime", "runtimes")):
@@ -144,7 +172,7 @@ def build_experiment(data: dict[str, Any], plugins: Plugins, where: str = "exper
             elif attr == "analyzers":
                 tables = {n: {} for n in plugins.names("analyzer")}
             else:
-                tables = getattr(exp, attr)
+                tables = {"fidelity": {}} if attr == "evaluators" else {}
         checked = {}
         for name, opts in tables.items():
             if not isinstance(opts, dict):
@@ -198,7 +226,7 @@ def build_experiment(data: dict[str, Any], plugins: Plugins, where: str = "exper
     return exp
 
 
-def _executor(data: dict[str, Any], plugins: Plugins, err, where: str) -> tuple[str, dict[str, dict[str, Any]]]:
+def _executor(data: dict[str, Any], plugins: Plugins, err, where: str) -> tuple[str, dict[str, Options]]:
     """``[executor] name = "..."`` picks the executor (default ``local``); ``[executor.<name>]`` tables hold
     options, each validated against that executor."""
     table = dict(_table(data, "executor", err) or {})
@@ -232,7 +260,7 @@ def _checkpoint_variant(name: str, method: Any, checkpoint: Any, runtime: Any, r
         check_location(checkpoint)
     except TeenyError as exc:
         raise err(f"variant {name!r}: {exc}") from None
-    return Variant(name, CHECKPOINT, {}, runtime, checkpoint=checkpoint)
+    return Variant(name, CHECKPOINT, NoOptions(), runtime, checkpoint=checkpoint)
 
 
 def _shown(name: Any) -> str:
@@ -258,5 +286,5 @@ def _component(plugins: Plugins, kind: str, name: Any, err, where: str):
     return found.cls
 
 
-def _validated(cls, options: dict[str, Any], where: str) -> dict[str, Any]:
-    return cls.Options.from_mapping(options, where=where).to_dict()
+def _validated(cls, options: dict[str, Any], where: str) -> Options:
+    return cls.Options.from_mapping(options, where=where)

@@ -1,23 +1,95 @@
-"""Loading models and tokenizers through transformers (imported lazily; only runs that need a model pay for it)."""
+"""Models on disk: where a model comes from (:class:`ModelSource`) and a quantized one (:class:`Artifact`), resolving
+and checking their files, and loading models and tokenizers through transformers (imported lazily; only runs that
+need a model pay for it)."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from teeny_core.errors import BadFileError, TeenyError
-
-if TYPE_CHECKING:
-    from teeny_core.types import ModelSource
+from teeny_core.jsonfile import read_json
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")  # used with fullmatch
 BASELINE_DTYPES = ("bfloat16", "float16", "float32")
 """Dtypes of the float copy of a GGUF source (bfloat16 by default: what real checkpoints keep unquantized)."""
+
+
+ARTIFACT_MANIFEST = "teeny-artifact.json"
+
+
+@dataclasses.dataclass
+class ModelSource:
+    """Where a model comes from: a local HF directory, a hub id, or a GGUF file (optionally inside a directory).
+
+    ``load()`` returns a fresh float ``(model, tokenizer)`` through transformers every time it is called.
+    """
+
+    path: str
+    gguf_file: str | None = None
+    dtype: str = "auto"
+    device: str = "cpu"
+
+    def load(self, dtype: str | None = None, device: str | None = None):
+        return load_hf_model(self, dtype=dtype or self.dtype, device=device or self.device)
+
+    def load_tokenizer(self):
+        return load_tokenizer(self)
+
+    def identity(self) -> str:
+        """A string that changes when the model's files change (used in cache keys)."""
+        return source_identity(self)
+
+
+@dataclasses.dataclass
+class Artifact:
+    """A quantized (or original) model on disk, in a named format that a runtime can load.
+
+    Formats: ``hf`` (safetensors), ``hf-gptq``, ``hf-awq``, ``gguf``. ``path`` is a directory
+    (``gguf``: the directory holding ``file``). ``meta`` records method, options, bits and calibration.
+    """
+
+    format: str
+    path: Path
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    file: str | None = None
+
+    @property
+    def location(self) -> Path:
+        """The file a runtime opens (gguf) or the directory (hf*)."""
+        return self.path / self.file if self.file else self.path
+
+    def save(self) -> None:
+        """Write the artifact manifest into its directory."""
+        data = {"format": self.format, "file": self.file, "meta": self.meta}
+        (self.path / ARTIFACT_MANIFEST).write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Artifact":
+        """Read an artifact directory written by :meth:`save`."""
+        path = Path(path)
+        data = read_json(path / ARTIFACT_MANIFEST, expect=dict)
+        if data is None:
+            raise BadFileError(path, f"not an artifact directory (no {ARTIFACT_MANIFEST})")
+        if not isinstance(data.get("format"), str) or not isinstance(data.get("meta", {}), dict):
+            raise BadFileError(path / ARTIFACT_MANIFEST, "expected an object with a 'format' string and a 'meta' "
+                                                         "object; fix or delete it")
+        check_model_files(path, data.get("file"))
+        return cls(format=data["format"], path=path, meta=data.get("meta", {}), file=data.get("file"))
+
+    def size_bytes(self) -> int:
+        target = self.location
+        if target.is_file():
+            return target.stat().st_size
+        return sum(p.stat().st_size for p in target.rglob("*") if p.is_file() and p.name != ARTIFACT_MANIFEST)
+
 
 
 def resolve_source(model: str, dtype: str = "auto", device: str = "cpu") -> "ModelSource":
@@ -38,8 +110,6 @@ def resolve_source(model: str, dtype: str = "auto", device: str = "cpu") -> "Mod
 
 
 def _interpret(model: str, dtype: str, device: str) -> "ModelSource":
-    from teeny_core.types import ModelSource
-
     if dtype not in DTYPES:
         raise TeenyError(f"dtype {dtype!r} is not valid; expected one of {', '.join(DTYPES)}")
     path = Path(model).expanduser()
@@ -88,8 +158,6 @@ def check_model_files(path: Path, gguf_file: str | None = None) -> None:
     :data:`CONFIG_SIZES`, a tokenizer or generation JSON file that is not a JSON object, a shard index without
     a ``weight_map`` or listing a missing shard, a ``.safetensors`` file whose header is broken or that is cut
     short, or a GGUF file that is not a complete GGUF."""
-    from teeny_core.store import read_json
-
     if gguf_file:
         check_gguf(path / gguf_file)
         return

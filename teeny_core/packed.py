@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from teeny_core.packed_linear import PackedLinear
+
 KERNEL_GROUPS = (256, 128, 64, 32)
 COMPUTE_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -39,46 +41,6 @@ def available(device: str = "cpu") -> bool:
 
 def _is_cuda(device) -> bool:
     return str(device).split(":")[0] == "cuda"
-
-
-class PackedLinear(torch.nn.Module):
-    """``y = x @ w.T + b`` from one or two planes of 4-bit codes (see the module docstring)."""
-
-    def __init__(self, planes: list[tuple[Any, Any]], group: int, in_features: int, out_features: int,
-                 perm=None, bias=None) -> None:
-        super().__init__()
-        self.in_features, self.out_features, self.group = in_features, out_features, group
-        self.n_planes = len(planes)
-        for i, (codes, scale_offset) in enumerate(planes):
-            self.register_buffer(f"codes{i}", codes)
-            self.register_buffer(f"scale_offset{i}", scale_offset)
-        self.register_buffer("perm", perm)
-        self.register_buffer("bias", bias)
-
-    def forward(self, x):
-        shape = x.shape
-        flat = x.reshape(-1, self.in_features)
-        compute = self.scale_offset0.dtype
-        flat = flat.to(compute)
-        if self.perm is not None:
-            flat = flat.index_select(1, self.perm)
-        flat = flat.contiguous()
-        y = None
-        for i in range(self.n_planes):
-            part = self.int4_mm(flat, getattr(self, f"codes{i}"), getattr(self, f"scale_offset{i}"))
-            y = part if y is None else y + part
-        y = y.to(x.dtype)
-        if self.bias is not None:
-            y = y + self.bias.to(x.dtype)
-        return y.reshape(*shape[:-1], self.out_features)
-
-    def int4_mm(self, x, codes, scale_offset):
-        """One plane's product ``x @ w.T`` by torch's CPU int4 kernel."""
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, codes, self.group, scale_offset)
-
-    def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, group={self.group}, "
-                f"planes={self.n_planes}, act_order={self.perm is not None}")
 
 
 def _kernel_group(linear) -> tuple[int | None, Any, str]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from teeny_core.packed import PackedLinear
+from teeny_core.packed_linear import PackedLinear
 
 INNER_K_TILES = (8, 4, 2)
 

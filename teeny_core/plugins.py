@@ -18,7 +18,7 @@ from importlib import metadata
 import pluggy
 
 from teeny_core import hookspecs
-from teeny_core.errors import TeenyError
+from teeny_core.errors import TeenyError, one_line
 from teeny_core.executor import Executor
 from teeny_core.plugin_guard import guarded
 from teeny_core.types import (Analyzer, Calibrator, Component, Evaluator, HardwareProfiler, Quantizer,
@@ -112,7 +112,7 @@ class Plugins:
         except BaseException as exc:  # a broken plugin never takes the host down, not even with sys.exit()
             if os.environ.get("TEENY_STRICT_PLUGINS") == "1":
                 raise
-            info.error = _one_line(exc)
+            info.error = one_line(exc)
             info.traceback = traceback.format_exc()  # type: ignore[attr-defined]
 
     def _register_all(self) -> None:
@@ -134,7 +134,7 @@ class Plugins:
             except BaseException as exc:
                 if os.environ.get("TEENY_STRICT_PLUGINS") == "1":
                     raise
-                info.error = f"{info.hooks[-1]} failed: {_one_line(exc)}"
+                info.error = f"{info.hooks[-1]} failed: {one_line(exc)}"
                 continue
             for kind, name, cls in pending:
                 self.components[kind][name] = Registered(cls, plugin_name)
@@ -183,7 +183,7 @@ class Plugins:
                 cli.commands.update(before)
                 if os.environ.get("TEENY_STRICT_PLUGINS") == "1":
                     raise
-                self.infos[impl.plugin_name].error = f"teeny_register_commands failed: {_one_line(exc)}"
+                self.infos[impl.plugin_name].error = f"teeny_register_commands failed: {one_line(exc)}"
 
     # -- lookup ----------------------------------------------------------------------------------
     def names(self, kind: str) -> list[str]:
@@ -215,7 +215,7 @@ class Plugins:
         except BaseException as exc:
             if os.environ.get("TEENY_STRICT_PLUGINS") == "1":
                 raise
-            return f"available() failed: {_one_line(exc)}"
+            return f"available() failed: {one_line(exc)}"
 
     def runtime_for(self, fmt: str, preferred: str | None = None, device: str = "cpu") -> type[Runtime]:
         """The runtime named ``preferred``; else the installed runtime with the highest
@@ -245,8 +245,3 @@ def _env_set(var: str) -> set[str] | None:
     if raw is None:
         return set() if var == "TEENY_DISABLE_PLUGINS" else None
     return {p.strip() for p in raw.split(",") if p.strip()}
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
-    return f"{type(exc).__name__}: {text}".rstrip(": ")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from teeny_core.errors import TeenyError
 
 if TYPE_CHECKING:
-    from teeny_core.types import Artifact, ModelSource
+    from teeny_core.modeling import Artifact, ModelSource
 
 FLOAT_TYPES = frozenset({"F32", "F16", "BF16", "F64"})
 FLAG_SHARE = 0.5  # flagged from this share of the source's quantized tensors stored in the same type
@@ -70,7 +70,7 @@ def compare_layouts(source: tuple[str | None, dict[str, tuple[str, int]]],
 def source_match(source: ModelSource, artifact: Artifact | str | Path) -> dict[str, Any] | None:
     """:func:`compare_layouts` for ``artifact`` (or the artifact directory) when it and ``source`` are GGUF, else
     None."""
-    from teeny_core.types import Artifact
+    from teeny_core.modeling import Artifact
 
     if not isinstance(artifact, Artifact):
         artifact = Artifact.open(artifact)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from teeny_core.errors import BadFileError, DiskFullError, TeenyError, is_disk_full
+from teeny_core.jsonfile import read_json  # noqa: F401 (the store's reader, imported from here by its users)
 from teeny_core.types import EvalContext, LoadedModel
 
 
@@ -110,26 +111,6 @@ def read_jsonl(path: Path, where: str = "") -> list[dict[str, Any]]:
     return [record for _, record in jsonl_records(Path(path), where)]
 
 
-def read_json(path: Path, default: Any = None, expect: type | None = None) -> Any:
-    """``path`` parsed, or ``default`` when it does not exist; a garbled file, a directory (or, with
-    ``expect``, a file holding another JSON type) raises :class:`BadFileError` naming it, so nothing is
-    overwritten by mistake."""
-    path = Path(path)
-    if not path.exists():
-        return default
-    if path.is_dir():
-        raise BadFileError(path, "is a directory; expected a JSON file")
-    try:
-        data = json.loads(path.read_bytes())
-    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, an int of over 4300 digits, deep nesting
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else getattr(exc, "msg", exc)
-        raise BadFileError(path, f"not valid JSON ({reason}); fix or delete it") from None
-    if expect is not None and not isinstance(data, expect):
-        wanted = {dict: "a JSON object", list: "a JSON array"}.get(expect, expect.__name__)
-        raise BadFileError(path, f"expected {wanted}, found {json.dumps(data)[:40]}; fix or delete it")
-    return data
-
-
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -158,21 +139,13 @@ class SampleLog:
         if Path(path).is_dir():
             raise BadFileError(path, "is a directory; expected the JSONL file of finished records")
 
+    @staticmethod
+    def readable(path: Path) -> bool:
+        """Whether every line of the log at ``path`` (absent: none) is a record, without repairing anything."""
+        return not _split(Path(path))[2]
+
     def _repair_and_read(self) -> None:
-        self.check(self.path)
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        *lines, torn = data.split(b"\n")  # ``torn`` is what follows the last newline: b"" unless a write tore
-        good: list[bytes] = []
-        bad: list[bytes] = [torn] if torn else []
-        for line in lines:
-            record = _parse_record(line)
-            if record is None:
-                bad.append(line)
-            else:
-                good.append(line)
-                self.records.append(record)
+        good, self.records, bad = _split(self.path)
         if bad:
             with open(self.quarantine_path, "ab") as f:
                 f.write(b"".join(line + b"\n" for line in bad))
@@ -204,6 +177,25 @@ class SampleLog:
                     seen.add(ident)
                     found.append(r)
         return found
+
+
+def _split(path: Path) -> tuple[list[bytes], list[dict[str, Any]], list[bytes]]:
+    """A sample log's good lines, their records and its unreadable lines (a torn last line included)."""
+    SampleLog.check(path)
+    if not path.exists():
+        return [], [], []
+    *lines, torn = path.read_bytes().split(b"\n")  # ``torn`` follows the last newline: b"" unless a write tore
+    good: list[bytes] = []
+    records: list[dict[str, Any]] = []
+    bad: list[bytes] = [torn] if torn else []
+    for line in lines:
+        record = _parse_record(line)
+        if record is None:
+            bad.append(line)
+        else:
+            good.append(line)
+            records.append(record)
+    return good, records, bad
 
 
 def _parse_record(line: bytes) -> dict[str, Any] | None:

@@ -151,8 +151,7 @@ def build_quantized_checkpoint(src, out, kind: str, bits: int = 4, group: int = 
 
     from teeny_core.formats import awq, gptq
     from teeny_core.formats.checkpoint import write_checkpoint
-    from teeny_core.modeling import linear_layers
-    from teeny_core.types import Artifact, ModelSource
+    from teeny_core.modeling import Artifact, ModelSource, linear_layers
 
     model, tokenizer = ModelSource(str(src)).load(dtype="float32")
     gen = torch.Generator().manual_seed(0)
@@ -187,8 +186,8 @@ def build_quantized_checkpoint(src, out, kind: str, bits: int = 4, group: int = 
 def checkpoint_bits_per_weight(artifact_dir) -> tuple[float, dict[str, int]]:
     """``(stored bits per quantized weight, {linear: bits})`` of an hf-gptq checkpoint, counted from its tensors'
     bytes (qweight, qzeros, scales, g_idx) and shapes, independently of the writer's own accounting."""
-    from teeny_core.formats.gptq import safetensors_files
     from teeny_core.formats.checkpoint import read_safetensors
+    from teeny_core.formats.gptq import safetensors_files
 
     tensors: dict[str, Any] = {}
     for f in safetensors_files(artifact_dir):
@@ -348,14 +347,14 @@ class QuantizerContract:
     arch: str = "llama"
 
     def _run(self, teeny_plugins, tiny_model, tmp_path):
-        from teeny_core.types import ModelSource
+        from teeny_core.modeling import ModelSource
 
         cls = teeny_plugins.get("quantizer", self.method)
         quantizer = cls()
         opts = cls.Options.from_mapping(self.options, where=self.method)
         source = ModelSource(str(tiny_model(self.arch)))
         calibration = None
-        if cls.needs_calibration:
+        if cls.needs_calibration(opts):
             tok = source.load_tokenizer()
             calibration = teeny_plugins.get("calibrator", "random-tokens")().samples(
                 tok, teeny_plugins.get("calibrator", "random-tokens").Options.from_mapping({"samples": 4, "seq_len": 32}), seed=0)
@@ -364,7 +363,7 @@ class QuantizerContract:
         return quantizer, opts, quantizer.quantize(source, calibration, opts, out)
 
     def test_artifact_is_saved_and_loadable(self, teeny_plugins, tiny_model, tmp_path):
-        from teeny_core.types import Artifact
+        from teeny_core.modeling import Artifact
 
         _, _, artifact = self._run(teeny_plugins, tiny_model, tmp_path)
         reopened = Artifact.open(artifact.path)

@@ -1,6 +1,9 @@
 """The component interfaces plugins implement, and the small data types that flow between them.
 
-Nothing here imports torch: components import heavy libraries inside their methods.
+Nothing here imports torch, nor any behaviour: components import heavy libraries inside their methods. The
+model handles they pass around, :class:`~teeny_core.modeling.ModelSource` and
+:class:`~teeny_core.modeling.Artifact`, live with the code that resolves and loads them, in
+:mod:`teeny_core.modeling` (``from teeny_core import ModelSource, Artifact``).
 """
 
 from __future__ import annotations
@@ -11,15 +14,22 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Iterator, TypeVar
 
 from teeny_core.options import NoOptions, Options
 
-ARTIFACT_MANIFEST = "teeny-artifact.json"
+if TYPE_CHECKING:
+    from teeny_core.modeling import Artifact, ModelSource
 
+OptionsT = TypeVar("OptionsT", bound=Options)
+"""A component's own Options class: ``class RTNQuantizer(Quantizer[RTNOptions])`` gets ``RTNOptions`` instances."""
 
-class Component(ABC):
-    """Base of every component: a registered name, a one-line summary (the docstring) and an Options class."""
+class Component(ABC, Generic[OptionsT]):
+    """Base of every component: a registered name, a one-line summary (the docstring) and an Options class.
+
+    Generic over that class: the pipeline parses a component's options once, into ``Options``, and passes that
+    instance to every method, so ``class GPTQQuantizer(Quantizer[GPTQOptions])`` declares ``options: GPTQOptions``
+    and needs no ``isinstance`` check."""
 
     name: ClassVar[str]
     Options: ClassVar[type[Options]] = NoOptions
@@ -35,82 +45,6 @@ class Component(ABC):
         Checked when listing and choosing components, so keep it cheap: no heavy imports.
         """
         return None
-
-
-@dataclasses.dataclass
-class ModelSource:
-    """Where a model comes from: a local HF directory, a hub id, or a GGUF file (optionally inside a directory).
-
-    ``load()`` returns a fresh float ``(model, tokenizer)`` through transformers every time it is called.
-    """
-
-    path: str
-    gguf_file: str | None = None
-    dtype: str = "auto"
-    device: str = "cpu"
-
-    def load(self, dtype: str | None = None, device: str | None = None):
-        from teeny_core.modeling import load_hf_model
-
-        return load_hf_model(self, dtype=dtype or self.dtype, device=device or self.device)
-
-    def load_tokenizer(self):
-        from teeny_core.modeling import load_tokenizer
-
-        return load_tokenizer(self)
-
-    def identity(self) -> str:
-        """A string that changes when the model's files change (used in cache keys)."""
-        from teeny_core.modeling import source_identity
-
-        return source_identity(self)
-
-
-@dataclasses.dataclass
-class Artifact:
-    """A quantized (or original) model on disk, in a named format that a runtime can load.
-
-    Formats: ``hf`` (safetensors), ``hf-gptq``, ``hf-awq``, ``gguf``. ``path`` is a directory
-    (``gguf``: the directory holding ``file``). ``meta`` records method, options, bits and calibration.
-    """
-
-    format: str
-    path: Path
-    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
-    file: str | None = None
-
-    @property
-    def location(self) -> Path:
-        """The file a runtime opens (gguf) or the directory (hf*)."""
-        return self.path / self.file if self.file else self.path
-
-    def save(self) -> None:
-        """Write the artifact manifest into its directory."""
-        data = {"format": self.format, "file": self.file, "meta": self.meta}
-        (self.path / ARTIFACT_MANIFEST).write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-
-    @classmethod
-    def open(cls, path: str | Path) -> "Artifact":
-        """Read an artifact directory written by :meth:`save`."""
-        from teeny_core.errors import BadFileError
-        from teeny_core.modeling import check_model_files
-        from teeny_core.store import read_json
-
-        path = Path(path)
-        data = read_json(path / ARTIFACT_MANIFEST, expect=dict)
-        if data is None:
-            raise BadFileError(path, f"not an artifact directory (no {ARTIFACT_MANIFEST})")
-        if not isinstance(data.get("format"), str) or not isinstance(data.get("meta", {}), dict):
-            raise BadFileError(path / ARTIFACT_MANIFEST, "expected an object with a 'format' string and a 'meta' "
-                                                         "object; fix or delete it")
-        check_model_files(path, data.get("file"))
-        return cls(format=data["format"], path=path, meta=data.get("meta", {}), file=data.get("file"))
-
-    def size_bytes(self) -> int:
-        target = self.location
-        if target.is_file():
-            return target.stat().st_size
-        return sum(p.stat().st_size for p in target.rglob("*") if p.is_file() and p.name != ARTIFACT_MANIFEST)
 
 
 @dataclasses.dataclass
@@ -174,36 +108,35 @@ class LoadedModel(ABC):
         return None
 
 
-class Quantizer(Component):
+class Quantizer(Component[OptionsT]):
     """Turns a model source into an :class:`Artifact` in ``out_dir``."""
 
-    needs_calibration: ClassVar[bool] = False
-
     @abstractmethod
-    def quantize(self, source: ModelSource, calibration: CalibrationSet | None, options: Options,
+    def quantize(self, source: ModelSource, calibration: CalibrationSet | None, options: OptionsT,
                  out_dir: Path) -> Artifact:
         """Write the quantized model and its manifest (:meth:`Artifact.save`) into ``out_dir`` (an empty
         directory) and return the :class:`Artifact`."""
 
-    def describe(self, options: Options) -> dict[str, Any]:
+    def describe(self, options: OptionsT) -> dict[str, Any]:
         """Short facts for reports (e.g. ``{"bits": 4, "group_size": 128}``); default: the options."""
         return options.to_dict()
 
     @classmethod
-    def calibrates(cls, options: Options) -> bool:
-        """Whether quantizing with these options uses calibration data (default: ``needs_calibration``)."""
-        return cls.needs_calibration
+    def needs_calibration(cls, options: OptionsT) -> bool:
+        """Whether quantizing with these options uses a calibration set (default: no). A variant that needs none
+        gets none (``calibration`` is None) and its key does not depend on the calibration settings."""
+        return False
 
 
-class Calibrator(Component):
+class Calibrator(Component[OptionsT]):
     """Produces calibration token windows for a tokenizer."""
 
     @abstractmethod
-    def samples(self, tokenizer: Any, options: Options, seed: int) -> CalibrationSet:
+    def samples(self, tokenizer: Any, options: OptionsT, seed: int) -> CalibrationSet:
         """Return a deterministic calibration set for this seed."""
 
 
-class Runtime(Component):
+class Runtime(Component[OptionsT]):
     """Loads artifacts of the formats it lists."""
 
     formats: ClassVar[tuple[str, ...]] = ()
@@ -220,7 +153,7 @@ class Runtime(Component):
         return cls.native.get((fmt, device.split(":")[0]), cls.native.get((fmt, "*"), 0))
 
     @abstractmethod
-    def load(self, artifact: Artifact, options: Options) -> LoadedModel:
+    def load(self, artifact: Artifact, options: OptionsT) -> LoadedModel:
         """Load the artifact for generation and scoring."""
 
     @classmethod
@@ -270,7 +203,7 @@ class Metric:
         return dataclasses.asdict(self)
 
 
-class Evaluator(Component):
+class Evaluator(Component[OptionsT]):
     """Measures a loaded model: writes one record per finished item, then summarizes all records."""
 
     metrics: ClassVar[dict[str, Metric]] = {}  # metric name (a key of summarize()'s dict) -> its meaning
@@ -286,23 +219,23 @@ class Evaluator(Component):
     records_version: ClassVar[str] = ""
 
     @abstractmethod
-    def evaluate(self, model: LoadedModel, options: Options, ctx: EvalContext) -> None:
+    def evaluate(self, model: LoadedModel, options: OptionsT, ctx: EvalContext) -> None:
         """Evaluate items not in ``ctx.done()``, calling ``ctx.write(record)`` as each finishes."""
 
     @abstractmethod
-    def summarize(self, records: list[dict[str, Any]], options: Options) -> dict[str, Any]:
+    def summarize(self, records: list[dict[str, Any]], options: OptionsT) -> dict[str, Any]:
         """Metrics (name -> number) from all records of this evaluator."""
 
 
-class HardwareProfiler(Component):
+class HardwareProfiler(Component[OptionsT]):
     """Measures resources around a stage ("load", "evaluate:<name>") and, optionally, a standard benchmark."""
 
     @abstractmethod
     @contextlib.contextmanager
-    def measure(self, stage: str, options: Options) -> Iterator[dict[str, Any]]:
+    def measure(self, stage: str, options: OptionsT) -> Iterator[dict[str, Any]]:
         """Yield a dict the profiler fills with measurements when the stage ends."""
 
-    def benchmark(self, model: LoadedModel, artifact: Artifact, options: Options) -> dict[str, Any]:
+    def benchmark(self, model: LoadedModel, artifact: Artifact, options: OptionsT) -> dict[str, Any]:
         """Active measurements (e.g. time to first token, decode tokens/s); default none."""
         return {}
 
@@ -320,9 +253,9 @@ class VariantResult:
     artifact_bytes: int | None = None
 
 
-class Analyzer(Component):
+class Analyzer(Component[OptionsT]):
     """Compares every variant with the baseline, item by item."""
 
     @abstractmethod
-    def analyze(self, baseline: VariantResult, variants: list[VariantResult], options: Options) -> dict[str, Any]:
+    def analyze(self, baseline: VariantResult, variants: list[VariantResult], options: OptionsT) -> dict[str, Any]:
         """Findings keyed by variant name (and anything experiment-wide)."""

@@ -6,7 +6,7 @@ import pytest
 
 from teeny_core.testing import (CalibratorContract, ExecutorContract, ProfilerContract, QuantizerContract,
                                 RuntimeContract)
-from teeny_core.types import Artifact, ModelSource
+from teeny_core.modeling import Artifact, ModelSource
 
 
 class TestRTNContract(QuantizerContract):

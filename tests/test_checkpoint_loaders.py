@@ -15,7 +15,7 @@ import re
 
 import pytest
 
-from teeny_core.types import ModelSource
+from teeny_core.modeling import ModelSource
 
 VLLM_GPTQ_KEYS = ("bits", "group_size", "desc_act", "sym")
 
@@ -24,7 +24,7 @@ def make(teeny_plugins, tiny_model, tmp_path, method: str, **options):
     cls = teeny_plugins.get("quantizer", method)
     source = ModelSource(str(tiny_model("qwen2")))
     calibration = None
-    if cls.needs_calibration:
+    if cls.needs_calibration(cls.Options.from_mapping(options)):
         code = teeny_plugins.get("calibrator", "code")
         calibration = code().samples(source.load_tokenizer(), code.Options.from_mapping({"samples": 4, "seq_len": 32}),
                                      seed=0)

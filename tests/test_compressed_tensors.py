@@ -39,8 +39,7 @@ def write_ct_checkpoint(src, out, scheme: dict, compression: str, calibration=No
     from compressed_tensors.quantization import QuantizationConfig, QuantizationScheme
 
     from teeny_core.formats.checkpoint import write_checkpoint
-    from teeny_core.modeling import linear_layers
-    from teeny_core.types import ModelSource
+    from teeny_core.modeling import ModelSource, linear_layers
 
     model, tokenizer = ModelSource(str(src)).load(dtype="float32")
     qscheme = QuantizationScheme(targets=["Linear"], **scheme)

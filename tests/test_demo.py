@@ -94,15 +94,15 @@ def test_qwen_demo_scores_the_original_as_published_and_fills_the_seeds_table(te
     assert methods == installed & {"gguf", "gptq", "awq", "rtn"}
     by_name = {v.name: v for v in exp.variants}
     if "gptq" in installed:
-        assert by_name["gptq-w8-g128"].options["bits"] == 8
+        assert by_name["gptq-w8-g128"].options.bits == 8
     if "gguf" in installed:
         assert {"gguf-f16", "gguf-q2_k"} <= set(by_name) and "gguf-q4_k_m" not in by_name
         assert exp.baseline_runtime == "llama.cpp"
     if "humaneval" in teeny_plugins.names("evaluator"):
-        assert exp.evaluators["humaneval"]["prompt_style"] == "chat"
+        assert exp.evaluators["humaneval"].prompt_style == "chat"
         assert all(v.evaluators is None for v in exp.variants)  # pass@1 for every variant, as served
         # the profiler's throughput is measured at the batch HumanEval generates in
-        assert exp.profilers["system"]["batch"] == exp.evaluators["humaneval"]["batch_size"] == 1
+        assert exp.profilers["system"].batch == exp.evaluators["humaneval"].batch_size == 1
     quick = build_experiment({**demo.demo_experiment(teeny_plugins), "limit": 3}, teeny_plugins)
     assert quick.limit == 3
 

@@ -3,6 +3,7 @@ failed variant (with the reason) while the others finish; running again complete
 the worker-process results equal those of the in-process path; the profile holds the worker's memory, the
 runtime and the weights it held; tasks are plain picklable data run by a module-level function."""
 
+import dataclasses
 import json
 import os
 import pickle
@@ -167,15 +168,16 @@ def test_worker_processes_give_the_results_of_the_in_process_path(tmp_path, tiny
 def test_profile_holds_the_worker_memory_runtime_and_weights(tmp_path, tiny_model):
     from safetensors import safe_open
 
-    from teeny_core.executor import VariantTask, run_variant_task
+    from teeny_core.executor import VariantTask
+    from teeny_core.worker import run_variant_task
     from teeny_core.experiment import load_experiment
     from teeny_core.plugins import Plugins
 
     model = tiny_model("llama")
     plugins = Plugins.load()
     exp = load_experiment(experiment(tmp_path, model, "prof", "", extra=""), plugins)
-    exp.profilers = {"system": {**exp.profilers["system"], "benchmark": True, "prompt_tokens": 8,
-                                "new_tokens": 3, "batch": 2}}
+    exp.profilers = {"system": dataclasses.replace(exp.profilers["system"], benchmark=True, prompt_tokens=8,
+                                                   new_tokens=3, batch=2)}
     task = VariantTask(str(exp.root.resolve()), exp.to_dict(), "original", prepare=True)
     events = []
     outcome = run_variant_task(pickle.loads(pickle.dumps(task)), events.append)
@@ -199,7 +201,8 @@ def test_profile_holds_the_worker_memory_runtime_and_weights(tmp_path, tiny_mode
 
 def test_a_task_is_plain_data_and_its_function_is_importable_by_name():
     """What a Ray executor relies on: the task pickles, the function pickles by reference, the outcome too."""
-    from teeny_core.executor import Outcome, VariantTask, run_variant_task
+    from teeny_core.executor import Outcome, VariantTask
+    from teeny_core.worker import run_variant_task
 
     task = VariantTask("/shared/runs/x", {"name": "x", "variants": []}, "w4")
     assert pickle.loads(pickle.dumps(task)) == task
@@ -209,7 +212,7 @@ def test_a_task_is_plain_data_and_its_function_is_importable_by_name():
 
 
 def test_describe_exit_names_the_signal():
-    from teeny_core.executor import describe_exit
+    from teeny_core.worker import describe_exit
 
     assert describe_exit(-11) == "worker killed by SIGSEGV"
     assert describe_exit(-9) == "worker killed by SIGKILL (out of memory?)"
@@ -230,7 +233,8 @@ def test_unknown_executor_on_the_command_line_is_a_one_line_error(tmp_path, tiny
 
 
 def test_a_variant_that_raises_is_a_one_line_failure_with_its_traceback_kept(tmp_path, tiny_model):
-    from teeny_core.executor import VariantTask, run_variant_task
+    from teeny_core.executor import VariantTask
+    from teeny_core.worker import run_variant_task
     from teeny_core.experiment import load_experiment
     from teeny_core.plugins import Plugins
 

@@ -47,11 +47,12 @@ def test_bad_input_gives_its_one_line_error(core_only, snippet, expected):
 
 def test_valid_experiment_fills_defaults(core_only):
     exp = build_experiment(VALID, core_only)
-    assert exp.evaluators == {"fidelity": {"path": "", "chunks": 16, "chunk_len": 256, "kl_top_k": 256}}
-    assert exp.profilers == {"system": {"interval": 0.02, "benchmark": True, "prompt_tokens": 128, "new_tokens": 32,
-                                        "batch": 0}}
+    data = exp.to_dict()
+    assert data["evaluators"] == {"fidelity": {"path": "", "chunks": 16, "chunk_len": 256, "kl_top_k": 256}}
+    assert data["profilers"] == {"system": {"interval": 0.02, "benchmark": True, "prompt_tokens": 128,
+                                            "new_tokens": 32, "batch": 0}}
     assert (exp.executor, exp.executor_options) == ("local", {})
-    assert exp.variants[0].options["bits"] == 4 and exp.variants[0].options["group_size"] == 128
+    assert exp.variants[0].options.bits == 4 and exp.variants[0].options.group_size == 128
     assert [v.name for v in exp.all_variants()] == ["original", "w4"]
     assert exp.config_hash() == build_experiment(VALID, core_only).config_hash()
     assert exp.config_hash() != build_experiment({**VALID, "seed": 1}, core_only).config_hash()

@@ -18,7 +18,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from teeny_core.cli import cli  # noqa: E402
 from teeny_core.testing import checkpoint_bits_per_weight  # noqa: E402
-from teeny_core.types import ModelSource  # noqa: E402
+from teeny_core.modeling import ModelSource
 
 CAL = ["-c", "samples=4", "-c", "seq_len=32"]
 

@@ -84,7 +84,7 @@ def test_planes_for_cuda_decode_to_the_checkpoint_weight(monkeypatch, bits, grou
 def test_packed_compute_float32_on_cuda_is_refused_before_loading(monkeypatch, tmp_path):
     from teeny_core.builtin import transformers_runtime as rt
     from teeny_core.errors import TeenyError
-    from teeny_core.types import Artifact
+    from teeny_core.modeling import Artifact
 
     monkeypatch.setattr("teeny_core.modeling.resolve_device", lambda device: "cuda")
     monkeypatch.setattr(rt, "packed_available", lambda device="cpu": True)

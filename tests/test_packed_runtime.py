@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from teeny_core.testing import build_quantized_checkpoint  # noqa: E402
-from teeny_core.types import Artifact, ModelSource  # noqa: E402
+from teeny_core.modeling import Artifact, ModelSource
 
 if not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
     pytest.skip("this torch has no CPU int4 kernel", allow_module_level=True)

@@ -18,7 +18,8 @@ torch = pytest.importorskip("torch")
 
 from teeny_core.errors import TeenyError  # noqa: E402
 from teeny_core.sensitivity import average_bits, plan_bits, stored_bits  # noqa: E402
-from teeny_core.types import CalibrationSet, ModelSource  # noqa: E402
+from teeny_core.modeling import ModelSource
+from teeny_core.types import CalibrationSet
 
 BITS = [2, 4, 8]
 

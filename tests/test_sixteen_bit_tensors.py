@@ -19,7 +19,7 @@ from teeny_core.testing import header_dtypes
 
 torch = pytest.importorskip("torch")
 
-from teeny_core.types import Artifact, ModelSource  # noqa: E402
+from teeny_core.modeling import Artifact, ModelSource
 
 IDS = [[(7 * i + 3) % 500 + 1 for i in range(40)], [(11 * i + 5) % 500 + 1 for i in range(40)]]
 METHODS = [("rtn", {"bits": 4, "group_size": 32}), ("gptq", {"bits": 4, "group_size": 32}),
@@ -47,7 +47,7 @@ def bf16_model(tiny_model, tmp_path_factory):
 def quantize(plugins, method: str, options: dict, source: ModelSource, out: Path) -> Artifact:
     cls = plugins.get("quantizer", method)
     calibration = None
-    if cls.needs_calibration:
+    if cls.needs_calibration(cls.Options.from_mapping(options)):
         code = plugins.get("calibrator", "code")
         calibration = code().samples(source.load_tokenizer(), code.Options.from_mapping({"samples": 4, "seq_len": 32}),
                                      seed=0)

@@ -19,8 +19,7 @@ GOOD = '''
     """A working third-party plugin: a bfloat16-rounding quantizer and a CLI command."""
     import click
 
-    from teeny_core import hookimpl
-    from teeny_core.types import Artifact, Quantizer
+    from teeny_core import Artifact, Quantizer, hookimpl
 
 
     class Bf16Round(Quantizer):

@@ -74,7 +74,7 @@ def load_all(directory):
 
 
 def rtn(teeny_plugins, path, out, **options):
-    from teeny_core.types import ModelSource
+    from teeny_core.modeling import ModelSource
 
     cls = teeny_plugins.get("quantizer", "rtn")
     out.mkdir()
@@ -87,9 +87,9 @@ def test_streamed_rtn_equals_rounding_the_whole_model(teeny_plugins, tiny_model,
     routed expert's gate, up and down rounded on their own."""
     from transformers import AutoModelForCausalLM
 
+    from teeny_core.arch import spec_for
     from teeny_core.quant import dequantize_weight, quantize_weight
     from teeny_core.walker import split_experts
-    from teeny_core.arch import spec_for
 
     def rounded(w):
         return dequantize_weight(*quantize_weight(w, 4, "sym", "group", 32))
@@ -125,8 +125,8 @@ def test_rtn_packs_a_moe_model_as_hf_gptq_with_its_gates_in_full_precision(teeny
     meta, the rest packs (routed experts one linear each), and the core's runtime runs it packed."""
     from teeny_core.builtin.transformers_runtime import TransformersRuntime
     from teeny_core.formats.gptq import read_quantized
+    from teeny_core.modeling import Artifact
     from teeny_core.quant import quantize_weight
-    from teeny_core.types import Artifact
 
     path = tiny_model("qwen2_moe")
     packed = rtn(teeny_plugins, path, tmp_path / "packed", bits=4, group_size=32)
@@ -161,14 +161,16 @@ def test_rtn_packs_a_moe_model_as_hf_gptq_with_its_gates_in_full_precision(teeny
 def test_streamed_artifacts_carry_the_source_tokenizer_byte_for_byte(teeny_plugins, tiny_model, tmp_path, method):
     """The walker's quantizers copy the tokenizer files (not load and re-save them), so the artifact tokenizes
     exactly like its source."""
-    from teeny_core.types import CalibrationSet, ModelSource
+    from teeny_core.modeling import ModelSource
+    from teeny_core.types import CalibrationSet
     from teeny_core.walker import TOKENIZER_FILES
 
     path = tiny_model("llama")
     cls = teeny_plugins.get("quantizer", method)
-    calibration = CalibrationSet("ids", [[5, 6, 7, 8] * 8] * 2) if cls.needs_calibration else None
+    options = cls.Options.from_mapping({"bits": 4, "group_size": 32})
+    calibration = CalibrationSet("ids", [[5, 6, 7, 8] * 8] * 2) if cls.needs_calibration(options) else None
     out = tmp_path / method
-    cls().quantize(ModelSource(str(path)), calibration, cls.Options.from_mapping({"bits": 4, "group_size": 32}), out)
+    cls().quantize(ModelSource(str(path)), calibration, options, out)
     copied = [name for name in TOKENIZER_FILES if (path / name).is_file()]
     assert "tokenizer.json" in copied
     for name in copied:
@@ -178,7 +180,7 @@ def test_streamed_artifacts_carry_the_source_tokenizer_byte_for_byte(teeny_plugi
 def test_a_source_without_a_tokenizer_fails_before_any_layer_is_quantized(teeny_plugins, tiny_model, tmp_path):
     import shutil
 
-    from teeny_core.types import ModelSource
+    from teeny_core.modeling import ModelSource
     from teeny_core.walker import TOKENIZER_FILES
 
     source = tmp_path / "no-tokenizer"

@@ -44,14 +44,15 @@ OPTIONS = {
 CHILD = r"""
 import json, sys
 import torch
-from teeny_core.modeling import peak_rss_bytes
+from teeny_core.modeling import ModelSource, peak_rss_bytes
 from teeny_core.plugins import Plugins
-from teeny_core.types import CalibrationSet, ModelSource
+from teeny_core.types import CalibrationSet
 method, path, out, options = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 cls = Plugins.load().get("quantizer", method)
 ids = torch.randint(3, 500, (%d, %d), generator=torch.Generator().manual_seed(0)).tolist()
-calibration = CalibrationSet("ids", ids) if cls.needs_calibration else None
-cls().quantize(ModelSource(path), calibration, cls.Options.from_mapping(options), out)
+options = cls.Options.from_mapping(options)
+calibration = CalibrationSet("ids", ids) if cls.needs_calibration(options) else None
+cls().quantize(ModelSource(path), calibration, options, out)
 print(json.dumps({"peak": peak_rss_bytes()}))
 """ % (SAMPLES, SEQ)
 

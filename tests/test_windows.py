@@ -100,7 +100,7 @@ def test_gptq_awq_and_the_imatrix_run_the_same_windows(teeny_plugins, bos_tokeni
     pytest.importorskip("teeny_gptq")
     pytest.importorskip("teeny_awq")
     pytest.importorskip("llama_cpp")
-    from teeny_core.types import ModelSource
+    from teeny_core.modeling import ModelSource
 
     model_dir = build_tiny_model("llama", tmp_path / "model", tokenizer=bos_tokenizer)
     code = teeny_plugins.get("calibrator", "code")

@@ -36,7 +36,11 @@ class GGUFQuantizer(Quantizer):
 
     name = "gguf"
     Options = GGUFOptions
-    needs_calibration = True  # used only when the importance matrix is on (see resolve_imatrix)
+
+    @classmethod
+    def needs_calibration(cls, options: GGUFOptions) -> bool:  # type: ignore[override]
+        """Only an importance matrix computed here calibrates (not a float type, an imatrix file, or imatrix off)."""
+        return options.type not in FLOAT_TYPES and not options.imatrix_file and wants_imatrix(options)
 
     def describe(self, options: Options) -> dict[str, Any]:
         assert isinstance(options, GGUFOptions)
@@ -123,13 +127,18 @@ def resolve_imatrix(options: GGUFOptions, calibration: CalibrationSet | None) ->
         if options.imatrix == "off":
             raise TeenyError("gguf: imatrix=off contradicts imatrix_file; drop one of them")
         return "file"
-    wanted = options.imatrix == "on" or (options.imatrix == "auto" and options.type in IMATRIX_AUTO_TYPES)
+    wanted = wants_imatrix(options)
     if wanted and calibration is None:
         if options.imatrix == "on" or options.type in REQUIRES_IMATRIX:
             raise TeenyError(f"gguf: type {options.type} with imatrix={options.imatrix} needs a calibration set "
                              "(choose a calibrator) or -o imatrix_file=PATH")
         return "none"
     return "computed" if wanted else "none"
+
+
+def wants_imatrix(options: GGUFOptions) -> bool:
+    """Whether the options ask for an importance matrix: ``on``, or ``auto`` for a type in IMATRIX_AUTO_TYPES."""
+    return options.imatrix == "on" or (options.imatrix == "auto" and options.type in IMATRIX_AUTO_TYPES)
 
 
 def imatrix_for(source: ModelSource, calibration: CalibrationSet):

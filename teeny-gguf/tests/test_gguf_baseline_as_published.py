@@ -37,10 +37,10 @@ def test_original_as_published_and_variant_evaluator_subsets(gguf_source, tmp_pa
     pipeline = Pipeline(exp, teeny_plugins, say=said.append)
     results = pipeline.run()
 
-    base = pipeline.baseline_artifact()
+    base = pipeline.runner.baseline_artifact()
     assert base.format == "gguf" and base.location.resolve() == gguf_source.resolve()
     assert "original: loading with llama.cpp" in said and "rtn-w8: loading with transformers" in said
-    assert pipeline.baseline_source().path == str(pipeline.float_artifact().path)  # quantizers read floats
+    assert pipeline.runner.baseline_source().path == str(pipeline.runner.float_artifact().path)  # quantizers read floats
     # the original as published is the reference: the runtime's own logits on it match the GGUF file's
     model = LlamaCppRuntime().load(base, LlamaCppRuntime.Options.from_mapping({"n_threads": 2}))
     ids = model.tokenizer.encode("def add(a, b):\n    return a + b\n")

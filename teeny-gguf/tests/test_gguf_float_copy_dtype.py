@@ -47,20 +47,21 @@ def test_artifacts_of_a_gguf_source_hold_no_float32_tensor(f32_gguf, tmp_path, m
 
 def test_baseline_dtype_float32_keeps_float32(f32_gguf, tmp_path, teeny_plugins):
     from teeny_core.experiment import build_experiment
-    from teeny_core.pipeline import Pipeline
+    from teeny_core.plan import Plan
+    from teeny_core.worker import VariantRunner
 
-    def pipeline(**extra):
+    def runner(**extra):
         exp = build_experiment({"name": "f32", "model": str(f32_gguf), "output_dir": str(tmp_path),
                                 "evaluators": {"fidelity": {"chunks": 1, "chunk_len": 16}},
                                 "variants": [{"name": "rtn-w4", "method": "rtn", "group_size": 64}], **extra},
                                teeny_plugins)
-        return Pipeline(exp, teeny_plugins, say=lambda _: None)
+        return VariantRunner(Plan(exp, teeny_plugins), emit=lambda _: None)
 
-    default, f32 = pipeline(), pipeline(baseline_dtype="float32")
+    default, f32 = runner(), runner(baseline_dtype="float32")
     assert set(header_dtypes(default.float_artifact().path).values()) == {"BF16"}
     assert set(header_dtypes(f32.float_artifact().path).values()) == {"F32"}
     assert default.float_artifact().path != f32.float_artifact().path  # one copy per dtype, both kept
-    assert default.variant_key(default.variant("rtn-w4")) != f32.variant_key(f32.variant("rtn-w4"))
+    assert default.plan.variant_key(default.plan.variant("rtn-w4")) != f32.plan.variant_key(f32.plan.variant("rtn-w4"))
     artifact = f32.quantize("rtn-w4")
     dtypes = header_dtypes(artifact.path)
     assert dtypes["model.embed_tokens.weight"] == dtypes["model.norm.weight"] == "F32"

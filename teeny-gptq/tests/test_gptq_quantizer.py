@@ -19,8 +19,8 @@ def calibration_for(teeny_plugins, tokenizer, samples=16, seq_len=64, seed=0) ->
 def quantize(teeny_plugins, method, source, calibration, options, out):
     cls = teeny_plugins.get("quantizer", method)
     out.mkdir()
-    return cls().quantize(source, calibration if cls.needs_calibration else None,
-                          cls.Options.from_mapping(options, where=method), out)
+    parsed = cls.Options.from_mapping(options, where=method)
+    return cls().quantize(source, calibration if cls.needs_calibration(parsed) else None, parsed, out)
 
 
 def float64_kl(reference_logprobs, logprobs) -> float:

@@ -62,14 +62,13 @@ def _existing(path: str, what: str) -> Path:
     return p
 
 
-class CodeCalibrator(Calibrator):
+class CodeCalibrator(Calibrator[CodeOptions]):
     """Source files (default: the Python standard library, minus its docs) in a seeded order."""
 
     name = "code"
     Options = CodeOptions
 
-    def samples(self, tokenizer: Any, options: Options, seed: int) -> CalibrationSet:
-        assert isinstance(options, CodeOptions)
+    def samples(self, tokenizer: Any, options: CodeOptions, seed: int) -> CalibrationSet:
         root = _existing(options.path, "code directory") if options.path else Path(sysconfig.get_paths()["stdlib"])
         files = sorted(p for p in root.glob(options.glob)
                        if p.is_file() and "pydoc_data" not in p.parts and "site-packages" not in p.parts)
@@ -80,28 +79,26 @@ class CodeCalibrator(Calibrator):
         return windows(texts, tokenizer, options, seed, self.name, {"root": str(root)})
 
 
-class TextFileCalibrator(Calibrator):
+class TextFileCalibrator(Calibrator[TextFileOptions]):
     """Plain text files you supply."""
 
     name = "text-file"
     Options = TextFileOptions
 
-    def samples(self, tokenizer: Any, options: Options, seed: int) -> CalibrationSet:
-        assert isinstance(options, TextFileOptions)
+    def samples(self, tokenizer: Any, options: TextFileOptions, seed: int) -> CalibrationSet:
         if not options.path:
             raise TeenyError("calibrator text-file: option path is required (one or more text files)")
         texts = (_existing(p, "text file").read_text(errors="replace") for p in options.path)
         return windows(texts, tokenizer, options, seed, self.name, {})
 
 
-class JsonlCalibrator(Calibrator):
+class JsonlCalibrator(Calibrator[JsonlOptions]):
     """A field of each record of a JSONL file you supply."""
 
     name = "jsonl"
     Options = JsonlOptions
 
-    def samples(self, tokenizer: Any, options: Options, seed: int) -> CalibrationSet:
-        assert isinstance(options, JsonlOptions)
+    def samples(self, tokenizer: Any, options: JsonlOptions, seed: int) -> CalibrationSet:
         if not options.path:
             raise TeenyError("calibrator jsonl: option path is required")
         path = _existing(options.path, "JSONL file")
@@ -115,14 +112,13 @@ class JsonlCalibrator(Calibrator):
         return windows(texts(), tokenizer, options, seed, self.name, {})
 
 
-class RandomTokensCalibrator(Calibrator):
+class RandomTokensCalibrator(Calibrator[WindowOptions]):
     """Uniformly random non-special token ids after the document prefix (a data-free baseline)."""
 
     name = "random-tokens"
     Options = WindowOptions
 
-    def samples(self, tokenizer: Any, options: Options, seed: int) -> CalibrationSet:
-        assert isinstance(options, WindowOptions)
+    def samples(self, tokenizer: Any, options: WindowOptions, seed: int) -> CalibrationSet:
         special = set(tokenizer.all_special_ids)
         vocab = [i for i in range(len(tokenizer)) if i not in special]
         prefix = document_prefix(tokenizer)

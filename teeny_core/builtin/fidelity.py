@@ -87,7 +87,7 @@ def compare(ref: dict[str, Any], logprobs, ids: list[int]) -> dict[str, float]:
             "tokens": len(ids) - 1}
 
 
-class FidelityEvaluator(Evaluator):
+class FidelityEvaluator(Evaluator[FidelityOptions]):
     """Perplexity, KL divergence and top-1 agreement against the baseline, per text window."""
 
     name = "fidelity"
@@ -100,10 +100,9 @@ class FidelityEvaluator(Evaluator):
     headline = "perplexity"
     records_version = windows.RULE
 
-    def evaluate(self, model: LoadedModel, options: Options, ctx: EvalContext) -> None:
+    def evaluate(self, model: LoadedModel, options: FidelityOptions, ctx: EvalContext) -> None:
         import torch
 
-        assert isinstance(options, FidelityOptions)
         chunks = token_chunks(model.tokenizer, options)
         window_info = windows.record(windows.document_prefix(model.tokenizer))
         if ctx.limit:
@@ -137,7 +136,7 @@ class FidelityEvaluator(Evaluator):
                 ctx.write({"key": f"chunk-{i}", "chunk": i, "windows": window_info, **compare(ref, lp, ids)})
                 bar.advance(1)
 
-    def summarize(self, records: list[dict[str, Any]], options: Options) -> dict[str, Any]:
+    def summarize(self, records: list[dict[str, Any]], options: FidelityOptions) -> dict[str, Any]:
         if not records:
             return {}
         n = len(records)

@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from teeny_core import hookimpl
-from teeny_core.executor import (Emit, Executor, Outcome, VariantTask, describe_exit, run_variant_task,
-                                 spawn_and_relay, worker_main)
+from teeny_core.executor import Emit, Executor, Outcome, VariantTask
+from teeny_core.worker import describe_exit, run_variant_task, spawn_and_relay, worker_main
 from teeny_core.options import NoOptions, Options, option
 
 
@@ -18,14 +18,13 @@ class LocalOptions(Options):
     workers: int = option(1, "variants run at the same time, each in its own process (memory adds up)", min=1)
 
 
-class LocalExecutor(Executor):
+class LocalExecutor(Executor[LocalOptions]):
     """A fresh worker process per variant (spawned): memory measured alone, a crash contained."""
 
     name = "local"
     Options = LocalOptions
 
-    def run(self, tasks: list[VariantTask], options: Any, on_event: Emit) -> list[Outcome]:
-        assert isinstance(options, LocalOptions)
+    def run(self, tasks: list[VariantTask], options: LocalOptions, on_event: Emit) -> list[Outcome]:
         if not tasks:
             return []
         procs: list[Any] = []
@@ -55,13 +54,13 @@ def _run_one(task: VariantTask, on_event: Emit, started) -> Outcome:
     return Outcome(**outcome)
 
 
-class InlineExecutor(Executor):
+class InlineExecutor(Executor[NoOptions]):
     """Every variant in the teeny process itself, one after another: for debugging (no isolation)."""
 
     name = "inline"
     Options = NoOptions
 
-    def run(self, tasks: list[VariantTask], options: Any, on_event: Emit) -> list[Outcome]:
+    def run(self, tasks: list[VariantTask], options: NoOptions, on_event: Emit) -> list[Outcome]:
         return [run_variant_task(task, on_event) for task in tasks]
 
 

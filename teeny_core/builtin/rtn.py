@@ -15,9 +15,10 @@ from typing import Any, Literal
 
 from teeny_core import hookimpl
 from teeny_core.errors import TeenyError
+from teeny_core.modeling import Artifact, ModelSource
 from teeny_core.options import Options, option
 from teeny_core.quant import skipped
-from teeny_core.types import Artifact, CalibrationSet, ModelSource, Quantizer
+from teeny_core.types import CalibrationSet, Quantizer
 
 
 @dataclasses.dataclass
@@ -41,7 +42,7 @@ class RTNOptions(Options):
                                   "the calibration data, method rtn)")
 
 
-class RTNQuantizer(Quantizer):
+class RTNQuantizer(Quantizer[RTNOptions]):
     """Round-to-nearest: integer weights per tensor, channel or group (packed as hf-gptq where the grid fits,
     else stored dequantized), or a fp16/bf16 cast."""
 
@@ -49,11 +50,11 @@ class RTNQuantizer(Quantizer):
     Options = RTNOptions
 
     @classmethod
-    def calibrates(cls, options: Options) -> bool:
+    def needs_calibration(cls, options: RTNOptions) -> bool:
         """Only ``target_bits`` without a sensitivity file calibrates (to measure the sensitivity)."""
-        return getattr(options, "target_bits", None) is not None and not getattr(options, "sensitivity", "")
+        return options.target_bits is not None and not options.sensitivity
 
-    def quantize(self, source: ModelSource, calibration: CalibrationSet | None, options: Options,
+    def quantize(self, source: ModelSource, calibration: CalibrationSet | None, options: RTNOptions,
                  out_dir: Path) -> Artifact:
         """Streamed by the core's layer walker: one decoder layer in memory at a time. Rounds the architecture
         spec's linears (routed experts included) and ``lm_head`` unless skipped; a router or a 1-output gate
@@ -66,7 +67,6 @@ class RTNQuantizer(Quantizer):
         from teeny_core.walker import (ShardWriter, copy_side_files, layer_matrices, safetensors_dir, stored_dtype,
                                        walk)
 
-        assert isinstance(options, RTNOptions)
         dtype = options.dtype
         if options.bits == 16 and dtype == "auto":
             dtype = "float16"
@@ -137,8 +137,7 @@ class RTNQuantizer(Quantizer):
         artifact.save()
         return artifact
 
-    def describe(self, options: Options) -> dict[str, Any]:
-        assert isinstance(options, RTNOptions)
+    def describe(self, options: RTNOptions) -> dict[str, Any]:
         if options.bits == 16:
             return {"bits": 16, "dtype": options.dtype if options.dtype != "auto" else "float16"}
         gran = f"g{options.group_size}" if options.granularity == "group" else options.granularity

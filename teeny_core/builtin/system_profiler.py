@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from teeny_core import hookimpl
+from teeny_core.modeling import Artifact
 from teeny_core.options import Options, option
-from teeny_core.types import Artifact, HardwareProfiler, LoadedModel
+from teeny_core.types import HardwareProfiler, LoadedModel
 
 RAPL_ROOT = Path("/sys/class/powercap")
 
@@ -129,15 +130,14 @@ def _cuda():
     return None
 
 
-class SystemProfiler(HardwareProfiler):
+class SystemProfiler(HardwareProfiler[SystemOptions]):
     """Wall time, peak RSS and CUDA memory, energy (RAPL/NVML) and a time-to-first-token/decode benchmark."""
 
     name = "system"
     Options = SystemOptions
 
     @contextlib.contextmanager
-    def measure(self, stage: str, options: Options) -> Iterator[dict[str, Any]]:
-        assert isinstance(options, SystemOptions)
+    def measure(self, stage: str, options: SystemOptions) -> Iterator[dict[str, Any]]:
         result: dict[str, Any] = {}
         energy = _Energy()
         cuda = _cuda()
@@ -154,8 +154,7 @@ class SystemProfiler(HardwareProfiler):
             result["peak_cuda_bytes"] = cuda.max_memory_allocated()
         result.update(energy.since(e0))
 
-    def benchmark(self, model: LoadedModel, artifact: Artifact, options: Options) -> dict[str, Any]:
-        assert isinstance(options, SystemOptions)
+    def benchmark(self, model: LoadedModel, artifact: Artifact, options: SystemOptions) -> dict[str, Any]:
         out: dict[str, Any] = {"artifact_bytes": artifact.size_bytes()}
         if not options.benchmark:
             return out

@@ -11,8 +11,9 @@ from typing import Any, Literal
 
 from teeny_core import hookimpl
 from teeny_core.errors import TeenyError
+from teeny_core.modeling import Artifact
 from teeny_core.options import Options, option
-from teeny_core.types import Artifact, Generation, LoadedModel, Runtime
+from teeny_core.types import Generation, LoadedModel, Runtime
 
 
 @dataclasses.dataclass
@@ -114,43 +115,21 @@ class TransformersModel(LoadedModel):
         gc.collect()
 
 
-def _config_without_quantization(artifact: Artifact):
-    import json
-
-    from transformers import AutoConfig
-
-    config_dict = json.loads((artifact.path / "config.json").read_text())
-    config_dict.pop("quantization_config", None)
-    return AutoConfig.for_model(**config_dict)
-
-
 def _format_module(artifact: Artifact):
     return importlib.import_module(f"teeny_core.formats.{artifact.format.split('-', 1)[1]}")
-
-
-def _load_state(model, state: dict[str, Any], artifact: Artifact, owned: set[str], assign: bool) -> None:
-    """Load ``state`` into ``model``; every key must be used, and every parameter not in ``owned`` set."""
-    config = model.config
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=assign)
-    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
-    missing = [k for k in missing if k not in tied and k.rpartition(".")[0] not in owned]
-    if missing or unexpected:
-        raise TeenyError(f"{artifact.path}: checkpoint does not match its config "
-                         f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
-    if tied:
-        model.tie_weights()
 
 
 def load_dequantized(artifact: Artifact, dtype):
     """Build the model from an hf-gptq / hf-awq checkpoint with float weights from its packed tensors."""
     from transformers import AutoModelForCausalLM
 
-    from teeny_core.walker import fuse_model_experts
+    from teeny_core.experts import fuse_model_experts
+    from teeny_core.formats.checkpoint import config_without_quantization, load_state
 
-    model = AutoModelForCausalLM.from_config(_config_without_quantization(artifact), dtype=dtype)
+    model = AutoModelForCausalLM.from_config(config_without_quantization(artifact), dtype=dtype)
     state = {k: (v.to(dtype) if v.is_floating_point() else v)
              for k, v in _format_module(artifact).dequantized_state_dict(artifact.path).items()}
-    _load_state(model, fuse_model_experts(state, model.config.model_type), artifact, set(), False)
+    load_state(model, fuse_model_experts(state, model.config.model_type), artifact, set(), False)
     return model
 
 
@@ -160,17 +139,18 @@ def load_packed(artifact: Artifact, dtype, compute: str, device: str = "cpu"):
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
+    from teeny_core.experts import fuse_model_experts
+    from teeny_core.formats.checkpoint import config_without_quantization, load_state
     from teeny_core.packed import pack_linears
-    from teeny_core.walker import fuse_model_experts
 
     linears, rest = _format_module(artifact).read_quantized(artifact.path)
     with init_empty_weights():  # no float copy of the quantized weights is ever allocated
-        model = AutoModelForCausalLM.from_config(_config_without_quantization(artifact), dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config_without_quantization(artifact), dtype=dtype)
     packed_names, fallback, reasons = pack_linears(model, linears, compute, device)
     state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in {**rest, **fallback}.items()}
     state = fuse_model_experts(state, model.config.model_type)
     packed = set(packed_names)
-    _load_state(model, state, artifact, packed, True)
+    load_state(model, state, artifact, packed, True)
     meta = [n for n, p in model.named_parameters() if p.is_meta]
     if meta:
         raise TeenyError(f"{artifact.path}: no weights in the checkpoint for {meta[:3]}")
@@ -186,7 +166,7 @@ def packed_available(device: str = "cpu") -> bool:
     return available(device)
 
 
-class TransformersRuntime(Runtime):
+class TransformersRuntime(Runtime[TransformersOptions]):
     """PyTorch + transformers on CPU or CUDA; GPTQ/AWQ checkpoints run packed (int4 kernels) or dequantized."""
 
     name = "transformers"
@@ -200,14 +180,12 @@ class TransformersRuntime(Runtime):
         import torch  # noqa: F401
         from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
-    def load(self, artifact: Artifact, options: Options) -> LoadedModel:
+    def load(self, artifact: Artifact, options: TransformersOptions) -> LoadedModel:
         from transformers import AutoTokenizer
 
-        from teeny_core.modeling import load_hf_model, resolve_device, torch_dtype
-        from teeny_core.types import ModelSource
+        from teeny_core.modeling import ModelSource, load_hf_model, resolve_device, torch_dtype
         from teeny_core.walker import stored_dtype
 
-        assert isinstance(options, TransformersOptions)
         device = resolve_device(options.device)
         dtype = options.dtype
         facts: dict[str, Any] = {"kernels": "float"}

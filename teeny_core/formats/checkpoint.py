@@ -1,13 +1,16 @@
 """Writing a packed checkpoint (hf-gptq layout): packed linears, the rest of the state dict, config and tokenizer.
 
 The one writer of packed checkpoints: :func:`write_checkpoint` for a model held whole in memory,
-:func:`write_checkpoint_config` for the files around weights the layer walker streamed to disk."""
+:func:`write_checkpoint_config` for the files around weights the layer walker streamed to disk; and what every
+loader of such checkpoints shares (:func:`config_without_quantization`, :func:`load_state`)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
+
+from teeny_core.errors import TeenyError
 
 SHARD_BYTES = 4 * 2**30
 
@@ -123,3 +126,25 @@ def write_checkpoint_config(config, tokenizer, out_dir: Path, quantization_confi
         generation_config.save_pretrained(out_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
+
+
+def config_without_quantization(artifact):
+    """The artifact's model config without its ``quantization_config`` (so transformers builds float linears)."""
+    from transformers import AutoConfig
+
+    config_dict = json.loads((artifact.path / "config.json").read_text())
+    config_dict.pop("quantization_config", None)
+    return AutoConfig.for_model(**config_dict)
+
+
+def load_state(model, state: dict[str, Any], artifact, owned: set[str], assign: bool) -> None:
+    """Load ``state`` into ``model``; every key must be used, and every parameter not in ``owned`` set."""
+    config = model.config
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=assign)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    missing = [k for k in missing if k not in tied and k.rpartition(".")[0] not in owned]
+    if missing or unexpected:
+        raise TeenyError(f"{artifact.path}: checkpoint does not match its config "
+                         f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    if tied:
+        model.tie_weights()

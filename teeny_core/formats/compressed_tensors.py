@@ -200,14 +200,14 @@ def load(artifact, dtype, device: str, compute: str):
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
-    from teeny_core.builtin.transformers_runtime import _config_without_quantization, _load_state
+    from teeny_core.formats.checkpoint import config_without_quantization, load_state
     from teeny_core.int8 import fp8_device_problem
 
     scheme = describe(read_config(artifact.path), f"{artifact.path / 'config.json'}: quantization_config")["scheme"]
     if scheme == "fp8" and fp8_device_problem(device):  # refused before any tensor is read
         raise TeenyError(f"{artifact.path}: {fp8_device_problem(device)}")
     with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(_config_without_quantization(artifact), dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config_without_quantization(artifact), dtype=dtype)
     linears, rest = read_linears(artifact.path, model)
     kernels: dict[str, int] = {}
     reasons: dict[str, str] = {}
@@ -225,7 +225,7 @@ def load(artifact, dtype, device: str, compute: str):
         setattr(model.get_submodule(parent) if parent else model, leaf, module.to(device))
     state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in rest.items()}
     replaced = set(linears) - set(reasons)
-    _load_state(model, state, artifact, replaced, True)
+    load_state(model, state, artifact, replaced, True)
     meta = [n for n, p in model.named_parameters() if p.is_meta]
     if meta:
         raise TeenyError(f"{artifact.path}: no weights in the checkpoint for {meta[:3]}")

@@ -45,7 +45,8 @@ def calibration(teeny_plugins, source, samples=8, seq_len=32, seed=0) -> Calibra
 def quantize(teeny_plugins, method, source, cal, options, out) -> Artifact:
     cls = teeny_plugins.get("quantizer", method)
     out.mkdir()
-    return cls().quantize(source, cal if cls.needs_calibration else None, cls.Options.from_mapping(options), out)
+    parsed = cls.Options.from_mapping(options)
+    return cls().quantize(source, cal if cls.needs_calibration(parsed) else None, parsed, out)
 
 
 def test_checkpoint_is_the_trained_grid_and_beats_rtn_in_float64(teeny_plugins, tiny_model, tmp_path):

@@ -1,6 +1,6 @@
 """The ``ray`` executor: each variant of a run is one Ray task, scheduled with the resources it asks for.
 
-The task body is the core's :func:`teeny_core.executor.run_variant_task`, the same function the local executor
+The task body is the core's :func:`teeny_core.worker.run_variant_task`, the same function the local executor
 runs in a worker process, so a variant gives the same store entries wherever it ran. Each task gets a fresh Ray
 worker process (``max_calls=1``): its memory is measured alone, as with the local executor.
 
