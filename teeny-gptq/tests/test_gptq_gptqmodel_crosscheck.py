@@ -56,6 +56,29 @@ def test_gptqmodel_loads_our_checkpoint_with_matching_logits(teeny_plugins, tiny
     assert kl(expected, got) < 0.1 * quantization_kl
 
 
+def test_transformers_loads_our_default_gptq_checkpoint_with_matching_logits(teeny_plugins, tiny_model, tmp_path):
+    """The README's claim for GPTQ's defaults in transformers (which reads GPTQ checkpoints through GPTQModel and
+    optimum): our distributions up to its bfloat16 rounding."""
+    pytest.importorskip("optimum", reason="transformers loads GPTQ checkpoints only with optimum installed")
+    from transformers import AutoModelForCausalLM
+
+    path = tiny_model("llama")
+    source = ModelSource(str(path))
+    code = teeny_plugins.get("calibrator", "code")
+    cal = code().samples(source.load_tokenizer(), code.Options.from_mapping({"samples": 8, "seq_len": 64}), seed=0)
+    gptq = teeny_plugins.get("quantizer", "gptq")
+    out = tmp_path / "artifact"
+    out.mkdir()
+    artifact = gptq().quantize(source, cal, gptq.Options.from_mapping({"group_size": 32}), out)
+    expected, reference = _ours_and_reference(teeny_plugins, artifact, path, IDS)
+    quantization_kl = _kl(reference, expected)
+    assert quantization_kl > 0
+    model = AutoModelForCausalLM.from_pretrained(artifact.path, device_map="cpu").eval()
+    with torch.no_grad():
+        got = torch.log_softmax(model(input_ids=torch.tensor(IDS)).logits.double(), dim=-1)
+    assert _kl(expected, got) < 0.1 * quantization_kl
+
+
 def test_gptqmodel_backend_writes_a_checkpoint_our_runtime_loads(teeny_plugins, tiny_model, tmp_path):
     import json
 
