@@ -10,7 +10,11 @@ import torch
 
 
 class PackedLinear(torch.nn.Module):
-    """``y = x @ w.T + b`` from one or two planes of 4-bit codes (see the module docstring)."""
+    """``y = x @ w.T + b`` from one or two planes of 4-bit codes (see the module docstring).
+
+    A plane whose offsets are all zero (a symmetric 4-bit grid, the low plane of 8-bit codes) holds only its
+    scales; the kernel's ``[groups, out, 2]`` input is built from them for each product and freed after it.
+    """
 
     def __init__(self, planes: list[tuple[Any, Any]], group: int, in_features: int, out_features: int,
                  perm=None, bias=None) -> None:
@@ -19,26 +23,36 @@ class PackedLinear(torch.nn.Module):
         self.n_planes = len(planes)
         for i, (codes, scale_offset) in enumerate(planes):
             self.register_buffer(f"codes{i}", codes)
-            self.register_buffer(f"scale_offset{i}", scale_offset)
+            if bool((scale_offset[..., 1] == 0).all()):
+                self.register_buffer(f"scale{i}", scale_offset[..., 0].contiguous())
+            else:
+                self.register_buffer(f"scale_offset{i}", scale_offset)
+        self.compute = scale_offset.dtype
         self.register_buffer("perm", perm)
         self.register_buffer("bias", bias)
 
     def forward(self, x):
         shape = x.shape
         flat = x.reshape(-1, self.in_features)
-        compute = self.scale_offset0.dtype
-        flat = flat.to(compute)
+        flat = flat.to(self.compute)
         if self.perm is not None:
             flat = flat.index_select(1, self.perm)
         flat = flat.contiguous()
         y = None
         for i in range(self.n_planes):
-            part = self.int4_mm(flat, getattr(self, f"codes{i}"), getattr(self, f"scale_offset{i}"))
+            part = self.int4_mm(flat, getattr(self, f"codes{i}"), self.scale_offset(i))
             y = part if y is None else y + part
         y = y.to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
         return y.reshape(*shape[:-1], self.out_features)
+
+    def scale_offset(self, plane: int):
+        """The kernel's ``[groups, out, 2]`` scales and offsets of one plane: held, or built from held scales."""
+        scale = getattr(self, f"scale{plane}", None)
+        if scale is None:
+            return getattr(self, f"scale_offset{plane}")
+        return torch.stack([scale, torch.zeros_like(scale)], dim=-1)
 
     def int4_mm(self, x, codes, scale_offset):
         """One plane's product ``x @ w.T`` by torch's CPU int4 kernel."""

@@ -60,3 +60,17 @@ def test_awq_default_parses_in_transformers_and_vllm(teeny_plugins, tiny_model, 
     parsed = AwqConfig.from_dict(config)
     assert (parsed.bits, parsed.group_size, parsed.zero_point) == (4, 32, True)
     assert isinstance(config.get("modules_to_not_convert", []), list)
+
+
+@pytest.mark.parametrize("method", ["rtn", "awq"])
+def test_a_quantized_lm_head_is_flagged_as_gptqmodel_and_vllm_read_it(teeny_plugins, tiny_model, tmp_path, method):
+    """With ``skip=[]`` lm_head is written packed, and the config says so with ``lm_head: true``: the key
+    GPTQModel's QuantizeConfig and vLLM's GPTQ, GPTQ-Marlin and AWQ-Marlin configs read to give lm_head a
+    quantized method (without it they build a float lm_head and the packed tensors fail to load). GPTQModel
+    loading both: teeny-gptq/tests/test_gptq_gptqmodel_crosscheck.py, teeny-awq/tests/test_awq_interop.py."""
+    artifact, config = make(teeny_plugins, tiny_model, tmp_path, method, skip=[])
+    assert config["lm_head"] is True and "lm_head" in artifact.meta["quantized_layers"]
+    assert "lm_head" not in config.get("modules_to_not_convert", [])
+    (tmp_path / "default").mkdir()
+    default, default_config = make(teeny_plugins, tiny_model, tmp_path / "default", method)
+    assert default_config["lm_head"] is False and "lm_head" not in default.meta["quantized_layers"]

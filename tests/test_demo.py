@@ -95,6 +95,8 @@ def test_qwen_demo_scores_the_original_as_published_and_fills_the_seeds_table(te
     by_name = {v.name: v for v in exp.variants}
     if "gptq" in installed:
         assert by_name["gptq-w8-g128"].options.bits == 8
+    # the 4-bit variants quantize lm_head too, as the Q4_K_M original stores its output matrix quantized
+    assert all(by_name[n].options.skip == [] for n in ("awq-w4-g128", "rtn-w4-g128") if n in by_name)
     if "gguf" in installed:
         assert {"gguf-f16", "gguf-q2_k"} <= set(by_name) and "gguf-q4_k_m" not in by_name
         assert exp.baseline_runtime == "llama.cpp"

@@ -66,24 +66,28 @@ def test_packed_logits_match_the_dequantized_model(tiny_model, tmp_path, arch, k
 
 def expected_packed_bytes(dequantized_model, linears: dict, settings: dict) -> int:
     """Bytes a packed model must hold, counted from the checkpoint's shapes independently of the loader:
-    4-bit nibbles (two planes for 8-bit), a bf16 scale and offset per 32..256-column kernel group, the act-order
+    4-bit nibbles (two planes for 8-bit), a bf16 scale per 32..256-column kernel group, a bf16 offset beside it
+    unless every offset of the plane is zero (symmetric 4-bit; the low plane of 8-bit codes), the act-order
     permutation, and every other tensor as the dequantized model holds it (the checkpoint's float16)."""
     total = 0
     for name, p in [*dequantized_model.named_parameters(), *dequantized_model.named_buffers()]:
         if name.rpartition(".")[0] not in linears:
             total += p.numel() * p.element_size()
-    planes = 2 if settings.get("bits", 4) == 8 else 1
+    eight_bit = settings.get("bits", 4) == 8
     group = settings.get("group", 32)
+    # bytes per kernel group and output: scale and offset, offset only where it is not all zero
+    per_group = [2 + 2, 2] if eight_bit else [2 if settings.get("sym") else 2 + 2]
     for name in linears:
         out_f, in_f = dequantized_model.get_submodule(name).weight.shape
-        total += planes * (out_f * in_f // 2 + (in_f // group) * out_f * 2 * 2)
+        total += len(per_group) * out_f * in_f // 2 + (in_f // group) * out_f * sum(per_group)
         if settings.get("act_order"):
             total += in_f * 8
     return total
 
 
-@pytest.mark.parametrize("settings", [dict(bits=4, sym=False), dict(bits=8, sym=False, act_order=True)],
-                         ids=["w4", "w8-act-order"])
+@pytest.mark.parametrize("settings", [dict(bits=4, sym=False), dict(bits=4, sym=True),
+                                      dict(bits=8, sym=False, act_order=True)],
+                         ids=["w4", "w4-sym", "w8-act-order"])
 def test_a_packed_model_holds_packed_weights(tiny_model, tmp_path, settings):
     from teeny_core.modeling import linear_layers
     from teeny_core.packed import PackedLinear
@@ -95,7 +99,12 @@ def test_a_packed_model_holds_packed_weights(tiny_model, tmp_path, settings):
     assert not any(p.is_floating_point() and p.dim() == 2 and p.shape == dequant.model.get_submodule(n).weight.shape
                    for n in quantized for p in packed.model.get_submodule(n).buffers())
     assert packed.weight_bytes() == expected_packed_bytes(dequant.model, set(quantized), settings)
+    held = [*packed.model.parameters(), *packed.model.buffers()]
+    assert not [t for t in held if t.dtype == torch.float32 and t.numel() > 64]  # rotary inv_freq aside
+    assert len({t.data_ptr() for t in held}) == len(held)  # no tensor held twice
     assert all(p.dtype == torch.float16 for p in packed.model.parameters())  # held as the checkpoint stores them
+    offsets = [n for n, _ in packed.model.named_buffers() if ".scale_offset" in n]
+    assert not offsets if settings["sym"] else offsets  # a symmetric grid's offsets are zero: not held
     quant_float = sum(dequant.model.get_submodule(n).weight.numel() * 2 for n in quantized)
     saved = dequant.weight_bytes() - packed.weight_bytes()
     assert saved > 0.6 * quant_float if settings["bits"] == 4 else saved > 0.2 * quant_float

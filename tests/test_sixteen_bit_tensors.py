@@ -77,7 +77,7 @@ def test_packed_runtime_holds_16_bits_and_matches_float64(teeny_plugins, bf16_mo
     assert loaded.load_facts()["kernels"] == "packed" and loaded.load_facts()["packed_layers"] > 0
     params = dict(loaded.model.named_parameters())
     assert params and all(p.dtype == torch.bfloat16 for p in params.values())
-    packed_buffers = [b for n, b in loaded.model.named_buffers() if "scale_offset" in n or n.endswith(".bias")]
+    packed_buffers = [b for n, b in loaded.model.named_buffers() if ".scale" in n or n.endswith(".bias")]
     assert packed_buffers and all(b.dtype == torch.bfloat16 for b in packed_buffers)
     got = loaded.logprobs(IDS).double()
     loaded.close()

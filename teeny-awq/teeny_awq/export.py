@@ -6,10 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 
-def quantization_config(bits: int, group_size: int, zero_point: bool, not_converted: list[str]) -> dict[str, Any]:
-    """The ``quantization_config`` that transformers, AutoAWQ, GPTQModel and vLLM read for AWQ GEMM checkpoints."""
+def quantization_config(bits: int, group_size: int, zero_point: bool, not_converted: list[str],
+                        lm_head: bool = False) -> dict[str, Any]:
+    """The ``quantization_config`` that transformers, AutoAWQ, GPTQModel and vLLM read for AWQ GEMM checkpoints;
+    ``lm_head`` says lm_head is quantized too (the flag GPTQModel and vLLM's AWQ-Marlin read, as for GPTQ)."""
     return {"quant_method": "awq", "version": "gemm", "bits": bits, "group_size": group_size,
-            "zero_point": zero_point, "modules_to_not_convert": not_converted}
+            "zero_point": zero_point, "modules_to_not_convert": not_converted, "lm_head": lm_head}
 
 
 def hf_awq_tensors(qw, bits: int) -> dict[str, Any]:

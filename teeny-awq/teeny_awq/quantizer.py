@@ -105,7 +105,7 @@ class AwqQuantizer(Quantizer):
         if packed:
             not_converted = sorted((set(shapes) - set(weights)) | others)
             cfg["quantization_config"] = quantization_config(options.bits, options.group_size, options.zero_point,
-                                                             not_converted)
+                                                             not_converted, lm_head=head)
         else:
             cfg["teeny_quantization"] = record
         (out_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))

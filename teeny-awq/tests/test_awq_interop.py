@@ -70,3 +70,31 @@ def test_transformers_with_gptqmodel_gives_our_logits(awq_interop_checkpoint):
     with torch.no_grad():
         theirs = model(torch.tensor(IDS)).logits.float().log_softmax(-1)
     assert torch.allclose(theirs, ours, atol=2e-2, rtol=0), float((theirs - ours).abs().max())
+
+
+def test_gptqmodel_reads_a_quantized_lm_head_with_our_logits(tiny_model, tiny_tokenizer, teeny_plugins, tmp_path):
+    """``skip=[]`` (the demo's AWQ w4, as a Q4_K_M file quantizes its output matrix) writes lm_head packed with
+    ``lm_head: true`` in the config; GPTQModel builds a quantized lm_head from it and gives our logits."""
+    if importlib.util.find_spec("gptqmodel") is None:
+        pytest.skip("gptqmodel is not installed")
+    from gptqmodel import BACKEND, GPTQModel
+
+    from teeny_core.testing import _corpus
+
+    ids = tiny_tokenizer.encode("".join(_corpus()))[: 4 * 64]
+    calibration = CalibrationSet(name="corpus", samples=[ids[i:i + 64] for i in range(0, len(ids), 64)])
+    cls = teeny_plugins.get("quantizer", "awq")
+    artifact = cls().quantize(ModelSource(str(tiny_model("qwen2"))), calibration,
+                              cls.Options.from_mapping({"group_size": 32, "device": "cpu", "skip": []}), tmp_path)
+    config = json.loads((artifact.path / "config.json").read_text())
+    assert config["quantization_config"]["lm_head"] is True and "lm_head" in artifact.meta["quantized_layers"]
+    runtime = teeny_plugins.runtime_for("hf-awq")
+    loaded = runtime().load(artifact, runtime.Options.from_mapping({"device": "cpu", "dtype": "float32",
+                                                                    "kernels": "dequant"}))
+    ours = loaded.logprobs(IDS)
+    loaded.close()
+    model = GPTQModel.load(str(artifact.path), device="cpu", backend=BACKEND.TORCH).model
+    assert hasattr(model.lm_head, "qweight")
+    with torch.no_grad():
+        theirs = model(torch.tensor(IDS)).logits.float().log_softmax(-1)
+    assert torch.allclose(theirs, ours, atol=2e-2, rtol=0), float((theirs - ours).abs().max())

@@ -147,7 +147,7 @@ def whole_model_reference(path, ids, settings):
     not_converted = sorted(n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in results)
     config["quantization_config"] = {"quant_method": "awq", "version": "gemm", "bits": 4,
                                      "group_size": settings.group_size, "zero_point": settings.zero_point,
-                                     "modules_to_not_convert": not_converted}
+                                     "modules_to_not_convert": not_converted, "lm_head": False}
     return tensors, json.loads(json.dumps(config, default=str))
 
 

@@ -56,6 +56,29 @@ def test_gptqmodel_loads_our_checkpoint_with_matching_logits(teeny_plugins, tiny
     assert kl(expected, got) < 0.1 * quantization_kl
 
 
+def test_transformers_loads_our_default_gptq_checkpoint_with_matching_logits(teeny_plugins, tiny_model, tmp_path):
+    """The README's claim for GPTQ's defaults in transformers (which reads GPTQ checkpoints through GPTQModel and
+    optimum): our distributions up to its bfloat16 rounding."""
+    pytest.importorskip("optimum", reason="transformers loads GPTQ checkpoints only with optimum installed")
+    from transformers import AutoModelForCausalLM
+
+    path = tiny_model("llama")
+    source = ModelSource(str(path))
+    code = teeny_plugins.get("calibrator", "code")
+    cal = code().samples(source.load_tokenizer(), code.Options.from_mapping({"samples": 8, "seq_len": 64}), seed=0)
+    gptq = teeny_plugins.get("quantizer", "gptq")
+    out = tmp_path / "artifact"
+    out.mkdir()
+    artifact = gptq().quantize(source, cal, gptq.Options.from_mapping({"group_size": 32}), out)
+    expected, reference = _ours_and_reference(teeny_plugins, artifact, path, IDS)
+    quantization_kl = _kl(reference, expected)
+    assert quantization_kl > 0
+    model = AutoModelForCausalLM.from_pretrained(artifact.path, device_map="cpu").eval()
+    with torch.no_grad():
+        got = torch.log_softmax(model(input_ids=torch.tensor(IDS)).logits.double(), dim=-1)
+    assert _kl(expected, got) < 0.1 * quantization_kl
+
+
 def test_gptqmodel_backend_writes_a_checkpoint_our_runtime_loads(teeny_plugins, tiny_model, tmp_path):
     import json
 
@@ -148,3 +171,37 @@ def test_gptqmodel_refuses_an_asymmetric_v1_checkpoint_it_did_not_write(teeny_pl
     artifact = _rtn(teeny_plugins, tiny_model("llama"), tmp_path / "asym", scheme="asym")
     with pytest.raises(ValueError, match="sym=False"):
         GPTQModel.load(str(artifact.path), device="cpu", backend=BACKEND.TORCH)
+
+
+
+def test_rtn_checkpoint_with_quantized_lm_head_loads_in_gptqmodel_with_our_distributions(teeny_plugins, tiny_model,
+                                                                                        tmp_path):
+    """``skip=[]`` (the demo's w4 variants, as a Q4_K_M file quantizes its output matrix) writes lm_head packed
+    with ``lm_head: true``, the flag GPTQModel (and vLLM's GPTQ configs) read to build a quantized lm_head: the
+    loaded lm_head is a quantized module, not a float one left at its random initialisation."""
+    from gptqmodel import BACKEND, GPTQModel
+
+    path = tiny_model("qwen2")
+    artifact = _rtn(teeny_plugins, path, tmp_path / "rtn", skip=[])
+    config = json.loads((artifact.path / "config.json").read_text())
+    assert config["quantization_config"]["lm_head"] is True and config["tie_word_embeddings"] is False
+    expected, reference = _ours_and_reference(teeny_plugins, artifact, path, IDS)
+    quantization_kl = _kl(reference, expected)
+    assert quantization_kl > 0
+    model = GPTQModel.load(str(artifact.path), device="cpu", backend=BACKEND.TORCH).model
+    assert hasattr(model.lm_head, "qweight")
+    with torch.no_grad():
+        got = torch.log_softmax(model(input_ids=torch.tensor(IDS)).logits.double(), dim=-1)
+    assert _kl(expected, got) < 0.1 * quantization_kl
+
+
+def test_transformers_does_not_read_a_quantized_lm_head(teeny_plugins, tiny_model, tmp_path):
+    """Why the README says a checkpoint with lm_head quantized is for GPTQModel and vLLM: transformers 5 (through
+    optimum) quantizes only the decoder's linears and leaves lm_head a float Linear that the packed tensors do
+    not fill."""
+    pytest.importorskip("optimum", reason="transformers loads GPTQ checkpoints only with optimum installed")
+    from transformers import AutoModelForCausalLM
+
+    artifact = _rtn(teeny_plugins, tiny_model("qwen2"), tmp_path / "rtn", skip=[])
+    model = AutoModelForCausalLM.from_pretrained(artifact.path, device_map="cpu")
+    assert type(model.lm_head) is torch.nn.Linear and not hasattr(model.lm_head, "qweight")
