@@ -306,28 +306,60 @@ def _evaluate(rt_cls, artifact, ref_artifact, evaluators: dict[str, Any], option
 @click.argument("experiment", required=False, type=click.Path(dir_okay=False))
 @click.option("--limit", type=int, help="Items per evaluator (overrides the file; 0 = all).")
 @click.option("--fresh", is_flag=True, help="Delete this experiment's stored results first.")
-@click.option("--demo", type=click.Choice(["qwen", "gemma"]), default=None,
+@click.option("--demo", type=click.Choice(["qwen", "gemma", "sizes"]), default=None,
               help="Which built-in demo runs without EXPERIMENT (default qwen: Qwen2.5-Coder-0.5B-Instruct; "
-                   "gemma: Gemma 3 270M, for the smallest machines).")
+                   "gemma: Gemma 3 270M, for the smallest machines; sizes: Qwen2.5-Coder 0.5B and 1.5B, the "
+                   "model-size study's short form, needs teeny-core[sizes]).")
 @click.option("--executor", help="Where variants run (see `teeny list executor`; default: the file's, else local).")
 @click.option("--address", help="The cluster the executor submits to, for executors that take one (ray: auto or "
                                 "ray://host:port).")
 def run(experiment: str | None, limit: int | None, fresh: bool, demo: str | None, executor: str | None,
         address: str | None) -> None:
-    """Run EXPERIMENT (a TOML file; without one, the built-in demo) for every variant; resumable."""
-    from teeny_core.experiment import build_experiment, load_experiment
+    """Run EXPERIMENT (a TOML file; without one, the built-in demo) for every variant (of every model); resumable."""
     from teeny_core.pipeline import Pipeline
+    from teeny_core.study import Study, build_run, load_run, run_study, study_lines
 
     overrides = {"limit": limit} if limit is not None else {}
     if experiment and demo:
         raise click.UsageError("pass EXPERIMENT or --demo, not both")
     if experiment:
-        exp = load_experiment(experiment, plugins(), overrides)
+        exp = load_run(experiment, plugins(), overrides)
     else:
         from teeny_core.demo import demo_experiment
 
-        exp = build_experiment({**demo_experiment(plugins(), demo or "qwen"), **overrides}, plugins(),
-                               where="demo experiment")
+        exp = build_run({**demo_experiment(plugins(), demo or "qwen"), **overrides}, plugins(),
+                        where="demo experiment")
+    for each in exp.experiments if isinstance(exp, Study) else [exp]:
+        _executor_overrides(each, executor, address)
+    with _progress() as progress:
+        if isinstance(exp, Study):
+            index = run_study(exp, plugins(), progress=progress, say=progress.console.print, fresh=fresh)
+        else:
+            every = {"": Pipeline(exp, plugins(), progress=progress, say=progress.console.print).run(fresh=fresh)}
+    if isinstance(exp, Study):
+        from teeny_core.study import load_study
+
+        _, every = load_study(exp.root)
+    failed = []
+    for model, results in every.items():
+        print_results(results)
+        print_verdicts(results)
+        failed += [f"{model}/{v['name']}" if model else v["name"] for v in results["variants"]
+                   if v.get("status") == "failed"]
+    if isinstance(exp, Study):
+        for line in study_lines(index, every):
+            click.echo(line)
+    report = exp.root / "report.md"
+    results_file = exp.root / ("study.json" if isinstance(exp, Study) else "results.json")
+    click.echo(f"results: {results_file}" + (f"\nreport: {report}" if report.exists() else ""))
+    if failed:
+        click.echo(f"{len(failed)} variant(s) failed: {', '.join(failed)}; run the same command again to resume "
+                   "them", err=True)
+        raise SystemExit(1)
+
+
+def _executor_overrides(exp, executor: str | None, address: str | None) -> None:
+    """``--executor`` and ``--address`` applied to one experiment, each checked against the installed executors."""
     if executor:
         plugins().get("executor", executor)  # a one-line error listing the installed executors
         exp.executor = executor
@@ -338,17 +370,6 @@ def run(experiment: str | None, limit: int | None, fresh: bool, demo: str | None
         opts = {**exp.executor_options.get(exp.executor, {}), "address": address}
         ex_cls.Options.from_mapping(opts, where=f"executor {exp.executor}")
         exp.executor_options[exp.executor] = opts
-    with _progress() as progress:
-        results = Pipeline(exp, plugins(), progress=progress, say=progress.console.print).run(fresh=fresh)
-    print_results(results)
-    print_verdicts(results)
-    report = exp.root / "report.md"
-    click.echo(f"results: {exp.root / 'results.json'}" + (f"\nreport: {report}" if report.exists() else ""))
-    failed = [v["name"] for v in results["variants"] if v.get("status") == "failed"]
-    if failed:
-        click.echo(f"{len(failed)} variant(s) failed: {', '.join(failed)}; run the same command again to resume "
-                   "them", err=True)
-        raise SystemExit(1)
 
 
 @cli.command()
@@ -380,7 +401,15 @@ def report(run_dir: str) -> None:
     from teeny_core.report import write_report
     from teeny_core.results import load_results
     from teeny_core.store import check_writable
+    from teeny_core.study import is_study, load_study
+    from teeny_core.study_report import write_study_report
 
+    if is_study(Path(run_dir)):
+        index, per_model = load_study(Path(run_dir))
+        check_writable(Path(run_dir), "RUN_DIR")
+        for name, path in write_study_report(Path(run_dir), index, per_model).items():
+            click.echo(f"{name}: {path}")
+        return
     results = with_declarations(load_results(Path(run_dir)))
     check_writable(Path(run_dir), "RUN_DIR")
     print_results(results)
@@ -391,11 +420,25 @@ def report(run_dir: str) -> None:
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--memory", required=True, help="Memory budget, e.g. 8GiB or 512MB.")
-def recommend(run_dir: str, memory: str) -> None:
-    """Name the best variant of RUN_DIR that fits a memory budget, and say why."""
+@click.option("--within", type=float, help="A run of several models: keep pass@1 within this many percentage "
+                                           "points of the largest model's original (required there).")
+def recommend(run_dir: str, memory: str, within: float | None) -> None:
+    """Name the best variant of RUN_DIR that fits a memory budget, and say why; for a run of several models, the
+    smallest model and variant shown to keep pass@1 within --within points."""
     from teeny_core.recommend import recommend as pick
     from teeny_core.results import load_results
+    from teeny_core.study import is_study, load_study, recommend_across
 
+    if is_study(Path(run_dir)):
+        if within is None:
+            raise TeenyError(f"{run_dir} is a run of several models; give --within N, the points of pass@1 the "
+                             "answer may lose against the largest model's original")
+        index, _ = load_study(Path(run_dir))
+        variant, why = recommend_across(index, memory, within)
+        click.echo(f"{variant['name']}: {why}")
+        return
+    if within is not None:
+        raise TeenyError(f"--within applies to a run of several models; {run_dir} is a run of one")
     variant, why = pick(with_declarations(load_results(Path(run_dir))), memory)
     click.echo(f"{variant['name']}: {why}")
 
