@@ -315,9 +315,9 @@ def study_lines(index: dict[str, Any], per_model: dict[str, dict[str, Any]]) -> 
 
     lines = []
     for row in degradation_rows(index, per_model):
-        drop = format_drop(row)
-        mde = f", MDE {100 * row['mde']:.0f} pp" if row["mde"] is not None else ""
+        found = [f"KL {format_number(row['kl'], 3)}"] if row["kl"] is not None else []
+        if row["delta"] is not None:
+            found.insert(0, f"pass@1 {format_drop(row)} vs its original ({row['verdict']})")
         lines.append(f"{row['family']} on {row['model']} ({format_number(row['parameters'], 3)} parameters): "
-                     f"pass@1 {drop} vs its original ({row['verdict'] or 'not analyzed'}{mde}), "
-                     f"KL {format_number(row['kl'], 3)}")
+                     + ("FAILED" if row["failed"] else ", ".join(found) or "no paired pass@1 or KL"))
     return lines
