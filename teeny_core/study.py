@@ -105,9 +105,9 @@ def check_study(study: Study, plugins: Plugins) -> None:
     pipelines = [Pipeline(exp, plugins) for exp in study.experiments]
     for pipeline in pipelines:
         pipeline.prepare()
-    calibration = study.experiments[0].calibration
-    if not any(p.needs_calibration(v) for p in pipelines[:1] for v in p.exp.variants) \
-            or not reuses_token_ids(plugins, calibration):
+    calibration = study.experiments[0].calibration  # the same for every model, as are the variants
+    calibrates = any(pipelines[0].needs_calibration(v) for v in study.experiments[0].variants)
+    if not calibrates or not reuses_token_ids(plugins, calibration):
         return
     first = None
     for model, pipeline in zip(study.models, pipelines):

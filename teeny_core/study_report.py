@@ -82,6 +82,9 @@ def plot_degradation(rows: list[dict[str, Any]], path: Path, confidence: float) 
             ax.set_ylabel(f"pass@1 minus the model's original (pp, {100 * confidence:g}% CI)")
             ax.set_title("paired pass@1 drop against size")
         else:
+            kls = [r["kl"] for r in drawn if r["kl"] is not None]
+            if min(kls) > 0 and max(kls) / min(kls) > 20:  # e.g. a 2-bit and an 8-bit family on one axis
+                ax.set_yscale("log")
             ax.set_ylabel("mean KL divergence from the model's original")
             ax.set_title("KL against size")
     fig.tight_layout()
