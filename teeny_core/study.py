@@ -78,6 +78,16 @@ def build_run(data: dict[str, Any], plugins: Plugins, where: str = "experiment")
     return build_experiment(data, plugins, where)
 
 
+def format_params(n: Any) -> str:
+    """A parameter count as people write it: ``494M``, ``1.54B``; ``?`` when unknown."""
+    if not isinstance(n, (int, float)) or n <= 0:
+        return "?"
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(int(n))
+
+
 # -- checks before any work ------------------------------------------------------------------------
 
 def reuses_token_ids(plugins: Plugins, calibration: dict[str, Any]) -> bool:
@@ -274,8 +284,7 @@ def _why_across(combined, primary, best, candidates, budget, within_points, unan
     base_score, base_ci = score_of(combined, next(x for x in variants_of(combined)
                                                   if x["name"] == combined["baseline"]), primary)
     score, ci = score_of(combined, v, primary)
-    params = f"{v['parameters'] / 1e6:,.0f}M parameters" if v.get("parameters") else "parameters unknown"
-    parts = [f"{v['name']} ({params}; {method_of(v)}, bits {bits_of(v)}) fits {format_bytes(budget)} with "
+    parts = [f"{v['name']} ({format_params(v.get('parameters'))} parameters; {method_of(v)}, bits {bits_of(v)}) fits {format_bytes(budget)} with "
              f"{format_bytes(best['mem'])} ({best['how']})"]
     if v["name"] == combined["baseline"]:
         parts.append(f"it is the reference (its {primary.label} is {format_rate(score, ci)}) and no smaller model "
@@ -318,6 +327,6 @@ def study_lines(index: dict[str, Any], per_model: dict[str, dict[str, Any]]) -> 
         found = [f"KL {format_number(row['kl'], 3)}"] if row["kl"] is not None else []
         if row["delta"] is not None:
             found.insert(0, f"pass@1 {format_drop(row)} vs its original ({row['verdict']})")
-        lines.append(f"{row['family']} on {row['model']} ({format_number(row['parameters'], 3)} parameters): "
+        lines.append(f"{row['family']} on {row['model']} ({format_params(row['parameters'])} parameters): "
                      + ("FAILED" if row["failed"] else ", ".join(found) or "no paired pass@1 or KL"))
     return lines

@@ -15,6 +15,7 @@ from teeny_core.experiment import BASELINE
 from teeny_core.report import Block, _to_html, _to_markdown, _write_text, results_table
 from teeny_core.results import (PASS_FAIL, alpha_of, as_dict, comparison, failed, format_delta, memory_of,
                                 primary_metric, variants_of)
+from teeny_core.study import format_params
 from teeny_core.units import format_bytes, format_number, format_points
 
 PLOT = "degradation.png"
@@ -98,7 +99,7 @@ def study_blocks(root: Path, index: dict[str, Any], per_model: dict[str, dict[st
     """The combined report's blocks, and the plots drawn."""
     models = index["models"]
     blocks = [Block("h1", f"Teeny report: {index.get('study', root.name)} ({len(models)} models)")]
-    listed = ", ".join(f"**{m['name']}** ({format_number(m.get('parameters'), 3)} parameters)" for m in models)
+    listed = ", ".join(f"**{m['name']}** ({format_params(m.get('parameters'))} parameters)" for m in models)
     blocks.append(Block("p", f"Models: {listed}. Every variant ran on every model, each compared item by item "
                              "with its own model's original (the same calibration text, fidelity text and problems). "
                              f"Config hash `{index.get('config_hash')}`; each model's own report is in "
@@ -107,12 +108,12 @@ def study_blocks(root: Path, index: dict[str, Any], per_model: dict[str, dict[st
     alpha = alpha_of(next(iter(per_model.values()), {}))
     blocks += [Block("h2", "Degradation against size"),
                Block("p", "Per variant family and model: the paired difference in pass@1 from that model's "
-                          "original (bootstrap interval over problems, exact McNemar test, Holm within the model's "
-                          "run), the smallest drop the run could detect (MDE), and the mean KL divergence from the "
-                          "original."),
+                          "original, from the significance analysis of the model's own run (bootstrap interval over "
+                          "problems, the verdict after Holm within that run), the smallest drop the run could detect "
+                          "(MDE), and the mean KL divergence from the original."),
                Block("table", headers=["family", "model", "parameters", "pass@1 minus original [CI]", "MDE",
                                        "verdict", "KL", "memory"],
-                     rows=[[r["family"], r["model"], format_number(r["parameters"], 3),
+                     rows=[[r["family"], r["model"], format_params(r["parameters"]),
                             "FAILED" if r["failed"] else (format_delta(r["r"]) if r["r"] else "-"),
                             f"{100 * r['mde']:.1f} pp" if isinstance(r["mde"], (int, float)) else "-",
                             str(r["verdict"] or ("" if r["failed"] else "not analyzed")),
@@ -129,7 +130,7 @@ def study_blocks(root: Path, index: dict[str, Any], per_model: dict[str, dict[st
         results = per_model[m["name"]]
         headers, table = results_table(results)
         blocks += [Block("h2", f"Model {m['name']}"),
-                   Block("p", f"`{m.get('path')}`, {format_number(m.get('parameters'), 3)} parameters; run "
+                   Block("p", f"`{m.get('path')}`, {format_params(m.get('parameters'))} parameters; run "
                               f"`{m.get('run')}`."),
                    Block("table", headers=headers, rows=table)]
     return blocks, drawn
@@ -146,7 +147,7 @@ def _reference_blocks(index: dict[str, Any]) -> list[Block]:
         if v["name"] == combined.get("baseline") or failed(v):
             continue
         r = comparison(combined, v["name"], primary) or {}
-        rows.append([v["name"], format_number(v.get("parameters"), 3), format_delta(r) if r else "-",
+        rows.append([v["name"], format_params(v.get("parameters")), format_delta(r) if r else "-",
                      str(r.get("verdict", "not analyzed")), format_bytes(memory_of(v)[0])])
     return [Block("h2", "Against the largest model's original"),
             Block("p", f"Each model and variant paired item by item with **{combined.get('baseline')}** on the same "
