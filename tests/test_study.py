@@ -392,3 +392,15 @@ def test_failed_variants_and_bad_margins_are_never_recommended(index):
         "perplexity": {"label": "perplexity", "higher_is_better": False, "item_field": "nll"}}}}
     with pytest.raises(TeenyError, match="this study has no pass/fail benchmark"):
         recommend_across(index, "4GiB", 10)
+
+
+def test_within_is_refused_for_a_run_of_one_model(tmp_path):
+    from click.testing import CliRunner
+
+    from teeny_core.cli import cli
+
+    (tmp_path / "results.json").write_text(json.dumps({"experiment": "one", "baseline": "original", "variants": [
+        {"name": "original", "method": "none", "metrics": {}, "profile": {}}]}))
+    out = CliRunner().invoke(cli, ["recommend", str(tmp_path), "--memory", "1GiB", "--within", "5"])
+    assert out.exit_code == 2 and f"--within applies to a run of several models; {tmp_path} is a run of one" \
+        in out.output
