@@ -229,7 +229,7 @@ def test_the_sizes_demo_is_the_study_of_both_models(teeny_plugins, monkeypatch):
                                                        ("qwen2.5-coder-1.5b", "/models/qwen-1.5b.gguf")]
     small, large = study.experiments
     assert [v.name for v in small.variants] == [v.name for v in large.variants]
-    assert {v.method for v in small.variants} == set(teeny_plugins.names("quantizer")) & {"gguf", "rtn"}
+    assert {v.method for v in small.variants} == set(teeny_plugins.names("quantizer")) & {"gguf"}
     assert small.limit == large.limit == demo.SIZES_LIMIT
     assert small.evaluators == large.evaluators and small.calibration == large.calibration
     if "llama.cpp" in teeny_plugins.names("runtime"):
