@@ -236,10 +236,12 @@ def is_study(run_dir: Path) -> bool:
 
 def recommend_across(index: dict[str, Any], memory: int | str, within_points: float) -> tuple[dict[str, Any], str]:
     """The smallest model, then the smallest variant of it, that fits ``memory`` and is shown to keep pass@1
-    within ``within_points`` percentage points of the reference (the largest model's original): the lower end
-    of the paired difference's interval against it (items paired across models, the same problems) is at least
-    ``-within_points``. A variant merely not significantly different is not enough when its interval is wider:
-    a run too small to see a drop of N points cannot show that a variant keeps within N."""
+    within ``within_points`` percentage points of the reference (the largest model's original), from the paired
+    comparison against it (items paired across models, the same problems): the lower end of the difference's
+    interval is at least ``-within_points`` and the run could detect a drop of that size (MDE at most
+    ``within_points``). A variant merely not significantly different is not enough: a run too small to see a
+    drop of N points (two problems that both sides pass give the interval [0, 0]) cannot show that it keeps
+    within N."""
     combined = as_dict(index.get("combined"))
     primary = primary_metric(combined)
     if primary is None or primary.analysis_metric != PASS_FAIL:
@@ -265,7 +267,12 @@ def recommend_across(index: dict[str, Any], memory: int | str, within_points: fl
         mem, how = memory_of(v)
         candidates.append({"v": v, "delta": delta, "ci": ci, "r": r, "mem": mem, "how": how,
                            "params": v.get("parameters") or 0})
-    kept = [c for c in candidates if c["ci"][0] >= -margin - 1e-12]
+    def shown(c: dict[str, Any]) -> bool:
+        mde = c["r"].get("mde")
+        return c["v"]["name"] == baseline or (c["ci"][0] >= -margin - 1e-12 and isinstance(mde, (int, float))
+                                              and mde <= margin + 1e-12)
+
+    kept = [c for c in candidates if shown(c)]
     fitting = [c for c in kept if c["mem"] is not None and c["mem"] <= budget]
     if not fitting:
         smallest = min((c for c in candidates if c["mem"] is not None), key=lambda c: c["mem"], default=None)
@@ -276,10 +283,10 @@ def recommend_across(index: dict[str, Any], memory: int | str, within_points: fl
         raise TeenyError(f"no model and variant under {format_bytes(budget)} is shown to keep pass@1 within "
                          f"{within_points:g} points of {baseline}; {detail}")
     best = min(fitting, key=lambda c: (c["params"], c["mem"]))
-    return best["v"], _why_across(combined, primary, best, candidates, budget, within_points, unanalyzed)
+    return best["v"], _why_across(combined, primary, best, candidates, kept, budget, within_points, unanalyzed)
 
 
-def _why_across(combined, primary, best, candidates, budget, within_points, unanalyzed) -> str:
+def _why_across(combined, primary, best, candidates, kept, budget, within_points, unanalyzed) -> str:
     v = best["v"]
     base_score, base_ci = score_of(combined, next(x for x in variants_of(combined)
                                                   if x["name"] == combined["baseline"]), primary)
@@ -295,15 +302,15 @@ def _why_across(combined, primary, best, candidates, budget, within_points, unan
         parts.append(f"its {primary.label} is {format_rate(score, ci)} against {format_rate(base_score, base_ci)} "
                      f"for {combined['baseline']}: paired difference {format_points(best['delta'], best['ci'])} "
                      f"over {r.get('n_problems', '?')} problems ({r.get('verdict', 'no verdict')}), whose lower end "
-                     f"stays within {within_points:g} points"
-                     + (f"; this run detects drops of {100 * mde:.0f} points" if isinstance(mde, (int, float)) else ""))
+                     f"stays within {within_points:g} points and this run detects drops of {100 * mde:.0f} points")
         parts.append("it is the smallest model, and its smallest variant, that does and fits")
     smaller = [c for c in candidates if (c["params"], c["mem"] or 0) < (best["params"], best["mem"])
-               and c["ci"][0] < -within_points / 100 and c["mem"] is not None and c["mem"] <= budget]
+               and c not in kept and c["mem"] is not None and c["mem"] <= budget]
     if smaller:
         parts.append("smaller, but not shown within " + f"{within_points:g} points: " + ", ".join(
-            f"{c['v']['name']} (lower end {100 * c['ci'][0]:+.1f} pp"
-            + (f", MDE {100 * c['r']['mde']:.0f} pp" if isinstance(c["r"].get("mde"), (int, float)) else "") + ")"
+            f"{c['v']['name']} (lower end {100 * c['ci'][0]:+.1f} pp, "
+            + (f"MDE {100 * c['r']['mde']:.0f} pp" if isinstance(c["r"].get("mde"), (int, float))
+               else "too few problems to detect any drop") + ")"
             for c in smaller))
     too_big = [f"{c['v']['name']} ({format_bytes(c['mem'])})" for c in candidates
                if c["mem"] is not None and c["mem"] > budget]

@@ -337,34 +337,41 @@ def entry(name: str, params: int, memory: int, status: str = "ok") -> dict:
             "metrics": {"probe": {"pass@1": 0.5}}, "profile": {"worker": {"peak_rss_bytes": memory}}}
 
 
-def paired(delta: float, ci: list[float], verdict: str) -> dict:
+def paired(delta: float, ci: list[float], verdict: str, mde: float | None) -> dict:
     return {"probe": {"passed": {"kind": "pass/fail", "metric": "pass@1", "delta": delta, "delta_ci": ci,
-                                 "verdict": verdict, "mde": 0.3, "n_problems": 40, "p_adjusted": 0.5,
+                                 "verdict": verdict, "mde": mde, "n_problems": 40, "p_adjusted": 0.5,
                                  "baseline": {"score": 0.6, "ci": [0.45, 0.74]},
                                  "variant": {"score": 0.6 + delta, "ci": [0.4 + delta, 0.75 + delta]}}}}
 
 
 @pytest.fixture
 def index() -> dict:
-    """Small model 100M, large 1B (the reference). small/original keeps within 8 points; small/w4 has a wide
-    interval (not significantly different, but down to -30 points); large/w4 within 3 points."""
+    """Small model 100M, large 1B (the reference). small/original keeps within 8 points (MDE 8); small/w4 has a
+    wide interval (not significantly different, but down to -30 points); small/w8 has the interval [0, 0] of too
+    few problems to detect anything; large/w4 keeps within 3 points (MDE 4)."""
     return {"combined": {
         "baseline": "large/original",
         "evaluators": {"probe": {"headline": "pass@1", "metrics": {
             "pass@1": {"label": "pass@1", "higher_is_better": True, "item_field": "passed"}}}},
         "variants": [entry("small/original", 10**8, 600 * MiB), entry("small/w4", 10**8, 300 * MiB),
+                     entry("small/w8", 10**8, 200 * MiB),
                      entry("large/original", 10**9, 2048 * MiB), entry("large/w4", 10**9, 900 * MiB)],
         "analysis": {"significance": {
-            "small/original": paired(-0.05, [-0.08, 0.0], "no significant difference (MDE 30.0 pp)"),
-            "small/w4": paired(-0.10, [-0.30, 0.05], "no significant difference (MDE 30.0 pp)"),
-            "large/w4": paired(-0.01, [-0.03, 0.0], "no significant difference (MDE 30.0 pp)")}}}}
+            "small/original": paired(-0.05, [-0.08, 0.0], "no significant difference (MDE 8.0 pp)", 0.08),
+            "small/w4": paired(-0.10, [-0.30, 0.05], "no significant difference (MDE 30.0 pp)", 0.3),
+            "small/w8": paired(0.0, [0.0, 0.0], "no significant difference (too few items, n=2, to detect any)",
+                               None),
+            "large/w4": paired(-0.01, [-0.03, 0.0], "no significant difference (MDE 4.0 pp)", 0.04)}}}}
 
 
 def test_the_smallest_model_shown_within_the_margin_wins_not_a_wide_interval(index):
     best, why = recommend_across(index, "4GiB", 10)
     assert best["name"] == "small/original"
-    assert "paired difference -5.0 pp [-8.0, +0.0]" in why and "small/w4 (lower end -30.0 pp, MDE 30 pp)" in why
-    assert "\n" not in why
+    assert "paired difference -5.0 pp [-8.0, +0.0]" in why and "this run detects drops of 8 points" in why
+    assert "small/w4 (lower end -30.0 pp, MDE 30 pp)" in why
+    assert "small/w8 (lower end +0.0 pp, too few problems to detect any drop)" in why and "\n" not in why
+    # a run whose smallest detectable drop is larger than the margin shows nothing for the smaller model
+    assert recommend_across(index, "4GiB", 7)[0]["name"] == "large/w4"
 
 
 def test_a_tighter_margin_moves_to_the_larger_model_and_its_smallest_variant(index):
