@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,8 @@ from teeny_core.errors import TeenyError, is_disk_full
 from teeny_core.experiment import MAX_SEED
 from teeny_core.modeling import DTYPES, quiet_libraries
 from teeny_core.options import parse_cli_options
+from teeny_core.cli_output import (Display, _bar_factory, _fmt, _progress, console, print_results,
+                                   print_verdicts)
 from teeny_core.plugins import KINDS, Plugins
 
 
@@ -176,6 +176,7 @@ def sensitivity(model: str, method: str, opts: tuple[str, ...], calibrator: str,
     from teeny_core.modeling import resolve_source
     from teeny_core.sensitivity import SensitivityOptions, heatmap, measure
     from teeny_core.store import write_json
+    from teeny_core.walker import parameter_count
 
     quiet_libraries()
     options = SensitivityOptions.from_mapping(parse_cli_options(opts), where="sensitivity")
@@ -189,7 +190,7 @@ def sensitivity(model: str, method: str, opts: tuple[str, ...], calibrator: str,
     tokenizer = source.load_tokenizer()
     calibration = c_cls().samples(tokenizer, c_opts, seed=seed)
     if kl is None:
-        kl = source_parameters(source) < 100_000_000
+        kl = parameter_count(source) < 100_000_000
     windows = token_chunks(tokenizer, fidelity) if kl else None
     result = measure(source, calibration, method=method, bits_list=sorted(set(options.bits)),
                      group_size=options.group_size, windows=windows, seed=seed, kl=kl, sym=options.sym)
@@ -201,14 +202,6 @@ def sensitivity(model: str, method: str, opts: tuple[str, ...], calibrator: str,
                  f"{result['spearman_proxy_kl']:.3f}, block output error {result['spearman_block_kl']:.3f}")
     click.echo(line)
     click.echo(f"wrote {target} and {target.with_suffix('.png')}")
-
-
-def source_parameters(source) -> int:
-    """Parameters of a safetensors source, counted from its shard headers."""
-    from teeny_core.walker import ShardReader, safetensors_dir
-
-    reader = ShardReader(safetensors_dir(source))
-    return sum(math.prod(reader.shape(k)) for k in reader.keys())
 
 
 def open_artifact(model: str):
@@ -300,28 +293,62 @@ def _evaluate(rt_cls, artifact, ref_artifact, evaluators: dict[str, Any], option
 @click.argument("experiment", required=False, type=click.Path(dir_okay=False))
 @click.option("--limit", type=int, help="Items per evaluator (overrides the file; 0 = all).")
 @click.option("--fresh", is_flag=True, help="Delete this experiment's stored results first.")
-@click.option("--demo", type=click.Choice(["qwen", "gemma"]), default=None,
+@click.option("--demo", type=click.Choice(["qwen", "gemma", "sizes"]), default=None,
               help="Which built-in demo runs without EXPERIMENT (default qwen: Qwen2.5-Coder-0.5B-Instruct; "
-                   "gemma: Gemma 3 270M, for the smallest machines).")
+                   "gemma: Gemma 3 270M, for the smallest machines; sizes: Qwen2.5-Coder 0.5B and 1.5B, the "
+                   "model-size study's short form, needs teeny-core[sizes]).")
 @click.option("--executor", help="Where variants run (see `teeny list executor`; default: the file's, else local).")
 @click.option("--address", help="The cluster the executor submits to, for executors that take one (ray: auto or "
                                 "ray://host:port).")
 def run(experiment: str | None, limit: int | None, fresh: bool, demo: str | None, executor: str | None,
         address: str | None) -> None:
-    """Run EXPERIMENT (a TOML file; without one, the built-in demo) for every variant; resumable."""
-    from teeny_core.experiment import build_experiment, load_experiment
+    """Run EXPERIMENT (a TOML file; without one, the built-in demo) for every variant (of every model); resumable."""
     from teeny_core.pipeline import Pipeline
+    from teeny_core.study import Study, build_run, load_run, run_study, study_lines
 
     overrides = {"limit": limit} if limit is not None else {}
     if experiment and demo:
         raise click.UsageError("pass EXPERIMENT or --demo, not both")
     if experiment:
-        exp = load_experiment(experiment, plugins(), overrides)
+        exp = load_run(experiment, plugins(), overrides)
     else:
         from teeny_core.demo import demo_experiment
 
-        exp = build_experiment({**demo_experiment(plugins(), demo or "qwen"), **overrides}, plugins(),
-                               where="demo experiment")
+        exp = build_run({**demo_experiment(plugins(), demo or "qwen"), **overrides}, plugins(),
+                        where="demo experiment")
+    for each in exp.experiments if isinstance(exp, Study) else [exp]:
+        _executor_overrides(each, executor, address)
+    with _progress() as progress:
+        display = Display(progress)
+        hooks = {"say": progress.console.print, "on_event": display.event, "on_outcome": display.finished}
+        if isinstance(exp, Study):
+            index = run_study(exp, plugins(), fresh=fresh, **hooks)
+        else:
+            every = {"": Pipeline(exp, plugins(), **hooks).run(fresh=fresh)}
+    if isinstance(exp, Study):
+        from teeny_core.study import load_study
+
+        _, every = load_study(exp.root)
+    failed = []
+    for model, results in every.items():
+        print_results(results)
+        print_verdicts(results)
+        failed += [f"{model}/{v['name']}" if model else v["name"] for v in results["variants"]
+                   if v.get("status") == "failed"]
+    if isinstance(exp, Study):
+        for line in study_lines(index, every):
+            click.echo(line)
+    report = exp.root / "report.md"
+    results_file = exp.root / ("study.json" if isinstance(exp, Study) else "results.json")
+    click.echo(f"results: {results_file}" + (f"\nreport: {report}" if report.exists() else ""))
+    if failed:
+        click.echo(f"{len(failed)} variant(s) failed: {', '.join(failed)}; run the same command again to resume "
+                   "them", err=True)
+        raise SystemExit(1)
+
+
+def _executor_overrides(exp, executor: str | None, address: str | None) -> None:
+    """``--executor`` and ``--address`` applied to one experiment, each checked against the installed executors."""
     if executor:
         plugins().get("executor", executor)  # a one-line error listing the installed executors
         exp.executor = executor
@@ -332,19 +359,6 @@ def run(experiment: str | None, limit: int | None, fresh: bool, demo: str | None
         opts = exp.executor_options.get(exp.executor) or ex_cls.Options()
         exp.executor_options[exp.executor] = ex_cls.Options.from_mapping({**opts.to_dict(), "address": address},
                                                                          where=f"executor {exp.executor}")
-    with _progress() as progress:
-        display = Display(progress)
-        results = Pipeline(exp, plugins(), say=progress.console.print, on_event=display.event,
-                           on_outcome=display.finished).run(fresh=fresh)
-    print_results(results)
-    print_verdicts(results)
-    report = exp.root / "report.md"
-    click.echo(f"results: {exp.root / 'results.json'}" + (f"\nreport: {report}" if report.exists() else ""))
-    failed = [v["name"] for v in results["variants"] if v.get("status") == "failed"]
-    if failed:
-        click.echo(f"{len(failed)} variant(s) failed: {', '.join(failed)}; run the same command again to resume "
-                   "them", err=True)
-        raise SystemExit(1)
 
 
 @cli.command()
@@ -376,7 +390,15 @@ def report(run_dir: str) -> None:
     from teeny_core.report import write_report
     from teeny_core.results import load_results
     from teeny_core.store import check_writable
+    from teeny_core.study import is_study, load_study
+    from teeny_core.study_report import write_study_report
 
+    if is_study(Path(run_dir)):
+        index, per_model = load_study(Path(run_dir))
+        check_writable(Path(run_dir), "RUN_DIR")
+        for name, path in write_study_report(Path(run_dir), index, per_model).items():
+            click.echo(f"{name}: {path}")
+        return
     results = with_declarations(load_results(Path(run_dir)))
     check_writable(Path(run_dir), "RUN_DIR")
     print_results(results)
@@ -387,95 +409,27 @@ def report(run_dir: str) -> None:
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--memory", required=True, help="Memory budget, e.g. 8GiB or 512MB.")
-def recommend(run_dir: str, memory: str) -> None:
-    """Name the best variant of RUN_DIR that fits a memory budget, and say why."""
+@click.option("--within", type=float, help="A run of several models: keep pass@1 within this many percentage "
+                                           "points of the largest model's original (required there).")
+def recommend(run_dir: str, memory: str, within: float | None) -> None:
+    """Name the best variant of RUN_DIR that fits a memory budget, and say why; for a run of several models, the
+    smallest model and variant shown to keep pass@1 within --within points."""
     from teeny_core.recommend import recommend as pick
     from teeny_core.results import load_results
+    from teeny_core.study import is_study, load_study, recommend_across
 
+    if is_study(Path(run_dir)):
+        if within is None:
+            raise TeenyError(f"{run_dir} is a run of several models; give --within N, the points of pass@1 the "
+                             "answer may lose against the largest model's original")
+        index, _ = load_study(Path(run_dir))
+        variant, why = recommend_across(index, memory, within)
+        click.echo(f"{variant['name']}: {why}")
+        return
+    if within is not None:
+        raise TeenyError(f"--within applies to a run of several models; {run_dir} is a run of one")
     variant, why = pick(with_declarations(load_results(Path(run_dir))), memory)
     click.echo(f"{variant['name']}: {why}")
-
-
-def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-
-
-def _bar_factory(progress):
-    return lambda total, description: _Bar(progress, progress.add_task(description, total=total))
-
-
-class _Bar:
-    """An evaluator's progress bar on this process's display (removed when done)."""
-
-    def __init__(self, progress, task) -> None:
-        self.progress, self.task = progress, task
-
-    def __enter__(self) -> "_Bar":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.progress.remove_task(self.task)
-
-    def advance(self, n: int = 1) -> None:
-        self.progress.advance(self.task, n)
-
-
-class Display:
-    """``teeny run``'s view: one progress line per variant (stage, items done/total) fed by worker events, the
-    workers' messages, and a line per failed variant."""
-
-    def __init__(self, progress) -> None:
-        self.progress, self.say = progress, progress.console.print
-        self.lock = threading.Lock()  # executors may report from several threads
-        self.tasks: dict[str, Any] = {}
-
-    def event(self, event: dict[str, Any]) -> None:
-        variant = event.get("variant", "?")
-        with self.lock:
-            if "message" in event:
-                self.say(str(event["message"]))
-                return
-            if variant not in self.tasks:
-                self.tasks[variant] = self.progress.add_task(f"{variant}: waiting", total=None)
-            node = f" on {event['node']}" if event.get("node") else ""
-            self.progress.update(self.tasks[variant], description=f"{variant}: {event.get('stage')}{node}",
-                                 completed=event.get("done") or 0, total=event.get("total"))
-
-    def finished(self, outcome) -> None:
-        with self.lock:
-            if not outcome.ok:
-                if outcome.variant in self.tasks:
-                    self.progress.update(self.tasks[outcome.variant], description=f"{outcome.variant}: FAILED")
-                where = f" during {outcome.stage}" if outcome.stage else ""
-                self.say(f"{outcome.variant}: failed{where}: {outcome.error}")
-
-
-def console():
-    """A rich console; output that is not a terminal gets 200 columns so tables stay readable in logs."""
-    from rich.console import Console
-
-    out = Console()
-    if not out.is_terminal:
-        out.width = 200
-    return out
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _size(n: int | None) -> str:
-    if not n:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
 
 
 def with_declarations(results: dict[str, Any]) -> dict[str, Any]:
@@ -487,66 +441,6 @@ def with_declarations(results: dict[str, Any]) -> dict[str, Any]:
     return {**results, "evaluators": {ev: plugins().get("evaluator", ev).declaration() for ev in sorted(names)}}
 
 
-def headline(metrics: dict[str, Any], declared: dict[str, Any]) -> list[tuple[str, Any]]:
-    """The metrics worth a column: the evaluator's declared ones (headline first), else the first three numbers."""
-    names = list(declared.get("metrics", {}))
-    if declared.get("headline") in names:
-        names.remove(declared["headline"])
-        names.insert(0, declared["headline"])
-    found = [(declared["metrics"][k].get("label", k), metrics[k]) for k in names
-             if isinstance(metrics.get(k), (int, float))][:3]
-    if not found:
-        found = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)][:3]
-    return found
-
-
-def print_results(results: dict[str, Any]) -> None:
-    """The results table: one row per variant, headline metrics per evaluator, size, memory, speed, runtime."""
-    from rich.table import Table
-
-    from teeny_core.results import memory_of, runtime_of, weight_bytes
-
-    variants = results["variants"]
-    declared = results.get("evaluators") or {}
-    columns: list[tuple[str, str]] = []
-    for v in variants:
-        for ev, metrics in v["metrics"].items():
-            for label, _ in headline(metrics, declared.get(ev, {})):
-                if (ev, label) not in columns:
-                    columns.append((ev, label))
-    table = Table(title=f"experiment {results['experiment']}")
-    for header in ["variant", "method", "setting"] + [f"{ev}\n{label}" for ev, label in columns] + \
-            ["size", "packed", "weights", "peak memory", "tok/s", "runtime"]:
-        table.add_column(header)
-    for v in variants:
-        setting = " ".join(f"{k}={val}" if isinstance(val, bool) else str(val) for k, val in v["describe"].items())
-        if v.get("status") == "failed":
-            table.add_row(v["name"], v["method"], setting, *["-"] * len(columns),
-                          f"[red]FAILED during {v.get('failed_stage') or '?'}: {v.get('error')}[/red]")
-            continue
-        bench = v["profile"].get("benchmark", {})
-        cells = [_fmt(dict(headline(v["metrics"].get(ev, {}), declared.get(ev, {}))).get(label, "-"))
-                 for ev, label in columns]
-        mem, how = memory_of(v)
-        table.add_row(v["name"], v["method"], setting, *cells, _size(v.get("artifact_bytes")),
-                      _size(v.get("packed_bytes")), _size(weight_bytes(v)), _size(mem if "artifact" not in how else None),
-                      _fmt(bench.get("decode_tokens_per_s") or "-"), runtime_of(v))
-    console().print(table)
-
-
-def print_verdicts(results: dict[str, Any]) -> None:
-    """One line per pass/fail comparison an analyzer made: the verdict, with the minimum detectable
-    effect when no difference was found (so a small sample says what it could not see)."""
-    for findings in results.get("analysis", {}).values():
-        for variant, per_evaluator in findings.items():
-            if not isinstance(per_evaluator, dict) or variant.startswith("_"):
-                continue
-            for evaluator, metrics in per_evaluator.items():
-                for r in metrics.values() if isinstance(metrics, dict) else ():
-                    if isinstance(r, dict) and r.get("kind") == "pass/fail" and r.get("verdict"):
-                        scores = " -> ".join(_fmt((r.get(side) or {}).get("score", "-")) for side in ("baseline", "variant"))
-                        click.echo(f"{variant}: {evaluator} {r.get('metric')} {scores} over {r.get('n_problems')} "
-                                   f"problems: {r['verdict']}")
 
 
 def main() -> None:

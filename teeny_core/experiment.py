@@ -18,7 +18,8 @@ from teeny_core.plugins import Plugins
 BASELINE = "original"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # used with fullmatch
 NAME_RULE = "use letters, digits, '.', '_' and '-', at most 100 characters (it names a directory)"
-TOP_KEYS = {"name": "experiment name", "model": "model to quantize", "seed": "random seed",
+TOP_KEYS = {"name": "experiment name", "model": "model to quantize",
+            "models": "several models, each run as its own sub-run (in place of model)", "seed": "random seed",
             "output_dir": "run store root", "device": "auto|cpu|cuda", "dtype": "source load dtype",
             "limit": "items per evaluator (0 = all)", "calibration": "calibrator table",
             "evaluators": "evaluator tables", "profilers": "profiler tables", "analyzers": "analyzer tables",
@@ -112,8 +113,72 @@ def experiment_from_dict(data: dict[str, Any], plugins: Plugins) -> Experiment:
         "variants": [variant(v) for v in data.get("variants", [])]})
 
 
-def load_experiment(path: str | Path, plugins: Plugins, overrides: dict[str, Any] | None = None) -> Experiment:
-    """Read and validate an experiment TOML file; errors name the file, the key and what is valid."""
+@dataclasses.dataclass
+class ModelEntry:
+    """One model of an experiment with several (``models``): the name of its sub-run and where it comes from."""
+
+    name: str
+    path: str
+
+
+MODEL_KEYS = ("name", "path")
+
+
+def parse_models(data: dict[str, Any], where: str = "experiment") -> list[ModelEntry]:
+    """The ``models`` list (strings, or ``[[models]]`` tables with ``name`` and ``path``) checked: not empty, not
+    beside ``model``, every entry a valid name and a path, no model named twice."""
+    def err(msg: str) -> TeenyError:
+        return TeenyError(f"{where}: {msg}")
+
+    raw = data["models"]
+    if not isinstance(raw, list):
+        raise err(f"models={raw!r} is not valid; expected a list of model paths or hub ids, or [[models]] tables")
+    if not raw:
+        raise err("models is empty; expected at least one model path or hub id")
+    if "model" in data:
+        raise err("give either 'model' (one model) or 'models' (several), not both")
+    entries: list[ModelEntry] = []
+    for n, item in enumerate(raw, 1):
+        if isinstance(item, str):
+            name, path = _model_name(item), item
+        elif isinstance(item, dict):
+            unknown = sorted(set(item) - set(MODEL_KEYS))
+            if unknown:
+                raise err(f"models #{n}: unknown key {unknown[0]!r}; valid keys: {', '.join(MODEL_KEYS)}")
+            name, path = item.get("name"), item.get("path")
+            if name is None and isinstance(path, str):
+                name = _model_name(path)
+        else:
+            raise err(f"models #{n}: {item!r} is not valid; expected a path or hub id, or a table with name and path")
+        if not isinstance(path, str) or not path or "\x00" in path:
+            raise err(f"models #{n}: path={path!r} is not valid; expected a model directory, .gguf file or hub id")
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            raise err(f"models #{n}: name {_shown(name)} is not valid; {NAME_RULE} (give one in a [[models]] table)")
+        for m, other in enumerate(entries, 1):
+            if _same_place(other.path, path):
+                raise err(f"models #{m} and #{n} name the same model {path!r}; list each model once")
+            if other.name == name:
+                raise err(f"models #{m} and #{n} are both named {name!r}; give each model its own name")
+        entries.append(ModelEntry(name, path))
+    return entries
+
+
+def _model_name(path: str) -> str:
+    """A sub-run's name from a model path or hub id: its last part, without ``.gguf``."""
+    last = path.rstrip("/").rsplit("/", 1)[-1]
+    return last[:-5] if last.endswith(".gguf") else last
+
+
+def _same_place(a: str, b: str) -> bool:
+    """Two model locations that name the same model: the same hub id, or paths to the same file or directory."""
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return a.rstrip("/") == b.rstrip("/")
+
+
+def read_experiment_file(path: str | Path) -> dict[str, Any]:
+    """An experiment TOML file parsed, unvalidated; a missing, non-UTF-8 or invalid file is a one-line error."""
     path = Path(path)
     if not path.is_file():
         raise TeenyError(f"experiment file {str(path)!r} does not exist")
@@ -124,7 +189,12 @@ def load_experiment(path: str | Path, plugins: Plugins, overrides: dict[str, Any
                          "save the TOML file as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise TeenyError(f"{path}: not valid TOML: {exc}") from None
-    data.update(overrides or {})
+    return data
+
+
+def load_experiment(path: str | Path, plugins: Plugins, overrides: dict[str, Any] | None = None) -> Experiment:
+    """Read and validate an experiment TOML file; errors name the file, the key and what is valid."""
+    data = {**read_experiment_file(path), **(overrides or {})}
     return build_experiment(data, plugins, where=str(path))
 
 
@@ -136,6 +206,9 @@ def build_experiment(data: dict[str, Any], plugins: Plugins, where: str = "exper
     for key in data:
         if key not in TOP_KEYS:
             raise err(f"unknown key {key!r}; valid keys: {', '.join(TOP_KEYS)}")
+    if "models" in data:
+        parse_models(data, where)
+        raise err("'models' lists several models: build it with teeny_core.study.build_study (teeny run does)")
     for key in ("name", "model"):
         if not isinstance(data.get(key), str) or not data[key]:
             raise err(f"{key!r} is required (a string)")

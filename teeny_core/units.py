@@ -65,3 +65,13 @@ def format_points(x: float, ci: Any = None) -> str:
 def format_seconds(x: Any) -> str:
     """``0.2 -> "0.2 s"``; anything but a number -> ``"-"``."""
     return f"{x:.3g} s" if isinstance(x, (int, float)) and not isinstance(x, bool) else "-"
+
+
+def format_params(n: Any) -> str:
+    """A parameter count as people write it: ``494M``, ``1.54B``; ``?`` when unknown."""
+    if not isinstance(n, (int, float)) or n <= 0:
+        return "?"
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(int(n))

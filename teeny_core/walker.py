@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 import time
@@ -586,3 +587,9 @@ def _bar(total: int, enabled: bool):
 
     off = not enabled or bool(os.environ.get("TEENY_NO_BAR"))
     return tqdm(total=total, desc="layers", unit="layer", disable=True if off else None)  # None: off unless a TTY
+
+
+def parameter_count(source) -> int:
+    """Parameters of a safetensors source, counted from its shard headers."""
+    reader = ShardReader(safetensors_dir(source))
+    return sum(math.prod(reader.shape(k)) for k in reader.keys())
