@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from teeny_core import EvalContext, Evaluator, LoadedModel, Metric, Options, TeenyError, option, read_jsonl
+from teeny_core import EvalContext, Evaluator, LoadedModel, Metric, TeenyError, option, read_jsonl
 
 from teeny_bench import _channel, errors, generation
 from teeny_bench.loop import CodeTask, generate_and_grade
@@ -484,7 +484,7 @@ class HumanEvalPlusOptions(HumanEvalOptions):
     time_limit_factor: float = option(4.0, "per-input CPU limit: this times the canonical solution's time", min=1.0)
 
 
-class HumanEval(Evaluator):
+class HumanEval(Evaluator[HumanEvalOptions]):
     """HumanEval: 164 Python problems, sandboxed unit tests, unbiased pass@k and error categories."""
 
     name = "humaneval"
@@ -506,8 +506,7 @@ class HumanEval(Evaluator):
                                    workers=workers)
         return grade
 
-    def evaluate(self, model: LoadedModel, options: Options, ctx: EvalContext) -> None:
-        assert isinstance(options, HumanEvalOptions)
+    def evaluate(self, model: LoadedModel, options: HumanEvalOptions, ctx: EvalContext) -> None:
         options.check_sampling(self.name)
         problems = self.problems(options)
         limits = [x for x in (options.limit, ctx.limit) if x]
@@ -533,8 +532,7 @@ class HumanEvalPlus(HumanEval):
         _no_plus_preamble(options.preamble)
         return load_plus_problems(options.path)
 
-    def grader(self, problems: list[Problem], options: HumanEvalOptions, ctx: EvalContext | None):
-        assert isinstance(options, HumanEvalPlusOptions)
+    def grader(self, problems: list[Problem], options: HumanEvalPlusOptions, ctx: EvalContext | None):
         grader = PlusGrader(problems, file_id(Path(options.path)), ctx.cache_dir if ctx else None,
                             timeout=options.timeout, min_time_limit=options.min_time_limit,
                             time_limit_factor=options.time_limit_factor, memory_bytes=options.memory_mb << 20,

@@ -31,7 +31,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterable
 
-from teeny_core import EvalContext, Evaluator, LoadedModel, Metric, Options, TeenyError, option, read_jsonl
+from teeny_core import EvalContext, Evaluator, LoadedModel, Metric, TeenyError, option, read_jsonl
 
 from teeny_bench import errors, generation
 from teeny_bench.loop import CodeTask, generate_and_grade
@@ -523,7 +523,7 @@ def grade_answers(items: list[tuple[LcbProblem, str]], options: LcbOptions) -> l
     return out
 
 
-class LiveCodeBenchEvaluator(Evaluator):
+class LiveCodeBenchEvaluator(Evaluator[LcbOptions]):
     """LiveCodeBench code generation (stdin and LeetCode-style problems), pass@1 and pass@5, sandboxed."""
 
     name = "livecodebench"
@@ -539,8 +539,7 @@ class LiveCodeBenchEvaluator(Evaluator):
         caps = [c for c in (limit, options.limit) if c]
         return problems[:min(caps)] if caps else problems
 
-    def evaluate(self, model: LoadedModel, options: Options, ctx: EvalContext) -> None:
-        assert isinstance(options, LcbOptions)
+    def evaluate(self, model: LoadedModel, options: LcbOptions, ctx: EvalContext) -> None:
         options.check_sampling(self.name)
         task = CodeTask(
             name=self.name, problem_id=lambda p: p.question_id, prompt=build_prompt, stop=lambda p: BASE_STOP,

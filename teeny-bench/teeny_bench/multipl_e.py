@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from teeny_core import EvalContext, Evaluator, LoadedModel, Metric, Options, TeenyError, option, read_jsonl
+from teeny_core import EvalContext, Evaluator, LoadedModel, Metric, TeenyError, option, read_jsonl
 
 from teeny_bench import errors, generation, toolchains
 from teeny_bench.loop import CodeTask, generate_and_grade
@@ -725,7 +725,7 @@ def run_programs(items: list[tuple[MulProblem, str]], timeout: float = 10.0, *, 
     return out
 
 
-class HumanEvalMulEvaluator(Evaluator):
+class HumanEvalMulEvaluator(Evaluator[MulOptions]):
     """HumanEval in Python, Java, C++, C#, JavaScript, TypeScript, PHP and Bash (MultiPL-E), real toolchains."""
 
     name = "humaneval-mul"
@@ -734,8 +734,7 @@ class HumanEvalMulEvaluator(Evaluator):
                "pass@10": Metric("pass@10 (mean over languages)", higher_is_better=True)}
     headline = "pass@1"
 
-    def evaluate(self, model: LoadedModel, options: Options, ctx: EvalContext) -> None:
-        assert isinstance(options, MulOptions)
+    def evaluate(self, model: LoadedModel, options: MulOptions, ctx: EvalContext) -> None:
         options.check_sampling(self.name)
         limits = [c for c in (ctx.limit, options.limit) if c]
         by_lang = load_problems(options.path, options.languages, min(limits) if limits else None)

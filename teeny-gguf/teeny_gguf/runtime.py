@@ -212,7 +212,7 @@ def _maybe_int(value: Any) -> int | None:
     return int(value) if value not in (None, "") else None
 
 
-class LlamaCppRuntime(Runtime):
+class LlamaCppRuntime(Runtime[LlamaCppOptions]):
     """llama.cpp through llama-cpp-python: GGUF files on CPU (and GPU with a GPU build), any quantization type."""
 
     name = "llama.cpp"
@@ -225,8 +225,7 @@ class LlamaCppRuntime(Runtime):
         import llama_cpp  # noqa: F401
         import torch  # noqa: F401  (logprobs returns torch tensors)
 
-    def load(self, artifact: Artifact, options: Options) -> LoadedModel:
-        assert isinstance(options, LlamaCppOptions)
+    def load(self, artifact: Artifact, options: LlamaCppOptions) -> LoadedModel:
         path = artifact.location
         if not path.is_file():
             raise TeenyError(f"GGUF file {str(path)!r} not found")

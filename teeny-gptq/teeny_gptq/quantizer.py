@@ -97,7 +97,7 @@ def check_shapes(linears: dict[str, tuple[int, int]], options: GPTQOptions, bits
             raise TeenyError(f"gptq: {name} has {why}; choose another group_size or add {name!r} to skip")
 
 
-class GPTQQuantizer(Quantizer):
+class GPTQQuantizer(Quantizer[GPTQOptions]):
     """GPTQ: second-order error-compensated rounding, layer by layer; writes a standard GPTQ checkpoint."""
 
     name = "gptq"
@@ -106,9 +106,8 @@ class GPTQQuantizer(Quantizer):
     def needs_calibration(cls, options: Options) -> bool:
         return True  # every setting solves against calibration activations
 
-    def quantize(self, source: ModelSource, calibration: CalibrationSet | None, options: Options,
+    def quantize(self, source: ModelSource, calibration: CalibrationSet | None, options: GPTQOptions,
                  out_dir: Path) -> Artifact:
-        assert isinstance(options, GPTQOptions)
         if not calibration or not calibration.samples:
             raise TeenyError("gptq needs calibration data: pass a CalibrationSet (teeny run and teeny quantize "
                              "build one from the experiment's [calibration] table)")
@@ -120,8 +119,7 @@ class GPTQQuantizer(Quantizer):
             return quantize_with_gptqmodel(source, calibration, options, Path(out_dir))
         return quantize_native(source, calibration, options, Path(out_dir))
 
-    def describe(self, options: Options) -> dict[str, Any]:
-        assert isinstance(options, GPTQOptions)
+    def describe(self, options: GPTQOptions) -> dict[str, Any]:
         bits: dict[str, Any] = {"bits": options.bits} if options.target_bits is None else \
             {"target_bits": options.target_bits, "allowed_bits": options.allowed_bits}
         facts: dict[str, Any] = {**bits,

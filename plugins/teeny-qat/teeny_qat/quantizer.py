@@ -120,7 +120,7 @@ def gptq_init(options: QatOptions):
     return init
 
 
-class QatQuantizer(Quantizer):
+class QatQuantizer(Quantizer[QatOptions]):
     """Quantization-aware training, block by block on the layer walker; writes a standard GPTQ checkpoint."""
 
     name = "qat"
@@ -129,7 +129,7 @@ class QatQuantizer(Quantizer):
     def needs_calibration(cls, options: Options) -> bool:
         return True  # every setting solves against calibration activations
 
-    def quantize(self, source: ModelSource, calibration: CalibrationSet | None, options: Options,
+    def quantize(self, source: ModelSource, calibration: CalibrationSet | None, options: QatOptions,
                  out_dir: Path) -> Artifact:
         """Streamed by the core's layer walker (one block, its optimizer state and the activations in memory);
         each finished block is kept in Teeny's cache so a killed run resumes at the next block."""
@@ -142,7 +142,6 @@ class QatQuantizer(Quantizer):
         from teeny_core.walker import ShardWriter, copy_side_files, layer_matrices, safetensors_dir, walk
         from teeny_qat.training import qat_solver
 
-        assert isinstance(options, QatOptions)
         start = time.perf_counter()
         path = safetensors_dir(source)
         inside, kept = layer_matrices(path)
@@ -208,8 +207,7 @@ class QatQuantizer(Quantizer):
         artifact.save()
         return artifact
 
-    def describe(self, options: Options) -> dict[str, Any]:
-        assert isinstance(options, QatOptions)
+    def describe(self, options: QatOptions) -> dict[str, Any]:
         facts: dict[str, Any] = {"bits": options.bits,
                                  "group_size": options.group_size if options.group_size > 0 else "channel",
                                  "sym": options.sym, "init": options.init, "epochs": options.epochs}

@@ -36,14 +36,13 @@ class RayOptions(Options):
                                  "resumes from the run store", min=0)
 
 
-class RayExecutor(Executor):
+class RayExecutor(Executor[RayOptions]):
     """One Ray task per variant on a Ray cluster (a local one by default); the run directory must be shared."""
 
     name = "ray"
     Options = RayOptions
 
-    def run(self, tasks: list[VariantTask], options: Any, on_event: Emit) -> list[Outcome]:
-        assert isinstance(options, RayOptions)
+    def run(self, tasks: list[VariantTask], options: RayOptions, on_event: Emit) -> list[Outcome]:
         if not tasks:
             return []
         resources = _resources(options)

@@ -35,14 +35,14 @@ class SignificanceOptions(Options):
                              choices=("experiment", "metric", "none"))
 
 
-class SignificanceAnalyzer(Analyzer):
+class SignificanceAnalyzer(Analyzer[SignificanceOptions]):
     """Paired tests vs the baseline: McNemar + flips, pass@k bootstrap, Wilcoxon, Holm, MDE."""
 
     name = "significance"
     Options = SignificanceOptions
 
-    def analyze(self, baseline: VariantResult, variants: list[VariantResult], options: Options) -> dict[str, Any]:
-        assert isinstance(options, SignificanceOptions)
+    def analyze(self, baseline: VariantResult, variants: list[VariantResult],
+                options: SignificanceOptions) -> dict[str, Any]:
         out: dict[str, Any] = {}
         comparisons: list[tuple[str, dict[str, Any]]] = []  # (family, result)
         for variant in variants:

@@ -164,7 +164,7 @@ def _first_token_seconds(output: Any) -> float | None:
     return first - arrival if first is not None and arrival is not None else None
 
 
-class VllmRuntime(Runtime):
+class VllmRuntime(Runtime[VllmOptions]):
     """vLLM on a CUDA GPU: hf, hf-gptq (Marlin), hf-awq (Marlin) and gguf, with batched generation."""
 
     name = "vllm"
@@ -183,8 +183,7 @@ class VllmRuntime(Runtime):
             return "vllm is not installed (pip install vllm==0.33 in a CUDA environment)"
         return None
 
-    def load(self, artifact: Artifact, options: Options) -> LoadedModel:
-        assert isinstance(options, VllmOptions)
+    def load(self, artifact: Artifact, options: VllmOptions) -> LoadedModel:
         reason = self.available()
         if reason:
             raise TeenyError(f"the vllm runtime is unavailable here: {reason}")

@@ -50,7 +50,7 @@ def compressed_tensors_scheme(options: W8A8Options):
                                            symmetric=True, dynamic=dynamic))
 
 
-class W8A8Quantizer(Quantizer):
+class W8A8Quantizer(Quantizer[W8A8Options]):
     """int8 weights (per channel) and int8 activations (per token or per tensor), SmoothQuant, written as
     compressed-tensors and executed with int8 matrix products."""
 
@@ -79,7 +79,7 @@ class W8A8Quantizer(Quantizer):
                                  "(pip install teeny-w8a8[gptq]); use weights=rtn") from None
         return alpha
 
-    def quantize(self, source: ModelSource, calibration: CalibrationSet | None, options: Options,
+    def quantize(self, source: ModelSource, calibration: CalibrationSet | None, options: W8A8Options,
                  out_dir: Path) -> Artifact:
         """Streamed by the core's layer walker: one decoder layer (float32) in memory at a time."""
         from compressed_tensors.compressors import BaseCompressor
@@ -91,7 +91,6 @@ class W8A8Quantizer(Quantizer):
         from teeny_core.walker import ShardWriter, copy_side_files, safetensors_dir, walk
         from teeny_w8a8.smooth import SmoothSettings, w8a8_solver
 
-        assert isinstance(options, W8A8Options)
         device = resolve_device(options.device)
         alpha = self.check(options, device)
         if calibration is None or not calibration.samples:
@@ -151,7 +150,6 @@ class W8A8Quantizer(Quantizer):
         artifact.save()
         return artifact
 
-    def describe(self, options: Options) -> dict[str, Any]:
-        assert isinstance(options, W8A8Options)
+    def describe(self, options: W8A8Options) -> dict[str, Any]:
         return {"bits": 8, "activations": options.activations, "weights": options.weights,
                 "alpha": options.alpha if options.smooth else "off", "format": options.format}
