@@ -79,9 +79,9 @@ def test_gptqmodel_reads_a_quantized_lm_head_with_our_logits(tiny_model, tiny_to
         pytest.skip("gptqmodel is not installed")
     from gptqmodel import BACKEND, GPTQModel
 
-    from teeny_core.testing import _corpus
+    from teeny_core.testing import tiny_corpus
 
-    ids = tiny_tokenizer.encode("".join(_corpus()))[: 4 * 64]
+    ids = tiny_tokenizer.encode("".join(tiny_corpus()))[: 4 * 64]
     calibration = CalibrationSet(name="corpus", samples=[ids[i:i + 64] for i in range(0, len(ids), 64)])
     cls = teeny_plugins.get("quantizer", "awq")
     artifact = cls().quantize(ModelSource(str(tiny_model("qwen2"))), calibration,
