@@ -24,15 +24,9 @@ def test_gptqmodel_loads_our_checkpoint_with_matching_logits(teeny_plugins, tiny
     from transformers import AutoModelForCausalLM
 
     path = tiny_model("llama")
-    source = ModelSource(str(path))
-    code = teeny_plugins.get("calibrator", "code")
-    tokenizer = source.load_tokenizer()
-    cal = code().samples(tokenizer, code.Options.from_mapping({"samples": 8, "seq_len": 64}), seed=0)
-    gptq = teeny_plugins.get("quantizer", "gptq")
     out = tmp_path / "artifact"
-    out.mkdir()
-    artifact = gptq().quantize(source, cal, gptq.Options.from_mapping(
-        {"bits": 4, "group_size": 32, "sym": sym, "desc_act": desc_act}), out)
+    artifact, cal = _quantize_gptq(teeny_plugins, path, out, {"bits": 4, "group_size": 32, "sym": sym,
+                                                              "desc_act": desc_act})
 
     runtime = teeny_plugins.get("runtime", "transformers")
     ours = runtime().load(Artifact.open(artifact.path), runtime.Options.from_mapping({"device": "cpu"}))
@@ -56,6 +50,17 @@ def test_gptqmodel_loads_our_checkpoint_with_matching_logits(teeny_plugins, tiny
     assert kl(expected, got) < 0.1 * quantization_kl
 
 
+def _quantize_gptq(teeny_plugins, path, out, options: dict):
+    """The tiny model quantized by the gptq plugin with ``options`` and its calibration set (8 code windows of 64
+    tokens)."""
+    source = ModelSource(str(path))
+    code = teeny_plugins.get("calibrator", "code")
+    cal = code().samples(source.load_tokenizer(), code.Options.from_mapping({"samples": 8, "seq_len": 64}), seed=0)
+    gptq = teeny_plugins.get("quantizer", "gptq")
+    out.mkdir()
+    return gptq().quantize(source, cal, gptq.Options.from_mapping(options), out), cal
+
+
 def test_transformers_loads_our_default_gptq_checkpoint_with_matching_logits(teeny_plugins, tiny_model, tmp_path):
     """The README's claim for GPTQ's defaults in transformers (which reads GPTQ checkpoints through GPTQModel and
     optimum): our distributions up to its bfloat16 rounding."""
@@ -63,13 +68,7 @@ def test_transformers_loads_our_default_gptq_checkpoint_with_matching_logits(tee
     from transformers import AutoModelForCausalLM
 
     path = tiny_model("llama")
-    source = ModelSource(str(path))
-    code = teeny_plugins.get("calibrator", "code")
-    cal = code().samples(source.load_tokenizer(), code.Options.from_mapping({"samples": 8, "seq_len": 64}), seed=0)
-    gptq = teeny_plugins.get("quantizer", "gptq")
-    out = tmp_path / "artifact"
-    out.mkdir()
-    artifact = gptq().quantize(source, cal, gptq.Options.from_mapping({"group_size": 32}), out)
+    artifact, _ = _quantize_gptq(teeny_plugins, path, tmp_path / "artifact", {"group_size": 32})
     expected, reference = _ours_and_reference(teeny_plugins, artifact, path, IDS)
     quantization_kl = _kl(reference, expected)
     assert quantization_kl > 0
@@ -85,14 +84,9 @@ def test_gptqmodel_backend_writes_a_checkpoint_our_runtime_loads(teeny_plugins, 
     from transformers import AutoModelForCausalLM
 
     path = tiny_model("llama")
-    source = ModelSource(str(path))
-    code = teeny_plugins.get("calibrator", "code")
-    cal = code().samples(source.load_tokenizer(), code.Options.from_mapping({"samples": 8, "seq_len": 64}), seed=0)
-    gptq = teeny_plugins.get("quantizer", "gptq")
     out = tmp_path / "artifact"
-    out.mkdir()
-    artifact = gptq().quantize(source, cal, gptq.Options.from_mapping(
-        {"bits": 4, "group_size": 32, "damp_percent": 0.02, "backend": "gptqmodel", "device": "cpu"}), out)
+    artifact, cal = _quantize_gptq(teeny_plugins, path, out, {"bits": 4, "group_size": 32, "damp_percent": 0.02,
+                                                              "backend": "gptqmodel", "device": "cpu"})
     assert artifact.format == "hf-gptq" and artifact.meta["backend"] == "gptqmodel"
     cfg = json.loads((out / "config.json").read_text())["quantization_config"]
     assert cfg["bits"] == 4 and cfg["group_size"] == 32 and cfg["meta"]["damp_percent"] == 0.02
