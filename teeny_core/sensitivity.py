@@ -285,10 +285,13 @@ def average_bits(shapes: dict[str, tuple[int, int]], plan: dict[str, int], group
     return total / sum(o * i for o, i in shapes.values())
 
 
-def plan_bits(shapes: dict[str, tuple[int, int]], damage: dict[str, dict[int, float]], allowed: list[int],
-              target: float, group_size: int, tolerance: float = 0.05, steps: int = 4000) -> dict[str, int]:
+def plan_bits(shapes: dict[str, tuple[int, int]], damage: dict[str, dict[Any, float]], allowed: list,
+              target: float, group_size: int, tolerance: float = 0.05, steps: int = 4000,
+              cost: Callable[[str, Any], float] | None = None) -> dict[str, Any]:
     """Each linear's bits from ``allowed``, minimising the summed ``damage[name][bits]`` with the average stored
-    bits per weight (:func:`stored_bits`) at most ``target`` and within ``tolerance`` of it.
+    bits per weight (:func:`stored_bits`, or ``cost(name, choice)`` bits of a module) at most ``target`` and
+    within ``tolerance`` of it. The choices may be any labels (GGUF plans ggml type names); an infinite damage
+    rules a choice out for that module.
 
     A multiple-choice knapsack, solved exactly by dynamic programming over the budget discretised into
     ``steps`` units (each module's cost rounded up, so the plan never exceeds the budget). Exact rather than the
@@ -296,7 +299,11 @@ def plan_bits(shapes: dict[str, tuple[int, int]], damage: dict[str, dict[int, fl
     4-bit's) and, with a few hundred modules and four choices, the DP takes well under a second.
     """
     weights = sum(o * i for o, i in shapes.values())
-    check_target(shapes, allowed, target, group_size, tuple(allowed), "plan", tolerance)
+    if cost is None:
+        def cost(name, bits):
+            return stored_bits(*shapes[name], bits, group_size)
+
+        check_target(shapes, allowed, target, group_size, tuple(allowed), "plan", tolerance)
     budget = target * weights
     unit = budget / steps
     names = sorted(shapes)
@@ -308,10 +315,10 @@ def plan_bits(shapes: dict[str, tuple[int, int]], damage: dict[str, dict[int, fl
         new = [inf] * (steps + 1)
         picked = [-1] * (steps + 1)
         for bits in allowed:
-            cost = math.ceil(stored_bits(o, i, bits, group_size) / unit)
+            units = math.ceil(cost(name, bits) / unit)
             d = damage[name][bits]
-            for c in range(cost, steps + 1):
-                v = best[c - cost] + d
+            for c in range(units, steps + 1):
+                v = best[c - units] + d
                 if v < new[c]:
                     new[c], picked[c] = v, bits
         best = new
@@ -324,18 +331,17 @@ def plan_bits(shapes: dict[str, tuple[int, int]], damage: dict[str, dict[int, fl
     for k in range(len(names) - 1, -1, -1):
         bits = choice[k][c]
         plan[names[k]] = bits
-        o, i = shapes[names[k]]
-        c -= math.ceil(stored_bits(o, i, bits, group_size) / unit)
-    achieved = average_bits(shapes, plan, group_size)
+        c -= math.ceil(cost(names[k], bits) / unit)
+    achieved = sum(cost(n, b) for n, b in plan.items()) / weights
     if abs(achieved - target) > tolerance:
         raise TeenyError(f"target_bits={target}: the least-damage plan within the budget averages {achieved:.3f} "
                          f"stored bits per weight, more than {tolerance} away; allow more bit-widths")
     return plan
 
 
-def load_sensitivity(path: str, source, group_size: int, allowed: list[int], names) -> dict[str, Any]:
-    """A sensitivity file written by ``teeny sensitivity``, checked against this model, group size, the allowed
-    bits and the linears to plan (one line naming what does not match)."""
+def load_sensitivity(path: str, source, group_size: int | None, allowed: list[int], names) -> dict[str, Any]:
+    """A sensitivity file written by ``teeny sensitivity``, checked against this model, group size (None: any),
+    the allowed bits and the linears to plan (one line naming what does not match)."""
     import json
 
     file = Path(path).expanduser()
@@ -350,7 +356,7 @@ def load_sensitivity(path: str, source, group_size: int, allowed: list[int], nam
     if model != source.identity():
         raise TeenyError(f"sensitivity={path!r} was measured on model {data.get('model_path', model)!r} "
                          f"({model}), not on {source.path!r} ({source.identity()})")
-    if grouped != group_size:
+    if group_size is not None and grouped != group_size:
         raise TeenyError(f"sensitivity={path!r} was measured at group_size={grouped}, not {group_size}")
     missing = sorted(set(allowed) - set(measured))
     if missing:
@@ -383,6 +389,20 @@ def mixed_precision(source, calibration, *, method: str, shapes: dict[str, tuple
     reachable target, the sensitivity file), then the sensitivity is read from ``sensitivity`` or measured with
     ``method`` on ``calibration``, then :func:`plan_bits`. The full-model KL is the damage where the file has it,
     else the block output error."""
+    check_target(shapes, allowed, target, group_size, writable, where)
+    data = sensitivity_for(source, calibration, shapes, sorted(set(allowed)), method=method, group_size=group_size,
+                           sym=sym, sensitivity=sensitivity, where=where)
+    damage = {n: {b: float(data["modules"][n][data["score"]][str(b)]) for b in allowed} for n in shapes}
+    plan = plan_bits(shapes, damage, sorted(set(allowed)), target, group_size)
+    return plan, data
+
+
+def sensitivity_for(source, calibration, shapes, bits: list[int], *, method: str, group_size: int | None,
+                    sym: bool, sensitivity: str, where: str) -> dict[str, Any]:
+    """The sensitivity ``target_bits`` plans with: the file ``sensitivity`` (checked: model, group size unless
+    None, ``bits`` measured, every linear of ``shapes``) or measured with ``method`` on ``calibration`` (at
+    ``group_size``, 128 when None); ``score`` names the damage used: the full-model KL where the file has it,
+    else the block output error."""
     import json
 
     from teeny_core.arch import spec_for
@@ -391,20 +411,16 @@ def mixed_precision(source, calibration, *, method: str, shapes: dict[str, tuple
     model_type = json.loads((safetensors_dir(source) / "config.json").read_text()).get("model_type")
     if spec_for(model_type).experts:
         raise TeenyError(f"{where}: target_bits does not plan routed experts yet ({model_type}); use bits")
-    check_target(shapes, allowed, target, group_size, writable, where)
     if sensitivity:
-        data = load_sensitivity(sensitivity, source, group_size, allowed, shapes)
+        data = load_sensitivity(sensitivity, source, group_size, bits, shapes)
     else:
         if calibration is None or not calibration.samples:
             raise TeenyError(f"{where}: target_bits without a sensitivity file measures it on calibration data; "
                              "give the variant a calibrator or pass -o sensitivity=FILE")
-        data = measure(source, calibration, method=method, bits_list=sorted(set(allowed)), group_size=group_size,
-                       sym=sym)
+        data = measure(source, calibration, method=method, bits_list=bits,
+                       group_size=128 if group_size is None else group_size, sym=sym)
     score = "kl" if all("kl" in data["modules"][n] for n in shapes) else "block"
-    damage = {n: {b: float(data["modules"][n][score][str(b)]) for b in allowed} for n in shapes}
-    plan = plan_bits(shapes, damage, sorted(set(allowed)), target, group_size)
-    data = {**data, "score": score}
-    return plan, data
+    return {**data, "score": score}
 
 
 def dynamic_rules(plan: dict[str, int], default_bits: int) -> dict[str, dict]:
@@ -412,6 +428,23 @@ def dynamic_rules(plan: dict[str, int], default_bits: int) -> dict[str, dict]:
     import re
 
     return {f"+:^{re.escape(n)}$": {"bits": b} for n, b in sorted(plan.items()) if b != default_bits}
+
+
+def gptq_quantization_config(bits: int, group_size: int, sym: bool, quantizer: str, *, lm_head: bool = False,
+                             unquantized=(), plan: dict[str, int] | None = None) -> dict[str, Any]:
+    """The ``quantization_config`` of a GPTQ v1 checkpoint (no act-order) written by ``quantizer``: ``bits``
+    globally (the most common of ``plan`` when given, whose other bits become ``dynamic`` rules), the modules
+    ``unquantized`` inside the layers excluded by rules too (what GPTQModel, vLLM and transformers read)."""
+    from teeny_core.formats.gptq import dynamic_exclusions
+
+    if plan:
+        bits = most_common(plan)
+    config: dict[str, Any] = {"quant_method": "gptq", "bits": bits, "group_size": group_size, "desc_act": False,
+                              "sym": sym, "checkpoint_format": "gptq", "pack_dtype": "int32", "lm_head": lm_head,
+                              "meta": {"quantizer": [quantizer]}}
+    if unquantized or plan:
+        config["dynamic"] = {**dynamic_exclusions(sorted(unquantized)), **dynamic_rules(plan or {}, bits)}
+    return config
 
 
 def most_common(plan: dict[str, int]) -> int:
