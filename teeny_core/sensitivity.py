@@ -70,7 +70,8 @@ def _proxy(weight, q, hessian) -> float:
     return float(((delta @ hessian.double()) * delta).sum() / weight.shape[0])
 
 
-def _solver(names_of: Callable[[Any], list[str]], round_trip, bits_list, table: dict, layers: dict, keep: dict | None):
+def _solver(names_of: Callable[[Any], list[str]], round_trip, bits_list, table: dict, layers: dict, keep: dict | None,
+            wanted: set | None = None):
     """A walker solver measuring one layer: nothing is written, the layer is left as it was."""
     import torch
 
@@ -121,8 +122,9 @@ def _solver(names_of: Callable[[Any], list[str]], round_trip, bits_list, table: 
                     entry["proxy"][str(bits)] = _proxy(originals[name], q, hessian)
                     entry["block"][str(bits)] = block_error({name: q})
                     quantized[name] = q
-                    if keep is not None:  # float16: its rounding stays well below an 8-bit grid step
-                        keep[(f"{work.prefix}.{name}", bits)] = q.to(torch.float16)
+                    key = (f"{work.prefix}.{name}", bits)
+                    if keep is not None and (wanted is None or key in wanted):  # float16: well below an 8-bit step
+                        keep[key] = q.to(torch.float16)
                 errors[str(bits)] = block_error(quantized)
                 del quantized
         layers[str(work.index)] = errors
@@ -142,9 +144,14 @@ class _Discard:
 
 
 def measure(source, calibration, *, method: str, bits_list: list[int], group_size: int, windows=None,
-            seed: int = 0, kl: bool = False, sym: bool = False) -> dict[str, Any]:
+            seed: int = 0, kl: bool = False, sym: bool = False, kl_sample: int = 0) -> dict[str, Any]:
     """The sensitivity table of ``source`` (see the module docstring) as a JSON-ready dict. ``windows`` (token id
-    lists) are needed for ``kl``. Shapes that cannot be grouped or packed at a bit-width fail before any work."""
+    lists) are needed for ``kl``; ``kl_sample`` > 0 runs the full-model KL on that many (linear, bits) pairs
+    drawn with ``seed`` (enough for the rank correlations where every pair would take too long), and the table's
+    damage stays the block output error. Shapes that cannot be grouped or packed at a bit-width fail before any
+    work."""
+    import random
+
     from teeny_core.formats.gptq import misfit
     from teeny_core.walker import layer_matrices, safetensors_dir, walk
 
@@ -163,12 +170,14 @@ def measure(source, calibration, *, method: str, bits_list: list[int], group_siz
     table: dict[str, dict[str, Any]] = {}
     layers: dict[str, dict[str, float]] = {}
     keep: dict | None = {} if kl else None
+    pairs = [(n, b) for n in sorted(linears) for b in bits_list]
+    wanted = set(random.Random(seed).sample(pairs, min(kl_sample, len(pairs)))) if kl and kl_sample else None
 
     def names_of(work):
         return [n for n in work.spec.linears() if f"{work.prefix}.{n}" in linears]
 
-    walk(path, _solver(names_of, rounder(method, group_size, sym), bits_list, table, layers, keep), _Discard(),
-         calibration_ids=calibration.tensor(), progress=False)
+    walk(path, _solver(names_of, rounder(method, group_size, sym), bits_list, table, layers, keep, wanted),
+         _Discard(), calibration_ids=calibration.tensor(), progress=False)
     result: dict[str, Any] = {
         "model": source.identity(), "model_path": str(source.path), "method": method, "group_size": group_size,
         "sym": sym, "bits": list(bits_list), "seed": seed,
@@ -179,11 +188,11 @@ def measure(source, calibration, *, method: str, bits_list: list[int], group_siz
     }
     if kl:
         model_kl(source, windows, keep, table)
-        kls = [e["kl"][str(b)] for e in table.values() for b in bits_list]
+        scored = [(e, str(b)) for e in table.values() for b in bits_list if str(b) in e.get("kl", {})]
         for local in ("proxy", "block"):
-            result[f"spearman_{local}_kl"] = spearman([e[local][str(b)] for e in table.values() for b in bits_list],
-                                                      kls)
+            result[f"spearman_{local}_kl"] = spearman([e[local][b] for e, b in scored], [e["kl"][b] for e, b in scored])
         result["windows"] = {"count": len(windows), "length": len(windows[0])}
+        result["kl_pairs"] = len(scored)
     result["seconds"] = round(time.perf_counter() - started, 2)
     return result
 
@@ -244,7 +253,7 @@ def heatmap(result: dict[str, Any], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    score = "kl" if "spearman_proxy_kl" in result else "proxy"
+    score = "kl" if all(len(e.get("kl", {})) == len(result["bits"]) for e in result["modules"].values()) else "proxy"
     layer_of: dict[str, int] = {}
     kinds: list[str] = []
     for name in result["modules"]:
