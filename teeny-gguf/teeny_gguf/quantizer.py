@@ -137,7 +137,7 @@ def mixed_gguf_facts(out_dir: Path, file: str, plan: dict[str, str], tensor_type
                      used: dict[str, Any]) -> dict[str, Any]:
     """Keep the sensitivity with the artifact; the planned tensors' types and bits per weight as written."""
     from teeny_core.store import write_json
-    from teeny_gguf.mixed import layer_linear_bits
+    from teeny_gguf.mixed import layer_linear_bits, type_bits
 
     write_json(out_dir / "sensitivity.json", used)
     achieved, written = layer_linear_bits(out_dir / file, sorted(tensor_types))
@@ -149,6 +149,7 @@ def mixed_gguf_facts(out_dir: Path, file: str, plan: dict[str, str], tensor_type
     for t in plan.values():
         counts[t] = counts.get(t, 0) + 1
     return {"bits_plan": dict(sorted(plan.items())), "modules_per_type": counts, "achieved_bits": round(achieved, 4),
+            "module_bits": {n: round(type_bits(t), 4) for n, t in sorted(plan.items())},
             "sensitivity_score": used.get("score"), "sensitivity_file": "sensitivity.json"}
 
 
