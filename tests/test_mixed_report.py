@@ -50,3 +50,29 @@ def test_no_plan_no_section(tmp_path):
     write_report(tmp_path, _results(_variant("gptq-w3", "gptq", 0.2, 1000, bits_per_weight=3.6)))
     assert "Mixed precision" not in (tmp_path / "report.md").read_text()
     assert not (tmp_path / "plots" / "bits-per-module.png").exists()
+
+
+def test_a_run_with_a_target_bits_variant_reports_its_plan(tiny_model, tmp_path):
+    """End to end: `teeny run` with an rtn `target_bits` variant beside a uniform one; results.json carries each
+    variant's stored bits and the plan as the artifact recorded it, and the report draws it."""
+    import json
+
+    from click.testing import CliRunner
+
+    from teeny_core.cli import cli
+
+    lines = ['name = "mixed"', f'model = "{tiny_model("llama")}"', f'output_dir = "{tmp_path}"', 'device = "cpu"',
+             "[calibration]", 'method = "random-tokens"', "samples = 4", "seq_len = 32",
+             "[evaluators.fidelity]", "chunks = 2", "chunk_len = 32", "[profilers.system]", "benchmark = false",
+             "[[variants]]", 'name = "w4"', 'method = "rtn"', "bits = 4", "group_size = 32",
+             "[[variants]]", 'name = "mixed-3.5"', 'method = "rtn"', "target_bits = 3.5", "group_size = 32"]
+    (tmp_path / "exp.toml").write_text("\n".join(lines) + "\n")
+    done = CliRunner().invoke(cli, ["run", str(tmp_path / "exp.toml")])
+    assert done.exit_code == 0, done.output
+    variants = {v["name"]: v for v in json.loads((tmp_path / "mixed" / "results.json").read_text())["variants"]}
+    meta = json.loads((tmp_path / "mixed" / "mixed-3.5" / "artifact" / "teeny-artifact.json").read_text())["meta"]
+    assert variants["mixed-3.5"]["module_bits"] == meta["bits_plan"] and len(set(meta["bits_plan"].values())) >= 2
+    assert abs(variants["mixed-3.5"]["achieved_bits"] - 3.5) <= 0.05
+    assert variants["w4"]["module_bits"] is None and variants["w4"]["bits_per_weight"] > 0
+    report = (tmp_path / "mixed" / "report.md").read_text()
+    assert "## Mixed precision" in report and (tmp_path / "mixed" / "plots" / "bits-per-module.png").exists()
