@@ -182,6 +182,7 @@ def main() -> None:
                 options = {**base, "target_bits": round(rows["gguf Q3_K_M imatrix"]["linear_bits"], 4),
                            "sensitivity": str(sens_file), "imatrix_file": str(first / "imatrix.gguf")}
             out = artifact_dir(args.work, label)
+            out.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
             made = gguf().quantize(source, calibration, gguf.Options.from_mapping(options), out)
             seconds = time.perf_counter() - started

@@ -295,15 +295,16 @@ def average_bits(shapes: dict[str, tuple[int, int]], plan: dict[str, int], group
 
 
 def plan_bits(shapes: dict[str, tuple[int, int]], damage: dict[str, dict[Any, float]], allowed: list,
-              target: float, group_size: int, tolerance: float = 0.05, steps: int = 4000,
+              target: float, group_size: int, tolerance: float = 0.05, steps: int | None = None,
               cost: Callable[[str, Any], float] | None = None) -> dict[str, Any]:
     """Each linear's bits from ``allowed``, minimising the summed ``damage[name][bits]`` with the average stored
     bits per weight (:func:`stored_bits`, or ``cost(name, choice)`` bits of a module) at most ``target`` and
     within ``tolerance`` of it. The choices may be any labels (GGUF plans ggml type names); an infinite damage
     rules a choice out for that module.
 
-    A multiple-choice knapsack, solved exactly by dynamic programming over the budget discretised into
-    ``steps`` units (each module's cost rounded up, so the plan never exceeds the budget). Exact rather than the
+    A multiple-choice knapsack, solved exactly by dynamic programming (vectorised) over the budget discretised
+    into ``steps`` units, 1000 per module by default (each module's cost rounded up, so the plan never exceeds
+    the budget and the rounding wastes at most 0.1% of it). Exact rather than the
     greedy marginal-gain relaxation because damage is not convex in bits (3-bit can cost more than twice
     4-bit's) and, with a few hundred modules and four choices, the DP takes well under a second.
     """
@@ -313,32 +314,37 @@ def plan_bits(shapes: dict[str, tuple[int, int]], damage: dict[str, dict[Any, fl
             return stored_bits(*shapes[name], bits, group_size)
 
         check_target(shapes, allowed, target, group_size, tuple(allowed), "plan", tolerance)
+    import numpy as np
+
+    steps = steps or max(4000, 1000 * len(shapes))
     budget = target * weights
     unit = budget / steps
     names = sorted(shapes)
-    inf = float("inf")
-    best = [0.0] + [inf] * steps  # best[c]: least damage using exactly c units so far
-    choice: list[list[int]] = []
+    best = np.full(steps + 1, np.inf)  # best[c]: least damage using exactly c units so far
+    best[0] = 0.0
+    choice = []
     for name in names:
-        o, i = shapes[name]
-        new = [inf] * (steps + 1)
-        picked = [-1] * (steps + 1)
-        for bits in allowed:
+        new = np.full(steps + 1, np.inf)
+        picked = np.full(steps + 1, -1, dtype=np.int16)
+        for k, bits in enumerate(allowed):
             units = math.ceil(cost(name, bits) / unit)
-            d = damage[name][bits]
-            for c in range(units, steps + 1):
-                v = best[c - units] + d
-                if v < new[c]:
-                    new[c], picked[c] = v, bits
+            if units > steps:
+                continue
+            candidate = best[:steps + 1 - units] + damage[name][bits]
+            better = candidate < new[units:]
+            new[units:][better] = candidate[better]
+            picked[units:][better] = k
         best = new
         choice.append(picked)
-    end = min(range(steps + 1), key=lambda c: (best[c], -c))
-    if best[end] == inf:
+    finite = np.flatnonzero(np.isfinite(best))
+    if not len(finite):
         raise TeenyError(f"target_bits={target} cannot be reached with allowed_bits={sorted(allowed)}")
-    plan: dict[str, int] = {}
+    least = best[finite].min()
+    end = int(finite[best[finite] == least].max())  # the least damage; of equal plans the fuller one
+    plan: dict[str, Any] = {}
     c = end
     for k in range(len(names) - 1, -1, -1):
-        bits = choice[k][c]
+        bits = allowed[int(choice[k][c])]
         plan[names[k]] = bits
         c -= math.ceil(cost(names[k], bits) / unit)
     achieved = sum(cost(n, b) for n, b in plan.items()) / weights
