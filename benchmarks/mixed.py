@@ -193,6 +193,7 @@ def main() -> None:
                          "achieved_bits": stats["bits_per_weight"], "linear_bits": bits, "linear_types": counts,
                          "seconds": round(seconds, 1),
                          **score(out, "gguf", "llama.cpp", chunks, refs, file=made.file)})
+    write_section(RESULTS, "table", render(rows, sens, args))
     print(render(rows, sens, args))
 
 
