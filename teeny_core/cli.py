@@ -167,10 +167,13 @@ def quantize(model: str, method: str, opts: tuple[str, ...], out: str, calibrato
               help="Fidelity windows for the KL run: chunks=, chunk_len=, path=.")
 @click.option("--kl/--no-kl", default=None, help="Also the full-model KL per module and bits (default: on for "
               "models under 100M parameters) and its rank correlation with the proxy.")
+@click.option("--kl-sample", default=0, show_default=True, type=click.IntRange(min=0),
+              help="With --kl: only this many (module, bits) pairs drawn with --seed (0: all), for the rank "
+                   "correlation on models where every pair takes too long; plans then use the block error.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON file to write (heatmap: .png).")
 def sensitivity(model: str, method: str, opts: tuple[str, ...], calibrator: str, cal_opts: tuple[str, ...],
-                fid_opts: tuple[str, ...], kl: bool | None, seed: int, out: str) -> None:
+                fid_opts: tuple[str, ...], kl: bool | None, kl_sample: int, seed: int, out: str) -> None:
     """Per-module sensitivity of MODEL: damage per quantizable linear, decoder layer and bit-width."""
     from teeny_core.builtin.fidelity import FidelityOptions, token_chunks
     from teeny_core.modeling import resolve_source
@@ -193,12 +196,13 @@ def sensitivity(model: str, method: str, opts: tuple[str, ...], calibrator: str,
         kl = parameter_count(source) < 100_000_000
     windows = token_chunks(tokenizer, fidelity) if kl else None
     result = measure(source, calibration, method=method, bits_list=sorted(set(options.bits)),
-                     group_size=options.group_size, windows=windows, seed=seed, kl=kl, sym=options.sym)
+                     group_size=options.group_size, windows=windows, seed=seed, kl=kl, sym=options.sym,
+                     kl_sample=kl_sample)
     write_json(target, result)
     heatmap(result, target.with_suffix(".png"))
     line = f"measured {len(result['modules'])} modules x {len(result['bits'])} bit-widths in {result['seconds']} s"
     if "spearman_proxy_kl" in result:
-        line += (f"; Spearman rank correlation with the full-model KL: Hessian proxy "
+        line += (f"; Spearman rank correlation with the full-model KL ({result['kl_pairs']} pairs): Hessian proxy "
                  f"{result['spearman_proxy_kl']:.3f}, block output error {result['spearman_block_kl']:.3f}")
     click.echo(line)
     click.echo(f"wrote {target} and {target.with_suffix('.png')}")

@@ -155,9 +155,12 @@ class Pipeline:
                                 "error": o.error, "failed_stage": o.stage, "metrics": {},
                                 "profile": read_json(self.root / v.name / "profile.json", {}, expect=dict)})
                 continue
+            meta = _artifact_meta(self.root, r.name)
             entries.append({"name": r.name, "method": r.method, "describe": r.describe, "status": "ok",
                             "artifact_bytes": r.artifact_bytes, "metrics": r.metrics, "profile": r.profile,
-                            "packed_bytes": _artifact_meta(self.root, r.name).get("packed_bytes"),
+                            "packed_bytes": meta.get("packed_bytes"), "bits_per_weight": meta.get("bits_per_weight"),
+                            "achieved_bits": meta.get("achieved_bits"),
+                            "module_bits": meta.get("module_bits") or meta.get("bits_plan"),
                             "source_match": None if r.name == BASELINE
                             else source_match(self.plan.source, self.variant_artifact(self.plan.variant(r.name)))})
         declared = {name: self.plugins.get("evaluator", name).declaration() for name in self.exp.evaluators}

@@ -25,8 +25,8 @@ from teeny_core.results import (PASS_FAIL, SOURCE_MATCH_MARK, alpha_of, as_dict,
 from teeny_core.units import format_bytes, format_ci, format_number, format_rate, format_seconds
 
 # where the core's sections stand; a plugin's ReportSection.order places it among them
-CORE_ORDER = {"Results": 10, "Failed variants": 20, "Plots": 30, "Evaluator metrics": 50, "Errors by category": 60,
-              "Manifest": 90}
+CORE_ORDER = {"Results": 10, "Failed variants": 20, "Plots": 30, "Mixed precision": 40, "Evaluator metrics": 50,
+              "Errors by category": 60, "Manifest": 90}
 
 
 @dataclasses.dataclass
@@ -129,7 +129,8 @@ def _pareto_front(points: list[tuple[float, float, str]], higher_is_better: bool
 def _plots(run_dir: Path, results: dict[str, Any]) -> tuple[dict[str, Path], str | None]:
     """Write plots/*.png; returns (name -> path, why plots are missing). Plots of an earlier report go first."""
     plots_dir = run_dir / "plots"
-    for stale in [*plots_dir.glob("pareto.png"), *plots_dir.glob("errors-*.png")]:
+    for stale in [*plots_dir.glob("pareto.png"), *plots_dir.glob("errors-*.png"),
+                  *plots_dir.glob("bits-per-module.png")]:
         stale.unlink()
     try:
         from matplotlib.figure import Figure
@@ -138,13 +139,15 @@ def _plots(run_dir: Path, results: dict[str, Any]) -> tuple[dict[str, Path], str
     plots_dir.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
     primary = primary_metric(results)
-    points, errors = [], []
+    points, errors, mixed = [], [], []
     for v in variants_of(results):
         s, ci = score_of(results, v, primary)
         size = positive_bytes(v.get("packed_bytes")) or positive_bytes(v.get("artifact_bytes")) or memory_of(v)[0]
         if s is not None and size:
             points.append((float(size), s, v["name"]))
             errors.append((max(0.0, s - ci[0]), max(0.0, ci[1] - s)) if ci else (0.0, 0.0))
+            if v.get("module_bits"):
+                mixed.append((float(size), s))
     if primary is not None and points:
         scale, unit = (2**30, "GiB") if max(p[0] for p in points) >= 2**31 else (2**20, "MiB")
         fig = Figure(figsize=(7, 4.5), dpi=110)
@@ -152,6 +155,9 @@ def _plots(run_dir: Path, results: dict[str, Any]) -> tuple[dict[str, Path], str
         ax.errorbar([p[0] / scale for p in points], [p[1] for p in points],
                     yerr=[[e[0] for e in errors], [e[1] for e in errors]], fmt="o", color="#777", ecolor="#bbb",
                     capsize=3, zorder=2, label=f"variant ({100 * (1 - alpha_of(results)):g}% CI)")
+        if mixed:  # mixed-precision variants stand out among the uniform ones
+            ax.plot([m[0] / scale for m in mixed], [m[1] for m in mixed], "^", color="#1f77b4", markersize=9,
+                    zorder=4, label="mixed precision (target_bits)")
         front = _pareto_front(points, primary.higher_is_better)
         ax.plot([p[0] / scale for p in front], [p[1] for p in front], "-o", color="#d62728", zorder=3,
                 label="Pareto front")
@@ -183,7 +189,56 @@ def _plots(run_dir: Path, results: dict[str, Any]) -> tuple[dict[str, Path], str
         key = "errors-" + re.sub(r"[^A-Za-z0-9_.-]", "_", ev)
         out[key] = plots_dir / f"{key}.png"
         fig.savefig(out[key])
+    planned = [v for v in variants_of(results) if isinstance(v.get("module_bits"), dict) and v["module_bits"]]
+    if planned:
+        out["bits-per-module"] = _bits_per_module_plot(planned, plots_dir / "bits-per-module.png")
     return out, None
+
+
+def _bits_per_module_plot(planned: list[dict[str, Any]], path: Path) -> Path:
+    """One panel per mixed-precision variant: decoder layer x module kind, coloured by the module's bits."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.5 * len(planned), 5), dpi=110)
+    for i, v in enumerate(planned):
+        layers: dict[str, int] = {}
+        kinds: list[str] = []
+        cells = {}
+        for name, bits in v["module_bits"].items():
+            head, _, kind = re.sub(r"\.(\d+)\.", r".\1|", name, count=1).partition("|")
+            layers.setdefault(head, len(layers))
+            if kind not in kinds:
+                kinds.append(kind)
+            cells[(layers[head], kind)] = float(bits)
+        grid = [[cells.get((row, k), float("nan")) for k in kinds] for row in range(len(layers))]
+        ax = fig.add_subplot(1, len(planned), i + 1)
+        image = ax.imshow(grid, aspect="auto", cmap="viridis")
+        ax.set_xticks(range(len(kinds)), [k.rsplit(".", 1)[-1] for k in kinds], rotation=60, fontsize=7)
+        ax.set_ylabel("decoder layer")
+        ax.set_title(f"{v['name']}: {format_number(v.get('achieved_bits'), 3)} bits/weight", fontsize=9)
+        fig.colorbar(image, ax=ax, label="bits per weight")
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def mixed_precision_table(results: dict[str, Any]) -> Block | None:
+    """Each variant's stored bits per weight; for mixed-precision ones the planned linears' average and how many
+    modules got each bit-width. None when no variant was planned."""
+    variants = [v for v in variants_of(results) if not failed(v)]
+    if not any(v.get("module_bits") for v in variants):
+        return None
+    rows = []
+    for v in variants:
+        plan = v.get("module_bits") if isinstance(v.get("module_bits"), dict) else {}
+        counts: dict[float, int] = {}
+        for bits in plan.values():
+            counts[float(bits)] = counts.get(float(bits), 0) + 1
+        rows.append([v["name"], method_of(v), format_number(v.get("bits_per_weight"), 3),
+                     format_number(v.get("achieved_bits"), 3) if plan else "uniform",
+                     ", ".join(f"{format_number(b, 3)}: {n}" for b, n in sorted(counts.items())) or "-"])
+    return Block("table", headers=["variant", "method", "bits/weight (stored, whole model)",
+                                   "bits/weight (planned linears)", "modules per bit-width"], rows=rows)
 
 
 def report_tables(run_dir: Path, results: dict[str, Any], plugins: Any = None
@@ -275,11 +330,22 @@ def _core_sections(run_dir: Path, results: dict[str, Any], plots: bool, into: di
             Block("table", headers=["variant", "stage", "error"], rows=[
                 [v["name"], str(v.get("failed_stage") or "-"), str(v.get("error") or "-")] for v in failures])]
     drawn, missing = _plots(run_dir, results) if plots else ({}, None)
+    module_plot = drawn.pop("bits-per-module", None)
     into["Plots"].append(Block("h2", "Plots"))
     if missing:
         into["Plots"].append(Block("p", missing))
     for name, path in drawn.items():
         into["Plots"].append(Block("img", name, path=path))
+    mixed = mixed_precision_table(results)
+    if mixed is not None:
+        into["Mixed precision"] += [
+            Block("h2", "Mixed precision"),
+            Block("p", "Variants with `target_bits` choose each linear's bits from a sensitivity table under the "
+                       "average-bits budget; the Pareto plot marks them beside the uniform variants, and "
+                       "bits-per-module shows each plan (decoder layer by module)."), mixed]
+        if module_plot is not None:
+            into["Mixed precision"].append(Block("img", "bits-per-module", path=module_plot))
+            drawn["bits-per-module"] = module_plot
     metric_rows, metric_headers = _metric_table(results)
     if metric_rows:
         into["Evaluator metrics"] += [Block("h2", "Evaluator metrics"),

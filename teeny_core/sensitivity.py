@@ -70,7 +70,8 @@ def _proxy(weight, q, hessian) -> float:
     return float(((delta @ hessian.double()) * delta).sum() / weight.shape[0])
 
 
-def _solver(names_of: Callable[[Any], list[str]], round_trip, bits_list, table: dict, layers: dict, keep: dict | None):
+def _solver(names_of: Callable[[Any], list[str]], round_trip, bits_list, table: dict, layers: dict, keep: dict | None,
+            wanted: set | None = None):
     """A walker solver measuring one layer: nothing is written, the layer is left as it was."""
     import torch
 
@@ -121,8 +122,9 @@ def _solver(names_of: Callable[[Any], list[str]], round_trip, bits_list, table: 
                     entry["proxy"][str(bits)] = _proxy(originals[name], q, hessian)
                     entry["block"][str(bits)] = block_error({name: q})
                     quantized[name] = q
-                    if keep is not None:  # float16: its rounding stays well below an 8-bit grid step
-                        keep[(f"{work.prefix}.{name}", bits)] = q.to(torch.float16)
+                    key = (f"{work.prefix}.{name}", bits)
+                    if keep is not None and (wanted is None or key in wanted):  # float16: well below an 8-bit step
+                        keep[key] = q.to(torch.float16)
                 errors[str(bits)] = block_error(quantized)
                 del quantized
         layers[str(work.index)] = errors
@@ -142,9 +144,14 @@ class _Discard:
 
 
 def measure(source, calibration, *, method: str, bits_list: list[int], group_size: int, windows=None,
-            seed: int = 0, kl: bool = False, sym: bool = False) -> dict[str, Any]:
+            seed: int = 0, kl: bool = False, sym: bool = False, kl_sample: int = 0) -> dict[str, Any]:
     """The sensitivity table of ``source`` (see the module docstring) as a JSON-ready dict. ``windows`` (token id
-    lists) are needed for ``kl``. Shapes that cannot be grouped or packed at a bit-width fail before any work."""
+    lists) are needed for ``kl``; ``kl_sample`` > 0 runs the full-model KL on that many (linear, bits) pairs
+    drawn with ``seed`` (enough for the rank correlations where every pair would take too long), and the table's
+    damage stays the block output error. Shapes that cannot be grouped or packed at a bit-width fail before any
+    work."""
+    import random
+
     from teeny_core.formats.gptq import misfit
     from teeny_core.walker import layer_matrices, safetensors_dir, walk
 
@@ -163,12 +170,14 @@ def measure(source, calibration, *, method: str, bits_list: list[int], group_siz
     table: dict[str, dict[str, Any]] = {}
     layers: dict[str, dict[str, float]] = {}
     keep: dict | None = {} if kl else None
+    pairs = [(n, b) for n in sorted(linears) for b in bits_list]
+    wanted = set(random.Random(seed).sample(pairs, min(kl_sample, len(pairs)))) if kl and kl_sample else None
 
     def names_of(work):
         return [n for n in work.spec.linears() if f"{work.prefix}.{n}" in linears]
 
-    walk(path, _solver(names_of, rounder(method, group_size, sym), bits_list, table, layers, keep), _Discard(),
-         calibration_ids=calibration.tensor(), progress=False)
+    walk(path, _solver(names_of, rounder(method, group_size, sym), bits_list, table, layers, keep, wanted),
+         _Discard(), calibration_ids=calibration.tensor(), progress=False)
     result: dict[str, Any] = {
         "model": source.identity(), "model_path": str(source.path), "method": method, "group_size": group_size,
         "sym": sym, "bits": list(bits_list), "seed": seed,
@@ -179,11 +188,11 @@ def measure(source, calibration, *, method: str, bits_list: list[int], group_siz
     }
     if kl:
         model_kl(source, windows, keep, table)
-        kls = [e["kl"][str(b)] for e in table.values() for b in bits_list]
+        scored = [(e, str(b)) for e in table.values() for b in bits_list if str(b) in e.get("kl", {})]
         for local in ("proxy", "block"):
-            result[f"spearman_{local}_kl"] = spearman([e[local][str(b)] for e in table.values() for b in bits_list],
-                                                      kls)
+            result[f"spearman_{local}_kl"] = spearman([e[local][b] for e, b in scored], [e["kl"][b] for e, b in scored])
         result["windows"] = {"count": len(windows), "length": len(windows[0])}
+        result["kl_pairs"] = len(scored)
     result["seconds"] = round(time.perf_counter() - started, 2)
     return result
 
@@ -244,7 +253,7 @@ def heatmap(result: dict[str, Any], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    score = "kl" if "spearman_proxy_kl" in result else "proxy"
+    score = "kl" if all(len(e.get("kl", {})) == len(result["bits"]) for e in result["modules"].values()) else "proxy"
     layer_of: dict[str, int] = {}
     kinds: list[str] = []
     for name in result["modules"]:
@@ -285,57 +294,69 @@ def average_bits(shapes: dict[str, tuple[int, int]], plan: dict[str, int], group
     return total / sum(o * i for o, i in shapes.values())
 
 
-def plan_bits(shapes: dict[str, tuple[int, int]], damage: dict[str, dict[int, float]], allowed: list[int],
-              target: float, group_size: int, tolerance: float = 0.05, steps: int = 4000) -> dict[str, int]:
+def plan_bits(shapes: dict[str, tuple[int, int]], damage: dict[str, dict[Any, float]], allowed: list,
+              target: float, group_size: int, tolerance: float = 0.05, steps: int | None = None,
+              cost: Callable[[str, Any], float] | None = None) -> dict[str, Any]:
     """Each linear's bits from ``allowed``, minimising the summed ``damage[name][bits]`` with the average stored
-    bits per weight (:func:`stored_bits`) at most ``target`` and within ``tolerance`` of it.
+    bits per weight (:func:`stored_bits`, or ``cost(name, choice)`` bits of a module) at most ``target`` and
+    within ``tolerance`` of it. The choices may be any labels (GGUF plans ggml type names); an infinite damage
+    rules a choice out for that module.
 
-    A multiple-choice knapsack, solved exactly by dynamic programming over the budget discretised into
-    ``steps`` units (each module's cost rounded up, so the plan never exceeds the budget). Exact rather than the
+    A multiple-choice knapsack, solved exactly by dynamic programming (vectorised) over the budget discretised
+    into ``steps`` units, 1000 per module by default (each module's cost rounded up, so the plan never exceeds
+    the budget and the rounding wastes at most 0.1% of it). Exact rather than the
     greedy marginal-gain relaxation because damage is not convex in bits (3-bit can cost more than twice
     4-bit's) and, with a few hundred modules and four choices, the DP takes well under a second.
     """
     weights = sum(o * i for o, i in shapes.values())
-    check_target(shapes, allowed, target, group_size, tuple(allowed), "plan", tolerance)
+    if cost is None:
+        def cost(name, bits):
+            return stored_bits(*shapes[name], bits, group_size)
+
+        check_target(shapes, allowed, target, group_size, tuple(allowed), "plan", tolerance)
+    import numpy as np
+
+    steps = steps or max(4000, 1000 * len(shapes))
     budget = target * weights
     unit = budget / steps
     names = sorted(shapes)
-    inf = float("inf")
-    best = [0.0] + [inf] * steps  # best[c]: least damage using exactly c units so far
-    choice: list[list[int]] = []
+    best = np.full(steps + 1, np.inf)  # best[c]: least damage using exactly c units so far
+    best[0] = 0.0
+    choice = []
     for name in names:
-        o, i = shapes[name]
-        new = [inf] * (steps + 1)
-        picked = [-1] * (steps + 1)
-        for bits in allowed:
-            cost = math.ceil(stored_bits(o, i, bits, group_size) / unit)
-            d = damage[name][bits]
-            for c in range(cost, steps + 1):
-                v = best[c - cost] + d
-                if v < new[c]:
-                    new[c], picked[c] = v, bits
+        new = np.full(steps + 1, np.inf)
+        picked = np.full(steps + 1, -1, dtype=np.int16)
+        for k, bits in enumerate(allowed):
+            units = math.ceil(cost(name, bits) / unit)
+            if units > steps:
+                continue
+            candidate = best[:steps + 1 - units] + damage[name][bits]
+            better = candidate < new[units:]
+            new[units:][better] = candidate[better]
+            picked[units:][better] = k
         best = new
         choice.append(picked)
-    end = min(range(steps + 1), key=lambda c: (best[c], -c))
-    if best[end] == inf:
+    finite = np.flatnonzero(np.isfinite(best))
+    if not len(finite):
         raise TeenyError(f"target_bits={target} cannot be reached with allowed_bits={sorted(allowed)}")
-    plan: dict[str, int] = {}
+    least = best[finite].min()
+    end = int(finite[best[finite] == least].max())  # the least damage; of equal plans the fuller one
+    plan: dict[str, Any] = {}
     c = end
     for k in range(len(names) - 1, -1, -1):
-        bits = choice[k][c]
+        bits = allowed[int(choice[k][c])]
         plan[names[k]] = bits
-        o, i = shapes[names[k]]
-        c -= math.ceil(stored_bits(o, i, bits, group_size) / unit)
-    achieved = average_bits(shapes, plan, group_size)
+        c -= math.ceil(cost(names[k], bits) / unit)
+    achieved = sum(cost(n, b) for n, b in plan.items()) / weights
     if abs(achieved - target) > tolerance:
         raise TeenyError(f"target_bits={target}: the least-damage plan within the budget averages {achieved:.3f} "
                          f"stored bits per weight, more than {tolerance} away; allow more bit-widths")
     return plan
 
 
-def load_sensitivity(path: str, source, group_size: int, allowed: list[int], names) -> dict[str, Any]:
-    """A sensitivity file written by ``teeny sensitivity``, checked against this model, group size, the allowed
-    bits and the linears to plan (one line naming what does not match)."""
+def load_sensitivity(path: str, source, group_size: int | None, allowed: list[int], names) -> dict[str, Any]:
+    """A sensitivity file written by ``teeny sensitivity``, checked against this model, group size (None: any),
+    the allowed bits and the linears to plan (one line naming what does not match)."""
     import json
 
     file = Path(path).expanduser()
@@ -350,7 +371,7 @@ def load_sensitivity(path: str, source, group_size: int, allowed: list[int], nam
     if model != source.identity():
         raise TeenyError(f"sensitivity={path!r} was measured on model {data.get('model_path', model)!r} "
                          f"({model}), not on {source.path!r} ({source.identity()})")
-    if grouped != group_size:
+    if group_size is not None and grouped != group_size:
         raise TeenyError(f"sensitivity={path!r} was measured at group_size={grouped}, not {group_size}")
     missing = sorted(set(allowed) - set(measured))
     if missing:
@@ -383,6 +404,20 @@ def mixed_precision(source, calibration, *, method: str, shapes: dict[str, tuple
     reachable target, the sensitivity file), then the sensitivity is read from ``sensitivity`` or measured with
     ``method`` on ``calibration``, then :func:`plan_bits`. The full-model KL is the damage where the file has it,
     else the block output error."""
+    check_target(shapes, allowed, target, group_size, writable, where)
+    data = sensitivity_for(source, calibration, shapes, sorted(set(allowed)), method=method, group_size=group_size,
+                           sym=sym, sensitivity=sensitivity, where=where)
+    damage = {n: {b: float(data["modules"][n][data["score"]][str(b)]) for b in allowed} for n in shapes}
+    plan = plan_bits(shapes, damage, sorted(set(allowed)), target, group_size)
+    return plan, data
+
+
+def sensitivity_for(source, calibration, shapes, bits: list[int], *, method: str, group_size: int | None,
+                    sym: bool, sensitivity: str, where: str) -> dict[str, Any]:
+    """The sensitivity ``target_bits`` plans with: the file ``sensitivity`` (checked: model, group size unless
+    None, ``bits`` measured, every linear of ``shapes``) or measured with ``method`` on ``calibration`` (at
+    ``group_size``, 128 when None); ``score`` names the damage used: the full-model KL where the file has it,
+    else the block output error."""
     import json
 
     from teeny_core.arch import spec_for
@@ -391,20 +426,16 @@ def mixed_precision(source, calibration, *, method: str, shapes: dict[str, tuple
     model_type = json.loads((safetensors_dir(source) / "config.json").read_text()).get("model_type")
     if spec_for(model_type).experts:
         raise TeenyError(f"{where}: target_bits does not plan routed experts yet ({model_type}); use bits")
-    check_target(shapes, allowed, target, group_size, writable, where)
     if sensitivity:
-        data = load_sensitivity(sensitivity, source, group_size, allowed, shapes)
+        data = load_sensitivity(sensitivity, source, group_size, bits, shapes)
     else:
         if calibration is None or not calibration.samples:
             raise TeenyError(f"{where}: target_bits without a sensitivity file measures it on calibration data; "
                              "give the variant a calibrator or pass -o sensitivity=FILE")
-        data = measure(source, calibration, method=method, bits_list=sorted(set(allowed)), group_size=group_size,
-                       sym=sym)
+        data = measure(source, calibration, method=method, bits_list=bits,
+                       group_size=128 if group_size is None else group_size, sym=sym)
     score = "kl" if all("kl" in data["modules"][n] for n in shapes) else "block"
-    damage = {n: {b: float(data["modules"][n][score][str(b)]) for b in allowed} for n in shapes}
-    plan = plan_bits(shapes, damage, sorted(set(allowed)), target, group_size)
-    data = {**data, "score": score}
-    return plan, data
+    return {**data, "score": score}
 
 
 def dynamic_rules(plan: dict[str, int], default_bits: int) -> dict[str, dict]:
@@ -412,6 +443,23 @@ def dynamic_rules(plan: dict[str, int], default_bits: int) -> dict[str, dict]:
     import re
 
     return {f"+:^{re.escape(n)}$": {"bits": b} for n, b in sorted(plan.items()) if b != default_bits}
+
+
+def gptq_quantization_config(bits: int, group_size: int, sym: bool, quantizer: str, *, lm_head: bool = False,
+                             unquantized=(), plan: dict[str, int] | None = None) -> dict[str, Any]:
+    """The ``quantization_config`` of a GPTQ v1 checkpoint (no act-order) written by ``quantizer``: ``bits``
+    globally (the most common of ``plan`` when given, whose other bits become ``dynamic`` rules), the modules
+    ``unquantized`` inside the layers excluded by rules too (what GPTQModel, vLLM and transformers read)."""
+    from teeny_core.formats.gptq import dynamic_exclusions
+
+    if plan:
+        bits = most_common(plan)
+    config: dict[str, Any] = {"quant_method": "gptq", "bits": bits, "group_size": group_size, "desc_act": False,
+                              "sym": sym, "checkpoint_format": "gptq", "pack_dtype": "int32", "lm_head": lm_head,
+                              "meta": {"quantizer": [quantizer]}}
+    if unquantized or plan:
+        config["dynamic"] = {**dynamic_exclusions(sorted(unquantized)), **dynamic_rules(plan or {}, bits)}
+    return config
 
 
 def most_common(plan: dict[str, int]) -> int:

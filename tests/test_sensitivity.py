@@ -85,6 +85,21 @@ def test_proxy_and_kl_match_whole_model_float64_references(measured):
     assert result["modules"][name]["kl"]["4"] == pytest.approx(kl, rel=0.02)  # float16-kept Q, float32 model
 
 
+def test_kl_sample_measures_that_many_pairs_with_the_full_runs_numbers(measured, tmp_path):
+    from teeny_core.sensitivity import heatmap, measure
+
+    src, calibration, windows, full = measured
+    result = measure(ModelSource(str(src)), calibration, method="rtn", bits_list=BITS, group_size=32,
+                     windows=windows, kl=True, kl_sample=6, seed=1)
+    pairs = [(n, b) for n, e in result["modules"].items() for b in e.get("kl", {})]
+    assert len(pairs) == 6 == result["kl_pairs"] and len({n for n, _ in pairs}) >= 2
+    for name, bits in pairs:
+        assert result["modules"][name]["kl"][bits] == pytest.approx(full["modules"][name]["kl"][bits], rel=1e-6)
+    assert -1 <= result["spearman_block_kl"] <= 1
+    heatmap(result, tmp_path / "h.png")  # incomplete KL: the heatmap shows the proxy
+    assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_cli_writes_json_and_heatmap_and_refuses_bad_group_size(tiny_model, tmp_path):
     from click.testing import CliRunner
 

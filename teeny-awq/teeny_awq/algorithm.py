@@ -41,6 +41,14 @@ class AwqSettings:
     clip: bool = True
     skip: tuple[str, ...] = ("lm_head",)
     batch_size: int = 8
+    module_bits: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Per-linear bits (qualified name -> bits) under ``target_bits``; the others get ``bits``."""
+    lowest_zero: int = 0
+    """Smallest zero point of the grid: 1 for a GPTQ v1 checkpoint, which stores ``zero - 1``."""
+
+    def bits_of(self, name: str) -> int:
+        """The bit-width of linear ``name`` (qualified)."""
+        return self.module_bits.get(name, self.bits)
 
 
 @dataclasses.dataclass
@@ -69,7 +77,7 @@ class _Group:
 
 # --- quantization on the checkpoint's grid ---------------------------------------------------------
 
-def _grid(w, bits: int, group_size: int, zero_point: bool, clip):
+def _grid(w, bits: int, group_size: int, zero_point: bool, clip, lowest_zero: int = 0):
     """Grouped view [out*groups, group_size] of ``w`` and its fp16-exact scale and integer zero [out*groups, 1]."""
     import torch
 
@@ -81,30 +89,32 @@ def _grid(w, bits: int, group_size: int, zero_point: bool, clip):
         clip = clip.reshape(-1, 1)
     scale, zero = qparams(grouped, bits, "asym" if zero_point else "sym", clip=1.0 if clip is None else clip)
     scale = scale.clamp_min(2.0**-24).to(torch.float16).float()  # what an fp16 `scales` tensor stores
-    return grouped, scale, zero.clamp(0, 2**bits - 1)
+    return grouped, scale, zero.clamp(lowest_zero, 2**bits - 1)
 
 
-def quantize_grouped(w, bits: int, group_size: int, zero_point: bool, clip=None) -> QuantizedWeight:
+def quantize_grouped(w, bits: int, group_size: int, zero_point: bool, clip=None,
+                     lowest_zero: int = 0) -> QuantizedWeight:
     """Quantize ``w`` [out, in] per group of ``group_size`` input columns with fp16-exact scales.
 
     ``clip`` (None, a float, or a tensor [out, groups]) shrinks each group's range before choosing scales.
-    Asymmetric (zero_point) or symmetric with the zero fixed at ``2**(bits-1)`` (the core's convention).
+    Asymmetric (zero_point) or symmetric with the zero fixed at ``2**(bits-1)`` (the core's convention);
+    ``lowest_zero`` bounds the zero point from below (a group whose range would need a smaller one is clipped).
     """
     import torch
 
     from teeny_core.quant import quantize
 
     rows, cols = w.shape
-    grouped, scale, zero = _grid(w, bits, group_size, zero_point, clip)
+    grouped, scale, zero = _grid(w, bits, group_size, zero_point, clip, lowest_zero)
     q = quantize(grouped, scale, zero, bits).to(torch.int32).reshape(rows, cols)
     return QuantizedWeight(q, scale.reshape(rows, -1), zero.reshape(rows, -1))
 
 
-def fake_quantize(w, bits: int, group_size: int, zero_point: bool, clip=None):
+def fake_quantize(w, bits: int, group_size: int, zero_point: bool, clip=None, lowest_zero: int = 0):
     """``w`` rounded onto its quantization grid (float32): equal to ``quantize_grouped(...).weight()``."""
     from teeny_core.quant import dequantize, quantize
 
-    grouped, scale, zero = _grid(w, bits, group_size, zero_point, clip)
+    grouped, scale, zero = _grid(w, bits, group_size, zero_point, clip, lowest_zero)
     return dequantize(quantize(grouped, scale, zero, bits), scale, zero).reshape(w.shape)
 
 
@@ -146,7 +156,8 @@ def search_scales(group: _Group, feats: list, settings: AwqSettings, kv_heads: t
         def loss_for(s) -> float:
             for n, m in to_quantize:
                 w = originals[n] * s.view(1, -1)
-                m.weight.copy_(fake_quantize(w, settings.bits, settings.group_size, settings.zero_point) / s.view(1, -1))
+                m.weight.copy_(fake_quantize(w, settings.bits_of(n), settings.group_size, settings.zero_point,
+                                             lowest_zero=settings.lowest_zero) / s.view(1, -1))
             total = 0.0
             for i, f in enumerate(feats):
                 total += float((group.inspect(i, f) - reference[i]).float().pow(2).mean())
@@ -177,8 +188,9 @@ def _tie_heads(v, n_rep: int, head_dim: int):
     return kv.expand(-1, n_rep, head_dim).reshape(-1)
 
 
-def search_clip(w, x, settings: AwqSettings):
-    """Per (output channel, group) clipping ratio in ``[1 - max_shrink, 1]`` minimising the error of ``x @ w.T``.
+def search_clip(w, x, settings: AwqSettings, bits: int | None = None):
+    """Per (output channel, group) clipping ratio in ``[1 - max_shrink, 1]`` minimising the error of ``x @ w.T``
+    on the ``bits`` grid (default ``settings.bits``).
 
     ``x`` is [tokens, in]. Returns a tensor [out, groups].
     """
@@ -199,7 +211,8 @@ def search_clip(w, x, settings: AwqSettings):
         ratios = best_ratio[start:start + per_batch]
         for step in range(steps):
             ratio = 1.0 - step / settings.grid
-            wq = fake_quantize(wb, settings.bits, gs, settings.zero_point, clip=ratio).reshape(-1, groups, gs)
+            wq = fake_quantize(wb, bits or settings.bits, gs, settings.zero_point, clip=ratio,
+                               lowest_zero=settings.lowest_zero).reshape(-1, groups, gs)
             err = (torch.einsum("ngk,ogk->ong", xg, wq) - reference).pow(2).mean(1)
             better = err < best_err
             best_err = torch.where(better, err, best_err)
@@ -306,8 +319,9 @@ def _solve_layer(work, settings: AwqSettings, quantize: bool, solved, on_linear)
                     continue
                 m = layer.get_submodule(name)
                 w = m.weight.float()
-                clip = search_clip(w, x, settings) if settings.clip and not name.endswith(NO_CLIP) else None
-                qw = quantize_grouped(w, settings.bits, settings.group_size, settings.zero_point, clip)
+                bits = settings.bits_of(full)
+                clip = search_clip(w, x, settings, bits) if settings.clip and not name.endswith(NO_CLIP) else None
+                qw = quantize_grouped(w, bits, settings.group_size, settings.zero_point, clip, settings.lowest_zero)
                 m.weight.copy_(qw.weight())
                 cpu = QuantizedWeight(qw.q.cpu(), qw.scale.cpu(), qw.zero.cpu())
                 tensors = on_linear(full, cpu)

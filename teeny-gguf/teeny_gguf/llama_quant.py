@@ -47,11 +47,13 @@ def tensor_type_value(name: str, what: str) -> int:
 def quantize_file(src: Path, dst: Path, ftype: str, *, nthread: int = 0, output_tensor_type: str = "auto",
                   token_embedding_type: str = "auto", imatrix_means: dict[str, Any] | None = None,
                   pure: bool = False, leave_output_tensor: bool = False,
-                  metadata: dict[str, int | str] | None = None) -> list[str]:
+                  metadata: dict[str, int | str] | None = None, tensor_types: dict[str, str] | None = None) -> list[str]:
     """Quantize GGUF ``src`` into ``dst`` with llama.cpp; return llama.cpp's log lines.
 
-    ``metadata`` adds string/int keys (e.g. ``quantize.imatrix.entries_count``) to the output. A non-zero
-    return raises a one-line :class:`TeenyError` naming the type and llama.cpp's reason.
+    ``metadata`` adds string/int keys (e.g. ``quantize.imatrix.entries_count``) to the output; ``tensor_types``
+    (GGUF tensor name -> ggml type) overrides the file type's choice for those tensors (llama-quantize's
+    ``--tensor-type``, here as anchored regexes through ``tt_overrides``). A non-zero return raises a one-line
+    :class:`TeenyError` naming the type and llama.cpp's reason.
     """
     import llama_cpp
 
@@ -72,6 +74,10 @@ def quantize_file(src: Path, dst: Path, ftype: str, *, nthread: int = 0, output_
     overrides = _kv_overrides(metadata or {})
     if overrides is not None:
         params.kv_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_kv_override))
+    tensor_overrides = _tensor_overrides(tensor_types or {})
+    if tensor_overrides is not None:
+        params.tt_overrides = ctypes.cast(tensor_overrides[0],
+                                          ctypes.POINTER(llama_cpp.llama_model_tensor_override))
     with _captured_log() as lines:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
@@ -108,6 +114,24 @@ def _kv_overrides(metadata: dict[str, int | str]):
             items[i].value.val_str = str(value).encode()[:127]
     items[len(metadata)].key = b""  # terminator: empty key
     return items
+
+
+def _tensor_overrides(types: dict[str, str]):
+    """``(override array terminated by a null pattern, the pattern buffers it points into)`` or None."""
+    import re
+
+    import llama_cpp
+
+    if not types:
+        return None
+    items = (llama_cpp.llama_model_tensor_override * (len(types) + 1))()
+    buffers = []
+    for i, (name, type_name) in enumerate(sorted(types.items())):
+        buffers.append(ctypes.create_string_buffer(f"^{re.escape(name)}$".encode()))
+        items[i].pattern = ctypes.cast(buffers[-1], ctypes.c_char_p)
+        items[i].type = tensor_type_value(type_name, "tensor type")
+    items[len(types)].pattern = None
+    return items, buffers
 
 
 class _captured_log:

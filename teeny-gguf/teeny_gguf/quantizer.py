@@ -29,9 +29,15 @@ class GGUFOptions(Options):
     pure: bool = option(False, "use the type for every tensor (no k-quant mixtures)")
     intermediate: Literal["F32", "F16", "BF16"] = option("F16", "float type of the converted file llama.cpp quantizes")
     nthread: int = option(0, "quantization threads (0: all cores)", min=0)
+    target_bits: float | None = option(None, "mixed precision: average bits per weight (scales included) of the "
+                                             "decoder layers' linears, each one's ggml type from allowed_types")
+    allowed_types: list[str] = option(["Q2_K", "Q3_K", "Q4_K", "IQ4_NL", "Q5_K", "Q5_0", "Q6_K", "Q8_0"],
+                                      "ggml types target_bits chooses from (first wins a tie)")
+    sensitivity: str = option("", "target_bits: a `teeny sensitivity` JSON of this model (default: measured on "
+                                  "the calibration data, round-to-nearest)")
 
 
-class GGUFQuantizer(Quantizer):
+class GGUFQuantizer(Quantizer[GGUFOptions]):
     """llama.cpp GGUF quantization (k-quants, i-quants, legacy) with an importance matrix from teeny calibrators."""
 
     name = "gguf"
@@ -42,26 +48,29 @@ class GGUFQuantizer(Quantizer):
         """Only an importance matrix computed here calibrates (not a float type, an imatrix file, or imatrix off)."""
         return options.type not in FLOAT_TYPES and not options.imatrix_file and wants_imatrix(options)
 
-    def describe(self, options: Options) -> dict[str, Any]:
-        assert isinstance(options, GGUFOptions)
+    def describe(self, options: GGUFOptions) -> dict[str, Any]:
         facts: dict[str, Any] = {"type": options.type}
+        if options.target_bits is not None:
+            facts.update(target_bits=options.target_bits, allowed_types=options.allowed_types)
         if options.type not in FLOAT_TYPES:
             facts["imatrix"] = "file" if options.imatrix_file else options.imatrix
         return facts
 
-    def quantize(self, source: ModelSource, calibration: CalibrationSet | None, options: Options,
+    def quantize(self, source: ModelSource, calibration: CalibrationSet | None, options: GGUFOptions,
                  out_dir: Path) -> Artifact:
         from teeny_gguf.convert import convert_to_gguf
         from teeny_gguf.imatrix import read_imatrix, write_imatrix
         from teeny_gguf.llama_quant import quantize_file
         from teeny_gguf.reader import gguf_stats
 
-        assert isinstance(options, GGUFOptions)
         out_dir = Path(out_dir)
         file = f"model-{options.type}.gguf"
         meta: dict[str, Any] = {"method": "gguf", "options": options.to_dict(), "source": source.path,
                                 "source_gguf_file": source.gguf_file}
         mode = resolve_imatrix(options, calibration)
+        plan, tensor_types = None, None
+        if options.target_bits is not None:
+            plan, used, tensor_types = mixed_types(source, calibration, options)
         if options.type in FLOAT_TYPES:
             convert_to_gguf(source, out_dir / file, options.type)
             meta["imatrix"] = None
@@ -88,7 +97,7 @@ class GGUFQuantizer(Quantizer):
                     intermediate, out_dir / file, options.type, nthread=options.nthread,
                     output_tensor_type=options.output_tensor_type, token_embedding_type=options.token_embedding_type,
                     imatrix_means=imatrix.means() if imatrix is not None else None, pure=options.pure,
-                    leave_output_tensor=options.leave_output_tensor, metadata=extra)
+                    leave_output_tensor=options.leave_output_tensor, metadata=extra, tensor_types=tensor_types)
                 meta["fallback_tensors"] = fallback_count(log_lines)
                 meta["imatrix"] = None if imatrix is None else {
                     "from": mode, "entries": len(imatrix), "chunks": imatrix.chunk_count,
@@ -98,9 +107,50 @@ class GGUFQuantizer(Quantizer):
             save_tokenizer_beside(source, out_dir)
         meta.update(gguf_stats(out_dir / file))
         meta["bits"] = meta["bits_per_weight"]
+        if plan:
+            meta.update(mixed_gguf_facts(out_dir, file, plan, tensor_types, used))
         artifact = Artifact(format="gguf", path=out_dir, file=file, meta=meta)
         artifact.save()
         return artifact
+
+
+def mixed_types(source: ModelSource, calibration: CalibrationSet | None, options: GGUFOptions):
+    """``(type per linear (HF names), the sensitivity used, type per GGUF tensor)`` for ``target_bits``."""
+    import json
+
+    from teeny_core.arch import spec_for
+    from teeny_core.walker import layer_matrices, safetensors_dir
+    from teeny_gguf.mixed import plan_types
+
+    if options.type in FLOAT_TYPES:
+        raise TeenyError(f"gguf: target_bits needs a quantized type (the tensors it does not plan get that type's "
+                         f"choice), not {options.type}")
+    path = safetensors_dir(source)
+    spec = spec_for(json.loads((path / "config.json").read_text()).get("model_type"))
+    shapes, _ = layer_matrices(path)
+    plan, used = plan_types(source, calibration, allowed=options.allowed_types, target=options.target_bits,
+                            sensitivity=options.sensitivity, shapes=shapes)
+    return plan, used, {spec.gguf_name(f"{name}.weight"): t for name, t in plan.items()}
+
+
+def mixed_gguf_facts(out_dir: Path, file: str, plan: dict[str, str], tensor_types: dict[str, str],
+                     used: dict[str, Any]) -> dict[str, Any]:
+    """Keep the sensitivity with the artifact; the planned tensors' types and bits per weight as written."""
+    from teeny_core.store import write_json
+    from teeny_gguf.mixed import layer_linear_bits, type_bits
+
+    write_json(out_dir / "sensitivity.json", used)
+    achieved, written = layer_linear_bits(out_dir / file, sorted(tensor_types))
+    differ = sorted(n for n, t in tensor_types.items() if written[n] != t)
+    if differ:
+        raise TeenyError(f"gguf: llama.cpp wrote {differ[0]} as {written[differ[0]]}, not the planned "
+                         f"{tensor_types[differ[0]]} ({len(differ)} tensors differ)")
+    counts: dict[str, int] = {}
+    for t in plan.values():
+        counts[t] = counts.get(t, 0) + 1
+    return {"bits_plan": dict(sorted(plan.items())), "modules_per_type": counts, "achieved_bits": round(achieved, 4),
+            "module_bits": {n: round(type_bits(t), 4) for n, t in sorted(plan.items())},
+            "sensitivity_score": used.get("score"), "sensitivity_file": "sensitivity.json"}
 
 
 def fallback_count(log_lines: list[str]) -> int:

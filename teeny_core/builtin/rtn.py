@@ -61,9 +61,8 @@ class RTNQuantizer(Quantizer[RTNOptions]):
         stays in full precision, with the reason in ``meta["kept_full_precision"]``."""
         from teeny_core.arch import spec_for
         from teeny_core.formats.checkpoint import write_checkpoint_config
-        from teeny_core.formats.gptq import dynamic_exclusions
         from teeny_core.modeling import torch_dtype
-        from teeny_core.sensitivity import dynamic_rules, mixed_facts, most_common
+        from teeny_core.sensitivity import gptq_quantization_config, mixed_facts
         from teeny_core.walker import (ShardWriter, copy_side_files, layer_matrices, safetensors_dir, stored_dtype,
                                        walk)
 
@@ -113,13 +112,9 @@ class RTNQuantizer(Quantizer[RTNOptions]):
         quant_config = None
         if fmt == "hf-gptq":
             group = options.group_size if options.granularity == "group" else -1
-            global_bits = most_common(plan) if plan else options.bits
-            quant_config = {"quant_method": "gptq", "bits": global_bits, "group_size": group, "desc_act": False,
-                            "sym": options.scheme == "sym", "checkpoint_format": "gptq", "pack_dtype": "int32",
-                            "lm_head": head, "meta": {"quantizer": ["teeny-rtn"]}}
-            inner = sorted((set(linears) - set(targets)) | set(kept))
-            if inner or plan:
-                quant_config["dynamic"] = {**dynamic_exclusions(inner), **dynamic_rules(plan or {}, global_bits)}
+            quant_config = gptq_quantization_config(options.bits, group, options.scheme == "sym", "teeny-rtn",
+                                                    lm_head=head, plan=plan,
+                                                    unquantized=(set(linears) - set(targets)) | set(kept))
         write_checkpoint_config(cfg, None, out_dir, quant_config, store_dtype,
                                 extra_config={"teeny_quantization": record})
         if rounder.shapes and why_not:
