@@ -38,7 +38,7 @@ def reference(model_dir: Path, chunks: int) -> tuple[list, list]:
     statistics on each, through the transformers runtime in float32."""
     from teeny_core.builtin.fidelity import FidelityOptions, reference_stats, token_chunks
     from teeny_core.plugins import Plugins
-    from teeny_core.types import Artifact
+    from teeny_core import Artifact
 
     fid = FidelityOptions.from_mapping({"chunks": chunks, "chunk_len": 256})
     runtime = Plugins.load().get("runtime", "transformers")
@@ -56,7 +56,7 @@ def quantize_variant(spec: dict):
     and ``seq_len`` of the code calibrator where the method calibrates; ``out`` may exist, empty). The artifact,
     wall and CPU seconds."""
     from teeny_core.plugins import Plugins
-    from teeny_core.types import ModelSource
+    from teeny_core import ModelSource
 
     plugins = Plugins.load()
     cls, source = plugins.get("quantizer", spec["method"]), ModelSource(spec["model"])

@@ -40,7 +40,7 @@ def score(path: Path, fmt: str, runtime_name: str, chunks, refs, file: str | Non
     """Mean KL with its standard error, top-1 agreement and perplexity of one artifact against the reference."""
     from teeny_core.builtin.fidelity import FidelityEvaluator, FidelityOptions, compare
     from teeny_core.plugins import Plugins
-    from teeny_core.types import Artifact
+    from teeny_core import Artifact
 
     runtime = Plugins.load().get("runtime", runtime_name)
     options = {"device": "cpu", "dtype": "float32"} if runtime_name == "transformers" else {}
@@ -85,7 +85,7 @@ def main() -> None:
     from teeny_core.plugins import Plugins
     from teeny_core.sensitivity import average_bits, heatmap, measure
     from teeny_core.store import write_json
-    from teeny_core.types import Artifact, ModelSource
+    from teeny_core import Artifact, ModelSource
     from teeny_core.walker import layer_matrices, safetensors_dir
 
     quiet_libraries()

@@ -16,7 +16,7 @@ from teeny_core.checkpoints import open_checkpoint
 from teeny_core.cli import cli
 from teeny_core.errors import TeenyError
 from teeny_core.testing import build_quantized_checkpoint, experiment_toml
-from teeny_core.types import ARTIFACT_MANIFEST
+from teeny_core.modeling import ARTIFACT_MANIFEST
 
 GPTQMODEL_CONFIG = {
     "bits": 4, "group_size": 32, "desc_act": True, "sym": False, "lm_head": False, "quant_method": "gptq",

@@ -51,10 +51,9 @@ class AwqQuantizer(Quantizer[AwqOptions]):
 
         from teeny_awq.algorithm import AwqSettings, awq_solver, quantize_grouped
         from teeny_awq.export import hf_awq_tensors, packed_bytes, packed_linear_bytes, quantization_config
-        from teeny_core.formats.checkpoint import write_checkpoint_config
         from teeny_core.formats.gptq import default_g_idx, pack_linear
         from teeny_core.modeling import resolve_device, torch_dtype
-        from teeny_core import skipped, stored_dtype
+        from teeny_core import skipped, stored_dtype, write_checkpoint_config
         from teeny_core.sensitivity import gptq_quantization_config, mixed_facts
         from teeny_core.walker import ShardWriter, copy_side_files, safetensors_dir, walk
 

@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from teeny_core.errors import TeenyError
+from teeny_core import TeenyError
 
 NOMINAL_BITS = {"Q2_K": 2, "Q3_K": 3, "Q4_0": 4, "Q4_1": 4, "Q4_K": 4, "IQ4_NL": 4, "IQ4_XS": 4, "Q5_0": 5,
                 "Q5_1": 5, "Q5_K": 5, "Q6_K": 6, "Q8_0": 8}

@@ -15,7 +15,7 @@ pytest.importorskip("llama_cpp")
 
 
 def _quantize(source_dir, out_dir, calibration, **options):
-    from teeny_core.types import ModelSource
+    from teeny_core import ModelSource
     from teeny_gguf.quantizer import GGUFQuantizer
 
     out_dir.mkdir(parents=True, exist_ok=True)
