@@ -79,7 +79,8 @@ _PLUGINS: Plugins | None = None
 
 @cli.command(name="plugins")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def plugins_cmd(as_json: bool) -> None:
+@click.option("--traceback", "tracebacks", is_flag=True, help="After the table, each broken plugin's traceback.")
+def plugins_cmd(as_json: bool, tracebacks: bool) -> None:
     """Installed plugins: name, distribution and version, hooks, components; broken ones with their error."""
     cli.add_plugin_commands()  # a plugin whose command hook fails is broken too
     infos = list(plugins().infos.values())
@@ -98,6 +99,9 @@ def plugins_cmd(as_json: bool) -> None:
                           if c in unavailable)
         table.add_row(i.name, i.distribution, i.version, "\n".join(i.hooks), "\n".join(i.components), status)
     console().print(table)
+    for i in infos if tracebacks else []:
+        if i.error:
+            click.echo(f"\n{i.name} ({i.distribution}): {i.error}\n{i.traceback or 'no traceback: ' + i.error}")
 
 
 @cli.command(name="list")

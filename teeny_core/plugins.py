@@ -58,6 +58,7 @@ class PluginInfo:
     hooks: list[str] = dataclasses.field(default_factory=list)
     components: list[str] = dataclasses.field(default_factory=list)
     error: str | None = None
+    traceback: str | None = dataclasses.field(default=None, repr=False)  # `teeny plugins --traceback`
 
 
 @dataclasses.dataclass
@@ -113,7 +114,7 @@ class Plugins:
             if os.environ.get("TEENY_STRICT_PLUGINS") == "1":
                 raise
             info.error = one_line(exc)
-            info.traceback = traceback.format_exc()  # type: ignore[attr-defined]
+            info.traceback = traceback.format_exc()
 
     def _register_all(self) -> None:
         """Call each new plugin's register hooks; a plugin whose hook raises registers nothing at all."""

@@ -232,6 +232,17 @@ def test_table_shows_broken_plugins_with_their_error(site):
     assert "built-in" in rows["rtn"]
 
 
+def test_traceback_option_shows_where_an_import_failed(site):
+    """A plugin author sees the file and line their plugin failed at, not only the one-line error."""
+    out = teeny(site, "plugins", "--traceback")
+    assert out.returncode == 0, out.stderr
+    after_table = out.stdout.split("tp-broken (teeny-tp-broken): ImportError", 1)[1]
+    assert "Traceback (most recent call last)" in after_table and "libfrobnicate" in after_table
+    own_frame = after_table.split("\n\n", 1)[0]  # this plugin's block: its module's file and line
+    assert "teeny_tp_broken" in own_frame and ", line " in own_frame
+    assert "Traceback" not in teeny(site, "plugins").stdout
+
+
 def test_a_plugin_command_runs(site):
     out = teeny(site, "tp-hello")
     assert out.returncode == 0, out.stderr
