@@ -9,12 +9,12 @@ same calibration (the ``code`` calibrator, seed 0) and is scored on the same hel
 fidelity evaluator's text): KL(float copy || variant) over the reference's top 256 tokens plus the rest, mean over
 windows with its standard error; the float reference runs in float32 in transformers, GPTQ rows in transformers
 (float32 compute), GGUF rows in llama.cpp. The sensitivity is measured once by ``teeny sensitivity``'s code path
-(``--sensitivity-method``, symmetric as the GPTQ rows, bits 2,3,4,8, g128; its damage, which the plans
-minimise, is the block output error) and used by
-every mixed row; the full-model KL of ``--kl-pairs`` random (linear, bits) pairs, on ``--kl-windows`` windows of
-128 tokens that come before the scored windows in the same text, gives the proxies' rank correlations (all 672
-pairs would take hours on this 2-core machine). Finished rows
-are cached in ``--work/rows.json``; the table is written to benchmarks/results/mixed.md after each row.
+(``--sensitivity-method``, symmetric as the GPTQ rows, bits 2,3,4,8, g128) and used by every mixed row; the
+full-model KL of ``--kl-pairs`` random (linear, bits) pairs, on ``--kl-windows`` windows of 128 tokens that come
+before the scored windows in the same text, gives the proxies' rank correlations (all 672 pairs would take hours
+on this 2-core machine), and the plans minimise the local score that ranks it better
+(``teeny_core.sensitivity.damage_score``; the Hessian proxy on this model). Finished rows are cached in
+``--work/rows.json``; the table is written to benchmarks/results/mixed.md after each row.
 """
 
 from __future__ import annotations
@@ -229,7 +229,8 @@ def render(rows: dict[str, dict], sens: dict, args) -> str:
                      f"{r['kl_se']:.4f} | {100 * r['top1']:.1f}% | {r['ppl']:.3f} | {r['seconds']:.0f} |")
     lines.append("")
     for mixed, uniform in (("gptq mixed", "gptq w3 g128"), ("gguf mixed", "gguf Q3_K_M imatrix")):
-        m = next((r for k, r in rows.items() if k.startswith(mixed) and "2.5" not in k), None)
+        m = next((r for k, r in rows.items() if k.startswith(mixed) and "2.5" not in k and "before" not in k),
+                 None)
         if m and uniform in rows:
             u = rows[uniform]
             lines.append(f"- {mixed} / {uniform}: KL ratio {m['kl'] / u['kl']:.3f}, size ratio "

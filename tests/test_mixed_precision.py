@@ -62,7 +62,7 @@ def test_rtn_target_bits_from_a_sensitivity_file_runs_packed(tiny_model, tmp_pat
     assert len(set(bits_of.values())) >= 2
     artifact = open_checkpoint(str(out))
     assert artifact.meta["achieved_bits"] == pytest.approx(average, abs=1e-3)
-    assert artifact.meta["bits_plan"] == bits_of and artifact.meta["sensitivity_score"] == "block"
+    assert artifact.meta["bits_plan"] == bits_of and artifact.meta["sensitivity_score"] == "proxy"
     assert json.loads((out / "sensitivity.json").read_text())["model"] == ModelSource(str(src)).identity()
 
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float64)

@@ -144,3 +144,50 @@ def test_unreachable_target_is_one_line():
     shapes = {"a": (128, 128)}
     with pytest.raises(TeenyError, match=r"target_bits=1.5 cannot be reached with allowed_bits=\[2, 4\]"):
         plan_bits(shapes, {"a": {2: 1.0, 4: 0.1}}, [2, 4], 1.5, 64)
+
+
+def without_kl(result, keep_spearman=True):
+    """``result`` as a sensitivity without the per-module KL (optionally without its rank correlations)."""
+    data = json.loads(json.dumps(result))
+    for entry in data["modules"].values():
+        entry.pop("kl", None)
+    if not keep_spearman:
+        data = {k: v for k, v in data.items() if not k.startswith("spearman_")}
+    return data
+
+
+def test_damage_score_is_the_kl_else_the_better_ranked_local_score_else_the_proxy(measured):
+    from teeny_core.sensitivity import damage_score
+
+    _, _, _, full = measured
+    names = list(full["modules"])
+    assert damage_score(full, names) == "kl"  # every (linear, bits) pair measured
+    sampled = without_kl(full)
+    sampled["modules"][names[0]]["kl"] = {"2": 0.1}  # what --kl-sample leaves: some pairs only
+    assert full["spearman_block_kl"] > full["spearman_proxy_kl"]  # this random model: 0.99 vs 0.39
+    assert damage_score(sampled, names) == "block"
+    sampled.update(spearman_block_kl=0.63, spearman_proxy_kl=0.87)  # Qwen2.5-Coder-0.5B's 16 sampled pairs
+    assert damage_score(sampled, names) == "proxy"
+    assert damage_score(without_kl(full, keep_spearman=False), names) == "proxy"  # no KL at all
+
+
+@pytest.mark.parametrize("target", [3.0, 3.5, 5.0, 6.0])
+def test_chosen_score_plan_loses_no_more_measured_kl_than_the_other_local_score(measured, target):
+    """With only the rank correlations known (a --kl-sample file), the plan from the score
+    :func:`damage_score` picks, scored by the whole-model KL measured for every (linear, bits) pair, is no
+    worse than the plan from the other local score (and the KL plan is the least of all)."""
+    from teeny_core.sensitivity import damage_score
+
+    _, _, _, result = measured
+    modules = result["modules"]
+    shapes = {n: tuple(e["shape"]) for n, e in modules.items()}
+
+    def summed_kl(score):
+        damage = {n: {b: e[score][str(b)] for b in BITS} for n, e in modules.items()}
+        plan = plan_bits(shapes, damage, BITS, target, group_size=32)
+        assert abs(average_bits(shapes, plan, 32) - target) <= 0.05
+        return sum(modules[n]["kl"][str(b)] for n, b in plan.items())
+
+    chosen = damage_score(without_kl(result), list(modules))
+    other = {"proxy": "block", "block": "proxy"}[chosen]
+    assert summed_kl("kl") <= summed_kl(chosen) * (1 + 1e-9) <= summed_kl(other) * (1 + 1e-9)

@@ -33,7 +33,7 @@ def test_awq_target_bits_writes_mixed_gptq_checkpoint_that_runs_packed(tiny_mode
     assert config["quant_method"] == "gptq" and config["checkpoint_format"] == "gptq" and not config["sym"]
     assert len({config["bits"], *(r["bits"] for r in config["dynamic"].values())}) >= 2
     artifact = open_checkpoint(str(out))
-    assert artifact.meta["bits_plan"] == bits_of and artifact.meta["sensitivity_score"] == "block"
+    assert artifact.meta["bits_plan"] == bits_of and artifact.meta["sensitivity_score"] == "proxy"
     used = json.loads((out / "sensitivity.json").read_text())
     assert used["method"] == "rtn" and used["sym"] is False and used["group_size"] == 32
 

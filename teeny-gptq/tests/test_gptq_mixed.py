@@ -28,7 +28,7 @@ def test_target_bits_writes_mixed_dynamic_rules_that_run_packed(tiny_model, tmp_
     assert abs(average - 3.5) <= 0.05 and len(bits_of) == 14
     assert len({config["bits"], *(r["bits"] for r in config["dynamic"].values())}) >= 2
     artifact = open_checkpoint(str(out))
-    assert artifact.meta["bits_plan"] == bits_of and artifact.meta["sensitivity_score"] == "block"
+    assert artifact.meta["bits_plan"] == bits_of and artifact.meta["sensitivity_score"] == "proxy"
     assert json.loads((out / "sensitivity.json").read_text())["method"] == "gptq"
     linears, _ = read_quantized(out)
     assert {name: linear.bits for name, linear in linears} == bits_of
