@@ -68,7 +68,11 @@ class Experiment:
 
     def to_dict(self) -> dict[str, Any]:
         """The experiment as JSON data, options as mappings (the ``[calibration]`` table with its ``method``)."""
-        data = dataclasses.asdict(self)  # Options are dataclasses: asdict turns them into their mappings
+        data = dataclasses.asdict(self)
+        for attr in ("evaluators", "profilers", "analyzers", "runtimes", "executor_options"):
+            data[attr] = {name: o.to_dict() for name, o in getattr(self, attr).items()}  # each Options' own form
+        for v, variant in zip(data["variants"], self.variants):
+            v["options"] = variant.options.to_dict()
         data["calibration"] = self.calibration_table()
         del data["calibrator"]
         return data

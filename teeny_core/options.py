@@ -16,9 +16,12 @@ class OptionsError(TeenyError):
 
 
 def option(default: Any, help: str = "", *, choices: typing.Iterable[Any] | None = None,
-           min: float | None = None, max: float | None = None) -> Any:
-    """Declare an option field with a help line and optional choices or bounds."""
-    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "min": min, "max": max}
+           min: float | None = None, max: float | None = None, added: bool = False) -> Any:
+    """Declare an option field with a help line and optional choices or bounds. ``added=True`` marks an option
+    added after runs were stored: at its default it is left out of :meth:`Options.to_dict`, so the keys of those
+    runs (which hash the options) do not move and a resumed run redoes nothing."""
+    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "min": min, "max": max,
+            "added": added}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -57,7 +60,12 @@ class Options:
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The options as plain data (what run keys hash), without ``added`` options left at their default."""
+        data = dataclasses.asdict(self)
+        for f in dataclasses.fields(self):  # not self.fields(): an option may be named "fields"
+            if f.metadata.get("added") and data[f.name] == _default(f):
+                del data[f.name]
+        return data
 
 
 @dataclasses.dataclass
@@ -159,3 +167,7 @@ def _coerce(prefix: str, key: str, value: Any, tp: Any, f: dataclasses.Field) ->
         rng = f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
         raise OptionsError(f"{prefix}option {key}={value!r} is out of range; expected {expected} in {rng}")
     return out
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]

@@ -27,10 +27,10 @@ class AwqOptions(Options):
                   "hf-gptq: a GPTQ checkpoint (2, 3, 4 or 8 bits, per-module bits as dynamic rules)")
     target_bits: float | None = option(None, "mixed precision (format=hf-gptq): average stored bits per quantized "
                                              "weight (scales and zero points included), each linear's bits from "
-                                             "allowed_bits")
-    allowed_bits: list[int] = option([2, 3, 4, 8], "bit-widths target_bits chooses from")
+                                             "allowed_bits", added=True)
+    allowed_bits: list[int] = option([2, 3, 4, 8], "bit-widths target_bits chooses from", added=True)
     sensitivity: str = option("", "target_bits: a `teeny sensitivity` JSON of this model (default: measured on "
-                                  "the calibration data, method rtn on AWQ's grid)")
+                                  "the calibration data, method rtn on AWQ's grid)", added=True)
 
 
 class AwqQuantizer(Quantizer[AwqOptions]):

@@ -30,11 +30,12 @@ class GGUFOptions(Options):
     intermediate: Literal["F32", "F16", "BF16"] = option("F16", "float type of the converted file llama.cpp quantizes")
     nthread: int = option(0, "quantization threads (0: all cores)", min=0)
     target_bits: float | None = option(None, "mixed precision: average bits per weight (scales included) of the "
-                                             "decoder layers' linears, each one's ggml type from allowed_types")
+                                             "decoder layers' linears, each one's ggml type from allowed_types",
+                                       added=True)
     allowed_types: list[str] = option(["Q2_K", "Q3_K", "Q4_K", "IQ4_NL", "Q5_K", "Q5_0", "Q6_K", "Q8_0"],
-                                      "ggml types target_bits chooses from (first wins a tie)")
+                                      "ggml types target_bits chooses from (first wins a tie)", added=True)
     sensitivity: str = option("", "target_bits: a `teeny sensitivity` JSON of this model (default: measured on "
-                                  "the calibration data, round-to-nearest)")
+                                  "the calibration data, round-to-nearest)", added=True)
 
 
 class GGUFQuantizer(Quantizer[GGUFOptions]):
