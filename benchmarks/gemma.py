@@ -108,16 +108,18 @@ def best_ms(fn, repeat: int = 7) -> float:
     return 1000 * min(times)
 
 
-def score(artifact_path: Path, fmt: str, chunks, refs) -> dict:
+def score(artifact_path: Path, fmt: str, chunks, refs, runtime_name: str = "transformers",
+          file: str | None = None) -> dict:
     """Perplexity, mean KL (with its standard error over windows) and top-1 agreement of one artifact against
-    the original's reference statistics, through the transformers runtime and the fidelity evaluator's math."""
+    the original's reference statistics, through a runtime (transformers in float32 by default) and the
+    fidelity evaluator's math."""
     from teeny_core.builtin.fidelity import FidelityEvaluator, FidelityOptions, compare
     from teeny_core.modeling import Artifact
     from teeny_core.plugins import Plugins
 
-    runtime = Plugins.load().get("runtime", "transformers")
-    loaded = runtime().load(Artifact(format=fmt, path=artifact_path),
-                            runtime.Options.from_mapping({"device": "cpu", "dtype": "float32"}))
+    runtime = Plugins.load().get("runtime", runtime_name)
+    options = {"device": "cpu", "dtype": "float32"} if runtime_name == "transformers" else {}
+    loaded = runtime().load(Artifact(format=fmt, path=artifact_path, file=file), runtime.Options.from_mapping(options))
     try:
         rows = [compare(ref, loaded.logprobs([ids])[0], ids) for ids, ref in zip(chunks, refs)]
     finally:

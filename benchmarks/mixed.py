@@ -29,28 +29,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
 
-from gemma import load_note, write_section  # noqa: E402
+from gemma import load_note, score, write_section  # noqa: E402
 
 ROOT = HERE.parent
 RESULTS = ROOT / "benchmarks" / "results" / "mixed.md"
 SENS_LEN = 128
-
-
-def score(path: Path, fmt: str, runtime_name: str, chunks, refs, file: str | None = None) -> dict:
-    """Mean KL with its standard error, top-1 agreement and perplexity of one artifact against the reference."""
-    from teeny_core.builtin.fidelity import FidelityEvaluator, FidelityOptions, compare
-    from teeny_core.plugins import Plugins
-    from teeny_core import Artifact
-
-    runtime = Plugins.load().get("runtime", runtime_name)
-    options = {"device": "cpu", "dtype": "float32"} if runtime_name == "transformers" else {}
-    loaded = runtime().load(Artifact(format=fmt, path=path, file=file), runtime.Options.from_mapping(options))
-    try:
-        rows = [compare(ref, loaded.logprobs([ids])[0], ids) for ids, ref in zip(chunks, refs)]
-    finally:
-        loaded.close()
-    m = FidelityEvaluator().summarize(rows, FidelityOptions())
-    return {"ppl": m["perplexity"], "kl": m["kl_mean"], "kl_se": m["kl_se"], "top1": m["top1_mean"]}
 
 
 def gptq_rows(target_w3: float) -> list[tuple[str, dict]]:
@@ -162,7 +145,7 @@ def main() -> None:
             counts = {str(b): list(bits_of.values()).count(b) for b in sorted(set(bits_of.values()))}
             save(label, {"family": "gptq", "bytes": weight_bytes(out), "achieved_bits": achieved,
                          "modules_per_bits": counts, "seconds": round(seconds, 1),
-                         **score(out, "hf-gptq", "transformers", chunks, refs)})
+                         **score(out, "hf-gptq", chunks, refs)})
 
     if "gguf" in args.rows:
         from teeny_core.arch import spec_for
@@ -192,7 +175,7 @@ def main() -> None:
             save(label, {"family": "gguf", "bytes": made.location.stat().st_size,
                          "achieved_bits": stats["bits_per_weight"], "linear_bits": bits, "linear_types": counts,
                          "seconds": round(seconds, 1),
-                         **score(out, "gguf", "llama.cpp", chunks, refs, file=made.file)})
+                         **score(out, "gguf", chunks, refs, runtime_name="llama.cpp", file=made.file)})
     write_section(RESULTS, "table", render(rows, sens, args))
     print(render(rows, sens, args))
 
