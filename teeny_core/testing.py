@@ -183,6 +183,20 @@ def build_quantized_checkpoint(src, out, kind: str, bits: int = 4, group: int = 
     return artifact
 
 
+def assert_runs_packed(artifact, packed_layers: int, tolerance: float = 1e-4) -> None:
+    """The transformers runtime runs ``packed_layers`` linears of ``artifact`` packed (none left float), and its
+    log-probs match the same checkpoint loaded dequantized within ``tolerance``."""
+    from teeny_core.builtin.transformers_runtime import TransformersRuntime
+
+    options = TransformersRuntime.Options.from_mapping
+    packed = TransformersRuntime().load(artifact, options({"device": "cpu", "packed_compute": "float32"}))
+    facts = packed.load_facts()
+    assert facts["kernels"] == "packed" and facts["packed_layers"] == packed_layers and facts["float_layers"] == {}
+    dequant = TransformersRuntime().load(artifact, options({"device": "cpu", "kernels": "dequant"}))
+    ids = [[(7 * i + 3) % 500 + 1 for i in range(32)]]
+    assert float((packed.logprobs(ids) - dequant.logprobs(ids)).abs().max()) <= tolerance
+
+
 def checkpoint_bits_per_weight(artifact_dir) -> tuple[float, dict[str, int]]:
     """``(stored bits per quantized weight, {linear: bits})`` of an hf-gptq checkpoint, counted from its tensors'
     bytes (qweight, qzeros, scales, g_idx) and shapes, independently of the writer's own accounting."""

@@ -7,17 +7,15 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from teeny_core.cli import cli
-from teeny_core.testing import checkpoint_bits_per_weight
+from teeny_core.testing import assert_runs_packed, checkpoint_bits_per_weight
 
 CAL = ["-c", "samples=4", "-c", "seq_len=32"]
 
 
 def test_awq_target_bits_writes_mixed_gptq_checkpoint_that_runs_packed(tiny_model, tmp_path):
-    from teeny_core.builtin.transformers_runtime import TransformersRuntime
     from teeny_core.checkpoints import open_checkpoint
     from teeny_core.formats.gptq import dequantized_state_dict
 
@@ -48,13 +46,7 @@ def test_awq_target_bits_writes_mixed_gptq_checkpoint_that_runs_packed(tiny_mode
         if bits < 8:
             assert int(distinct.max()) > 2 ** (bits - 1)
 
-    options = TransformersRuntime.Options.from_mapping
-    packed = TransformersRuntime().load(artifact, options({"device": "cpu", "packed_compute": "float32"}))
-    facts = packed.load_facts()
-    assert facts["kernels"] == "packed" and facts["packed_layers"] == 14 and facts["float_layers"] == {}
-    dequant = TransformersRuntime().load(artifact, options({"device": "cpu", "kernels": "dequant"}))
-    ids = [[(7 * i + 3) % 500 + 1 for i in range(32)]]
-    assert float((packed.logprobs(ids) - dequant.logprobs(ids)).abs().max()) <= 1e-4
+    assert_runs_packed(artifact, packed_layers=14)
 
 
 @pytest.mark.parametrize("case", ["hf-awq", "unwritable", "unreachable", "lm_head"])

@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import json
 
-import pytest
-import torch
 from click.testing import CliRunner
 
 from teeny_core.cli import cli
-from teeny_core.testing import checkpoint_bits_per_weight
+from teeny_core.testing import assert_runs_packed, checkpoint_bits_per_weight
 
 
 def test_target_bits_writes_mixed_dynamic_rules_that_run_packed(tiny_model, tmp_path):
-    from teeny_core.builtin.transformers_runtime import TransformersRuntime
     from teeny_core.checkpoints import open_checkpoint
     from teeny_core.formats.gptq import read_quantized
 
@@ -33,13 +30,7 @@ def test_target_bits_writes_mixed_dynamic_rules_that_run_packed(tiny_model, tmp_
     linears, _ = read_quantized(out)
     assert {name: linear.bits for name, linear in linears} == bits_of
 
-    options = TransformersRuntime.Options.from_mapping
-    packed = TransformersRuntime().load(artifact, options({"device": "cpu", "packed_compute": "float32"}))
-    facts = packed.load_facts()
-    assert facts["kernels"] == "packed" and facts["packed_layers"] == 14 and facts["float_layers"] == {}
-    dequant = TransformersRuntime().load(artifact, options({"device": "cpu", "kernels": "dequant"}))
-    ids = [[(7 * i + 3) % 500 + 1 for i in range(32)]]
-    assert float((packed.logprobs(ids) - dequant.logprobs(ids)).abs().max()) <= 1e-4
+    assert_runs_packed(artifact, packed_layers=14)
 
     done = CliRunner().invoke(cli, ["eval", str(out), "-b", "fidelity", "--reference", str(src), "-o", "chunks=2",
                                     "-o", "chunk_len=32", "--out", str(tmp_path / "eval")])
