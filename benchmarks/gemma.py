@@ -51,6 +51,16 @@ def reference(model_dir: Path, chunks: int) -> tuple[list, list]:
         original.close()
 
 
+def code_calibration(source, samples: int, seq_len: int):
+    """The benchmarks' calibration set of ``source`` (a ModelSource): ``samples`` windows of ``seq_len`` tokens
+    from the `code` calibrator, seed 0."""
+    from teeny_core.plugins import Plugins
+
+    code = Plugins.load().get("calibrator", "code")
+    return code().samples(source.load_tokenizer(), code.Options.from_mapping({"samples": samples,
+                                                                             "seq_len": seq_len}), seed=0)
+
+
 def quantize_variant(spec: dict):
     """In a variant's child process: quantize ``spec`` (``method``, ``options``, ``model``, ``out``; ``samples``
     and ``seq_len`` of the code calibrator where the method calibrates; ``out`` may exist, empty). The artifact,
@@ -63,9 +73,7 @@ def quantize_variant(spec: dict):
     options = cls.Options.from_mapping(spec["options"])
     calibration = None
     if cls.needs_calibration(options):
-        code = plugins.get("calibrator", "code")
-        calibration = code().samples(source.load_tokenizer(), code.Options.from_mapping(
-            {"samples": spec["samples"], "seq_len": spec["seq_len"]}), seed=0)
+        calibration = code_calibration(source, spec["samples"], spec["seq_len"])
     out = Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)
     start, cpu = time.perf_counter(), time.process_time()
