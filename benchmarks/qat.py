@@ -83,7 +83,7 @@ class Watch:
     def __init__(self, blocks: Path | None, progress: Path, every: float = 15.0):
         self.blocks, self.progress, self.every = blocks, progress, every
         self.loads: list[float] = []
-        self.done: dict[str, float] = json.loads(progress.read_text()) if progress.exists() else {}
+        self.done: dict[str, dict] = json.loads(progress.read_text()) if progress.exists() else {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -94,10 +94,11 @@ class Watch:
                 continue
             for facts in sorted(self.blocks.glob("layer-*.json")):
                 index = facts.stem.split("-")[1]
-                if index not in self.done:
-                    self.done[index] = time.time()
+                if index not in self.done:  # when it landed, its loss after training and its walker seconds
+                    self.done[index] = {"at": time.time(), **json.loads(facts.read_text())}
                     self.progress.write_text(json.dumps(self.done))
-                    print(f"qat block {index} done at {time.strftime('%H:%M:%S')}", file=sys.stderr, flush=True)
+                    print(f"qat block {index} done at {time.strftime('%H:%M:%S')}: {self.done[index]}",
+                          file=sys.stderr, flush=True)
 
     def __enter__(self) -> "Watch":
         self._thread.start()

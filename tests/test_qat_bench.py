@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -79,3 +80,24 @@ def test_shared_runs_counts_window_runs_found_in_the_calibration():
     copied = [[1] + list(range(120, 120 + NGRAM + 2))]  # one window repeating 18 calibration tokens: 3 runs
     assert shared_runs(calibration, copied, prefix=1) == 3
     assert shared_runs(calibration, [[100] + list(range(101, 101 + NGRAM - 1))], prefix=1) == 0  # prefix skipped
+
+
+def test_watch_records_each_finished_block_and_the_load(tmp_path):
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        from qat import Watch
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    blocks, progress = tmp_path / "blocks", tmp_path / "progress.json"
+    blocks.mkdir()
+    with Watch(blocks, progress, every=0.02) as watch:
+        (tmp_path / "facts").write_text(json.dumps({"params": 10, "error": 0.5, "seconds": 3.0}))
+        (tmp_path / "facts").replace(blocks / "layer-0.json")  # atomically, as the walker keeps a block
+        deadline = time.time() + 10
+        while not progress.exists() and time.time() < deadline:
+            time.sleep(0.02)
+    done = json.loads(progress.read_text())
+    assert set(done) == {"0"} and done["0"]["error"] == 0.5 and done["0"]["seconds"] == 3.0
+    assert watch.loads and all(load >= 0 for load in watch.loads)
+    again = Watch(blocks, progress)  # a resumed run keeps the blocks it saw before
+    assert again.done == done
