@@ -2,7 +2,8 @@
 and peak RSS of quantizing, and the training curve of each block.
 
     nice python benchmarks/qat.py [--model qwen|gemma|DIR] [--samples 16] [--seq-len 128] [--epochs 2]
-                                  [--chunks 4] [--only gptq-w2 qat-w2 gptq-w3 qat-w3]
+                                  [--chunks 4] [--only gptq-w2 qat-w2 gptq-w3 qat-w3] [--work DIR]
+    nice python benchmarks/qat.py --only --merge OTHER/rows.json   # only the table, with rows of another --work
 
 Rows: QAT w2 g64 against GPTQ w2 g64 (target: QAT's KL at most 0.5x GPTQ's) and QAT w3 g128 against GPTQ w3 g128
 (at most 0.7x); both methods asymmetric (a learned zero point per group), lm_head kept, on the CPU. The original
@@ -119,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="*", choices=list(ROWS), default=list(ROWS), help="rows to compute")
     parser.add_argument("--work", type=Path, default=None,
                         help="cache of artifacts and rows (default ~/.cache/teeny/bench-qat/MODEL)")
+    parser.add_argument("--merge", type=Path, nargs="*", default=[],
+                        help="rows.json files of other --work directories to add to the table (rows run in parallel)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where qat.md and the figure go")
     args = parser.parse_args(argv)
 
@@ -176,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
         cache.write_text(json.dumps(rows, indent=1))
         print(f"{key}: done, KL {rows[key]['kl']:.4f}", file=sys.stderr, flush=True)
 
+    for other in args.merge:
+        rows = {**json.loads(other.read_text()), **rows}
     suffix = "" if name == "qwen" else f"-{name}"
     figure = args.results / f"qat-blocks{suffix}.png"
     if any(r["block_losses"] for r in rows.values()):
