@@ -6,8 +6,9 @@ Loads ARTIFACT_DIR (hf-gptq / hf-awq) in the transformers runtime on CPU as a us
 planes of at least ``PackedLinear.compact_from`` groups x outputs hold scales and integer factors), prints
 ``teeny_core.packed.tensor_bytes`` and where the bytes are, then switches every packed plane in place between
 "held" (every plane holds the kernel's scale/offset input), "rule" (as loaded) and "compact" (every plane
-rebuilds its input) and times a greedy 32-token generation at batch 1 for each, interleaved round after round.
-Every switch is checked: each plane's input is bit for bit the same in all three layouts.
+rebuilds its input) and times greedy decoding at batch 1, the layout rotating token by token (32 tokens per
+layout and round), so load drifts hit all three alike. Each plane's input is first checked bit for bit the same
+in all three layouts.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections import Counter
 import torch
 
 from teeny_core.builtin.transformers_runtime import TransformersRuntime
-from teeny_core.modeling import Artifact
+from teeny_core.modeling import Artifact, return_freed_memory
 from teeny_core.packed import PackedLinear, tensor_bytes
 
 PROMPT = "def quicksort(items):\n    \"\"\"Sort a list of numbers with quicksort.\"\"\"\n"
@@ -49,7 +50,7 @@ def scales_and_factors(model) -> dict:
     return inputs
 
 
-def set_layout(model, inputs: dict, layout: str) -> None:
+def set_layout(model, inputs: dict, layout: str, check: bool = False) -> None:
     """Hold or drop each plane's kernel input: ``held`` everywhere, ``compact`` nowhere, ``rule`` as loaded."""
     for module, i in planes(model):
         compact = (layout == "compact" or
@@ -57,7 +58,8 @@ def set_layout(model, inputs: dict, layout: str) -> None:
         module._buffers.pop(f"scale_offset{i}", None)
         if not compact:
             module.register_buffer(f"scale_offset{i}", inputs[id(module), i])
-        assert torch.equal(module.scale_offset(i).view(torch.int16), inputs[id(module), i].view(torch.int16))
+        if check:
+            assert torch.equal(module.scale_offset(i).view(torch.int16), inputs[id(module), i].view(torch.int16))
 
 
 def where_bytes(model) -> Counter:
@@ -78,6 +80,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: a loaded machine's idle core)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    return_freed_memory()  # as in a run's worker: a freed block of 1 MiB or more goes back to the system
     options = TransformersRuntime.Options.from_mapping({"device": "cpu"})
     loaded = TransformersRuntime().load(Artifact.open(args.artifact), options)
     model = loaded.model
@@ -87,39 +90,35 @@ def main() -> None:
     print(f"tensor_bytes {held:,} B = {held / 2**20:.2f} MiB; by kind (MiB): "
           + ", ".join(f"{k} {v:.2f}" for k, v in sorted(where_bytes(model).items())))
     inputs = scales_and_factors(model)
-    tokenizer = loaded.tokenizer
-    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
-
-    def decode() -> float:
-        start = time.perf_counter()
-        with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False)
-        assert out.shape[1] == ids.shape[1] + args.tokens
-        return (time.perf_counter() - start) / args.tokens * 1000
-
+    ids = loaded.tokenizer(PROMPT, return_tensors="pt").input_ids
     layouts = ["held", "rule", "compact"]
-    outputs = {}
-    for layout in layouts:  # warm-up, and the same greedy tokens in every layout
-        set_layout(model, inputs, layout)
-        with torch.no_grad():
-            outputs[layout] = model.generate(ids, max_new_tokens=8, do_sample=False)
-    assert all(torch.equal(outputs["held"], o) for o in outputs.values())
-    ms: dict[str, list[float]] = {k: [] for k in layouts}
+    for layout in layouts:  # every plane's input bit for bit the same in each layout
+        set_layout(model, inputs, layout, check=True)
+    steps: dict[str, list[float]] = {k: [] for k in layouts}
+    triples: list[dict[str, float]] = []  # three consecutive tokens, one per layout: paired under the same load
     loads = []
-    for r in range(args.rounds):
-        for layout in layouts[r % 3:] + layouts[:r % 3]:
+    for r in range(args.rounds):  # greedy decode, the layout rotating every token: load drifts hit all alike
+        cache, token = None, ids
+        for step in range(len(layouts) * args.tokens + 1):
+            layout = layouts[(step + r) % len(layouts)]
             set_layout(model, inputs, layout)
-            ms[layout].append(decode())
+            start = time.perf_counter()
+            with torch.no_grad():
+                out = model(input_ids=token, past_key_values=cache, use_cache=True)
+            if step:  # step 0 is the prompt's prefill
+                steps[layout].append((time.perf_counter() - start) * 1000)
+                if (step - 1) % len(layouts) == 0:
+                    triples.append({})
+                triples[-1][layout] = steps[layout][-1]
+            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
         loads.append(os.getloadavg()[0])
-    print(f"decode ms/token ({args.tokens} tokens, batch 1, {args.threads} thread(s), {args.rounds} rounds, load "
-          f"average {min(loads):.1f}-{max(loads):.1f}):")
+    print(f"decode ms/token (batch 1, {args.threads} thread(s), {args.rounds} rounds of {args.tokens} tokens per "
+          f"layout, interleaved token by token; load average {min(loads):.1f}-{max(loads):.1f}):")
+    fast = {k: sorted(v)[len(v) // 10] for k, v in steps.items()}
     for layout in layouts:
-        med = statistics.median(ms[layout])
-        print(f"  {layout:8s} median {med:7.1f}  rounds {[round(v, 1) for v in ms[layout]]}  "
-              f"ratio to held {med / statistics.median(ms['held']):.3f}")
-    paired = [r / h for r, h in zip(ms["rule"], ms["held"])]
-    print(f"  rule/held per round {[round(v, 3) for v in paired]}")
-
+        print(f"  {layout:8s} fastest decile {fast[layout]:7.1f}  median {statistics.median(steps[layout]):7.1f}  "
+              f"ratio to held: fastest deciles {fast[layout] / fast['held']:.3f}, median of paired tokens "
+              f"{statistics.median(t[layout] / t['held'] for t in triples):.3f}")
 
 if __name__ == "__main__":
     main()

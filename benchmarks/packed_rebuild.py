@@ -80,7 +80,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     per_token: dict[str, dict[str, float]] = {"held": {}, "sym": {}, "asym": {}}
     for name, (out_f, in_f, count) in SHAPES.items():
-        reps = max(2, args.reps * 896 * 896 // (out_f * in_f))
+        reps = max(6, args.reps * 896 * 896 // (out_f * in_f))
         codes = torch.randint(0, 16, (out_f, in_f), dtype=torch.int32, generator=gen)
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
         groups = in_f // GROUP

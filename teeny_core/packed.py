@@ -16,8 +16,9 @@ offset is held or rebuilt from the scale and the integer factor ``8 - zero``, se
 A layout the kernel cannot express (unequal act-order groups, an input width no kernel group divides,
 non-integer zero points) keeps a float weight for that layer; :func:`pack_linears` says which and why. The
 kernel's fast path takes bfloat16 activations (its float32 path is exact but several times slower above one
-row); the compute dtype is an option of the runtime. Weights bound for a CUDA device are packed for torch's CUDA int4 kernel instead
-(:mod:`teeny_core.packed_cuda`). This module imports torch at import time: only runtimes import it, inside ``load``.
+row); the compute dtype is an option of the runtime. Weights bound for a CUDA device are packed for torch's
+CUDA int4 kernel instead (:mod:`teeny_core.packed_cuda`). This module imports torch at import time: only
+runtimes import it, inside ``load``.
 """
 
 from __future__ import annotations

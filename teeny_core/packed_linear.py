@@ -19,14 +19,15 @@ class PackedLinear(torch.nn.Module):
     :meth:`scale_offset`: the product is exact in float32 and rounded once to the compute dtype, so the offset
     is the float64 ``scale * factor`` correctly rounded, whether held or rebuilt (bit for bit the same).
 
-    Rule (issue 21, measured in benchmarks/results/demo-qwen.md): a plane with at least ``compact_from``
-    groups x outputs holds only its scales and factor (int8, int16 for 8-bit codes) and rebuilds the input for
-    each product, freed after it; a smaller plane holds the input. Rebuilding costs a fixed ~4-7 us of op
-    overhead plus a share of the product that is smallest for the largest planes (one row, bfloat16, one
-    thread under load: symmetric 5.8% of lm_head's product and 8% of a 4864x896 one, asymmetric 11% and 18%,
-    and 50-90% of a 128x896 one), while the memory it saves grows with the plane. 2**18 (a 1 MiB input)
-    compacts only lm_head in Qwen2.5-0.5B: AWQ w4 holds 509.0 MiB (1.099x the Q4_K_M original) for ~1.2 ms per
-    token, where compacting every plane would cost ~5 ms.
+    Rule (issue 21; benchmarks/packed_rebuild.py, one row, bfloat16, group 128, one thread, under load): a
+    plane of at least ``compact_from`` groups x outputs holds only its scales and factor (int8; int16 for 8-bit
+    codes) and rebuilds the input for each product, freed after it; a smaller plane holds the input. A rebuild
+    costs a few microseconds of op overhead plus a share of the product that is smallest for the largest planes:
+    symmetric 5% of lm_head's (151936x896) product, 7% of a 4864x896 one, 41% of a 128x896 one; asymmetric
+    11-21%, 18% and 95%. 2**18 (a 1 MiB input) compacts only lm_head in Qwen2.5-0.5B: AWQ w4 then holds
+    509.0 MiB, 1.0995x the Q4_K_M original, for 1-2 ms per token (4-8% of its 28 ms of products; a decode A/B
+    under heavy load gave 1.13x per token); compacting every plane would save 2.7 MiB more for ~6 ms (21%;
+    1.25x). RTN w4 (symmetric) holds 508.0 MiB, 1.097x, for 0.5 ms.
     """
 
     compact_from = 1 << 18

@@ -171,6 +171,14 @@ def test_the_size_rule_compacts_planes_of_at_least_2_18_groups_x_outputs():
     assert small.scale_offset0.shape == (128, 1024, 2) and not hasattr(small, "scale0")
 
 
+def test_zero_points_that_are_not_integers_stay_float_and_say_why():
+    from teeny_core.packed import pack_linear
+
+    layer = quantized_linear(64, 512, 4, 64)
+    layer.zero[0, 0] += 0.5  # no integer factor 8 - zero: the offset could not be rebuilt from int8
+    assert pack_linear(layer) == (None, "zero points that are not integers")
+
+
 @pytest.mark.parametrize("bits", [4, 8])
 def test_an_asymmetric_plane_is_its_bf16_scale_times_q_minus_zero_in_float64(monkeypatch, bits):
     """Rebuilt offsets are ``scale_bf16 * (8 - zero)`` (``136 - zero`` for 8-bit) computed in float64 and rounded
