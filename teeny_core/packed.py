@@ -3,19 +3,22 @@
 The kernel is ``torch.ops.aten._weight_int4pack_mm_for_cpu`` (chosen by measurement, see
 benchmarks/results/runtimes.md). It computes ``x @ w.T`` with ``w = (q - 8) * scale + offset`` per group of
 32/64/128/256 input columns, from 4-bit codes packed by ``_convert_weight_to_int4pack_for_cpu``. A checkpoint's
-``w = scale * (q - zero)`` maps onto it exactly with ``offset = scale * (8 - zero)``:
+``w = scale * (q - zero)`` maps onto it with ``offset = scale * (8 - zero)`` (integer zero points; the
+offset is held or rebuilt from the scale and the integer factor ``8 - zero``, see :class:`PackedLinear`):
 
 - 2/3/4-bit codes fit a nibble as they are; 8-bit codes are split into two nibble planes
-  ``q = 16 * hi + lo`` and run as two int4 products (``16 * scale`` on the high plane);
+  ``q = 16 * hi + lo`` and run as two int4 products (``16 * scale`` and no offset on the high plane, the
+  offset ``scale * (136 - zero)`` on the low one);
 - act-order (a non-monotonic ``g_idx``) becomes a fixed permutation of the input columns, applied to the
   activations, when every group has the same number of columns;
 - group sizes above 256 (and per-channel scales) are split into kernel groups that repeat the scale and zero.
 
-A layout the kernel cannot express (unequal act-order groups, an input width no kernel group divides) keeps a
-float weight for that layer; :func:`pack_linears` says which and why. The kernel's fast path takes bfloat16
-activations (its float32 path is exact but several times slower above one row); the compute dtype is an option
-of the runtime. Weights bound for a CUDA device are packed for torch's CUDA int4 kernel instead
-(:mod:`teeny_core.packed_cuda`). This module imports torch at import time: only runtimes import it, inside ``load``.
+A layout the kernel cannot express (unequal act-order groups, an input width no kernel group divides,
+non-integer zero points) keeps a float weight for that layer; :func:`pack_linears` says which and why. The
+kernel's fast path takes bfloat16 activations (its float32 path is exact but several times slower above one
+row); the compute dtype is an option of the runtime. Weights bound for a CUDA device are packed for torch's
+CUDA int4 kernel instead (:mod:`teeny_core.packed_cuda`). This module imports torch at import time: only
+runtimes import it, inside ``load``.
 """
 
 from __future__ import annotations
@@ -63,20 +66,27 @@ def _kernel_group(linear) -> tuple[int | None, Any, str]:
     return group, perm, ""
 
 
-def _plane(codes, scale, offset, group: int, width: int, dtype, device="cpu"):
-    """Pack one plane for ``device``: nibble codes [out, in] (already permuted) and per-group scale/offset
-    [out, groups]."""
+def _plane(codes, scale, factor, group: int, width: int, dtype, device="cpu"):
+    """Pack one plane for ``device``: nibble codes [out, in] (already permuted), per-group scales and integer
+    zero-point factors [out, groups] (factor None: offsets all zero) -> ``(codes, scale, factor)`` as
+    :class:`PackedLinear` takes them, [groups, out] per kernel group."""
     repeat = width // group  # kernel groups per checkpoint group
-    scale = scale.repeat_interleave(repeat, dim=1)
-    offset = offset.repeat_interleave(repeat, dim=1)
     if _is_cuda(device):
         from teeny_core import packed_cuda
 
         packed = packed_cuda.convert(codes, device)
     else:
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 1)
-    scale_offset = torch.stack([scale.t(), offset.t()], dim=-1).to(dtype).contiguous().to(device)
-    return packed, scale_offset
+    scale = scale.repeat_interleave(repeat, dim=1).t().to(dtype).contiguous().to(device)
+    if factor is not None:
+        factor = factor.repeat_interleave(repeat, dim=1).t().contiguous().to(device)
+    return packed, scale, factor
+
+
+def _factor(factor, dtype):
+    """The integer zero-point factor as ``dtype`` (int8 holds ``8 - zero`` of 2..4-bit codes, int16 the 8-bit
+    ``136 - zero``), or None where it is zero everywhere (the plane's offsets are all zero)."""
+    return factor.to(dtype) if bool(factor.any()) else None
 
 
 def pack_linear(linear, compute: str = "bfloat16", device: str = "cpu") -> tuple[PackedLinear | None, str]:
@@ -100,11 +110,13 @@ def pack_linear(linear, compute: str = "bfloat16", device: str = "cpu") -> tuple
     width = in_features // linear.scale.shape[1]
     q = linear.q if perm is None else linear.q[:, perm]
     scale, zero = linear.scale.float(), linear.zero.float()
-    if linear.bits <= 4:
-        planes = [_plane(q, scale, scale * (8 - zero), group, width, dtype, device)]
-    else:  # q = 16 * hi + lo: (hi - 8) * 16s + s * (136 - zero) plus (lo - 8) * s + 0
-        planes = [_plane(q >> 4, 16 * scale, scale * (136 - zero), group, width, dtype, device),
-                  _plane(q & 15, scale, torch.zeros_like(scale), group, width, dtype, device)]
+    if not torch.equal(zero, zero.round()):
+        return None, "zero points that are not integers"
+    if linear.bits <= 4:  # w = (q - 8) * s + s * (8 - zero)
+        planes = [_plane(q, scale, _factor(8 - zero, torch.int8), group, width, dtype, device)]
+    else:  # q = 16 * hi + lo: (hi - 8) * 16s + 0 plus (lo - 8) * s + s * (136 - zero)
+        planes = [_plane(q >> 4, 16 * scale, None, group, width, dtype, device),
+                  _plane(q & 15, scale, _factor(136 - zero, torch.int16), group, width, dtype, device)]
     # the bias as the checkpoint holds it (16 bits): only the kernel's inputs are converted
     bias = None if linear.bias is None else linear.bias.to(device)
     perm = None if perm is None else perm.to(device)

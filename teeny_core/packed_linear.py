@@ -12,22 +12,39 @@ import torch
 class PackedLinear(torch.nn.Module):
     """``y = x @ w.T + b`` from one or two planes of 4-bit codes (see the module docstring).
 
-    A plane whose offsets are all zero (a symmetric 4-bit grid, the low plane of 8-bit codes) holds only its
-    scales; the kernel's ``[groups, out, 2]`` input is built from them for each product and freed after it.
+    Each plane is ``(codes, scale, factor)``: the kernel's packed codes, the scales ``[groups, out]`` in the
+    compute dtype, and the integer zero-point factor ``[groups, out]`` (``8 - zero``; ``136 - zero`` on the low
+    plane of 8-bit codes) or None where every offset is zero (a symmetric grid, the high plane of 8-bit codes).
+    The kernel takes ``[groups, out, 2]`` scales and offsets, ``offset = scale * factor``, built by
+    :meth:`scale_offset`: the product is exact in float32 and rounded once to the compute dtype, so the offset
+    is the float64 ``scale * factor`` correctly rounded, whether held or rebuilt (bit for bit the same).
+
+    Rule (issue 21; benchmarks/packed_rebuild.py, one row, bfloat16, group 128, one thread, under load): a
+    plane of at least ``compact_from`` groups x outputs holds only its scales and factor (int8; int16 for 8-bit
+    codes) and rebuilds the input for each product, freed after it; a smaller plane holds the input. A rebuild
+    costs a few microseconds of op overhead plus a share of the product that is smallest for the largest planes:
+    symmetric 5% of lm_head's (151936x896) product, 7% of a 4864x896 one, 41% of a 128x896 one; asymmetric
+    11-21%, 18% and 95%. 2**18 (a 1 MiB input) compacts only lm_head in Qwen2.5-0.5B: AWQ w4 then holds
+    509.0 MiB, 1.0995x the Q4_K_M original, for 1-2 ms per token (4-8% of its 28 ms of products; a decode A/B
+    under heavy load gave 1.13x per token); compacting every plane would save 2.7 MiB more for ~6 ms (21%;
+    1.25x). RTN w4 (symmetric) holds 508.0 MiB, 1.097x, for 0.5 ms.
     """
 
-    def __init__(self, planes: list[tuple[Any, Any]], group: int, in_features: int, out_features: int,
+    compact_from = 1 << 18
+
+    def __init__(self, planes: list[tuple[Any, Any, Any]], group: int, in_features: int, out_features: int,
                  perm=None, bias=None) -> None:
         super().__init__()
         self.in_features, self.out_features, self.group = in_features, out_features, group
         self.n_planes = len(planes)
-        for i, (codes, scale_offset) in enumerate(planes):
+        for i, (codes, scale, factor) in enumerate(planes):
             self.register_buffer(f"codes{i}", codes)
-            if bool((scale_offset[..., 1] == 0).all()):
-                self.register_buffer(f"scale{i}", scale_offset[..., 0].contiguous())
+            if scale.numel() >= self.compact_from:
+                self.register_buffer(f"scale{i}", scale)
+                self.register_buffer(f"factor{i}", factor)
             else:
-                self.register_buffer(f"scale_offset{i}", scale_offset)
-        self.compute = scale_offset.dtype
+                self.register_buffer(f"scale_offset{i}", build_scale_offset(scale, factor))
+        self.compute = scale.dtype
         self.register_buffer("perm", perm)
         self.register_buffer("bias", bias)
 
@@ -48,11 +65,12 @@ class PackedLinear(torch.nn.Module):
         return y.reshape(*shape[:-1], self.out_features)
 
     def scale_offset(self, plane: int):
-        """The kernel's ``[groups, out, 2]`` scales and offsets of one plane: held, or built from held scales."""
-        scale = getattr(self, f"scale{plane}", None)
-        if scale is None:
-            return getattr(self, f"scale_offset{plane}")
-        return torch.stack([scale, torch.zeros_like(scale)], dim=-1)
+        """The kernel's ``[groups, out, 2]`` scales and offsets of one plane: held, or rebuilt from the held
+        scales and factor."""
+        held = getattr(self, f"scale_offset{plane}", None)
+        if held is not None:
+            return held
+        return build_scale_offset(getattr(self, f"scale{plane}"), getattr(self, f"factor{plane}"))
 
     def int4_mm(self, x, codes, scale_offset):
         """One plane's product ``x @ w.T`` by torch's CPU int4 kernel."""
@@ -61,3 +79,19 @@ class PackedLinear(torch.nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, group={self.group}, "
                 f"planes={self.n_planes}, act_order={self.perm is not None}")
+
+
+def build_scale_offset(scale, factor):
+    """``[groups, out, 2]`` of ``scale`` and ``scale * factor`` (zeros where ``factor`` is None), contiguous.
+
+    The fewest and cheapest ops measured (benchmarks/packed_rebuild.py): a zero-filled or empty pair tensor and
+    two copies into its strided halves; ``torch.stack`` or a multiplication written straight into the strided
+    half are 1.5-5x slower."""
+    if factor is None:
+        built = scale.new_zeros(*scale.shape, 2)
+        built[..., 0] = scale
+        return built
+    built = scale.new_empty(*scale.shape, 2)
+    built[..., 0] = scale
+    built[..., 1] = scale * factor
+    return built

@@ -64,19 +64,25 @@ def test_packed_logits_match_the_dequantized_model(tiny_model, tmp_path, arch, k
     assert mean_kl(ref, fast.logprobs(IDS)) <= 2e-3
 
 
-def expected_packed_bytes(dequantized_model, linears: dict, settings: dict) -> int:
+def expected_packed_bytes(dequantized_model, linears: dict, settings: dict, compact: bool) -> int:
     """Bytes a packed model must hold, counted from the checkpoint's shapes independently of the loader:
-    4-bit nibbles (two planes for 8-bit), a bf16 scale per 32..256-column kernel group, a bf16 offset beside it
-    unless every offset of the plane is zero (symmetric 4-bit; the low plane of 8-bit codes), the act-order
-    permutation, and every other tensor as the dequantized model holds it (the checkpoint's float16)."""
+    4-bit nibbles (two planes for 8-bit), per 32..256-column kernel group and output either the kernel's bf16
+    scale and offset (a plane below ``PackedLinear.compact_from`` groups x outputs) or a bf16 scale and the
+    integer zero-point factor (int8 for 4-bit codes, int16 on the low plane of 8-bit codes, none where the
+    offsets are all zero: a symmetric grid, the high plane of 8-bit codes), the act-order permutation, and every
+    other tensor as the dequantized model holds it (the checkpoint's float16)."""
     total = 0
     for name, p in [*dequantized_model.named_parameters(), *dequantized_model.named_buffers()]:
         if name.rpartition(".")[0] not in linears:
             total += p.numel() * p.element_size()
     eight_bit = settings.get("bits", 4) == 8
     group = settings.get("group", 32)
-    # bytes per kernel group and output: scale and offset, offset only where it is not all zero
-    per_group = [2 + 2, 2] if eight_bit else [2 if settings.get("sym") else 2 + 2]
+    if not compact:
+        per_group = [2 + 2, 2 + 2] if eight_bit else [2 + 2]
+    elif eight_bit:
+        per_group = [2, 2 + 2]  # high plane: 16 * scale, no offset; low plane: scale, int16 136 - zero
+    else:
+        per_group = [2 if settings.get("sym") else 2 + 1]  # scale, int8 8 - zero unless symmetric
     for name in linears:
         out_f, in_f = dequantized_model.get_submodule(name).weight.shape
         total += len(per_group) * out_f * in_f // 2 + (in_f // group) * out_f * sum(per_group)
@@ -85,30 +91,121 @@ def expected_packed_bytes(dequantized_model, linears: dict, settings: dict) -> i
     return total
 
 
-@pytest.mark.parametrize("settings", [dict(bits=4, sym=False), dict(bits=4, sym=True),
-                                      dict(bits=8, sym=False, act_order=True)],
-                         ids=["w4", "w4-sym", "w8-act-order"])
-def test_a_packed_model_holds_packed_weights(tiny_model, tmp_path, settings):
+@pytest.mark.parametrize("compact", [False, True], ids=["held", "compact"])
+@pytest.mark.parametrize("kind,settings", [("gptq", dict(bits=4, sym=False)), ("gptq", dict(bits=4, sym=True)),
+                                           ("gptq", dict(bits=8, sym=False, act_order=True)), ("awq", dict())],
+                         ids=["w4", "w4-sym", "w8-act-order", "awq"])
+def test_a_packed_model_holds_packed_weights(tiny_model, tmp_path, monkeypatch, kind, settings, compact):
+    """The tiny model's planes are all below the size rule's threshold (held); ``compact`` lowers it to 0 so every
+    plane holds scales and factors only, as lm_head does in Qwen2.5-0.5B."""
     from teeny_core.modeling import linear_layers
     from teeny_core.packed import PackedLinear
 
-    artifact = build_quantized_checkpoint(tiny_model("llama"), tmp_path / "ckpt", "gptq", **settings)
+    if compact:
+        monkeypatch.setattr(PackedLinear, "compact_from", 0)
+    artifact = build_quantized_checkpoint(tiny_model("llama"), tmp_path / "ckpt", kind, **settings)
     dequant, packed = load(artifact, kernels="dequant"), load(artifact)
     quantized = [n for n in linear_layers(dequant.model) if n != "lm_head"]
     assert all(isinstance(packed.model.get_submodule(n), PackedLinear) for n in quantized)
     assert not any(p.is_floating_point() and p.dim() == 2 and p.shape == dequant.model.get_submodule(n).weight.shape
                    for n in quantized for p in packed.model.get_submodule(n).buffers())
-    assert packed.weight_bytes() == expected_packed_bytes(dequant.model, set(quantized), settings)
+    assert packed.weight_bytes() == expected_packed_bytes(dequant.model, set(quantized), settings, compact)
     held = [*packed.model.parameters(), *packed.model.buffers()]
     assert not [t for t in held if t.dtype == torch.float32 and t.numel() > 64]  # rotary inv_freq aside
     assert len({t.data_ptr() for t in held}) == len(held)  # no tensor held twice
     assert all(p.dtype == torch.float16 for p in packed.model.parameters())  # held as the checkpoint stores them
-    offsets = [n for n, _ in packed.model.named_buffers() if ".scale_offset" in n]
-    assert not offsets if settings["sym"] else offsets  # a symmetric grid's offsets are zero: not held
+    buffers = dict(packed.model.named_buffers())
+    offsets = [n for n in buffers if ".scale_offset" in n]
+    factors = {buffers[n].dtype for n in buffers if ".factor" in n}
+    if not compact:
+        assert offsets and not factors
+    else:
+        assert not offsets
+        assert factors == ({torch.int16} if settings.get("bits") == 8 else set() if settings.get("sym") else
+                           {torch.int8})
     quant_float = sum(dequant.model.get_submodule(n).weight.numel() * 2 for n in quantized)
     saved = dequant.weight_bytes() - packed.weight_bytes()
-    assert saved > 0.6 * quant_float if settings["bits"] == 4 else saved > 0.2 * quant_float
+    assert saved > 0.6 * quant_float if settings.get("bits", 4) == 4 else saved > 0.2 * quant_float
     assert mean_kl(dequant.logprobs(IDS), packed.logprobs(IDS)) <= 2e-3
+
+
+def quantized_linear(out_features: int, in_features: int, bits: int, group: int, sym: bool = False):
+    """RTN codes of a random weight with float16 scales (most are not bfloat16 values), as checkpoints hold them."""
+    from teeny_core.quant import QuantizedLinear, quantize_weight
+
+    w = torch.randn(out_features, in_features, generator=torch.Generator().manual_seed(bits))
+    q, scale, zero = quantize_weight(w, bits, "sym" if sym else "asym", "group", group)
+    return QuantizedLinear(q=q, scale=scale.half().float(), zero=zero.round(), g_idx=torch.arange(in_features) // group,
+                           bits=bits)
+
+
+@pytest.mark.parametrize("bits,sym", [(4, True), (4, False), (8, False), (3, False)])
+@pytest.mark.parametrize("compute", ["bfloat16", "float32"])
+def test_a_rebuilt_scale_offset_equals_the_held_one_bit_for_bit(monkeypatch, bits, sym, compute):
+    from teeny_core.packed import PackedLinear, pack_linear
+
+    layer = quantized_linear(64, 512, bits, 64, sym)
+    held, _ = pack_linear(layer, compute)
+    monkeypatch.setattr(PackedLinear, "compact_from", 0)
+    rebuilt, _ = pack_linear(layer, compute)
+    for i in range(held.n_planes):
+        assert not hasattr(rebuilt, f"scale_offset{i}") and hasattr(held, f"scale_offset{i}")
+        a, b = held.scale_offset(i), rebuilt.scale_offset(i)
+        assert a.dtype == b.dtype == getattr(torch, compute) and a.is_contiguous() and b.is_contiguous()
+        assert torch.equal(a.view(torch.int16 if compute == "bfloat16" else torch.int32),
+                           b.view(torch.int16 if compute == "bfloat16" else torch.int32))
+    if sym:  # what the symmetric plane was built with before: scales beside zeros
+        scale = rebuilt.scale0
+        assert torch.equal(rebuilt.scale_offset(0), torch.stack([scale, torch.zeros_like(scale)], dim=-1))
+    x = torch.randn(5, 512).to(getattr(torch, compute))
+    assert torch.equal(held(x), rebuilt(x))
+
+
+def test_the_size_rule_compacts_planes_of_at_least_2_18_groups_x_outputs():
+    from teeny_core.packed import PackedLinear, pack_linear
+
+    assert PackedLinear.compact_from == 1 << 18
+    big, _ = pack_linear(quantized_linear(2048, 4096, 4, 32))  # 128 groups x 2048 outputs = 2**18
+    small, _ = pack_linear(quantized_linear(1024, 4096, 4, 32))
+    assert big.scale0.shape == (128, 2048) and big.factor0.dtype == torch.int8 and not hasattr(big, "scale_offset0")
+    assert small.scale_offset0.shape == (128, 1024, 2) and not hasattr(small, "scale0")
+
+
+def test_zero_points_that_are_not_integers_stay_float_and_say_why():
+    from teeny_core.packed import pack_linear
+
+    layer = quantized_linear(64, 512, 4, 64)
+    layer.zero[0, 0] += 0.5  # no integer factor 8 - zero: the offset could not be rebuilt from int8
+    assert pack_linear(layer) == (None, "zero points that are not integers")
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_an_asymmetric_plane_is_its_bf16_scale_times_q_minus_zero_in_float64(monkeypatch, bits):
+    """Rebuilt offsets are ``scale_bf16 * (8 - zero)`` (``136 - zero`` for 8-bit) computed in float64 and rounded
+    once to bfloat16: exactly, since float32 holds the product of a bfloat16 and an integer below 2**16. So the
+    plane's weight ``(q - 8) * scale + offset`` is ``scale_bf16 * (q - zero)`` up to that one rounding (at most
+    half a bfloat16 ulp of the offset), and the kernel's bfloat16 product is within 1% of the output's largest
+    magnitude of the float64 ``x @ (scale_bf16 * (q - zero)).T`` (bfloat16 activations and output)."""
+    from teeny_core.packed import PackedLinear, pack_linear
+
+    monkeypatch.setattr(PackedLinear, "compact_from", 0)
+    layer = quantized_linear(96, 512, bits, 128)
+    module, _ = pack_linear(layer)
+    scale16 = layer.scale.to(torch.bfloat16).double().t()  # [groups, out], as the kernel's scales
+    zero = layer.zero.double().t()
+    low = module.n_planes - 1  # the plane holding the offset: the only one for 4 bits, the low one for 8
+    factor = (8.0 if bits == 4 else 136.0) - zero
+    assert torch.equal(getattr(module, f"factor{low}").double(), factor)
+    offset = module.scale_offset(low)[..., 1].double()
+    assert torch.equal(offset, (scale16 * factor).to(torch.bfloat16).double())
+    assert float((offset - scale16 * factor).abs().max()) <= float((scale16 * factor).abs().max()) * 2.0 ** -9
+    if bits == 8:
+        assert torch.equal(module.scale_offset(0)[..., 0].double(), 16 * scale16)
+        assert not module.scale_offset(0)[..., 1].any()
+    x = torch.randn(4, 512, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    weight = scale16.t().repeat_interleave(128, dim=1) * (layer.q.double() - zero.t().repeat_interleave(128, dim=1))
+    expected = x.double() @ weight.t()
+    assert float((module(x).double() - expected).abs().max()) <= 0.01 * float(expected.abs().max())
 
 
 def test_a_layout_the_kernel_cannot_express_stays_float_and_says_why(tiny_model, tmp_path):
