@@ -40,14 +40,16 @@ def fp8_device_problem(device: str) -> str:
 
 def quantize_tokens(x, input_scale=None):
     """int8 codes ``[rows, in]`` and float32 scales ``[rows, 1]`` of float ``x [rows, in]``: per token from its
-    absolute maximum (``input_scale`` None) or with one static scale."""
-    x = x.float()
+    absolute maximum (``input_scale`` None) or with one static scale. One float32 copy of ``x``, divided and
+    rounded in place (per token ``|x / scale| <= 127`` already, so only a static scale needs the clamp)."""
+    xf = x.to(torch.float32, copy=True)
     if input_scale is None:
-        scale = x.abs().amax(dim=1, keepdim=True).clamp_min(_TINY) / 127.0
+        scale = xf.abs().amax(dim=1, keepdim=True).clamp_min_(_TINY).div_(127.0)
+        xf.div_(scale).round_()
     else:
         scale = input_scale.float().reshape(1, 1).expand(x.shape[0], 1)
-    codes = torch.round(x / scale).clamp_(-128, 127).to(torch.int8)
-    return codes, scale
+        xf.div_(scale).round_().clamp_(-128, 127)
+    return xf.to(torch.int8), scale
 
 
 def _int_mm(codes, weight_t):
@@ -90,10 +92,9 @@ class Int8Linear(_ScaledLinear):
     def forward(self, x):
         shape = x.shape
         codes, scale = quantize_tokens(x.reshape(-1, self.in_features), self.input_scale)
-        acc = _int_mm(codes, self.weight.t())
-        y = acc.float() * scale * self.weight_scale
+        y = _int_mm(codes, self.weight.t()).float().mul_(scale).mul_(self.weight_scale)  # in place: no copies
         if self.bias is not None:
-            y = y + self.bias.float()
+            y.add_(self.bias)
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
 
 

@@ -5,8 +5,8 @@ architecture spec's groups), the per-channel maxima of that input and a strided 
 then gets per-input-channel scales ``s_j = max|X_j|**alpha / max|W_j|**(1 - alpha)``; ``1/s`` is folded into the
 operation producing the input (a norm, or the previous linear's rows) and ``s`` into the group's weights, so the
 float function is unchanged while activation outliers move into the weights. ``alpha="auto"`` picks, per group,
-the alpha on a grid whose int8 weights and per-token int8 activations reproduce the group's float outputs best
-on the sampled tokens. Weights are then rounded to int8 per output channel, symmetric (or solved with GPTQ).
+the alpha on a grid whose int8 weights and int8 activations (per token, or with the static per-tensor scale the
+checkpoint would store) reproduce the group's float outputs best on the sampled tokens. Weights are then rounded to int8 per output channel, symmetric (or solved with GPTQ).
 torch is imported inside the functions.
 """
 
@@ -39,12 +39,13 @@ def int8_weight(w):
     return torch.round(w.float() / scale).clamp(-127, 127).to(torch.int8), scale
 
 
-def fake_w8a8(x, w):
-    """``x @ w.T`` with both sides rounded as deployed: w per channel, x per token (float32 simulation)."""
+def fake_w8a8(x, w, input_scale=None):
+    """``x @ w.T`` with both sides rounded as deployed: w per channel, x per token (or with one static
+    ``input_scale``) (float32 simulation)."""
     from teeny_core.int8 import quantize_tokens
 
     codes, scale = int8_weight(w)
-    qx, sx = quantize_tokens(x)
+    qx, sx = quantize_tokens(x, input_scale)
     return (qx.float() * sx) @ (codes.float() * scale).t()
 
 
@@ -59,15 +60,17 @@ def smoothing_scales(act_max, weights: list, alpha: float, tie=None):
     return s.clamp_min(1e-5)
 
 
-def search_alpha(x, act_max, weights: list, tie=None) -> tuple[float, Any]:
-    """The alpha of :data:`ALPHA_GRID` (and its scales) whose W8A8 group output is closest to the float one."""
+def search_alpha(x, act_max, weights: list, tie=None, static: bool = False) -> tuple[float, Any]:
+    """The alpha of :data:`ALPHA_GRID` (and its scales) whose W8A8 group output is closest to the float one;
+    ``static``: activations quantized with the one scale :func:`smooth_layer` stores, ``max(act_max / s) / 127``."""
     import torch
 
     reference = [x @ w.float().t() for w in weights]
     best = (float("inf"), 0.0, None)
     for alpha in ALPHA_GRID:
         s = smoothing_scales(act_max, weights, alpha, tie)
-        err = sum(float((fake_w8a8(x / s, w.float() * s) - ref).pow(2).mean())
+        input_scale = (act_max / s).max() / 127.0 if static else None
+        err = sum(float((fake_w8a8(x / s, w.float() * s, input_scale) - ref).pow(2).mean())
                   for w, ref in zip(weights, reference))
         if err < best[0]:
             best = (err, alpha, s)
@@ -151,7 +154,7 @@ def smooth_layer(work, settings: SmoothSettings) -> dict[str, Any]:
                 tie, n_rep, head_dim = _kv_tie(layer.get_submodule(feed.rpartition(".")[0]), linears[0].in_features)
             weights = [m.weight for m in linears]
             if settings.alpha == "auto":
-                alpha, s = search_alpha(x, act_max, weights, tie)
+                alpha, s = search_alpha(x, act_max, weights, tie, settings.static)
             else:
                 alpha, s = float(settings.alpha), smoothing_scales(act_max, weights, float(settings.alpha), tie)
             _fold(prev, s, spec, n_rep, head_dim)

@@ -193,3 +193,35 @@ def test_a_group_with_no_norm_or_linear_before_it_is_refused(tiny_model):
     with pytest.raises(TeenyError, match="has no norm or linear before it .* use smooth=false") as info:
         _producer(layer, orphan, spec_for("llama"))
     assert "\n" not in str(info.value)
+
+
+def _static_w8a8_error(x, w, act_max, alpha):
+    """float64 reference: the mean squared error of one smoothed linear with int8 weights per channel and int8
+    activations under the static per-tensor scale max(act_max / s) / 127."""
+    x, w, act_max = x.double(), w.double(), act_max.double()
+    s = (act_max.clamp_min(1e-5) ** alpha / w.abs().amax(0).clamp_min(1e-5) ** (1 - alpha)).clamp_min(1e-5)
+    xs, ws = x / s, w * s
+    sx = (act_max / s).max() / 127
+    sw = ws.abs().amax(1, keepdim=True) / 127
+    y = (torch.round(xs / sx).clamp(-128, 127) * sx) @ (torch.round(ws / sw).clamp(-127, 127) * sw).t()
+    return float((y - x @ w.t()).pow(2).mean())
+
+
+def test_alpha_auto_under_static_activations_scores_the_static_scale():
+    """With one activation scale per tensor an outlier channel crushes every other channel's resolution, so
+    the static search must score candidates with that scale (not per token) and pick the float64 reference's
+    best alpha, well above 0."""
+    from teeny_w8a8.smooth import ALPHA_GRID, search_alpha
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 64, generator=gen)
+    x[:, 3] *= 60.0  # one outlier channel, as in LLM activations
+    x[::7] *= 4.0  # and tokens of different magnitude, which per-token scales absorb but a static one cannot
+    w = torch.randn(32, 64, generator=gen) / 8
+    act_max = x.abs().amax(0)
+    errors = {a: _static_w8a8_error(x, w, act_max, a) for a in ALPHA_GRID}
+    alpha, s = search_alpha(x, act_max, [w], static=True)
+    assert alpha == min(errors, key=errors.get)
+    assert alpha >= 0.3 and errors[alpha] < 0.5 * errors[0.0]
+    assert torch.allclose(s.double(), (act_max.double() ** alpha / w.double().abs().amax(0) ** (1 - alpha)).float()
+                          .double(), rtol=1e-5)
