@@ -1,15 +1,19 @@
-"""W8A8 (int8 weights and per-token int8 activations) with and without SmoothQuant against GPTQ w8 weight-only:
-KL to the original, activation outliers before and after smoothing, and CPU speed of the int8 products.
+"""W8A8 (int8 weights and int8 activations, per token or static per tensor) with and without SmoothQuant against
+GPTQ w8 weight-only: KL to the original, activation outliers before and after smoothing, CPU speed of the int8
+products.
 
     python benchmarks/w8a8.py [--model qwen|gemma] [--samples 16] [--seq-len 256] [--chunks 4]
-                              [--only none 0.5 auto gptq]
+                              [--only none 0.5 auto static static-auto gptq] [--speed]
 
-The original is the demo's GGUF (Qwen2.5-Coder-0.5B-Instruct Q4_K_M, or Gemma 3 270M) dequantized to float32
-once (the walker's cached copy). Each variant is quantized in a child process of its own with the `code`
-calibrator and scored by benchmarks/gemma.py's ``score`` (the fidelity evaluator's KL over held-out pydoc
-windows, through the transformers runtime: W8A8 runs torch._int_mm, GPTQ w8 the packed int4-plane kernel).
-Speed: one linear of each of the model's shapes, int8 (quantizing the activations per token, then
-torch._int_mm) against a bfloat16 ``x @ w.T``, at 1, 8 and 64 rows; and a 64-token prefill of the whole model.
+The original is the demo's GGUF (Qwen2.5-Coder-0.5B-Instruct Q4_K_M, or Gemma 3 270M) dequantized once (the
+walker's cached copy). Each variant is quantized in a child process of its own with the `code` calibrator and
+scored by benchmarks/gemma.py's ``score`` (the fidelity evaluator's KL over held-out pydoc windows, through the
+transformers runtime: W8A8 runs torch._int_mm, GPTQ w8 its packed kernel). Each finished row is stored in
+benchmarks/results/w8a8.json with its date and load average, so variants can be run one at a time and the
+table shows every row measured so far (the rest as not measured).
+``--speed``: one linear of each of the model's shapes, int8 (quantizing the activations per token,
+torch._int_mm, rescaling) against a bfloat16 ``x @ w.T`` at 1, 8 and 64 rows, and a 64-token prefill of the
+whole model, each pair timed alternately in one process (the ratio is what survives a loaded machine).
 Writes benchmarks/results/w8a8.md (a generated section) and benchmarks/results/w8a8-outliers.png.
 """
 
@@ -18,13 +22,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from gemma import CACHE, best_ms, fidelity_cells, load_note, reference, run_child, score, write_section
+from gemma import CACHE, cell, reference, run_child, score, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "w8a8.md"
@@ -34,13 +39,19 @@ FIGURE = ROOT / "benchmarks" / "results" / "w8a8-outliers.png"
 VARIANTS = {"none": ("w8a8, no smoothing", "w8a8", {"smooth": False, "device": "cpu"}),
             "0.5": ("w8a8, SmoothQuant alpha 0.5", "w8a8", {"alpha": "0.5", "device": "cpu"}),
             "auto": ("w8a8, SmoothQuant alpha auto", "w8a8", {"alpha": "auto", "device": "cpu"}),
+            "static": ("w8a8 static, no smoothing", "w8a8", {"smooth": False, "activations": "static",
+                                                            "device": "cpu"}),
+            "static-auto": ("w8a8 static, SmoothQuant alpha auto", "w8a8", {"alpha": "auto", "activations": "static",
+                                                                           "device": "cpu"}),
             "gptq": ("gptq w8 per channel (W8A16)", "gptq", {"bits": 8, "group_size": -1, "sym": True,
                                                              "device": "cpu"})}
+ROWS = ROOT / "benchmarks" / "results" / "w8a8.json"
+"""Every measured row by variant key (with its date and load average), so runs of single variants add up."""
 
 
-def variants(only: list[str]) -> list[tuple[str, str, dict]]:
-    """The selected variants (gptq only where teeny-gptq is installed)."""
-    return [VARIANTS[k] for k in only if k != "gptq" or importlib.util.find_spec("teeny_gptq") is not None]
+def variants(only: list[str]) -> list[tuple[str, tuple[str, str, dict]]]:
+    """The selected variants by key (gptq only where teeny-gptq is installed)."""
+    return [(k, VARIANTS[k]) for k in only if k != "gptq" or importlib.util.find_spec("teeny_gptq") is not None]
 
 
 def source_dir(model: str) -> Path:
@@ -52,8 +63,29 @@ def source_dir(model: str) -> Path:
     return safetensors_dir(ModelSource(str(gguf.parent), gguf_file=gguf.name))
 
 
+def interleaved_ms(fns, repeat: int = 30, chunk_s: float = 0.002) -> list[float]:
+    """Fastest milliseconds per call of each of ``fns``, timed in turn ``repeat`` times after a warm-up (each
+    timing repeats a call for about ``chunk_s``): load that comes and goes hits all of them alike, and on a busy
+    machine the fastest of many short timings is the one nobody interrupted."""
+    number = []
+    for fn in fns:
+        fn()
+        start = time.perf_counter()
+        fn()
+        number.append(max(1, int(chunk_s / max(time.perf_counter() - start, 1e-6))))
+    best = [float("inf")] * len(fns)
+    for _ in range(repeat):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            for _ in range(number[i]):
+                fn()
+            best[i] = min(best[i], 1000 * (time.perf_counter() - start) / number[i])
+    return best
+
+
 def linear_speed(model_dir: Path) -> list[tuple[str, int, float, float]]:
-    """(shape, rows, int8 ms, bf16 ms) per distinct linear shape of the model's first layer."""
+    """(shape, rows, int8 ms, bf16 ms) per distinct linear shape of the model's first layer: the int8 linear on
+    bfloat16 inputs (quantized per token, torch._int_mm, rescaled) against a bfloat16 ``x @ w.T``."""
     import torch
 
     from teeny_core.arch import spec_for
@@ -71,32 +103,33 @@ def linear_speed(model_dir: Path) -> list[tuple[str, int, float, float]]:
         int8 = Int8Linear(torch.round(w / scale[:, None]).to(torch.int8), scale)
         wb = w.bfloat16()
         for rows in (1, 8, 64):
-            x = torch.randn(rows, in_f)
-            xb = x.bfloat16()
+            xb = torch.randn(rows, in_f).bfloat16()
             with torch.no_grad():
-                rows_out.append((f"{out_f}x{in_f}", rows, best_ms(lambda: int8(xb)), best_ms(lambda: xb @ wb.t())))
+                i8, bf = interleaved_ms([lambda: int8(xb), lambda: xb @ wb.t()])
+            rows_out.append((f"{out_f}x{in_f}", rows, i8, bf))
     return rows_out
 
 
 def prefill_speed(artifact_dir: Path, model_dir: Path, tokens: int = 64) -> tuple[float, float]:
-    """Tokens/s of one ``tokens``-long prefill: the W8A8 artifact (int8 linears, bfloat16 elsewhere) and the
-    original in bfloat16."""
+    """Tokens/s of one ``tokens``-long prefill, timed alternately: the W8A8 artifact (int8 linears, bfloat16
+    elsewhere) and the original in bfloat16."""
     import torch
 
     from teeny_core.modeling import Artifact
     from teeny_core.plugins import Plugins
 
     runtime = Plugins.load().get("runtime", "transformers")
-    out = []
-    for fmt, path in (("compressed-tensors", artifact_dir), ("hf", model_dir)):
-        loaded = runtime().load(Artifact(format=fmt, path=path),
-                                runtime.Options.from_mapping({"device": "cpu", "dtype": "bfloat16"}))
-        ids = torch.arange(100, 100 + tokens).reshape(1, -1)
+    options = runtime.Options.from_mapping({"device": "cpu", "dtype": "bfloat16"})
+    loaded = [runtime().load(Artifact(format=fmt, path=path), options)
+              for fmt, path in (("compressed-tensors", artifact_dir), ("hf", model_dir))]
+    ids = torch.arange(100, 100 + tokens).reshape(1, -1)
+    try:
         with torch.no_grad():
-            ms = best_ms(lambda: loaded.model(input_ids=ids), repeat=3)
-        out.append(tokens / (ms / 1000))
-        loaded.close()
-    return out[0], out[1]
+            ms = interleaved_ms([lambda m=m: m.model(input_ids=ids) for m in loaded], repeat=10)
+    finally:
+        for m in loaded:
+            m.close()
+    return tokens / (ms[0] / 1000), tokens / (ms[1] / 1000)
 
 
 def outlier_figure(smoothing: dict, path: Path) -> None:
@@ -117,75 +150,136 @@ def outlier_figure(smoothing: dict, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def load_rows() -> dict:
+    """The stored rows (:data:`ROWS`): ``{"variants": {key: row}, "speed": {...} or None}``."""
+    return json.loads(ROWS.read_text()) if ROWS.exists() else {"variants": {}, "speed": None}
+
+
+def save_rows(variants: dict | None = None, speed: dict | None = None) -> dict:
+    """Add rows to the stored ones, read afresh (runs of other variants may have stored theirs meanwhile)."""
+    stored = load_rows()
+    stored["variants"].update(variants or {})
+    if speed:
+        stored["speed"] = speed
+    ROWS.write_text(json.dumps(stored, indent=1) + "\n")
+    return stored
+
+
+def measured_when() -> dict:
+    """When a row was finished and the machine's load averages then (1, 5 and 15 minutes)."""
+    return {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load": [round(v, 1) for v in os.getloadavg()]}
+
+
+def load_text(load) -> str:
+    """A row's load averages as ``1 min / 5 min / 15 min`` (or the note a row from an earlier run carries)."""
+    return load if isinstance(load, str) else " / ".join(f"{v:.1f}" for v in load)
+
+
+def smoothing_summary(smoothing: dict) -> dict:
+    """Outlier ratios over the groups before and after smoothing, and the mean alpha chosen."""
+    before = sorted(g["act_ratio_before"] for g in smoothing.values() if "act_ratio_before" in g)
+    after = sorted(g["act_ratio_after"] for g in smoothing.values() if "act_ratio_after" in g)
+    alphas = [g["alpha"] for g in smoothing.values() if "alpha" in g]
+    return {"median_before": before[len(before) // 2], "median_after": after[len(after) // 2],
+            "worst_before": before[-1], "worst_after": after[-1], "mean_alpha": sum(alphas) / len(alphas)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("qwen", "gemma"), default="qwen")
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--chunks", type=int, default=4)
-    parser.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
-                        help="variants to run (each takes minutes on a 0.5B model on 2 cores)")
+    parser.add_argument("--only", nargs="*", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="variants to run (each takes many minutes on a 0.5B model on 2 cores); their rows "
+                             "replace the stored ones, the others stay")
+    parser.add_argument("--speed", action="store_true", help="also measure the int8 linears and the prefill")
     args = parser.parse_args()
 
     model_dir = source_dir(args.model)
-    chunks, refs = reference(model_dir, args.chunks)
+    stored = load_rows()
+    chosen = variants(args.only)
+    if chosen:
+        chunks, refs = reference(model_dir, args.chunks)
     CACHE.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="teeny-w8a8-bench-", dir=CACHE))
-    rows, smoothing, prefill = [], {}, None
+    setup = {"model": args.model, "samples": args.samples, "seq_len": args.seq_len, "chunks": args.chunks}
     try:
-        for label, method, options in variants(args.only):
-            out = work / label.split(",")[-1].strip().replace(" ", "-")
+        for key, (label, method, options) in chosen:
+            out = work / key
             made = run_child({"method": method, "options": options, "model": str(model_dir),
-                                        "out": str(out), "samples": args.samples, "seq_len": args.seq_len})
-            rows.append((label, made, score(out, made["format"], chunks, refs)))
-            print(f"done: {label} ({made['seconds']:.0f} s) KL {rows[-1][2]['kl']:.5f}", file=sys.stderr, flush=True)
-            if options.get("alpha") == "auto":
-                smoothing = made["smoothing"]
-                prefill = prefill_speed(out, model_dir)
+                              "out": str(out), "samples": args.samples, "seq_len": args.seq_len})
+            row = {"label": label, "seconds": made["seconds"], **score(out, made["format"], chunks, refs), **setup,
+                   **measured_when()}
+            if made["smoothing"] and options.get("alpha") == "auto":
+                row["smoothing"] = smoothing_summary(made["smoothing"])
+                if key == "auto":
+                    outlier_figure(made["smoothing"], FIGURE)
+            stored = save_rows(variants={key: row})
+            print(f"done: {label} ({made['seconds']:.0f} s) KL {row['kl']:.5f}", file=sys.stderr, flush=True)
             shutil.rmtree(out)
+        if args.speed:
+            out = work / "speed"  # any W8A8 checkpoint runs the same kernels: a cheaply calibrated one
+            run_child({"method": "w8a8", "options": {"smooth": False, "device": "cpu"}, "model": str(model_dir),
+                       "out": str(out), "samples": 2, "seq_len": 64})
+            stored = save_rows(speed={"linears": linear_speed(model_dir), "prefill": prefill_speed(out, model_dir),
+                                      **measured_when()})
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if smoothing:
-        outlier_figure(smoothing, FIGURE)
-    speed = linear_speed(model_dir)
-    text = render(rows, smoothing, speed, prefill, args)
+    text = render(stored)
     print(text)
     write_section(RESULTS, "w8a8", text)
 
 
-def render(rows, smoothing, speed, prefill, args) -> str:
-    kl = {label: s["kl"] for label, _, s in rows}
-    lines = [f"Command: `python benchmarks/w8a8.py --model {args.model} --samples {args.samples} --seq-len "
-             f"{args.seq_len} --chunks {args.chunks} --only {' '.join(args.only)}`; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-             f"{load_note()}.", "",
-             "| variant | quantize s | perplexity | KL (nats) | top-1 agree |", "|---|---:|---:|---:|---:|"]
-    for label, made, s in rows:
-        lines.append(f"| {label} | {made['seconds']:.0f} | {fidelity_cells(s)} |")
-    auto, plain = kl.get("w8a8, SmoothQuant alpha auto"), kl.get("w8a8, no smoothing")
-    gptq = kl.get("gptq w8 per channel (W8A16)")
+def render(stored: dict) -> str:
+    """The generated section: every stored row with its date and load, the targets, the speed tables."""
+    rows = stored["variants"]
+    lines = ["Each row: `python benchmarks/w8a8.py --only KEY` (Qwen2.5-Coder-0.5B-Instruct, `code` calibration "
+             "16 x 256 tokens, 4 KL windows of 256 tokens unless the row says otherwise), finished at the time shown, "
+             "with the machine's load average then (1 / 5 / 15 min, 2 cores).", "",
+             "| key | variant | quantize s | perplexity | KL (nats) | top-1 agree | finished | load |",
+             "|---|---|---:|---:|---:|---:|---|---|"]
+    for key in VARIANTS:
+        if key not in rows:
+            lines.append(f"| {key} | {VARIANTS[key][0]} | not measured | - | - | - | - | - |")
+            continue
+        r = rows[key]
+        se = f" ± {r['kl_se']:.5f}" if r.get("kl_se") is not None else ""
+        lines.append(f"| {key} | {r['label']} | {cell(r.get('seconds'), '.0f')} | {cell(r.get('ppl'), '.3f')} | "
+                     f"{cell(r.get('kl'), '.5f')}{se} | {cell(r.get('top1'), '.3f')} | {r['when']} | "
+                     f"{load_text(r['load'])} |")
+    kl = {key: r["kl"] for key, r in rows.items()}
     lines.append("")
-    if auto is not None and plain:
-        lines.append(f"- Target KL(alpha auto) <= 0.5 x KL(no smoothing): ratio {auto / plain:.2f} -> "
-                     f"{'met' if auto <= 0.5 * plain else 'missed'}.")
-    if auto is not None and gptq:
-        lines.append(f"- Target KL(alpha auto) <= 3 x KL(GPTQ w8 weight-only): ratio {auto / gptq:.2f} -> "
-                     f"{'met' if auto <= 3 * gptq else 'missed'}.")
-    if smoothing:
-        before = sorted(g["act_ratio_before"] for g in smoothing.values())
-        after = sorted(g["act_ratio_after"] for g in smoothing.values())
-        alphas = [g["alpha"] for g in smoothing.values()]
-        lines.append(f"- Activation outliers (largest / median channel max per group input): median over groups "
-                     f"{before[len(before) // 2]:.1f} before, {after[len(after) // 2]:.1f} after smoothing; worst "
-                     f"{before[-1]:.0f} -> {after[-1]:.0f}; alpha chosen per group: mean "
-                     f"{sum(alphas) / len(alphas):.2f} (figure: w8a8-outliers.png).")
-    lines += ["", "| linear (out x in) | rows | int8 ms (quantize + _int_mm) | bf16 ms | speed-up |",
+    for smoothed, plain, what in (("auto", "none", "dynamic per-token"), ("static-auto", "static", "static per-tensor")):
+        if smoothed in kl and plain in kl:
+            ratio = kl[smoothed] / kl[plain]
+            lines.append(f"- {what} activations: KL(alpha auto) / KL(no smoothing) = {kl[smoothed]:.5f} / "
+                         f"{kl[plain]:.5f} = {ratio:.2f} -> target <= 0.5 {'met' if ratio <= 0.5 else 'missed'}.")
+    for smoothed in ("auto", "static-auto"):
+        if smoothed in kl and "gptq" in kl:
+            ratio = kl[smoothed] / kl["gptq"]
+            lines.append(f"- KL({VARIANTS[smoothed][0]}) / KL(GPTQ w8 weight-only) = {ratio:.2f} -> target <= 3 "
+                         f"{'met' if ratio <= 3 else 'missed'}.")
+    for key in ("auto", "static-auto"):
+        sm = rows.get(key, {}).get("smoothing")
+        if sm:
+            lines.append(f"- {VARIANTS[key][0]}: activation outliers (largest / median channel max per group input) "
+                         f"median over groups {sm['median_before']:.1f} before, {sm['median_after']:.1f} after "
+                         f"smoothing; worst {sm['worst_before']:.0f} -> {sm['worst_after']:.0f}; mean alpha chosen "
+                         f"{sm['mean_alpha']:.2f}" + (" (figure: w8a8-outliers.png)." if key == "auto" else "."))
+    speed = stored.get("speed")
+    if not speed:
+        return "\n".join(lines + ["", "Speed: not measured."]) + "\n"
+    lines += ["", f"Speed ({speed['when']}, load average {load_text(speed['load'])}): int8 and "
+              "bf16 timed alternately in one process, fastest of each; the ratio is the figure that survives load.",
+              "", "| linear (out x in) | rows | int8 ms (quantize + _int_mm + rescale) | bf16 ms | speed-up |",
               "|---|---:|---:|---:|---:|"]
-    for shape, r, i8, bf in speed:
+    for shape, r, i8, bf in speed["linears"]:
         lines.append(f"| {shape} | {r} | {i8:.3f} | {bf:.3f} | {bf / i8:.2f}x |")
-    if prefill:
-        ratio = prefill[0] / prefill[1]
-        lines += ["", f"- Prefill of 64 tokens, whole model: W8A8 {prefill[0]:.0f} tokens/s, bf16 {prefill[1]:.0f} "
-                      f"tokens/s: {ratio:.2f}x; target 1.3x {'met' if ratio >= 1.3 else 'missed'}."]
+    w8, bf16 = speed["prefill"]
+    ratio = w8 / bf16
+    lines += ["", f"- Prefill of 64 tokens, whole model: W8A8 {w8:.0f} tokens/s, bf16 {bf16:.0f} tokens/s: "
+                  f"{ratio:.2f}x; target 1.3x {'met' if ratio >= 1.3 else 'missed'}."]
     return "\n".join(lines) + "\n"
 
 
