@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -32,8 +33,9 @@ class GPTQOptions(Options):
     mse_grid: int = option(100, "clipping candidates 1 - i/grid", min=1)
     mse_max_shrink: float = option(0.8, "largest fraction the range may shrink by", min=0.0, max=1.0)
     mse_norm: float = option(2.4, "exponent of the clipping search's error", min=1.0)
-    skip: list[str] = option(["lm_head"], "glob patterns of linear layers kept in full precision "
-                                          "(only linears inside decoder blocks are quantized)")
+    skip: list[str] = option(["lm_head"], "glob patterns of linear layers kept in full precision (GPTQ solves "
+                                          "the decoder blocks' linears; lm_head, unless skipped, is rounded to "
+                                          "nearest on the same grid)")
     batch_size: int = option(8, "calibration sequences per forward pass", min=1)
     device: str = option("auto", "where blocks are quantized: auto (cuda when available), cpu, cuda, cuda:N")
     backend: Literal["native", "gptqmodel"] = option("native", "native torch GPTQ, or the gptqmodel package")
@@ -57,7 +59,7 @@ def settings_from(options: GPTQOptions):
 
 
 def quantization_config(options: GPTQOptions, skipped_inside: list[str],
-                        plan: dict[str, int] | None = None) -> dict[str, Any]:
+                        plan: dict[str, int] | None = None, lm_head: bool = False) -> dict[str, Any]:
     """The ``quantization_config`` transformers, GPTQModel and vLLM read (per-module bits of ``plan`` as
     ``dynamic`` rules over the most common bit-width)."""
     from teeny_core.formats.gptq import dynamic_exclusions
@@ -77,7 +79,7 @@ def quantization_config(options: GPTQOptions, skipped_inside: list[str],
         "damp_auto_increment": options.damp_auto_increment,
         "checkpoint_format": CHECKPOINT_FORMAT,
         "pack_dtype": "int32",
-        "lm_head": False,
+        "lm_head": lm_head,
         "meta": {"quantizer": [f"teeny-gptq:{__version__}"], "mse": options.mse},
     }
     if skipped_inside or plan:
@@ -139,10 +141,12 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
     import torch
 
     from teeny_core import skipped, stored_dtype, write_checkpoint_config
+    from teeny_core.arch import spec_for
     from teeny_core.formats.gptq import pack_linear
-    from teeny_core.modeling import peak_rss_bytes, resolve_device
+    from teeny_core.modeling import peak_rss_bytes, resolve_device, torch_dtype
     from teeny_core.walker import ShardWriter, copy_side_files, layer_matrices, safetensors_dir, walk
-    from teeny_gptq.solver import gptq_solver
+    from teeny_gptq.gptq import gptq_quantize
+    from teeny_gptq.solver import QuantizedLinear, gptq_solver
 
     start = time.perf_counter()
     device = resolve_device(options.device)
@@ -154,6 +158,8 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
     if not targets:
         raise TeenyError(f"gptq: skip={options.skip} leaves no linear layer to quantize")
     mixed = options.target_bits is not None
+    if mixed and not skipped("lm_head", options.skip):
+        raise TeenyError("gptq: target_bits plans the linears inside the decoder layers; keep lm_head in skip")
     group = options.group_size if options.group_size > 0 else -1
     if mixed:
         from teeny_core.formats.gptq import BITS
@@ -191,19 +197,43 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
     copy_side_files(path, out_dir)  # first: a source without a tokenizer fails before any work
     settings = settings_from(options)
     settings.module_bits = plan or {}
+    config = json.loads((path / "config.json").read_text())
+    spec = spec_for(config.get("model_type"))
+    head = not skipped("lm_head", options.skip)
+    untie = head and config.get("tie_word_embeddings", False)
+
+    def outside(key: str, tensor):
+        """lm_head (a tied one as its own copy) rounded to nearest on GPTQ's grid: an identity Hessian, as for a
+        linear calibration never reaches, since the walker ends at the last decoder layer (as RTN and AWQ)."""
+        if not head or key != f"{spec.embed if untie else spec.lm_head}.weight":
+            return None
+        weight = tensor.float()
+        result = gptq_quantize(weight, torch.eye(weight.shape[1]), bits=options.bits, group_size=group,
+                               sym=options.sym, block_size=options.block_size, name="lm_head")
+        outcome = QuantizedLinear(result, None, 0.0)
+        rounded = {f"{spec.lm_head}.{k}": v for k, v in keep(spec.lm_head, outcome).items()}
+        return {key: tensor.to(torch_dtype(store_dtype)), **rounded} if untie else rounded
+
     facts = walk(path, gptq_solver(settings, keep), writer, calibration_ids=calibration.tensor(),
-                 batch_size=settings.batch_size, device=device, compute_dtype=compute_dtype, store_dtype=store_dtype)
+                 batch_size=settings.batch_size, device=device, compute_dtype=compute_dtype, store_dtype=store_dtype,
+                 outside=outside)
     files = writer.close()
+    if untie:
+        facts["config"].tie_word_embeddings = False
     quantize_seconds = time.perf_counter() - start
     skipped_inside = sorted(set(inside) - set(targets))
     write_checkpoint_config(facts["config"], None, out_dir,
-                            quantization_config(options, skipped_inside + sorted(kept), plan), store_dtype)
+                            quantization_config(options, skipped_inside + sorted(kept), plan, lm_head=head),
+                            store_dtype)
     if fallback:
         log.warning("gptq: calibration never reached %d linear(s), rounded to nearest on the same grid: %s",
                     len(fallback), ", ".join(sorted(fallback)))
+    if head:
+        fallback[spec.lm_head] = "rounded to nearest on the same grid: GPTQ solves the decoder layers' linears"
 
-    n_params = facts["params"]
-    quant_params = sum(rows * cols for rows, cols in targets.values())
+    n_params = facts["params"] + (config["vocab_size"] * config["hidden_size"] if untie else 0)
+    quant_params = sum(rows * cols for rows, cols in targets.values()) + (
+        config["vocab_size"] * config["hidden_size"] if head else 0)
     escalated = {n: s["damp"] for n, s in stats.items() if s["escalations"]}
     other_bits = (n_params - quant_params) * {"float32": 32, "float16": 16, "bfloat16": 16}[store_dtype]
     meta: dict[str, Any] = {
