@@ -210,3 +210,22 @@ def test_skip_without_lm_head_rounds_a_tied_lm_head_on_the_same_grid_and_runs_it
     half_step = original.abs().amax(-1, keepdim=True) / 15  # a symmetric 4-bit grid's step is 2 * absmax / 15
     assert float(error.max()) > 0 and bool((error <= half_step * 1.01).all())
     assert_runs_packed(Artifact.open(artifact.path), packed_layers=15)
+
+
+def test_calibration_with_fewer_tokens_than_a_linears_inputs_is_warned_about_and_recorded(teeny_plugins, tiny_model,
+                                                                                          tmp_path, caplog):
+    """GPTQ's Hessian of a linear with more inputs than calibration tokens is rank-deficient: on Qwen2.5-Coder-0.5B
+    the demo's 2,048 tokens (down_proj has 4,864 inputs) made GPTQ w4 worse than rounding to nearest."""
+    source = ModelSource(str(tiny_model("llama")))
+    tokenizer = source.load_tokenizer()
+    with caplog.at_level("WARNING", logger="teeny_gptq"):
+        few = quantize(teeny_plugins, "gptq", source, calibration_for(teeny_plugins, tokenizer, 2, 32),
+                       {"bits": 4, "group_size": 32}, tmp_path / "few")
+    widest = few.meta["calibration"]["fewer_than_inputs_of"]
+    assert few.meta["calibration"]["tokens"] == 64 and widest.endswith("down_proj")
+    assert "64 calibration tokens are fewer than the" in caplog.text and widest in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="teeny_gptq"):
+        enough = quantize(teeny_plugins, "gptq", source, calibration_for(teeny_plugins, tokenizer, 16, 64),
+                          {"bits": 4, "group_size": 32}, tmp_path / "enough")
+    assert enough.meta["calibration"]["fewer_than_inputs_of"] is None and "calibration tokens" not in caplog.text
