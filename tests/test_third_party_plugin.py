@@ -412,9 +412,13 @@ def test_a_plugin_ignoring_sigint_leaves_ctrl_c_working(tmp_path, load):
     import signal
 
     install(tmp_path, "teeny-tp-nosigint", "tp-nosigint", "teeny_tp_nosigint", HOSTILE["nosigint"][0])
-    before = signal.getsignal(signal.SIGINT)
-    load(tmp_path, TEENY_LOAD_PLUGINS="tp-nosigint")
-    assert signal.getsignal(signal.SIGINT) is before is signal.default_int_handler
+    # Python's own handler first: a suite started in the background (nohup ... &) inherits SIGINT ignored
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        load(tmp_path, TEENY_LOAD_PLUGINS="tp-nosigint")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 @pytest.mark.parametrize("name", ["run-callback", "grader", "error-str"])
