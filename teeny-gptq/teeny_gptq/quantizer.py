@@ -169,7 +169,8 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
     check_shapes(targets, options, options.allowed_bits if mixed else None)
     tokens = sum(len(sample) for sample in calibration.samples)
     widest = max(targets, key=lambda n: targets[n][1])
-    if tokens < targets[widest][1]:
+    short_of = widest if tokens < targets[widest][1] else None
+    if short_of:
         log.warning("gptq: %d calibration tokens are fewer than the %d inputs of %s: its Hessian is rank-deficient "
                     "and GPTQ fits the calibration text (Qwen2.5-Coder-0.5B w4: KL 0.155 from 2,048 tokens, 0.094 "
                     "from 16,384, docs/findings.md); give samples x seq_len of at least %d", tokens,
@@ -250,7 +251,7 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
         "rtn_fallback": fallback,
         "calibration": {"name": calibration.name, "fingerprint": calibration.fingerprint(),
                         "samples": len(calibration.samples), "seq_len": len(calibration.samples[0]),
-                        "tokens": tokens, "fewer_than_inputs_of": widest if tokens < targets[widest][1] else None},
+                        "tokens": tokens, "fewer_than_inputs_of": short_of},
         "quantized_params": quant_params, "total_params": n_params,
         "bits_per_weight": round((packed_bits + other_bits) / n_params, 3),
         "layer_stats": stats, "damp_escalated": escalated, "spilled_batches": facts["spilled_batches"],
