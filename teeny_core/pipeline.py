@@ -161,6 +161,7 @@ class Pipeline:
                             "packed_bytes": meta.get("packed_bytes"), "bits_per_weight": meta.get("bits_per_weight"),
                             "achieved_bits": meta.get("achieved_bits"),
                             "module_bits": meta.get("module_bits") or meta.get("bits_plan"),
+                            "cautions": [str(c) for c in meta.get("cautions") or []],
                             "source_match": None if r.name == BASELINE
                             else source_match(self.plan.source, self.variant_artifact(self.plan.variant(r.name)))})
         declared = {name: self.plugins.get("evaluator", name).declaration() for name in self.exp.evaluators}

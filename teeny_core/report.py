@@ -18,8 +18,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from teeny_core.results import (PASS_FAIL, SOURCE_MATCH_MARK, alpha_of, as_dict, bits_of, category_counts,
-                                comparison, energy_of, failed, format_delta, format_flips,
+from teeny_core.results import (CAUTION_MARK, PASS_FAIL, SOURCE_MATCH_MARK, alpha_of, as_dict, bits_of,
+                                category_counts, cautions_of, comparison, energy_of, failed, format_delta, format_flips,
                                 memory_of, method_of, positive_bytes, primary_metric, runtime_of, score_of,
                                 source_match_reason, variants_of, weight_bytes)
 from teeny_core.units import format_bytes, format_ci, format_number, format_rate, format_seconds
@@ -92,7 +92,8 @@ def results_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             score = format_rate(s, ci)
         else:
             score = format_number(s) + format_ci(ci)
-        name = v["name"] + (f" {SOURCE_MATCH_MARK}" if source_match_reason(v) else "")
+        name = " ".join([v["name"], *([SOURCE_MATCH_MARK] if source_match_reason(v) else []),
+                         *([CAUTION_MARK] if cautions_of(v) else [])])
         rows.append([name, method_of(v), bits_of(v), score,
                      delta, verdict, flips, size, format_bytes(mem) if mem and "artifact" not in how else "-",
                      format_number(bench.get("decode_tokens_per_s"), 3),
@@ -116,6 +117,15 @@ def source_match_note(results: dict[str, Any]) -> str | None:
     return (f"Variants marked {SOURCE_MATCH_MARK} repeat the quantization the original was dequantized from, "
             "so their KL, top-1 agreement and perplexity measure little more than an identity; do not read "
             "them as a comparison of methods. " + "; ".join(flagged) + ".")
+
+
+def cautions_note(results: dict[str, Any]) -> str | None:
+    """The report's sentence listing the quantizers' cautions (:func:`cautions_of`), or None."""
+    flagged = [f"{v['name']}: {c}" for v in variants_of(results) for c in cautions_of(v)]
+    if not flagged:
+        return None
+    return (f"Variants marked {CAUTION_MARK} were made with a setup their quantizer warned weakens them, so a "
+            "comparison of methods may be unfair to them: " + "; ".join(flagged) + ".")
 
 
 def _pareto_front(points: list[tuple[float, float, str]], higher_is_better: bool) -> list[tuple[float, float, str]]:
@@ -310,9 +320,9 @@ def _core_sections(run_dir: Path, results: dict[str, Any], plots: bool, into: di
     """Fill each core section's blocks (``into[title]``; empty when a section has nothing); returns the plots."""
     headers, rows = results_table(results)
     into["Results"] += [Block("h2", "Results"), Block("table", headers=headers, rows=rows)]
-    note = source_match_note(results)
-    if note:
-        into["Results"].append(Block("p", note))
+    for note in (source_match_note(results), cautions_note(results)):
+        if note:
+            into["Results"].append(Block("p", note))
     memory_note = {memory_of(v)[1] for v in variants_of(results)
                    if memory_of(v)[0] and "artifact" not in memory_of(v)[1]}
     if memory_note:

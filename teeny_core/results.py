@@ -284,6 +284,15 @@ def source_match_reason(variant: dict[str, Any]) -> str | None:
     return str(match.get("reason")) if match.get("flagged") else None
 
 
+CAUTION_MARK = "(see cautions)"
+
+
+def cautions_of(variant: dict[str, Any]) -> list[str]:
+    """The quantizer's sentences about a setup that weakens this variant (artifact meta ``cautions``)."""
+    found = variant.get("cautions")
+    return [str(c) for c in found] if isinstance(found, list) else []
+
+
 NOT_ERRORS = ("passed",)
 
 

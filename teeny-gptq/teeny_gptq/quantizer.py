@@ -170,11 +170,13 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
     tokens = sum(len(sample) for sample in calibration.samples)
     widest = max(targets, key=lambda n: targets[n][1])
     short_of = widest if tokens < targets[widest][1] else None
+    cautions = []
     if short_of:
-        log.warning("gptq: %d calibration tokens are fewer than the %d inputs of %s: its Hessian is rank-deficient "
-                    "and GPTQ fits the calibration text (Qwen2.5-Coder-0.5B w4: KL 0.155 from 2,048 tokens, 0.094 "
-                    "from 16,384, docs/findings.md); give samples x seq_len of at least %d", tokens,
-                    targets[widest][1], widest, targets[widest][1])
+        cautions.append(f"{tokens:,} calibration tokens are fewer than the {targets[widest][1]:,} inputs of {widest}: "
+                        "its Hessian is rank-deficient and GPTQ fits the calibration text (Qwen2.5-Coder-0.5B w4: KL "
+                        "0.155 from 2,048 tokens, 0.094 from 16,384, docs/findings.md); give samples x seq_len of "
+                        f"at least {targets[widest][1]:,}")
+        log.warning("gptq: %s", cautions[-1])
     plan, used = None, None
     if mixed:
         plan, used = mixed_precision(source, calibration, method="gptq", shapes=targets,
@@ -256,7 +258,7 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
         "bits_per_weight": round((packed_bits + other_bits) / n_params, 3),
         "layer_stats": stats, "damp_escalated": escalated, "spilled_batches": facts["spilled_batches"],
         "quantize_seconds": round(quantize_seconds, 2), "seconds": round(time.perf_counter() - start, 2),
-        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_rss_bytes": peak_rss_bytes(), "cautions": cautions,
     }
     if device.startswith("cuda"):
         meta["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()

@@ -224,8 +224,36 @@ def test_calibration_with_fewer_tokens_than_a_linears_inputs_is_warned_about_and
     widest = few.meta["calibration"]["fewer_than_inputs_of"]
     assert few.meta["calibration"]["tokens"] == 64 and widest.endswith("down_proj")
     assert "64 calibration tokens are fewer than the" in caplog.text and widest in caplog.text
+    assert few.meta["cautions"] == [caplog.records[-1].getMessage().removeprefix("gptq: ")]
     caplog.clear()
     with caplog.at_level("WARNING", logger="teeny_gptq"):
         enough = quantize(teeny_plugins, "gptq", source, calibration_for(teeny_plugins, tokenizer, 16, 64),
                           {"bits": 4, "group_size": 32}, tmp_path / "enough")
     assert enough.meta["calibration"]["fewer_than_inputs_of"] is None and "calibration tokens" not in caplog.text
+    assert enough.meta["cautions"] == []
+
+
+def test_a_run_reports_the_short_calibration_beside_the_gptq_variant(tiny_model, tmp_path):
+    """End to end: `teeny run` with too few calibration tokens for GPTQ puts the caution in results.json and marks
+    the variant in the report; the rtn variant beside it, which does not calibrate, carries none."""
+    import json
+
+    from click.testing import CliRunner
+
+    from teeny_core.cli import cli
+    from teeny_core.results import CAUTION_MARK
+
+    lines = ['name = "short"', f'model = "{tiny_model("llama")}"', f'output_dir = "{tmp_path}"', 'device = "cpu"',
+             "[calibration]", 'method = "random-tokens"', "samples = 2", "seq_len = 32",
+             "[evaluators.fidelity]", "chunks = 2", "chunk_len = 32", "[profilers.system]", "benchmark = false",
+             "[[variants]]", 'name = "gptq-w4"', 'method = "gptq"', "bits = 4", "group_size = 32",
+             "[[variants]]", 'name = "rtn-w4"', 'method = "rtn"', "bits = 4", "group_size = 32"]
+    (tmp_path / "exp.toml").write_text("\n".join(lines) + "\n")
+    done = CliRunner().invoke(cli, ["run", str(tmp_path / "exp.toml")])
+    assert done.exit_code == 0, done.output
+    variants = {v["name"]: v for v in json.loads((tmp_path / "short" / "results.json").read_text())["variants"]}
+    [caution] = variants["gptq-w4"]["cautions"]
+    assert caution.startswith("64 calibration tokens are fewer than the") and variants["rtn-w4"]["cautions"] == []
+    report = (tmp_path / "short" / "report.md").read_text()
+    assert f"gptq-w4 {CAUTION_MARK}" in report and f"gptq-w4: {caution}." in report
+    assert f"rtn-w4 {CAUTION_MARK}" not in report
