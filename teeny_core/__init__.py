@@ -49,6 +49,7 @@ _PUBLIC = {
     "describe_exit": "teeny_core.worker",
     # helpers quantizer plugins share
     "skipped": "teeny_core.quant",
+    "lm_head_outside": "teeny_core.quant",
     "stored_dtype": "teeny_core.walker",
     "safetensors_files": "teeny_core.formats.gptq",
     "write_checkpoint_config": "teeny_core.formats.checkpoint",

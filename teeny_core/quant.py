@@ -145,3 +145,20 @@ def with_dequantized(linears: Iterable[tuple[str, Any]], tensors: dict[str, Any]
         if linear.bias is not None:
             tensors[f"{name}.bias"] = linear.bias
     return tensors
+
+
+def lm_head_outside(spec, config: dict[str, Any], round_head, store):
+    """The walker's ``outside`` for a quantizer that rounds ``lm_head``: ``round_head(weight)`` (a float32 copy)
+    returns the tensors to write under ``spec.lm_head``. A tied lm_head is rounded from the embedding, which is
+    kept as it was (``store`` dtype); an ``lm_head.weight`` a tied checkpoint also holds is dropped for the copy."""
+    tied = bool(config.get("tie_word_embeddings", False))
+    source, head = f"{spec.embed if tied else spec.lm_head}.weight", f"{spec.lm_head}.weight"
+
+    def outside(key: str, tensor):
+        if key == source:
+            rounded = round_head(tensor.float().clone())
+            return {key: tensor.to(store), **rounded} if tied else rounded
+        return {} if tied and key == head else None
+
+    return outside
+

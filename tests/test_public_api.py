@@ -34,9 +34,10 @@ def test_importing_the_api_does_not_import_torch():
 
 
 def test_the_helpers_quantizer_plugins_share_are_public_and_match_skips():
-    import teeny_core.formats.checkpoint, teeny_core.formats.gptq, teeny_core.walker  # noqa: E401
+    import teeny_core.formats.checkpoint, teeny_core.formats.gptq, teeny_core.quant, teeny_core.walker  # noqa: E401
 
     assert teeny_core.stored_dtype is teeny_core.walker.stored_dtype
+    assert teeny_core.lm_head_outside is teeny_core.quant.lm_head_outside
     assert teeny_core.safetensors_files is teeny_core.formats.gptq.safetensors_files
     assert teeny_core.write_checkpoint_config is teeny_core.formats.checkpoint.write_checkpoint_config
     assert teeny_core.skipped("model.layers.3.mlp.down_proj", ["*.mlp.*"])

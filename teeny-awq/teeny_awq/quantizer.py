@@ -53,7 +53,8 @@ class AwqQuantizer(Quantizer[AwqOptions]):
         from teeny_awq.export import hf_awq_tensors, packed_bytes, packed_linear_bytes, quantization_config
         from teeny_core.formats.gptq import default_g_idx, pack_linear
         from teeny_core.modeling import resolve_device, torch_dtype
-        from teeny_core import skipped, stored_dtype, write_checkpoint_config
+        from teeny_core import lm_head_outside, skipped, stored_dtype, write_checkpoint_config
+        from teeny_core.arch import spec_for
         from teeny_core.sensitivity import gptq_quantization_config, mixed_facts
         from teeny_core.walker import ShardWriter, copy_side_files, safetensors_dir, walk
 
@@ -99,14 +100,13 @@ class AwqQuantizer(Quantizer[AwqOptions]):
         tied = bool(config.get("tie_word_embeddings", False))
         head = "lm_head" in targets
 
-        def outside(key: str, tensor):
-            if not head or key != ("model.embed_tokens.weight" if tied else "lm_head.weight"):
-                return None
-            qw = quantize_grouped(tensor.float(), settings.bits, settings.group_size, settings.zero_point,
+        def round_head(weight):
+            qw = quantize_grouped(weight, settings.bits, settings.group_size, settings.zero_point,
                                   lowest_zero=settings.lowest_zero)
-            tensors = {f"lm_head.{k}": v for k, v in keep("lm_head", qw).items()} or \
+            return {f"lm_head.{k}": v for k, v in keep("lm_head", qw).items()} or \
                 {"lm_head.weight": qw.weight().to(store)}
-            return {key: tensor.to(store), **tensors} if tied else tensors
+
+        outside = lm_head_outside(spec_for(config.get("model_type")), config, round_head, store) if head else None
 
         out_dir = Path(out_dir)
         writer = ShardWriter(out_dir)

@@ -140,7 +140,7 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
     grid, listed in ``meta["rtn_fallback"]`` and reported in one warning."""
     import torch
 
-    from teeny_core import skipped, stored_dtype, write_checkpoint_config
+    from teeny_core import lm_head_outside, skipped, stored_dtype, write_checkpoint_config
     from teeny_core.arch import spec_for
     from teeny_core.formats.gptq import pack_linear
     from teeny_core.modeling import peak_rss_bytes, resolve_device, torch_dtype
@@ -212,17 +212,14 @@ def quantize_native(source: ModelSource, calibration: CalibrationSet, options: G
     head = not skipped("lm_head", options.skip)
     untie = head and config.get("tie_word_embeddings", False)
 
-    def outside(key: str, tensor):
-        """lm_head (a tied one as its own copy) rounded to nearest on GPTQ's grid: an identity Hessian, as for a
-        linear calibration never reaches, since the walker ends at the last decoder layer (as RTN and AWQ)."""
-        if not head or key != f"{spec.embed if untie else spec.lm_head}.weight":
-            return None
-        weight = tensor.float()
+    def round_head(weight):
+        """lm_head rounded to nearest on GPTQ's grid: an identity Hessian, as for a linear calibration never
+        reaches, since the walker ends at the last decoder layer (as RTN and AWQ)."""
         result = gptq_quantize(weight, torch.eye(weight.shape[1]), bits=options.bits, group_size=group,
                                sym=options.sym, block_size=options.block_size, name="lm_head")
-        outcome = QuantizedLinear(result, None, 0.0)
-        rounded = {f"{spec.lm_head}.{k}": v for k, v in keep(spec.lm_head, outcome).items()}
-        return {key: tensor.to(torch_dtype(store_dtype)), **rounded} if untie else rounded
+        return {f"{spec.lm_head}.{k}": v for k, v in keep(spec.lm_head, QuantizedLinear(result, None, 0.0)).items()}
+
+    outside = lm_head_outside(spec, config, round_head, torch_dtype(store_dtype)) if head else None
 
     facts = walk(path, gptq_solver(settings, keep), writer, calibration_ids=calibration.tensor(),
                  batch_size=settings.batch_size, device=device, compute_dtype=compute_dtype, store_dtype=store_dtype,

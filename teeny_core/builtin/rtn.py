@@ -17,7 +17,7 @@ from teeny_core import hookimpl
 from teeny_core.errors import TeenyError
 from teeny_core.modeling import Artifact, ModelSource
 from teeny_core.options import Options, option
-from teeny_core.quant import skipped
+from teeny_core.quant import lm_head_outside, skipped
 from teeny_core.types import CalibrationSet, Quantizer
 
 
@@ -90,13 +90,7 @@ class RTNQuantizer(Quantizer[RTNOptions]):
         fmt = "hf-gptq" if rounding and options.format != "hf" and not why_not else "hf"
         rounder = _Rounder(options, fmt == "hf-gptq", store, plan)
 
-        def outside(key: str, tensor):
-            if head and key == f"{spec.lm_head}.weight":
-                return rounder.round(spec.lm_head, tensor.float().clone())
-            if untie and key == f"{spec.embed}.weight":  # the tied lm_head becomes a rounded copy
-                return {key: tensor.to(store), **rounder.round(spec.lm_head, tensor.float().clone())}
-            return None
-
+        outside = lm_head_outside(spec, config, lambda w: rounder.round(spec.lm_head, w), store) if head else None
         out_dir = Path(out_dir)
         writer = ShardWriter(out_dir)
         copy_side_files(path, out_dir)  # first: a source without a tokenizer fails before any work
