@@ -3,7 +3,7 @@ GPTQ w8 weight-only: KL to the original, activation outliers before and after sm
 products.
 
     python benchmarks/w8a8.py [--model qwen|gemma] [--samples 16] [--seq-len 256] [--chunks 4]
-                              [--only none 0.5 auto static static-auto gptq] [--speed]
+                              [--only none 0.5 auto static static-auto auto-gptq gptq] [--speed]
 
 The original is the demo's GGUF (Qwen2.5-Coder-0.5B-Instruct Q4_K_M, or Gemma 3 270M) dequantized once (the
 walker's cached copy). Each variant is quantized in a child process of its own with the `code` calibrator and
@@ -11,9 +11,10 @@ scored by benchmarks/gemma.py's ``score`` (the fidelity evaluator's KL over held
 transformers runtime: W8A8 runs torch._int_mm, GPTQ w8 its packed kernel). Each finished row is stored in
 benchmarks/results/w8a8.json with its date and load average, so variants can be run one at a time and the
 table shows every row measured so far (the rest as not measured).
-``--speed``: one linear of each of the model's shapes, int8 (quantizing the activations per token,
-torch._int_mm, rescaling) against a bfloat16 ``x @ w.T`` at 1, 8 and 64 rows, and a 64-token prefill of the
-whole model, each pair timed alternately in one process (the ratio is what survives a loaded machine).
+``--speed``: one linear of each of the model's shapes and of Qwen2.5-14B's (random weights), int8 (quantizing the
+activations per token, torch._int_mm, rescaling) against a bfloat16 ``x @ w.T`` at 1, 8 and 64 rows, and a
+64-token prefill of the whole model, computing the last position's logits as serving does (and all 64, as a
+perplexity pass does), each pair timed alternately in one process (the ratio is what survives a loaded machine).
 Writes benchmarks/results/w8a8.md (a generated section) and benchmarks/results/w8a8-outliers.png.
 """
 
@@ -43,6 +44,8 @@ VARIANTS = {"none": ("w8a8, no smoothing", "w8a8", {"smooth": False, "device": "
                                                             "device": "cpu"}),
             "static-auto": ("w8a8 static, SmoothQuant alpha auto", "w8a8", {"alpha": "auto", "activations": "static",
                                                                            "device": "cpu"}),
+            "auto-gptq": ("w8a8, SmoothQuant alpha auto, GPTQ weights", "w8a8",
+                          {"alpha": "auto", "weights": "gptq", "device": "cpu"}),
             "gptq": ("gptq w8 per channel (W8A16)", "gptq", {"bits": 8, "group_size": -1, "sym": True,
                                                              "device": "cpu"})}
 ROWS = ROOT / "benchmarks" / "results" / "w8a8.json"
@@ -83,6 +86,10 @@ def interleaved_ms(fns, repeat: int = 30, chunk_s: float = 0.002) -> list[float]
     return best
 
 
+QWEN_14B_SHAPES = [(1024, 5120), (5120, 5120), (13824, 5120), (5120, 13824)]
+"""Qwen2.5-14B's linears (out, in): k/v, q/o, gate/up, down: the reference target's shapes."""
+
+
 def linear_speed(model_dir: Path) -> list[tuple[str, int, float, float]]:
     """(shape, rows, int8 ms, bf16 ms) per distinct linear shape of the model's first layer: the int8 linear on
     bfloat16 inputs (quantized per token, torch._int_mm, rescaled) against a bfloat16 ``x @ w.T``."""
@@ -97,7 +104,8 @@ def linear_speed(model_dir: Path) -> list[tuple[str, int, float, float]]:
     reader = ShardReader(model_dir)
     shapes = sorted({tuple(reader.shape(f"{spec.layer_prefix(0)}.{n}.weight")) for n in spec.linears()})
     rows_out = []
-    for out_f, in_f in shapes:
+    for label, (out_f, in_f) in [(f"{o}x{i}", (o, i)) for o, i in shapes] + [
+            (f"{o}x{i} (14B)", (o, i)) for o, i in QWEN_14B_SHAPES]:
         w = torch.randn(out_f, in_f)
         scale = w.abs().amax(1) / 127
         int8 = Int8Linear(torch.round(w / scale[:, None]).to(torch.int8), scale)
@@ -106,13 +114,14 @@ def linear_speed(model_dir: Path) -> list[tuple[str, int, float, float]]:
             xb = torch.randn(rows, in_f).bfloat16()
             with torch.no_grad():
                 i8, bf = interleaved_ms([lambda: int8(xb), lambda: xb @ wb.t()])
-            rows_out.append((f"{out_f}x{in_f}", rows, i8, bf))
+            rows_out.append((label, rows, i8, bf))
     return rows_out
 
 
-def prefill_speed(artifact_dir: Path, model_dir: Path, tokens: int = 64) -> tuple[float, float]:
+def prefill_speed(artifact_dir: Path, model_dir: Path, tokens: int = 64, keep: int = 1) -> tuple[float, float]:
     """Tokens/s of one ``tokens``-long prefill, timed alternately: the W8A8 artifact (int8 linears, bfloat16
-    elsewhere) and the original in bfloat16."""
+    elsewhere, lm_head included) and the original in bfloat16; logits for the last ``keep`` positions (1: what
+    generation's prefill computes; 0: all of them)."""
     import torch
 
     from teeny_core.modeling import Artifact
@@ -125,7 +134,7 @@ def prefill_speed(artifact_dir: Path, model_dir: Path, tokens: int = 64) -> tupl
     ids = torch.arange(100, 100 + tokens).reshape(1, -1)
     try:
         with torch.no_grad():
-            ms = interleaved_ms([lambda m=m: m.model(input_ids=ids) for m in loaded], repeat=10)
+            ms = interleaved_ms([lambda m=m: m.model(input_ids=ids, logits_to_keep=keep) for m in loaded], repeat=10)
     finally:
         for m in loaded:
             m.close()
@@ -223,6 +232,7 @@ def main() -> None:
             run_child({"method": "w8a8", "options": {"smooth": False, "device": "cpu"}, "model": str(model_dir),
                        "out": str(out), "samples": 2, "seq_len": 64})
             stored = save_rows(speed={"linears": linear_speed(model_dir), "prefill": prefill_speed(out, model_dir),
+                                      "prefill_all_logits": prefill_speed(out, model_dir, keep=0),
                                       **measured_when()})
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -235,27 +245,29 @@ def render(stored: dict) -> str:
     """The generated section: every stored row with its date and load, the targets, the speed tables."""
     rows = stored["variants"]
     lines = ["Each row: `python benchmarks/w8a8.py --only KEY` (Qwen2.5-Coder-0.5B-Instruct, `code` calibration "
-             "16 x 256 tokens, 4 KL windows of 256 tokens unless the row says otherwise), finished at the time shown, "
-             "with the machine's load average then (1 / 5 / 15 min, 2 cores).", "",
-             "| key | variant | quantize s | perplexity | KL (nats) | top-1 agree | finished | load |",
-             "|---|---|---:|---:|---:|---:|---|---|"]
+             "samples x seq_len tokens, KL over held-out windows of 256 tokens, as the row says), finished at the "
+             "time shown, with the machine's load average then (1 / 5 / 15 min, 2 cores).", "",
+             "| key | variant | calibration | KL windows | quantize s | perplexity | KL (nats) | top-1 agree | "
+             "finished | load |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|---|"]
     for key in VARIANTS:
         if key not in rows:
-            lines.append(f"| {key} | {VARIANTS[key][0]} | not measured | - | - | - | - | - |")
+            lines.append(f"| {key} | {VARIANTS[key][0]} | - | - | not measured | - | - | - | - | - |")
             continue
         r = rows[key]
         se = f" ± {r['kl_se']:.5f}" if r.get("kl_se") is not None else ""
-        lines.append(f"| {key} | {r['label']} | {cell(r.get('seconds'), '.0f')} | {cell(r.get('ppl'), '.3f')} | "
+        lines.append(f"| {key} | {r['label']} | {r['samples']} x {r['seq_len']} | {r['chunks']} | "
+                     f"{cell(r.get('seconds'), '.0f')} | {cell(r.get('ppl'), '.3f')} | "
                      f"{cell(r.get('kl'), '.5f')}{se} | {cell(r.get('top1'), '.3f')} | {r['when']} | "
                      f"{load_text(r['load'])} |")
     kl = {key: r["kl"] for key, r in rows.items()}
     lines.append("")
-    for smoothed, plain, what in (("auto", "none", "dynamic per-token"), ("static-auto", "static", "static per-tensor")):
+    for smoothed, plain in (("auto", "none"), ("0.5", "none"), ("static-auto", "static")):
         if smoothed in kl and plain in kl:
             ratio = kl[smoothed] / kl[plain]
-            lines.append(f"- {what} activations: KL(alpha auto) / KL(no smoothing) = {kl[smoothed]:.5f} / "
+            lines.append(f"- KL({VARIANTS[smoothed][0]}) / KL({VARIANTS[plain][0]}) = {kl[smoothed]:.5f} / "
                          f"{kl[plain]:.5f} = {ratio:.2f} -> target <= 0.5 {'met' if ratio <= 0.5 else 'missed'}.")
-    for smoothed in ("auto", "static-auto"):
+    for smoothed in ("auto", "0.5", "static-auto", "auto-gptq"):
         if smoothed in kl and "gptq" in kl:
             ratio = kl[smoothed] / kl["gptq"]
             lines.append(f"- KL({VARIANTS[smoothed][0]}) / KL(GPTQ w8 weight-only) = {ratio:.2f} -> target <= 3 "
@@ -278,8 +290,13 @@ def render(stored: dict) -> str:
         lines.append(f"| {shape} | {r} | {i8:.3f} | {bf:.3f} | {bf / i8:.2f}x |")
     w8, bf16 = speed["prefill"]
     ratio = w8 / bf16
-    lines += ["", f"- Prefill of 64 tokens, whole model: W8A8 {w8:.0f} tokens/s, bf16 {bf16:.0f} tokens/s: "
-                  f"{ratio:.2f}x; target 1.3x {'met' if ratio >= 1.3 else 'missed'}."]
+    lines += ["", f"- Prefill of 64 tokens, whole model, last position's logits (as generation computes them): "
+                  f"W8A8 {w8:.0f} tokens/s, bf16 {bf16:.0f} tokens/s: {ratio:.2f}x; target 1.3x "
+                  f"{'met' if ratio >= 1.3 else 'missed'}."]
+    if speed.get("prefill_all_logits"):
+        w8, bf16 = speed["prefill_all_logits"]
+        lines.append(f"- The same prefill with logits for all 64 positions (a perplexity pass; lm_head, 151936 x 896, "
+                     f"stays bfloat16 in both): W8A8 {w8:.0f} tokens/s, bf16 {bf16:.0f} tokens/s: {w8 / bf16:.2f}x.")
     return "\n".join(lines) + "\n"
 
 
