@@ -12,9 +12,10 @@ transformers runtime: W8A8 runs torch._int_mm, GPTQ w8 its packed kernel). Each 
 benchmarks/results/w8a8.json with its date and load average, so variants can be run one at a time and the
 table shows every row measured so far (the rest as not measured).
 ``--speed``: one linear of each of the model's shapes and of Qwen2.5-14B's (random weights), int8 (quantizing the
-activations per token, torch._int_mm, rescaling) against a bfloat16 ``x @ w.T`` at 1, 8 and 64 rows, and a
-64-token prefill of the whole model, computing the last position's logits as serving does (and all 64, as a
-perplexity pass does), each pair timed alternately in one process (the ratio is what survives a loaded machine).
+activations per token, torch._int_mm, rescaling) against a bfloat16 ``x @ w.T`` (and the product alone) at 1, 8
+and 64 rows, and a 64-token prefill of the whole model, computing the last position's logits as serving does (and
+all 64, as a perplexity pass does), each set timed alternately in one process (the ratio is what survives a
+loaded machine).
 Writes benchmarks/results/w8a8.md (a generated section) and benchmarks/results/w8a8-outliers.png.
 """
 
@@ -90,9 +91,10 @@ QWEN_14B_SHAPES = [(1024, 5120), (5120, 5120), (13824, 5120), (5120, 13824)]
 """Qwen2.5-14B's linears (out, in): k/v, q/o, gate/up, down: the reference target's shapes."""
 
 
-def linear_speed(model_dir: Path) -> list[tuple[str, int, float, float]]:
-    """(shape, rows, int8 ms, bf16 ms) per distinct linear shape of the model's first layer: the int8 linear on
-    bfloat16 inputs (quantized per token, torch._int_mm, rescaled) against a bfloat16 ``x @ w.T``."""
+def linear_speed(model_dir: Path) -> list[tuple[str, int, float, float, float]]:
+    """(shape, rows, int8 ms, bf16 ms, product ms) per distinct linear shape of the model's first layer (and of
+    Qwen2.5-14B's): the int8 linear on bfloat16 inputs (quantized per token, torch._int_mm, rescaled) against a
+    bfloat16 ``x @ w.T``, and torch._int_mm alone on int8 codes of the same shape."""
     import torch
 
     from teeny_core.arch import spec_for
@@ -112,9 +114,11 @@ def linear_speed(model_dir: Path) -> list[tuple[str, int, float, float]]:
         wb = w.bfloat16()
         for rows in (1, 8, 64):
             xb = torch.randn(rows, in_f).bfloat16()
+            codes = torch.randint(-127, 128, (rows, in_f), dtype=torch.int8)
             with torch.no_grad():
-                i8, bf = interleaved_ms([lambda: int8(xb), lambda: xb @ wb.t()])
-            rows_out.append((label, rows, i8, bf))
+                i8, bf, mm = interleaved_ms([lambda: int8(xb), lambda: xb @ wb.t(),
+                                             lambda: torch._int_mm(codes, int8.weight.t())])
+            rows_out.append((label, rows, i8, bf, mm))
     return rows_out
 
 
@@ -284,10 +288,11 @@ def render(stored: dict) -> str:
         return "\n".join(lines + ["", "Speed: not measured."]) + "\n"
     lines += ["", f"Speed ({speed['when']}, load average {load_text(speed['load'])}): int8 and "
               "bf16 timed alternately in one process, fastest of each; the ratio is the figure that survives load.",
-              "", "| linear (out x in) | rows | int8 ms (quantize + _int_mm + rescale) | bf16 ms | speed-up |",
-              "|---|---:|---:|---:|---:|"]
-    for shape, r, i8, bf in speed["linears"]:
-        lines.append(f"| {shape} | {r} | {i8:.3f} | {bf:.3f} | {bf / i8:.2f}x |")
+              "", "| linear (out x in) | rows | int8 ms (quantize + _int_mm + rescale) | bf16 ms | speed-up | "
+              "_int_mm alone ms | product speed-up |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for shape, r, i8, bf, *mm in speed["linears"]:
+        product = f"{mm[0]:.3f} | {bf / mm[0]:.2f}x" if mm else "- | -"
+        lines.append(f"| {shape} | {r} | {i8:.3f} | {bf:.3f} | {bf / i8:.2f}x | {product} |")
     w8, bf16 = speed["prefill"]
     ratio = w8 / bf16
     lines += ["", f"- Prefill of 64 tokens, whole model, last position's logits (as generation computes them): "
