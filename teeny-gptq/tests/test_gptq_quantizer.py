@@ -242,13 +242,13 @@ def test_a_run_reports_the_short_calibration_beside_the_gptq_variant(tiny_model,
 
     from teeny_core.cli import cli
     from teeny_core.results import CAUTION_MARK
+    from teeny_core.testing import experiment_toml
 
-    lines = ['name = "short"', f'model = "{tiny_model("llama")}"', f'output_dir = "{tmp_path}"', 'device = "cpu"',
-             "[calibration]", 'method = "random-tokens"', "samples = 2", "seq_len = 32",
-             "[evaluators.fidelity]", "chunks = 2", "chunk_len = 32", "[profilers.system]", "benchmark = false",
-             "[[variants]]", 'name = "gptq-w4"', 'method = "gptq"', "bits = 4", "group_size = 32",
-             "[[variants]]", 'name = "rtn-w4"', 'method = "rtn"', "bits = 4", "group_size = 32"]
-    (tmp_path / "exp.toml").write_text("\n".join(lines) + "\n")
+    body = ('[calibration]\nmethod = "random-tokens"\nsamples = 2\nseq_len = 32\n'
+            '[[variants]]\nname = "gptq-w4"\nmethod = "gptq"\nbits = 4\ngroup_size = 32\n'
+            '[[variants]]\nname = "rtn-w4"\nmethod = "rtn"\nbits = 4\ngroup_size = 32\n')
+    (tmp_path / "exp.toml").write_text(experiment_toml("short", tiny_model("llama"), tmp_path, chunks=2, chunk_len=32,
+                                                       body=body))
     done = CliRunner().invoke(cli, ["run", str(tmp_path / "exp.toml")])
     assert done.exit_code == 0, done.output
     variants = {v["name"]: v for v in json.loads((tmp_path / "short" / "results.json").read_text())["variants"]}
