@@ -24,6 +24,7 @@ from teeny_core.manifest import build_manifest
 from teeny_core.modeling import ARTIFACT_MANIFEST, Artifact
 from teeny_core.plan import Plan
 from teeny_core.plugins import Plugins
+from teeny_core.results import cautions_of
 from teeny_core.source_match import source_match
 from teeny_core.store import RunLock, SampleLog, check_writable, read_json, write_json
 from teeny_core.types import VariantResult
@@ -161,7 +162,7 @@ class Pipeline:
                             "packed_bytes": meta.get("packed_bytes"), "bits_per_weight": meta.get("bits_per_weight"),
                             "achieved_bits": meta.get("achieved_bits"),
                             "module_bits": meta.get("module_bits") or meta.get("bits_plan"),
-                            "cautions": [str(c) for c in meta.get("cautions") or []],
+                            "cautions": cautions_of(meta),
                             "source_match": None if r.name == BASELINE
                             else source_match(self.plan.source, self.variant_artifact(self.plan.variant(r.name)))})
         declared = {name: self.plugins.get("evaluator", name).declaration() for name in self.exp.evaluators}

@@ -161,4 +161,3 @@ def lm_head_outside(spec, config: dict[str, Any], round_head, store):
         return {} if tied and key == head else None
 
     return outside
-

@@ -35,3 +35,13 @@ def test_no_cautions_no_note(tmp_path):
                "variants": [_variant("original", 0.0), _variant("old", 0.2, cautions="not a list")]}
     write_report(tmp_path, results)
     assert CAUTION_MARK not in (tmp_path / "report.md").read_text()
+
+
+def test_cautions_that_are_not_a_list_are_ignored_not_split_into_characters():
+    """A third-party quantizer that writes ``meta["cautions"] = "text"`` gets no caution rather than one per letter
+    (the run's results.json reads the artifact meta through the same function)."""
+    from teeny_core.results import cautions_of
+
+    assert cautions_of({"cautions": "too few tokens"}) == []
+    assert cautions_of({"cautions": ["too few tokens", 3]}) == ["too few tokens", "3"]
+    assert cautions_of({}) == []
