@@ -80,6 +80,17 @@ class FakeQuant:
         q, scale, zero = self.parts()
         return (scale[..., None] * (q - zero[..., None])).reshape(self.shape)
 
+    def snapshot(self) -> tuple[Any, ...]:
+        """The learned tensors as they are now (see :meth:`restore`)."""
+        return tuple(p.detach().clone() for p in (self.weight, self.scale, self.zero))
+
+    def restore(self, kept: tuple[Any, ...]) -> None:
+        import torch
+
+        with torch.no_grad():
+            for p, value in zip((self.weight, self.scale, self.zero), kept):
+                p.copy_(value)
+
     def freeze(self) -> FrozenLinear:
         import torch
 
@@ -123,7 +134,11 @@ def qat_solver(settings: QatSettings, on_linear: Callable[[str, FrozenLinear], d
     ``init(work)`` -> linear name -> (latent weight, scale, zero) to start from (default: round-to-nearest on
     the original weights). ``on_linear(name, frozen)`` returns the tensors to write for that linear (its bias,
     like every other tensor of the block, the walker writes).
-    ``curves[block]`` receives the block's loss before training, per epoch and after.
+    ``curves[block]`` receives the block's loss before training, after each epoch and after (the epoch kept).
+
+    The learning rates decay to zero along a cosine over all steps. After each epoch the loss is measured on all
+    calibration batches and the block keeps its best epoch, so an overshoot early in training costs nothing; a
+    block that no epoch brought below its starting loss (or whose loss is not finite) is refused as diverged.
     """
 
     def solve(work):
@@ -156,15 +171,18 @@ def qat_solver(settings: QatSettings, on_linear: Callable[[str, FrozenLinear], d
             out = run_layer(layer, work.inputs[i].to(work.device), work.args[i])
             return torch.nn.functional.mse_loss(out, targets[i])
 
-        with _deterministic(), _fake_quantized(layer, quants):
+        def mean_loss() -> float:
             with torch.no_grad():
-                before = [float(loss_of(i)) for i in range(batches)]
-            start_loss = sum(before) / batches
+                return sum(float(loss_of(i)) for i in range(batches)) / batches
+
+        with _deterministic(), _fake_quantized(layer, quants):
+            start_loss = mean_loss()
             groups = [g for q in quants.values() for g in q.parameters(settings.lr_scale, settings.lr_weight)]
             optimizer = torch.optim.Adam(groups)
-            step, epochs = 0, []
+            total_steps = settings.epochs * batches
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+            step, epochs, best, rose_at = 0, [], None, None
             for epoch in range(settings.epochs):
-                total = 0.0
                 for i in torch.randperm(batches, generator=generator).tolist():
                     step += 1
                     loss = loss_of(i)
@@ -175,18 +193,20 @@ def qat_solver(settings: QatSettings, on_linear: Callable[[str, FrozenLinear], d
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
-                    total += float(loss.detach())
-                epochs.append(total / batches)
-                if epochs[-1] > start_loss:
-                    raise TeenyError(f"qat: block {work.index} diverged by step {step} (epoch {epoch + 1}): its "
-                                     f"loss rose from {start_loss:.4g} to {epochs[-1]:.4g}; lower lr_scale "
-                                     f"({settings.lr_scale}) or lr_weight ({settings.lr_weight})")
-            with torch.no_grad():
-                after = sum(float(loss_of(i)) for i in range(batches)) / batches
-        if not after <= start_loss:
-            raise TeenyError(f"qat: block {work.index} diverged by step {step}: its loss rose from "
-                             f"{start_loss:.4g} to {after:.4g}; lower lr_scale ({settings.lr_scale}) or lr_weight "
-                             f"({settings.lr_weight})")
+                    schedule.step()
+                epochs.append(mean_loss())
+                if epochs[-1] < (best[0] if best else start_loss):
+                    best = (epochs[-1], [q.snapshot() for q in quants.values()])
+                elif rose_at is None and epochs[-1] > start_loss:
+                    rose_at = (step, epochs[-1])
+            if best is None:
+                step_at, risen = rose_at or (step, epochs[-1])
+                raise TeenyError(f"qat: block {work.index} diverged by step {step_at}: its loss rose from "
+                                 f"{start_loss:.4g} to {risen:.4g} and no epoch brought it below its start; lower "
+                                 f"lr_scale ({settings.lr_scale}) or lr_weight ({settings.lr_weight})")
+            after = best[0]
+            for quant, kept in zip(quants.values(), best[1]):
+                quant.restore(kept)
         solved = Solved(error=after)
         with torch.no_grad():
             for name, quant in quants.items():
@@ -197,7 +217,8 @@ def qat_solver(settings: QatSettings, on_linear: Callable[[str, FrozenLinear], d
                     solved.tensors[f"{name}.{suffix}"] = tensor
                 solved.replaced.add(name)
         if curves is not None:
-            curves[work.index] = {"before": start_loss, "epochs": epochs, "after": after, "steps": step}
+            curves[work.index] = {"before": start_loss, "epochs": epochs, "after": after, "steps": step,
+                                  "kept_epoch": epochs.index(after) + 1}
         return solved
 
     return solve
