@@ -2,7 +2,8 @@
 and peak RSS of quantizing, and the training curve of each block.
 
     nice python benchmarks/qat.py [--model qwen|gemma|DIR] [--samples 16] [--seq-len 128] [--epochs 2]
-                                  [--chunks 4] [--only gptq-w2 qat-w2 gptq-w3 qat-w3] [--work DIR]
+                                  [--chunks 4] [--lr-scale X] [--lr-weight X]
+                                  [--only gptq-w2 qat-w2 gptq-w3 qat-w3] [--work DIR]
     nice python benchmarks/qat.py --only --merge OTHER/rows.json   # only the table, with rows of another --work
 
 Rows: QAT w2 g64 against GPTQ w2 g64 (target: QAT's KL at most 0.5x GPTQ's) and QAT w3 g128 against GPTQ w3 g128
@@ -55,19 +56,23 @@ def source_dir(model: str) -> Path:
     return Path(model)
 
 
-def row_options(row: str, epochs: int) -> tuple[str, dict]:
-    """The quantizer and its options of one row."""
+def row_options(row: str, args) -> tuple[str, dict]:
+    """The quantizer and its options of one row (QAT's learning rates only where given)."""
     method, bits = ROWS[row]
     options = {"bits": bits, "group_size": GRIDS[bits], "sym": False, "device": "cpu"}
     if method == "qat":
-        options["epochs"] = epochs
+        options["epochs"] = args.epochs
+        options.update({k: v for k, v in (("lr_scale", args.lr_scale), ("lr_weight", args.lr_weight)) if v})
     return method, options
 
 
 def row_key(row: str, args) -> str:
     """The cache key of a row: its name and every setting it depends on."""
     key = f"{row}-s{args.samples}x{args.seq_len}"
-    return key + f"-e{args.epochs}" if ROWS[row][0] == "qat" else key
+    if ROWS[row][0] != "qat":
+        return key
+    return key + f"-e{args.epochs}" + "".join(f"-{name}{value:g}" for name, value in
+                                              (("ls", args.lr_scale), ("lw", args.lr_weight)) if value)
 
 
 def shared_runs(calibration, windows: list[list[int]], prefix: int) -> int:
@@ -116,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=16, help="calibration windows (both methods)")
     parser.add_argument("--seq-len", type=int, default=128, help="tokens per calibration window")
     parser.add_argument("--epochs", type=int, default=2, help="QAT passes over the calibration per block")
+    parser.add_argument("--lr-scale", type=float, default=None, help="QAT's lr_scale (default: the quantizer's)")
+    parser.add_argument("--lr-weight", type=float, default=None, help="QAT's lr_weight (default: the quantizer's)")
     parser.add_argument("--chunks", type=int, default=4, help="scored windows of 256 tokens")
     parser.add_argument("--only", nargs="*", choices=list(ROWS), default=list(ROWS), help="rows to compute")
     parser.add_argument("--work", type=Path, default=None,
@@ -154,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         if key in rows:
             print(f"{key}: cached", file=sys.stderr, flush=True)
             continue
-        method, options = row_options(row, args.epochs)
+        method, options = row_options(row, args)
         out = work / key
         shutil.rmtree(out, ignore_errors=True)  # a half-written artifact; QAT's finished blocks are kept elsewhere
         blocks = None
@@ -170,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         meta = Artifact.open(out).meta
         rows[key] = {"row": row, "method": method, "bits": options["bits"], "group_size": options["group_size"],
                      "samples": args.samples, "seq_len": args.seq_len, "epochs": options.get("epochs"),
+                     "lr_scale": options.get("lr_scale"), "lr_weight": options.get("lr_weight"),
                      "seconds": facts["seconds"], "cpu_seconds": facts["cpu_seconds"],
                      "peak_rss": facts["peak_rss"], "bytes": weight_bytes(out),
                      "bits_per_weight": facts["bits_per_weight"],
@@ -196,7 +204,10 @@ def weight_bytes(directory: Path) -> int:
 
 def label(r: dict) -> str:
     text = f"{r['method']} w{r['bits']} g{r['group_size']}, {r['samples']} x {r['seq_len']} calibration"
-    return text + f", epochs {r['epochs']}" if r["method"] == "qat" else text
+    if r["method"] != "qat":
+        return text
+    rates = "".join(f", {name} {r[name]:g}" for name in ("lr_scale", "lr_weight") if r.get(name))
+    return text + f", epochs {r['epochs']}" + rates
 
 
 def plot_blocks(rows: dict[str, dict], path: Path) -> None:

@@ -24,8 +24,10 @@ class QatOptions(Options):
     sym: bool = option(False, "symmetric grid (zero fixed at the middle) instead of a learned zero point")
     init: Literal["rtn", "gptq"] = option("rtn", "starting grid: round-to-nearest, or GPTQ (needs teeny-gptq)")
     epochs: int = option(4, "passes over the calibration batches per block", min=1)
-    lr_scale: float = option(1e-3, "Adam learning rate of the scales and zero points", min=0.0)
-    lr_weight: float = option(1e-4, "Adam learning rate of the weights (with train_weights)", min=0.0)
+    lr_scale: float | None = option(None, "Adam learning rate of the scales and zero points (default: 1e-3 at 2 bits, "
+                                          "x0.3 for each bit more)", min=0.0)
+    lr_weight: float | None = option(None, "Adam learning rate of the weights, with train_weights (default: 1e-4 at "
+                                           "2 bits, x0.3 for each bit more)", min=0.0)
     train_weights: bool = option(True, "learn the latent weights too (false: only scales and zero points)")
     batch_size: int = option(4, "calibration sequences per training step (and per forward pass)", min=1)
     seed: int = option(0, "seed of the batch order (each block's is seed + its index)")
@@ -37,11 +39,21 @@ class QatOptions(Options):
     device: str = option("cpu", "where blocks are trained: cpu (deterministic), auto, cuda, cuda:N")
 
 
+def learning_rates(options: QatOptions) -> tuple[float, float]:
+    """``lr_scale`` and ``lr_weight``, the unset ones by bits: Adam moves a parameter by about its learning rate a
+    step whatever its size, while each bit more shrinks the grid's step (3/7 from 2 to 3 bits), so the rates that
+    train a 2-bit grid overshoot a 3-bit one (measured on Qwen2.5-Coder-0.5B: benchmarks/results/qat.md)."""
+    factor = 0.3 ** (options.bits - 2)
+    return (options.lr_scale if options.lr_scale is not None else 1e-3 * factor,
+            options.lr_weight if options.lr_weight is not None else 1e-4 * factor)
+
+
 def settings_from(options: QatOptions):
     from teeny_qat.training import QatSettings
 
+    lr_scale, lr_weight = learning_rates(options)
     return QatSettings(bits=options.bits, group_size=options.group_size, sym=options.sym, epochs=options.epochs,
-                       lr_scale=options.lr_scale, lr_weight=options.lr_weight, train_weights=options.train_weights,
+                       lr_scale=lr_scale, lr_weight=lr_weight, train_weights=options.train_weights,
                        seed=options.seed, skip=tuple(options.skip))
 
 
@@ -191,7 +203,8 @@ class QatQuantizer(Quantizer[QatOptions]):
         other_bits = (n_params - quant_params) * torch.finfo(torch_dtype(store_dtype)).bits
         packed_bits = sum(packed_linear_bits(shape, options) for shape in targets.values())
         meta: dict[str, Any] = {
-            "method": "qat", **options.to_dict(), "device": device, "checkpoint_format": CHECKPOINT_FORMAT,
+            "method": "qat", **options.to_dict(), **dict(zip(("lr_scale", "lr_weight"), learning_rates(options))),
+            "device": device, "checkpoint_format": CHECKPOINT_FORMAT,
             "stored_dtype": store_dtype, "files": files, "quantized_layers": sorted(targets),
             "skipped_layers": sorted(set(inside) - set(targets) - set(kept)), "kept_full_precision": kept,
             "calibration": {"name": calibration.name, "fingerprint": calibration.fingerprint(),

@@ -188,8 +188,8 @@ def qat_solver(settings: QatSettings, on_linear: Callable[[str, FrozenLinear], d
                     loss = loss_of(i)
                     if not torch.isfinite(loss):
                         raise TeenyError(f"qat: block {work.index} diverged at step {step}: the loss is "
-                                         f"{float(loss.detach())}; lower lr_scale ({settings.lr_scale}) or lr_weight "
-                                         f"({settings.lr_weight})")
+                                         f"{float(loss.detach())}; lower lr_scale ({settings.lr_scale:g}) or lr_weight "
+                                         f"({settings.lr_weight:g})")
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -203,7 +203,7 @@ def qat_solver(settings: QatSettings, on_linear: Callable[[str, FrozenLinear], d
                 step_at, risen = rose_at or (step, epochs[-1])
                 raise TeenyError(f"qat: block {work.index} diverged by step {step_at}: its loss rose from "
                                  f"{start_loss:.4g} to {risen:.4g} and no epoch brought it below its start; lower "
-                                 f"lr_scale ({settings.lr_scale}) or lr_weight ({settings.lr_weight})")
+                                 f"lr_scale ({settings.lr_scale:g}) or lr_weight ({settings.lr_weight:g})")
             after = best[0]
             for quant, kept in zip(quants.values(), best[1]):
                 quant.restore(kept)

@@ -142,6 +142,18 @@ def test_gptq_init_starts_each_block_closer_than_rtn(teeny_plugins, tiny_model, 
     assert start["gptq"] < start["rtn"]
 
 
+@pytest.mark.parametrize("given,rates", [
+    ({"bits": 2}, (1e-3, 1e-4)),
+    ({"bits": 3}, (3e-4, 3e-5)),  # the rates measured to train Qwen2.5-Coder-0.5B at 3 bits (qat.md)
+    ({"bits": 4}, (9e-5, 9e-6)),
+    ({"bits": 3, "lr_scale": 0.01, "lr_weight": 0}, (0.01, 0.0)),  # given rates are kept, 0 included
+])
+def test_unset_learning_rates_shrink_with_each_bit(given, rates):
+    from teeny_qat.quantizer import QatOptions, learning_rates
+
+    assert learning_rates(QatOptions.from_mapping(given)) == pytest.approx(rates)
+
+
 def test_an_early_overshoot_is_not_a_divergence_and_each_block_keeps_its_best_epoch(teeny_plugins, tiny_model,
                                                                                    tmp_path):
     """At lr_scale 0.01 block 1's loss after its first epoch is above its start; the cosine decay brings it
