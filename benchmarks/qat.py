@@ -243,15 +243,15 @@ def render(rows: dict[str, dict], args, name: str, overlap: int, figure: str, se
     lines = [
         f"### {name}",
         "",
-        f"Command: `nice -n 19 python benchmarks/qat.py --model {args.model} --samples {args.samples} --seq-len "
+        f"Command: `python benchmarks/qat.py --model {args.model} --samples {args.samples} --seq-len "
         f"{args.seq_len} --epochs {args.epochs} --chunks {args.chunks}` (rows of other settings cached in the same "
         f"work directory are listed too); {load_note()}.",
         "",
         f"Scored windows: {args.chunks} x 256 tokens of pydoc topic help, held out: {overlap} of their "
         f"{NGRAM}-token runs occur in the {args.samples} x {seq_len} calibration tokens (stdlib source). KL ± "
         "s.e. over windows, and its 95% interval (mean ± 1.96 s.e.). Wall and CPU seconds and peak RSS (VmHWM) "
-        "are the quantizing child's; load is the mean 1-minute load average while it ran, on 2 cores shared with "
-        "other work (this benchmark ran under `nice -n 19`, on the cycles left over).",
+        "are the quantizing child's; load is the mean 1-minute load average while it ran on the 2 cores (its own "
+        "threads count towards it; above 2, other work shared the CPU and the times are not the CPU's own).",
         "",
         "| variant | KL ± s.e. | 95% interval | top-1 | PPL | artifact MiB | wall s | CPU s | peak RSS GiB | load |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
