@@ -209,6 +209,7 @@ def continuous(baseline: list[float], variant: list[float], problems: list[Any],
         "variant": {"score": boot.variant, "ci": list(boot.variant_ci), "ci_method": "bootstrap"},
         "delta": boot.delta, "delta_ci": list(boot.delta_ci),
         "test": f"wilcoxon signed-rank ({test.method})", "statistic": test.statistic, "p_value": test.p_value,
+        "p_floor": 2.0 / 2 ** test.n if test.n else None,
         "mde": stats.paired_mean_mde(diffs, options.alpha, options.power) if detectable else None,
     }
 
@@ -237,6 +238,11 @@ def verdict(result: dict[str, Any], alpha: float) -> str:
     mde = result.get("mde")
     if mde is None:
         return f"no significant difference (too few items, n={result.get('n_items')}, to detect any)"
+    floor, raw = result.get("p_floor"), result.get("p_value")
+    if floor is not None and raw is not None and p is not None and raw <= floor * (1 + 1e-9):
+        return (f"no significant difference (all {result.get('n_items')} items moved one way, p {raw:.2g}, the "
+                f"smallest this test gives, which is {p:.2g} after the correction for multiple comparisons: "
+                "more items are needed)")
     shown = f"{100 * mde:.1f} pp" if result.get("kind") == "pass/fail" else f"{mde:.3g}"
     return f"no significant difference (MDE {shown})"
 

@@ -162,6 +162,23 @@ def test_five_items_cannot_show_a_continuous_difference():
     assert r6["p_value"] == 2 / 64 and r6["verdict"] == "worse"
 
 
+def test_a_difference_at_the_tests_floor_that_holm_takes_away_does_not_quote_a_smaller_mde():
+    """8 windows all worse give p = 2/256, the signed-rank test's smallest; among 30 such comparisons Holm
+    lifts it above alpha. The verdict says more items are needed instead of quoting an MDE smaller than the
+    difference it did not call significant."""
+    base = variant("original", {"fidelity": [{"key": f"chunk-{i}", "nll": 2.0 + i} for i in range(8)]})
+    worse = [variant(f"q{j}", {"fidelity": [{"key": f"chunk-{i}", "nll": 3.0 + i + 0.1 * i * i} for i in range(8)]})
+             for j in range(30)]
+    r = analyze(base, worse, fields=["nll"])["q0"]["fidelity"]["nll"]
+    assert r["p_value"] == pytest.approx(2 / 256) and r["p_adjusted"] > 0.05
+    assert r["mde"] < r["delta"]
+    assert r["verdict"] == ("no significant difference (all 8 items moved one way, p 0.0078, the smallest this "
+                            f"test gives, which is {r['p_adjusted']:.2g} after the correction for multiple "
+                            "comparisons: more items are needed)")
+    alone = analyze(base, worse[:1], fields=["nll"])["q0"]["fidelity"]["nll"]
+    assert alone["p_adjusted"] == pytest.approx(2 / 256) and alone["verdict"] == "worse"
+
+
 def test_pairing_by_key_ignores_unpaired_and_non_boolean_records():
     b = [True, False, True, True]
     base = variant("original", {"humaneval": bench_records(b)})
