@@ -181,7 +181,7 @@ def qat_solver(settings: QatSettings, on_linear: Callable[[str, FrozenLinear], d
             optimizer = torch.optim.Adam(groups)
             total_steps = settings.epochs * batches
             schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-            step, epochs, best, rose_at = 0, [], None, None
+            step, epochs, best = 0, [], None
             for epoch in range(settings.epochs):
                 for i in torch.randperm(batches, generator=generator).tolist():
                     step += 1
@@ -197,13 +197,11 @@ def qat_solver(settings: QatSettings, on_linear: Callable[[str, FrozenLinear], d
                 epochs.append(mean_loss())
                 if epochs[-1] < (best[0] if best else start_loss):
                     best = (epochs[-1], [q.snapshot() for q in quants.values()])
-                elif rose_at is None and epochs[-1] > start_loss:
-                    rose_at = (step, epochs[-1])
-            if best is None:
-                step_at, risen = rose_at or (step, epochs[-1])
-                raise TeenyError(f"qat: block {work.index} diverged by step {step_at}: its loss rose from "
-                                 f"{start_loss:.4g} to {risen:.4g} and no epoch brought it below its start; lower "
-                                 f"lr_scale ({settings.lr_scale:g}) or lr_weight ({settings.lr_weight:g})")
+            if best is None:  # name the first epoch that ended above the start (else the last)
+                rose = next((i for i, loss in enumerate(epochs) if loss > start_loss), len(epochs) - 1)
+                raise TeenyError(f"qat: block {work.index} diverged by step {(rose + 1) * batches}: its loss rose "
+                                 f"from {start_loss:.4g} to {epochs[rose]:.4g} and no epoch brought it below its "
+                                 f"start; lower lr_scale ({settings.lr_scale:g}) or lr_weight ({settings.lr_weight:g})")
             after = best[0]
             for quant, kept in zip(quants.values(), best[1]):
                 quant.restore(kept)
