@@ -3,10 +3,12 @@ scales and norms), written as a standard hf-gptq checkpoint. Light at import: to
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -110,6 +112,33 @@ def resume_dir(source: ModelSource, calibration: CalibrationSet, options: QatOpt
     return cache_dir() / "qat-blocks" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def held(blocks: Path):
+    """Inside: this process alone uses the resume directory ``blocks`` (an flock on ``blocks.lock`` beside it,
+    released by the kernel if the process dies, the file removed after); a second quantization with the same key
+    is one error line."""
+    import fcntl
+
+    blocks.parent.mkdir(parents=True, exist_ok=True)
+    path = blocks.with_name(blocks.name + ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not path.exists() or path.stat().st_ino != os.fstat(fd).st_ino:
+                raise BlockingIOError  # its holder finished and removed it between our open and our lock
+        except BlockingIOError:
+            raise TeenyError(f"qat: another process is running this very quantization (same model, calibration "
+                             f"and options; its finished blocks are in {blocks}); wait for it to finish, then run "
+                             "again") from None
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)  # while still locked: a newcomer then opens a fresh file
+    finally:
+        os.close(fd)
+
+
 def gptq_init(options: QatOptions):
     """An ``init`` for :func:`~teeny_qat.training.qat_solver`: teeny-gptq's solver run on the block (it writes
     the GPTQ weights in place), its grids and weights the starting point."""
@@ -179,25 +208,26 @@ class QatQuantizer(Quantizer[QatOptions]):
         init = gptq_init(options) if options.init == "gptq" else None
         blocks = resume_dir(source, calibration, options)
         out_dir = Path(out_dir)
-        writer = ShardWriter(out_dir)
-        copy_side_files(path, out_dir)  # first: a source without a tokenizer fails before any work
-        e2e = None
-        try:
-            facts = walk(path, qat_solver(settings_from(options), on_linear, init, curves), writer,
-                         calibration_ids=calibration.tensor(), batch_size=options.batch_size, device=device,
-                         compute_dtype="float32", store_dtype=store_dtype, keep=blocks)
-            files = writer.close()
-            excluded = sorted(set(inside) - set(targets) | set(kept))
-            write_checkpoint_config(facts["config"], None, out_dir, quantization_config(options, excluded),
-                                    store_dtype)
-            if options.e2e_steps:
-                from teeny_qat.end_to_end import train_end_to_end
+        with held(blocks):  # one quantization per resume directory at a time
+            writer = ShardWriter(out_dir)
+            copy_side_files(path, out_dir)  # first: a source without a tokenizer fails before any work
+            e2e = None
+            try:
+                facts = walk(path, qat_solver(settings_from(options), on_linear, init, curves), writer,
+                             calibration_ids=calibration.tensor(), batch_size=options.batch_size, device=device,
+                             compute_dtype="float32", store_dtype=store_dtype, keep=blocks)
+                files = writer.close()
+                excluded = sorted(set(inside) - set(targets) | set(kept))
+                write_checkpoint_config(facts["config"], None, out_dir, quantization_config(options, excluded),
+                                        store_dtype)
+                if options.e2e_steps:
+                    from teeny_qat.end_to_end import train_end_to_end
 
-                e2e = train_end_to_end(source, out_dir, calibration, options)
-        except TeenyError:
-            shutil.rmtree(blocks, ignore_errors=True)  # a refused run leaves nothing behind
-            raise
-        shutil.rmtree(blocks, ignore_errors=True)
+                    e2e = train_end_to_end(source, out_dir, calibration, options)
+            except TeenyError:
+                shutil.rmtree(blocks, ignore_errors=True)  # a refused run leaves nothing behind
+                raise
+            shutil.rmtree(blocks, ignore_errors=True)
         n_params = facts["params"]
         quant_params = sum(rows * cols for rows, cols in targets.values())
         other_bits = (n_params - quant_params) * torch.finfo(torch_dtype(store_dtype)).bits

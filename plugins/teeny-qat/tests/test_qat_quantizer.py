@@ -142,6 +142,24 @@ def test_gptq_init_starts_each_block_closer_than_rtn(teeny_plugins, tiny_model, 
     assert start["gptq"] < start["rtn"]
 
 
+def test_the_same_quantization_twice_at_once_is_refused_in_one_line_not_crashed(teeny_plugins, tiny_model,
+                                                                                 tmp_path):
+    """Two identical runs share one resume directory; before the lock, the first to finish removed it under the
+    second, which died with a safetensors traceback. Now the second is refused before it writes anything."""
+    from teeny_core import TeenyError
+    from teeny_qat.quantizer import QatOptions, held, resume_dir
+
+    source = ModelSource(str(tiny_model("llama")))
+    cal = calibration(teeny_plugins, source)
+    options = {"bits": 2, "group_size": 32, "epochs": 1}
+    with held(resume_dir(source, cal, QatOptions.from_mapping(options))):
+        with pytest.raises(TeenyError, match=r"^qat: another process is running this very quantization .*; wait "
+                                             r"for it to finish, then run again$"):
+            quantize(teeny_plugins, "qat", source, cal, options, tmp_path / "second")
+        assert not any((tmp_path / "second").iterdir())
+    assert quantize(teeny_plugins, "qat", source, cal, options, tmp_path / "after").meta["block_losses"]
+
+
 @pytest.mark.parametrize("given,rates", [
     ({"bits": 2}, (1e-3, 1e-4)),
     ({"bits": 3}, (3e-4, 3e-5)),  # the rates measured to train Qwen2.5-Coder-0.5B at 3 bits (qat.md)
