@@ -244,6 +244,10 @@ def verdict(result: dict[str, Any], alpha: float) -> str:
                 f"smallest this test gives, which is {p:.2g} after the correction for multiple comparisons: "
                 "more items are needed)")
     shown = f"{100 * mde:.1f} pp" if result.get("kind") == "pass/fail" else f"{mde:.3g}"
+    if raw is not None and p is not None and raw < alpha <= p and abs(delta) >= mde:
+        # the MDE is at the uncorrected alpha: beside a larger difference Holm did not keep, it would mislead
+        return (f"no significant difference after the correction for multiple comparisons (p {raw:.2g}, "
+                f"{p:.2g} corrected; the MDE {shown} is at the uncorrected level)")
     return f"no significant difference (MDE {shown})"
 
 

@@ -179,6 +179,20 @@ def test_a_difference_at_the_tests_floor_that_holm_takes_away_does_not_quote_a_s
     assert alone["p_adjusted"] == pytest.approx(2 / 256) and alone["verdict"] == "worse"
 
 
+def test_a_difference_holm_takes_away_is_not_shown_beside_a_smaller_mde():
+    """Run C's cross-model row: -12.5 points, p 0.035 alone, above alpha after Holm, and an MDE (at the
+    uncorrected alpha) of 12.2 points. The verdict names the correction instead of quoting that MDE."""
+    from teeny_stats.analyzer import verdict
+
+    row = {"kind": "pass/fail", "delta": -0.125, "mde": 0.122, "p_value": 0.035, "p_adjusted": 0.14,
+           "n_items": 80}
+    assert verdict(row, 0.05) == ("no significant difference after the correction for multiple comparisons "
+                                  "(p 0.035, 0.14 corrected; the MDE 12.2 pp is at the uncorrected level)")
+    assert verdict({**row, "mde": 0.15}, 0.05) == "no significant difference (MDE 15.0 pp)"  # larger MDE
+    assert verdict({**row, "p_value": 0.2, "p_adjusted": 0.6}, 0.05) == "no significant difference (MDE 12.2 pp)"
+    assert verdict({**row, "p_adjusted": 0.035}, 0.05) == "worse"
+
+
 def test_pairing_by_key_ignores_unpaired_and_non_boolean_records():
     b = [True, False, True, True]
     base = variant("original", {"humaneval": bench_records(b)})
