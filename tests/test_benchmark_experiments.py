@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from teeny_core import checkpoints
-from teeny_core.study import Study, build_run
+from teeny_core.experiment import read_experiment_file
+from teeny_core.study import Study, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = sorted((ROOT / "benchmarks").glob("*.toml"))
@@ -18,12 +19,10 @@ def test_there_are_experiment_files_to_check():
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 def test_each_shipped_experiment_validates_with_the_installed_plugins(path, teeny_plugins, monkeypatch):
-    import tomllib
-
     # checkpoint variants point at files benchmarks/qat.py makes on the user's machine
     monkeypatch.setattr(checkpoints, "check_location", lambda location: None)
-    data = tomllib.loads(path.read_text())
-    run = build_run(data, teeny_plugins, where=path.name)
+    run = load_run(path, teeny_plugins)  # what `teeny run FILE` validates
+    data = read_experiment_file(path)
     variants = run.experiments[0].variants if isinstance(run, Study) else run.variants
     assert [v.name for v in variants] == [v["name"] for v in data["variants"]]
     assert f"teeny run benchmarks/{path.name}" in path.read_text()  # its header says how to run it
